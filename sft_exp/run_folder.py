@@ -1,0 +1,97 @@
+"""The files that make a run folder self-describing: resolved_config.yaml, run_info.json, summary.json."""
+from __future__ import annotations
+
+import json
+import platform
+import socket
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+PACKAGES = ("sft_exp", "torch", "transformers", "datasets", "accelerate", "tokenizers", "peft", "trl",
+            "hydra-core", "omegaconf", "wandb", "numpy")
+
+
+def write_resolved_config(cfg: DictConfig, run_dir: Path) -> dict:
+    """Every interpolation resolved (asset paths, ${seed}, Hydra's output dir): what reproduce re-runs."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    OmegaConf.save(OmegaConf.create(resolved), run_dir / "resolved_config.yaml")
+    return resolved
+
+
+def package_versions() -> dict:
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def git_state(where: Path) -> dict:
+    """Commit and dirty flag of the checkout sft_exp runs from (None outside a git checkout)."""
+    def git(*args: str) -> Optional[str]:
+        try:
+            out = subprocess.run(["git", "-C", str(where), *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return {"commit": None, "dirty": None}
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": bool(status)}
+
+
+def device_description() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return f"cuda: {torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
+    return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def write_run_info(run_dir: Path, *, seed: int, data_fingerprint: str, data_stats: dict,
+                   overrides: list, extra: Optional[dict] = None) -> dict:
+    info = {
+        "versions": package_versions(),
+        "git": git_state(Path(__file__).resolve().parent),
+        "seed": seed,
+        "host": socket.gethostname(),
+        "platform": platform.platform(),
+        "device": device_description(),
+        "command": [sys.executable, *sys.argv],
+        "overrides": list(overrides),
+        "data_fingerprint": data_fingerprint,
+        "data_stats": data_stats,
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **(extra or {}),
+    }
+    write_json(run_dir / "run_info.json", info)
+    return info
+
+
+def peak_memory_mb() -> dict:
+    """Peak memory of this process: CUDA allocator peak where there is a GPU, and the CPU resident peak."""
+    import resource
+
+    import torch
+
+    peak = {"cpu_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if torch.cuda.is_available():
+        peak["cuda_peak_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return peak
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Write then rename, so a reader never sees half a file."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(value, indent=2, default=str) + "\n")
+    tmp.replace(path)

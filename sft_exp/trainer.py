@@ -1,0 +1,229 @@
+"""SFTTrainer: transformers.Trainer with sft_exp's loss, metrics and memory strategy.
+
+Like TRL's SFTTrainer we subclass transformers.Trainer and override only `compute_loss`,
+`training_step` and `log` (plus `create_optimizer`, to take the optimizer from config).
+Gradient accumulation, checkpoints, resume, schedulers, mixed precision and DDP/FSDP/DeepSpeed
+are transformers' and accelerate's.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from sft_exp.errors import ConfigError, UserError
+from sft_exp.metrics import SFTMetrics
+from sft_exp.sft_forward import sft_forward
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+NONFINITE_POLICIES = ("stop", "skip")
+
+
+class NonFiniteLossError(UserError):
+    """The loss became NaN or infinite; the message names the step."""
+
+
+@dataclass
+class SFTTrainingArguments(TrainingArguments):
+    # stop: a NaN/inf loss stops the run naming the step; skip: that optimizer step is skipped.
+    nonfinite_loss: str = field(default="stop")
+    # Router load-balancing loss coefficient for MoE models (None: the model config's own).
+    router_aux_loss_coef: Optional[float] = field(default=None)
+
+    def __post_init__(self):
+        if self.nonfinite_loss not in NONFINITE_POLICIES:
+            raise ConfigError(
+                f"trainer.nonfinite_loss={self.nonfinite_loss!r} is not one of {', '.join(NONFINITE_POLICIES)}"
+            )
+        super().__post_init__()
+
+
+def precision_flags(precision: str) -> dict:
+    """Map trainer.precision to TrainingArguments flags: bf16 on CUDA by default, fp32 on CPU."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"trainer.precision={precision!r} is not one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_available() else "fp32"
+    if precision in ("bf16", "fp16") and not torch.cuda.is_available():
+        log.warning(
+            "trainer.precision=%s on CPU: autocast to %s on many CPUs is several times slower than fp32; "
+            "use trainer.precision=fp32 (the CPU default) unless you know your CPU has fast %s.",
+            precision, precision, precision,
+        )
+    return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
+
+
+def build_training_arguments(
+    output_dir: str, precision: str = "auto", extra_args: Optional[dict] = None, eval_steps: Optional[int] = None,
+    **kwargs: Any,
+) -> SFTTrainingArguments:
+    """SFTTrainingArguments from the flat `trainer.*` config: sft_exp's defaults, then the user's."""
+    defaults = dict(
+        report_to=[],  # sft_exp logs metrics.jsonl and W&B itself (sft_exp.tracking)
+        disable_tqdm=True,  # one readable progress line per logging step instead
+        logging_first_step=True,
+        prediction_loss_only=True,
+        remove_unused_columns=False,
+        save_strategy="steps",
+        eval_strategy="steps" if eval_steps else "no",
+        eval_steps=eval_steps or None,
+        average_tokens_across_devices=True,
+        include_num_input_tokens_seen="no",
+        save_safetensors=True,
+    )
+    defaults.update(precision_flags(precision))
+    defaults.update(kwargs)
+    defaults.update(extra_args or {})
+    return SFTTrainingArguments(output_dir=output_dir, **defaults)
+
+
+class _TrainerHooks(TrainerCallback):
+    """Bookkeeping that must run at points only callbacks reach."""
+
+    def __init__(self, trainer: "SFTTrainer"):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # On resume the state was just loaded from the checkpoint: continue the cumulative token count.
+        self.trainer._total_tokens = int(state.num_input_tokens_seen or 0)
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        # With nonfinite_loss=skip: drop the gradients so the optimizer step is skipped.
+        if self.trainer._nonfinite_in_step:
+            # Optimizers skip parameters whose grad is None: no update, no moment change.
+            self.trainer.model.zero_grad(set_to_none=True)
+            log.warning("step %d skipped: the loss was NaN or infinite", state.global_step + 1)
+            self.trainer._skipped_steps += 1
+        self.trainer._nonfinite_in_step = False
+
+
+class SFTTrainer(Trainer):
+    """transformers.Trainer for SFT.
+
+    Build it like TRL's: `SFTTrainer(model=..., train_dataset=..., data_collator=..., loss=NLLLoss(),
+    max_steps=100, per_device_train_batch_size=8, ...)`: keyword arguments that are not the
+    Trainer's own become SFTTrainingArguments (or pass `args=` yourself).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        args: Optional[TrainingArguments] = None,
+        *,
+        loss: Optional[Callable] = None,
+        memory: Any = None,
+        optimizer_factory: Optional[Callable[..., torch.optim.Optimizer]] = None,
+        source_names: Sequence[str] = ("data",),
+        data_collator=None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        callbacks: Optional[list] = None,
+        output_dir: str = "sft_exp_output",
+        **training_arguments: Any,
+    ):
+        from sft_exp.loss import NLLLoss
+        from sft_exp.memory import NoMemoryStrategy
+
+        if args is None:
+            args = build_training_arguments(output_dir=output_dir, **training_arguments)
+        elif training_arguments:
+            raise TypeError(f"pass either args= or training-argument keywords, not both: {sorted(training_arguments)}")
+        self.loss_fn = loss if loss is not None else NLLLoss()
+        self.memory = memory if memory is not None else NoMemoryStrategy()
+        self.optimizer_factory = optimizer_factory
+        self.source_names = list(source_names)
+        super().__init__(
+            model=model, args=args, data_collator=data_collator, train_dataset=train_dataset,
+            eval_dataset=eval_dataset, processing_class=processing_class, callbacks=callbacks,
+        )
+        # Our loss is normalized by the supervised tokens of the whole accumulated batch (num_items_in_batch),
+        # so the Trainer must count them and must not divide by the accumulation steps again.
+        self.model_accepts_loss_kwargs = True
+        self.loss_is_scaled_for_ga = True
+        self._loss_shifts_labels = True
+        self.metrics = {mode: SFTMetrics(len(self.source_names)) for mode in ("train", "eval")}
+        self._total_tokens = 0
+        self._nonfinite_in_step = False
+        self._skipped_steps = 0
+        self.add_callback(_TrainerHooks(self))
+
+    # ------------------------------------------------------------------ optimizer
+    def create_optimizer(self, model=None):
+        """The optimizer comes from config (`optimizer=` group, a partial); param groups as Trainer builds them."""
+        if self.optimizer_factory is None or self.optimizer is not None:
+            return super().create_optimizer(model)
+        opt_model = self.model if model is None else model
+        decay = set(self.get_decay_parameter_names(opt_model))
+        named = [(n, p) for n, p in opt_model.named_parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for n, p in named if n in decay]},
+            {"params": [p for n, p in named if n not in decay], "weight_decay": 0.0},
+        ]
+        self.optimizer = self.optimizer_factory([g for g in groups if g["params"]])
+        return self.optimizer
+
+    # ------------------------------------------------------------------ loss and metrics
+    def compute_loss_context_manager(self):
+        """The memory strategy (e.g. activation offloading hooks) wraps every forward pass."""
+        stack = super().compute_loss_context_manager()
+        if self.model.training:
+            stack.enter_context(self.memory.forward_context())
+        return stack
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mode = "train" if model.training else "eval"
+        out = sft_forward(
+            model, inputs, self.loss_fn, num_items_in_batch=num_items_in_batch,
+            num_sources=len(self.source_names), router_aux_loss_coef=self.args.router_aux_loss_coef,
+        )
+        if mode == "train":
+            self._total_tokens += self._count_input_tokens(inputs)
+        self.metrics[mode].add(out)
+        loss = out.loss
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None and mode == "train":
+            # num_items_in_batch counts every rank's tokens and DDP averages gradients across ranks.
+            loss = loss * self.accelerator.num_processes
+        return (loss, None) if return_outputs else loss
+
+    @staticmethod
+    def _count_input_tokens(inputs) -> int:
+        if "attention_mask" in inputs:
+            return int(inputs["attention_mask"].sum())
+        return int(inputs["input_ids"].numel())
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not torch.isfinite(loss):
+            step = self.state.global_step + 1
+            if self.args.nonfinite_loss == "stop":
+                raise NonFiniteLossError(
+                    f"the training loss became {loss.item()} at step {step}. Lower optimizer.lr, check the data "
+                    "of that step, or set trainer.nonfinite_loss=skip to skip such steps."
+                )
+            self._nonfinite_in_step = True
+        return loss
+
+    def log(self, logs: dict, start_time: Optional[float] = None) -> None:
+        is_eval = any(k.startswith("eval_") for k in logs)
+        mode = "eval" if is_eval else "train"
+        metrics = self.metrics[mode].compute_and_reset(self.accelerator, self.source_names)
+        if mode == "train":
+            total = torch.tensor(self._total_tokens, device=self.args.device)
+            metrics["num_tokens"] = int(self.accelerator.reduce(total, "sum").item()) if self.accelerator.num_processes > 1 else self._total_tokens
+            if self._skipped_steps:
+                metrics["skipped_steps"] = self._skipped_steps
+        else:
+            metrics = {f"eval_{k}": v for k, v in metrics.items()}
+        logs.update(metrics)
+        super().log(logs, start_time)
+
+    def _save_checkpoint(self, model, trial):
+        # num_tokens is cumulative: keep it in the checkpoint's trainer_state so a resume continues it.
+        self.state.num_input_tokens_seen = self._total_tokens
+        super()._save_checkpoint(model, trial)

@@ -1,0 +1,77 @@
+"""Checks that run before any model or data loads, so a mistake costs seconds, not a model download.
+
+Hydra already refuses unknown groups, misspelled keys and wrong types at compose time (the
+schema in sft_exp/config.py); these are the checks a schema cannot express.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from sft_exp.errors import ConfigError
+
+# A hub id is `name` or `org/name`; anything else that does not exist on disk is a missing local path.
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def validate_config(cfg: DictConfig) -> None:
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(
+            "required config value(s) not set: " + ", ".join(missing)
+            + ". Set them on the command line, e.g. `python -m sft_exp " + missing[0] + "=...`."
+        )
+    _check_model(cfg.model)
+    _check_trainer(cfg.trainer)
+    from sft_exp.data import validate_data_config
+
+    validate_data_config(cfg.data)
+
+
+def _check_model(model) -> None:
+    if not model.name_or_path and not model.init_config:
+        raise ConfigError("model.name_or_path is not set: give a hub id or a local folder (or use model=tiny).")
+    for key in ("name_or_path", "tokenizer"):
+        value = model.get(key)
+        if value:
+            check_model_path(f"model.{key}", value)
+    if not model.name_or_path and not model.tokenizer:
+        raise ConfigError("model.tokenizer is not set: a model built from model.init_config needs a tokenizer path.")
+    if model.init_config and not model.name_or_path and "model_type" not in model.init_config:
+        raise ConfigError("model.init_config needs a model_type (e.g. qwen2, llama) to build a model from config.")
+
+
+def check_model_path(key: str, value: str) -> None:
+    """A value that is not an existing folder must look like a hub id; say which it was meant to be."""
+    path = Path(os.path.expanduser(value))
+    if path.exists():
+        if not path.is_dir():
+            raise ConfigError(f"{key}={value}: expected a folder (with config.json / tokenizer files), got a file.")
+        return
+    looks_local = value.startswith(("/", "./", "../", "~")) or value.count("/") > 1 or not _HUB_ID.match(value)
+    if looks_local:
+        raise ConfigError(
+            f"{key}={value}: no such folder. Give an existing local folder (saved with save_pretrained) "
+            "or a hub id such as Qwen/Qwen2.5-0.5B-Instruct."
+        )
+
+
+def _check_trainer(trainer) -> None:
+    positive = ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps",
+                "logging_steps", "save_steps")
+    for key in positive:
+        if trainer[key] is not None and trainer[key] < 1:
+            raise ConfigError(f"trainer.{key}={trainer[key]} must be at least 1.")
+    if trainer.max_steps == 0 or (trainer.max_steps < 0 and trainer.num_train_epochs <= 0):
+        raise ConfigError("nothing to train: set trainer.max_steps > 0 or trainer.num_train_epochs > 0.")
+    from sft_exp.trainer import NONFINITE_POLICIES, PRECISIONS
+
+    if trainer.precision not in PRECISIONS:
+        raise ConfigError(f"trainer.precision={trainer.precision!r} is not one of {', '.join(PRECISIONS)}.")
+    if trainer.nonfinite_loss not in NONFINITE_POLICIES:
+        raise ConfigError(
+            f"trainer.nonfinite_loss={trainer.nonfinite_loss!r} is not one of {', '.join(NONFINITE_POLICIES)}."
+        )
