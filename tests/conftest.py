@@ -1,0 +1,60 @@
+"""Shared test helpers: compose configs with Hydra's compose API and run sft_exp in a subprocess.
+
+Tests never reach a hub: models come from config (`model=tiny`) or from folders saved here.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+# Fast, quiet, offline subprocess runs.
+TEST_ENV = {
+    **os.environ,
+    "WANDB_MODE": "offline",
+    "WANDB_SILENT": "true",
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+}
+
+# A few optimizer steps of the default run: enough to exercise every stage of a run.
+SHORT_RUN = [
+    "trainer.max_steps=4", "trainer.logging_steps=2", "trainer.save_steps=4",
+    "trainer.per_device_train_batch_size=4", "trainer.per_device_eval_batch_size=16",
+    "trainer.num_sample_generations=1", "trainer.max_new_tokens=8", "logger=none",
+]
+
+
+def compose(overrides=()):
+    """The config `python -m sft_exp <overrides>` would run, composed in-process."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    import sft_exp.config  # noqa: F401  registers schemas and resolvers
+    from sft_exp.paths import config_dir
+
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        return hydra_compose("config", overrides=list(overrides), return_hydra_config=False)
+
+
+def run_sft(*args: str, timeout: float = 300, module: str = "sft_exp") -> subprocess.CompletedProcess:
+    """`python -m sft_exp <args>` in a subprocess; returns the completed process (never raises on failure)."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=REPO, env=TEST_ENV, capture_output=True, text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is absent (a fresh clone has none)")
+    return SHARED_DATA
