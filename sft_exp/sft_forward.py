@@ -1,0 +1,121 @@
+"""One SFT forward pass: the model's decoder, then the chunked LM head over supervised positions only.
+
+The model is called through its own forward (so DDP, PEFT and checkpointing wrappers all run),
+with a pre-hook on the LM head that captures the final hidden states and hands the head an
+empty slice: the (B, L, V) logits are never built.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import torch
+from torch import Tensor
+
+from sft_exp.lm_head import chunked_head, head_spec, output_head
+from sft_exp.loss import SFTLoss
+
+IGNORE_INDEX = -100
+# Batch keys that are ours, not the model's.
+_NOT_MODEL_INPUTS = ("labels", "source_ids")
+
+
+@dataclass
+class SFTOutput:
+    loss: Tensor  # what to backprop
+    num_supervised: Tensor  # the rest are detached sums over this batch's supervised tokens
+    nll_sum: Tensor
+    num_correct: Tensor
+    entropy_sum: Tensor
+    aux_loss: Optional[Tensor]
+    source_loss_sum: Tensor  # (num_sources,) NLL sums, for loss/<source>
+    source_count: Tensor  # (num_sources,)
+
+
+def decoder_hidden(model, batch: dict):
+    """Run `model` and return (final hidden states (B, L, H) as the LM head would see them, model output)."""
+    captured = []
+
+    def capture(_module, args):
+        captured.append(args[0])
+        return (args[0][..., :0, :],)  # the head projects nothing
+
+    inputs = {k: v for k, v in batch.items() if k not in _NOT_MODEL_INPUTS}
+    inputs["use_cache"] = False
+    if getattr(model.config.get_text_config(), "output_router_logits", False):
+        inputs["output_router_logits"] = True
+    handle = output_head(model).register_forward_pre_hook(capture)
+    try:
+        out = model(**inputs)
+    finally:
+        handle.remove()
+    if len(captured) != 1:
+        raise RuntimeError(f"{type(model).__name__} did not call its output embeddings once per forward")
+    return captured[0], out
+
+
+def supervised_mask(batch: dict) -> Tensor:
+    """(B, L-1): position t is trained to predict labels[t+1]; never across a packed sequence start."""
+    mask = batch["labels"][:, 1:] != IGNORE_INDEX
+    position_ids = batch.get("position_ids")
+    if position_ids is not None:
+        # A position id of 0 starts a sequence (padding-free packing): nothing before it may predict it.
+        mask &= position_ids[:, 1:] != 0
+    return mask
+
+
+def sft_forward(
+    model,
+    batch: dict,
+    loss_fn: SFTLoss,
+    num_items_in_batch: Union[None, int, Tensor] = None,
+    num_sources: int = 1,
+    router_aux_loss_coef: Optional[float] = None,
+) -> SFTOutput:
+    """Loss and metrics of one (micro-)batch; see SFTOutput. `router_aux_loss_coef` None: the config's own."""
+    hidden, out = decoder_hidden(model, batch)
+    mask = supervised_mask(batch)
+    spec = head_spec(model)
+    targets = batch["labels"][:, 1:][mask].to(spec.weight.device)
+    log_probs, entropy, is_top1 = chunked_head(hidden[:, :-1][mask], targets, spec, loss_fn.chunk_size)
+
+    count = mask.sum()
+    normalizer = count if num_items_in_batch is None else num_items_in_batch
+    normalizer = torch.as_tensor(normalizer, device=log_probs.device).clamp(min=1)
+    loss = loss_fn.per_token(log_probs).sum() / normalizer
+
+    aux_loss = getattr(out, "aux_loss", None)
+    if aux_loss is not None:
+        coef = router_aux_loss_coef
+        if coef is None:
+            coef = getattr(model.config.get_text_config(), "router_aux_loss_coef", 0.0)
+        loss = loss + coef * aux_loss.to(loss.device)
+        aux_loss = aux_loss.detach()
+
+    nll = -log_probs.detach()
+    source_loss_sum, source_count = _per_source(batch, mask, nll, num_sources)
+    return SFTOutput(
+        loss=loss,
+        num_supervised=count.detach(),
+        nll_sum=nll.sum(),
+        num_correct=is_top1.sum(),
+        entropy_sum=entropy.sum(),
+        aux_loss=aux_loss,
+        source_loss_sum=source_loss_sum,
+        source_count=source_count,
+    )
+
+
+def _per_source(batch: dict, mask: Tensor, nll: Tensor, num_sources: int):
+    sums = nll.new_zeros(num_sources)
+    counts = torch.zeros(num_sources, dtype=torch.long, device=nll.device)
+    source_ids = batch.get("source_ids")
+    if source_ids is None:
+        sums[0], counts[0] = nll.sum(), nll.numel()
+        return sums, counts
+    src = source_ids[:, 1:][mask].to(nll.device)
+    if src.numel() and (src.min() < 0 or src.max() >= num_sources):
+        raise ValueError(f"source_ids on supervised tokens must be in [0, {num_sources}), got {src.unique().tolist()}")
+    sums.index_add_(0, src, nll)
+    counts.index_add_(0, src, torch.ones_like(src))
+    return sums, counts
