@@ -14,6 +14,7 @@ from torch import Tensor
 
 from sft_exp.lm_head import chunked_head, head_spec, output_head
 from sft_exp.loss import SFTLoss
+from sft_exp.memory import no_offload
 
 IGNORE_INDEX = -100
 # Batch keys that are ours, not the model's.
@@ -77,7 +78,8 @@ def sft_forward(
     mask = supervised_mask(batch)
     spec = head_spec(model)
     targets = batch["labels"][:, 1:][mask].to(spec.weight.device)
-    log_probs, entropy, is_top1 = chunked_head(hidden[:, :-1][mask], targets, spec, loss_fn.chunk_size)
+    with no_offload():  # backward needs the head's inputs first: moving them to CPU would only cost time
+        log_probs, entropy, is_top1 = chunked_head(hidden[:, :-1][mask], targets, spec, loss_fn.chunk_size)
 
     count = mask.sum()
     normalizer = count if num_items_in_batch is None else num_items_in_batch
