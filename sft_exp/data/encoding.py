@@ -1,0 +1,128 @@
+"""Rows -> token ids and labels, a batch at a time (the function `Dataset.map` runs, in parallel).
+
+Per batch: normalize each row to its internal form, render chat templates and find the trained
+character spans, tokenize every text of the batch in one call to the Rust tokenizer, turn spans
+into labels, append EOS where the format needs it, truncate. Bad rows raise `DataError` naming the
+file and row, or (on_bad_row=drop) come out empty with their reason in `drop_reason`.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+from sft_exp.data.formats import BadRow, Conversation, PromptCompletion, Text, normalize_row
+from sft_exp.data.masks import conversation_spans, labels_from_spans
+from sft_exp.errors import DataError
+
+NO_SUPERVISED_TOKENS = "no_supervised_tokens"
+
+
+@dataclass
+class EncodeSpec:
+    """Everything one source's map needs; picklable, so `num_proc` workers get a copy."""
+
+    tokenizer: object
+    fmt: str
+    columns: dict  # format field -> column name
+    template: str | None
+    template_variables: dict
+    markers: bool
+    assistant_only: bool
+    completion_only: bool
+    max_length: int | None  # None: no truncation (wrapped packing cuts rows itself)
+    source_index: int
+    source_file: str
+    drop_bad_rows: bool
+
+
+def _backend(tokenizer):
+    """The Rust tokenizer, without truncation or padding a caller may have left on it."""
+    backend = tokenizer.backend_tokenizer
+    if backend.truncation is not None or backend.padding is not None:
+        backend = copy.deepcopy(backend)
+        backend.no_truncation()
+        backend.no_padding()
+    return backend
+
+
+def _render_row(item, spec: EncodeSpec) -> tuple[str, list | None, bool]:
+    """(text, trained character spans or None for all, whether to append EOS)."""
+    if isinstance(item, Text):
+        return item.text, None, True
+    if isinstance(item, PromptCompletion):
+        text = item.prompt + item.completion
+        spans = [(len(item.prompt), len(text))] if spec.completion_only else None
+        return text, spans, True
+    if spec.template is None:
+        raise DataError(
+            f"{spec.source_file}: the rows are conversations but the tokenizer has no chat template; "
+            "set data.chat_template (chatml, zephyr, or a .jinja file)"
+        )
+    text, spans = conversation_spans(
+        item,
+        spec.template,
+        spec.template_variables,
+        assistant_only=spec.assistant_only,
+        completion_only=spec.completion_only,
+        markers=spec.markers,
+    )
+    return text, spans, False
+
+
+def _reject(spec: EncodeSpec, index: int, bad: BadRow) -> None:
+    if not spec.drop_bad_rows:
+        raise DataError(
+            f"{spec.source_file}, row {index}: {bad.detail} [{bad.reason}]. Fix the row, or set "
+            "data.on_bad_row=drop to drop such rows and count them."
+        )
+
+
+def _finish(ids: list[int], labels: list[int], append_eos: bool, eos_id: int | None, spec: EncodeSpec):
+    if append_eos and (not ids or ids[-1] != eos_id):
+        ids, labels = ids + [eos_id], labels + [eos_id]  # the EOS ends the text/completion: always trained
+    truncated = spec.max_length is not None and len(ids) > spec.max_length
+    if truncated:
+        ids, labels = ids[: spec.max_length], labels[: spec.max_length]
+    return ids, labels, truncated
+
+
+def _tokenize(texts: list[str], add_special_tokens: bool, spec: EncodeSpec) -> list:
+    if not texts:
+        return []
+    return _backend(spec.tokenizer).encode_batch(texts, add_special_tokens=add_special_tokens)
+
+
+def encode_batch(batch: dict, indices: list[int], spec: EncodeSpec) -> dict:
+    n_rows = len(indices)
+    reasons = [""] * n_rows
+    rendered = {True: [], False: []}  # append_eos -> [(row, text, spans)]
+    for row in range(n_rows):
+        values = {field: batch[column][row] for field, column in spec.columns.items() if column in batch}
+        try:
+            text, row_spans, add_eos = _render_row(normalize_row(spec.fmt, values), spec)
+        except BadRow as bad:
+            _reject(spec, indices[row], bad)
+            reasons[row] = bad.reason
+            continue
+        rendered[add_eos].append((row, text, row_spans))
+
+    eos_id = spec.tokenizer.eos_token_id
+    out = {key: [[] for _ in range(n_rows)] for key in ("input_ids", "labels", "position_ids", "source_ids")}
+    truncated = [False] * n_rows
+    # Conversations carry their special tokens in the rendered text; text and completions get BOS
+    # (when the tokenizer adds one) like TRL, and EOS appended. One Rust call per kind per batch.
+    for add_eos, items in rendered.items():
+        encodings = _tokenize([text for _, text, _ in items], add_eos, spec)
+        for (row, _, row_spans), encoding in zip(items, encodings):
+            labels = labels_from_spans(encoding, row_spans)
+            ids, labels, truncated[row] = _finish(list(encoding.ids), labels, add_eos, eos_id, spec)
+            if labels.count(-100) == len(labels):
+                reasons[row] = NO_SUPERVISED_TOKENS  # nothing to learn (e.g. truncation cut every answer)
+                continue
+            out["input_ids"][row] = ids
+            out["labels"][row] = labels
+            out["position_ids"][row] = list(range(len(ids)))
+            out["source_ids"][row] = [spec.source_index] * len(ids)
+    out["drop_reason"] = reasons
+    out["truncated"] = truncated
+    return out

@@ -1,0 +1,205 @@
+"""Dataset formats, each normalized to one of three internal forms.
+
+- `Text`: language modeling, every token trained, EOS appended.
+- `PromptCompletion`: two strings; the completion (EOS appended) is what `completion_only_loss` trains.
+- `Conversation`: chat messages (+ tools) rendered by the chat template. `n_prompt` is set for
+  conversational prompt-completion rows (and Alpaca): the first `n_prompt` messages are the prompt.
+
+A row that cannot be normalized raises `BadRow` with a reason key (counted when rows are dropped).
+"""
+from __future__ import annotations
+
+import json
+from typing import NamedTuple
+
+from sft_exp.errors import DataError
+
+FORMATS = ("text", "prompt_completion", "messages", "sharegpt", "alpaca")
+# Per format: (required fields, optional fields). `columns` maps these names to a file's columns.
+FORMAT_FIELDS = {
+    "text": (("text",), ()),
+    "prompt_completion": (("prompt", "completion"), ("tools",)),
+    "messages": (("messages",), ("tools",)),
+    "sharegpt": (("conversations",), ("system", "tools")),
+    "alpaca": (("instruction", "output"), ("input", "system")),
+}
+# Auto-detection tries formats in this order on the file's columns.
+DETECTION_ORDER = ("messages", "sharegpt", "prompt_completion", "alpaca", "text")
+ROLES = ("system", "user", "assistant", "tool")
+SHAREGPT_ROLES = {
+    "human": "user", "user": "user",
+    "gpt": "assistant", "assistant": "assistant", "model": "assistant", "chatgpt": "assistant",
+    "bard": "assistant", "bing": "assistant", "function_call": "assistant",
+    "system": "system",
+    "tool": "tool", "observation": "tool", "function_response": "tool",
+}  # fmt: skip
+
+
+class BadRow(Exception):
+    """A row that cannot be used; `reason` is the key it is counted under."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+class Text(NamedTuple):
+    text: str
+
+
+class PromptCompletion(NamedTuple):
+    prompt: str
+    completion: str
+
+
+class Conversation(NamedTuple):
+    messages: list
+    tools: list | None
+    n_prompt: int | None  # prompt-completion rows: number of prompt messages
+
+
+def column_map(fmt: str, columns: dict) -> dict:
+    """Format field -> column name in the file, for every field of `fmt`."""
+    required, optional = FORMAT_FIELDS[fmt]
+    return {field: columns.get(field, field) for field in required + optional}
+
+
+def detect_format(fmt: str, column_names: list[str], columns: dict, where: str) -> str:
+    """The format of a source: `fmt` itself, or the first format whose required columns exist."""
+    unknown = set(columns) - {f for req, opt in FORMAT_FIELDS.values() for f in req + opt}
+    if unknown:
+        raise DataError(f"{where}: `columns` names unknown format fields {sorted(unknown)}")
+    candidates = [fmt] if fmt != "auto" else list(DETECTION_ORDER)
+    for candidate in candidates:
+        required, _ = FORMAT_FIELDS[candidate]
+        mapping = column_map(candidate, columns)
+        missing = [mapping[f] for f in required if mapping[f] not in column_names]
+        if not missing:
+            return candidate
+        if fmt != "auto":
+            raise DataError(
+                f"{where}: format '{fmt}' needs the column(s) {missing}, but the file has {column_names}; "
+                f"map them with `columns` (e.g. columns={{{required[0]}: your_column}})"
+            )
+    raise DataError(
+        f"{where}: cannot tell the format from the columns {column_names}; set `format` to one of "
+        f"{', '.join(FORMATS)} and, if the names differ, `columns` (e.g. {{prompt: question, completion: answer}})"
+    )
+
+
+def normalize_row(fmt: str, row: dict):
+    """One row (format field -> value) in its internal form, or BadRow."""
+    if fmt == "text":
+        return Text(_string_field(row, "text"))
+    if fmt == "prompt_completion":
+        return _prompt_completion(row)
+    if fmt == "messages":
+        messages = _clean_messages(row.get("messages"), "messages")
+        return _conversation(messages, _tools(row.get("tools")), None)
+    if fmt == "sharegpt":
+        return _sharegpt(row)
+    if fmt == "alpaca":
+        return _alpaca(row)
+    raise ValueError(f"unknown format {fmt}")
+
+
+def _string_field(row: dict, field: str) -> str:
+    value = row.get(field)
+    if value is None:
+        raise BadRow("missing_field", f"the field '{field}' is missing or null")
+    if not isinstance(value, str):
+        raise BadRow("non_string_content", f"the field '{field}' is a {type(value).__name__}, not a string")
+    if not value:
+        raise BadRow("empty_text", f"the field '{field}' is empty")
+    return value
+
+
+def _tools(value) -> list | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):  # a JSON-encoded list keeps a varying schema out of Arrow
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise BadRow("bad_tools", f"'tools' is not valid JSON ({err})") from None
+    if not isinstance(value, list) or not all(isinstance(tool, dict) for tool in value):
+        raise BadRow("bad_tools", "'tools' must be a list of JSON schema objects")
+    return value
+
+
+def _clean_message(message, where: str) -> dict:
+    if not isinstance(message, dict):
+        raise BadRow("bad_message", f"{where} is a {type(message).__name__}, not a {{role, content}} object")
+    # Arrow fills keys a message lacks with null; templates expect them absent (as apply_chat_template does).
+    message = {key: value for key, value in message.items() if value is not None}
+    role = message.get("role")
+    if role is None:
+        raise BadRow("missing_field", f"{where} has no 'role'")
+    if role not in ROLES:
+        raise BadRow("unknown_role", f"{where} has the unknown role {role!r} (expected one of {', '.join(ROLES)})")
+    content = message.get("content")
+    if content is None and not (role == "assistant" and message.get("tool_calls")):
+        raise BadRow("missing_field", f"{where} ({role}) has no 'content'")
+    if content is not None and not isinstance(content, str):
+        raise BadRow("non_string_content", f"{where} ({role}) has {type(content).__name__} content, not a string")
+    return message
+
+
+def _clean_messages(messages, field: str) -> list[dict]:
+    if messages is None:
+        raise BadRow("missing_field", f"the field '{field}' is missing or null")
+    if not isinstance(messages, list):
+        raise BadRow("bad_message", f"'{field}' is a {type(messages).__name__}, not a list of messages")
+    if not messages:
+        raise BadRow("empty_conversation", f"'{field}' is an empty conversation")
+    return [_clean_message(message, f"{field}[{i}]") for i, message in enumerate(messages)]
+
+
+def _conversation(messages: list[dict], tools, n_prompt: int | None) -> Conversation:
+    answered = messages[n_prompt or 0 :]
+    if not any(message["role"] == "assistant" for message in answered):
+        where = "the completion" if n_prompt is not None else "the conversation"
+        raise BadRow("no_assistant_turn", f"{where} has no assistant turn to train on")
+    return Conversation(messages, tools, n_prompt)
+
+
+def _prompt_completion(row: dict):
+    prompt, completion = row.get("prompt"), row.get("completion")
+    if isinstance(prompt, list) or isinstance(completion, list):
+        prompt_messages = _clean_messages(prompt, "prompt")
+        completion_messages = _clean_messages(completion, "completion")
+        messages = prompt_messages + completion_messages
+        return _conversation(messages, _tools(row.get("tools")), len(prompt_messages))
+    return PromptCompletion(_string_field(row, "prompt"), _string_field(row, "completion"))
+
+
+def _sharegpt(row: dict) -> Conversation:
+    turns = row.get("conversations")
+    if turns is None:
+        raise BadRow("missing_field", "the field 'conversations' is missing or null")
+    if not isinstance(turns, list):
+        raise BadRow("bad_message", "'conversations' is not a list of {from, value} turns")
+    if not turns:
+        raise BadRow("empty_conversation", "'conversations' is an empty conversation")
+    messages = [{"role": "system", "content": row["system"]}] if row.get("system") else []
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict) or turn.get("from") is None:
+            raise BadRow("missing_field", f"conversations[{i}] has no 'from'")
+        role = SHAREGPT_ROLES.get(turn["from"])
+        if role is None:
+            raise BadRow("unknown_role", f"conversations[{i}] has the unknown speaker {turn['from']!r}")
+        messages.append(_clean_message({"role": role, "content": turn.get("value")}, f"conversations[{i}]"))
+    return _conversation(messages, _tools(row.get("tools")), None)
+
+
+def _alpaca(row: dict) -> Conversation:
+    instruction = _string_field(row, "instruction")
+    output = _string_field(row, "output")
+    extra = row.get("input")
+    if extra is not None and not isinstance(extra, str):
+        raise BadRow("non_string_content", f"the field 'input' is a {type(extra).__name__}, not a string")
+    user = f"{instruction}\n\n{extra}" if extra else instruction
+    prompt = [{"role": "system", "content": row["system"]}] if row.get("system") else []
+    prompt.append({"role": "user", "content": user})
+    return Conversation(prompt + [{"role": "assistant", "content": output}], None, len(prompt))

@@ -1,0 +1,32 @@
+"""Which rows of each source go to training and evaluation, and how often: seeded, deterministic."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def split_counts(sizes: list[int], eval_split_size: float) -> list[int]:
+    """Held-out rows per source: a fraction (<1) of each, or a number (>=1) shared in proportion to size."""
+    if eval_split_size <= 0:
+        return [0] * len(sizes)
+    if eval_split_size < 1:
+        return [int(round(size * eval_split_size)) for size in sizes]
+    total = min(int(eval_split_size), sum(sizes))
+    exact = np.array(sizes, dtype=float) * total / max(sum(sizes), 1)
+    counts = np.floor(exact).astype(int)
+    for i in np.argsort(-(exact - counts), kind="stable")[: total - counts.sum()]:
+        counts[i] += 1  # largest remainders first, so the counts add up to `total`
+    return counts.tolist()
+
+
+def split_rows(n_rows: int, n_eval: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(train rows, eval rows) of one source, eval rows drawn at random."""
+    order = rng.permutation(n_rows)
+    return np.sort(order[n_eval:]), np.sort(order[:n_eval])
+
+
+def weighted_rows(rows: np.ndarray, weight: float, rng: np.random.Generator) -> np.ndarray:
+    """`rows` repeated int(weight) times, plus a random sample of the fractional part (no repeats in it)."""
+    whole, fraction = int(weight), weight - int(weight)
+    extra = int(round(fraction * len(rows)))
+    sampled = rng.choice(rows, size=extra, replace=False) if extra else np.empty(0, dtype=rows.dtype)
+    return np.concatenate([rows] * whole + [np.sort(sampled)])

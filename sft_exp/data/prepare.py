@@ -1,0 +1,142 @@
+"""`prepare_datasets`: config + tokenizer -> tokenized, masked, mixed (and packed) train/eval datasets.
+
+sources -> normalize -> validate rows -> render -> tokenize + masks -> truncate / drop
+        -> eval split -> mix by weight -> pack -> statistics, fingerprint, sample prompts
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import datasets
+import numpy as np
+
+from sft_exp.data.encoding import EncodeSpec, encode_batch
+from sft_exp.data.fingerprint import data_fingerprint, encode_fingerprint, tokenizer_hash
+from sft_exp.data.formats import column_map, detect_format
+from sft_exp.data.masks import check_template_can_mask
+from sft_exp.data.mixture import split_counts, split_rows, weighted_rows
+from sft_exp.data.packing import pack_bfd, pack_wrapped, token_table
+from sft_exp.data.sample_prompts import sample_prompts
+from sft_exp.data.sources import load_source, source_label, source_name
+from sft_exp.data.statistics import dataset_statistics
+from sft_exp.data.templates import has_generation_markers, resolve_chat_template, template_variables
+from sft_exp.data.validate import as_data_config, check_packing_attention, validate_data_config
+from sft_exp.errors import DataError
+
+
+@dataclass
+class PreparedData:
+    train: datasets.Dataset
+    eval: datasets.Dataset | None
+    source_names: list[str]
+    stats: dict
+    fingerprint: str
+    sample_prompts: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class EncodedSource:
+    """One source after tokenization: its kept rows, which raw rows they were, and its counts."""
+
+    name: str
+    raw: datasets.Dataset
+    fmt: str
+    columns: dict
+    rows: datasets.Dataset
+    kept: np.ndarray  # raw row index of each kept row
+    stats: dict
+
+
+def _encode_source(source, index: int, cfg, tokenizer, template, cache_dir, truncate: bool) -> EncodedSource:
+    label = source_label(source)
+    raw = load_source(source, cache_dir)
+    fmt = detect_format(source.format, raw.column_names, source.columns, label)
+    completion_only = cfg.completion_only_loss is not False  # default: on for prompt-completion rows
+    spec = EncodeSpec(
+        tokenizer=tokenizer, fmt=fmt, columns=column_map(fmt, source.columns), template=template,
+        template_variables=template_variables(tokenizer), markers=bool(template) and has_generation_markers(template),
+        assistant_only=cfg.assistant_only_loss, completion_only=completion_only,
+        max_length=cfg.max_length if truncate else None, source_index=index, source_file=label,
+        drop_bad_rows=cfg.on_bad_row == "drop",
+    )  # fmt: skip
+    settings = {k: v for k, v in vars(spec).items() if k != "tokenizer"}
+    encoded = raw.map(
+        encode_batch, batched=True, with_indices=True, fn_kwargs={"spec": spec}, remove_columns=raw.column_names,
+        num_proc=cfg.num_proc if cfg.num_proc and cfg.num_proc > 1 and len(raw) > 1000 else None,
+        new_fingerprint=encode_fingerprint(raw._fingerprint, settings, tokenizer_hash(tokenizer)),
+        desc=f"Tokenizing {label}",
+    )  # fmt: skip
+    reasons = encoded["drop_reason"]
+    kept = np.array([i for i, reason in enumerate(reasons) if not reason], dtype=np.int64)
+    dropped = Counter(reason for reason in reasons if reason)
+    stats = {"path": label, "format": fmt, "rows_read": len(raw), "rows_kept": len(kept),
+             "rows_dropped": dict(sorted(dropped.items())), "rows_truncated": int(sum(encoded["truncated"]))}  # fmt: skip
+    rows = encoded.remove_columns(["drop_reason", "truncated"])
+    rows = rows.select(kept) if dropped else rows
+    return EncodedSource(source_name(source), raw, fmt, source.columns, rows, kept, stats)
+
+
+def _encode_all(sources, cfg, tokenizer, template, names, cache_dir, truncate, role) -> list[EncodedSource]:
+    encoded = []
+    for source in sources:
+        part = _encode_source(source, names.index(source_name(source)), cfg, tokenizer, template, cache_dir, truncate)
+        if len(part.rows) == 0:
+            raise DataError(
+                f"{part.stats['path']}: every one of its {part.stats['rows_read']} {role} rows was dropped "
+                f"({part.stats['rows_dropped']}); check its format, columns and data.max_length"
+            )
+        encoded.append(part)
+    return encoded
+
+
+def _split_and_mix(cfg, sources, parts: list[EncodedSource], rng) -> tuple[datasets.Dataset, list, list]:
+    """(mixed training rows, per-part eval row indices, per-part training row indices)."""
+    eval_counts = split_counts([len(part.rows) for part in parts], cfg.eval_split_size if not cfg.eval_sources else 0)
+    train_pieces, eval_rows, train_rows = [], [], []
+    for source, part, n_eval in zip(sources, parts, eval_counts):
+        train_idx, eval_idx = split_rows(len(part.rows), n_eval, rng)
+        if len(train_idx) == 0:
+            raise DataError(f"{part.stats['path']}: data.eval_split_size={cfg.eval_split_size} leaves no training rows")
+        chosen = weighted_rows(train_idx, source.weight, rng)
+        train_pieces.append(part.rows.select(chosen))
+        eval_rows.append(eval_idx)
+        train_rows.append(chosen)
+    mixed = datasets.concatenate_datasets(train_pieces)
+    return mixed.select(rng.permutation(len(mixed))), eval_rows, train_rows
+
+
+def _eval_dataset(parts, eval_parts, eval_rows) -> datasets.Dataset | None:
+    pieces = [part.rows for part in eval_parts]
+    pieces += [part.rows.select(rows) for part, rows in zip(parts, eval_rows) if len(rows)]
+    return datasets.concatenate_datasets(pieces) if pieces else None
+
+
+def prepare_datasets(data_cfg, tokenizer, *, attn_implementation=None, cache_dir=None) -> PreparedData:
+    validate_data_config(data_cfg)
+    cfg = as_data_config(data_cfg)
+    check_packing_attention(cfg, attn_implementation)
+    template = resolve_chat_template(cfg.chat_template, tokenizer)
+    if cfg.assistant_only_loss and template is not None:
+        check_template_can_mask(template, template_variables(tokenizer))
+    names = list(dict.fromkeys(source_name(s) for s in [*cfg.sources, *cfg.eval_sources]))
+    truncate = not (cfg.packing and cfg.packing_strategy == "wrapped")
+    parts = _encode_all(cfg.sources, cfg, tokenizer, template, names, cache_dir, truncate, "training")
+    eval_parts = _encode_all(cfg.eval_sources, cfg, tokenizer, template, names, cache_dir, True, "eval")
+    rng = np.random.default_rng(cfg.seed)
+    train, eval_rows, train_rows = _split_and_mix(cfg, cfg.sources, parts, rng)
+    eval_set = _eval_dataset(parts, eval_parts, eval_rows)
+    if cfg.packing:
+        pack = pack_bfd if cfg.packing_strategy == "bfd" else pack_wrapped
+        train = pack(train, cfg.max_length)
+    mixture_rows = {part.name: len(rows) for part, rows in zip(parts, train_rows)}
+    stats = dataset_statistics(cfg, parts, eval_parts, train, eval_set, names, mixture_rows)
+    extra = {"names": names, "packing": cfg.packing, "strategy": cfg.packing_strategy, "max_length": cfg.max_length}
+    return PreparedData(
+        train=train,
+        eval=eval_set,
+        source_names=names,
+        stats=stats,
+        fingerprint=data_fingerprint(token_table(train), extra),
+        sample_prompts=sample_prompts(parts, eval_parts, eval_rows),
+    )

@@ -1,0 +1,11 @@
+"""Fixtures for the data tests (the builders themselves live in builders.py)."""
+from __future__ import annotations
+
+import pytest
+from builders import make_word_tokenizer
+
+
+@pytest.fixture
+def word_tokenizer():
+    return make_word_tokenizer()
+
