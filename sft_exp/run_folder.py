@@ -95,3 +95,12 @@ def write_json(path: Path, value: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(value, indent=2, default=str) + "\n")
     tmp.replace(path)
+
+
+def mark_failed(run_dir: Path, error: BaseException) -> None:
+    """Record a job's failure in its summary.json (merged into what train.run wrote), so a sweep report shows it."""
+    path = Path(run_dir) / "summary.json"
+    summary = json.loads(path.read_text()) if path.is_file() else {}
+    summary.update(status="failed", error=f"{type(error).__name__}: {error}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, summary)
