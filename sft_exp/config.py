@@ -39,6 +39,8 @@ class ModelConfig:
     trust_remote_code: bool = False
     # Extra keyword arguments for from_pretrained (e.g. quantization_config via peft=qlora).
     load_kwargs: Dict[str, Any] = field(default_factory=dict)
+    # Modules a LoRA adapter wraps (peft.target_modules defaults to this): a name list or "all-linear".
+    lora_target_modules: Any = "all-linear"
 
 
 # ----------------------------------------------------------------------------- data
@@ -144,6 +146,35 @@ class WandbLoggerConfig:
     mode: Optional[str] = None
 
 
+@dataclass
+class LoraAdapterConfig:
+    """peft.LoraConfig's fields we expose (peft=lora, dora, qlora); `_convert_: all` gives it plain lists."""
+
+    _target_: str = "peft.LoraConfig"
+    _convert_: str = "all"
+    task_type: str = "CAUSAL_LM"
+    r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.05
+    # Module names (or "all-linear": every Linear except the LM head); the model preset's by default.
+    target_modules: Any = "${model.lora_target_modules}"
+    # Modules trained in full and saved with the adapter (e.g. [embed_tokens] for new tokens).
+    modules_to_save: Optional[List[str]] = None
+    bias: str = "none"
+    use_dora: bool = False
+    use_rslora: bool = False
+
+
+@dataclass
+class DistributedConfig:
+    """How several processes share the work; the launcher (torchrun, accelerate launch) starts them."""
+
+    # ddp: data parallel over however many processes were launched (one is fine); fsdp; deepspeed.
+    strategy: str = "ddp"
+    # transformers.TrainingArguments fields the strategy sets (fsdp, fsdp_config, deepspeed, ddp_*).
+    training_args: Dict[str, Any] = field(default_factory=dict)
+
+
 # ----------------------------------------------------------------------------- trainer
 @dataclass
 class TrainerConfig:
@@ -160,7 +191,8 @@ class TrainerConfig:
     per_device_eval_batch_size: int = 16
     gradient_accumulation_steps: int = 1
     lr_scheduler_type: str = "linear"
-    warmup_ratio: float = 0.0
+    # Linear warmup: a number of steps (>= 1) or a fraction of all steps (< 1).
+    warmup_steps: float = 0.0
     max_grad_norm: float = 1.0
     logging_steps: int = 10
     # Evaluate every eval_steps (0 or null: only before and after training).
@@ -195,6 +227,7 @@ class SFTConfig:
     memory: Any = MISSING
     peft: Any = None
     logger: Any = None
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
     # Runs write only here (Hydra's output dir).
     run_dir: str = "${hydra:runtime.output_dir}"
 
@@ -204,6 +237,8 @@ SCHEMAS = {
     "loss": {"nll": LossConfig, "dft": LossConfig},
     "memory": {"none": NoMemoryConfig, "checkpointing": CheckpointingConfig, "offload": OffloadConfig},
     "logger": {"wandb": WandbLoggerConfig},
+    "peft": {"lora": LoraAdapterConfig},
+    "distributed": {"distributed": DistributedConfig},
 }
 
 

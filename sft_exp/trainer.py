@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
 import torch
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
+from sft_exp.checkpoints import AtomicCheckpoints
 from sft_exp.errors import ConfigError, UserError
 from sft_exp.metrics import SFTMetrics
 from sft_exp.sft_forward import sft_forward
@@ -73,8 +74,8 @@ def build_training_arguments(
         eval_strategy="steps" if eval_steps else "no",
         eval_steps=eval_steps or None,
         average_tokens_across_devices=True,
+        dataloader_pin_memory=torch.cuda.is_available(),
         include_num_input_tokens_seen="no",
-        save_safetensors=True,
     )
     defaults.update(precision_flags(precision))
     defaults.update(kwargs)
@@ -102,7 +103,7 @@ class _TrainerHooks(TrainerCallback):
         self.trainer._nonfinite_in_step = False
 
 
-class SFTTrainer(Trainer):
+class SFTTrainer(AtomicCheckpoints, Trainer):
     """transformers.Trainer for SFT.
 
     Build it like TRL's: `SFTTrainer(model=..., train_dataset=..., data_collator=..., loss=NLLLoss(),
@@ -152,6 +153,7 @@ class SFTTrainer(Trainer):
         self._nonfinite_in_step = False
         self._skipped_steps = 0
         self.add_callback(_TrainerHooks(self))
+        self.remove_callback(PrinterCallback)  # sft_exp.tracking prints one readable line per log instead
 
     # ------------------------------------------------------------------ optimizer
     def create_optimizer(self, model=None):
@@ -189,7 +191,7 @@ class SFTTrainer(Trainer):
         if self.args.average_tokens_across_devices and num_items_in_batch is not None and mode == "train":
             # num_items_in_batch counts every rank's tokens and DDP averages gradients across ranks.
             loss = loss * self.accelerator.num_processes
-        return (loss, None) if return_outputs else loss
+        return (loss, {}) if return_outputs else loss  # prediction_loss_only: no logits kept
 
     @staticmethod
     def _count_input_tokens(inputs) -> int:
