@@ -113,8 +113,9 @@ def encode_batch(batch: dict, indices: list[int], spec: EncodeSpec) -> dict:
     # (when the tokenizer adds one) like TRL, and EOS appended. One Rust call per kind per batch.
     for add_eos, items in rendered.items():
         encodings = _tokenize([text for _, text, _ in items], add_eos, spec)
-        for (row, _, row_spans), encoding in zip(items, encodings):
-            labels = labels_from_spans(encoding, row_spans)
+        for (row, text, row_spans), encoding in zip(items, encodings):
+            # Conversations: whitespace after an end-of-turn token is not trained (never generated).
+            labels = labels_from_spans(encoding, row_spans, None if add_eos else text)
             ids, labels, truncated[row] = _finish(list(encoding.ids), labels, add_eos, eos_id, spec)
             if labels.count(-100) == len(labels):
                 reasons[row] = NO_SUPERVISED_TOKENS  # nothing to learn (e.g. truncation cut every answer)

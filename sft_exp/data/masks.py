@@ -7,7 +7,8 @@ Assistant turns are found one of two exact ways:
   of `messages[:i+1]` leaves the full render. The generation prompt must be an exact prefix of
   the full conversation, and the assistant's content must lie inside its span; otherwise the
   row is reported (`template_mismatch`), never silently mis-masked.
-Spans end after the turn's end-of-turn token(s); trailing whitespace is left untrained.
+Spans end after the turn's end-of-turn token(s); only tokens wholly inside a span are trained,
+and whitespace-only tokens after the end of turn are not (the model never generates them).
 """
 from __future__ import annotations
 
@@ -67,26 +68,43 @@ def _spans_from_markers(conv: Conversation, template: str, variables: dict) -> t
     return text, spans
 
 
+def _mismatch(detail: str) -> BadRow:
+    return BadRow("template_mismatch", detail + "; use a template with {% generation %} markers (e.g. chatml)")
+
+
+def _assistant_span(text: str, head: str, upto: str, message: dict) -> Span:
+    """Span of one assistant turn in `text`, given the render before it (+ generation prompt) and through it.
+
+    The turn ends after its content and the longest run of what follows the content in `upto` that
+    `text` repeats (the end-of-turn tokens; `upto` may add end-of-conversation text that `text` has not).
+    """
+    start = len(head)
+    content = (message.get("content") or "").strip()
+    anchor_text = anchor_upto = start
+    if content:  # templates may trim the content or put a header (e.g. an empty <think> block) before it
+        found_text, found_upto = text.find(content, start), upto.find(content, start)
+        if found_text < 0 or found_upto < 0:
+            raise _mismatch(f"the chat template does not render the assistant's reply {content[:40]!r} verbatim")
+        anchor_text, anchor_upto = found_text + len(content), found_upto + len(content)
+    end = anchor_text + _common_prefix_length(upto[anchor_upto:], text[anchor_text:])
+    return start, _trim_end(text, start, end)
+
+
 def _spans_from_prefixes(conv: Conversation, template: str, variables: dict) -> tuple[str, list[Span]]:
     messages, tools = conv.messages, conv.tools
     text, _ = _render(template, messages, tools, variables)
-    spans, assistants = [], []
+    spans = []
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
         head, _ = _render(template, messages[:i], tools, variables, add_generation_prompt=True)
-        if not text.startswith(head):
-            raise BadRow(
-                "template_mismatch",
-                f"the chat template renders the conversation before assistant turn {i} differently on its own "
-                "than inside the full conversation, so its tokens cannot be masked exactly; use a template "
-                "with {% generation %} markers",
-            )
         upto, _ = _render(template, messages[: i + 1], tools, variables)
-        end = _trim_end(text, len(head), _common_prefix_length(upto, text))
-        spans.append((len(head), end))
-        assistants.append(message)
-    _check_content_inside(text, spans, assistants)
+        if not (text.startswith(head) and upto.startswith(head)):
+            raise _mismatch(
+                f"the chat template renders the conversation before assistant turn {i} differently on its own "
+                "than inside the full conversation, so its tokens cannot be masked exactly"
+            )
+        spans.append(_assistant_span(text, head, upto, message))
     return text, spans
 
 
@@ -125,40 +143,41 @@ def conversation_spans(
     return text, spans
 
 
-def _first_token_at_or_after(encoding, char: int, n_tokens: int) -> int:
-    """Index of the first token that starts at or after `char` (a token straddling `char` is left out)."""
-    token = encoding.char_to_token(char)
-    probe = char
-    while token is None and probe < char + 8:  # characters some tokenizers drop (e.g. spaces)
-        probe += 1
+def _token_at(encoding, char: int, step: int, limit: int) -> int | None:
+    """The token covering `char`, or, for characters no token covers (e.g. dropped spaces), the next one in `step` direction."""
+    for probe in range(char, limit, step):
         token = encoding.char_to_token(probe)
-    if token is None:
-        return n_tokens
-    if encoding.token_to_chars(token)[0] < char:
-        token += 1
-    return token
+        if token is not None:
+            return token
+    return None
 
 
-def _last_token_before(encoding, char: int) -> int | None:
-    """Index of the last token that starts before `char`."""
-    probe = char - 1
-    token = encoding.char_to_token(probe)
-    while token is None and probe > max(char - 8, 0):
-        probe -= 1
-        token = encoding.char_to_token(probe)
-    return token
+def labels_from_spans(encoding, spans: list[Span] | None, text: str | None = None) -> list[int]:
+    """Per-token labels: the token id for tokens lying wholly inside a trained span, -100 elsewhere.
 
-
-def labels_from_spans(encoding, spans: list[Span] | None) -> list[int]:
-    """Per-token labels: the token id inside a trained span, -100 elsewhere (tokens are not shifted)."""
+    Labels are not shifted: labels[t] == input_ids[t] where trained. A token that straddles a span
+    edge is not trained (it is partly prompt, or partly the next turn). Given `text`, whitespace-only
+    tokens that end a span are not trained either: they follow the end-of-turn token, and the model
+    never generates them.
+    """
     ids = encoding.ids
     if spans is None:
         return list(ids)
     labels = [-100] * len(ids)
     for start, end in spans:
-        first = _first_token_at_or_after(encoding, start, len(ids))
-        last = _last_token_before(encoding, end)
-        if last is not None and last >= first:
+        if end <= start:
+            continue
+        first = _token_at(encoding, start, 1, end)
+        last = _token_at(encoding, end - 1, -1, start - 1)
+        if first is None or last is None:
+            continue
+        if encoding.token_to_chars(first)[0] < start:
+            first += 1
+        if encoding.token_to_chars(last)[1] > end:
+            last -= 1
+        while text is not None and last >= first and text[slice(*encoding.token_to_chars(last))].isspace():
+            last -= 1
+        if last >= first:
             labels[first : last + 1] = ids[first : last + 1]
     return labels
 

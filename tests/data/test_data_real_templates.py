@@ -1,0 +1,123 @@
+"""Assistant masks for the real chat templates in ../shared/data/chat_templates (no generation markers).
+
+Each template is rendered with the real phi-3-mini tokenizer (its control tokens added as special
+tokens), and the trained tokens of each assistant turn must be exactly the reply followed by that
+template's end-of-turn token.
+"""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from builders import conversation
+
+from sft_exp.data.encoding import EncodeSpec, encode_batch
+from sft_exp.data.formats import BadRow, Conversation
+from sft_exp.data.masks import conversation_spans
+from sft_exp.data.templates import CHATML, template_variables
+
+CONTROL_TOKENS = [
+    "<|im_start|>", "<|im_end|>", "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
+    "<|eot_id|>", "<start_of_turn>", "<end_of_turn>", "<bos>", "[INST]", "[/INST]",
+]  # fmt: skip
+# template file -> (assistant turn 1, assistant turn 2) as trained, for the conversation below.
+EXPECTED = {
+    "Qwen-Qwen2.5-7B-Instruct.jinja": ("Paris.<|im_end|>", "Rome.<|im_end|>"),
+    "qwen2.5_tokenizer_config.json": ("Paris.<|im_end|>", "Rome.<|im_end|>"),
+    "qwen3_tokenizer_config.json": ("Paris.<|im_end|>", "<think>\n\n</think>\n\nRome.<|im_end|>"),
+    "smollm3_chat_template.jinja": ("Paris.<|im_end|>", "Rome.<|im_end|>"),
+    "chatml.axolotl.jinja": ("Paris.<|im_end|>", "Rome.<|im_end|>"),
+    "google-gemma-2-2b-it.jinja": ("Paris.<end_of_turn>", "Rome.<end_of_turn>"),
+    "meta-llama-Llama-3.1-8B-Instruct.jinja": ("Paris.<|eot_id|>", "Rome.<|eot_id|>"),
+    "meta-llama-Llama-3.2-3B-Instruct.jinja": ("Paris.<|eot_id|>", "Rome.<|eot_id|>"),
+    "microsoft-Phi-3.5-mini-instruct.jinja": ("Paris.<|end|>", "Rome.<|end|><|endoftext|>"),
+    "mistralai-Mistral-Nemo-Instruct-2407.jinja": ("Paris.<|endoftext|>", "Rome.<|endoftext|>"),
+    "zephyr.chujiezheng.jinja": ("Paris.<|endoftext|>", "Rome.<|endoftext|>"),
+}
+MESSAGES = conversation("Capital of France?", "Paris.", "And of Italy?", "Rome.")["messages"]
+
+
+def _load_template(path) -> str:
+    if path.suffix == ".json":
+        return json.loads(path.read_text())["chat_template"]
+    text = path.read_text()
+    if "chujiezheng" in path.name:  # that repo's README: strip its indentation before use
+        text = text.replace("    ", "").replace("\n", "")
+    return text
+
+
+@pytest.fixture(scope="module")
+def phi3_tokenizer():
+    from builders import SHARED_DATA
+    from transformers import AutoTokenizer
+
+    folder = SHARED_DATA / "tokenizers" / "phi-3-mini"
+    if not folder.is_dir():
+        pytest.skip("../shared/data is absent (a fresh clone has none)")
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    tokenizer.add_special_tokens({"additional_special_tokens": CONTROL_TOKENS})
+    return tokenizer
+
+
+def _encode(tokenizer, template: str, messages: list[dict], drop: bool = False) -> dict:
+    spec = EncodeSpec(
+        tokenizer=tokenizer, fmt="messages", columns={"messages": "messages", "tools": "tools"}, template=template,
+        template_variables=template_variables(tokenizer), markers=False, assistant_only=True, completion_only=True,
+        max_length=None, source_index=0, source_file="chat.jsonl", drop_bad_rows=drop,
+    )  # fmt: skip
+    return encode_batch({"messages": [messages]}, [0], spec)
+
+
+def _trained_runs(tokenizer, ids: list[int], labels: list[int]) -> list[str]:
+    """Decoded runs of consecutive trained tokens."""
+    runs, current = [], []
+    for token, label in zip(ids + [None], labels + [-100]):
+        if label != -100:
+            current.append(token)
+        elif current:
+            runs.append(tokenizer.decode(current))
+            current = []
+    return runs
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_assistant_turns_and_their_end_of_turn_are_trained(phi3_tokenizer, shared_data, name):
+    template = _load_template(shared_data / "chat_templates" / name)
+    out = _encode(phi3_tokenizer, template, MESSAGES)
+    assert out["drop_reason"] == [""]
+    runs = _trained_runs(phi3_tokenizer, out["input_ids"][0], out["labels"][0])
+    assert runs == list(EXPECTED[name])
+
+
+def test_every_shared_template_is_covered(shared_data):
+    assert sorted(path.name for path in (shared_data / "chat_templates").iterdir()) == sorted(EXPECTED)
+
+
+def test_template_that_moves_the_system_prompt_is_reported(phi3_tokenizer, shared_data):
+    # Mistral-Nemo puts the system prompt into the *last* user turn, so a prefix renders differently.
+    template = _load_template(shared_data / "chat_templates" / "mistralai-Mistral-Nemo-Instruct-2407.jinja")
+    messages = conversation("Capital of France?", "Paris.", "And of Italy?", "Rome.", system="Be brief")["messages"]
+    out = _encode(phi3_tokenizer, template, messages, drop=True)
+    assert out["drop_reason"] == ["template_mismatch"]
+
+
+def test_prefix_masks_equal_generation_marker_masks(phi3_tokenizer):
+    plain_chatml = re.sub(r"\{% (end)?generation %\}", "", CHATML)
+    variables = template_variables(phi3_tokenizer)
+    rows = [MESSAGES, conversation("Hi", "Hello there", system="You are helpful")["messages"]]
+    for messages in rows:
+        conv = Conversation(messages, None, None)
+        with_markers = conversation_spans(conv, CHATML, variables, assistant_only=True, completion_only=False, markers=True)
+        from_prefixes = conversation_spans(
+            conv, plain_chatml, variables, assistant_only=True, completion_only=False, markers=False
+        )
+        assert with_markers == from_prefixes
+
+
+def test_template_that_rewrites_the_reply_is_a_mismatch(phi3_tokenizer):
+    shouting = "{% for m in messages %}{{ m['role'] + ': ' + m['content'] | upper + '\\n' }}{% endfor %}"
+    conv = Conversation(MESSAGES, None, None)
+    with pytest.raises(BadRow, match="verbatim") as raised:
+        conversation_spans(conv, shouting, {}, assistant_only=True, completion_only=False, markers=False)
+    assert raised.value.reason == "template_mismatch"
