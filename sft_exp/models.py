@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, Mapping, Optional
 
 import torch
@@ -43,7 +44,7 @@ def load_model(model_cfg: Mapping[str, Any], vocab_size: Optional[int] = None):
     dtype = resolve_dtype(model_cfg.get("dtype", "auto"))
     attn = model_cfg.get("attn_implementation")
     if model_cfg.get("name_or_path"):
-        kwargs = dict(model_cfg.get("load_kwargs") or {})
+        kwargs = _load_kwargs(model_cfg)
         if attn:
             kwargs["attn_implementation"] = attn
         return AutoModelForCausalLM.from_pretrained(
@@ -59,6 +60,19 @@ def load_model(model_cfg: Mapping[str, Any], vocab_size: Optional[int] = None):
     log.info("built a fresh %s model from config: %.2fM parameters", model_type,
              sum(p.numel() for p in model.parameters()) / 1e6)
     return model
+
+
+def _load_kwargs(model_cfg: Mapping[str, Any]) -> dict:
+    """model.load_kwargs for from_pretrained, with a quantization_config mapping made a config object."""
+    kwargs = dict(model_cfg.get("load_kwargs") or {})
+    quant = kwargs.get("quantization_config")
+    if isinstance(quant, Mapping):
+        from transformers.quantizers.auto import AutoQuantizationConfig
+
+        kwargs["quantization_config"] = AutoQuantizationConfig.from_dict(dict(quant))
+        # A quantized model cannot be moved after loading: put it on this rank's GPU now.
+        kwargs.setdefault("device_map", {"": int(os.environ.get("LOCAL_RANK", 0))})
+    return kwargs
 
 
 def align_special_tokens(model, tokenizer) -> None:

@@ -20,6 +20,10 @@ log = logging.getLogger(__name__)
 def run(cfg: DictConfig) -> float:
     """Train one job. Returns the final eval loss (what an Optuna sweep minimizes; NaN without eval data)."""
     started = time.monotonic()
+    from sft_exp import distributed
+
+    distributed.export_slurm_environment()  # a multi-task SLURM job becomes torchrun-style ranks
+    distributed.quiet_non_main_rank()
     validate_config(cfg)  # seconds, before any model or data loads
 
     import torch
@@ -27,11 +31,12 @@ def run(cfg: DictConfig) -> float:
     from transformers import set_seed
 
     from sft_exp import run_folder
+    from sft_exp.adapters import parameter_counts, save_base_for_export, wrap_with_adapter
     from sft_exp.data import SFTCollator, prepare_datasets
     from sft_exp.models import align_special_tokens, load_model, load_tokenizer
     from sft_exp.tracking import RunRecorder
 
-    run_dir = Path(cfg.run_dir)
+    run_dir = distributed.shared_run_dir(Path(cfg.run_dir))
     run_dir.mkdir(parents=True, exist_ok=True)
     is_main = _is_main_process()
     set_seed(cfg.seed)
@@ -52,11 +57,9 @@ def run(cfg: DictConfig) -> float:
     model = load_model(cfg.model, vocab_size=len(tokenizer))
     align_special_tokens(model, tokenizer)
     memory.apply(model)
-    if peft_config is not None:
-        from peft import get_peft_model
-
-        model = get_peft_model(model, peft_config)
-        model.print_trainable_parameters()
+    if peft_config is not None and not cfg.model.name_or_path and is_main:
+        save_base_for_export(model, tokenizer, run_dir)  # a base built from config exists nowhere else
+    model = wrap_with_adapter(model, peft_config)  # logs the trainable parameters
 
     resolved = run_folder.write_resolved_config(cfg, run_dir) if is_main else None
     if is_main:
@@ -70,6 +73,9 @@ def run(cfg: DictConfig) -> float:
     status, summary = "failed", {}
     try:
         trainer_kwargs = OmegaConf.to_container(cfg.trainer, resolve=True)
+        if cfg.get("distributed") is not None:  # fsdp / deepspeed TrainingArguments
+            trainer_kwargs["extra_args"] = {**distributed.training_arguments(cfg.distributed),
+                                            **trainer_kwargs.get("extra_args", {})}
         sample_count = trainer_kwargs.pop("num_sample_generations")
         max_new_tokens = trainer_kwargs.pop("max_new_tokens")
         resume = trainer_kwargs.pop("resume_from_checkpoint")
@@ -82,7 +88,7 @@ def run(cfg: DictConfig) -> float:
             processing_class=tokenizer, callbacks=[RunRecorder(run_dir, logger)],
             output_dir=str(run_dir / "checkpoints"), seed=cfg.seed, data_seed=cfg.seed,
         )
-        summary = _train_and_evaluate(trainer, data, resume=resume)
+        summary = {**parameter_counts(model), **_train_and_evaluate(trainer, data, resume=resume)}
         trainer.save_model(str(run_dir / "model"))
         if is_main:
             tokenizer.save_pretrained(str(run_dir / "model"))

@@ -26,6 +26,12 @@ def validate_config(cfg: DictConfig) -> None:
         )
     _check_model(cfg.model)
     _check_trainer(cfg.trainer)
+    from sft_exp.adapters import check_adapter_config
+    from sft_exp.distributed import check_distributed_config
+
+    if cfg.get("distributed") is not None:
+        check_distributed_config(cfg.distributed)
+    check_adapter_config(cfg)
     from sft_exp.data import validate_data_config
 
     validate_data_config(cfg.data)

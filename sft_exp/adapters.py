@@ -1,0 +1,149 @@
+"""PEFT adapters (LoRA, DoRA, QLoRA): checked before anything loads, then wrapped around the model.
+
+`check_adapter_config` runs with the other config checks: QLoRA without CUDA or bitsandbytes, and
+LoRA target modules that name nothing in the model, fail in seconds. The targets are matched
+against the model's skeleton built on the meta device (config.json only, no weights).
+`wrap_with_adapter` repeats the target check on the loaded model, wraps it and reports the
+trainable parameters.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import Any, Iterable, List, Optional
+
+import torch
+
+from sft_exp.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+# ----------------------------------------------------------------------------- before anything loads
+def check_adapter_config(cfg) -> None:
+    """Refuse adapter settings that cannot work here; `cfg` is the whole run config."""
+    quant = (cfg.model.get("load_kwargs") or {}).get("quantization_config")
+    if quant is not None:
+        _check_quantization(cfg.model, quant)
+    if not cfg.get("peft"):
+        return
+    if quant is not None and not cfg.model.name_or_path:
+        raise ConfigError(
+            "peft=qlora quantizes pretrained weights while loading them, but this model is built from "
+            "model.init_config: set model.name_or_path to a pretrained model, or use peft=lora."
+        )
+    skeleton = _skeleton(cfg.model)
+    if skeleton is not None:
+        check_targets(skeleton, cfg.peft.get("target_modules"), cfg.peft.get("modules_to_save"))
+
+
+def _check_quantization(model_cfg, quant) -> None:
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            "peft=qlora (model.load_kwargs.quantization_config) loads the base model in 4 bits with "
+            "bitsandbytes, which needs a CUDA GPU and this machine has none. Use peft=lora here, "
+            "or run on a GPU machine."
+        )
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            "peft=qlora needs the bitsandbytes package: `pip install bitsandbytes`, or use peft=lora."
+        ) from None
+
+
+def _skeleton(model_cfg) -> Optional[torch.nn.Module]:
+    """The model's modules on the meta device (no weights); None when its config cannot be read yet."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    try:
+        if model_cfg.name_or_path:
+            config = AutoConfig.from_pretrained(
+                model_cfg.name_or_path, revision=model_cfg.revision, trust_remote_code=model_cfg.trust_remote_code
+            )
+        else:
+            fields = dict(model_cfg.init_config)
+            config = AutoConfig.for_model(fields.pop("model_type"), **fields)
+        with torch.device("meta"):
+            return AutoModelForCausalLM.from_config(config, trust_remote_code=model_cfg.trust_remote_code)
+    except (OSError, ValueError, KeyError) as e:
+        # No network or an unusual model: the same check runs on the loaded model instead.
+        log.debug("adapter targets checked after loading (%s: %s)", type(e).__name__, e)
+        return None
+
+
+# ----------------------------------------------------------------------------- target modules
+def _matches(name: str, target: str) -> bool:
+    """peft's rule for a list entry: the full module name, or its last dotted parts."""
+    return name == target or name.endswith("." + target)
+
+
+def linear_module_names(model: torch.nn.Module) -> List[str]:
+    """Distinct short names of the model's Linear layers (what target_modules usually lists)."""
+    names = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    return sorted(names)
+
+
+def check_targets(model: torch.nn.Module, targets: Any, modules_to_save: Optional[Iterable[str]] = None) -> None:
+    """Every named target must match a module of `model`; a typo would silently train less."""
+    names = [name for name, _ in model.named_modules()]
+    kind = type(model).__name__
+    if isinstance(targets, str) and targets != "all-linear":  # peft reads a string as a regex over full names
+        if not any(re.fullmatch(targets, n) for n in names):
+            raise ConfigError(
+                f"peft.target_modules={targets!r} (a regex) matches no module of {kind}. "
+                f"Its Linear layers: {', '.join(linear_module_names(model))}."
+            )
+    listed = [] if targets is None or isinstance(targets, str) else targets
+    for key, wanted in (("target_modules", listed), ("modules_to_save", modules_to_save or [])):
+        unknown = [t for t in wanted if not any(_matches(n, t) for n in names)]
+        if unknown:
+            raise ConfigError(
+                f"peft.{key} names {unknown}, which match no module of {kind}. Its Linear layers: "
+                f"{', '.join(linear_module_names(model))}. Fix the list (e.g. peft.{key}=[q_proj,v_proj]) "
+                "or use peft.target_modules=all-linear."
+            )
+
+
+# ----------------------------------------------------------------------------- wrapping
+def wrap_with_adapter(model, peft_config):
+    """The model wrapped in a PEFT adapter (or unchanged without one); logs the trainable parameters."""
+    if peft_config is None:
+        return model
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    check_targets(model, peft_config.target_modules, peft_config.modules_to_save)
+    if getattr(model, "is_quantized", False):
+        # fp32 norms and input grads for a 4-bit base; checkpointing stays the memory group's choice.
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    model = get_peft_model(model, peft_config)
+    counts = parameter_counts(model)
+    log.info("adapter: %s trainable of %s parameters (%.3f%%)", f"{counts['trainable_params']:,}",
+             f"{counts['total_params']:,}", counts["trainable_percent"])
+    return model
+
+
+def parameter_counts(model) -> dict:
+    """Trainable and total parameters (a 4-bit weight counts as its unpacked size, as peft reports it)."""
+    if hasattr(model, "get_nb_trainable_parameters"):
+        trainable, total = model.get_nb_trainable_parameters()
+    else:
+        total = sum(p.numel() for p in model.parameters())
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"trainable_params": trainable, "total_params": total,
+            "trainable_percent": round(100.0 * trainable / max(total, 1), 4)}
+
+
+def save_base_for_export(model, tokenizer, run_dir: Path) -> Optional[Path]:
+    """A base built from config exists nowhere else: keep it beside the adapter, so export can merge.
+
+    Saved before the adapter is added. Only models built from `model.init_config` (tiny by design)
+    are saved; a pretrained base is found again from model.name_or_path.
+    """
+    folder = (Path(run_dir) / "base_model").resolve()
+    model.save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    # peft records this as the adapter's base_model_name_or_path, so AutoPeftModel finds the base.
+    model.name_or_path = model.config._name_or_path = str(folder)
+    return folder

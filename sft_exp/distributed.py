@@ -1,0 +1,135 @@
+"""Several processes, one run: the shared run folder, quiet non-main ranks, and the FSDP/DeepSpeed presets.
+
+torchrun, `accelerate launch` or a SLURM job (Hydra's submitit launcher) start the processes;
+every rank composes the same config and calls train.run. The Trainer (with accelerate) does the
+data-parallel work itself: `distributed=fsdp` and `distributed=deepspeed` only hand transformers
+the TrainingArguments it already understands (`fsdp`/`fsdp_config`, `deepspeed`).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from sft_exp.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+STRATEGIES = ("ddp", "fsdp", "deepspeed")
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+# ----------------------------------------------------------------------------- presets
+def check_distributed_config(dist_cfg) -> None:
+    """A strategy the installed packages or this machine cannot run fails before anything loads."""
+    strategy = dist_cfg.strategy
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"distributed.strategy={strategy!r} is not one of {', '.join(STRATEGIES)}.")
+    if strategy == "deepspeed":
+        _check_deepspeed()
+    elif strategy == "fsdp":
+        _check_fsdp2()
+
+
+def _check_deepspeed() -> None:
+    try:
+        import deepspeed  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            "distributed=deepspeed needs the deepspeed package, which is not installed: "
+            "`pip install deepspeed` on a CUDA machine, or use distributed=fsdp (no extra package)."
+        ) from None
+    if not torch.cuda.is_available():
+        raise ConfigError("distributed=deepspeed (ZeRO-3) needs CUDA GPUs; on CPU use distributed=ddp.")
+
+
+def _check_fsdp2() -> None:
+    from importlib.metadata import version
+
+    from packaging.version import Version
+
+    if not hasattr(torch.distributed, "fsdp") or not hasattr(torch.distributed.fsdp, "fully_shard"):
+        raise ConfigError(
+            f"distributed=fsdp uses FSDP2 (torch.distributed.fsdp.fully_shard), which torch {torch.__version__} "
+            "lacks: install torch>=2.6, or use distributed=ddp."
+        )
+    if Version(version("accelerate")) < Version("1.6"):
+        raise ConfigError("distributed=fsdp (FSDP2) needs accelerate>=1.6: `pip install -U accelerate`.")
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            "distributed=fsdp shards the model across GPUs and this machine has no CUDA; on CPU use "
+            "distributed=ddp (the default), which torchrun runs over gloo."
+        )
+
+
+def training_arguments(dist_cfg) -> dict:
+    """The TrainingArguments fields the strategy sets (plain dicts: TrainingArguments writes into them)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(dist_cfg.training_args, resolve=True) if dist_cfg.training_args else {}
+
+
+# ----------------------------------------------------------------------------- one run folder
+def shared_run_dir(run_dir: Path) -> Path:
+    """Rank 0's run folder, on every rank.
+
+    Each rank resolves hydra.run.dir itself; with the default `${now:...}` two ranks can straddle
+    a second and pick different folders. Rank 0's choice wins and a non-main rank removes the
+    folder its own Hydra made (only Hydra's files are in it at this point).
+    """
+    if world_size() <= 1:
+        return run_dir
+    from accelerate import PartialState
+
+    PartialState()  # joins the process group torchrun / accelerate launch set up (gloo on CPU)
+    chosen = [str(run_dir)]
+    torch.distributed.broadcast_object_list(chosen, src=0)
+    shared = Path(chosen[0])
+    if shared.resolve() != run_dir.resolve():
+        _remove_hydra_folder(run_dir)
+        log.warning("rank %d uses rank 0's run folder %s; fix it with hydra.run.dir=... to avoid this", rank(), shared)
+    return shared
+
+
+def _remove_hydra_folder(folder: Path) -> None:
+    """Delete a folder holding nothing but what Hydra writes at startup (.hydra/ and the job log)."""
+    if not folder.is_dir() or any(p.name != ".hydra" and p.suffix != ".log" for p in folder.iterdir()):
+        return
+    shutil.rmtree(folder / ".hydra", ignore_errors=True)
+    for log_file in folder.glob("*.log"):
+        log_file.unlink(missing_ok=True)
+    folder.rmdir()
+
+
+def quiet_non_main_rank() -> None:
+    """Non-main ranks log warnings and errors to the console only: the run folder's log is rank 0's."""
+    if rank() == 0:
+        return
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, logging.FileHandler):
+            root.removeHandler(handler)
+            handler.close()
+    root.setLevel(logging.WARNING)
+    logging.getLogger("sft_exp").setLevel(logging.WARNING)
+
+
+def export_slurm_environment() -> None:
+    """In a SLURM job with several tasks (submitit launcher, tasks_per_node > 1) set torchrun's variables."""
+    if "RANK" in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) <= 1:
+        return
+    try:
+        from submitit.helpers import TorchDistributedEnvironment
+    except ImportError:
+        return  # not a submitit job: srun users launch torchrun themselves
+    TorchDistributedEnvironment().export(set_cuda_visible_devices=False)

@@ -1,0 +1,118 @@
+"""PEFT adapters: presets, refusals before loading, an adapter-only run folder, and export --merge."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from sft_exp.errors import ConfigError
+from sft_exp.validation import validate_config
+from tests.conftest import compose as compose_run
+from tests.conftest import run_sft
+
+
+def compose(overrides=()):
+    # run_dir is Hydra's output dir, which the compose API leaves unset; validation resolves the config.
+    return compose_run([*overrides, "run_dir=/tmp/unused"])
+
+LORA_RUN = [
+    "peft=lora", "optimizer.lr=1e-3", "trainer.max_steps=4", "trainer.logging_steps=2", "trainer.save_steps=2",
+    "trainer.per_device_train_batch_size=4", "trainer.num_sample_generations=0", "logger=none",
+]
+
+
+@pytest.mark.parametrize("option, use_dora", [("lora", False), ("dora", True)])
+def test_lora_presets_build_peft_configs(option, use_dora):
+    cfg = compose([f"peft={option}", "peft.r=4"])
+    lora = instantiate(cfg.peft, _convert_="all")
+    assert type(lora).__name__ == "LoraConfig"
+    assert (lora.r, lora.use_dora, lora.target_modules) == (4, use_dora, "all-linear")
+    assert lora.task_type == "CAUSAL_LM"
+
+
+def test_preset_targets_flow_into_the_adapter():
+    cfg = compose(["peft=lora", "model=tiny_moe"])
+    assert list(cfg.peft.target_modules) == list(cfg.model.lora_target_modules)
+    assert "q_proj" in cfg.peft.target_modules
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
+def test_qlora_without_cuda_is_refused_before_loading():
+    cfg = compose(["peft=qlora"])
+    with pytest.raises(ConfigError, match="CUDA") as err:
+        validate_config(cfg)
+    assert "peft=lora" in str(err.value)  # says what to do instead
+
+
+@pytest.mark.parametrize("key, value, named", [
+    ("target_modules", "[q_proj,qkv_proj]", "qkv_proj"),
+    ("target_modules", "'.*\\.attention\\.query'", "regex"),
+    ("modules_to_save", "[embed_token]", "embed_token"),
+])
+def test_targets_that_match_nothing_are_refused(key, value, named):
+    cfg = compose(["peft=lora", f"peft.{key}={value}"])
+    with pytest.raises(ConfigError, match=f"peft.{key}") as err:
+        validate_config(cfg)
+    message = str(err.value)
+    assert named in message and "q_proj" in message  # lists the layers that do exist
+
+
+def test_valid_targets_pass():
+    validate_config(compose(["peft=lora", "peft.target_modules=[q_proj,v_proj]",
+                             "peft.modules_to_save=[embed_tokens]"]))
+
+
+# ----------------------------------------------------------------------------- a LoRA run end to end
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("lora") / "run"
+    proc = run_sft(*LORA_RUN, f"hydra.run.dir={run_dir}")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return run_dir
+
+
+def test_run_folder_holds_the_adapter_only(lora_run):
+    for folder in (lora_run / "model", lora_run / "checkpoints" / "checkpoint-4"):
+        names = {p.name for p in folder.iterdir()}
+        assert {"adapter_config.json", "adapter_model.safetensors"} <= names, names
+        assert "model.safetensors" not in names
+    summary = json.loads((lora_run / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    assert 0 < summary["trainable_params"] < summary["total_params"] / 5
+    # The base built from config is kept once, beside the adapter, for export.
+    adapter = (lora_run / "model" / "adapter_model.safetensors").stat().st_size
+    base = (lora_run / "base_model" / "model.safetensors").stat().st_size
+    assert adapter <= base / 10, (adapter, base)
+
+
+def test_export_merge_equals_base_plus_adapter(lora_run, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from sft_exp.export import main
+
+    out = tmp_path / "merged"
+    assert main([str(lora_run), "--merge", "--out", str(out)]) == 0
+    merged = AutoModelForCausalLM.from_pretrained(out)
+    assert not any("lora" in name for name, _ in merged.named_parameters())
+    base = AutoModelForCausalLM.from_pretrained(lora_run / "base_model")
+    with_adapter = PeftModel.from_pretrained(base, lora_run / "model")
+    ids = torch.randint(0, merged.config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = with_adapter(input_ids=ids).logits
+        without = with_adapter.get_base_model()  # adapters still active: compare against disabled below
+        got = merged(input_ids=ids).logits
+        with with_adapter.disable_adapter():
+            base_only = without(input_ids=ids).logits
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert (got - base_only).abs().max() > 1e-4  # the adapter trained: merging changed the model
+
+
+def test_export_refuses_a_full_model_run(tmp_path):
+    from sft_exp.export import main
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "resolved_config.yaml").write_text("model: {}\n")
+    assert main([str(tmp_path), "--merge"]) == 2
