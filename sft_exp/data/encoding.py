@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 
-from sft_exp.data.formats import BadRow, Conversation, PromptCompletion, Text, normalize_row
+from sft_exp.data.formats import RAW_JSON_COLUMN, BadRow, Conversation, PromptCompletion, Text, field_values, normalize_row
 from sft_exp.data.masks import conversation_spans, labels_from_spans
 from sft_exp.errors import DataError
 
@@ -96,9 +96,10 @@ def encode_batch(batch: dict, indices: list[int], spec: EncodeSpec) -> dict:
     n_rows = len(indices)
     reasons = [""] * n_rows
     rendered = {True: [], False: []}  # append_eos -> [(row, text, spans)]
+    columns = [RAW_JSON_COLUMN] if RAW_JSON_COLUMN in batch else [c for c in spec.columns.values() if c in batch]
     for row in range(n_rows):
-        values = {field: batch[column][row] for field, column in spec.columns.items() if column in batch}
         try:
+            values = field_values({column: batch[column][row] for column in columns}, spec.columns)
             text, row_spans, add_eos = _render_row(normalize_row(spec.fmt, values), spec)
         except BadRow as bad:
             _reject(spec, indices[row], bad)

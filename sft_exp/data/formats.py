@@ -35,6 +35,11 @@ SHAREGPT_ROLES = {
 }  # fmt: skip
 
 
+# Files whose rows Arrow cannot give one schema (a field that is a string in one row and a number
+# in another) are loaded as one JSON string per row in this column, and decoded row by row.
+RAW_JSON_COLUMN = "__sft_exp_raw_json__"
+
+
 class BadRow(Exception):
     """A row that cannot be used; `reason` is the key it is counted under."""
 
@@ -88,6 +93,24 @@ def detect_format(fmt: str, column_names: list[str], columns: dict, where: str) 
     )
 
 
+def field_values(row: dict, mapping: dict) -> dict:
+    """Format field -> value of one row (a datasets row, or a raw JSON row)."""
+    if RAW_JSON_COLUMN in row:
+        row = json.loads(row[RAW_JSON_COLUMN])
+        if not isinstance(row, dict):
+            raise BadRow("bad_row", f"the row is a JSON {type(row).__name__}, not an object")
+    return {field: row.get(column) for field, column in mapping.items()}
+
+
+def _without_nulls(value):
+    """Arrow gives every struct all the keys seen in the file, filling the missing ones with null."""
+    if isinstance(value, dict):
+        return {key: _without_nulls(item) for key, item in value.items() if item is not None}
+    if isinstance(value, list):
+        return [_without_nulls(item) for item in value]
+    return value
+
+
 def normalize_row(fmt: str, row: dict):
     """One row (format field -> value) in its internal form, or BadRow."""
     if fmt == "text":
@@ -125,7 +148,7 @@ def _tools(value) -> list | None:
             raise BadRow("bad_tools", f"'tools' is not valid JSON ({err})") from None
     if not isinstance(value, list) or not all(isinstance(tool, dict) for tool in value):
         raise BadRow("bad_tools", "'tools' must be a list of JSON schema objects")
-    return value
+    return _without_nulls(value)
 
 
 def _clean_message(message, where: str) -> dict:
@@ -133,6 +156,8 @@ def _clean_message(message, where: str) -> dict:
         raise BadRow("bad_message", f"{where} is a {type(message).__name__}, not a {{role, content}} object")
     # Arrow fills keys a message lacks with null; templates expect them absent (as apply_chat_template does).
     message = {key: value for key, value in message.items() if value is not None}
+    if "tool_calls" in message:
+        message["tool_calls"] = _without_nulls(message["tool_calls"])
     role = message.get("role")
     if role is None:
         raise BadRow("missing_field", f"{where} has no 'role'")

@@ -199,6 +199,5 @@ def check_template_can_mask(template: str, variables: dict) -> None:
         )
     except BadRow as bad:
         raise ConfigError(
-            f"data.assistant_only_loss=true, but the chat template cannot mark assistant turns exactly ({bad.detail}); "
-            "use data.chat_template=chatml (or another template with {% generation %} markers)"
+            f"data.assistant_only_loss=true, but the chat template cannot mark assistant turns exactly: {bad.detail}"
         ) from None

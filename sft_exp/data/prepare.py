@@ -18,7 +18,7 @@ from sft_exp.data.masks import check_template_can_mask
 from sft_exp.data.mixture import split_counts, split_rows, weighted_rows
 from sft_exp.data.packing import pack_bfd, pack_wrapped, token_table
 from sft_exp.data.sample_prompts import sample_prompts
-from sft_exp.data.sources import load_source, source_label, source_name
+from sft_exp.data.sources import load_source, source_columns, source_label, source_name
 from sft_exp.data.statistics import dataset_statistics
 from sft_exp.data.templates import has_generation_markers, resolve_chat_template, template_variables
 from sft_exp.data.validate import as_data_config, check_packing_attention, validate_data_config
@@ -51,7 +51,7 @@ class EncodedSource:
 def _encode_source(source, index: int, cfg, tokenizer, template, cache_dir, truncate: bool) -> EncodedSource:
     label = source_label(source)
     raw = load_source(source, cache_dir)
-    fmt = detect_format(source.format, raw.column_names, source.columns, label)
+    fmt = detect_format(source.format, source_columns(raw), source.columns, label)
     completion_only = cfg.completion_only_loss is not False  # default: on for prompt-completion rows
     spec = EncodeSpec(
         tokenizer=tokenizer, fmt=fmt, columns=column_map(fmt, source.columns), template=template,

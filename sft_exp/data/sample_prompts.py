@@ -1,7 +1,7 @@
 """A few held-out prompts with their reference answers, for sample generations after training."""
 from __future__ import annotations
 
-from sft_exp.data.formats import BadRow, Conversation, PromptCompletion, column_map, normalize_row
+from sft_exp.data.formats import BadRow, Conversation, PromptCompletion, column_map, field_values, normalize_row
 
 MAX_SAMPLE_PROMPTS = 8
 
@@ -23,9 +23,8 @@ def _samples_from(part, raw_rows) -> list[dict]:
     mapping = column_map(part.fmt, part.columns)
     samples = []
     for raw_index in raw_rows:
-        row = part.raw[int(raw_index)]
         try:
-            sample = _as_sample(normalize_row(part.fmt, {f: row.get(c) for f, c in mapping.items()}))
+            sample = _as_sample(normalize_row(part.fmt, field_values(part.raw[int(raw_index)], mapping)))
         except BadRow:
             continue
         if sample is not None and sample["prompt"]:

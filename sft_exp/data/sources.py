@@ -1,10 +1,12 @@
 """Loading one `data.sources[]` entry with `datasets.load_dataset`: a local file or folder, or a hub id."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import datasets
 
+from sft_exp.data.formats import RAW_JSON_COLUMN
 from sft_exp.errors import DataError
 
 # File suffix -> datasets builder.
@@ -33,6 +35,34 @@ def source_name(source) -> str:
     return path.stem if looks_local(source.path) else path.name
 
 
+def _load_json_rows(path: Path) -> datasets.Dataset:
+    """Rows Arrow cannot type as one table, kept as JSON strings so each row is checked on its own."""
+    text = path.read_text()
+    if path.suffix == ".json" and text.lstrip().startswith("["):
+        rows = json.loads(text)
+    else:
+        rows = []
+        for line_number, line in enumerate(text.splitlines()):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise DataError(f"{path}, line {line_number + 1}: not valid JSON ({err}); fix or remove the line") from None
+    return datasets.Dataset.from_dict({RAW_JSON_COLUMN: [json.dumps(row) for row in rows]})
+
+
+def source_columns(dataset: datasets.Dataset) -> list[str]:
+    """The columns of a source; for raw JSON rows, the keys found in the first rows."""
+    if RAW_JSON_COLUMN not in dataset.column_names:
+        return dataset.column_names
+    keys = {}
+    for raw in dataset[:100][RAW_JSON_COLUMN]:
+        row = json.loads(raw)
+        keys.update(dict.fromkeys(row if isinstance(row, dict) else []))
+    return list(keys)
+
+
 def load_source(source, cache_dir: str | None = None) -> datasets.Dataset:
     path = Path(source.path).expanduser()
     try:
@@ -47,11 +77,18 @@ def load_source(source, cache_dir: str | None = None) -> datasets.Dataset:
             dataset = datasets.load_dataset(source.path, source.subset, split=source.split, cache_dir=cache_dir)
     except DataError:
         raise
-    except Exception as err:  # datasets raises many types for unreadable files and unknown ids
-        raise DataError(
-            f"{source_label(source)}: cannot load the data ({type(err).__name__}: {err}). Check the path or hub id, "
-            "the split, and that every row has the same fields with the same types."
-        ) from err
+    except Exception as err:
+        if path.suffix not in (".json", ".jsonl") or not path.is_file():
+            raise _unreadable(source, err) from err
+        dataset = _load_json_rows(path)  # mixed types across rows: check them row by row instead
     if source.max_samples is not None:
         dataset = dataset.select(range(min(len(dataset), source.max_samples)))
     return dataset
+
+
+def _unreadable(source, err: Exception) -> DataError:
+    """datasets raises many types for unreadable files and unknown ids; one message for all of them."""
+    return DataError(
+        f"{source_label(source)}: cannot load the data ({type(err).__name__}: {err}). Check the path or hub id "
+        "and the split."
+    )
