@@ -180,18 +180,26 @@ class SFTTrainer(AtomicCheckpoints, Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if model.training else "eval"
+        # num_items_in_batch counts every rank's tokens and DDP averages gradients across ranks: scale the
+        # token loss up by the number of processes. The MoE router loss is a per-micro-batch mean: scale it
+        # so that it is averaged over the accumulation steps and not multiplied by the process count (as TRL).
+        ranks = self.accelerator.num_processes if (mode == "train" and num_items_in_batch is not None) else 1
+        steps = self.current_gradient_accumulation_steps if (mode == "train" and num_items_in_batch is not None) else 1
         out = sft_forward(
             model, inputs, self.loss_fn, num_items_in_batch=num_items_in_batch,
-            num_sources=len(self.source_names), router_aux_loss_coef=self.args.router_aux_loss_coef,
+            num_sources=len(self.source_names), router_aux_loss_coef=self._router_aux_loss_coef(model) / (ranks * steps),
         )
         if mode == "train":
             self._total_tokens += self._count_input_tokens(inputs)
         self.metrics[mode].add(out)
-        loss = out.loss
-        if self.args.average_tokens_across_devices and num_items_in_batch is not None and mode == "train":
-            # num_items_in_batch counts every rank's tokens and DDP averages gradients across ranks.
-            loss = loss * self.accelerator.num_processes
+        loss = out.loss * ranks
         return (loss, {}) if return_outputs else loss  # prediction_loss_only: no logits kept
+
+    def _router_aux_loss_coef(self, model) -> float:
+        if self.args.router_aux_loss_coef is not None:
+            return self.args.router_aux_loss_coef
+        config = self.accelerator.unwrap_model(model).config
+        return float(getattr(config.get_text_config(), "router_aux_loss_coef", 0.0) or 0.0)  # prediction_loss_only: no logits kept
 
     @staticmethod
     def _count_input_tokens(inputs) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 import sys
 from pathlib import Path
 
@@ -41,8 +42,18 @@ def compose(overrides=()):
     import sft_exp.config  # noqa: F401  registers schemas and resolvers
     from sft_exp.paths import config_dir
 
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
     with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        return hydra_compose("config", overrides=list(overrides), return_hydra_config=False)
+        cfg = hydra_compose("config", overrides=list(overrides), return_hydra_config=True)
+    # ${hydra:runtime.output_dir} resolves only where Hydra's config is set, as it is in a real run.
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = tempfile.mkdtemp(prefix="sft_exp_compose_")
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
 
 
 def run_sft(*args: str, timeout: float = 300, module: str = "sft_exp") -> subprocess.CompletedProcess:
