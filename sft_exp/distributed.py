@@ -76,7 +76,11 @@ def training_arguments(dist_cfg) -> dict:
     """The TrainingArguments fields the strategy sets (plain dicts: TrainingArguments writes into them)."""
     from omegaconf import OmegaConf
 
-    return OmegaConf.to_container(dist_cfg.training_args, resolve=True) if dist_cfg.training_args else {}
+    args = OmegaConf.to_container(dist_cfg.training_args, resolve=True) if dist_cfg.training_args else {}
+    if world_size() > 1 and not torch.cuda.is_available():
+        # accelerate treats several CPU processes as one job only when told it runs on CPU (gloo).
+        args = {"use_cpu": True, "ddp_backend": "gloo", **args}
+    return args
 
 
 # ----------------------------------------------------------------------------- one run folder
@@ -91,7 +95,9 @@ def shared_run_dir(run_dir: Path) -> Path:
         return run_dir
     from accelerate import PartialState
 
-    PartialState()  # joins the process group torchrun / accelerate launch set up (gloo on CPU)
+    on_cpu = not torch.cuda.is_available()
+    # Joins the process group of torchrun / accelerate launch, as the Trainer will (gloo on CPU).
+    PartialState(cpu=on_cpu, backend="gloo" if on_cpu else None)
     chosen = [str(run_dir)]
     torch.distributed.broadcast_object_list(chosen, src=0)
     shared = Path(chosen[0])

@@ -33,6 +33,13 @@ class SFTOutput:
     source_count: Tensor  # (num_sources,)
 
 
+def unwrap_parallel(model):
+    """The model inside a DDP / DeepSpeed wrapper (`.module`, no config): config and head live there."""
+    while not hasattr(model, "config") and hasattr(model, "module"):
+        model = model.module
+    return model
+
+
 def decoder_hidden(model, batch: dict):
     """Run `model` and return (final hidden states (B, L, H) as the LM head would see them, model output)."""
     captured = []
@@ -43,9 +50,10 @@ def decoder_hidden(model, batch: dict):
 
     inputs = {k: v for k, v in batch.items() if k not in _NOT_MODEL_INPUTS}
     inputs["use_cache"] = False
-    if getattr(model.config.get_text_config(), "output_router_logits", False):
+    inner = unwrap_parallel(model)
+    if getattr(inner.config.get_text_config(), "output_router_logits", False):
         inputs["output_router_logits"] = True
-    handle = output_head(model).register_forward_pre_hook(capture)
+    handle = output_head(inner).register_forward_pre_hook(capture)
     try:
         out = model(**inputs)
     finally:
@@ -76,7 +84,7 @@ def sft_forward(
     """Loss and metrics of one (micro-)batch; see SFTOutput. `router_aux_loss_coef` None: the config's own."""
     hidden, out = decoder_hidden(model, batch)
     mask = supervised_mask(batch)
-    spec = head_spec(model)
+    spec = head_spec(unwrap_parallel(model))
     targets = batch["labels"][:, 1:][mask].to(spec.weight.device)
     with no_offload():  # backward needs the head's inputs first: moving them to CPU would only cost time
         log_probs, entropy, is_top1 = chunked_head(hidden[:, :-1][mask], targets, spec, loss_fn.chunk_size)
@@ -90,7 +98,7 @@ def sft_forward(
     if aux_loss is not None:
         coef = router_aux_loss_coef
         if coef is None:
-            coef = getattr(model.config.get_text_config(), "router_aux_loss_coef", 0.0)
+            coef = getattr(unwrap_parallel(model).config.get_text_config(), "router_aux_loss_coef", 0.0)
         loss = loss + coef * aux_loss.to(loss.device)
         aux_loss = aux_loss.detach()
 
