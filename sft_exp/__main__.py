@@ -1,6 +1,12 @@
-"""`python -m sft_exp [overrides]`: compose the config with Hydra and run one training job."""
+"""`python -m sft_exp [overrides]`: compose the config with Hydra and run one training job.
+
+`python -m sft_exp -m ...` runs a sweep: there a failed job is logged, marked failed in its
+summary.json, and the sweep goes on (the basic sweeper gets NaN; Optuna records a failed trial).
+"""
 import logging
+import math
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
@@ -14,14 +20,48 @@ log = logging.getLogger("sft_exp")
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
 def main(cfg: DictConfig) -> float:
+    from sft_exp.checkpoints import TrainingInterrupted
     from sft_exp.train import run
 
     try:
         return run(cfg)
-    except UserError as e:
-        # A user mistake: the message says what and where; a traceback would only bury it.
-        log.error("%s", e)
-        sys.exit(2)
+    except TrainingInterrupted as e:
+        # A preempted job or Ctrl-C: the checkpoint is saved; stop the whole process (and any sweep).
+        log.warning("%s", e)
+        sys.exit(128 + e.signum)
+    except Exception as e:  # noqa: BLE001
+        if _sweeper() is not None:
+            return _failed_sweep_job(cfg, e)
+        if isinstance(e, UserError):
+            # A user mistake: the message says what and where; a traceback would only bury it.
+            log.error("%s", e)
+            sys.exit(2)
+        raise
+
+
+def _sweeper():
+    """The sweeper's _target_ in a multirun, else None."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return str(HydraConfig.get().sweeper.get("_target_", ""))
+    return None
+
+
+def _failed_sweep_job(cfg: DictConfig, error: Exception) -> float:
+    """One failed job must not stop the sweep: record it in the job's summary.json and go on."""
+    from sft_exp.run_folder import mark_failed
+
+    if isinstance(error, UserError):
+        log.error("job failed: %s", error)
+    else:
+        log.exception("job failed")
+    run_dir = Path(cfg.run_dir)
+    mark_failed(run_dir, error)
+    if "optuna" in _sweeper().lower():
+        raise error  # Optuna records a failed trial (a NaN objective would crash the sweeper instead)
+    return math.nan
 
 
 if __name__ == "__main__":

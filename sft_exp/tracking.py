@@ -40,15 +40,21 @@ class WandbLogger:
         return "online" if _wandb_key_configured() else "offline"
 
     def start(self, run_dir: Path, config: dict, default_name: Optional[str] = None,
-              default_group: Optional[str] = None) -> None:
+              default_group: Optional[str] = None, resume: bool = False) -> None:
+        """Start the W&B run in <run_dir>/wandb. On resume, continue the W&B run this folder started."""
+        id_file = Path(run_dir) / "wandb" / "sft_exp_run_id"
+        run_id = id_file.read_text().strip() if resume and id_file.is_file() else None
         try:
             import wandb
 
+            id_file.parent.mkdir(parents=True, exist_ok=True)
             self.run = wandb.init(
                 project=self.project, entity=self.entity, group=self.group or default_group,
                 name=self.name or default_name, tags=self.tags or None, mode=self.resolved_mode(),
                 dir=str(run_dir), config=config, reinit="finish_previous",
+                id=run_id, resume="allow" if run_id else None,
             )
+            id_file.write_text(self.run.id + "\n")
         except Exception as e:  # noqa: BLE001 - any W&B failure must not stop training
             log.warning("W&B could not start (%s: %s); training goes on, metrics.jsonl is complete.",
                         type(e).__name__, e)
@@ -87,21 +93,35 @@ def _wandb_key_configured() -> bool:
 
 
 class RunRecorder(TrainerCallback):
-    """metrics.jsonl + console progress + W&B, from the Trainer's log calls (rank 0 only)."""
+    """metrics.jsonl + console progress + W&B, from the Trainer's log calls (rank 0 only).
 
-    def __init__(self, run_dir: Path, logger: Optional[WandbLogger] = None):
+    A fresh run starts metrics.jsonl anew; a resumed run first drops the rows logged after the
+    checkpoint it resumes from, so the file ends up as if training had never stopped.
+    """
+
+    def __init__(self, run_dir: Path, logger: Optional[WandbLogger] = None, resume: bool = False):
         self.path = Path(run_dir) / "metrics.jsonl"
         self.logger = logger
         self._t0 = None
         self._last = None  # (time, num_tokens) at the previous train log
+        if not resume and self.path.exists():
+            log.warning("%s holds metrics of an earlier run in this folder; starting it anew", self.path)
+            self.path.unlink()
 
     def on_train_begin(self, args, state, control, **kwargs):
         self._t0 = time.monotonic()
         self._first_step = state.global_step
+        if state.global_step > 0 and state.is_world_process_zero:  # resumed: the state is the checkpoint's
+            dropped = truncate_rows(self.path, after_step=state.global_step)
+            if dropped:
+                log.info("resumed at step %d: dropped %d metrics.jsonl rows logged after it", state.global_step, dropped)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
             return
+        if "train_loss" in logs:
+            # Trainer averages over this train() call only; over the whole run it is the same with or without resumes.
+            logs["train_loss"] = run_mean_loss(read_rows(self.path), logs["train_loss"])
         row = {"step": state.global_step, **{k: _plain(v) for k, v in logs.items()}}
         self.write(row)
         if self.logger is not None:
@@ -128,6 +148,38 @@ class RunRecorder(TrainerCallback):
             left = (now - self._t0) / done * (state.max_steps - state.global_step)
             parts.append(f"eta {_duration(left)}")
         return " | ".join(parts)
+
+
+def read_rows(path: Path) -> list:
+    """The rows of a metrics.jsonl (empty when it does not exist)."""
+    if not Path(path).is_file():
+        return []
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def truncate_rows(path: Path, after_step: int) -> int:
+    """Drop the rows logged after `after_step`, and end-of-training rows (the resumed run writes its own).
+
+    Rewritten atomically; returns how many rows were dropped.
+    """
+    rows = read_rows(path)
+    kept = [row for row in rows if row.get("step", 0) <= after_step and "train_runtime" not in row]
+    if len(kept) < len(rows):
+        tmp = Path(path).with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(row) + "\n" for row in kept))
+        tmp.replace(path)
+    return len(rows) - len(kept)
+
+
+def run_mean_loss(rows: list, fallback: Any) -> Any:
+    """Mean training loss over the whole run: each logged loss weighted by the steps it averages."""
+    total, steps, previous = 0.0, 0, 0
+    for row in rows:
+        if isinstance(row.get("loss"), (int, float)) and "eval_loss" not in row:
+            total += row["loss"] * (row["step"] - previous)
+            steps += row["step"] - previous
+            previous = row["step"]
+    return total / steps if steps else fallback
 
 
 def _plain(value: Any) -> Any:

@@ -34,10 +34,12 @@ def run(cfg: DictConfig) -> float:
     from sft_exp.adapters import parameter_counts, save_base_for_export, wrap_with_adapter
     from sft_exp.data import SFTCollator, prepare_datasets
     from sft_exp.models import align_special_tokens, load_model, load_tokenizer
+    from sft_exp.checkpoints import StopOnSignal, TrainingInterrupted, resolve_resume
     from sft_exp.tracking import RunRecorder
 
     run_dir = distributed.shared_run_dir(Path(cfg.run_dir))
     run_dir.mkdir(parents=True, exist_ok=True)
+    resume = resolve_resume(cfg.trainer.resume_from_checkpoint, run_dir)  # a missing checkpoint fails here, not after loading
     is_main = _is_main_process()
     set_seed(cfg.seed)
     if not torch.cuda.is_available():
@@ -68,7 +70,8 @@ def run(cfg: DictConfig) -> float:
             overrides=_hydra_overrides(),
         )
         if logger is not None:
-            logger.start(run_dir, resolved, default_name=_job_name(), default_group=_sweep_group())
+            logger.start(run_dir, resolved, default_name=_job_name(), default_group=_sweep_group(),
+                         resume=resume is not None)
 
     status, summary = "failed", {}
     try:
@@ -78,22 +81,26 @@ def run(cfg: DictConfig) -> float:
                                             **trainer_kwargs.get("extra_args", {})}
         sample_count = trainer_kwargs.pop("num_sample_generations")
         max_new_tokens = trainer_kwargs.pop("max_new_tokens")
-        resume = trainer_kwargs.pop("resume_from_checkpoint")
+        trainer_kwargs.pop("resume_from_checkpoint")  # resolved to a checkpoint folder above
+        stopper = StopOnSignal()
         # Objects go straight to the class named by trainer._target_ (instantiate would wrap them in OmegaConf).
         trainer_cls = get_class(trainer_kwargs.pop("_target_"))
         trainer = trainer_cls(
             **trainer_kwargs, model=model, loss=loss, memory=memory, optimizer_factory=optimizer_factory,
             source_names=data.source_names, train_dataset=data.train, eval_dataset=data.eval,
             data_collator=SFTCollator(tokenizer.pad_token_id, padding_free=cfg.data.packing),
-            processing_class=tokenizer, callbacks=[RunRecorder(run_dir, logger)],
+            processing_class=tokenizer, callbacks=[RunRecorder(run_dir, logger, resume=resume is not None), stopper],
             output_dir=str(run_dir / "checkpoints"), seed=cfg.seed, data_seed=cfg.seed,
         )
-        summary = {**parameter_counts(model), **_train_and_evaluate(trainer, data, resume=resume)}
+        summary = {**parameter_counts(model), **_train_and_evaluate(trainer, data, resume, stopper, run_dir)}
         trainer.save_model(str(run_dir / "model"))
         if is_main:
             tokenizer.save_pretrained(str(run_dir / "model"))
             _write_samples(trainer.model, tokenizer, data, run_dir, sample_count, max_new_tokens)
         status = "completed"
+    except TrainingInterrupted:
+        status = "interrupted"
+        raise
     finally:
         summary.update(status=status, wall_time_s=round(time.monotonic() - started, 2),
                        **run_folder.peak_memory_mb())
@@ -106,13 +113,20 @@ def run(cfg: DictConfig) -> float:
     return float(summary.get("eval_loss", math.nan))
 
 
-def _train_and_evaluate(trainer, data, resume) -> dict:
-    """Eval before (the baseline), train, eval after; the summary of the three."""
+def _train_and_evaluate(trainer, data, resume, stopper, run_dir) -> dict:
+    """Eval before (the baseline), train, eval after; the summary of the three.
+
+    A SIGTERM/SIGINT during training saves a checkpoint and raises TrainingInterrupted.
+    """
     summary = {}
     if data.eval is not None and not resume:
         before = trainer.evaluate()
         summary.update({f"{k}_before": v for k, v in before.items() if k.startswith("eval_")})
-    result = trainer.train(resume_from_checkpoint=resume or None)
+    try:
+        result = trainer.train(resume_from_checkpoint=resume)
+    finally:
+        stopper.restore()
+    stopper.raise_if_stopped(trainer.state, run_dir)
     train_metrics = dict(result.metrics)
     runtime = train_metrics.get("train_runtime") or math.nan
     summary.update(

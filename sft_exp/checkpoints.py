@@ -1,0 +1,208 @@
+"""Checkpoints that are either complete or ignored, and a clean stop on SIGTERM/SIGINT.
+
+- `AtomicCheckpoints` (a Trainer mixin): Trainer._save_checkpoint writes into
+  `checkpoints/tmp-checkpoint-<step>/`; only a finished save is renamed to `checkpoint-<step>`.
+- `latest_complete_checkpoint` / `resolve_resume`: what `trainer.resume_from_checkpoint` means;
+  partial or corrupt checkpoints are skipped with a warning naming them.
+- `StopOnSignal` (a TrainerCallback): a preempted job (SIGTERM) or Ctrl-C (SIGINT) saves a
+  checkpoint at the next step boundary, stops training, and train.run raises `TrainingInterrupted`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import threading
+from pathlib import Path
+from typing import Any, Optional
+
+from transformers import TrainerCallback
+
+from sft_exp.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+STAGING_PREFIX = "tmp-checkpoint-"  # does not match transformers' `checkpoint-*` glob, so rotation ignores it
+STATE_FILE = "trainer_state.json"  # Trainer._save_checkpoint writes it last
+
+
+# ----------------------------------------------------------------------------- atomic save
+class AtomicCheckpoints:
+    """Mixin for transformers.Trainer: a checkpoint folder appears only once every file is written."""
+
+    _staging_root: Optional[str] = None
+
+    def _get_output_dir(self, trial):
+        # While a checkpoint is being written, Trainer._save_checkpoint writes under the staging folder.
+        return self._staging_root or super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial):
+        from transformers.trainer_utils import rotate_checkpoints
+
+        root = Path(super()._get_output_dir(trial))
+        name = f"checkpoint-{self.state.global_step}"
+        staging = root / f"{STAGING_PREFIX}{self.state.global_step}"
+        self._staging_root = str(staging)
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging_root = None
+        self.accelerator.wait_for_everyone()  # every rank has written its RNG state into staging
+        if self.args.should_save:
+            best = self.state.best_model_checkpoint
+            if best and best.startswith(str(staging)):  # Trainer recorded the staging path: point it at the final one
+                self.state.best_model_checkpoint = str(root / Path(best).name)
+                self.state.save_to_json(str(staging / name / STATE_FILE))
+            publish(staging / name, root / name)
+            staging.rmdir()
+            # Rotation goes by mtime as Trainer's does (after resuming from an older checkpoint, newest wins).
+            rotate_checkpoints(output_dir=str(root), save_total_limit=self.args.save_total_limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+        self.accelerator.wait_for_everyone()
+
+
+def publish(staged: Path, final: Path) -> None:
+    """Rename a finished checkpoint into place; an older one with the same step is replaced."""
+    replaced = None
+    if final.exists():  # resumed from an earlier checkpoint and reached this step again
+        replaced = final.with_name(f"{STAGING_PREFIX}replaced-{final.name}")
+        shutil.rmtree(replaced, ignore_errors=True)
+        os.replace(final, replaced)
+    os.replace(staged, final)
+    os.utime(final)  # its mtime is when it was completed, which is what rotation sorts by
+    if replaced is not None:
+        shutil.rmtree(replaced, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- finding one to resume
+def checkpoint_problem(path: Path) -> Optional[str]:
+    """Why `path` cannot be resumed from, or None when it is a complete checkpoint."""
+    if path.name.startswith(STAGING_PREFIX):
+        return "an unfinished save (the job stopped while writing it)"
+    state_file = path / STATE_FILE
+    if not state_file.is_file():
+        return f"no {STATE_FILE} (the save did not finish)"
+    try:
+        state = json.loads(state_file.read_text())
+    except (OSError, ValueError) as e:
+        return f"{STATE_FILE} is unreadable ({e})"
+    match = CHECKPOINT.match(path.name)
+    if match and state.get("global_step") != int(match.group(1)):
+        return f"{STATE_FILE} says step {state.get('global_step')}, the folder name says {match.group(1)}"
+    return None
+
+
+def latest_complete_checkpoint(checkpoints_dir: Path) -> Optional[Path]:
+    """The highest-step complete checkpoint; partial or corrupt ones are skipped with a warning naming them."""
+    if not checkpoints_dir.is_dir():
+        return None
+    candidates = []
+    for path in sorted(checkpoints_dir.iterdir()):
+        if not path.is_dir() or not (CHECKPOINT.match(path.name) or path.name.startswith(STAGING_PREFIX)):
+            continue
+        problem = checkpoint_problem(path)
+        if problem:
+            log.warning("skipping checkpoint %s: %s", path, problem)
+        else:
+            candidates.append((int(CHECKPOINT.match(path.name).group(1)), path))
+    return max(candidates)[1] if candidates else None
+
+
+def resolve_resume(value: Any, run_dir: Path) -> Optional[str]:
+    """trainer.resume_from_checkpoint -> a checkpoint folder to resume from, or None for a fresh start.
+
+    true: the latest complete checkpoint of this run folder. A path: a checkpoint folder, or a run
+    folder / checkpoints folder whose latest complete checkpoint is used.
+    """
+    if value is None or value is False:
+        return None
+    if value is True:
+        found = latest_complete_checkpoint(run_dir / "checkpoints")
+        if found is None:
+            raise ConfigError(
+                f"trainer.resume_from_checkpoint=true, but the run folder {run_dir} has no complete checkpoint "
+                f"in {run_dir / 'checkpoints'}. To continue an earlier run, point Hydra at its folder: "
+                "hydra.run.dir=<that run folder> (e.g. outputs/runs/2026-11-22/19-04-11); or give a checkpoint: "
+                "trainer.resume_from_checkpoint=<run folder>/checkpoints/checkpoint-<step>."
+            )
+        return str(found)
+    return _resolve_path(Path(os.path.expanduser(str(value))))
+
+
+def _resolve_path(path: Path) -> str:
+    key = f"trainer.resume_from_checkpoint={path}"
+    if not path.is_dir():
+        raise ConfigError(f"{key}: no such folder. Give a checkpoint folder (…/checkpoints/checkpoint-<step>), "
+                          "a run folder, or true for the latest checkpoint of this run folder.")
+    if CHECKPOINT.match(path.name) or path.name.startswith(STAGING_PREFIX):
+        problem = checkpoint_problem(path)
+        if problem:
+            raise ConfigError(f"{key}: cannot resume from it: {problem}. Pick an earlier checkpoint beside it.")
+        return str(path)
+    for folder in (path / "checkpoints", path):
+        found = latest_complete_checkpoint(folder)
+        if found is not None:
+            return str(found)
+    raise ConfigError(f"{key}: no complete checkpoint-<step> folder in it or in its checkpoints/ folder.")
+
+
+# ----------------------------------------------------------------------------- preemption
+class TrainingInterrupted(Exception):
+    """Training stopped on SIGTERM/SIGINT after saving a checkpoint; the message says how to resume."""
+
+    def __init__(self, signum: int, step: int, run_dir: Path):
+        self.signum, self.step, self.run_dir = signum, step, run_dir
+        super().__init__(
+            f"stopped by {signal.Signals(signum).name} at step {step}; a checkpoint was saved in "
+            f"{run_dir / 'checkpoints'}. Resume with the same command plus "
+            f"hydra.run.dir={run_dir} trainer.resume_from_checkpoint=true"
+        )
+
+
+class StopOnSignal(TrainerCallback):
+    """SIGTERM/SIGINT during training: save at the end of the current step, then stop.
+
+    A second signal restores the previous handler and re-delivers it (stop now, no checkpoint).
+    Handlers are installed only while training runs, and only from the main thread.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.received: Optional[int] = None
+        self._previous: dict = {}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.restore()
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.received is not None:
+            self.restore()
+            signal.raise_signal(signum)
+            return
+        self.received = signum
+        log.warning("%s received: saving a checkpoint at the end of this step, then stopping "
+                    "(send it again to stop at once)", signal.Signals(signum).name)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.received is not None:
+            # Log too, so the metrics accumulated since the last logging step are not lost.
+            control.should_log = control.should_save = control.should_training_stop = True
+        return control
+
+    def raise_if_stopped(self, state, run_dir: Path) -> None:
+        if self.received is not None:
+            raise TrainingInterrupted(self.received, state.global_step, run_dir)
