@@ -131,11 +131,16 @@ def quiet_non_main_rank() -> None:
 
 
 def export_slurm_environment() -> None:
-    """In a SLURM job with several tasks (submitit launcher, tasks_per_node > 1) set torchrun's variables."""
-    if "RANK" in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) <= 1:
+    """In a submitit job with several tasks (hydra.launcher.tasks_per_node > 1), set torchrun's variables.
+
+    Each task is one rank: RANK, WORLD_SIZE, LOCAL_RANK and MASTER_ADDR/PORT come from SLURM's
+    variables (submitit's own helper). A job that torchrun already started is left alone.
+    """
+    if "RANK" in os.environ or "SUBMITIT_EXECUTOR" not in os.environ:
         return
-    try:
-        from submitit.helpers import TorchDistributedEnvironment
-    except ImportError:
-        return  # not a submitit job: srun users launch torchrun themselves
+    if int(os.environ.get("SLURM_NTASKS", "1")) <= 1:
+        return
+    from submitit.helpers import TorchDistributedEnvironment
+
+    # Every task sees all the node's GPUs; the Trainer picks cuda:LOCAL_RANK.
     TorchDistributedEnvironment().export(set_cuda_visible_devices=False)

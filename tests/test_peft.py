@@ -9,13 +9,7 @@ from hydra.utils import instantiate
 
 from sft_exp.errors import ConfigError
 from sft_exp.validation import validate_config
-from tests.conftest import compose as compose_run
-from tests.conftest import run_sft
-
-
-def compose(overrides=()):
-    # run_dir is Hydra's output dir, which the compose API leaves unset; validation resolves the config.
-    return compose_run([*overrides, "run_dir=/tmp/unused"])
+from tests.conftest import compose, run_sft
 
 LORA_RUN = [
     "peft=lora", "optimizer.lr=1e-3", "trainer.max_steps=4", "trainer.logging_steps=2", "trainer.save_steps=2",
