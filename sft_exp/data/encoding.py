@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from itertools import chain
+
+import numpy as np
+import pyarrow as pa
 
 from sft_exp.data.formats import RAW_JSON_COLUMN, BadRow, Conversation, PromptCompletion, Text, field_values, normalize_row
 from sft_exp.data.masks import conversation_spans, labels_from_spans
@@ -92,24 +96,53 @@ def _tokenize(texts: list[str], add_special_tokens: bool, spec: EncodeSpec) -> l
     return _backend(spec.tokenizer).encode_batch(texts, add_special_tokens=add_special_tokens)
 
 
-def encode_batch(batch: dict, indices: list[int], spec: EncodeSpec) -> dict:
-    n_rows = len(indices)
+def _render_batch(columns: dict, n_rows: int, indices: list[int], spec: EncodeSpec) -> tuple[dict, list[str]]:
+    """Rendered rows grouped by whether EOS is appended ({append_eos: [(row, text, spans)]}), and drop reasons."""
     reasons = [""] * n_rows
-    rendered = {True: [], False: []}  # append_eos -> [(row, text, spans)]
-    columns = [RAW_JSON_COLUMN] if RAW_JSON_COLUMN in batch else [c for c in spec.columns.values() if c in batch]
+    rendered = {True: [], False: []}
     for row in range(n_rows):
         try:
-            values = field_values({column: batch[column][row] for column in columns}, spec.columns)
+            values = field_values({column: values[row] for column, values in columns.items()}, spec.columns)
             text, row_spans, add_eos = _render_row(normalize_row(spec.fmt, values), spec)
         except BadRow as bad:
             _reject(spec, indices[row], bad)
             reasons[row] = bad.reason
             continue
         rendered[add_eos].append((row, text, row_spans))
+    return rendered, reasons
 
-    eos_id = spec.tokenizer.eos_token_id
-    out = {key: [[] for _ in range(n_rows)] for key in ("input_ids", "labels", "position_ids", "source_ids")}
-    truncated = [False] * n_rows
+
+def _as_table(ids: list, labels: list, reasons: list[str], truncated: list[bool], source_index: int) -> pa.Table:
+    """Arrow columns built from flat int32 arrays: far cheaper than letting datasets convert nested lists."""
+    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    total = int(offsets[-1])
+    positions = np.arange(total, dtype=np.int32) - np.repeat(offsets[:-1], lengths)
+
+    def tokens(flat) -> pa.ListArray:
+        return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, type=pa.int32()))
+
+    return pa.table({
+        "input_ids": tokens(np.fromiter(chain.from_iterable(ids), dtype=np.int32, count=total)),
+        "labels": tokens(np.fromiter(chain.from_iterable(labels), dtype=np.int32, count=total)),
+        "position_ids": tokens(positions),
+        "source_ids": tokens(np.full(total, source_index, dtype=np.int32)),
+        "drop_reason": pa.array(reasons, type=pa.string()),
+        "truncated": pa.array(truncated, type=pa.bool_()),
+    })  # fmt: skip
+
+
+def encode_batch(batch, indices: list[int], spec: EncodeSpec) -> pa.Table:
+    """One map batch (an Arrow table, or a dict of columns) -> an Arrow table of token columns."""
+    present = batch.column_names if isinstance(batch, pa.Table) else list(batch)
+    names = [RAW_JSON_COLUMN] if RAW_JSON_COLUMN in present else [c for c in spec.columns.values() if c in present]
+    if isinstance(batch, pa.Table):
+        columns = {name: batch.column(name).to_pylist() for name in names}
+    else:
+        columns = {name: batch[name] for name in names}
+    n_rows = len(indices)
+    rendered, reasons = _render_batch(columns, n_rows, indices, spec)
+    ids_out, labels_out, truncated = [[]] * n_rows, [[]] * n_rows, [False] * n_rows
     # Conversations carry their special tokens in the rendered text; text and completions get BOS
     # (when the tokenizer adds one) like TRL, and EOS appended. One Rust call per kind per batch.
     for add_eos, items in rendered.items():
@@ -117,14 +150,9 @@ def encode_batch(batch: dict, indices: list[int], spec: EncodeSpec) -> dict:
         for (row, text, row_spans), encoding in zip(items, encodings):
             # Conversations: whitespace after an end-of-turn token is not trained (never generated).
             labels = labels_from_spans(encoding, row_spans, None if add_eos else text)
-            ids, labels, truncated[row] = _finish(list(encoding.ids), labels, add_eos, eos_id, spec)
+            ids, labels, truncated[row] = _finish(encoding.ids, labels, add_eos, spec.tokenizer.eos_token_id, spec)
             if labels.count(-100) == len(labels):
                 reasons[row] = NO_SUPERVISED_TOKENS  # nothing to learn (e.g. truncation cut every answer)
                 continue
-            out["input_ids"][row] = ids
-            out["labels"][row] = labels
-            out["position_ids"][row] = list(range(len(ids)))
-            out["source_ids"][row] = [spec.source_index] * len(ids)
-    out["drop_reason"] = reasons
-    out["truncated"] = truncated
-    return out
+            ids_out[row], labels_out[row] = ids, labels
+    return _as_table(ids_out, labels_out, reasons, truncated, spec.source_index)

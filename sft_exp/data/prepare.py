@@ -67,11 +67,12 @@ def _encode_source(source, index: int, cfg, tokenizer, template, cache_dir, trun
         new_fingerprint=encode_fingerprint(raw._fingerprint, settings, tokenizer_hash(tokenizer)),
         desc=f"Tokenizing {label}",
     )  # fmt: skip
-    reasons = encoded["drop_reason"]
-    kept = np.array([i for i, reason in enumerate(reasons) if not reason], dtype=np.int64)
-    dropped = Counter(reason for reason in reasons if reason)
+    reasons = np.array(encoded.data.column("drop_reason").to_pylist(), dtype=object)
+    kept = np.flatnonzero(reasons == "")
+    dropped = Counter(reasons[reasons != ""].tolist())
+    truncated = int(np.asarray(encoded.data.column("truncated")).sum())
     stats = {"path": label, "format": fmt, "rows_read": len(raw), "rows_kept": len(kept),
-             "rows_dropped": dict(sorted(dropped.items())), "rows_truncated": int(sum(encoded["truncated"]))}  # fmt: skip
+             "rows_dropped": dict(sorted(dropped.items())), "rows_truncated": truncated}  # fmt: skip
     rows = encoded.remove_columns(["drop_reason", "truncated"])
     rows = rows.select(kept) if dropped else rows
     return EncodedSource(source_name(source), raw, fmt, source.columns, rows, kept, stats)

@@ -66,7 +66,7 @@ def _encode(tokenizer, template: str, messages: list[dict], drop: bool = False) 
         template_variables=template_variables(tokenizer), markers=False, assistant_only=True, completion_only=True,
         max_length=None, source_index=0, source_file="chat.jsonl", drop_bad_rows=drop,
     )  # fmt: skip
-    return encode_batch({"messages": [messages]}, [0], spec)
+    return encode_batch({"messages": [messages]}, [0], spec).to_pydict()
 
 
 def _trained_runs(tokenizer, ids: list[int], labels: list[int]) -> list[str]:
