@@ -142,8 +142,23 @@ def save_base_for_export(model, tokenizer, run_dir: Path) -> Optional[Path]:
     are saved; a pretrained base is found again from model.name_or_path.
     """
     folder = (Path(run_dir) / "base_model").resolve()
-    model.save_pretrained(str(folder))
-    tokenizer.save_pretrained(str(folder))
+    if (folder / "model.safetensors").is_file():
+        _check_same_base(model, folder)  # a resumed run rebuilt its base: it must be the saved one
+    else:
+        model.save_pretrained(str(folder))
+        tokenizer.save_pretrained(str(folder))
     # peft records this as the adapter's base_model_name_or_path, so AutoPeftModel finds the base.
     model.name_or_path = model.config._name_or_path = str(folder)
     return folder
+
+
+def _check_same_base(model, folder: Path) -> None:
+    from safetensors.torch import load_file
+
+    saved = load_file(str(folder / "model.safetensors"))
+    current = model.state_dict()
+    if any(not current[k].equal(saved[k].to(current[k].dtype)) for k in saved if k in current):
+        raise RuntimeError(
+            f"the base model rebuilt from model.init_config differs from the one this run saved in {folder}; "
+            "the adapter checkpoints belong to that one. Resume with the same seed and model config."
+        )
