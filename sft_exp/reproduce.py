@@ -28,7 +28,7 @@ from sft_exp.tracking import read_rows
 
 WALL_CLOCK = re.compile(r"runtime|per_second|_per_s$|_time(_s)?$|timestamp")  # differ run to run by nature
 GROUPS = ("model", "data", "optimizer", "loss", "memory", "peft", "logger", "trainer", "distributed", "experiment")
-RUN_INFO_KEYS = ("git", "data_fingerprint", "device", "host", "platform", "seed")
+RUN_INFO_KEYS = ("git.commit", "git.dirty", "data_fingerprint", "device", "host", "platform", "seed")
 
 
 def load_run_config(run: Path) -> dict:
@@ -36,9 +36,11 @@ def load_run_config(run: Path) -> dict:
     from omegaconf import OmegaConf
 
     config_file = run / "resolved_config.yaml"
+    if not run.is_dir():
+        raise UserError(f"{run}: no such folder. Give a run folder such as outputs/runs/<date>/<time>.")
     if not config_file.is_file():
-        jobs = sorted(p.name for p in run.glob("*/resolved_config.yaml"))[:1] if run.is_dir() else []
-        hint = (f" It looks like a multirun folder: give one of its jobs, e.g. {run / Path(jobs[0]).parent}."
+        jobs = sorted(p.parent for p in run.glob("*/resolved_config.yaml"))
+        hint = (f" It looks like a multirun folder: give one of its jobs, e.g. {jobs[0]}."
                 if jobs else " Give a run folder such as outputs/runs/<date>/<time> or outputs/multiruns/<date>/<time>/<job>.")
         raise UserError(f"{run} is not a run folder: it has no resolved_config.yaml (every sft_exp run writes one).{hint}")
     config = OmegaConf.to_container(OmegaConf.load(config_file), resolve=False)
@@ -111,9 +113,16 @@ def compare_run_info(old_run: Path, new_run: Path) -> list:
         if a != b:
             notes.append(f"{package}: {a} -> {b}")
     for key in RUN_INFO_KEYS:
-        if old.get(key) != new.get(key):
-            notes.append(f"{key}: {old.get(key)} -> {new.get(key)}")
+        a, b = _get(old, key), _get(new, key)
+        if a != b:
+            notes.append(f"{key}: {a} -> {b}" + (" (the training data changed)" if key == "data_fingerprint" else ""))
     return notes
+
+
+def _get(info: dict, dotted: str):
+    for part in dotted.split("."):
+        info = info.get(part) if isinstance(info, dict) else None
+    return info
 
 
 def verify(old_run: Path, new_run: Path) -> bool:

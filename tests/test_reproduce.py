@@ -1,0 +1,57 @@
+"""`python -m sft_exp.reproduce <run> --verify`: the saved config re-run gives identical metrics and weights."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import compose
+from sft_exp.reproduce import compare_metrics, main
+
+TINY = [
+    "trainer.max_steps=3", "trainer.logging_steps=1", "trainer.save_steps=3", "trainer.num_sample_generations=0",
+    "trainer.per_device_train_batch_size=4", "trainer.per_device_eval_batch_size=8", "data.sources.0.max_samples=24",
+    "data.eval_sources.0.max_samples=8", "data.max_length=64", "logger=none",
+]
+
+
+@pytest.fixture(scope="module")
+def original(tmp_path_factory) -> Path:
+    from sft_exp.train import run
+
+    run_dir = tmp_path_factory.mktemp("original")
+    run(compose([*TINY, f"run_dir={run_dir}"]))
+    return run_dir
+
+
+def test_reproduce_verify_finds_identical_metrics_and_weights(original, tmp_path, capfd):
+    new_run = tmp_path / "again"
+    assert main([str(original), "--verify", f"hydra.run.dir={new_run}"]) == 0
+    out = capfd.readouterr().out
+    assert "metrics.jsonl: identical" in out and "final weights: byte-identical" in out
+    assert (new_run / ".hydra" / "config.yaml").is_file()  # a run folder like any other
+    assert json.loads((new_run / "summary.json").read_text())["status"] == "completed"
+
+
+def test_verify_reports_a_changed_metric(original):
+    rows = [json.loads(line) for line in (original / "metrics.jsonl").read_text().splitlines()]
+    changed = [dict(row) for row in rows]
+    changed[2]["loss"] = changed[2]["loss"] + 1e-7
+    changed[-1]["eval_runtime"] = 123.0  # wall clock: never a difference
+    problems = compare_metrics(rows, changed)
+    assert len(problems) == 1 and "loss" in problems[0] and f"step {rows[2]['step']}" in problems[0]
+    assert compare_metrics(rows, rows[:-1]) == [f"{len(rows)} rows before, {len(rows) - 1} now"]
+
+
+def test_reproducing_a_folder_that_is_not_a_run_is_a_clear_error(tmp_path, capsys):
+    (tmp_path / "0").mkdir()
+    (tmp_path / "0" / "resolved_config.yaml").write_text("seed: 1\n")
+    assert main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "is not a run folder" in err and f"give one of its jobs, e.g. {tmp_path / '0'}" in err
+
+
+def test_a_group_choice_override_is_refused_with_what_to_do(original, capsys):
+    assert main([str(original), "loss=dft"]) == 2
+    assert "not group choices" in capsys.readouterr().err

@@ -1,0 +1,83 @@
+"""Sweeps end to end in a subprocess: `python -m sft_exp -m --config-dir sweeps --config-name <name>`.
+
+One multirun of the loss_x_memory sweep narrowed to 2 real jobs, plus 2 jobs that fail their config
+check: the failures are recorded and the sweep goes on; the 2 real jobs leave run folders and 2
+W&B runs in one group; the report reads it all back.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, run_sft
+from test_tracking import wandb_records
+
+TINY = [
+    "trainer.max_steps=2", "trainer.logging_steps=1", "trainer.save_steps=2", "trainer.num_sample_generations=0",
+    "trainer.per_device_train_batch_size=4", "trainer.per_device_eval_batch_size=8", "data.sources.0.max_samples=16",
+    "data.eval_sources.0.max_samples=8", "data.max_length=64", "logger.mode=offline",
+]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory) -> Path:
+    sweep_dir = tmp_path_factory.mktemp("sweep")
+    job = run_sft("-m", "--config-dir", "sweeps", "--config-name", "loss_x_memory", "hydra.sweeper.params.memory=none",
+                  "trainer.precision=fp32,no_such_precision", *TINY, f"hydra.sweep.dir={sweep_dir}")
+    assert job.returncode == 0, job.stderr[-3000:]
+    return sweep_dir
+
+
+def summaries(sweep_dir: Path) -> dict:
+    return {p.parent.name: json.loads(p.read_text()) for p in sweep_dir.glob("*/summary.json")}
+
+
+def test_a_failed_job_is_recorded_and_the_others_run(sweep):
+    status = {job: summary["status"] for job, summary in summaries(sweep).items()}
+    assert sorted(status.values()) == ["completed", "completed", "failed", "failed"]
+    failed = [s for s in summaries(sweep).values() if s["status"] == "failed"]
+    assert all("trainer.precision" in s["error"] for s in failed)
+
+
+def test_each_job_leaves_a_run_folder_and_a_wandb_run_in_the_sweep_group(sweep):
+    completed = sorted(job for job, s in summaries(sweep).items() if s["status"] == "completed")
+    runs = []
+    for job in completed:
+        folder = sweep / job
+        assert (folder / "metrics.jsonl").is_file() and (folder / "model").is_dir()
+        runs.append(next(r["run"] for r in wandb_records(folder) if r["type"] == "run"))
+    assert len({run["run_id"] for run in runs}) == 2
+    assert {run["run_group"] for run in runs} == {sweep.as_posix()}
+    assert {run["display_name"].split(",")[0] for run in runs} == {"loss=nll", "loss=dft"}  # named by its overrides
+
+
+def test_the_report_tabulates_every_job_and_plots_the_curves(sweep, capsys):
+    from sft_exp.report import main
+
+    assert main([str(sweep)]) == 0
+    rows = list(csv.DictReader((sweep / "report.csv").open()))
+    assert [row["job"] for row in rows] == ["0", "1", "2", "3"]
+    completed = [row for row in rows if row["status"] == "completed"]
+    assert {row["overrides"] for row in completed} == {"loss=nll trainer.precision=fp32", "loss=dft trainer.precision=fp32"}
+    assert all(float(row["eval_loss"]) > 0 and float(row["train_tokens_per_s"]) > 0 for row in completed)
+    markdown = (sweep / "report.md").read_text()
+    assert "no_such_precision" in markdown and "Failed jobs" in markdown
+    for plot in ("loss.png", "nll.png", "accuracy.png"):
+        assert (sweep / plot).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_sweep_param_naming_a_missing_key_fails_before_any_job(tmp_path):
+    job = run_sft("-m", "optimizer.lrr=1e-4,1e-3", f"hydra.sweep.dir={tmp_path}")
+    assert job.returncode != 0
+    assert "optimizer.lrr" in job.stderr and "not in 'AdamWConfig'" in job.stderr
+    assert not [p for p in tmp_path.iterdir() if p.is_dir()]  # no job started
+
+
+@pytest.mark.parametrize("name", ["loss_x_memory", "lr_x_lora_rank", "optuna_lr"])
+def test_every_shipped_sweep_composes(name):
+    job = run_sft("--config-dir", "sweeps", "--config-name", name, "--cfg", "hydra")
+    assert job.returncode == 0, job.stderr[-2000:]
+    assert "params:" in job.stdout and (REPO / "sweeps" / f"{name}.yaml").is_file()
