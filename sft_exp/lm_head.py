@@ -83,10 +83,16 @@ def _logits_into(out: Tensor, h: Tensor, spec: HeadSpec) -> Tensor:
 
 def _addmm_fp32(acc: Tensor, a: Tensor, b: Tensor) -> None:
     """acc += a @ b with a float32 accumulator, without rounding each chunk's product to bf16 first."""
-    if a.dtype == torch.float32 and b.dtype == torch.float32:
-        acc.addmm_(a, b)
-    else:
-        acc.addmm_(a.float(), b.float())
+    if b.dtype == torch.float32:
+        acc.addmm_(a.float(), b)
+        return
+    if acc.is_cuda:
+        try:  # bf16 inputs, fp32 output on tensor cores (torch >= 2.8)
+            torch.addmm(acc, a.to(b.dtype), b, out_dtype=torch.float32, out=acc)
+            return
+        except (TypeError, RuntimeError):
+            pass
+    acc.addmm_(a.float(), b.float())
 
 
 class ChunkedHead(torch.autograd.Function):

@@ -41,7 +41,10 @@ def unwrap_parallel(model):
 
 
 def decoder_hidden(model, batch: dict):
-    """Run `model` and return (final hidden states (B, L, H) as the LM head would see them, model output)."""
+    """Run `model` and return (final hidden states (B, L, H) as the LM head would see them, model output).
+
+    `model` itself is called (wrappers such as DDP must see the forward); its config and head are the unwrapped one's.
+    """
     captured = []
 
     def capture(_module, args):
