@@ -198,10 +198,23 @@ class StopOnSignal(TrainerCallback):
                     "(send it again to stop at once)", signal.Signals(signum).name)
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.received is not None:
+        if self._any_rank_received(args.device):
             # Log too, so the metrics accumulated since the last logging step are not lost.
             control.should_log = control.should_save = control.should_training_stop = True
         return control
+
+    def _any_rank_received(self, device) -> bool:
+        """Ranks get the signal at slightly different steps; all must stop at the same one or the save hangs."""
+        import torch
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return self.received is not None
+        flag = torch.tensor([0 if self.received is None else self.received], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if flag.item() and self.received is None:
+            self.received = int(flag.item())
+        return bool(flag.item())
 
     def raise_if_stopped(self, state, run_dir: Path) -> None:
         if self.received is not None:
