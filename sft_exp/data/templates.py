@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from transformers.utils import chat_template_utils
 from transformers.utils.chat_template_utils import render_jinja_template
 
 from sft_exp.errors import ConfigError
@@ -93,6 +94,32 @@ def template_variables(tokenizer) -> dict:
     return {key: value for key, value in tokenizer.special_tokens_map.items() if isinstance(value, str)}
 
 
+_REASONING_FIELDS = ("reasoning_content", "thinking", "reasoning")
+
+
+def _fast_render(template, messages, tools, variables, add_generation_prompt, with_generation_spans):
+    """transformers' own compiled template, rendered without re-copying inputs that are already plain JSON.
+
+    Same environment, same output as render_jinja_template; returns None where this transformers
+    version lacks the pieces (the caller then uses the public function).
+    """
+    compile_template = getattr(chat_template_utils, "_compile_jinja_template", None)
+    if compile_template is None or any(key in m for m in messages for key in _REASONING_FIELDS):
+        return None  # reasoning fields are aliased by the public function; rare enough to take the slow path
+    compiled = compile_template(template)
+    kwargs = dict(messages=messages, tools=tools, documents=None, add_generation_prompt=add_generation_prompt)
+    if not with_generation_spans:
+        return compiled.render(**kwargs, **variables), []
+    activate = getattr(compiled.environment, "activate_tracker", None)
+    if activate is None:
+        return None
+    blocks, spans = [], []
+    with activate(blocks, spans):
+        for block in compiled.generate(**kwargs, **variables):
+            blocks.append(block)
+    return "".join(blocks), [tuple(span) for span in spans]
+
+
 def render_conversation(
     template: str,
     messages: list[dict],
@@ -103,6 +130,9 @@ def render_conversation(
     with_generation_spans: bool = False,
 ) -> tuple[str, list[tuple[int, int]]]:
     """Rendered text, and the character spans of `{% generation %}` blocks when asked for."""
+    fast = _fast_render(template, messages, tools, variables, add_generation_prompt, with_generation_spans)
+    if fast is not None:
+        return fast
     rendered, spans = render_jinja_template(
         conversations=[messages],
         tools=tools,
