@@ -140,6 +140,8 @@ class OffloadHooks(saved_tensors_hooks):
             t.record_stream(torch.cuda.current_stream())
         else:
             cpu, device = self.offloaded[handle]
+            if self.side is not None and device.type == "cuda":  # the copy out (side stream) must have landed
+                torch.cuda.current_stream().wait_stream(self.side)
             t = cpu.to(device, non_blocking=True) if device.type != "cpu" else cpu.clone()
         self.fetched.add(handle)
         self._prefetch_before(handle)
