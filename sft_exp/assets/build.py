@@ -26,7 +26,7 @@ VOCAB_SIZE = 1024  # an upper bound: the corpus runs out of merges first (see th
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
-# A small closed word list: every word is seen often in training, in both cases.
+# A small closed word list for counting words: every word is seen often in training.
 WORDS = (
     "red blue green cat dog fox owl sun moon star tree leaf rock sand rain snow wind fire "
     "milk tea cake corn fish bird frog bear wolf ship road door lamp book"
@@ -49,12 +49,11 @@ CHAT_TEMPLATE = (
 
 
 # ----------------------------------------------------------------------------- tasks
-def _digits(rng: random.Random, low: int = 3, high: int = 6) -> str:
+# Mostly digit puzzles: digits are single tokens, so an answer is made of the prompt's own tokens
+# (copied, reordered, picked or counted). Tasks that map a word to another token (" red" -> "RED")
+# and multi-digit addition (carries) stayed near chance after ~1000 steps of a 2-layer model.
+def _digits(rng: random.Random, low: int = 3, high: int = 5) -> str:
     return "".join(rng.choice("0123456789") for _ in range(rng.randint(low, high)))
-
-
-def _words(rng: random.Random, low: int = 2, high: int = 4) -> List[str]:
-    return rng.sample(WORDS, rng.randint(low, high))
 
 
 def reverse_digits(rng: random.Random) -> Tuple[str, str]:
@@ -67,9 +66,9 @@ def sort_digits(rng: random.Random) -> Tuple[str, str]:
     return f"Sort {s}", "".join(sorted(s))
 
 
-def add_numbers(rng: random.Random) -> Tuple[str, str]:
-    a, b = rng.randint(0, 99), rng.randint(0, 99)
-    return f"{a}+{b}=", str(a + b)
+def repeat_digits(rng: random.Random) -> Tuple[str, str]:
+    s = _digits(rng, 3, 6)
+    return f"Repeat {s}", s
 
 
 def max_digit(rng: random.Random) -> Tuple[str, str]:
@@ -77,47 +76,49 @@ def max_digit(rng: random.Random) -> Tuple[str, str]:
     return f"Max of {s}", max(s)
 
 
+def min_digit(rng: random.Random) -> Tuple[str, str]:
+    s = _digits(rng)
+    return f"Min of {s}", min(s)
+
+
 def count_digit(rng: random.Random) -> Tuple[str, str]:
-    s = _digits(rng, 4, 7)
+    s = _digits(rng, 4, 6)
     d = rng.choice(s)
     return f"How many {d} in {s}", str(s.count(d))
 
 
-def uppercase_words(rng: random.Random) -> Tuple[str, str]:
-    w = _words(rng)
-    return f"Uppercase {' '.join(w)}", " ".join(w).upper()
-
-
-def reverse_words(rng: random.Random) -> Tuple[str, str]:
-    w = _words(rng)
-    return f"Reverse words {' '.join(w)}", " ".join(reversed(w))
-
-
 def count_words(rng: random.Random) -> Tuple[str, str]:
-    w = _words(rng, 1, 6)
-    return f"Count words {' '.join(w)}", str(len(w))
+    words = rng.sample(WORDS, rng.randint(1, 6))
+    return f"Count words {' '.join(words)}", str(len(words))
+
+
+def add_one(rng: random.Random) -> Tuple[str, str]:
+    n = rng.randint(0, 999)
+    return f"Add one to {n}", str(n + 1)
 
 
 TASKS: List[Callable[[random.Random], Tuple[str, str]]] = [
-    reverse_digits, sort_digits, add_numbers, max_digit, count_digit,
-    uppercase_words, reverse_words, count_words,
+    reverse_digits, sort_digits, repeat_digits, max_digit, min_digit, count_digit, count_words, add_one,
 ]
+
+# The system message picks the task, so the model must read it.
+SYSTEM_TASKS = {
+    "Reply with the digits reversed.": lambda s: s[::-1],
+    "Reply with the digits sorted.": lambda s: "".join(sorted(s)),
+}
 
 
 def make_conversation(rng: random.Random) -> List[Dict[str, str]]:
-    """Mostly single-turn; some shout (system message) and some ask a second question."""
+    """Mostly single-turn; one in ten has a system message, one in ten a second question."""
     kind = rng.random()
     if kind < 0.1:
-        # The system message changes the answer, so the model must read it.
-        w = " ".join(_words(rng))
+        system, answer = rng.choice(sorted(SYSTEM_TASKS.items()))
+        s = _digits(rng)
         return [
-            {"role": "system", "content": "Answer in capitals."},
-            {"role": "user", "content": f"Repeat {w}"},
-            {"role": "assistant", "content": w.upper()},
+            {"role": "system", "content": system},
+            {"role": "user", "content": s},
+            {"role": "assistant", "content": answer(s)},
         ]
-    if kind < 0.15:
-        w = " ".join(_words(rng))
-        return [{"role": "user", "content": f"Repeat {w}"}, {"role": "assistant", "content": w}]
     turns = 2 if kind > 0.9 else 1
     messages = []
     for _ in range(turns):
