@@ -3,10 +3,11 @@
 Assistant turns are found one of two exact ways:
 - templates with `{% generation %}` markers report the character span of each block;
 - templates without them (Qwen2.5, Llama 3, Phi-3, Mistral, Gemma, ...) are rendered prefix by
-  prefix: turn i starts where `messages[:i]` + generation prompt ends, and ends where the render
-  of `messages[:i+1]` leaves the full render. The generation prompt must be an exact prefix of
-  the full conversation, and the assistant's content must lie inside its span; otherwise the
-  row is reported (`template_mismatch`), never silently mis-masked.
+  prefix: turn i starts where `messages[:i]` + generation prompt ends, and ends after its content
+  plus what follows that content in the render of `messages[:i+1]` and is repeated in the full
+  render (the end-of-turn tokens). Both prefixes must be exact prefixes where expected, and the
+  content must be rendered verbatim; otherwise the row is reported (`template_mismatch`), never
+  silently mis-masked.
 Spans end after the turn's end-of-turn token(s); only tokens wholly inside a span are trained,
 and whitespace-only tokens after the end of turn are not (the model never generates them).
 """

@@ -102,9 +102,3 @@ def pack_wrapped(dataset: datasets.Dataset, max_length: int) -> datasets.Dataset
     row_starts = np.arange(0, total, max_length)
     cuts = np.union1d(example_starts, row_starts)
     return datasets.Dataset(_gather(table, np.arange(len(lengths)), row_lengths, cuts))
-
-
-def fill_rate(dataset: datasets.Dataset, max_length: int) -> float:
-    """Fraction of the token slots of `len(dataset)` rows of `max_length` that hold tokens."""
-    lengths = pc.list_value_length(dataset.data.column("input_ids")).to_numpy(zero_copy_only=False)
-    return float(lengths.sum() / (len(lengths) * max_length)) if len(lengths) else 0.0

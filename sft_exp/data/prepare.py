@@ -131,13 +131,14 @@ def prepare_datasets(data_cfg, tokenizer, *, attn_implementation=None, cache_dir
         pack = pack_bfd if cfg.packing_strategy == "bfd" else pack_wrapped
         train = pack(train, cfg.max_length)
     mixture_rows = {part.name: len(rows) for part, rows in zip(parts, train_rows)}
-    stats = dataset_statistics(cfg, parts, eval_parts, train, eval_set, names, mixture_rows)
+    tokens = token_table(train)  # one gather of the shuffled rows, shared by the statistics and the fingerprint
+    stats = dataset_statistics(cfg, parts, eval_parts, tokens, len(train), eval_set, names, mixture_rows)
     extra = {"names": names, "packing": cfg.packing, "strategy": cfg.packing_strategy, "max_length": cfg.max_length}
     return PreparedData(
         train=train,
         eval=eval_set,
         source_names=names,
         stats=stats,
-        fingerprint=data_fingerprint(token_table(train), extra),
+        fingerprint=data_fingerprint(tokens, extra),
         sample_prompts=sample_prompts(parts, eval_parts, eval_rows),
     )

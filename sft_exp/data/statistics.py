@@ -5,12 +5,10 @@ from collections import Counter
 
 import numpy as np
 
-from sft_exp.data.packing import fill_rate, token_table
 
 
-def _token_counts(dataset, n_sources: int) -> dict:
+def _token_counts(table, n_sources: int) -> dict:
     """Tokens and trained targets (labels != -100, first token of an example excluded: it is never predicted)."""
-    table = token_table(dataset)
 
     def flat(name: str) -> np.ndarray:
         return table.column(name).combine_chunks().flatten().to_numpy()
@@ -26,11 +24,12 @@ def _token_counts(dataset, n_sources: int) -> dict:
     }
 
 
-def dataset_statistics(cfg, parts, eval_parts, train, eval_set, names: list[str], mixture_rows: dict) -> dict:
+def dataset_statistics(cfg, parts, eval_parts, tokens, n_train: int, eval_set, names: list[str], mixture_rows: dict) -> dict:
+    """`tokens`: the training rows' token columns (an Arrow table)."""
     dropped = Counter()
     for part in [*parts, *eval_parts]:
         dropped.update(part.stats["rows_dropped"])
-    train_counts = _token_counts(train, len(names))
+    train_counts = _token_counts(tokens, len(names))
     stats = {
         "sources": {part.name: part.stats for part in parts},
         "eval_sources": {part.name: part.stats for part in eval_parts},
@@ -38,7 +37,7 @@ def dataset_statistics(cfg, parts, eval_parts, train, eval_set, names: list[str]
         "rows_dropped": dict(sorted(dropped.items())),
         "rows_truncated": sum(part.stats["rows_truncated"] for part in [*parts, *eval_parts]),
         "train_examples_per_source": mixture_rows,
-        "train_rows": len(train),
+        "train_rows": n_train,
         "eval_rows": len(eval_set) if eval_set is not None else 0,
         "max_length": cfg.max_length,
         **{key: value for key, value in train_counts.items() if not key.endswith("per_source")},
@@ -49,7 +48,7 @@ def dataset_statistics(cfg, parts, eval_parts, train, eval_set, names: list[str]
     if cfg.packing:
         stats["packing"] = {
             "strategy": cfg.packing_strategy,
-            "packed_rows": len(train),
-            "fill_rate": round(fill_rate(train, cfg.max_length), 4),
+            "packed_rows": n_train,
+            "fill_rate": round(train_counts["tokens"] / max(n_train * cfg.max_length, 1), 4),
         }
     return stats
