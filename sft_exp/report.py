@@ -22,7 +22,7 @@ from sft_exp.tracking import read_rows
 
 COLUMNS = ("job", "overrides", "status", "steps", "train_loss", "eval_loss", "eval_nll", "mean_token_accuracy",
            "eval_mean_token_accuracy", "entropy", "train_tokens_per_s", "peak_memory_mb", "wall_time_s")
-RUN_MARKERS = ("metrics.jsonl", "summary.json", "resolved_config.yaml", ".hydra")
+RUN_MARKERS = ("metrics.jsonl", "summary.json", "resolved_config.yaml", ".hydra/config.yaml")
 
 
 def find_runs(folder: Path) -> list:
@@ -41,8 +41,7 @@ def find_runs(folder: Path) -> list:
 
 
 def _is_run(path: Path) -> bool:
-    return any((path / marker).exists() for marker in RUN_MARKERS if marker != ".hydra") or (
-        (path / ".hydra").is_dir() and (path / ".hydra" / "config.yaml").is_file())
+    return any((path / marker).is_file() for marker in RUN_MARKERS)
 
 
 def job_row(run: Path) -> dict:

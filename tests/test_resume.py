@@ -19,21 +19,21 @@ from safetensors.torch import load_file
 from conftest import REPO, TEST_ENV, compose
 from sft_exp.errors import ConfigError
 
-STEPS = 6
+STEPS = 4
 TINY = [
-    f"trainer.max_steps={STEPS}", "trainer.logging_steps=1", "trainer.save_steps=3", "trainer.save_total_limit=3",
+    f"trainer.max_steps={STEPS}", "trainer.logging_steps=1", "trainer.save_steps=2", "trainer.save_total_limit=3",
     "trainer.num_sample_generations=0", "trainer.per_device_train_batch_size=4", "trainer.per_device_eval_batch_size=8",
     "data.sources.0.max_samples=48", "data.eval_sources.0.max_samples=8", "data.max_length=64", "logger=none",
 ]
 WALL_CLOCK = ("runtime", "per_second", "preparation_time")
 
-# A job that is SIGKILLed while it writes checkpoint-6: the optimizer state is on disk, the trainer state is not.
+# A job that is SIGKILLed while it writes checkpoint-4: the optimizer state is on disk, the trainer state is not.
 KILL_MID_SAVE = """
 import os, signal, sys, torch
 real_save = torch.save
 def save(obj, f, *args, **kwargs):
     real_save(obj, f, *args, **kwargs)
-    if "tmp-checkpoint-6" in str(f):
+    if "tmp-checkpoint-4" in str(f):
         os.kill(os.getpid(), signal.SIGKILL)
 torch.save = save
 sys.argv = ["sft_exp", *sys.argv[1:]]
@@ -74,12 +74,12 @@ def test_resume_after_a_kill_mid_save_skips_the_partial_checkpoint(tmp_path, str
                          cwd=REPO, env=TEST_ENV, capture_output=True, text=True, timeout=300)
     assert job.returncode == -signal.SIGKILL, job.stderr[-3000:]
     checkpoints = run_dir / "checkpoints"
-    assert (checkpoints / "tmp-checkpoint-6").is_dir() and not (checkpoints / "checkpoint-6").exists()
-    assert max(row["step"] for row in comparable_rows(run_dir)) == STEPS  # rows past checkpoint-3 exist
+    assert (checkpoints / "tmp-checkpoint-4").is_dir() and not (checkpoints / "checkpoint-4").exists()
+    assert max(row["step"] for row in comparable_rows(run_dir)) == STEPS  # rows past checkpoint-2 exist
 
     with caplog.at_level(logging.WARNING):
         train(run_dir, "trainer.resume_from_checkpoint=true")
-    assert "tmp-checkpoint-6" in caplog.text  # the skipped checkpoint is named
+    assert "tmp-checkpoint-4" in caplog.text  # the skipped checkpoint is named
     assert_same_run(run_dir, straight)
 
 
@@ -112,17 +112,17 @@ def test_resume_with_no_checkpoint_says_which_folder_and_what_to_do(tmp_path):
 
 
 def test_a_checkpoint_without_its_trainer_state_is_skipped_with_a_warning(tmp_path, straight, caplog):
-    from sft_exp.checkpoints import latest_complete_checkpoint
-
     import shutil
 
+    from sft_exp.checkpoints import latest_complete_checkpoint
+
     checkpoints = tmp_path / "checkpoints"
-    shutil.copytree(straight / "checkpoints" / "checkpoint-3", checkpoints / "checkpoint-3")
-    shutil.copytree(straight / "checkpoints" / "checkpoint-6", checkpoints / "checkpoint-6")
-    (checkpoints / "checkpoint-6" / "trainer_state.json").unlink()  # written by a writer that was not atomic
+    shutil.copytree(straight / "checkpoints" / "checkpoint-2", checkpoints / "checkpoint-2")
+    shutil.copytree(straight / "checkpoints" / "checkpoint-4", checkpoints / "checkpoint-4")
+    (checkpoints / "checkpoint-4" / "trainer_state.json").unlink()  # as a writer that is not atomic can leave it
     with caplog.at_level(logging.WARNING):
-        assert latest_complete_checkpoint(checkpoints) == checkpoints / "checkpoint-3"
-    assert "checkpoint-6" in caplog.text
+        assert latest_complete_checkpoint(checkpoints) == checkpoints / "checkpoint-2"
+    assert "checkpoint-4" in caplog.text
 
 
 def _rows_so_far(run_dir: Path) -> list:
