@@ -55,3 +55,15 @@ def test_reproducing_a_folder_that_is_not_a_run_is_a_clear_error(tmp_path, capsy
 def test_a_group_choice_override_is_refused_with_what_to_do(original, capsys):
     assert main([str(original), "loss=dft"]) == 2
     assert "not group choices" in capsys.readouterr().err
+
+
+def test_run_info_differences_name_the_changed_data_and_versions(original, tmp_path):
+    from sft_exp.reproduce import compare_run_info
+
+    info = json.loads((original / "run_info.json").read_text())
+    assert info["data_fingerprint"]  # every run records what data it trained on
+    changed = {**info, "data_fingerprint": "0" * 16, "versions": {**info["versions"], "torch": "0.0"}}
+    (tmp_path / "run_info.json").write_text(json.dumps(changed))
+    notes = compare_run_info(original, tmp_path)
+    assert any(n.startswith("data_fingerprint:") and "training data changed" in n for n in notes)
+    assert any(n.startswith("torch:") for n in notes) and len(notes) == 2
