@@ -107,9 +107,15 @@ def _split_and_mix(cfg, sources, parts: list[EncodedSource], rng) -> tuple[datas
     return mixed.select(rng.permutation(len(mixed))), eval_rows, train_rows
 
 
-def _eval_dataset(parts, eval_parts, eval_rows) -> datasets.Dataset | None:
+def _truncate(batch: dict, max_length: int) -> dict:
+    return {key: [values[:max_length] for values in batch[key]] for key in batch}
+
+
+def _eval_dataset(parts, eval_parts, eval_rows, max_length: int) -> datasets.Dataset | None:
     pieces = [part.rows for part in eval_parts]
-    pieces += [part.rows.select(rows) for part, rows in zip(parts, eval_rows) if len(rows)]
+    held_out = [part.rows.select(rows) for part, rows in zip(parts, eval_rows) if len(rows)]
+    # Wrapped packing leaves training rows whole; rows held out of them are cut here like eval rows.
+    pieces += [piece.map(_truncate, batched=True, fn_kwargs={"max_length": max_length}) for piece in held_out]
     return datasets.concatenate_datasets(pieces) if pieces else None
 
 
@@ -126,7 +132,7 @@ def prepare_datasets(data_cfg, tokenizer, *, attn_implementation=None, cache_dir
     eval_parts = _encode_all(cfg.eval_sources, cfg, tokenizer, template, names, cache_dir, True, "eval")
     rng = np.random.default_rng(cfg.seed)
     train, eval_rows, train_rows = _split_and_mix(cfg, cfg.sources, parts, rng)
-    eval_set = _eval_dataset(parts, eval_parts, eval_rows)
+    eval_set = _eval_dataset(parts, eval_parts, eval_rows, cfg.max_length)
     if cfg.packing:
         pack = pack_bfd if cfg.packing_strategy == "bfd" else pack_wrapped
         train = pack(train, cfg.max_length)

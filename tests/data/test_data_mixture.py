@@ -88,3 +88,10 @@ def test_parallel_tokenization_gives_the_same_rows(word_tokenizer, tmp_path, num
     serial = _prepare(word_tokenizer, sources)
     parallel = _prepare(word_tokenizer, sources, num_proc=num_proc)
     assert serial.train["labels"] == parallel.train["labels"] and serial.fingerprint == parallel.fingerprint
+
+
+def test_wrapped_packing_keeps_held_out_rows_within_max_length(word_tokenizer, tmp_path):
+    sources = _sources(tmp_path, {"a": 40})
+    data = _prepare(word_tokenizer, sources, eval_split_size=0.25, packing=True, packing_strategy="wrapped", max_length=16)
+    assert len(data.eval) == 10 and max(len(ids) for ids in data.eval["input_ids"]) <= 16
+    assert all(len(ids) == 16 for ids in data.train["input_ids"][:-1])
