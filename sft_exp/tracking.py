@@ -116,6 +116,13 @@ class RunRecorder(TrainerCallback):
             if dropped:
                 log.info("resumed at step %d: dropped %d metrics.jsonl rows logged after it", state.global_step, dropped)
 
+    def on_step_end(self, args, state, control, **kwargs):
+        # A row at every checkpoint and at the last step: a resume then starts a fresh logging window exactly
+        # where the straight run's rows split, so both write the same rows; and the final step is always logged.
+        if control.should_save or state.global_step >= state.max_steps:
+            control.should_log = True
+        return control
+
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
             return

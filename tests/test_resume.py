@@ -21,11 +21,12 @@ from sft_exp.errors import ConfigError
 
 STEPS = 4
 TINY = [
-    f"trainer.max_steps={STEPS}", "trainer.logging_steps=1", "trainer.save_steps=2", "trainer.save_total_limit=3",
+    f"trainer.max_steps={STEPS}", "trainer.logging_steps=3", "trainer.save_steps=2", "trainer.save_total_limit=3",
     "trainer.num_sample_generations=0", "trainer.per_device_train_batch_size=4", "trainer.per_device_eval_batch_size=8",
     "data.sources.0.max_samples=48", "data.eval_sources.0.max_samples=8", "data.max_length=64", "logger=none",
 ]
 WALL_CLOCK = ("runtime", "per_second", "preparation_time")
+# logging_steps=3 with save_steps=2: checkpoints fall between logging steps, the case that needs care.
 
 # A job that is SIGKILLed while it writes checkpoint-4: the optimizer state is on disk, the trainer state is not.
 KILL_MID_SAVE = """
