@@ -74,8 +74,11 @@ def _skeleton(model_cfg) -> Optional[torch.nn.Module]:
 
 
 # ----------------------------------------------------------------------------- target modules
-def _matches(name: str, target: str) -> bool:
-    """peft's rule for a list entry: the full module name, or its last dotted parts."""
+def _matches(name: str, target: str, key: str) -> bool:
+    """peft's rules: a target_modules entry is the full name or its last dotted parts; a
+    modules_to_save entry is any suffix of the name."""
+    if key == "modules_to_save":
+        return name.endswith(target)
     return name == target or name.endswith("." + target)
 
 
@@ -97,7 +100,7 @@ def check_targets(model: torch.nn.Module, targets: Any, modules_to_save: Optiona
             )
     listed = [] if targets is None or isinstance(targets, str) else targets
     for key, wanted in (("target_modules", listed), ("modules_to_save", modules_to_save or [])):
-        unknown = [t for t in wanted if not any(_matches(n, t) for n in names)]
+        unknown = [t for t in wanted if not any(_matches(n, t, key) for n in names)]
         if unknown:
             raise ConfigError(
                 f"peft.{key} names {unknown}, which match no module of {kind}. Its Linear layers: "
