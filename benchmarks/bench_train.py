@@ -86,6 +86,11 @@ class StepClock:
         self.warmup, self.steps, self.start, self.end = warmup, 0, None, None
         self.cpu_start = self.cpu_end = None
 
+    def begin(self):
+        """Called once before the first step: with --warmup 0 the first step is timed too."""
+        if self.warmup == 0:
+            self.start, self.cpu_start = time.perf_counter(), cpu_seconds()
+
     def step_done(self):
         self.steps += 1
         if self.steps == self.warmup:
@@ -97,6 +102,9 @@ def trainer_callback(clock: StepClock):
     from transformers import TrainerCallback
 
     class Clock(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            clock.begin()
+
         def on_step_end(self, args, state, control, **kwargs):
             clock.step_done()
 
@@ -113,6 +121,7 @@ def run_bare(model, tokenizer, rows, args, clock):
     batches = [collate(data[i: i + args.batch]) for i in range(0, len(data), args.batch)]
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR)
     model.train()
+    clock.begin()
     for batch in batches:
         loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                      labels=batch["labels"], use_cache=False).loss
