@@ -24,21 +24,22 @@ log = logging.getLogger(__name__)
 def check_adapter_config(cfg) -> None:
     """Refuse adapter settings that cannot work here; `cfg` is the whole run config."""
     quant = (cfg.model.get("load_kwargs") or {}).get("quantization_config")
-    if quant is not None:
-        _check_quantization(cfg.model, quant)
-    if not cfg.get("peft"):
-        return
     if quant is not None and not cfg.model.name_or_path:
         raise ConfigError(
-            "peft=qlora quantizes pretrained weights while loading them, but this model is built from "
-            "model.init_config: set model.name_or_path to a pretrained model, or use peft=lora."
+            "peft=qlora (model.load_kwargs.quantization_config) quantizes pretrained weights while loading "
+            "them, but this model is built from model.init_config: set model.name_or_path to a pretrained "
+            "model, or use peft=lora."
         )
+    if quant is not None and quant.get("quant_method", "bitsandbytes") == "bitsandbytes":
+        _check_bitsandbytes()
+    if not cfg.get("peft"):
+        return
     skeleton = _skeleton(cfg.model)
     if skeleton is not None:
         check_targets(skeleton, cfg.peft.get("target_modules"), cfg.peft.get("modules_to_save"))
 
 
-def _check_quantization(model_cfg, quant) -> None:
+def _check_bitsandbytes() -> None:
     if not torch.cuda.is_available():
         raise ConfigError(
             "peft=qlora (model.load_kwargs.quantization_config) loads the base model in 4 bits with "

@@ -41,9 +41,15 @@ def test_preset_targets_flow_into_the_adapter():
     assert "q_proj" in cfg.peft.target_modules
 
 
+def test_qlora_on_a_model_built_from_config_is_refused():
+    with pytest.raises(ConfigError, match="model.name_or_path"):
+        validate_config(compose(["peft=qlora"]))  # model=tiny has no pretrained weights to quantize
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
-def test_qlora_without_cuda_is_refused_before_loading():
-    cfg = compose(["peft=qlora"])
+def test_qlora_without_cuda_is_refused_before_loading(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "qwen2"}')  # a local "model": never loaded
+    cfg = compose(["peft=qlora", "model=qwen2_5_0_5b", f"model.name_or_path={tmp_path}"])
     with pytest.raises(ConfigError, match="CUDA") as err:
         validate_config(cfg)
     assert "peft=lora" in str(err.value)  # says what to do instead
