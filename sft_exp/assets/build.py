@@ -20,7 +20,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, train
 
 ASSETS_DIR = Path(__file__).resolve().parent
 SEED = 1234
-NUM_TRAIN = 3000
+NUM_TRAIN = 4500  # 3000 rows over ~10 epochs overfit: eval lagged train accuracy by ~0.1
 NUM_EVAL = 200
 VOCAB_SIZE = 1024  # an upper bound: the corpus runs out of merges first (see the build output)
 
@@ -51,7 +51,8 @@ CHAT_TEMPLATE = (
 # ----------------------------------------------------------------------------- tasks
 # Mostly digit puzzles: digits are single tokens, so an answer is made of the prompt's own tokens
 # (copied, reordered, picked or counted). Tasks that map a word to another token (" red" -> "RED")
-# and multi-digit addition (carries) stayed near chance after ~1000 steps of a 2-layer model.
+# and multi-digit addition (carries) stayed near chance after ~1000 steps of a 2-layer model;
+# counting one digit's occurrences plateaued at 0.8 and held the total back.
 def _digits(rng: random.Random, low: int = 3, high: int = 5) -> str:
     return "".join(rng.choice("0123456789") for _ in range(rng.randint(low, high)))
 
@@ -81,12 +82,6 @@ def min_digit(rng: random.Random) -> Tuple[str, str]:
     return f"Min of {s}", min(s)
 
 
-def count_digit(rng: random.Random) -> Tuple[str, str]:
-    s = _digits(rng, 4, 6)
-    d = rng.choice(s)
-    return f"How many {d} in {s}", str(s.count(d))
-
-
 def count_words(rng: random.Random) -> Tuple[str, str]:
     words = rng.sample(WORDS, rng.randint(1, 6))
     return f"Count words {' '.join(words)}", str(len(words))
@@ -98,7 +93,7 @@ def add_one(rng: random.Random) -> Tuple[str, str]:
 
 
 TASKS: List[Callable[[random.Random], Tuple[str, str]]] = [
-    reverse_digits, sort_digits, repeat_digits, max_digit, min_digit, count_digit, count_words, add_one,
+    reverse_digits, sort_digits, repeat_digits, max_digit, min_digit, count_words, add_one,
 ]
 
 # The system message picks the task, so the model must read it.

@@ -1,6 +1,6 @@
 """Prove the demo tasks are learnable on a CPU in the default run's time budget.
 
-    python -m sft_exp.assets.check_learnable [--steps 600 --lr 3e-3 ...]
+    python -m sft_exp.assets.check_learnable [--steps 1000 --lr 3e-3 --seed 1 ...]
 
 A bare torch loop (no Trainer) on the shipped tokenizer and demo files: a tiny Qwen2 model in
 fp32 on 2 threads, AdamW, loss on assistant tokens only. It prints the held-out token accuracy
@@ -36,7 +36,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--warmup-ratio", type=float, default=0.05)
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--steps", type=int, default=800)
+    p.add_argument("--steps", type=int, default=1000)
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--threads", type=int, default=2)
