@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import compose
+from tests.conftest import compose
 from sft_exp.reproduce import compare_metrics, main
 
 TINY = [

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from conftest import REPO, TEST_ENV, compose
+from tests.conftest import REPO, TEST_ENV, compose
 from sft_exp.errors import ConfigError
 
 STEPS = 4

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_sft
+from tests.conftest import REPO, run_sft
 from test_tracking import wandb_records
 
 TINY = [

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TEST_ENV, compose
+from tests.conftest import TEST_ENV, compose
 
 TINY = [
     "trainer.max_steps=3", "trainer.logging_steps=1", "trainer.save_steps=3", "trainer.num_sample_generations=0",
