@@ -50,8 +50,20 @@ def test_two_processes_equal_one_process_with_the_whole_batch(tmp_path):
     assert (shared / "model" / "model.safetensors").is_file()
 
 
+@pytest.mark.slow
+def test_accelerate_launch_runs_the_same_job(tmp_path):
+    # `--multi_gpu` is accelerate's torchrun launcher; on a CPU-only machine sft_exp picks gloo.
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "sft_exp",
+           *SHORT, "trainer.per_device_train_batch_size=4", f"hydra.run.dir={tmp_path}"]
+    proc = subprocess.run(cmd, cwd=REPO, env={**TEST_ENV, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got, rows = _losses(tmp_path)
+    assert sorted(got) == [1, 2, 3, 4] and rows[0]["epoch"] == pytest.approx(8 / 64)
+
+
 def test_deepspeed_is_refused_when_it_cannot_run():
-    pytest.importorskip("torch")
     try:
         import deepspeed  # noqa: F401
 
