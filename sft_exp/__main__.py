@@ -12,7 +12,7 @@ import hydra
 from omegaconf import DictConfig
 
 import sft_exp.config  # noqa: F401  registers the schemas and the ${asset:...} resolver
-from sft_exp.errors import UserError
+from sft_exp.errors import TrainingInterrupted, UserError
 from sft_exp.paths import config_dir
 
 log = logging.getLogger("sft_exp")
@@ -20,7 +20,6 @@ log = logging.getLogger("sft_exp")
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
 def main(cfg: DictConfig) -> float:
-    from sft_exp.checkpoints import TrainingInterrupted
     from sft_exp.train import run
 
     try:

@@ -21,7 +21,8 @@ from typing import Any, Optional
 
 from transformers import TrainerCallback
 
-from sft_exp.errors import ConfigError
+# TrainingInterrupted lives in sft_exp.errors so the CLI can catch it without importing transformers.
+from sft_exp.errors import ConfigError, TrainingInterrupted
 
 log = logging.getLogger(__name__)
 
@@ -151,18 +152,6 @@ def _resolve_path(path: Path) -> str:
 
 
 # ----------------------------------------------------------------------------- preemption
-class TrainingInterrupted(Exception):
-    """Training stopped on SIGTERM/SIGINT after saving a checkpoint; the message says how to resume."""
-
-    def __init__(self, signum: int, step: int, run_dir: Path):
-        self.signum, self.step, self.run_dir = signum, step, run_dir
-        super().__init__(
-            f"stopped by {signal.Signals(signum).name} at step {step}; a checkpoint was saved in "
-            f"{run_dir / 'checkpoints'}. Resume with the same command plus "
-            f"hydra.run.dir={run_dir} trainer.resume_from_checkpoint=true"
-        )
-
-
 class StopOnSignal(TrainerCallback):
     """SIGTERM/SIGINT during training: save at the end of the current step, then stop.
 

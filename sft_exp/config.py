@@ -176,6 +176,10 @@ class DistributedConfig:
 
 
 # ----------------------------------------------------------------------------- trainer
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+NONFINITE_POLICIES = ("stop", "skip")
+
+
 @dataclass
 class TrainerConfig:
     """transformers.TrainingArguments fields the user sets, plus sft_exp's own.

@@ -1,4 +1,7 @@
-"""Errors that are the user's to fix: the CLI prints their message alone, without a traceback."""
+"""Errors that are the user's to fix (the CLI prints their message alone, without a traceback), and
+the clean stop of a preempted job. Kept free of heavy imports: the CLI catches these before torch loads."""
+import signal
+from pathlib import Path
 
 
 class UserError(Exception):
@@ -11,3 +14,15 @@ class ConfigError(UserError):
 
 class DataError(UserError):
     """A data source or row that cannot be used (names the file and row)."""
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on SIGTERM/SIGINT after saving a checkpoint; the message says how to resume."""
+
+    def __init__(self, signum: int, step: int, run_dir: Path):
+        self.signum, self.step, self.run_dir = signum, step, run_dir
+        super().__init__(
+            f"stopped by {signal.Signals(signum).name} at step {step}; a checkpoint was saved in "
+            f"{run_dir / 'checkpoints'}. Resume with the same command plus "
+            f"hydra.run.dir={run_dir} trainer.resume_from_checkpoint=true"
+        )

@@ -20,11 +20,11 @@ log = logging.getLogger(__name__)
 def run(cfg: DictConfig) -> float:
     """Train one job. Returns the final eval loss (what an Optuna sweep minimizes; NaN without eval data)."""
     started = time.monotonic()
+    validate_config(cfg)  # seconds, before torch, any model or data loads
     from sft_exp import distributed
 
     distributed.export_slurm_environment()  # a multi-task SLURM job becomes torchrun-style ranks
     distributed.quiet_non_main_rank()
-    validate_config(cfg)  # seconds, before any model or data loads
 
     import torch
     from hydra.utils import get_class, instantiate
@@ -34,7 +34,8 @@ def run(cfg: DictConfig) -> float:
     from sft_exp.adapters import parameter_counts, save_base_for_export, wrap_with_adapter
     from sft_exp.data import SFTCollator, prepare_datasets
     from sft_exp.models import align_special_tokens, load_model, load_tokenizer
-    from sft_exp.checkpoints import StopOnSignal, TrainingInterrupted, resolve_resume
+    from sft_exp.checkpoints import StopOnSignal, resolve_resume
+    from sft_exp.errors import TrainingInterrupted
     from sft_exp.tracking import RunRecorder
 
     run_dir = distributed.shared_run_dir(Path(cfg.run_dir))

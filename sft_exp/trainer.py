@@ -15,14 +15,13 @@ import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
 from sft_exp.checkpoints import AtomicCheckpoints
+from sft_exp.config import NONFINITE_POLICIES, PRECISIONS
 from sft_exp.errors import ConfigError, UserError
 from sft_exp.metrics import SFTMetrics
 from sft_exp.sft_forward import sft_forward
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-NONFINITE_POLICIES = ("stop", "skip")
 
 
 class NonFiniteLossError(UserError):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from sft_exp.config import NONFINITE_POLICIES, PRECISIONS
 from sft_exp.errors import ConfigError
 
 # A hub id is `name` or `org/name`; anything else that does not exist on disk is a missing local path.
@@ -73,8 +74,6 @@ def _check_trainer(trainer) -> None:
             raise ConfigError(f"trainer.{key}={trainer[key]} must be at least 1.")
     if trainer.max_steps == 0 or (trainer.max_steps < 0 and trainer.num_train_epochs <= 0):
         raise ConfigError("nothing to train: set trainer.max_steps > 0 or trainer.num_train_epochs > 0.")
-    from sft_exp.trainer import NONFINITE_POLICIES, PRECISIONS
-
     if trainer.precision not in PRECISIONS:
         raise ConfigError(f"trainer.precision={trainer.precision!r} is not one of {', '.join(PRECISIONS)}.")
     if trainer.nonfinite_loss not in NONFINITE_POLICIES:
