@@ -11,11 +11,13 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
-from typing import Any, Iterable, List, Optional
-
-import torch
+from typing import TYPE_CHECKING, Any, Iterable, List, Optional
 
 from sft_exp.errors import ConfigError
+
+# torch and transformers are imported where used: validation runs before they load (seconds).
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,8 @@ def check_adapter_config(cfg) -> None:
 
 
 def _check_bitsandbytes() -> None:
+    import torch
+
     if not torch.cuda.is_available():
         raise ConfigError(
             "peft=qlora (model.load_kwargs.quantization_config) loads the base model in 4 bits with "
@@ -54,8 +58,9 @@ def _check_bitsandbytes() -> None:
         ) from None
 
 
-def _skeleton(model_cfg) -> Optional[torch.nn.Module]:
+def _skeleton(model_cfg) -> Optional["torch.nn.Module"]:
     """The model's modules on the meta device (no weights); None when its config cannot be read yet."""
+    import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     try:
@@ -83,13 +88,15 @@ def _matches(name: str, target: str, key: str) -> bool:
     return name == target or name.endswith("." + target)
 
 
-def linear_module_names(model: torch.nn.Module) -> List[str]:
+def linear_module_names(model: "torch.nn.Module") -> List[str]:
     """Distinct short names of the model's Linear layers (what target_modules usually lists)."""
+    import torch
+
     names = {name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
     return sorted(names)
 
 
-def check_targets(model: torch.nn.Module, targets: Any, modules_to_save: Optional[Iterable[str]] = None) -> None:
+def check_targets(model: "torch.nn.Module", targets: Any, modules_to_save: Optional[Iterable[str]] = None) -> None:
     """Every named target must match a module of `model`; a typo would silently train less."""
     names = [name for name, _ in model.named_modules()]
     kind = type(model).__name__

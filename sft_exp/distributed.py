@@ -12,9 +12,9 @@ import os
 import shutil
 from pathlib import Path
 
-import torch
-
 from sft_exp.errors import ConfigError
+
+# torch is imported where used: config validation runs before it loads.
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,8 @@ def _check_deepspeed() -> None:
             "distributed=deepspeed needs the deepspeed package, which is not installed: "
             "`pip install deepspeed` on a CUDA machine, or use distributed=fsdp (no extra package)."
         ) from None
+    import torch
+
     if not torch.cuda.is_available():
         raise ConfigError("distributed=deepspeed (ZeRO-3) needs CUDA GPUs; on CPU use distributed=ddp.")
 
@@ -56,6 +58,7 @@ def _check_deepspeed() -> None:
 def _check_fsdp2() -> None:
     from importlib.metadata import version
 
+    import torch
     from packaging.version import Version
 
     if not hasattr(torch.distributed, "fsdp") or not hasattr(torch.distributed.fsdp, "fully_shard"):
@@ -74,6 +77,7 @@ def _check_fsdp2() -> None:
 
 def training_arguments(dist_cfg) -> dict:
     """The TrainingArguments fields the strategy sets (plain dicts: TrainingArguments writes into them)."""
+    import torch
     from omegaconf import OmegaConf
 
     args = OmegaConf.to_container(dist_cfg.training_args, resolve=True) if dist_cfg.training_args else {}
@@ -93,6 +97,7 @@ def shared_run_dir(run_dir: Path) -> Path:
     """
     if world_size() <= 1:
         return run_dir
+    import torch
     from accelerate import PartialState
 
     on_cpu = not torch.cuda.is_available()
