@@ -140,7 +140,12 @@ class RunRecorder(TrainerCallback):
             f.write(json.dumps(row) + "\n")
 
     def progress_line(self, row: dict, state) -> str:
-        parts = [f"step {row['step']}/{state.max_steps}"]
+        if "train_runtime" in row:  # transformers' end-of-training row
+            return f"training done: {row['step']} steps in {_duration(row['train_runtime'])}"
+        if state.max_steps == 0:  # evaluate() before train() knows no step count yet
+            parts = ["before training"]
+        else:
+            parts = [f"step {row['step']}/{state.max_steps}"]
         for key, label in (("loss", "loss"), ("mean_token_accuracy", "acc"), ("entropy", "entropy"),
                            ("eval_loss", "eval_loss"), ("eval_mean_token_accuracy", "eval_acc")):
             if isinstance(row.get(key), (int, float)):
