@@ -130,12 +130,13 @@ def _train_and_evaluate(trainer, data, resume, stopper, run_dir) -> dict:
     stopper.raise_if_stopped(trainer.state, run_dir)
     train_metrics = dict(result.metrics)
     runtime = train_metrics.get("train_runtime") or math.nan
+    num_tokens = trainer.num_tokens_seen()  # all ranks, as in metrics.jsonl
     summary.update(
         global_step=trainer.state.global_step,
         train_loss=train_metrics.get("train_loss"),
         train_runtime_s=runtime,
-        num_tokens=trainer._total_tokens,
-        train_tokens_per_s=trainer._total_tokens / runtime if runtime else None,
+        num_tokens=num_tokens,
+        train_tokens_per_s=num_tokens / runtime if runtime else None,
     )
     last_train = next((row for row in reversed(trainer.state.log_history) if "mean_token_accuracy" in row), {})
     summary.update({k: last_train[k] for k in ("mean_token_accuracy", "entropy", "nll") if k in last_train})

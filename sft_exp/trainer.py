@@ -148,7 +148,8 @@ class SFTTrainer(AtomicCheckpoints, Trainer):
         self.loss_is_scaled_for_ga = True
         self._loss_shifts_labels = True
         self.metrics = {mode: SFTMetrics(len(self.source_names)) for mode in ("train", "eval")}
-        self._total_tokens = 0
+        self._total_tokens = 0  # every rank's input tokens, summed at each log and checkpoint
+        self._tokens_since_sync = 0  # this rank's, since then
         self._nonfinite_in_step = False
         self._skipped_steps = 0
         self.add_callback(_TrainerHooks(self))
@@ -189,7 +190,7 @@ class SFTTrainer(AtomicCheckpoints, Trainer):
             num_sources=len(self.source_names), router_aux_loss_coef=self._router_aux_loss_coef(model) / (ranks * steps),
         )
         if mode == "train":
-            self._total_tokens += self._count_input_tokens(inputs)
+            self._tokens_since_sync += self._count_input_tokens(inputs)
         self.metrics[mode].add(out)
         loss = out.loss * ranks
         return (loss, {}) if return_outputs else loss  # prediction_loss_only: no logits kept
@@ -223,8 +224,7 @@ class SFTTrainer(AtomicCheckpoints, Trainer):
         mode = "eval" if is_eval else "train"
         metrics = self.metrics[mode].compute_and_reset(self.accelerator, self.source_names)
         if mode == "train":
-            total = torch.tensor(self._total_tokens, device=self.args.device)
-            metrics["num_tokens"] = int(self.accelerator.reduce(total, "sum").item()) if self.accelerator.num_processes > 1 else self._total_tokens
+            metrics["num_tokens"] = self.num_tokens_seen()
             if self._skipped_steps:
                 metrics["skipped_steps"] = self._skipped_steps
         else:
@@ -232,7 +232,16 @@ class SFTTrainer(AtomicCheckpoints, Trainer):
         logs.update(metrics)
         super().log(logs, start_time)
 
+    def num_tokens_seen(self) -> int:
+        """Input tokens of every rank so far. A collective under DDP: every rank must call it."""
+        local = torch.tensor(self._tokens_since_sync, device=self.args.device)
+        if self.accelerator.num_processes > 1:
+            local = self.accelerator.reduce(local, "sum")
+        self._total_tokens += int(local.item())
+        self._tokens_since_sync = 0
+        return self._total_tokens
+
     def _save_checkpoint(self, model, trial):
         # num_tokens is cumulative: keep it in the checkpoint's trainer_state so a resume continues it.
-        self.state.num_input_tokens_seen = self._total_tokens
+        self.state.num_input_tokens_seen = self.num_tokens_seen()
         super()._save_checkpoint(model, trial)

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from tests.conftest import compose, run_sft
 from sft_exp.paths import config_dir
 
-GROUPS = ("model", "data", "optimizer", "loss", "memory", "peft", "logger", "trainer")
+GROUPS = ("model", "data", "optimizer", "loss", "memory", "peft", "distributed", "logger", "trainer", "experiment")
 
 
 def group_options(group: str) -> list[str]:
