@@ -26,6 +26,16 @@ TEST_ENV = {
     "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
 }
 
+def tiny_run(steps: int, train_rows: int, save_steps: int, logger: str = "logger=none") -> list[str]:
+    """Overrides for a run of a few seconds: `steps` optimizer steps of 4 rows on a slice of the demo data."""
+    return [
+        f"trainer.max_steps={steps}", "trainer.logging_steps=1", f"trainer.save_steps={save_steps}",
+        "trainer.num_sample_generations=0", "trainer.per_device_train_batch_size=4",
+        "trainer.per_device_eval_batch_size=8", f"data.sources.0.max_samples={train_rows}",
+        "data.eval_sources.0.max_samples=8", "data.max_length=64", logger,
+    ]
+
+
 # A few optimizer steps of the default run: enough to exercise every stage of a run.
 SHORT_RUN = [
     "trainer.max_steps=4", "trainer.logging_steps=2", "trainer.save_steps=4",

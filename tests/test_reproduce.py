@@ -6,14 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import compose
+from tests.conftest import compose, tiny_run
 from sft_exp.reproduce import compare_metrics, main
 
-TINY = [
-    "trainer.max_steps=3", "trainer.logging_steps=1", "trainer.save_steps=3", "trainer.num_sample_generations=0",
-    "trainer.per_device_train_batch_size=4", "trainer.per_device_eval_batch_size=8", "data.sources.0.max_samples=24",
-    "data.eval_sources.0.max_samples=8", "data.max_length=64", "logger=none",
-]
+TINY = tiny_run(steps=3, train_rows=24, save_steps=3)
 
 
 @pytest.fixture(scope="module")

@@ -12,14 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, run_sft
+from tests.conftest import REPO, run_sft, tiny_run
 from test_tracking import wandb_records
 
-TINY = [
-    "trainer.max_steps=2", "trainer.logging_steps=1", "trainer.save_steps=2", "trainer.num_sample_generations=0",
-    "trainer.per_device_train_batch_size=4", "trainer.per_device_eval_batch_size=8", "data.sources.0.max_samples=16",
-    "data.eval_sources.0.max_samples=8", "data.max_length=64", "logger.mode=offline",
-]
+TINY = tiny_run(steps=2, train_rows=16, save_steps=2, logger="logger.mode=offline")
 
 
 @pytest.fixture(scope="module")

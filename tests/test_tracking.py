@@ -13,13 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TEST_ENV, compose
+from tests.conftest import TEST_ENV, compose, tiny_run
 
-TINY = [
-    "trainer.max_steps=3", "trainer.logging_steps=1", "trainer.save_steps=3", "trainer.num_sample_generations=0",
-    "trainer.per_device_train_batch_size=4", "trainer.per_device_eval_batch_size=8", "data.sources.0.max_samples=24",
-    "data.eval_sources.0.max_samples=8", "data.max_length=64",
-]
+TINY = tiny_run(steps=3, train_rows=24, save_steps=3, logger="logger=wandb")
 
 
 def wandb_records(run_dir: Path) -> list:
