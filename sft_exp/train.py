@@ -155,9 +155,18 @@ def _write_samples(model, tokenizer, data, run_dir: Path, count: int, max_new_to
 
 
 def _log_data_stats(data) -> None:
+    """One readable line; the full statistics go to run_info.json (and `python -m sft_exp.preview`)."""
     stats = data.stats
-    log.info("data: %d train rows, %s eval rows; stats: %s", len(data.train),
-             len(data.eval) if data.eval is not None else 0, stats)
+    dropped = sum(stats.get("rows_dropped", {}).values())
+    packing = stats.get("packing") or {}
+    log.info(
+        "data: %d train rows from %d source(s), %d eval rows; %s tokens, %.1f%% supervised; "
+        "%d rows dropped%s, %d truncated%s",
+        len(data.train), len(data.source_names), len(data.eval) if data.eval is not None else 0,
+        f"{stats.get('tokens', 0):,}", 100 * stats.get("supervised_fraction", 0.0), dropped,
+        f" {stats['rows_dropped']}" if dropped else "", stats.get("rows_truncated", 0),
+        f"; packed into {packing['packed_rows']} rows, {100 * packing['fill_rate']:.1f}% full" if packing else "",
+    )
 
 
 def _is_main_process() -> bool:
