@@ -14,7 +14,7 @@ from itertools import chain
 import numpy as np
 import pyarrow as pa
 
-from sft_exp.data.formats import RAW_JSON_COLUMN, BadRow, Conversation, PromptCompletion, Text, field_values, normalize_row
+from sft_exp.data.formats import RAW_JSON_COLUMN, BadRow, PromptCompletion, Text, field_values, normalize_row
 from sft_exp.data.masks import conversation_spans, labels_from_spans
 from sft_exp.errors import DataError
 
