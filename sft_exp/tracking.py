@@ -17,6 +17,7 @@ from transformers import TrainerCallback
 
 log = logging.getLogger(__name__)
 
+
 class WandbLogger:
     """One W&B run per job, written under <run>/wandb. Offline unless an API key is configured.
 
