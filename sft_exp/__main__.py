@@ -40,12 +40,10 @@ def main(cfg: DictConfig) -> float:
 
 def _sweeper():
     """The sweeper's _target_ in a multirun, else None."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
+    from sft_exp.train import multirun_hydra_config
 
-    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-        return str(HydraConfig.get().sweeper.get("_target_", ""))
-    return None
+    hydra_cfg = multirun_hydra_config()
+    return str(hydra_cfg.sweeper.get("_target_", "")) if hydra_cfg is not None else None
 
 
 def _failed_sweep_job(cfg: DictConfig, error: Exception) -> float:

@@ -41,7 +41,7 @@ def run(cfg: DictConfig) -> float:
     run_dir = distributed.shared_run_dir(Path(cfg.run_dir))
     run_dir.mkdir(parents=True, exist_ok=True)
     resume = resolve_resume(cfg.trainer.resume_from_checkpoint, run_dir)  # a missing checkpoint fails here, not after loading
-    is_main = _is_main_process()
+    is_main = distributed.rank() == 0
     set_seed(cfg.seed)
     if not torch.cuda.is_available():
         torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -169,12 +169,6 @@ def _log_data_stats(data) -> None:
     )
 
 
-def _is_main_process() -> bool:
-    import os
-
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def _hydra_overrides() -> list:
     from hydra.core.hydra_config import HydraConfig
 
@@ -187,10 +181,16 @@ def _job_name() -> str | None:
     return ",".join(overrides) if overrides else None
 
 
-def _sweep_group() -> str | None:
+def multirun_hydra_config():
+    """Hydra's config of this job when it runs inside a sweep (`-m`), else None."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
     if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-        return Path(HydraConfig.get().sweep.dir).as_posix()
+        return HydraConfig.get()
     return None
+
+
+def _sweep_group() -> str | None:
+    hydra_cfg = multirun_hydra_config()
+    return Path(hydra_cfg.sweep.dir).as_posix() if hydra_cfg is not None else None
