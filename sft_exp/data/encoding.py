@@ -1,24 +1,32 @@
 """Rows -> token ids and labels, a batch at a time (the function `Dataset.map` runs, in parallel).
 
-Per batch: normalize each row to its internal form, render chat templates and find the trained
-character spans, tokenize every text of the batch in one call to the Rust tokenizer, turn spans
-into labels, append EOS where the format needs it, truncate. Bad rows raise `DataError` naming the
-file and row, or (on_bad_row=drop) come out empty with their reason in `drop_reason`.
+Per batch, in chunks: normalize each row to its internal form, render chat templates and find the
+trained character spans (Python), tokenize the chunk in one call to the Rust tokenizer, turn spans
+into trained token ranges, append EOS where the format needs it, truncate. The tokenizer runs on a
+worker thread (it releases the GIL), so chunk k+1 renders while chunk k tokenizes. Labels are built
+for the whole batch at once from the ranges, in numpy. Bad rows raise `DataError` naming the file
+and row, or (on_bad_row=drop) come out empty with their reason in `drop_reason`.
 """
 from __future__ import annotations
 
 import copy
+import os
+from array import array
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from itertools import chain
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
 
 from sft_exp.data.formats import RAW_JSON_COLUMN, BadRow, PromptCompletion, Text, field_values, normalize_row
-from sft_exp.data.masks import conversation_spans, labels_from_spans
+from sft_exp.data.masks import conversation_spans, trained_token_ranges
 from sft_exp.errors import DataError
 
 NO_SUPERVISED_TOKENS = "no_supervised_tokens"
+# Rows rendered per tokenizer call: small enough that rendering overlaps tokenizing, large enough
+# that the Rust tokenizer spreads a call over its threads.
+CHUNK_ROWS = 256
 
 
 @dataclass
@@ -81,26 +89,16 @@ def _reject(spec: EncodeSpec, index: int, bad: BadRow) -> None:
         )
 
 
-def _finish(ids: list[int], labels: list[int], append_eos: bool, eos_id: int | None, spec: EncodeSpec):
-    if append_eos and (not ids or ids[-1] != eos_id):
-        ids, labels = ids + [eos_id], labels + [eos_id]  # the EOS ends the text/completion: always trained
-    truncated = spec.max_length is not None and len(ids) > spec.max_length
-    if truncated:
-        ids, labels = ids[: spec.max_length], labels[: spec.max_length]
-    return ids, labels, truncated
+class Rendered(NamedTuple):
+    row: int  # position in the map batch
+    text: str
+    spans: list | None  # trained character spans (None: all)
+    append_eos: bool  # text and completions: True (they also get the tokenizer's BOS); conversations: False
 
 
-def _tokenize(texts: list[str], add_special_tokens: bool, spec: EncodeSpec) -> list:
-    if not texts:
-        return []
-    return _backend(spec.tokenizer).encode_batch(texts, add_special_tokens=add_special_tokens)
-
-
-def _render_batch(columns: dict, n_rows: int, indices: list[int], spec: EncodeSpec) -> tuple[dict, list[str]]:
-    """Rendered rows grouped by whether EOS is appended ({append_eos: [(row, text, spans)]}), and drop reasons."""
-    reasons = [""] * n_rows
-    rendered = {True: [], False: []}
-    for row in range(n_rows):
+def _render_rows(columns: dict, rows: range, indices: list[int], spec: EncodeSpec, reasons: list[str]) -> list[Rendered]:
+    rendered = []
+    for row in rows:
         try:
             values = field_values({column: values[row] for column, values in columns.items()}, spec.columns)
             text, row_spans, add_eos = _render_row(normalize_row(spec.fmt, values), spec)
@@ -108,27 +106,97 @@ def _render_batch(columns: dict, n_rows: int, indices: list[int], spec: EncodeSp
             _reject(spec, indices[row], bad)
             reasons[row] = bad.reason
             continue
-        rendered[add_eos].append((row, text, row_spans))
-    return rendered, reasons
+        rendered.append(Rendered(row, text, row_spans, add_eos))
+    return rendered
 
 
-def _as_table(ids: list, labels: list, reasons: list[str], truncated: list[bool], source_index: int) -> pa.Table:
+def _tokenize(rendered: list[Rendered], spec: EncodeSpec) -> list:
+    """Encodings in the order of `rendered`: one Rust call per kind (with / without special tokens)."""
+    backend = _backend(spec.tokenizer)
+    encodings = [None] * len(rendered)
+    for append_eos in (False, True):
+        positions = [i for i, item in enumerate(rendered) if item.append_eos == append_eos]
+        if positions:
+            texts = [rendered[i].text for i in positions]
+            for i, encoding in zip(positions, backend.encode_batch(texts, add_special_tokens=append_eos)):
+                encodings[i] = encoding
+    return encodings
+
+
+_pool: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _tokenizer_thread() -> ThreadPoolExecutor:
+    """One worker thread per process (a pool made before a fork has no thread in the child)."""
+    global _pool
+    if _pool is None or _pool[0] != os.getpid():
+        _pool = (os.getpid(), ThreadPoolExecutor(1, thread_name_prefix="sft_exp-tokenize"))
+    return _pool[1]
+
+
+class _Rows:
+    """A batch's kept rows, filled chunk by chunk in row order: token ids back to back in one int32
+    buffer, each row's length (0: dropped), and the trained ranges as absolute token positions."""
+
+    def __init__(self, n_rows: int, spec: EncodeSpec):
+        self.flat_ids = array("i")  # extended from each row's id list at C speed
+        self.lengths = [0] * n_rows
+        self.truncated = [False] * n_rows
+        self.trained = [0] * n_rows  # trained tokens a row predicts (its first token is never predicted)
+        self.range_starts: list[int] = []
+        self.range_stops: list[int] = []
+        self.spec = spec
+        self.eos_id = spec.tokenizer.eos_token_id  # a property lookup: once per batch, not per row
+
+    def add(self, rendered: list[Rendered], encodings: list, reasons: list[str]) -> None:
+        limit = self.spec.max_length
+        for item, encoding in zip(rendered, encodings):
+            # Conversations: whitespace after an end-of-turn token is not trained (never generated).
+            ranges = trained_token_ranges(encoding, item.spans, None if item.append_eos else item.text)
+            ids = encoding.ids
+            if item.append_eos and (not ids or ids[-1] != self.eos_id):
+                ranges.append((len(ids), len(ids) + 1))  # the EOS ends the text/completion: always trained
+                ids.append(self.eos_id)
+            if limit is not None and len(ids) > limit:
+                self.truncated[item.row] = True
+                ids = ids[:limit]
+                ranges = [(first, min(stop, limit)) for first, stop in ranges if first < limit]
+            if not ranges:
+                reasons[item.row] = NO_SUPERVISED_TOKENS  # nothing to learn (e.g. truncation cut every answer)
+                continue
+            offset = len(self.flat_ids)
+            self.flat_ids.extend(ids)
+            self.lengths[item.row] = len(ids)
+            self.trained[item.row] = sum(stop - first for first, stop in ranges) - (ranges[0][0] == 0)
+            for first, stop in ranges:
+                self.range_starts.append(offset + first)
+                self.range_stops.append(offset + stop)
+
+
+def _as_table(rows: _Rows, reasons: list[str], source_index: int) -> pa.Table:
     """Arrow columns built from flat int32 arrays: far cheaper than letting datasets convert nested lists."""
-    lengths = np.fromiter(map(len, ids), dtype=np.int64, count=len(ids))
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-    total = int(offsets[-1])
-    positions = np.arange(total, dtype=np.int32) - np.repeat(offsets[:-1], lengths)
+    input_ids = np.frombuffer(rows.flat_ids, dtype=np.int32) if rows.flat_ids else np.zeros(0, np.int32)
+    total = len(input_ids)
+    lengths = np.asarray(rows.lengths, dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    positions = (np.arange(total) - np.repeat(offsets[:-1], lengths)).astype(np.int32)
+    # Trained ranges -> a token mask: +1 where a range starts, -1 where it stops, running sum > 0.
+    starts, stops = (np.asarray(positions_, dtype=np.int64) for positions_ in (rows.range_starts, rows.range_stops))
+    edges = np.bincount(starts, minlength=total + 1) - np.bincount(stops, minlength=total + 1)
+    trained = np.cumsum(edges[:-1]) > 0
+    list_offsets = pa.array(offsets.astype(np.int32))
 
-    def tokens(flat) -> pa.ListArray:
-        return pa.ListArray.from_arrays(pa.array(offsets), pa.array(flat, type=pa.int32()))
+    def tokens(flat: np.ndarray) -> pa.ListArray:
+        return pa.ListArray.from_arrays(list_offsets, pa.array(flat, type=pa.int32()))
 
     return pa.table({
-        "input_ids": tokens(np.fromiter(chain.from_iterable(ids), dtype=np.int32, count=total)),
-        "labels": tokens(np.fromiter(chain.from_iterable(labels), dtype=np.int32, count=total)),
+        "input_ids": tokens(input_ids),
+        "labels": tokens(np.where(trained, input_ids, np.int32(-100))),
         "position_ids": tokens(positions),
         "source_ids": tokens(np.full(total, source_index, dtype=np.int32)),
         "drop_reason": pa.array(reasons, type=pa.string()),
-        "truncated": pa.array(truncated, type=pa.bool_()),
+        "truncated": pa.array(rows.truncated, type=pa.bool_()),
+        "trained_tokens": pa.array(rows.trained, type=pa.int32()),
     })  # fmt: skip
 
 
@@ -141,18 +209,15 @@ def encode_batch(batch, indices: list[int], spec: EncodeSpec) -> pa.Table:
     else:
         columns = {name: batch[name] for name in names}
     n_rows = len(indices)
-    rendered, reasons = _render_batch(columns, n_rows, indices, spec)
-    ids_out, labels_out, truncated = [[]] * n_rows, [[]] * n_rows, [False] * n_rows
-    # Conversations carry their special tokens in the rendered text; text and completions get BOS
-    # (when the tokenizer adds one) like TRL, and EOS appended. One Rust call per kind per batch.
-    for add_eos, items in rendered.items():
-        encodings = _tokenize([text for _, text, _ in items], add_eos, spec)
-        for (row, text, row_spans), encoding in zip(items, encodings):
-            # Conversations: whitespace after an end-of-turn token is not trained (never generated).
-            labels = labels_from_spans(encoding, row_spans, None if add_eos else text)
-            ids, labels, truncated[row] = _finish(encoding.ids, labels, add_eos, spec.tokenizer.eos_token_id, spec)
-            if labels.count(-100) == len(labels):
-                reasons[row] = NO_SUPERVISED_TOKENS  # nothing to learn (e.g. truncation cut every answer)
-                continue
-            ids_out[row], labels_out[row] = ids, labels
-    return _as_table(ids_out, labels_out, reasons, truncated, spec.source_index)
+    reasons = [""] * n_rows
+    rows = _Rows(n_rows, spec)
+    pending = None  # (rendered chunk, its encodings being computed on the tokenizer thread)
+    for start in range(0, n_rows, CHUNK_ROWS):
+        rendered = _render_rows(columns, range(start, min(start + CHUNK_ROWS, n_rows)), indices, spec, reasons)
+        future = _tokenizer_thread().submit(_tokenize, rendered, spec)
+        if pending is not None:
+            rows.add(pending[0], pending[1].result(), reasons)
+        pending = (rendered, future)
+    if pending is not None:
+        rows.add(pending[0], pending[1].result(), reasons)
+    return _as_table(rows, reasons, spec.source_index)

@@ -153,18 +153,16 @@ def _token_at(encoding, char: int, step: int, limit: int) -> int | None:
     return None
 
 
-def labels_from_spans(encoding, spans: list[Span] | None, text: str | None = None) -> list[int]:
-    """Per-token labels: the token id for tokens lying wholly inside a trained span, -100 elsewhere.
+def trained_token_ranges(encoding, spans: list[Span] | None, text: str | None = None) -> list[tuple[int, int]]:
+    """Token ranges [first, stop) to train: the tokens lying wholly inside a trained character span.
 
-    Labels are not shifted: labels[t] == input_ids[t] where trained. A token that straddles a span
-    edge is not trained (it is partly prompt, or partly the next turn). Given `text`, whitespace-only
-    tokens that end a span are not trained either: they follow the end-of-turn token, and the model
-    never generates them.
+    A token that straddles a span edge is not trained (it is partly prompt, or partly the next turn).
+    Given `text`, whitespace-only tokens that end a span are not trained either: they follow the
+    end-of-turn token, and the model never generates them. `spans=None` trains every token.
     """
-    ids = encoding.ids
     if spans is None:
-        return list(ids)
-    labels = [-100] * len(ids)
+        return [(0, len(encoding))]
+    ranges = []
     for start, end in spans:
         if end <= start:
             continue
@@ -179,8 +177,8 @@ def labels_from_spans(encoding, spans: list[Span] | None, text: str | None = Non
         while text is not None and last >= first and text[slice(*encoding.token_to_chars(last))].isspace():
             last -= 1
         if last >= first:
-            labels[first : last + 1] = ids[first : last + 1]
-    return labels
+            ranges.append((first, last + 1))
+    return ranges
 
 
 _PROBE = [

@@ -17,8 +17,16 @@ TOKEN_COLUMNS = ("input_ids", "labels", "position_ids", "source_ids")
 
 
 def token_table(dataset: datasets.Dataset) -> pa.Table:
-    """The token columns as one Arrow table (indices mappings applied)."""
-    return dataset.select_columns(list(TOKEN_COLUMNS)).with_format("arrow")[:]
+    """The token columns as one single-chunk Arrow table, in the dataset's row order.
+
+    A shuffled dataset is an indices mapping over its table; datasets' own `[:]` turns it into one
+    chunk per row, which every later numpy step then has to concatenate. One `take` gathers it whole.
+    """
+    table = dataset.data.table.select(list(TOKEN_COLUMNS))
+    indices = dataset._indices  # None unless rows were selected or shuffled
+    if indices is not None:
+        return table.take(indices.column(0))
+    return table.combine_chunks()
 
 
 def bfd_bins(lengths: np.ndarray, max_length: int) -> list[list[int]]:

@@ -10,16 +10,17 @@ from dataclasses import dataclass, field
 
 import datasets
 import numpy as np
+import pyarrow.compute as pc
 
 from sft_exp.data.encoding import EncodeSpec, encode_batch
-from sft_exp.data.fingerprint import data_fingerprint, encode_fingerprint, tokenizer_hash
+from sft_exp.data.fingerprint import data_fingerprint, encode_fingerprint, token_digest, tokenizer_hash
 from sft_exp.data.formats import column_map, detect_format
 from sft_exp.data.masks import check_template_can_mask
 from sft_exp.data.mixture import split_counts, split_rows, weighted_rows
 from sft_exp.data.packing import pack_bfd, pack_wrapped, token_table
 from sft_exp.data.sample_prompts import sample_prompts
 from sft_exp.data.sources import load_source, source_columns, source_label, source_name
-from sft_exp.data.statistics import dataset_statistics
+from sft_exp.data.statistics import dataset_statistics, row_counts, token_counts
 from sft_exp.data.templates import has_generation_markers, resolve_chat_template, template_variables
 from sft_exp.data.validate import as_data_config, check_packing_attention, validate_data_config
 from sft_exp.errors import DataError
@@ -45,6 +46,9 @@ class EncodedSource:
     columns: dict
     rows: datasets.Dataset
     kept: np.ndarray  # raw row index of each kept row
+    row_tokens: np.ndarray  # per kept row: its tokens
+    row_trained: np.ndarray  # per kept row: its trained tokens (labels != -100, the first token excluded)
+    digest: str  # content hash of the kept rows' tokens and labels, in order
     stats: dict
 
 
@@ -67,15 +71,20 @@ def _encode_source(source, index: int, cfg, tokenizer, template, cache_dir, trun
         new_fingerprint=encode_fingerprint(raw._fingerprint, settings, tokenizer_hash(tokenizer)),
         desc=f"Tokenizing {label}",
     )  # fmt: skip
-    reasons = np.array(encoded.data.column("drop_reason").to_pylist(), dtype=object)
+    table = encoded.data.table
+    reasons = np.array(table.column("drop_reason").to_pylist(), dtype=object)
     kept = np.flatnonzero(reasons == "")
     dropped = Counter(reasons[reasons != ""].tolist())
-    truncated = int(np.asarray(encoded.data.column("truncated")).sum())
+    truncated = int(np.asarray(table.column("truncated")).sum())
     stats = {"path": label, "format": fmt, "rows_read": len(raw), "rows_kept": len(kept),
              "rows_dropped": dict(sorted(dropped.items())), "rows_truncated": truncated}  # fmt: skip
-    rows = encoded.remove_columns(["drop_reason", "truncated"])
+    rows = encoded.remove_columns(["drop_reason", "truncated", "trained_tokens"])
     rows = rows.select(kept) if dropped else rows
-    return EncodedSource(source_name(source), raw, fmt, source.columns, rows, kept, stats)
+    row_tokens = pc.list_value_length(table.column("input_ids")).to_numpy()[kept]
+    row_trained = table.column("trained_tokens").to_numpy()[kept]
+    # Dropped rows are empty, so hashing every row's tokens hashes the kept rows (with their lengths).
+    digest = token_digest(table, ("input_ids", "labels"))
+    return EncodedSource(source_name(source), raw, fmt, source.columns, rows, kept, row_tokens, row_trained, digest, stats)
 
 
 def _encode_all(sources, cfg, tokenizer, template, names, cache_dir, truncate, role) -> list[EncodedSource]:
@@ -91,8 +100,8 @@ def _encode_all(sources, cfg, tokenizer, template, names, cache_dir, truncate, r
     return encoded
 
 
-def _split_and_mix(cfg, sources, parts: list[EncodedSource], rng) -> tuple[datasets.Dataset, list, list]:
-    """(mixed training rows, per-part eval row indices, per-part training row indices)."""
+def _split_and_mix(cfg, sources, parts: list[EncodedSource], rng) -> tuple[datasets.Dataset, list, list, np.ndarray]:
+    """(mixed training rows, per-part eval row indices, per-part training row indices, the shuffle order)."""
     eval_counts = split_counts([len(part.rows) for part in parts], cfg.eval_split_size if not cfg.eval_sources else 0)
     train_pieces, eval_rows, train_rows = [], [], []
     for source, part, n_eval in zip(sources, parts, eval_counts):
@@ -104,7 +113,8 @@ def _split_and_mix(cfg, sources, parts: list[EncodedSource], rng) -> tuple[datas
         eval_rows.append(eval_idx)
         train_rows.append(chosen)
     mixed = datasets.concatenate_datasets(train_pieces)
-    return mixed.select(rng.permutation(len(mixed))), eval_rows, train_rows
+    order = rng.permutation(len(mixed))
+    return mixed.select(order), eval_rows, train_rows, order
 
 
 def _truncate(batch: dict, max_length: int) -> dict:
@@ -131,20 +141,23 @@ def prepare_datasets(data_cfg, tokenizer, *, attn_implementation=None, cache_dir
     parts = _encode_all(cfg.sources, cfg, tokenizer, template, names, cache_dir, truncate, "training")
     eval_parts = _encode_all(cfg.eval_sources, cfg, tokenizer, template, names, cache_dir, True, "eval")
     rng = np.random.default_rng(cfg.seed)
-    train, eval_rows, train_rows = _split_and_mix(cfg, cfg.sources, parts, rng)
+    train, eval_rows, train_rows, order = _split_and_mix(cfg, cfg.sources, parts, rng)
     eval_set = _eval_dataset(parts, eval_parts, eval_rows, cfg.max_length)
     if cfg.packing:
         pack = pack_bfd if cfg.packing_strategy == "bfd" else pack_wrapped
         train = pack(train, cfg.max_length)
+        counts = token_counts(token_table(train), len(names))  # packing moves tokens and cuts labels: count anew
+    else:
+        # Unpacked rows are the sources' rows as encoded: sum their counts instead of reading every token again.
+        counts = row_counts([(names.index(p.name), p.row_tokens[r], p.row_trained[r]) for p, r in zip(parts, train_rows)], len(names))
     mixture_rows = {part.name: len(rows) for part, rows in zip(parts, train_rows)}
-    tokens = token_table(train)  # one gather of the shuffled rows, shared by the statistics and the fingerprint
-    stats = dataset_statistics(cfg, parts, eval_parts, tokens, len(train), eval_set, names, mixture_rows)
-    extra = {"names": names, "packing": cfg.packing, "strategy": cfg.packing_strategy, "max_length": cfg.max_length}
+    stats = dataset_statistics(cfg, parts, eval_parts, counts, len(train), eval_set, names, mixture_rows)
+    settings = {"names": names, "packing": cfg.packing, "strategy": cfg.packing_strategy, "max_length": cfg.max_length}
     return PreparedData(
         train=train,
         eval=eval_set,
         source_names=names,
         stats=stats,
-        fingerprint=data_fingerprint(tokens, extra),
+        fingerprint=data_fingerprint([part.digest for part in parts], [*train_rows, order], settings),
         sample_prompts=sample_prompts(parts, eval_parts, eval_rows),
     )

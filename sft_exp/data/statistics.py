@@ -6,30 +6,43 @@ from collections import Counter
 import numpy as np
 
 
-
-def _token_counts(table, n_sources: int) -> dict:
-    """Tokens and trained targets (labels != -100, first token of an example excluded: it is never predicted)."""
+def token_counts(table, n_sources: int) -> dict:
+    """Tokens and trained targets of rows given as token columns (labels != -100, the first token of an
+    example excluded: it is never predicted)."""
 
     def flat(name: str) -> np.ndarray:
         return table.column(name).combine_chunks().flatten().to_numpy()
 
     sources, labels, positions = flat("source_ids"), flat("labels"), flat("position_ids")
     trained = (labels != -100) & (positions != 0)
+    return _counts(len(labels), int(trained.sum()),
+                   np.bincount(sources, minlength=n_sources), np.bincount(sources[trained], minlength=n_sources))  # fmt: skip
+
+
+def row_counts(pieces: list[tuple[int, np.ndarray, np.ndarray]], n_sources: int) -> dict:
+    """The same counts from per-row figures: (source index, tokens per row, trained tokens per row) per piece."""
+    tokens, trained = np.zeros(n_sources, dtype=np.int64), np.zeros(n_sources, dtype=np.int64)
+    for source, row_tokens, row_trained in pieces:
+        tokens[source] += int(row_tokens.sum())
+        trained[source] += int(row_trained.sum())
+    return _counts(int(tokens.sum()), int(trained.sum()), tokens, trained)
+
+
+def _counts(n_tokens: int, n_trained: int, tokens_per_source, trained_per_source) -> dict:
     return {
-        "tokens": int(len(labels)),
-        "supervised_tokens": int(trained.sum()),
-        "supervised_fraction": round(float(trained.mean()), 4) if len(labels) else 0.0,
-        "tokens_per_source": np.bincount(sources, minlength=n_sources).tolist(),
-        "supervised_per_source": np.bincount(sources[trained], minlength=n_sources).tolist(),
+        "tokens": n_tokens,
+        "supervised_tokens": n_trained,
+        "supervised_fraction": round(n_trained / n_tokens, 4) if n_tokens else 0.0,
+        "tokens_per_source": [int(n) for n in tokens_per_source],
+        "supervised_per_source": [int(n) for n in trained_per_source],
     }
 
 
-def dataset_statistics(cfg, parts, eval_parts, tokens, n_train: int, eval_set, names: list[str], mixture_rows: dict) -> dict:
-    """`tokens`: the training rows' token columns (an Arrow table)."""
+def dataset_statistics(cfg, parts, eval_parts, train_counts, n_train: int, eval_set, names: list[str], mixture_rows: dict) -> dict:
+    """`train_counts`: the training rows' token counts (`token_counts` or `row_counts`)."""
     dropped = Counter()
     for part in [*parts, *eval_parts]:
         dropped.update(part.stats["rows_dropped"])
-    train_counts = _token_counts(tokens, len(names))
     stats = {
         "sources": {part.name: part.stats for part in parts},
         "eval_sources": {part.name: part.stats for part in eval_parts},

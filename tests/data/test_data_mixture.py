@@ -95,3 +95,18 @@ def test_wrapped_packing_keeps_held_out_rows_within_max_length(word_tokenizer, t
     data = _prepare(word_tokenizer, sources, eval_split_size=0.25, packing=True, packing_strategy="wrapped", max_length=16)
     assert len(data.eval) == 10 and max(len(ids) for ids in data.eval["input_ids"]) <= 16
     assert all(len(ids) == 16 for ids in data.train["input_ids"][:-1])
+
+
+def test_unpacked_statistics_count_exactly_the_training_rows(word_tokenizer, tmp_path):
+    sources = _sources(tmp_path, {"a": 60, "b": 40})
+    sources[0]["weight"] = 1.5
+    data = _prepare(word_tokenizer, sources, eval_split_size=0.1, max_length=12)  # some rows truncated
+    tokens, trained = Counter(), Counter()
+    for ids, labels, source_ids in zip(data.train["input_ids"], data.train["labels"], data.train["source_ids"]):
+        name = data.source_names[source_ids[0]]
+        tokens[name] += len(ids)
+        trained[name] += sum(label != -100 for label in labels[1:])  # the first token is never predicted
+    assert data.stats["rows_truncated"] > 0
+    assert data.stats["tokens_per_source"] == dict(tokens) and data.stats["tokens"] == sum(tokens.values())
+    assert data.stats["supervised_tokens_per_source"] == dict(trained)
+    assert data.stats["supervised_tokens"] == sum(trained.values())
