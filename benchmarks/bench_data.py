@@ -3,9 +3,9 @@
 Both prepare the same 50,000 synthetic conversations (3 user/assistant exchanges each) from the same
 JSONL file, with the same tokenizer (the embedded default: ChatML with {% generation %} markers),
 assistant-only loss and the same max_length, each with a fresh datasets cache, side by side in one
-run on this machine. Times include loading the JSONL file.
+run on this machine, each run in a fresh Python process. Times include loading the JSONL file.
 
-    python benchmarks/bench_data.py [--rows 50000] [--num-proc 1] [--tokenizer PATH]
+    python benchmarks/bench_data.py [--rows 50000] [--num-proc 2] [--repeats 3] [--tokenizer PATH]
 """
 from __future__ import annotations
 
@@ -13,6 +13,8 @@ import argparse
 import json
 import os
 import random
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -76,29 +78,61 @@ def time_trl(path: Path, tokenizer, max_length: int, num_proc: int | None) -> tu
     return elapsed, supervised
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=50_000)
-    parser.add_argument("--max-length", type=int, default=1024)
-    parser.add_argument("--num-proc", type=int, default=None)
-    parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: sft_exp/assets/tokenizer)")
-    args = parser.parse_args()
-
+def _run_one(pipeline: str, path: Path, args) -> dict:
+    """One pipeline in this process: {"seconds", "supervised"}."""
     from transformers import AutoTokenizer
 
     from sft_exp.paths import asset_path
 
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or str(asset_path("tokenizer")))
+    timer = time_sft_exp if pipeline == "sft_exp" else time_trl
+    seconds, supervised = timer(path, tokenizer, args.max_length, args.num_proc)
+    return {"seconds": seconds, "supervised": int(supervised)}
+
+
+def _run_in_fresh_process(pipeline: str, path: Path, args) -> dict:
+    """Each pipeline runs in its own new interpreter: neither inherits the other's warm heap or caches."""
+    command = [sys.executable, __file__, "--only", pipeline, "--data", str(path), "--max-length", str(args.max_length)]
+    command += ["--num-proc", str(args.num_proc)] if args.num_proc else []
+    command += ["--tokenizer", args.tokenizer] if args.tokenizer else []
+    done = subprocess.run(command, check=True, capture_output=True, text=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=50_000)
+    parser.add_argument("--max-length", type=int, default=1024)
+    parser.add_argument("--num-proc", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each pipeline, alternating; the median counts")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: sft_exp/assets/tokenizer)")
+    parser.add_argument("--only", choices=("sft_exp", "trl"), help=argparse.SUPPRESS)  # one timed run (internal)
+    parser.add_argument("--data", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.only:
+        print(json.dumps(_run_one(args.only, Path(args.data), args)))
+        return
+
+    times = {"sft_exp": [], "trl": []}
+    supervised = {}
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "conversations.jsonl"
         write_conversations(path, args.rows)
-        ours, ours_supervised = time_sft_exp(path, tokenizer, args.max_length, args.num_proc)
-        theirs, theirs_supervised = time_trl(path, tokenizer, args.max_length, args.num_proc)
-    print(f"\n{args.rows} conversations x 3 exchanges, max_length={args.max_length}, num_proc={args.num_proc}")
-    print(f"{'pipeline':<28}{'seconds':>10}{'rows/s':>12}{'trained tokens':>16}")
-    for name, seconds, supervised in (("sft_exp prepare_datasets", ours, ours_supervised),
-                                      ("TRL SFTTrainer._prepare_dataset", theirs, theirs_supervised)):  # fmt: skip
-        print(f"{name:<28}{seconds:>10.2f}{args.rows / seconds:>12.0f}{supervised:>16}")
+        for _ in range(args.repeats):
+            for pipeline in times:
+                result = _run_in_fresh_process(pipeline, path, args)
+                times[pipeline].append(result["seconds"])
+                supervised[pipeline] = result["supervised"]
+    ours, theirs = statistics.median(times["sft_exp"]), statistics.median(times["trl"])
+    print(f"\n{args.rows} conversations x 3 exchanges, max_length={args.max_length}, num_proc={args.num_proc}, "
+          f"median of {args.repeats} run(s) each, every run in a fresh process")  # fmt: skip
+    print(f"{'pipeline':<32}{'seconds':>10}{'rows/s':>10}{'trained tokens':>16}  runs")
+    for name, pipeline in (("sft_exp prepare_datasets", "sft_exp"), ("TRL SFTTrainer._prepare_dataset", "trl")):
+        seconds = statistics.median(times[pipeline])
+        runs = " ".join(f"{t:.1f}" for t in times[pipeline])
+        print(f"{name:<32}{seconds:>10.2f}{args.rows / seconds:>10.0f}{supervised[pipeline]:>16}  {runs}")
+    if supervised["sft_exp"] != supervised["trl"]:
+        print("WARNING: the two pipelines train different numbers of tokens; the comparison is not like for like")
     print(f"speed-up (TRL time / sft_exp time): {theirs / ours:.2f}x")
 
 
