@@ -7,6 +7,7 @@ import pytest
 from builders import conversation, write_jsonl
 
 from sft_exp.data import prepare_datasets
+from sft_exp.data.templates import CHATML
 from sft_exp.errors import ConfigError, DataError
 
 GOOD = conversation("Hi", "Hello")
@@ -103,3 +104,22 @@ def test_packing_with_an_attention_that_would_mix_examples(word_tokenizer, tmp_p
     cfg = {"sources": [{"path": str(path)}], "chat_template": "chatml", "packing": True}
     with pytest.raises(ConfigError, match="data.packing=true with model.attn_implementation=paged"):
         prepare_datasets(cfg, word_tokenizer, attn_implementation="paged|sdpa")
+
+
+def test_rows_stay_aligned_across_chunks_and_batches_when_rows_are_dropped(word_tokenizer, tmp_path):
+    """1,300 rows span two map batches and several tokenizer chunks; drops in each must not shift rows."""
+    rows = [conversation(f"What is {i}", " ".join(str(i))) for i in range(1300)]
+    bad_at = (5, 300, 1001, 1299)
+    for i in bad_at:
+        rows[i] = {"messages": [{"role": "user", "content": "Hi"}]}  # no assistant turn
+    with pytest.raises(DataError, match=re.escape("chat.jsonl, row 5:")):
+        _prepare(word_tokenizer, tmp_path, rows)
+    data = _prepare(word_tokenizer, tmp_path, rows, on_bad_row="drop", assistant_only_loss=True)
+    assert data.stats["rows_dropped"] == {"no_assistant_turn": len(bad_at)}
+    by_ids = {tuple(ids): labels for ids, labels in zip(data.train["input_ids"], data.train["labels"])}
+    assert len(by_ids) == 1300 - len(bad_at)
+    for i in (0, 4, 6, 299, 301, 1000, 1002, 1298):
+        text = word_tokenizer.apply_chat_template(rows[i]["messages"], chat_template=CHATML, tokenize=False)
+        ids = word_tokenizer(text, add_special_tokens=False)["input_ids"]
+        trained = [word_tokenizer.convert_ids_to_tokens(t) for t, label in zip(ids, by_ids[tuple(ids)]) if label != -100]
+        assert "".join(trained) == " ".join(str(i)) + "<|im_end|>"  # row i's own answer, nothing else
