@@ -6,6 +6,8 @@ assistant-only loss and the same max_length, each with a fresh datasets cache, s
 run on this machine, each run in a fresh Python process. Times include loading the JSONL file.
 
     python benchmarks/bench_data.py [--rows 50000] [--num-proc 2] [--repeats 3] [--tokenizer PATH]
+    python benchmarks/bench_data.py --conversations ../shared/data/conversations/fastchat_dummy_conversation.sharegpt.json \
+        --tokenizer ../shared/data/tokenizers/phi-3-mini --chat-template chatml   # real rows and a real 32k tokenizer
 """
 from __future__ import annotations
 
@@ -42,6 +44,24 @@ def write_conversations(path: Path, n_rows: int, seed: int = 0) -> None:
                 messages.append({"role": "user", "content": sentence(4, 20)})
                 messages.append({"role": "assistant", "content": sentence(3, 30)})
             out.write(json.dumps({"messages": messages}) + "\n")
+
+
+SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
+
+
+def write_real_conversations(path: Path, n_rows: int, source: Path) -> None:
+    """Rows of a real ShareGPT or `messages` file (JSON array or JSONL), repeated in order to `n_rows`."""
+    text = source.read_text()
+    records = json.loads(text) if text.lstrip().startswith("[") else [json.loads(line) for line in text.splitlines() if line.strip()]
+    rows = []
+    for record in records:
+        messages = record.get("messages") or [
+            {"role": SHAREGPT_ROLES[turn["from"]], "content": turn["value"]} for turn in record["conversations"]
+        ]
+        rows.append(json.dumps({"messages": messages}))
+    with path.open("w") as out:
+        for i in range(n_rows):
+            out.write(rows[i % len(rows)] + "\n")
 
 
 def time_sft_exp(path: Path, tokenizer, max_length: int, num_proc: int | None) -> tuple[float, int]:
@@ -85,6 +105,10 @@ def _run_one(pipeline: str, path: Path, args) -> dict:
     from sft_exp.paths import asset_path
 
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or str(asset_path("tokenizer")))
+    if args.chat_template:  # TRL's assistant_only_loss needs {% generation %} markers: give both the same template
+        from sft_exp.data.templates import resolve_chat_template
+
+        tokenizer.chat_template = resolve_chat_template(args.chat_template, tokenizer)
     timer = time_sft_exp if pipeline == "sft_exp" else time_trl
     seconds, supervised = timer(path, tokenizer, args.max_length, args.num_proc)
     return {"seconds": seconds, "supervised": int(supervised)}
@@ -95,6 +119,7 @@ def _run_in_fresh_process(pipeline: str, path: Path, args) -> dict:
     command = [sys.executable, __file__, "--only", pipeline, "--data", str(path), "--max-length", str(args.max_length)]
     command += ["--num-proc", str(args.num_proc)] if args.num_proc else []
     command += ["--tokenizer", args.tokenizer] if args.tokenizer else []
+    command += ["--chat-template", args.chat_template] if args.chat_template else []
     done = subprocess.run(command, check=True, capture_output=True, text=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -106,6 +131,9 @@ def main() -> None:
     parser.add_argument("--num-proc", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=1, help="runs of each pipeline, alternating; the median counts")
     parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: sft_exp/assets/tokenizer)")
+    parser.add_argument("--chat-template", default=None, help="chatml, zephyr or a .jinja file with {% generation %}")
+    parser.add_argument("--conversations", type=Path, default=None,
+                        help="real ShareGPT or messages rows (JSON or JSONL), repeated to --rows (default: synthetic)")  # fmt: skip
     parser.add_argument("--only", choices=("sft_exp", "trl"), help=argparse.SUPPRESS)  # one timed run (internal)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -117,14 +145,18 @@ def main() -> None:
     supervised = {}
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "conversations.jsonl"
-        write_conversations(path, args.rows)
+        if args.conversations:
+            write_real_conversations(path, args.rows, args.conversations)
+        else:
+            write_conversations(path, args.rows)
         for _ in range(args.repeats):
             for pipeline in times:
                 result = _run_in_fresh_process(pipeline, path, args)
                 times[pipeline].append(result["seconds"])
                 supervised[pipeline] = result["supervised"]
     ours, theirs = statistics.median(times["sft_exp"]), statistics.median(times["trl"])
-    print(f"\n{args.rows} conversations x 3 exchanges, max_length={args.max_length}, num_proc={args.num_proc}, "
+    data = args.conversations.name if args.conversations else "synthetic, 3 exchanges each"
+    print(f"\n{args.rows} conversations ({data}), max_length={args.max_length}, num_proc={args.num_proc}, "
           f"median of {args.repeats} run(s) each, every run in a fresh process")  # fmt: skip
     print(f"{'pipeline':<32}{'seconds':>10}{'rows/s':>10}{'trained tokens':>16}  runs")
     for name, pipeline in (("sft_exp prepare_datasets", "sft_exp"), ("TRL SFTTrainer._prepare_dataset", "trl")):
