@@ -149,7 +149,9 @@ def prepare_datasets(data_cfg, tokenizer, *, attn_implementation=None, cache_dir
         counts = token_counts(token_table(train), len(names))  # packing moves tokens and cuts labels: count anew
     else:
         # Unpacked rows are the sources' rows as encoded: sum their counts instead of reading every token again.
-        counts = row_counts([(names.index(p.name), p.row_tokens[r], p.row_trained[r]) for p, r in zip(parts, train_rows)], len(names))
+        pieces = [(names.index(part.name), part.row_tokens[rows], part.row_trained[rows])
+                  for part, rows in zip(parts, train_rows)]  # fmt: skip
+        counts = row_counts(pieces, len(names))
     mixture_rows = {part.name: len(rows) for part, rows in zip(parts, train_rows)}
     stats = dataset_statistics(cfg, parts, eval_parts, counts, len(train), eval_set, names, mixture_rows)
     settings = {"names": names, "packing": cfg.packing, "strategy": cfg.packing_strategy, "max_length": cfg.max_length}

@@ -15,8 +15,8 @@ def token_counts(table, n_sources: int) -> dict:
 
     sources, labels, positions = flat("source_ids"), flat("labels"), flat("position_ids")
     trained = (labels != -100) & (positions != 0)
-    return _counts(len(labels), int(trained.sum()),
-                   np.bincount(sources, minlength=n_sources), np.bincount(sources[trained], minlength=n_sources))  # fmt: skip
+    per_source = np.bincount(sources, minlength=n_sources)
+    return _counts(len(labels), int(trained.sum()), per_source, np.bincount(sources[trained], minlength=n_sources))
 
 
 def row_counts(pieces: list[tuple[int, np.ndarray, np.ndarray]], n_sources: int) -> dict:
@@ -38,7 +38,9 @@ def _counts(n_tokens: int, n_trained: int, tokens_per_source, trained_per_source
     }
 
 
-def dataset_statistics(cfg, parts, eval_parts, train_counts, n_train: int, eval_set, names: list[str], mixture_rows: dict) -> dict:
+def dataset_statistics(
+    cfg, parts, eval_parts, train_counts: dict, n_train: int, eval_set, names: list[str], mixture_rows: dict
+) -> dict:
     """`train_counts`: the training rows' token counts (`token_counts` or `row_counts`)."""
     dropped = Counter()
     for part in [*parts, *eval_parts]:
