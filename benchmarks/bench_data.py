@@ -12,6 +12,7 @@ run on this machine, each run in a fresh Python process. Times include loading t
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import random
@@ -21,6 +22,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
@@ -64,7 +67,16 @@ def write_real_conversations(path: Path, n_rows: int, source: Path) -> None:
             out.write(rows[i % len(rows)] + "\n")
 
 
-def time_sft_exp(path: Path, tokenizer, max_length: int, num_proc: int | None) -> tuple[float, int]:
+def rows_digest(input_ids, labels) -> str:
+    """One hash of all rows' token ids and labels, whatever their order (sft_exp shuffles, TRL does not)."""
+    rows = sorted(
+        hashlib.sha1(np.asarray(ids, np.int32).tobytes() + np.asarray(row_labels, np.int32).tobytes()).digest()
+        for ids, row_labels in zip(input_ids, labels)
+    )
+    return hashlib.sha256(b"".join(rows)).hexdigest()[:16]
+
+
+def time_sft_exp(path: Path, tokenizer, max_length: int, num_proc: int | None) -> tuple[float, int, str]:
     from sft_exp.data import prepare_datasets
 
     cfg = {"sources": [{"path": str(path)}], "max_length": max_length, "assistant_only_loss": True,
@@ -73,10 +85,11 @@ def time_sft_exp(path: Path, tokenizer, max_length: int, num_proc: int | None) -
         start = time.perf_counter()
         data = prepare_datasets(cfg, tokenizer, cache_dir=cache)
         elapsed = time.perf_counter() - start
-    return elapsed, data.stats["supervised_tokens"]
+        digest = rows_digest(data.train["input_ids"], data.train["labels"])
+    return elapsed, data.stats["supervised_tokens"], digest
 
 
-def time_trl(path: Path, tokenizer, max_length: int, num_proc: int | None) -> tuple[float, int]:
+def time_trl(path: Path, tokenizer, max_length: int, num_proc: int | None) -> tuple[float, int, str]:
     import datasets
     import torch
     from transformers import AutoModelForCausalLM, Qwen2Config
@@ -94,8 +107,10 @@ def time_trl(path: Path, tokenizer, max_length: int, num_proc: int | None) -> tu
         raw = datasets.load_dataset("json", data_files=str(path), split="train", cache_dir=cache)
         prepared = trainer._prepare_dataset(raw, tokenizer, args, False, None, "train")
         elapsed = time.perf_counter() - start
-    supervised = sum(sum(label != -100 for label in labels[1:]) for labels in prepared["labels"])
-    return elapsed, supervised
+        labels = prepared["labels"]
+        digest = rows_digest(prepared["input_ids"], labels)
+    supervised = sum(sum(label != -100 for label in row[1:]) for row in labels)
+    return elapsed, supervised, digest
 
 
 def _run_one(pipeline: str, path: Path, args) -> dict:
@@ -110,8 +125,8 @@ def _run_one(pipeline: str, path: Path, args) -> dict:
 
         tokenizer.chat_template = resolve_chat_template(args.chat_template, tokenizer)
     timer = time_sft_exp if pipeline == "sft_exp" else time_trl
-    seconds, supervised = timer(path, tokenizer, args.max_length, args.num_proc)
-    return {"seconds": seconds, "supervised": int(supervised)}
+    seconds, supervised, digest = timer(path, tokenizer, args.max_length, args.num_proc)
+    return {"seconds": seconds, "supervised": int(supervised), "rows": digest}
 
 
 def _run_in_fresh_process(pipeline: str, path: Path, args) -> dict:
@@ -142,7 +157,7 @@ def main() -> None:
         return
 
     times = {"sft_exp": [], "trl": []}
-    supervised = {}
+    supervised, rows = {}, {}
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "conversations.jsonl"
         if args.conversations:
@@ -153,7 +168,7 @@ def main() -> None:
             for pipeline in times:
                 result = _run_in_fresh_process(pipeline, path, args)
                 times[pipeline].append(result["seconds"])
-                supervised[pipeline] = result["supervised"]
+                supervised[pipeline], rows[pipeline] = result["supervised"], result["rows"]
     ours, theirs = statistics.median(times["sft_exp"]), statistics.median(times["trl"])
     data = args.conversations.name if args.conversations else "synthetic, 3 exchanges each"
     print(f"\n{args.rows} conversations ({data}), max_length={args.max_length}, num_proc={args.num_proc}, "
@@ -163,8 +178,8 @@ def main() -> None:
         seconds = statistics.median(times[pipeline])
         runs = " ".join(f"{t:.1f}" for t in times[pipeline])
         print(f"{name:<32}{seconds:>10.2f}{args.rows / seconds:>10.0f}{supervised[pipeline]:>16}  {runs}")
-    if supervised["sft_exp"] != supervised["trl"]:
-        print("WARNING: the two pipelines train different numbers of tokens; the comparison is not like for like")
+    same = rows["sft_exp"] == rows["trl"]
+    print(f"same rows (token ids and labels, in any order): {'yes' if same else 'NO: not a like-for-like comparison'}")
     print(f"speed-up (TRL time / sft_exp time): {theirs / ours:.2f}x")
 
 
