@@ -111,12 +111,40 @@ def _sentinel_tag(match: re.Match) -> str:
     return f"{{%{left} if true %}}{{{{ '{_SPAN_START}' }}}}{{% if true {right}%}}"
 
 
+# Replies padded with whitespace: a template that filters a generation block's output (e.g. a macro
+# piped through `trim`) strips the padding around the reply but not around a sentinel, so it shows.
+_PROBES = (
+    [{"role": "system", "content": " s "}, {"role": "user", "content": "  u  "}, {"role": "assistant", "content": "  a \n"},
+     {"role": "user", "content": "u2"}, {"role": "assistant", "content": "\n b  "}],
+    [{"role": "user", "content": "  u  "}, {"role": "assistant", "content": "  a \n"}],
+)  # fmt: skip
+
+
+def _sentinels_agree(template: str, compiled) -> bool:
+    """Whether sentinel rendering gives transformers' text and spans on the probe conversations."""
+    variables = {"bos_token": "<s>", "eos_token": "</s>"}
+    for messages in _PROBES:
+        try:
+            texts, spans = render_jinja_template(
+                conversations=[messages], chat_template=template, return_assistant_tokens_mask=True, **variables
+            )
+        except Exception:  # the template refuses this probe (roles, system message, ...): try the next
+            continue
+        rendered = compiled.render(messages=messages, tools=None, documents=None, add_generation_prompt=False, **variables)
+        return _cut_sentinels(rendered) == (texts[0], [tuple(span) for span in spans[0]])
+    return True  # no probe renders: nothing to compare; every row's spans are still checked against its replies
+
+
 @functools.lru_cache(maxsize=8)
 def _compiled(template: str, with_sentinels: bool):
+    """The compiled template (None: use the public function), with sentinels for generation spans."""
     compile_template = getattr(chat_template_utils, "_compile_jinja_template", None)
     if compile_template is None:
-        return None  # this transformers version lacks it: the caller uses the public function
-    return compile_template(_GENERATION_TAGS.sub(_sentinel_tag, template) if with_sentinels else template)
+        return None  # this transformers version lacks it
+    if not with_sentinels:
+        return compile_template(template)
+    compiled = compile_template(_GENERATION_TAGS.sub(_sentinel_tag, template))
+    return compiled if _sentinels_agree(template, compiled) else None
 
 
 def _cut_sentinels(rendered: str) -> tuple[str, list[tuple[int, int]]] | None:
