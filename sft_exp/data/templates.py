@@ -114,8 +114,8 @@ def _sentinel_tag(match: re.Match) -> str:
 # Replies padded with whitespace: a template that filters a generation block's output (e.g. a macro
 # piped through `trim`) strips the padding around the reply but not around a sentinel, so it shows.
 _PROBES = (
-    [{"role": "system", "content": " s "}, {"role": "user", "content": "  u  "}, {"role": "assistant", "content": "  a \n"},
-     {"role": "user", "content": "u2"}, {"role": "assistant", "content": "\n b  "}],
+    [{"role": "system", "content": " s "}, {"role": "user", "content": "  u  "},
+     {"role": "assistant", "content": "  a \n"}, {"role": "user", "content": "u2"}, {"role": "assistant", "content": "\n b  "}],
     [{"role": "user", "content": "  u  "}, {"role": "assistant", "content": "  a \n"}],
 )  # fmt: skip
 
@@ -128,11 +128,12 @@ def _sentinels_agree(template: str, compiled) -> bool:
             texts, spans = render_jinja_template(
                 conversations=[messages], chat_template=template, return_assistant_tokens_mask=True, **variables
             )
-        except Exception:  # the template refuses this probe (roles, system message, ...): try the next
+        except Exception:  # the template refuses this probe (roles, system message, ...)
             continue
-        rendered = compiled.render(messages=messages, tools=None, documents=None, add_generation_prompt=False, **variables)
-        return _cut_sentinels(rendered) == (texts[0], [tuple(span) for span in spans[0]])
-    return True  # no probe renders: nothing to compare; every row's spans are still checked against its replies
+        kwargs = {"messages": messages, "tools": None, "documents": None, "add_generation_prompt": False}
+        if _cut_sentinels(compiled.render(**kwargs, **variables)) != (texts[0], [tuple(span) for span in spans[0]]):
+            return False
+    return True  # (no probe renders: nothing to compare; every row's spans are still checked against its replies)
 
 
 @functools.lru_cache(maxsize=8)
