@@ -131,7 +131,11 @@ def _sentinels_agree(template: str, compiled) -> bool:
         except Exception:  # the template refuses this probe (roles, system message, ...)
             continue
         kwargs = {"messages": messages, "tools": None, "documents": None, "add_generation_prompt": False}
-        if _cut_sentinels(compiled.render(**kwargs, **variables)) != (texts[0], [tuple(span) for span in spans[0]]):
+        try:
+            ours = _cut_sentinels(compiled.render(**kwargs, **variables))
+        except Exception:  # rendered by transformers but not with sentinels: do not use them
+            return False
+        if ours != (texts[0], [tuple(span) for span in spans[0]]):
             return False
     return True  # (no probe renders: nothing to compare; every row's spans are still checked against its replies)
 
