@@ -1,9 +1,11 @@
 """Data preparation speed: sft_exp's prepare_datasets against TRL's SFTTrainer dataset preparation.
 
-Both prepare the same 50,000 synthetic conversations (3 user/assistant exchanges each) from the same
-JSONL file, with the same tokenizer (the embedded default: ChatML with {% generation %} markers),
-assistant-only loss and the same max_length, each with a fresh datasets cache, side by side in one
-run on this machine, each run in a fresh Python process. Times include loading the JSONL file.
+Both prepare the same 50,000 conversations (synthetic, 3 user/assistant exchanges each, or real
+rows with --conversations) from the same JSONL file, with the same tokenizer (the embedded default:
+ChatML with {% generation %} markers), assistant-only loss and the same max_length, each with a
+fresh datasets cache, side by side in one run on this machine, each run in a fresh Python process.
+Times include loading the JSONL file. Small runs (a few thousand rows) are dominated by start-up
+costs; the figure is about 50,000.
 
     python benchmarks/bench_data.py [--rows 50000] [--num-proc 2] [--repeats 3] [--tokenizer PATH]
     python benchmarks/bench_data.py --conversations ../shared/data/conversations/fastchat_dummy_conversation.sharegpt.json \
@@ -114,7 +116,7 @@ def time_trl(path: Path, tokenizer, max_length: int, num_proc: int | None) -> tu
 
 
 def _run_one(pipeline: str, path: Path, args) -> dict:
-    """One pipeline in this process: {"seconds", "supervised"}."""
+    """One pipeline in this process: {"seconds", "supervised" (trained tokens), "rows" (their hash)}."""
     from transformers import AutoTokenizer
 
     from sft_exp.paths import asset_path
@@ -135,7 +137,9 @@ def _run_in_fresh_process(pipeline: str, path: Path, args) -> dict:
     command += ["--num-proc", str(args.num_proc)] if args.num_proc else []
     command += ["--tokenizer", args.tokenizer] if args.tokenizer else []
     command += ["--chat-template", args.chat_template] if args.chat_template else []
-    done = subprocess.run(command, check=True, capture_output=True, text=True)
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"the {pipeline} run failed:\n{done.stderr[-4000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
