@@ -171,13 +171,19 @@ def _clean_message(message, where: str) -> dict:
     return message
 
 
-def _clean_messages(messages, field: str) -> list[dict]:
-    if messages is None:
+def _turn_list(turns, field: str, what: str) -> list:
+    """A conversation field that must be a non-empty list (of messages, or of ShareGPT turns)."""
+    if turns is None:
         raise BadRow("missing_field", f"the field '{field}' is missing or null")
-    if not isinstance(messages, list):
-        raise BadRow("bad_message", f"'{field}' is a {type(messages).__name__}, not a list of messages")
-    if not messages:
+    if not isinstance(turns, list):
+        raise BadRow("bad_message", f"'{field}' is a {type(turns).__name__}, not a list of {what}")
+    if not turns:
         raise BadRow("empty_conversation", f"'{field}' is an empty conversation")
+    return turns
+
+
+def _clean_messages(messages, field: str) -> list[dict]:
+    messages = _turn_list(messages, field, "messages")
     return [_clean_message(message, f"{field}[{i}]") for i, message in enumerate(messages)]
 
 
@@ -200,13 +206,7 @@ def _prompt_completion(row: dict):
 
 
 def _sharegpt(row: dict) -> Conversation:
-    turns = row.get("conversations")
-    if turns is None:
-        raise BadRow("missing_field", "the field 'conversations' is missing or null")
-    if not isinstance(turns, list):
-        raise BadRow("bad_message", "'conversations' is not a list of {from, value} turns")
-    if not turns:
-        raise BadRow("empty_conversation", "'conversations' is an empty conversation")
+    turns = _turn_list(row.get("conversations"), "conversations", "{from, value} turns")
     messages = [{"role": "system", "content": row["system"]}] if row.get("system") else []
     for i, turn in enumerate(turns):
         if not isinstance(turn, dict) or turn.get("from") is None:
