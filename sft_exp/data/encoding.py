@@ -110,9 +110,8 @@ def _render_rows(columns: dict, rows: range, indices: list[int], spec: EncodeSpe
     return rendered
 
 
-def _tokenize(rendered: list[Rendered], spec: EncodeSpec) -> list:
+def _tokenize(rendered: list[Rendered], backend) -> list:
     """Encodings in the order of `rendered`: one Rust call per kind (with / without special tokens)."""
-    backend = _backend(spec.tokenizer)
     encodings = [None] * len(rendered)
     for append_eos in (False, True):
         positions = [i for i, item in enumerate(rendered) if item.append_eos == append_eos]
@@ -211,10 +210,11 @@ def encode_batch(batch, indices: list[int], spec: EncodeSpec) -> pa.Table:
     n_rows = len(indices)
     reasons = [""] * n_rows
     rows = _Rows(n_rows, spec)
+    backend = _backend(spec.tokenizer)  # once per batch: it may copy the tokenizer
     pending = None  # (rendered chunk, its encodings being computed on the tokenizer thread)
     for start in range(0, n_rows, CHUNK_ROWS):
         rendered = _render_rows(columns, range(start, min(start + CHUNK_ROWS, n_rows)), indices, spec, reasons)
-        future = _tokenizer_thread().submit(_tokenize, rendered, spec)
+        future = _tokenizer_thread().submit(_tokenize, rendered, backend)
         if pending is not None:
             rows.add(pending[0], pending[1].result(), reasons)
         pending = (rendered, future)
