@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, List, Optional
+from typing import TYPE_CHECKING, Any, Iterable, List, Mapping, Optional
 
 from sft_exp.errors import ConfigError
 
@@ -23,10 +23,11 @@ log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- before anything loads
-def check_adapter_config(cfg) -> None:
-    """Refuse adapter settings that cannot work here; `cfg` is the whole run config."""
-    quant = (cfg.model.get("load_kwargs") or {}).get("quantization_config")
-    if quant is not None and not cfg.model.name_or_path:
+def check_adapter_config(model: Mapping[str, Any], peft: Optional[Mapping[str, Any]]) -> None:
+    """Refuse adapter settings that cannot work here. `model` holds the model preset's fields, `peft` the
+    adapter's (None without one); both plain mappings."""
+    quant = (model.get("load_kwargs") or {}).get("quantization_config")
+    if quant is not None and not model.get("name_or_path"):
         raise ConfigError(
             "peft=qlora (model.load_kwargs.quantization_config) quantizes pretrained weights while loading "
             "them, but this model is built from model.init_config: set model.name_or_path to a pretrained "
@@ -34,11 +35,11 @@ def check_adapter_config(cfg) -> None:
         )
     if quant is not None and quant.get("quant_method", "bitsandbytes") == "bitsandbytes":
         _check_bitsandbytes()
-    if not cfg.get("peft"):
+    if not peft:
         return
-    skeleton = _skeleton(cfg.model)
+    skeleton = _skeleton(model)
     if skeleton is not None:
-        check_targets(skeleton, cfg.peft.get("target_modules"), cfg.peft.get("modules_to_save"))
+        check_targets(skeleton, peft.get("target_modules"), peft.get("modules_to_save"))
 
 
 def _check_bitsandbytes() -> None:
@@ -58,23 +59,23 @@ def _check_bitsandbytes() -> None:
         ) from None
 
 
-def _skeleton(model_cfg) -> Optional["torch.nn.Module"]:
+def _skeleton(model: Mapping[str, Any]) -> Optional["torch.nn.Module"]:
     """The model's modules on the meta device (no weights); None when its config cannot be read yet."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    remote = bool(model.get("trust_remote_code", False))
     try:
-        if model_cfg.name_or_path:
-            config = AutoConfig.from_pretrained(
-                model_cfg.name_or_path, revision=model_cfg.revision, trust_remote_code=model_cfg.trust_remote_code
-            )
+        if model.get("name_or_path"):
+            config = AutoConfig.from_pretrained(model["name_or_path"], revision=model.get("revision"),
+                                                trust_remote_code=remote)
         else:
-            fields = dict(model_cfg.init_config)
+            fields = dict(model["init_config"])
             config = AutoConfig.for_model(fields.pop("model_type"), **fields)
         with torch.device("meta"):
-            return AutoModelForCausalLM.from_config(config, trust_remote_code=model_cfg.trust_remote_code)
+            return AutoModelForCausalLM.from_config(config, trust_remote_code=remote)
     except (OSError, ValueError, KeyError) as e:
-        # No network or an unusual model: the same check runs on the loaded model instead.
+        # No network, a GGUF folder or an unusual model: the same check runs on the loaded model instead.
         log.debug("adapter targets checked after loading (%s: %s)", type(e).__name__, e)
         return None
 

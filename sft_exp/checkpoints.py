@@ -2,10 +2,11 @@
 
 - `AtomicCheckpoints` (a Trainer mixin): Trainer._save_checkpoint writes into
   `checkpoints/tmp-checkpoint-<step>/`; only a finished save is renamed to `checkpoint-<step>`.
-- `latest_complete_checkpoint` / `resolve_resume`: what `trainer.resume_from_checkpoint` means;
+- `latest_complete_checkpoint` / `resolve_resume`: what `resume_from_checkpoint` means;
   partial or corrupt checkpoints are skipped with a warning naming them.
-- `StopOnSignal` (a TrainerCallback): a preempted job (SIGTERM) or Ctrl-C (SIGINT) saves a
-  checkpoint at the next step boundary, stops training, and train.run raises `TrainingInterrupted`.
+- `StopOnSignal` (a TrainerCallback, callbacks.stop_on_signal): a preempted job (SIGTERM) or Ctrl-C
+  (SIGINT) saves a checkpoint at the next step boundary, stops training and raises `TrainingInterrupted`
+  when training ends, which the CLI turns into exit status 128 + the signal.
 """
 from __future__ import annotations
 
@@ -114,7 +115,7 @@ def latest_complete_checkpoint(checkpoints_dir: Path) -> Optional[Path]:
 
 
 def resolve_resume(value: Any, run_dir: Path) -> Optional[str]:
-    """trainer.resume_from_checkpoint -> a checkpoint folder to resume from, or None for a fresh start.
+    """resume_from_checkpoint -> a checkpoint folder to resume from, or None for a fresh start.
 
     true: the latest complete checkpoint of this run folder. A path: a checkpoint folder, or a run
     folder / checkpoints folder whose latest complete checkpoint is used.
@@ -125,17 +126,17 @@ def resolve_resume(value: Any, run_dir: Path) -> Optional[str]:
         found = latest_complete_checkpoint(run_dir / "checkpoints")
         if found is None:
             raise ConfigError(
-                f"trainer.resume_from_checkpoint=true, but the run folder {run_dir} has no complete checkpoint "
+                f"resume_from_checkpoint=true, but the run folder {run_dir} has no complete checkpoint "
                 f"in {run_dir / 'checkpoints'}. To continue an earlier run, point Hydra at its folder: "
                 "hydra.run.dir=<that run folder> (e.g. outputs/runs/2026-11-22/19-04-11); or give a checkpoint: "
-                "trainer.resume_from_checkpoint=<run folder>/checkpoints/checkpoint-<step>."
+                "resume_from_checkpoint=<run folder>/checkpoints/checkpoint-<step>."
             )
         return str(found)
     return _resolve_path(Path(os.path.expanduser(str(value))))
 
 
 def _resolve_path(path: Path) -> str:
-    key = f"trainer.resume_from_checkpoint={path}"
+    key = f"resume_from_checkpoint={path}"
     if not path.is_dir():
         raise ConfigError(f"{key}: no such folder. Give a checkpoint folder (…/checkpoints/checkpoint-<step>), "
                           "a run folder, or true for the latest checkpoint of this run folder.")
@@ -171,6 +172,8 @@ class StopOnSignal(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         self.restore()
+        if self.received is not None:  # the checkpoint of the stop step is saved: end the run here
+            raise TrainingInterrupted(self.received, state.global_step, Path(args.output_dir).parent)
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
@@ -188,8 +191,7 @@ class StopOnSignal(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         if self._any_rank_received(args.device):
-            # Log too, so the metrics accumulated since the last logging step are not lost.
-            control.should_log = control.should_save = control.should_training_stop = True
+            control.should_save = control.should_training_stop = True
         return control
 
     def _any_rank_received(self, device) -> bool:
@@ -204,7 +206,3 @@ class StopOnSignal(TrainerCallback):
         if flag.item() and self.received is None:
             self.received = int(flag.item())
         return bool(flag.item())
-
-    def raise_if_stopped(self, state, run_dir: Path) -> None:
-        if self.received is not None:
-            raise TrainingInterrupted(self.received, state.global_step, run_dir)

@@ -26,6 +26,9 @@ if not OmegaConf.has_resolver("asset"):
 # ----------------------------------------------------------------------------- model
 @dataclass
 class ModelConfig:
+    """Built into sft_exp.models.ModelLoader (same fields) by `hydra.utils.instantiate`."""
+
+    _target_: str = "sft_exp.models.ModelLoader"
     # Hub id or local folder. None builds a fresh model from `init_config` (the offline tiny default).
     name_or_path: Optional[str] = None
     # Tokenizer hub id or folder; None means the model's own.
@@ -39,6 +42,12 @@ class ModelConfig:
     trust_remote_code: bool = False
     # Extra keyword arguments for from_pretrained (e.g. quantization_config via peft=qlora).
     load_kwargs: Dict[str, Any] = field(default_factory=dict)
+    # A .gguf file in name_or_path (or a path to one): loaded de-quantized as a trainable float model,
+    # with the tokenizer stored in the same file (unless model.tokenizer is set).
+    gguf_file: Optional[str] = None
+    # true: a tokenizer with more tokens than the model's embedding rows (you added tokens) resizes the
+    # embeddings; false: that mismatch is an error before training.
+    resize_embeddings: bool = False
     # Modules a LoRA adapter wraps (peft.target_modules defaults to this): a name list or "all-linear".
     lora_target_modules: Any = "all-linear"
 
@@ -60,15 +69,22 @@ class SourceConfig:
     # Sampling weight in the mixture; above 1 oversamples.
     weight: float = 1.0
     max_samples: Optional[int] = None
+    # This source's own held-out file (read like `path`); without one, `data.eval_split_size` of its rows.
+    eval_path: Optional[str] = None
+    eval_max_samples: Optional[int] = None
 
 
 @dataclass
 class DataConfig:
+    """Built into sft_exp.data.DataSettings (same fields) by `hydra.utils.instantiate`."""
+
+    _target_: str = "sft_exp.data.DataSettings"
+    _convert_: str = "all"  # plain dicts and lists, not DictConfig
     sources: List[SourceConfig] = MISSING
-    # Held-out sources; when empty, `eval_split_size` of the training rows are held out instead.
+    # Explicit held-out sources; when given, no training rows are held out.
     eval_sources: List[SourceConfig] = field(default_factory=list)
-    # Fraction (<1) or number (>=1) of training rows held out for evaluation; 0 for none.
-    eval_split_size: float = 0.0
+    # Fraction (<1) or number (>=1) of the rows of each source without an `eval_path` held out; 0 for none.
+    eval_split_size: float = 0.05
     # None: the tokenizer's own; a built-in name (chatml, zephyr); or a path to a .jinja file.
     chat_template: Optional[str] = None
     max_length: int = 1024
@@ -107,10 +123,15 @@ class SGDConfig:
 
 
 @dataclass
-class LossConfig:
+class NLLLossConfig:
     _target_: str = "sft_exp.loss.NLLLoss"
     # Positions per chunk of the LM head; bounds the logits held in memory at once.
     chunk_size: int = 1024
+
+
+@dataclass
+class DFTLossConfig(NLLLossConfig):
+    _target_: str = "sft_exp.loss.DFTLoss"
 
 
 @dataclass
@@ -136,14 +157,34 @@ class OffloadConfig:
 
 @dataclass
 class WandbLoggerConfig:
-    _target_: str = "sft_exp.tracking.WandbLogger"
+    _target_: str = "sft_exp.loggers.WandbLogger"
     project: str = "sft_exp"
     entity: Optional[str] = None
+    # null: the sweep folder in a multirun, none otherwise.
     group: Optional[str] = None
+    # null: the job's overrides in a multirun (W&B's random name otherwise).
     name: Optional[str] = None
     tags: List[str] = field(default_factory=list)
     # null: online when an API key is configured, offline otherwise. Or online / offline / disabled.
     mode: Optional[str] = None
+
+
+@dataclass
+class TensorBoardLoggerConfig:
+    _target_: str = "sft_exp.loggers.TensorBoardLogger"
+    # null: <run folder>/tensorboard.
+    log_dir: Optional[str] = None
+
+
+@dataclass
+class MLflowLoggerConfig:
+    _target_: str = "sft_exp.loggers.MLflowLogger"
+    # null: a local store in <run folder>/mlflow (sqlite); or any MLflow tracking URI (http://..., databricks).
+    tracking_uri: Optional[str] = None
+    experiment_name: str = "sft_exp"
+    # null: the job's overrides in a multirun, MLflow's own name otherwise.
+    run_name: Optional[str] = None
+    tags: Dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -182,13 +223,14 @@ NONFINITE_POLICIES = ("stop", "skip")
 
 @dataclass
 class TrainerConfig:
-    """transformers.TrainingArguments fields the user sets, plus sft_exp's own.
+    """sft_exp.trainer.SFTTrainer's arguments: transformers.TrainingArguments fields plus sft_exp's own.
 
-    Everything here is passed to sft_exp.trainer.SFTTrainer, which turns it into
-    SFTTrainingArguments; the output folder, logging and reporting are set by train.run.
+    A `_partial_` target: train.run completes it with the model, data, loss and callbacks. The
+    output folder, seed, logging and reporting are set by train.run.
     """
 
     _target_: str = "sft_exp.trainer.SFTTrainer"
+    _partial_: bool = True
     max_steps: int = -1
     num_train_epochs: float = 1.0
     per_device_train_batch_size: int = 8
@@ -199,22 +241,18 @@ class TrainerConfig:
     warmup_steps: float = 0.0
     max_grad_norm: float = 1.0
     logging_steps: int = 10
-    # Evaluate every eval_steps (0 or null: only before and after training).
+    # Evaluate (eval loss and every task of `evals`) every eval_steps; 0 or null: only before and after training.
     eval_steps: Optional[int] = None
     save_steps: int = 500
     save_total_limit: Optional[int] = 2
     # auto: bf16 on CUDA, fp32 on CPU. Or fp32 / bf16 / fp16.
     precision: str = "auto"
     dataloader_num_workers: int = 0
-    # true: the latest complete checkpoint of this run folder; or a checkpoint path.
-    resume_from_checkpoint: Optional[Any] = None
     # stop: a NaN/inf loss stops the run naming the step; skip: the step's update is skipped.
     nonfinite_loss: str = "stop"
     # Router load-balancing loss coefficient for MoE models (null: the model config's own).
     router_aux_loss_coef: Optional[float] = None
-    # Sample generations from held-out prompts at the end of training.
-    num_sample_generations: int = 4
-    max_new_tokens: int = 48
+    # Any other transformers.TrainingArguments field.
     extra_args: Dict[str, Any] = field(default_factory=dict)
 
 
@@ -230,17 +268,25 @@ class SFTConfig:
     loss: Any = MISSING
     memory: Any = MISSING
     peft: Any = None
-    logger: Any = None
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    # Dicts of `_target_`s, several at once: logger=[wandb,tensorboard]; callbacks (run recorder, stop on
+    # signal, task evaluation, yours: +callbacks.mine._target_=pkg.MyCallback); evals=[heldout,gsm8k].
+    logger: Dict[str, Any] = field(default_factory=dict)
+    callbacks: Dict[str, Any] = field(default_factory=dict)
+    evals: Dict[str, Any] = field(default_factory=dict)
+    # true: continue from the latest complete checkpoint of this run folder; or a checkpoint path.
+    resume_from_checkpoint: Optional[Any] = None
+    # The final metric train.run returns (what an Optuna sweep optimizes), e.g. eval_heldout/exact_match.
+    objective: str = "eval_loss"
     # Runs write only here (Hydra's output dir).
     run_dir: str = "${hydra:runtime.output_dir}"
 
 
 SCHEMAS = {
     "optimizer": {"adamw": AdamWConfig, "sgd": SGDConfig},
-    "loss": {"nll": LossConfig, "dft": LossConfig},
+    "loss": {"nll": NLLLossConfig, "dft": DFTLossConfig},
     "memory": {"none": NoMemoryConfig, "checkpointing": CheckpointingConfig, "offload": OffloadConfig},
-    "logger": {"wandb": WandbLoggerConfig},
+    "logger": {"wandb": WandbLoggerConfig, "tensorboard": TensorBoardLoggerConfig, "mlflow": MLflowLoggerConfig},
     "peft": {"lora": LoraAdapterConfig},
     "distributed": {"distributed": DistributedConfig},
 }
@@ -258,3 +304,13 @@ def register_configs() -> None:
 
 register_configs()
 
+
+
+def check_trainer_choices(precision: Optional[str] = None, nonfinite_loss: Optional[str] = None) -> None:
+    """The one check of trainer.precision and trainer.nonfinite_loss: before torch loads (preflight) and
+    when SFTTrainer is built from Python."""
+    from sft_exp.errors import ConfigError
+
+    for key, value, allowed in (("precision", precision, PRECISIONS), ("nonfinite_loss", nonfinite_loss, NONFINITE_POLICIES)):
+        if value is not None and value not in allowed:
+            raise ConfigError(f"trainer.{key}={value!r} is not one of {', '.join(allowed)}.")

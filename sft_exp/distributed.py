@@ -30,9 +30,8 @@ def world_size() -> int:
 
 
 # ----------------------------------------------------------------------------- presets
-def check_distributed_config(dist_cfg) -> None:
+def check_distributed_config(strategy: str) -> None:
     """A strategy the installed packages or this machine cannot run fails before anything loads."""
-    strategy = dist_cfg.strategy
     if strategy not in STRATEGIES:
         raise ConfigError(f"distributed.strategy={strategy!r} is not one of {', '.join(STRATEGIES)}.")
     if strategy == "deepspeed":
@@ -75,12 +74,11 @@ def _check_fsdp2() -> None:
         )
 
 
-def training_arguments(dist_cfg) -> dict:
-    """The TrainingArguments fields the strategy sets (plain dicts: TrainingArguments writes into them)."""
+def training_arguments(strategy_args: dict) -> dict:
+    """The TrainingArguments fields a strategy sets (distributed.training_args), for this machine."""
     import torch
-    from omegaconf import OmegaConf
 
-    args = OmegaConf.to_container(dist_cfg.training_args, resolve=True) if dist_cfg.training_args else {}
+    args = dict(strategy_args or {})
     if world_size() > 1 and not torch.cuda.is_available():
         # accelerate treats several CPU processes as one job only when told it runs on CPU (gloo).
         args = {"use_cpu": True, "ddp_backend": "gloo", **args}

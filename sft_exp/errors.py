@@ -24,5 +24,5 @@ class TrainingInterrupted(Exception):
         super().__init__(
             f"stopped by {signal.Signals(signum).name} at step {step}; a checkpoint was saved in "
             f"{run_dir / 'checkpoints'}. Resume with the same command plus "
-            f"hydra.run.dir={run_dir} trainer.resume_from_checkpoint=true"
+            f"hydra.run.dir={run_dir} resume_from_checkpoint=true"
         )

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Optional
 
 from sft_exp.errors import UserError
-from sft_exp.tracking import read_rows
+from sft_exp.run_recorder import read_rows
 
 COLUMNS = ("job", "overrides", "status", "steps", "train_loss", "eval_loss", "eval_nll", "mean_token_accuracy",
            "eval_mean_token_accuracy", "entropy", "train_tokens_per_s", "peak_memory_mb", "wall_time_s")

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Optional
 
 from sft_exp.errors import UserError
-from sft_exp.tracking import read_rows
+from sft_exp.run_recorder import read_rows
 
 WALL_CLOCK = re.compile(r"runtime|per_second|_per_s$|_time(_s)?$|timestamp")  # differ run to run by nature
 GROUPS = ("model", "data", "optimizer", "loss", "memory", "peft", "logger", "trainer", "distributed", "experiment")
@@ -45,7 +45,7 @@ def load_run_config(run: Path) -> dict:
         raise UserError(f"{run} is not a run folder: it has no resolved_config.yaml (every sft_exp run writes one).{hint}")
     config = OmegaConf.to_container(OmegaConf.load(config_file), resolve=False)
     config.pop("run_dir", None)  # the new run writes to its own folder
-    config.setdefault("trainer", {})["resume_from_checkpoint"] = None  # a reproduction starts from step 0
+    config["resume_from_checkpoint"] = None  # a reproduction starts from step 0
     return config
 
 

@@ -15,8 +15,9 @@ import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
 from sft_exp.checkpoints import AtomicCheckpoints
-from sft_exp.config import NONFINITE_POLICIES, PRECISIONS
-from sft_exp.errors import ConfigError, UserError
+from sft_exp.compat import set_loss_shifts_labels
+from sft_exp.config import check_trainer_choices
+from sft_exp.errors import UserError
 from sft_exp.metrics import SFTMetrics
 from sft_exp.sft_forward import sft_forward
 
@@ -36,17 +37,13 @@ class SFTTrainingArguments(TrainingArguments):
     router_aux_loss_coef: Optional[float] = field(default=None)
 
     def __post_init__(self):
-        if self.nonfinite_loss not in NONFINITE_POLICIES:
-            raise ConfigError(
-                f"trainer.nonfinite_loss={self.nonfinite_loss!r} is not one of {', '.join(NONFINITE_POLICIES)}"
-            )
+        check_trainer_choices(nonfinite_loss=self.nonfinite_loss)
         super().__post_init__()
 
 
 def precision_flags(precision: str) -> dict:
     """Map trainer.precision to TrainingArguments flags: bf16 on CUDA by default, fp32 on CPU."""
-    if precision not in PRECISIONS:
-        raise ConfigError(f"trainer.precision={precision!r} is not one of {', '.join(PRECISIONS)}")
+    check_trainer_choices(precision=precision)
     if precision == "auto":
         precision = "bf16" if torch.cuda.is_available() else "fp32"
     if precision in ("bf16", "fp16") and not torch.cuda.is_available():
@@ -64,7 +61,7 @@ def build_training_arguments(
 ) -> SFTTrainingArguments:
     """SFTTrainingArguments from the flat `trainer.*` config: sft_exp's defaults, then the user's."""
     defaults = dict(
-        report_to=[],  # sft_exp logs metrics.jsonl and W&B itself (sft_exp.tracking)
+        report_to=[],  # the loggers and the run recorder are callbacks (sft_exp.loggers, sft_exp.run_recorder)
         disable_tqdm=True,  # one readable progress line per logging step instead
         logging_first_step=True,
         prediction_loss_only=True,
@@ -89,8 +86,22 @@ class _TrainerHooks(TrainerCallback):
         self.trainer = trainer
 
     def on_train_begin(self, args, state, control, **kwargs):
-        # On resume the state was just loaded from the checkpoint: continue the cumulative token count.
+        # On resume the state was just loaded from the checkpoint: continue the token count and the
+        # logging window it was in the middle of (rank 0 holds every rank's sums; the others start empty).
         self.trainer._total_tokens = int(state.num_input_tokens_seen or 0)
+        window = (state.stateful_callbacks or {}).get(WINDOW_STATE_KEY)
+        if window and state.global_step > 0 and state.is_world_process_zero:
+            self.trainer.metrics["train"].load_state(window)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.trainer.metrics["train"].end_step()
+        if control.should_save:
+            # A checkpoint keeps the cumulative token count and the unlogged logging window, so a resume logs
+            # the rows the straight run logs (collectives: every rank decides should_save the same way).
+            state.num_input_tokens_seen = self.trainer.num_tokens_seen()
+            window = self.trainer.metrics["train"]
+            state.stateful_callbacks[WINDOW_STATE_KEY] = {} if control.should_log else window.export_state(
+                self.trainer.accelerator)
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         # With nonfinite_loss=skip: drop the gradients so the optimizer step is skipped.
@@ -100,6 +111,9 @@ class _TrainerHooks(TrainerCallback):
             log.warning("step %d skipped: the loss was NaN or infinite", state.global_step + 1)
             self.trainer._skipped_steps += 1
         self.trainer._nonfinite_in_step = False
+
+
+WINDOW_STATE_KEY = "sft_exp_train_window"  # in trainer_state.json's stateful_callbacks
 
 
 class SFTTrainer(AtomicCheckpoints, Trainer):
@@ -146,14 +160,14 @@ class SFTTrainer(AtomicCheckpoints, Trainer):
         # so the Trainer must count them and must not divide by the accumulation steps again.
         self.model_accepts_loss_kwargs = True
         self.loss_is_scaled_for_ga = True
-        self._loss_shifts_labels = True
+        set_loss_shifts_labels(self)
         self.metrics = {mode: SFTMetrics(len(self.source_names)) for mode in ("train", "eval")}
         self._total_tokens = 0  # every rank's input tokens, summed at each log and checkpoint
         self._tokens_since_sync = 0  # this rank's, since then
         self._nonfinite_in_step = False
         self._skipped_steps = 0
         self.add_callback(_TrainerHooks(self))
-        self.remove_callback(PrinterCallback)  # sft_exp.tracking prints one readable line per log instead
+        self.remove_callback(PrinterCallback)  # sft_exp.run_recorder prints one readable line per log instead
 
     # ------------------------------------------------------------------ optimizer
     def create_optimizer(self, model=None):
@@ -209,6 +223,7 @@ class SFTTrainer(AtomicCheckpoints, Trainer):
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
+        self.metrics["train"].add_loss(loss)
         if not torch.isfinite(loss):
             step = self.state.global_step + 1
             if self.args.nonfinite_loss == "stop":
@@ -220,17 +235,42 @@ class SFTTrainer(AtomicCheckpoints, Trainer):
         return loss
 
     def log(self, logs: dict, start_time: Optional[float] = None) -> None:
-        is_eval = any(k.startswith("eval_") for k in logs)
-        mode = "eval" if is_eval else "train"
-        metrics = self.metrics[mode].compute_and_reset(self.accelerator, self.source_names)
-        if mode == "train":
-            metrics["num_tokens"] = self.num_tokens_seen()
-            if self._skipped_steps:
-                metrics["skipped_steps"] = self._skipped_steps
+        if any(k.startswith("eval_") for k in logs):
+            metrics = self.metrics["eval"].compute_and_reset(self.accelerator, self.source_names)
+            logs.update({f"eval_{k}": v for k, v in metrics.items()})
+            logs.update(self._task_metrics())
         else:
-            metrics = {f"eval_{k}": v for k, v in metrics.items()}
-        logs.update(metrics)
+            if "loss" in logs:  # the Trainer's mean step loss, over the window as a resume keeps it
+                logs["loss"] = self.metrics["train"].window_loss(self.accelerator)
+            logs.update(self.metrics["train"].compute_and_reset(self.accelerator, self.source_names))
+            logs["num_tokens"] = self.num_tokens_seen()
+            if self._skipped_steps:
+                logs["skipped_steps"] = self._skipped_steps
         super().log(logs, start_time)
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict:
+        """Eval loss and metrics on the eval set (when there is one) and every task evaluation callback."""
+        if eval_dataset is not None or self.eval_dataset is not None:
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+        metrics = self._task_metrics()  # no eval set: the task scores alone
+        if metrics:
+            super().log(metrics)
+        return metrics
+
+    def _task_metrics(self) -> dict:
+        """Scores of every callback that evaluates tasks (sft_exp.evaluation.TaskEvaluation or yours).
+
+        Every rank takes part (prompts are split across ranks). The evaluation after the last step is
+        `final` (it prints a few examples), whether the Trainer's eval_steps or train.run asked for it.
+        """
+        scores = {}
+        final = 0 < self.state.max_steps <= self.state.global_step
+        for callback in self.callback_handler.callbacks:
+            if callable(getattr(callback, "evaluate", None)) and isinstance(callback, TrainerCallback):
+                scores.update(callback.evaluate(self.model, self.processing_class, step=self.state.global_step,
+                                                final=final, accelerator=self.accelerator))
+        return scores
 
     def num_tokens_seen(self) -> int:
         """Input tokens of every rank so far. A collective under DDP: every rank must call it."""
@@ -240,8 +280,3 @@ class SFTTrainer(AtomicCheckpoints, Trainer):
         self._total_tokens += int(local.item())
         self._tokens_since_sync = 0
         return self._total_tokens
-
-    def _save_checkpoint(self, model, trial):
-        # num_tokens is cumulative: keep it in the checkpoint's trainer_state so a resume continues it.
-        self.state.num_input_tokens_seen = self.num_tokens_seen()
-        super()._save_checkpoint(model, trial)

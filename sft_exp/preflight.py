@@ -11,7 +11,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from sft_exp.config import NONFINITE_POLICIES, PRECISIONS
+from sft_exp.config import check_trainer_choices
 from sft_exp.errors import ConfigError
 
 # A hub id is `name` or `org/name`; anything else that does not exist on disk is a missing local path.
@@ -30,25 +30,61 @@ def validate_config(cfg: DictConfig) -> None:
     from sft_exp.adapters import check_adapter_config
     from sft_exp.distributed import check_distributed_config
 
-    if cfg.get("distributed") is not None:
-        check_distributed_config(cfg.distributed)
-    check_adapter_config(cfg)
-    from sft_exp.data import validate_data_config
+    check_distributed_config(cfg.distributed.strategy)
+    check_adapter_config(plain(cfg.model), plain(cfg.peft) if cfg.peft else None)
+    # The data settings check themselves when train.run builds them (sft_exp.data.DataSettings), still
+    # before torch or any model loads.
 
-    validate_data_config(cfg.data)
+
+def plain(node) -> dict:
+    """A config node as plain Python containers, every interpolation resolved."""
+    return OmegaConf.to_container(node, resolve=True)
 
 
 def _check_model(model) -> None:
     if not model.name_or_path and not model.init_config:
         raise ConfigError("model.name_or_path is not set: give a hub id or a local folder (or use model=tiny).")
+    _check_one_source(model)
     for key in ("name_or_path", "tokenizer"):
         value = model.get(key)
         if value:
             check_model_path(f"model.{key}", value)
+    _check_gguf_file(model)
     if not model.name_or_path and not model.tokenizer:
         raise ConfigError("model.tokenizer is not set: a model built from model.init_config needs a tokenizer path.")
     if model.init_config and not model.name_or_path and "model_type" not in model.init_config:
         raise ConfigError("model.init_config needs a model_type (e.g. qwen2, llama) to build a model from config.")
+
+
+def _check_one_source(model) -> None:
+    """Pretrained weights never meet the demo's tokenizer and recipe unasked (model=tiny is built from config)."""
+    from sft_exp.paths import asset_path
+
+    if not model.name_or_path:
+        return
+    demo_tokenizer = bool(model.tokenizer) and Path(str(model.tokenizer)) == asset_path("tokenizer")
+    if model.init_config or demo_tokenizer:
+        raise ConfigError(
+            f"model.name_or_path={model.name_or_path} is set on a preset that builds a random model from "
+            "model.init_config with the demo tokenizer (model=tiny, the default, and its tiny_demo recipe). "
+            f"For a pretrained model use `python -m sft_exp model=hf model.name_or_path={model.name_or_path} ...` "
+            "(its own tokenizer, fine-tuning defaults), or a named preset such as model=smollm2_135m."
+        )
+
+
+def _check_gguf_file(model) -> None:
+    gguf = model.get("gguf_file")
+    if not gguf:
+        return
+    if not model.name_or_path:
+        raise ConfigError(f"model.gguf_file={gguf} needs model.name_or_path: the folder (or hub id) holding it.")
+    folder = Path(os.path.expanduser(model.name_or_path))
+    if folder.is_dir() and not (folder / gguf).is_file() and not Path(gguf).is_file():
+        found = sorted(p.name for p in folder.glob("*.gguf"))
+        raise ConfigError(
+            f"model.gguf_file={gguf}: no such file in model.name_or_path={model.name_or_path}"
+            + (f" (its .gguf files: {', '.join(found)})." if found else " (it has no .gguf file).")
+        )
 
 
 def check_model_path(key: str, value: str) -> None:
@@ -74,9 +110,4 @@ def _check_trainer(trainer) -> None:
             raise ConfigError(f"trainer.{key}={trainer[key]} must be at least 1.")
     if trainer.max_steps == 0 or (trainer.max_steps < 0 and trainer.num_train_epochs <= 0):
         raise ConfigError("nothing to train: set trainer.max_steps > 0 or trainer.num_train_epochs > 0.")
-    if trainer.precision not in PRECISIONS:
-        raise ConfigError(f"trainer.precision={trainer.precision!r} is not one of {', '.join(PRECISIONS)}.")
-    if trainer.nonfinite_loss not in NONFINITE_POLICIES:
-        raise ConfigError(
-            f"trainer.nonfinite_loss={trainer.nonfinite_loss!r} is not one of {', '.join(NONFINITE_POLICIES)}."
-        )
+    check_trainer_choices(precision=trainer.precision, nonfinite_loss=trainer.nonfinite_loss)
