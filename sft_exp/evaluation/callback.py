@@ -1,0 +1,86 @@
+"""TaskEvaluation: the run's evaluation tasks, scored whenever the Trainer evaluates.
+
+The trainer calls `evaluate(model, tokenizer, step=..., final=..., accelerator=...)` on every rank
+(before training, every trainer.eval_steps, at the end) and merges the returned
+`eval_<task>/<metric>` values into its eval log row. Rank 0 writes each example's prompt, reference,
+output and score to `<output_dir>/<task>/step-<N>.jsonl`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from transformers import TrainerCallback
+
+from sft_exp.errors import ConfigError
+from sft_exp.evaluation.tasks import HELDOUT, GenerationTask, build_tasks
+
+log = logging.getLogger(__name__)
+HELDOUT_FILE = "heldout_examples.jsonl"
+
+
+def _is_main() -> bool:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+class TaskEvaluation(TrainerCallback):
+    """Generation (and lm-eval) tasks on the model being trained. `tasks`: the `evals` config
+    (task name -> settings); every task is built and checked here, before the model loads."""
+
+    def __init__(self, tasks: Optional[Dict[str, Any]], output_dir: str, print_examples: int = 4):
+        self.tasks = build_tasks(tasks)
+        self.output_dir = Path(output_dir)
+        self.print_examples = print_examples
+        self._prompt_ids: Dict[str, list] = {}  # tokenized once per task, at the first evaluation
+
+    def use_heldout(self, examples: List[dict]) -> None:
+        """The run's held-out rows ({prompt, reference}) for every `path: heldout` task (first `limit`)."""
+        heldout = [t for t in self.tasks.values() if isinstance(t, GenerationTask) and t.source == HELDOUT]
+        if heldout and not examples:
+            raise ConfigError(
+                f"evals.{heldout[0].name} scores the run's held-out rows, but this run holds none out; set "
+                "data.eval_split_size (or an eval_path) or switch the task off (evals=none)"
+            )
+        for task in heldout:
+            task.examples = list(examples[: task.settings.limit] if task.settings.limit else examples)
+            self._prompt_ids.pop(task.name, None)
+        if heldout and _is_main():  # `python -m sft_exp.evaluate <run folder>` scores the same rows later
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            with (self.output_dir / HELDOUT_FILE).open("w") as f:
+                for example in examples:
+                    f.write(json.dumps({"prompt": example["prompt"], "reference": example["reference"]}) + "\n")
+
+    def evaluate(self, model, tokenizer, *, step: int, final: bool = False, accelerator=None) -> Dict[str, float]:
+        """Every task's metrics, `eval_<task>/<metric>`; call on every rank. The model's train/eval mode is kept."""
+        from sft_exp.evaluation.runner import print_examples, run_generation_task, tokenize_prompts, write_rows
+
+        if not self.tasks:
+            return {}
+        was_training = model.training
+        model.eval()
+        metrics: Dict[str, float] = {}
+        try:
+            for task in self.tasks.values():  # every prompt is checked before any task generates
+                if isinstance(task, GenerationTask) and task.name not in self._prompt_ids:
+                    self._prompt_ids[task.name] = tokenize_prompts(task, tokenizer, model)
+            for task in self.tasks.values():
+                if not isinstance(task, GenerationTask):
+                    metrics.update(task.evaluate(model, tokenizer, accelerator=accelerator))
+                    continue
+                task_metrics, rows = run_generation_task(task, model, tokenizer, self._prompt_ids[task.name],
+                                                         accelerator=accelerator)
+                metrics.update(task_metrics)
+                if _is_main() and (accelerator is None or accelerator.is_main_process):
+                    write_rows(rows, self.output_dir / task.name / f"step-{step}.jsonl")
+                    if final and self.print_examples:
+                        print_examples(task.name, rows, self.print_examples)
+        finally:
+            model.train(was_training)
+        return metrics

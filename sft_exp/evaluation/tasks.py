@@ -1,0 +1,193 @@
+"""Evaluation tasks: what a task is in config (EvalTaskConfig) and the prompts it loads.
+
+`evals` is a dict of task name -> task. A task's prompts are a file (any format the data pipeline
+reads, or explicit prompt/answer columns) or `path: heldout`, the run's held-out rows. Everything
+that can be checked without a model (scorer imports, file exists, answer column) is checked when
+the task is built, so a mistake stops the run before training.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+from sft_exp.errors import ConfigError, DataError
+from sft_exp.evaluation.scorers import build_scorer, scorer_name
+
+HELDOUT = "heldout"
+TASK_TYPES = ("generate", "lm_eval")
+
+
+@dataclass
+class EvalTaskConfig:
+    """One entry of `evals` (the Hydra schema of a task; also the plain settings a task runs with)."""
+
+    # generate: prompts -> generations -> scorer. lm_eval: lm-evaluation-harness tasks on the model.
+    type: str = "generate"
+    # `heldout` (the run's held-out rows), or a local file (.jsonl/.json/.parquet/.csv).
+    path: Optional[str] = None
+    # Data format of the file (auto, prompt_completion, messages, sharegpt, alpaca) and column mapping,
+    # as in data.sources; or explicit columns (prompt_column/answer_column) for files like GSM8K.
+    format: str = "auto"
+    columns: Dict[str, str] = field(default_factory=dict)
+    prompt_column: Optional[str] = None
+    answer_column: Optional[str] = None
+    # A prompt_column value is put into this template ({prompt}) and sent as a user message.
+    prompt_template: str = "{prompt}"
+    system_prompt: Optional[str] = None
+    # First `limit` prompts only (null: all).
+    limit: Optional[int] = None
+    # Generation: greedy unless do_sample; num_samples > 1 gives pass@k.
+    max_new_tokens: int = 64
+    do_sample: bool = False
+    num_samples: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    stop: List[str] = field(default_factory=list)
+    batch_size: int = 64
+    seed: int = 1234
+    # pass@k counts a sample as correct when its score is at least this.
+    pass_threshold: float = 1.0
+    # A short name (exact_match, numeric, regex, substring, token_f1, math_verify) or {_target_: ..., args}.
+    scorer: Any = "exact_match"
+    # lm_eval only: harness task names, a folder of local task YAMLs, few-shot count, extra arguments
+    # for lm_eval.simple_evaluate.
+    lm_eval_tasks: List[str] = field(default_factory=list)
+    include_path: Optional[str] = None
+    num_fewshot: Optional[int] = None
+    lm_eval_args: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class GenerationTask:
+    name: str
+    settings: EvalTaskConfig
+    scorer: Callable[[str, str], float]
+    metric: str  # the scorer's metric name: eval_<task>/<metric>
+    examples: Optional[List[dict]] = None  # {"prompt": text or messages, "reference": str}; heldout: set later
+
+    @property
+    def source(self) -> str:
+        return self.settings.path
+
+
+def task_settings(name: str, spec: Any) -> EvalTaskConfig:
+    """A task's settings from a config mapping; unknown keys and missing values are ConfigErrors."""
+    if isinstance(spec, EvalTaskConfig):
+        return spec
+    if not isinstance(spec, dict):
+        raise ConfigError(f"evals.{name}: expected a mapping of task settings, got {spec!r}")
+    known = {f.name for f in dataclasses.fields(EvalTaskConfig)}
+    unknown = sorted(set(spec) - known)
+    if unknown:
+        raise ConfigError(f"evals.{name}: unknown key(s) {unknown}; a task has {sorted(known)}")
+    missing = [key for key, value in spec.items() if value == "???"]
+    if missing:
+        raise ConfigError(f"evals.{name}.{missing[0]} is required; set it, e.g. evals.{name}.{missing[0]}=/path/to/file.jsonl")
+    settings = EvalTaskConfig(**spec)
+    if settings.type not in TASK_TYPES:
+        raise ConfigError(f"evals.{name}.type={settings.type!r} is not one of {', '.join(TASK_TYPES)}")
+    for key in ("max_new_tokens", "num_samples", "batch_size"):
+        if getattr(settings, key) < 1:
+            raise ConfigError(f"evals.{name}.{key} must be at least 1, not {getattr(settings, key)}")
+    if settings.num_samples > 1 and not settings.do_sample:
+        raise ConfigError(f"evals.{name}: num_samples={settings.num_samples} needs do_sample=true (greedy samples are all the same)")
+    return settings
+
+
+def build_task(name: str, spec: Any):
+    """A runnable task (GenerationTask or LMEvalTask) from its config; checks everything a model is not needed for."""
+    settings = task_settings(name, spec)
+    if settings.type == "lm_eval":
+        from sft_exp.evaluation.lmeval import LMEvalTask
+
+        return LMEvalTask(name, settings)
+    scorer = build_scorer(settings.scorer, f"evals.{name}.scorer")
+    task = GenerationTask(name, settings, scorer, scorer_name(scorer))
+    if not settings.path:
+        raise ConfigError(f"evals.{name}.path is required: a prompts file, or `heldout` for the run's held-out rows")
+    if settings.path != HELDOUT:
+        task.examples = load_examples(name, settings)
+    return task
+
+
+def _file_source(settings: EvalTaskConfig):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(path=settings.path, name=None, subset=None, split="train", max_samples=None)
+
+
+def load_examples(name: str, settings: EvalTaskConfig) -> List[dict]:
+    """The task's prompts and references from its file (the first `limit`)."""
+    from sft_exp.data.formats import BadRow, column_map, detect_format, field_values, normalize_row
+    from sft_exp.data.sources import load_source, source_columns
+
+    path = Path(settings.path).expanduser()
+    where = f"evals.{name} ({path})"
+    if not path.exists():
+        raise DataError(f"{where}: no such file; set evals.{name}.path to an existing prompts file")
+    raw = load_source(_file_source(settings))
+    if settings.limit is not None:
+        raw = raw.select(range(min(settings.limit, len(raw))))
+    columns = source_columns(raw)
+    if settings.prompt_column or settings.answer_column:
+        mapping = {"prompt": settings.prompt_column or "prompt", "reference": settings.answer_column or "answer"}
+        absent = [column for column in mapping.values() if column not in columns]
+        if absent:
+            raise DataError(f"{where}: the file has no column(s) {absent} (it has {columns}); "
+                            f"set evals.{name}.prompt_column / answer_column")
+        return [_column_example(where, index, field_values(row, mapping), settings) for index, row in enumerate(raw)]
+    fmt = detect_format(settings.format, columns, settings.columns, where)
+    if fmt == "text":
+        raise DataError(f"{where}: plain text rows have no answer to score; use a format with a prompt and an "
+                        f"answer, or set evals.{name}.prompt_column and answer_column")
+    mapping = column_map(fmt, settings.columns)
+    examples = []
+    for index, row in enumerate(raw):
+        try:
+            examples.append(as_example(normalize_row(fmt, field_values(row, mapping))))
+        except BadRow as err:
+            raise DataError(f"{where}, row {index}: {err.detail}") from None
+    return examples
+
+
+def _column_example(where: str, index: int, row: dict, settings: EvalTaskConfig) -> dict:
+    for key in ("prompt", "reference"):
+        if row[key] is None or (isinstance(row[key], str) and not row[key].strip()):
+            raise DataError(f"{where}, row {index}: the {key} column is empty or null")
+    text = settings.prompt_template.format(prompt=row["prompt"])
+    messages = [{"role": "system", "content": settings.system_prompt}] if settings.system_prompt else []
+    return {"prompt": messages + [{"role": "user", "content": text}], "reference": str(row["reference"])}
+
+
+def as_example(item) -> dict:
+    """A normalized row as {prompt, reference}: the prompt messages (or text) and the last answer."""
+    from sft_exp.data.formats import Conversation, PromptCompletion
+
+    if isinstance(item, PromptCompletion):
+        return {"prompt": item.prompt, "reference": item.completion}
+    if not isinstance(item, Conversation):
+        raise DataError("plain text rows have no answer to score")
+    messages = item.messages
+    if item.n_prompt is not None:
+        answer = [m.get("content") or "" for m in messages[item.n_prompt:] if m["role"] == "assistant"]
+        return {"prompt": messages[: item.n_prompt], "reference": "\n".join(answer)}
+    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    return {"prompt": messages[:last], "reference": messages[last].get("content") or ""}
+
+
+def build_tasks(tasks: Any) -> Dict[str, Any]:
+    """Every task of `evals` (a dict name -> settings; a DictConfig is made plain first)."""
+    if tasks is None:
+        return {}
+    try:
+        from omegaconf import DictConfig, OmegaConf
+
+        if isinstance(tasks, DictConfig):
+            tasks = OmegaConf.to_container(tasks, resolve=True)
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        pass
+    if not isinstance(tasks, dict):
+        raise ConfigError(f"evals: expected a mapping of task name -> task, got {tasks!r}")
+    return {name: build_task(name, spec) for name, spec in tasks.items() if spec is not None}
