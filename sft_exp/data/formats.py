@@ -4,35 +4,53 @@
 - `PromptCompletion`: two strings; the completion (EOS appended) is what `completion_only_loss` trains.
 - `Conversation`: chat messages (+ tools) rendered by the chat template. `n_prompt` is set for
   conversational prompt-completion rows (and Alpaca): the first `n_prompt` messages are the prompt.
+  Messages come out as transformers' chat format: roles system/user/assistant/tool, tool calls as
+  structured `tool_calls` (tool_calls.py); other speaker names are mapped (SPEAKER_ROLES, or the
+  `*_tag` keys of a source's `columns`).
 
 A row that cannot be normalized raises `BadRow` with a reason key (counted when rows are dropped).
 """
 from __future__ import annotations
 
+import functools
 import json
 from typing import NamedTuple
 
+from sft_exp.data.tool_calls import legacy_function_call, structured_calls, structured_tools
 from sft_exp.errors import DataError
 
 FORMATS = ("text", "prompt_completion", "messages", "sharegpt", "alpaca")
+# Names inside the turns of a conversation, set in `columns` beside the columns (LLaMA-Factory's
+# dataset_info `tags`, same names): the keys holding speaker and text, and a speaker name of the
+# file for each kind of turn (added to the built-in names of SPEAKER_ROLES).
+TURN_TAGS = ("role_tag", "content_tag", "system_tag", "user_tag", "assistant_tag", "function_tag", "observation_tag")
 # Per format: (required fields, optional fields). `columns` maps these names to a file's columns.
 FORMAT_FIELDS = {
     "text": (("text",), ()),
-    "prompt_completion": (("prompt", "completion"), ("tools",)),
-    "messages": (("messages",), ("tools",)),
-    "sharegpt": (("conversations",), ("system", "tools")),
+    "prompt_completion": (("prompt", "completion"), ("tools", *TURN_TAGS)),
+    "messages": (("messages",), ("tools", *TURN_TAGS)),
+    "sharegpt": (("conversations",), ("system", "tools", *TURN_TAGS)),
     "alpaca": (("instruction", "output"), ("input", "system")),
 }
 # Auto-detection tries formats in this order on the file's columns.
 DETECTION_ORDER = ("messages", "sharegpt", "prompt_completion", "alpaca", "text")
 ROLES = ("system", "user", "assistant", "tool")
-SHAREGPT_ROLES = {
+# Speaker name -> kind of turn. "tool_call": an assistant turn whose text is the call(s) as JSON
+# (LLaMA-Factory's `function_call`); it becomes an assistant message with structured `tool_calls`.
+# "function" is OpenAI's legacy role for a function's result; "ipython" is Llama 3's.
+SPEAKER_ROLES = {
     "human": "user", "user": "user",
     "gpt": "assistant", "assistant": "assistant", "model": "assistant", "chatgpt": "assistant",
-    "bard": "assistant", "bing": "assistant", "function_call": "assistant",
+    "bard": "assistant", "bing": "assistant",
     "system": "system",
-    "tool": "tool", "observation": "tool", "function_response": "tool",
+    "function_call": "tool_call", "tool_call": "tool_call", "tool_calls": "tool_call",
+    "tool": "tool", "observation": "tool", "function_response": "tool", "function": "tool", "ipython": "tool",
+    "tool_response": "tool", "tool_result": "tool", "tool_results": "tool",
 }  # fmt: skip
+_TAG_KINDS = {"system_tag": "system", "user_tag": "user", "assistant_tag": "assistant",
+              "function_tag": "tool_call", "observation_tag": "tool"}  # fmt: skip
+# The `columns` entry that carries a source's turn tags to normalize_row (not a column of the file).
+TURN_TAGS_FIELD = "__turn_tags__"
 
 
 # Files whose rows Arrow cannot give one schema (a field that is a string in one row and a number
@@ -65,9 +83,14 @@ class Conversation(NamedTuple):
 
 
 def column_map(fmt: str, columns: dict) -> dict:
-    """Format field -> column name in the file, for every field of `fmt`."""
+    """Format field -> column name in the file, for every field of `fmt`; turn tags the source sets
+    ride along under TURN_TAGS_FIELD as sorted (tag, name) pairs."""
     required, optional = FORMAT_FIELDS[fmt]
-    return {field: columns.get(field, field) for field in required + optional}
+    mapping = {field: columns.get(field, field) for field in required + optional if field not in TURN_TAGS}
+    tags = tuple(sorted((tag, str(name)) for tag, name in columns.items() if tag in TURN_TAGS))
+    if tags:
+        mapping[TURN_TAGS_FIELD] = tags
+    return mapping
 
 
 def detect_format(fmt: str, column_names: list[str], columns: dict, where: str) -> str:
@@ -99,7 +122,10 @@ def field_values(row: dict, mapping: dict) -> dict:
         row = json.loads(row[RAW_JSON_COLUMN])
         if not isinstance(row, dict):
             raise BadRow("bad_row", f"the row is a JSON {type(row).__name__}, not an object")
-    return {field: row.get(column) for field, column in mapping.items()}
+    values = {field: row.get(column) for field, column in mapping.items()}
+    if TURN_TAGS_FIELD in mapping:
+        values[TURN_TAGS_FIELD] = mapping[TURN_TAGS_FIELD]
+    return values
 
 
 def _without_nulls(value):
@@ -111,6 +137,23 @@ def _without_nulls(value):
     return value
 
 
+class Speakers(NamedTuple):
+    """How one source writes its turns: the keys of speaker and text, and speaker name -> role kind."""
+
+    role_key: str
+    content_key: str
+    roles: dict
+
+
+@functools.lru_cache(maxsize=64)
+def speakers(tags: tuple | None, role_key: str, content_key: str) -> Speakers:
+    """A source's speakers: the defaults, with the turn tags it sets in `columns` applied."""
+    tags = dict(tags or ())
+    roles = dict(SPEAKER_ROLES)
+    roles.update({tags[tag]: kind for tag, kind in _TAG_KINDS.items() if tag in tags})
+    return Speakers(tags.get("role_tag", role_key), tags.get("content_tag", content_key), roles)
+
+
 def normalize_row(fmt: str, row: dict):
     """One row (format field -> value) in its internal form, or BadRow."""
     if fmt == "text":
@@ -118,7 +161,7 @@ def normalize_row(fmt: str, row: dict):
     if fmt == "prompt_completion":
         return _prompt_completion(row)
     if fmt == "messages":
-        messages = _clean_messages(row.get("messages"), "messages")
+        messages = _clean_messages(row.get("messages"), "messages", row.get(TURN_TAGS_FIELD))
         return _conversation(messages, _tools(row.get("tools")), None)
     if fmt == "sharegpt":
         return _sharegpt(row)
@@ -148,23 +191,50 @@ def _tools(value) -> list | None:
             raise BadRow("bad_tools", f"'tools' is not valid JSON ({err})") from None
     if not isinstance(value, list) or not all(isinstance(tool, dict) for tool in value):
         raise BadRow("bad_tools", "'tools' must be a list of JSON schema objects")
-    return _without_nulls(value)
+    return structured_tools(_without_nulls(value))
 
 
-def _clean_message(message, where: str) -> dict:
+def _tool_calls(message: dict, kind: str, where: str) -> dict:
+    """An assistant message with structured `tool_calls` (from a tool-call turn's text, OpenAI's
+    `tool_calls` with JSON-string arguments, or OpenAI's legacy `function_call`)."""
+    try:
+        if kind == "tool_call":  # the turn's text is the call(s)
+            calls = message.pop("content", None)
+            calls = message.get("tool_calls") if calls is None else calls
+            if calls is None:
+                raise BadRow("missing_field", f"{where} (a tool call turn) has no content")
+            message["tool_calls"] = structured_calls(_without_nulls(calls), where)
+        elif "tool_calls" in message:
+            message["tool_calls"] = structured_calls(_without_nulls(message["tool_calls"]), f"{where}.tool_calls")
+        else:
+            message = legacy_function_call(_without_nulls(message), where)
+    except ValueError as err:
+        raise BadRow("bad_tool_call", str(err)) from None
+    message["role"] = "assistant"
+    return message
+
+
+def _clean_message(message, where: str, roles: dict = SPEAKER_ROLES) -> dict:
     if not isinstance(message, dict):
         raise BadRow("bad_message", f"{where} is a {type(message).__name__}, not a {{role, content}} object")
     # Arrow fills keys a message lacks with null; templates expect them absent (as apply_chat_template does).
     message = {key: value for key, value in message.items() if value is not None}
-    if "tool_calls" in message:
-        message["tool_calls"] = _without_nulls(message["tool_calls"])
     role = message.get("role")
     if role is None:
         raise BadRow("missing_field", f"{where} has no 'role'")
-    if role not in ROLES:
-        raise BadRow("unknown_role", f"{where} has the unknown role {role!r} (expected one of {', '.join(ROLES)})")
+    kind = roles.get(role) if isinstance(role, str) else None
+    if kind is None:
+        raise BadRow(
+            "unknown_role",
+            f"{where} has the unknown role {role!r}; name its kind in the source's `columns` "
+            f"(user_tag, assistant_tag, system_tag, function_tag or observation_tag, e.g. columns={{user_tag: {role}}})",
+        )
+    if kind == "tool_call" or (kind == "assistant" and ("tool_calls" in message or "function_call" in message)):
+        message = _tool_calls(message, kind, where)
+    elif kind != role:
+        message["role"] = kind
     content = message.get("content")
-    if content is None and not (role == "assistant" and message.get("tool_calls")):
+    if content is None and not (kind in ("assistant", "tool_call") and message.get("tool_calls")):
         raise BadRow("missing_field", f"{where} ({role}) has no 'content'")
     if content is not None and not isinstance(content, str):
         raise BadRow("non_string_content", f"{where} ({role}) has {type(content).__name__} content, not a string")
@@ -182,9 +252,21 @@ def _turn_list(turns, field: str, what: str) -> list:
     return turns
 
 
-def _clean_messages(messages, field: str) -> list[dict]:
+def _renamed(message, keys: Speakers):
+    """A message whose speaker and text sit under the source's own keys, under `role` and `content`."""
+    if not isinstance(message, dict):
+        return message
+    message = dict(message)
+    role, content = message.pop(keys.role_key, None), message.pop(keys.content_key, None)
+    return {**message, "role": role, "content": content}
+
+
+def _clean_messages(messages, field: str, tags: tuple | None = None) -> list[dict]:
     messages = _turn_list(messages, field, "messages")
-    return [_clean_message(message, f"{field}[{i}]") for i, message in enumerate(messages)]
+    keys = speakers(tags, "role", "content")
+    if (keys.role_key, keys.content_key) != ("role", "content"):
+        messages = [_renamed(message, keys) for message in messages]
+    return [_clean_message(message, f"{field}[{i}]", keys.roles) for i, message in enumerate(messages)]
 
 
 def _conversation(messages: list[dict], tools, n_prompt: int | None) -> Conversation:
@@ -198,8 +280,9 @@ def _conversation(messages: list[dict], tools, n_prompt: int | None) -> Conversa
 def _prompt_completion(row: dict):
     prompt, completion = row.get("prompt"), row.get("completion")
     if isinstance(prompt, list) or isinstance(completion, list):
-        prompt_messages = _clean_messages(prompt, "prompt")
-        completion_messages = _clean_messages(completion, "completion")
+        tags = row.get(TURN_TAGS_FIELD)
+        prompt_messages = _clean_messages(prompt, "prompt", tags)
+        completion_messages = _clean_messages(completion, "completion", tags)
         messages = prompt_messages + completion_messages
         return _conversation(messages, _tools(row.get("tools")), len(prompt_messages))
     return PromptCompletion(_string_field(row, "prompt"), _string_field(row, "completion"))
@@ -207,14 +290,13 @@ def _prompt_completion(row: dict):
 
 def _sharegpt(row: dict) -> Conversation:
     turns = _turn_list(row.get("conversations"), "conversations", "{from, value} turns")
+    keys = speakers(row.get(TURN_TAGS_FIELD), "from", "value")
     messages = [{"role": "system", "content": row["system"]}] if row.get("system") else []
     for i, turn in enumerate(turns):
-        if not isinstance(turn, dict) or turn.get("from") is None:
-            raise BadRow("missing_field", f"conversations[{i}] has no 'from'")
-        role = SHAREGPT_ROLES.get(turn["from"])
-        if role is None:
-            raise BadRow("unknown_role", f"conversations[{i}] has the unknown speaker {turn['from']!r}")
-        messages.append(_clean_message({"role": role, "content": turn.get("value")}, f"conversations[{i}]"))
+        if not isinstance(turn, dict) or turn.get(keys.role_key) is None:
+            raise BadRow("missing_field", f"conversations[{i}] has no '{keys.role_key}'")
+        message = {"role": turn[keys.role_key], "content": turn.get(keys.content_key)}
+        messages.append(_clean_message(message, f"conversations[{i}]", keys.roles))
     return _conversation(messages, _tools(row.get("tools")), None)
 
 
