@@ -73,6 +73,18 @@ def _mismatch(detail: str) -> BadRow:
     return BadRow("template_mismatch", detail + "; use a template with {% generation %} markers (e.g. chatml)")
 
 
+def _anchor(message: dict) -> str:
+    """What the turn renders verbatim: its reply, else (a tool-call turn) its first call's function name.
+    Qwen3 renders an empty <think> block before a turn only when it ends the conversation, so the
+    renders through the turn and of the whole conversation agree only from such an anchor on."""
+    content = (message.get("content") or "").strip()
+    calls = message.get("tool_calls")
+    if content or not calls or not isinstance(calls[0], dict):
+        return content
+    name = calls[0].get("function", calls[0]).get("name")
+    return name if isinstance(name, str) else ""
+
+
 def _assistant_span(text: str, head: str, upto: str, message: dict) -> Span:
     """Span of one assistant turn in `text`, given the render before it (+ generation prompt) and through it.
 
@@ -80,7 +92,7 @@ def _assistant_span(text: str, head: str, upto: str, message: dict) -> Span:
     `text` repeats (the end-of-turn tokens; `upto` may add end-of-conversation text that `text` has not).
     """
     start = len(head)
-    content = (message.get("content") or "").strip()
+    content = _anchor(message)
     anchor_text = anchor_upto = start
     if content:  # templates may trim the content or put a header (e.g. an empty <think> block) before it
         found_text, found_upto = text.find(content, start), upto.find(content, start)
