@@ -191,7 +191,8 @@ def _tools(value) -> list | None:
             raise BadRow("bad_tools", f"'tools' is not valid JSON ({err})") from None
     if not isinstance(value, list) or not all(isinstance(tool, dict) for tool in value):
         raise BadRow("bad_tools", "'tools' must be a list of JSON schema objects")
-    return structured_tools(_without_nulls(value))
+    # No tools ("[]", as LLaMA-Factory's rows write it) renders as a call without tools would.
+    return structured_tools(_without_nulls(value)) or None
 
 
 def _tool_calls(message: dict, kind: str, where: str) -> dict:

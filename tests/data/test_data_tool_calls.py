@@ -98,6 +98,11 @@ def test_trained_text_is_the_template_render_of_structured_calls(word_tokenizer,
     assert _trained(word_tokenizer, row_out) == call + "It s sunny<|im_end|>"  # the tool result is not trained
 
 
+def test_an_empty_tools_list_is_no_tools():
+    # LLaMA-Factory writes "[]"; Llama 3.1's template renders a tools section for [] but not for none.
+    assert normalize_row("sharegpt", {**SHAREGPT_ROW, "tools": "[]"}).tools is None
+
+
 def test_a_turn_with_several_calls_keeps_each_one():
     calls = [{"name": "get_weather", "arguments": {"city": "Paris"}}, {"name": "get_weather", "arguments": '{"city": "Oslo"}'}]
     turns = [{"from": "human", "value": "weather"}, {"from": "function_call", "value": json.dumps(calls)}]
@@ -181,12 +186,16 @@ def test_bad_tool_call_is_a_bad_row_naming_file_row_and_turn(word_tokenizer, tmp
 def test_preview_shows_tool_calls_as_the_template_renders_them(tmp_path, capsys):
     from sft_exp.preview import main
 
-    path = write_jsonl(tmp_path / "sharegpt.jsonl", [SHAREGPT_ROW])
+    plain = {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]}
+    path = write_jsonl(tmp_path / "sharegpt.jsonl", [plain] * 5 + [SHAREGPT_ROW] + [plain] * 5)
     template = tmp_path / "tools.jinja"
     template.write_text(TOOL_TEMPLATE)
     overrides = [f"data.sources=[{{path:{path},name:tools}}]", "data.eval_split_size=0",
                  f"data.chat_template={template}", "data.assistant_only_loss=true"]  # fmt: skip
-    assert main(["--plain", "--rows", "1", *overrides]) == 0
+    assert main(["--plain", "--rows", "1", "--find", "<tool_call>", *overrides]) == 0
     out = capsys.readouterr().out
+    assert out.count("--- training row") == 1 and "Hello" not in out  # only the row with a call
     assert '[[<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>]]' in out
     assert "<|im_start|>tool\nsunny<|im_end|>" in out  # the tool result, shown untrained
+    assert main(["--plain", "--find", "no such text", *overrides]) == 0
+    assert "no training row contains 'no such text'" in capsys.readouterr().out
