@@ -23,6 +23,22 @@ if not OmegaConf.has_resolver("asset"):
     OmegaConf.register_new_resolver("asset", lambda rel: str(asset_path(rel)))
 
 
+def config_groups_help() -> str:
+    """`--help`'s list of groups and options: the folders of conf/ (Hydra's own list would also show
+    the internal schema/ groups every option merges onto)."""
+    from sft_exp.paths import config_dir
+
+    lines = []
+    for group in sorted(p for p in config_dir().iterdir() if p.is_dir() and p.name != "hydra"):
+        options = sorted(f.stem for f in group.glob("*.yaml"))
+        lines.append(f"{group.name}: {', '.join(options)}")
+    return "\n".join(lines)
+
+
+if not OmegaConf.has_resolver("sft_exp_config_groups"):
+    OmegaConf.register_new_resolver("sft_exp_config_groups", config_groups_help)
+
+
 # ----------------------------------------------------------------------------- model
 @dataclass
 class ModelConfig:

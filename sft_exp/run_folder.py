@@ -11,17 +11,16 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 PACKAGES = ("sft_exp", "torch", "transformers", "datasets", "accelerate", "tokenizers", "peft", "trl",
             "hydra-core", "omegaconf", "wandb", "numpy")
 
 
-def write_resolved_config(cfg: DictConfig, run_dir: Path) -> dict:
-    """Every interpolation resolved (asset paths, ${seed}, Hydra's output dir): what reproduce re-runs."""
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+def write_resolved_config(resolved: dict, run_dir: Path) -> None:
+    """The config with every interpolation resolved (asset paths, ${seed}, Hydra's output dir): what
+    reproduce re-runs."""
     OmegaConf.save(OmegaConf.create(resolved), run_dir / "resolved_config.yaml")
-    return resolved
 
 
 def package_versions() -> dict:
@@ -104,3 +103,14 @@ def mark_failed(run_dir: Path, error: BaseException) -> None:
     summary.update(status="failed", error=f"{type(error).__name__}: {error}")
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, summary)
+
+
+def finish_run(run_dir: Path, summary: dict, loggers: list) -> None:
+    """summary.json, then every tracker's summary and end (rank 0, also when training failed)."""
+    import logging
+
+    write_json(run_dir / "summary.json", summary)
+    for logger in loggers:
+        logger.log_summary(summary)
+        logger.finish(summary.get("status", "failed"))
+    logging.getLogger("sft_exp.train").info("run folder: %s", run_dir)

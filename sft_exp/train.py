@@ -25,10 +25,9 @@ def run(cfg: DictConfig) -> float:
     validate_config(cfg)  # seconds, before torch or any model loads
     data_settings = instantiate(cfg.data)  # checks sources and settings, still before torch
     from sft_exp import distributed, run_folder
-
     distributed.export_slurm_environment()  # a multi-task SLURM job becomes torchrun-style ranks
     distributed.quiet_non_main_rank()
-    from transformers import set_seed
+    from transformers import set_seed  # torch loads here, after every check above
 
     from sft_exp.adapters import parameter_counts, save_base_for_export, wrap_with_adapter
     from sft_exp.checkpoints import resolve_resume
@@ -45,7 +44,7 @@ def run(cfg: DictConfig) -> float:
     loggers = _instantiate_each(cfg.logger) if is_main else []  # rank 0 alone logs
     callbacks = _instantiate_each(cfg.callbacks)
     model_loader = instantiate(cfg.model, _convert_="all")
-
+    trainer_factory = instantiate(cfg.trainer, _convert_="all")  # a _partial_ of SFTTrainer
     tokenizer = model_loader.load_tokenizer()
     data = prepare_datasets(data_settings, tokenizer, attn_implementation=model_loader.attn_implementation)
     tokenizer.chat_template = data.chat_template or tokenizer.chat_template  # saved and used as trained
@@ -55,22 +54,17 @@ def run(cfg: DictConfig) -> float:
     if peft_config is not None and not model_loader.name_or_path and is_main:
         save_base_for_export(model, tokenizer, run_dir)  # a base built from config exists nowhere else
     model = wrap_with_adapter(model, peft_config)  # logs the trainable parameters
-    for callback in callbacks:
-        if hasattr(callback, "use_heldout"):  # task evaluation of the held-out rows (evals=heldout)
-            callback.use_heldout(data.heldout_examples)
-
+    _hand_heldout_examples(callbacks, data)
     if is_main:
         _write_run_files(cfg, run_dir, data, loggers, resumed=resume is not None)
     status, summary = "failed", {}
     try:
-        trainer = instantiate(cfg.trainer, _convert_="all")(  # a _partial_ of SFTTrainer
+        trainer = trainer_factory(
             model=model, loss=loss, memory=memory, optimizer_factory=optimizer, source_names=data.source_names,
             train_dataset=data.train, eval_dataset=data.eval, processing_class=tokenizer,
             data_collator=SFTCollator(tokenizer.pad_token_id, padding_free=data_settings.packing),
             callbacks=[*callbacks, *loggers], output_dir=str(run_dir / "checkpoints"), seed=cfg.seed,
-            data_seed=cfg.seed,
-            extra_args={**distributed.training_arguments(plain(cfg.distributed.training_args)),
-                        **plain(cfg.trainer.extra_args)},
+            data_seed=cfg.seed, extra_args=_extra_training_arguments(cfg),
         )
         summary = {**parameter_counts(model), **train_and_evaluate(trainer, resume)}
         trainer.save_model(str(run_dir / "model"))
@@ -83,11 +77,7 @@ def run(cfg: DictConfig) -> float:
     finally:
         summary.update(status=status, wall_time_s=round(time.monotonic() - started, 2), **run_folder.peak_memory_mb())
         if is_main:
-            run_folder.write_json(run_dir / "summary.json", summary)
-            for logger in loggers:
-                logger.log_summary(summary)
-                logger.finish(status)
-    log.info("run folder: %s", run_dir)
+            run_folder.finish_run(run_dir, summary, loggers)
     return float(summary.get(cfg.objective, math.nan))
 
 
@@ -118,6 +108,20 @@ def train_and_evaluate(trainer, resume) -> dict:
     return summary
 
 
+def _extra_training_arguments(cfg: DictConfig) -> dict:
+    """TrainingArguments fields of the distributed strategy (fsdp, deepspeed, gloo on CPU), then the user's."""
+    from sft_exp import distributed
+
+    return {**distributed.training_arguments(plain(cfg.distributed.training_args)), **plain(cfg.trainer.extra_args)}
+
+
+def _hand_heldout_examples(callbacks: list, data) -> None:
+    """Callbacks that score the run's held-out rows (evals=heldout) get them once the data is prepared."""
+    for callback in callbacks:
+        if hasattr(callback, "use_heldout"):
+            callback.use_heldout(data.heldout_examples)
+
+
 def _instantiate_each(group: DictConfig) -> list:
     """A dict of `_target_`s (callbacks, logger) -> the objects, in order; null entries are switched off."""
     return [instantiate(node, _convert_="all") for node in (group or {}).values() if node is not None]
@@ -128,7 +132,8 @@ def _write_run_files(cfg: DictConfig, run_dir: Path, data, loggers: list, resume
     from sft_exp import run_folder
     from sft_exp.loggers import RunDescription
 
-    resolved = run_folder.write_resolved_config(cfg, run_dir)
+    resolved = plain(cfg)
+    run_folder.write_resolved_config(resolved, run_dir)
     run_folder.write_run_info(run_dir, seed=cfg.seed, data_fingerprint=data.fingerprint, data_stats=data.stats,
                               overrides=hydra_overrides())
     description = RunDescription(run_dir, resolved, name=_job_name(), group=_sweep_group(), resumed=resumed)
