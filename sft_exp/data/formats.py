@@ -34,7 +34,6 @@ FORMAT_FIELDS = {
 }
 # Auto-detection tries formats in this order on the file's columns.
 DETECTION_ORDER = ("messages", "sharegpt", "prompt_completion", "alpaca", "text")
-ROLES = ("system", "user", "assistant", "tool")
 # Speaker name -> kind of turn. "tool_call": an assistant turn whose text is the call(s) as JSON
 # (LLaMA-Factory's `function_call`); it becomes an assistant message with structured `tool_calls`.
 # "function" is OpenAI's legacy role for a function's result; "ipython" is Llama 3's.
