@@ -5,6 +5,9 @@ Writes into the multirun folder (or --out):
   report.md, report.csv   one row per job: overrides, final train/eval loss, accuracy, entropy,
                           tokens/s, peak memory, wall time, status
   loss.png, nll.png, accuracy.png   train (solid) and eval (dashed) curves of every job
+  eval_<task>_<metric>.png          each task score (evals) of every job across steps
+For a single run folder, report.md also lists the examples whose task score changed between the
+first evaluation (before training) and the last.
 """
 from __future__ import annotations
 
@@ -52,7 +55,10 @@ def job_row(run: Path) -> dict:
     evals = [r for r in rows if _number(r.get("eval_loss")) is not None]
     last_train, last_eval = (train[-1] if train else {}), (evals[-1] if evals else {})
     peak = summary.get("cuda_peak_allocated_mb", summary.get("cpu_peak_rss_mb"))
+    tasks = {k: _number(v) for row in evals for k, v in row.items() if _is_task_metric(k)}
+    tasks.update({k: _number(v) for k, v in summary.items() if _is_task_metric(k)})
     return {
+        **tasks,
         "job": run.name,
         "overrides": " ".join(job_overrides(run)),
         "status": summary.get("status", "running or killed" if rows else "not started"),
@@ -70,6 +76,16 @@ def job_row(run: Path) -> dict:
         "wall_time_s": _number(summary.get("wall_time_s")),
         "error": summary.get("error"),
     }
+
+
+def _is_task_metric(key: str) -> bool:
+    """A task score, eval_<task>/<metric> (the final one; `_before` values are in summary.json)."""
+    return key.startswith("eval_") and "/" in key and not key.endswith("_before")
+
+
+def task_columns(rows: list) -> list:
+    """Every task metric any job has, in first-seen order."""
+    return list(dict.fromkeys(k for row in rows for k in row if _is_task_metric(k)))
 
 
 def job_overrides(run: Path) -> list:
@@ -91,13 +107,14 @@ def shared_overrides(rows: list) -> list:
 
 
 def write_table(rows: list, out: Path) -> str:
-    """report.csv and report.md; returns the markdown."""
+    """report.csv and report.md (a column per task metric after the fixed ones); returns the markdown."""
+    columns = [*COLUMNS, *task_columns(rows)]
     with (out / "report.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=[*COLUMNS, "error"])
+        writer = csv.DictWriter(f, fieldnames=[*columns, "error"], restval="")
         writer.writeheader()
         writer.writerows(rows)
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(_cell(row[c]) for c in COLUMNS) + " |" for row in rows]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_cell(row.get(c)) for c in columns) + " |" for row in rows]
     failures = [f"- job {row['job']}: {row['error']}" for row in rows if row.get("error")]
     markdown = "\n".join(lines) + ("\n\nFailed jobs:\n" + "\n".join(failures) if failures else "") + "\n"
     (out / "report.md").write_text(markdown)
@@ -131,6 +148,31 @@ def plot_curves(runs: list, labels: list, out: Path) -> list:
     return written
 
 
+def plot_task_metrics(runs: list, labels: list, keys: list, out: Path) -> list:
+    """eval_<task>_<metric>.png per task metric: every job's score at every evaluation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for key in keys:
+        fig, ax = plt.subplots(figsize=(8, 5))
+        for i, (run, label) in enumerate(zip(runs, labels)):
+            points = [(r["step"], _number(r.get(key))) for r in read_rows(run / "metrics.jsonl")]
+            points = [(s, v) for s, v in points if v is not None and not math.isnan(v)]
+            if points:
+                ax.plot(*zip(*points), "o-", color=f"C{i % 10}", label=label)
+        ax.set(xlabel="step", ylabel=key, title=f"{key} per job")
+        if ax.lines:
+            ax.legend(fontsize=7)
+        path = out / (re.sub(r"[^A-Za-z0-9_.@-]+", "_", key) + ".png")
+        fig.savefig(path, dpi=100, bbox_inches="tight")
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
 def report(folder: Path, out: Optional[Path] = None) -> str:
     runs = find_runs(folder)
     out = out or folder
@@ -143,7 +185,16 @@ def report(folder: Path, out: Optional[Path] = None) -> str:
     if common:
         markdown = f"Every job: `{' '.join(common)}`\n\n" + markdown
         (out / "report.md").write_text(markdown)
-    plot_curves(runs, [f"{row['job']}: {row['overrides'] or '(defaults)'}" for row in rows], out)
+    labels = [f"{row['job']}: {row['overrides'] or '(defaults)'}" for row in rows]
+    plot_curves(runs, labels, out)
+    plot_task_metrics(runs, labels, task_columns(rows), out)
+    if len(runs) == 1 and runs[0] == folder:  # one run: what the fine-tune changed, example by example
+        from sft_exp.evaluation.compare import changed_markdown
+
+        changed = changed_markdown(folder)
+        if changed:
+            markdown += "\n## Task examples whose score changed\n\n" + changed + "\n"
+            (out / "report.md").write_text(markdown)
     best = folder / "optimization_results.yaml"  # written by the Optuna sweeper
     if best.is_file():
         markdown += "\nOptuna:\n```\n" + best.read_text() + "```\n"
@@ -186,7 +237,7 @@ def main(argv: Optional[list] = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(markdown)
-    print(f"wrote report.md, report.csv, loss.png, nll.png, accuracy.png to {args.out or args.folder}")
+    print(f"wrote report.md, report.csv and the plots (loss, nll, accuracy, one per task metric) to {args.out or args.folder}")
     return 0
 
 
