@@ -4,12 +4,22 @@ from __future__ import annotations
 import numpy as np
 
 
+# A fraction holds out at least one row of a source this large (below it, a fraction rounds down to 0 rows).
+MIN_ROWS_FOR_ONE_HELD_OUT = 20
+
+
+def held_out_count(size: int, fraction: float) -> int:
+    """floor(size * fraction), but at least 1 once a source has MIN_ROWS_FOR_ONE_HELD_OUT rows."""
+    count = int(np.floor(size * fraction + 1e-9))  # 1e-9: 0.29 * 100 is 28.999999999999996 in floats
+    return max(count, 1) if size >= MIN_ROWS_FOR_ONE_HELD_OUT else count
+
+
 def split_counts(sizes: list[int], eval_split_size: float) -> list[int]:
     """Held-out rows per source: a fraction (<1) of each, or a number (>=1) shared in proportion to size."""
     if eval_split_size <= 0:
         return [0] * len(sizes)
     if eval_split_size < 1:
-        return [int(round(size * eval_split_size)) for size in sizes]
+        return [held_out_count(size, eval_split_size) for size in sizes]
     total = min(int(eval_split_size), sum(sizes))
     exact = np.array(sizes, dtype=float) * total / max(sum(sizes), 1)
     counts = np.floor(exact).astype(int)

@@ -13,6 +13,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from sft_exp.compat import row_indices
+from sft_exp.constants import IGNORE_INDEX
+
 TOKEN_COLUMNS = ("input_ids", "labels", "position_ids", "source_ids")
 
 
@@ -23,9 +26,9 @@ def token_table(dataset: datasets.Dataset) -> pa.Table:
     chunk per row, which every later numpy step then has to concatenate. One `take` gathers it whole.
     """
     table = dataset.data.table.select(list(TOKEN_COLUMNS))
-    indices = dataset._indices  # None unless rows were selected or shuffled
+    indices = row_indices(dataset)  # None unless rows were selected or shuffled
     if indices is not None:
-        return table.take(indices.column(0))
+        return table.take(indices)
     return table.combine_chunks()
 
 
@@ -83,7 +86,7 @@ def _gather(table: pa.Table, order: np.ndarray, row_lengths: np.ndarray, cuts: n
     for name in ("input_ids", "labels", "source_ids"):
         values = _column_tokens(table, name, order, lengths)
         if name == "labels":
-            values = np.where(restart, -100, values)
+            values = np.where(restart, IGNORE_INDEX, values)
         columns[name] = pa.ListArray.from_arrays(row_offsets, pa.array(values))
     return pa.table({name: columns[name] for name in TOKEN_COLUMNS})
 

@@ -9,9 +9,9 @@ import functools
 import re
 from pathlib import Path
 
-from transformers.utils import chat_template_utils
 from transformers.utils.chat_template_utils import render_jinja_template
 
+from sft_exp.compat import compile_jinja_template
 from sft_exp.errors import ConfigError
 
 # ChatML with `{% generation %}` around what the assistant writes, its <|im_end|> included, so the
@@ -143,7 +143,7 @@ def _sentinels_agree(template: str, compiled) -> bool:
 @functools.lru_cache(maxsize=8)
 def _compiled(template: str, with_sentinels: bool):
     """The compiled template (None: use the public function), with sentinels for generation spans."""
-    compile_template = getattr(chat_template_utils, "_compile_jinja_template", None)
+    compile_template = compile_jinja_template()
     if compile_template is None:
         return None  # this transformers version lacks it
     if not with_sentinels:

@@ -1,13 +1,9 @@
-"""`validate_data_config`: cheap checks of `data.*` before any model or data loads."""
+"""`check_settings`: the cheap checks of `data.*` that DataSettings runs when it is built (loads nothing)."""
 from __future__ import annotations
 
-import dataclasses
 import math
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
-
-from sft_exp.config import DataConfig, SourceConfig
 from sft_exp.data.formats import FORMAT_FIELDS, FORMATS
 from sft_exp.data.sources import looks_local, source_name
 from sft_exp.data.templates import check_chat_template_setting
@@ -20,50 +16,17 @@ BAD_ROW_POLICIES = ("error", "drop")
 PACKING_SAFE_ATTENTION = ("eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3")
 
 
-def as_data_config(data_cfg) -> DataConfig:
-    """DataConfig from an omegaconf node, the dataclass itself, or a plain dict."""
-    if isinstance(data_cfg, DataConfig):
-        values = dataclasses.asdict(data_cfg)
-    elif isinstance(data_cfg, DictConfig):
-        values = OmegaConf.to_container(data_cfg, resolve=True)
-    elif isinstance(data_cfg, dict):
-        values = dict(data_cfg)
-    else:
-        raise ConfigError(f"data: expected a config mapping, got {type(data_cfg).__name__}")
-    known = {f.name for f in dataclasses.fields(DataConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ConfigError(f"data.{unknown[0]}: unknown key; the data keys are {', '.join(sorted(known))}")
-    if "sources" not in values:
-        raise ConfigError("data.sources: missing; give at least one source, e.g. 'data.sources=[{path:train.jsonl}]'")
-    if not isinstance(values.get("seed"), int):
-        values["seed"] = 42  # a plain dict built in Python without the `${seed}` interpolation
-    values["sources"] = _as_sources(values["sources"], "data.sources")
-    values["eval_sources"] = _as_sources(values.get("eval_sources") or [], "data.eval_sources")
-    return DataConfig(**values)
+def _check_path(path: str, key: str) -> None:
+    if looks_local(path) and not Path(path).expanduser().exists():
+        raise ConfigError(f"{key}: {path} does not exist; check the path (hub ids look like org/name)")
 
 
-def _as_sources(entries, key: str) -> list[SourceConfig]:
-    if not isinstance(entries, (list, tuple)):
-        raise ConfigError(f"{key}: expected a list of sources like [{{path: train.jsonl}}]")
-    sources = []
-    known = {f.name for f in dataclasses.fields(SourceConfig)}
-    for i, entry in enumerate(entries):
-        entry = dataclasses.asdict(entry) if dataclasses.is_dataclass(entry) else entry
-        if isinstance(entry, str):
-            entry = {"path": entry}
-        if not isinstance(entry, dict) or not entry.get("path") or not isinstance(entry["path"], str):
-            raise ConfigError(f"{key}[{i}].path: each source needs a `path` (a file, folder or hub dataset id)")
-        unknown = sorted(set(entry) - known)
-        if unknown:
-            raise ConfigError(f"{key}[{i}].{unknown[0]}: unknown key; source keys are {', '.join(sorted(known))}")
-        sources.append(SourceConfig(**{**entry, "columns": dict(entry.get("columns") or {})}))
-    return sources
-
-
-def _check_source(source: SourceConfig, key: str) -> None:
-    if looks_local(source.path) and not Path(source.path).expanduser().exists():
-        raise ConfigError(f"{key}.path: {source.path} does not exist; check the path (hub ids look like org/name)")
+def _check_source(source, key: str) -> None:
+    _check_path(source.path, f"{key}.path")
+    if source.eval_path is not None:
+        _check_path(source.eval_path, f"{key}.eval_path")
+    elif source.eval_max_samples is not None:
+        raise ConfigError(f"{key}.eval_max_samples={source.eval_max_samples}: set only with {key}.eval_path")
     if source.format != "auto" and source.format not in FORMATS:
         raise ConfigError(f"{key}.format={source.format!r}: unknown format; use auto or one of {', '.join(FORMATS)}")
     fields = FORMAT_FIELDS.get(source.format)
@@ -75,24 +38,28 @@ def _check_source(source: SourceConfig, key: str) -> None:
             )
     if not (isinstance(source.weight, (int, float)) and math.isfinite(source.weight) and source.weight > 0):
         raise ConfigError(f"{key}.weight={source.weight}: must be a number > 0 (above 1 oversamples)")
-    if source.max_samples is not None and source.max_samples < 1:
-        raise ConfigError(f"{key}.max_samples={source.max_samples}: must be >= 1, or null for all rows")
+    for name in ("max_samples", "eval_max_samples"):
+        value = getattr(source, name)
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise ConfigError(f"{key}.{name}={value}: must be an integer >= 1, or null for all rows")
 
 
-def _check_sources(cfg: DataConfig) -> None:
+def _check_sources(cfg) -> None:
     if not cfg.sources:
         raise ConfigError("data.sources: empty; give at least one source, e.g. 'data.sources=[{path:train.jsonl}]'")
     for i, source in enumerate(cfg.sources):
         _check_source(source, f"data.sources[{i}]")
     for i, source in enumerate(cfg.eval_sources):
         _check_source(source, f"data.eval_sources[{i}]")
+        if source.eval_path is not None:
+            raise ConfigError(f"data.eval_sources[{i}].eval_path: an eval source is held out already; remove it")
     names = [source_name(source) for source in cfg.sources]
     for i, name in enumerate(names):
         if name in names[:i]:
             raise ConfigError(f"data.sources[{i}].name: '{name}' is used twice; give each source its own `name`")
 
 
-def _check_combinations(cfg: DataConfig) -> None:
+def _check_combinations(cfg) -> None:
     explicit = {source.format for source in cfg.sources}
     if cfg.completion_only_loss and explicit <= {"text", "messages", "sharegpt"}:
         raise ConfigError(
@@ -101,15 +68,10 @@ def _check_combinations(cfg: DataConfig) -> None:
         )
     if cfg.assistant_only_loss and explicit == {"text"}:
         raise ConfigError("data.assistant_only_loss=true needs conversational data, but every source is format=text")
-    if cfg.eval_sources and cfg.eval_split_size:
-        raise ConfigError(
-            "data.eval_split_size: set either data.eval_sources or data.eval_split_size, not both"
-        )
 
 
-def validate_data_config(data_cfg) -> None:
-    """Raise ConfigError naming `data.<key>` for values that cannot work. Loads nothing."""
-    cfg = as_data_config(data_cfg)
+def check_settings(cfg) -> None:
+    """Raise ConfigError naming `data.<key>` for values that cannot work (`cfg`: a DataSettings). Loads nothing."""
     _check_sources(cfg)
     check_chat_template_setting(cfg.chat_template)
     if not isinstance(cfg.max_length, int) or cfg.max_length < 2:
@@ -120,12 +82,13 @@ def validate_data_config(data_cfg) -> None:
         raise ConfigError(f"data.on_bad_row={cfg.on_bad_row!r}: use one of {', '.join(BAD_ROW_POLICIES)}")
     if cfg.num_proc is not None and cfg.num_proc < 1:
         raise ConfigError(f"data.num_proc={cfg.num_proc}: must be >= 1, or null for one process")
-    if cfg.eval_split_size < 0:
+    if isinstance(cfg.eval_split_size, bool) or not isinstance(cfg.eval_split_size, (int, float)) \
+            or not cfg.eval_split_size >= 0:
         raise ConfigError(f"data.eval_split_size={cfg.eval_split_size}: must be >= 0 (a fraction <1 or a row count)")
     _check_combinations(cfg)
 
 
-def check_packing_attention(cfg: DataConfig, attn_implementation: str | None) -> None:
+def check_packing_attention(cfg, attn_implementation: str | None) -> None:
     if cfg.packing and attn_implementation is not None and attn_implementation not in PACKING_SAFE_ATTENTION:
         raise ConfigError(
             f"data.packing=true with model.attn_implementation={attn_implementation}: that attention cannot keep "

@@ -8,6 +8,8 @@ from pathlib import Path
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
+from sft_exp.data import DataSettings
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHARED_DATA = (REPO_ROOT / "../shared/data").resolve()
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<s>", "</s>", "<|user|>", "<|assistant|>", "<|system|>"]
@@ -36,6 +38,11 @@ def make_word_tokenizer(chat_template: str | None = None) -> PreTrainedTokenizer
 def supervised_tokens(tokenizer, row: dict) -> list[str]:
     """The tokens a row trains on, as strings."""
     return [tokenizer.convert_ids_to_tokens(t) for t, label in zip(row["input_ids"], row["labels"]) if label != -100]
+
+
+def settings(**values) -> DataSettings:
+    """DataSettings for a test: seed 0 and, unless given, no rows held out (most tests read every row)."""
+    return DataSettings(**{"seed": 0, "eval_split_size": 0, **values})
 
 
 def write_jsonl(path: Path, rows: list) -> Path:

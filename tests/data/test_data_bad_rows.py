@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from builders import conversation, write_jsonl
+from builders import conversation, settings, write_jsonl
 
 from sft_exp.data import prepare_datasets
 from sft_exp.data.templates import CHATML
@@ -22,10 +22,10 @@ BAD_ROWS = {
 }  # fmt: skip
 
 
-def _prepare(tokenizer, tmp_path, rows, **settings):
+def _prepare(tokenizer, tmp_path, rows, **values):
     path = write_jsonl(tmp_path / "chat.jsonl", rows)
-    cfg = {"sources": [{"path": str(path), "format": "messages"}], "chat_template": "chatml", **settings}
-    return prepare_datasets(cfg, tokenizer)
+    cfg = {"sources": [{"path": str(path), "format": "messages"}], "chat_template": "chatml", **values}
+    return prepare_datasets(settings(**cfg), tokenizer)
 
 
 @pytest.mark.parametrize("case", sorted(BAD_ROWS))
@@ -77,19 +77,19 @@ def test_invalid_json_names_the_line(word_tokenizer, tmp_path):
     path = tmp_path / "chat.jsonl"
     path.write_text('{"messages": []}\n{not json\n')
     with pytest.raises(DataError, match="chat.jsonl, line 2: not valid JSON"):
-        prepare_datasets({"sources": [{"path": str(path)}], "chat_template": "chatml"}, word_tokenizer)
+        prepare_datasets(settings(sources=[{"path": str(path)}], chat_template="chatml"), word_tokenizer)
 
 
 def test_unknown_columns_say_how_to_map_them(word_tokenizer, tmp_path):
     path = write_jsonl(tmp_path / "qa.jsonl", [{"question": "Hi", "answer": "Bye"}])
     with pytest.raises(DataError, match="cannot tell the format.*columns"):
-        prepare_datasets({"sources": [{"path": str(path)}]}, word_tokenizer)
+        prepare_datasets(settings(sources=[str(path)]), word_tokenizer)
 
 
 def test_conversations_without_any_chat_template(word_tokenizer, tmp_path):
     path = write_jsonl(tmp_path / "chat.jsonl", [GOOD])
     with pytest.raises(DataError, match="no chat template; set data.chat_template"):
-        prepare_datasets({"sources": [{"path": str(path)}]}, word_tokenizer)
+        prepare_datasets(settings(sources=[str(path)]), word_tokenizer)
 
 
 def test_assistant_only_loss_with_a_template_that_cannot_mark_turns_fails_before_reading(word_tokenizer, tmp_path):
@@ -103,7 +103,7 @@ def test_packing_with_an_attention_that_would_mix_examples(word_tokenizer, tmp_p
     path = write_jsonl(tmp_path / "chat.jsonl", [GOOD])
     cfg = {"sources": [{"path": str(path)}], "chat_template": "chatml", "packing": True}
     with pytest.raises(ConfigError, match="data.packing=true with model.attn_implementation=paged"):
-        prepare_datasets(cfg, word_tokenizer, attn_implementation="paged|sdpa")
+        prepare_datasets(settings(**cfg), word_tokenizer, attn_implementation="paged|sdpa")
 
 
 def test_rows_stay_aligned_across_chunks_and_batches_when_rows_are_dropped(word_tokenizer, tmp_path):

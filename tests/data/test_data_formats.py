@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from builders import conversation, supervised_tokens, write_jsonl
+from builders import conversation, settings, supervised_tokens, write_jsonl
 
 from sft_exp.data import prepare_datasets
 from sft_exp.data.templates import CHATML
@@ -12,9 +12,9 @@ from sft_exp.data.templates import CHATML
 EOS = "<|endoftext|>"
 
 
-def _row(tokenizer, tmp_path, rows, source=None, **settings) -> dict:
+def _row(tokenizer, tmp_path, rows, source=None, **values) -> dict:
     path = write_jsonl(tmp_path / "rows.jsonl", rows)
-    data = prepare_datasets({"sources": [{"path": str(path), **(source or {})}], **settings}, tokenizer)
+    data = prepare_datasets(settings(sources=[{"path": str(path), **(source or {})}], **values), tokenizer)
     return data.train[0] if len(data.train) == 1 else data
 
 

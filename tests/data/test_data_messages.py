@@ -3,18 +3,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-from builders import conversation, supervised_tokens, write_jsonl
+from builders import conversation, settings, supervised_tokens, write_jsonl
 
-from sft_exp.data import SFTCollator, prepare_datasets, validate_data_config
+from sft_exp.data import DataSettings, SFTCollator, prepare_datasets
 from sft_exp.data.templates import CHATML
 from sft_exp.errors import ConfigError
 
 
-def _prepare(tokenizer, tmp_path, rows, eval_rows=None, **settings):
-    cfg = {"sources": [{"path": str(write_jsonl(tmp_path / "train.jsonl", rows)), "name": "chat"}], **settings}
+def _prepare(tokenizer, tmp_path, rows, eval_rows=None, **values):
+    cfg = {"sources": [{"path": str(write_jsonl(tmp_path / "train.jsonl", rows)), "name": "chat"}], **values}
     if eval_rows is not None:
         cfg["eval_sources"] = [{"path": str(write_jsonl(tmp_path / "eval.jsonl", eval_rows)), "name": "chat"}]
-    return prepare_datasets(cfg, tokenizer)
+    return prepare_datasets(settings(**cfg), tokenizer)
 
 
 def test_assistant_only_loss_trains_replies_and_their_end_of_turn(word_tokenizer, tmp_path):
@@ -51,13 +51,13 @@ def test_truncated_row_keeps_its_first_tokens(word_tokenizer, tmp_path):
     assert data.train[0]["labels"] == full.train[0]["labels"][:12]
 
 
-def test_eval_sources_are_prepared_the_same_way_and_give_sample_prompts(word_tokenizer, tmp_path):
+def test_eval_sources_are_prepared_the_same_way_and_give_heldout_examples(word_tokenizer, tmp_path):
     rows = [conversation("Hi", "Hello")] * 3
     eval_rows = [conversation("What is two plus two ?", "Four", "And three ?", "Six")]
     data = _prepare(word_tokenizer, tmp_path, rows, eval_rows, chat_template="chatml", assistant_only_loss=True)
     assert len(data.eval) == 1 and data.source_names == ["chat"]
     assert supervised_tokens(word_tokenizer, data.eval[0]) == ["Four", "<|im_end|>", "Six", "<|im_end|>"]
-    assert data.sample_prompts[0] == {"prompt": eval_rows[0]["messages"][:3], "reference": "Six"}
+    assert data.heldout_examples == [{"prompt": eval_rows[0]["messages"][:3], "reference": "Six"}]
 
 
 def test_padded_collator_pads_labels_positions_and_sources():
@@ -102,19 +102,24 @@ def test_padding_free_collator_concatenates_and_never_predicts_across_examples()
         ({"on_bad_row": "ignore"}, "data.on_bad_row"),
         ({"num_proc": 0}, "data.num_proc"),
         ({"eval_split_size": -1}, "data.eval_split_size"),
-        ({"eval_split_size": 0.1, "eval_sources": [{"path": "TRAIN"}]}, "data.eval_split_size"),
+        ({"sources": [{"path": "TRAIN", "eval_path": "/no/such/eval.jsonl"}]}, "data.sources[0].eval_path"),
+        ({"sources": [{"path": "TRAIN", "eval_max_samples": 8}]}, "data.sources[0].eval_max_samples"),
+        ({"sources": [{"path": "TRAIN", "eval_path": "TRAIN", "eval_max_samples": 0}]}, "data.sources[0].eval_max_samples"),
+        ({"eval_sources": [{"path": "TRAIN", "eval_path": "TRAIN"}]}, "data.eval_sources[0].eval_path"),
+        ({"seed": "42"}, "data.seed"),
         ({"sources": [{"path": "TRAIN", "name": "a"}, {"path": "TRAIN", "name": "a"}]}, "data.sources[1].name"),
         ({"completion_only_loss": True, "sources": [{"path": "TRAIN", "format": "messages"}]}, "completion_only_loss"),
-        ({"surprise": 1}, "data.surprise"),
+        ({"sources": [{"path": "TRAIN", "surprise": 1}]}, r"data.sources[0].surprise"),
     ],
 )
 def test_validate_names_the_bad_key(tmp_path, override, key):
     train = str(write_jsonl(tmp_path / "train.jsonl", [conversation("Hi", "Hello")]))
     cfg = {"sources": [{"path": train}], **override}
-    cfg["sources"] = [{**s, "path": s["path"].replace("TRAIN", train)} for s in cfg["sources"]]
-    cfg["eval_sources"] = [{**s, "path": train} for s in cfg.get("eval_sources", [])]
+    cfg["sources"] = [{k: v.replace("TRAIN", train) if isinstance(v, str) else v for k, v in s.items()} for s in cfg["sources"]]
+    cfg["eval_sources"] = [{k: v.replace("TRAIN", train) if isinstance(v, str) else v for k, v in s.items()}
+                           for s in cfg.get("eval_sources", [])]
     with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
-        validate_data_config(cfg)
+        DataSettings(**{"seed": 0, **cfg})
 
 
 def test_validate_accepts_the_composed_demo_config():
@@ -123,6 +128,8 @@ def test_validate_accepts_the_composed_demo_config():
     import sft_exp.config  # noqa: F401  registers the schemas
     from sft_exp.paths import config_dir
 
+    from hydra.utils import instantiate
+
     with initialize_config_dir(str(config_dir()), version_base="1.3"):
         cfg = compose("config")
-    validate_data_config(cfg.data)
+    assert isinstance(instantiate(cfg.data), DataSettings)

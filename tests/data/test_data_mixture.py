@@ -5,7 +5,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from builders import conversation, write_jsonl
+from builders import conversation, settings, write_jsonl
 
 from sft_exp.data import prepare_datasets
 from sft_exp.data.mixture import split_counts, weighted_rows
@@ -19,8 +19,8 @@ def _sources(tmp_path, sizes: dict[str, int]) -> list[dict]:
     return sources
 
 
-def _prepare(tokenizer, sources, **settings):
-    return prepare_datasets({"sources": sources, "chat_template": "chatml", "assistant_only_loss": True, **settings}, tokenizer)
+def _prepare(tokenizer, sources, **values):
+    return prepare_datasets(settings(sources=sources, chat_template="chatml", assistant_only_loss=True, **values), tokenizer)
 
 
 def _first_source_counts(data) -> Counter:
@@ -55,7 +55,7 @@ def test_eval_split_holds_out_rows_never_trained_on(word_tokenizer, tmp_path):
     data = _prepare(word_tokenizer, sources, eval_split_size=0.1)
     assert len(data.eval) == 15 and len(data.train) == 135
     assert not {tuple(ids) for ids in data.eval["input_ids"]} & {tuple(ids) for ids in data.train["input_ids"]}
-    assert data.sample_prompts and data.sample_prompts[0]["prompt"][0]["role"] == "user"
+    assert len(data.heldout_examples) == 15 and data.heldout_examples[0]["prompt"][0]["role"] == "user"
 
 
 def test_eval_split_size_as_a_count_is_shared_in_proportion():

@@ -55,13 +55,13 @@ def test_wrapped_cuts_rows_at_max_length_and_restarts_positions():
 def test_bfd_fills_97_percent_of_the_demo_data_at_512():
     from transformers import AutoTokenizer
 
-    from sft_exp.data import prepare_datasets
+    from sft_exp.data import DataSettings, prepare_datasets
 
     demo, tokenizer_dir = PACKAGE_DIR / "assets" / "demo" / "train.jsonl", PACKAGE_DIR / "assets" / "tokenizer"
     if not (demo.is_file() and tokenizer_dir.is_dir()):
         pytest.skip("the demo assets are not built")
-    cfg = {"sources": [{"path": str(demo)}], "max_length": 512, "assistant_only_loss": True, "packing": True}
-    data = prepare_datasets(cfg, AutoTokenizer.from_pretrained(str(tokenizer_dir)))
+    settings = DataSettings(sources=[str(demo)], max_length=512, assistant_only_loss=True, packing=True, seed=0)
+    data = prepare_datasets(settings, AutoTokenizer.from_pretrained(str(tokenizer_dir)))
     assert data.stats["packing"]["fill_rate"] >= 0.97
 
 

@@ -1,0 +1,49 @@
+"""Every private API of datasets and transformers that sft_exp relies on, in one place.
+
+Each has no public equivalent that does the same job without a cost the data pipeline exists to
+avoid; tests/test_compat.py checks each against the installed version, so an upgrade that changes
+one fails there, by name, instead of somewhere deep in data preparation.
+"""
+from __future__ import annotations
+
+import datasets
+import pyarrow as pa
+
+
+def dataset_fingerprint(dataset: datasets.Dataset) -> str:
+    """datasets' own hash of a dataset's content and history (`Dataset._fingerprint`).
+
+    Used as part of the cache key of a source's tokenized rows: letting `map` hash its arguments
+    instead would hash the tokenizer (seconds per source) on every run.
+    """
+    return dataset._fingerprint
+
+
+def row_indices(dataset: datasets.Dataset) -> pa.ChunkedArray | None:
+    """Which rows of `dataset.data` the dataset shows, in order (`Dataset._indices`); None: all, in order.
+
+    The public ways to read a selected or shuffled dataset (`[:]`, `flatten_indices`) copy it
+    one row-chunk at a time or write it to disk; with the indices one Arrow `take` gathers it whole.
+    """
+    indices = dataset._indices
+    return None if indices is None else indices.column(0)
+
+
+def compile_jinja_template():
+    """transformers' cached compiler of chat templates (`_compile_jinja_template`), or None without it.
+
+    It is the compiler `render_jinja_template` uses (same Jinja environment and extensions); calling
+    it directly renders a conversation without re-copying its messages each time.
+    """
+    from transformers.utils import chat_template_utils
+
+    return getattr(chat_template_utils, "_compile_jinja_template", None)
+
+
+def set_loss_shifts_labels(trainer) -> None:
+    """Tell transformers.Trainer that sft_exp's loss shifts labels (`Trainer._loss_shifts_labels`).
+
+    The Trainer counts `num_items_in_batch` over `labels[..., 1:]` only when it believes the model's
+    own loss shifts them; sft_exp computes the loss itself, for any model, and always shifts.
+    """
+    trainer._loss_shifts_labels = True

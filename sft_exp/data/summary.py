@@ -1,0 +1,49 @@
+"""`describe`: the one line a run logs about its data (the full statistics go to run_info.json)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+NO_EVAL = "no eval set: set data.eval_split_size or a source's eval_path"
+
+
+def _short(path: str) -> str:
+    """The file and its folder (demo/eval.jsonl); a hub id (org/name) stays as it is."""
+    return "/".join(Path(path).parts[-2:])
+
+
+def _percent(fraction: float) -> str:
+    return f"{100 * fraction:g}%"
+
+
+def describe_eval(stats: dict) -> str:
+    """Where the eval rows came from, e.g. "eval: 200 rows from demo/eval.jsonl"."""
+    pieces = []
+    for origin in stats.get("eval_from", []):
+        if origin["from"] == "eval_split_size":
+            size = origin["eval_split_size"]
+            share = _percent(size) if size < 1 else f"{int(size)} rows shared"
+            if origin["rows"]:
+                pieces.append(f"{share} of {_short(origin['path'])} held out ({origin['rows']} rows)")
+            else:
+                pieces.append(f"none of {_short(origin['path'])} held out ({share} is 0 rows)")
+        else:
+            pieces.append(f"{origin['rows']} rows from {_short(origin['path'])}")
+    if not stats.get("eval_rows"):
+        return NO_EVAL + (f" ({'; '.join(pieces)})" if pieces else "")
+    return "eval: " + "; ".join(pieces)
+
+
+def describe(data) -> str:
+    """One readable line about a PreparedData: rows, tokens, supervision, drops, packing, the eval set."""
+    stats = data.stats
+    dropped = sum(stats.get("rows_dropped", {}).values())
+    packing = stats.get("packing") or {}
+    reasons = f" {stats['rows_dropped']}" if dropped else ""
+    line = (
+        f"data: {len(data.train)} train rows from {len(data.source_names)} source(s); "
+        f"{stats.get('tokens', 0):,} tokens, {100 * stats.get('supervised_fraction', 0.0):.1f}% supervised; "
+        f"{dropped} rows dropped{reasons}, {stats.get('rows_truncated', 0)} truncated"
+    )
+    if packing:
+        line += f"; packed into {packing['packed_rows']} rows, {100 * packing['fill_rate']:.1f}% full"
+    return f"{line}; {describe_eval(stats)}"
