@@ -20,12 +20,13 @@ def describe_eval(stats: dict) -> str:
     pieces = []
     for origin in stats.get("eval_from", []):
         if origin["from"] == "eval_split_size":
-            size = origin["eval_split_size"]
-            share = _percent(size) if size < 1 else f"{int(size)} rows shared"
-            if origin["rows"]:
-                pieces.append(f"{share} of {_short(origin['path'])} held out ({origin['rows']} rows)")
+            size, rows, path = origin["eval_split_size"], origin["rows"], _short(origin["path"])
+            if size >= 1:  # a row count shared across sources in proportion to their size
+                pieces.append(f"{rows} rows of {path} held out")
+            elif rows:
+                pieces.append(f"{_percent(size)} of {path} held out ({rows} rows)")
             else:
-                pieces.append(f"none of {_short(origin['path'])} held out ({share} is 0 rows)")
+                pieces.append(f"{_percent(size)} of {path} is 0 rows")
         else:
             pieces.append(f"{origin['rows']} rows from {_short(origin['path'])}")
     if not stats.get("eval_rows"):
