@@ -97,7 +97,8 @@ def _assistant_span(text: str, head: str, upto: str, message: dict) -> Span:
     if content:  # templates may trim the content or put a header (e.g. an empty <think> block) before it
         found_text, found_upto = text.find(content, start), upto.find(content, start)
         if found_text < 0 or found_upto < 0:
-            raise _mismatch(f"the chat template does not render the assistant's reply {content[:40]!r} verbatim")
+            what = "reply" if message.get("content") else "tool call"  # (a template without tool support)
+            raise _mismatch(f"the chat template does not render the assistant's {what} {content[:40]!r} verbatim")
         anchor_text, anchor_upto = found_text + len(content), found_upto + len(content)
     end = anchor_text + _common_prefix_length(upto[anchor_upto:], text[anchor_text:])
     return start, _trim_end(text, start, end)

@@ -183,6 +183,17 @@ def test_bad_tool_call_is_a_bad_row_naming_file_row_and_turn(word_tokenizer, tmp
     assert data.stats["rows_dropped"] == {"bad_tool_call": 1} and len(data.train) == 2
 
 
+def test_a_template_that_drops_tool_calls_is_a_counted_mismatch(word_tokenizer, tmp_path):
+    no_tools = tmp_path / "no_tools.jinja"
+    no_tools.write_text("{% for m in messages %}{{ m.role + ': ' + (m.content or '') + '\\n' }}{% endfor %}"
+                        "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}")  # fmt: skip
+    rows = [OPENAI_ROW, {"messages": [STRUCTURED[0], STRUCTURED[3]]}]
+    with pytest.raises(DataError, match="row 0: .*tool call 'get_weather'.*template_mismatch"):
+        _prepare(word_tokenizer, tmp_path, rows, chat_template=str(no_tools))
+    data = _prepare(word_tokenizer, tmp_path, rows, chat_template=str(no_tools), on_bad_row="drop")
+    assert data.stats["rows_dropped"] == {"template_mismatch": 1}
+
+
 def test_preview_shows_tool_calls_as_the_template_renders_them(tmp_path, capsys):
     from sft_exp.preview import main
 
