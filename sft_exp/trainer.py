@@ -95,6 +95,8 @@ class _TrainerHooks(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self.trainer.metrics["train"].end_step()
+        if state.global_step >= state.max_steps:
+            control.should_log = True  # the last step is logged, as the first is (logging_first_step)
         if control.should_save:
             # A checkpoint keeps the cumulative token count and the unlogged logging window, so a resume logs
             # the rows the straight run logs (collectives: every rank decides should_save the same way).
