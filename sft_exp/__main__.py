@@ -29,6 +29,7 @@ def main(cfg: DictConfig) -> float:
         log.warning("%s", e)
         sys.exit(128 + e.signum)
     except Exception as e:  # noqa: BLE001
+        e = _user_error_inside(e)
         if _sweeper() is not None:
             return _failed_sweep_job(cfg, e)
         if isinstance(e, UserError):
@@ -36,6 +37,15 @@ def main(cfg: DictConfig) -> float:
             log.error("%s", e)
             sys.exit(2)
         raise
+
+
+def _user_error_inside(error: Exception) -> Exception:
+    """A component's own UserError, which hydra.utils.instantiate wraps in an InstantiationException."""
+    from hydra.errors import InstantiationException
+
+    if isinstance(error, InstantiationException) and isinstance(error.__cause__, UserError):
+        return error.__cause__
+    return error
 
 
 def _sweeper():

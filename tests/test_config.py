@@ -76,7 +76,8 @@ def test_bad_overrides_fail_at_compose_time(override, error):
     (["model=nope"], "Could not find 'model/nope'"),
     (["trainer.max_stepz=3"], "trainer.max_stepz"),
     (["optimizer.lr=fast"], "optimizer.lr"),
-    (["model.name_or_path=/no/such/model"], "model.name_or_path=/no/such/model: no such folder"),
+    (["model=hf", "model.name_or_path=/no/such/model"], "model.name_or_path=/no/such/model: no such folder"),
+    (["model.name_or_path=/no/such/model"], "use `python -m sft_exp model=hf model.name_or_path=/no/such/model"),
     (["data.sources=[{path:/no/such/file.jsonl}]"], "/no/such/file.jsonl"),
     (["data.sources=[{name:x}]"], "data.sources"),  # path is required (???)
 ])
@@ -92,7 +93,9 @@ def test_bad_input_exits_nonzero_with_one_clear_message_before_loading(args, exp
 
 
 def test_help_and_cfg_job_work():
-    assert run_sft("--help").returncode == 0
+    help_text = run_sft("--help")
+    assert help_text.returncode == 0
+    assert "logger: mlflow, none, tensorboard, wandb" in help_text.stdout and "schema" not in help_text.stdout
     proc = run_sft("--cfg", "job", "loss=dft", "memory=offload")
     assert proc.returncode == 0, proc.stderr
     job = OmegaConf.create(proc.stdout)

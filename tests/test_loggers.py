@@ -38,12 +38,17 @@ def numeric_rows(run_dir: Path) -> list:
     return [{k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)} for row in rows]
 
 
-def test_wandb_offline_history_holds_every_metric_at_its_step(logged_run):
-    logs = sorted((logged_run / "wandb").glob("offline-run-*/run-*.wandb"))
-    assert len(logs) == 1, "one W&B run per job, inside the run folder"
+def wandb_records(run_dir: Path) -> list:
+    """Every record of the one offline W&B run under <run_dir>/wandb, as wandb's own reader prints them."""
+    logs = sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(logs) == 1, f"one W&B run per job, inside the run folder: {logs}"
     out = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(logs[0])],
                          env=TEST_ENV, capture_output=True, text=True, timeout=120, check=True)
-    records = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+
+
+def test_wandb_offline_history_holds_every_metric_at_its_step(logged_run):
+    records = wandb_records(logged_run)
     history = {}
     for record in records:
         if record["type"] == "history":

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, run_sft, tiny_run
-from test_tracking import wandb_records
+from tests.test_loggers import wandb_records
 
-TINY = tiny_run(steps=2, train_rows=16, save_steps=2, logger="logger.mode=offline")
+TINY = tiny_run(steps=2, train_rows=16, save_steps=2, logger="logger.wandb.mode=offline")
 
 
 @pytest.fixture(scope="module")
