@@ -6,6 +6,8 @@ logits instead of keeping them. Entropy and top-1 are metrics: they carry no gra
 """
 from __future__ import annotations
 
+import contextlib
+import sys
 from dataclasses import dataclass
 from typing import Optional
 
@@ -95,6 +97,46 @@ def _addmm_fp32(acc: Tensor, a: Tensor, b: Tensor) -> None:
     acc.addmm_(a.float(), b.float())
 
 
+def gathered(*params: Optional[Tensor]):
+    """Full parameters for the head's own use: DeepSpeed ZeRO-3 keeps each rank's shard only.
+
+    ZeRO-3 gathers a module's parameters just before that module's forward and frees them right
+    after. The head's module runs with an empty slice (sft_forward's hook) and its output feeds no
+    loss, so ZeRO-3 neither keeps `lm_head.weight` for the chunked head nor gathers it again for the
+    backward: `chunked_head` and the backward gather it here, each for its own pass, read-only
+    (modifier_rank=None: nothing is broadcast back). The full-size gradient goes to ZeRO-3's own
+    gradient hooks, which reduce-scatter it as for any layer. Without `ds_id` this is a no-op.
+    """
+    sharded = [p for p in params if p is not None and hasattr(p, "ds_id")]
+    if not sharded:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(sharded, modifier_rank=None)
+
+
+def release_after_accumulation(gathering, params: list) -> None:
+    """Leave `gathering` once autograd has accumulated every one of `params`' gradients (now if none).
+
+    Autograd adds the gradient this backward returns to `param.grad` after the backward returns, and
+    sizes it by the parameter's data: released to a ZeRO-3 shard of zero elements, the addition fails.
+    """
+    pending = [p for p in params if hasattr(p, "ds_id")]
+    if not pending or isinstance(gathering, contextlib.nullcontext):
+        gathering.__exit__(None, None, None)
+        return
+    handles = []
+
+    def accumulated(param):
+        pending.remove(param)
+        if not pending:
+            for handle in handles:
+                handle.remove()
+            gathering.__exit__(None, None, None)
+
+    handles.extend(p.register_post_accumulate_grad_hook(accumulated) for p in pending)
+
+
 class ChunkedHead(torch.autograd.Function):
     """(hidden (N,H), labels (N,)) -> log p(label) (N,), entropy (N,), is_top1 (N,)."""
 
@@ -131,6 +173,19 @@ class ChunkedHead(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_logp, _grad_entropy, _grad_top1):
         hidden, weight, bias, labels, log_z = ctx.saved_tensors
+        # ZeRO-3 released the weight after forward: the full matrix again, until its gradient is accumulated.
+        gathering = gathered(weight, bias)
+        gathering.__enter__()
+        try:
+            grads = ChunkedHead._backward(ctx, grad_logp, hidden, weight, bias, labels, log_z)
+        except BaseException:
+            gathering.__exit__(*sys.exc_info())
+            raise
+        release_after_accumulation(gathering, [p for p, g in zip((weight, bias), grads[1:3]) if g is not None])
+        return grads
+
+    @staticmethod
+    def _backward(ctx, grad_logp, hidden, weight, bias, labels, log_z):
         spec = HeadSpec(weight, bias, ctx.logit_scale, ctx.softcap)
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         n, vocab, chunk = hidden.shape[0], weight.shape[0], ctx.chunk_size
@@ -165,4 +220,8 @@ def chunked_head(hidden: Tensor, labels: Tensor, spec: HeadSpec, chunk_size: int
     """log p(label), entropy, is_top1 for each row of `hidden` (N, H) and its label (N,)."""
     if chunk_size < 1:
         raise ConfigError(f"loss.chunk_size must be a positive number of positions, got {chunk_size}")
-    return ChunkedHead.apply(hidden, spec.weight, spec.bias, labels, int(chunk_size), spec.logit_scale, spec.softcap)
+    # Gathered around `apply`, not inside forward: autograd records the weight's shape at apply time,
+    # and the backward's gradient must match the full shape.
+    with gathered(spec.weight, spec.bias):
+        return ChunkedHead.apply(hidden, spec.weight, spec.bias, labels, int(chunk_size), spec.logit_scale,
+                                 spec.softcap)

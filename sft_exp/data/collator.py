@@ -1,34 +1,60 @@
-"""Batches of prepared rows -> tensors: padded, or padding-free (one concatenated row) for packing."""
+"""Batches of prepared rows -> tensors: padded, or padding-free (no pad tokens between examples).
+
+Which layout costs nothing depends on the attention implementation (`collator_for` chooses):
+- flash_attention_2/3 read the example boundaries from position_ids of ONE concatenated row
+  (varlen kernels): padding-free as one row does no work for padding and none across examples.
+- sdpa/eager/flex build a mask from position_ids: one concatenated row makes attention quadratic
+  in the whole batch's tokens (a (T, T) mask for T = every token of the batch), so there the
+  padded layout is the default, and packed rows stay separate rows (`separate_rows`).
+"""
 from __future__ import annotations
 
 import torch
 
+from sft_exp.errors import ConfigError
+
 IGNORE_INDEX = -100
+# Attention implementations whose kernels take packed sequences from position_ids without a dense mask.
+VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3")
+# Implementations that keep examples apart when position_ids restart (transformers' masking_utils).
+SEPARATING_ATTENTION = ("eager", "sdpa", "flex_attention", *VARLEN_ATTENTION)
 
 
 class SFTCollator:
     """Collates rows with input_ids, labels, position_ids and source_ids (lists of ints).
 
     Padded mode: right padding, labels -100 and source_ids -1 on pads, attention_mask 0 on pads.
-    Padding-free mode: the rows are concatenated into one (1, total) row without attention_mask;
-    position_ids restart at 0 for each example, which is how transformers (sdpa, eager, flex,
-    flash-attention) keeps examples from attending to each other. The first label of every example
-    is -100, so the last token of one example is never trained to predict the next example.
+    Padding-free mode: no attention_mask; position_ids restart at 0 for each example, which is how
+    transformers (sdpa, eager, flex, flash-attention) keeps examples from attending to each other.
+    The rows are concatenated into one (1, total) row, or with `separate_rows` (for rows that are
+    already packed) kept as rows, each padded at its end by one more "example" that trains nothing.
+    The first label of every example is -100, so the last token of one example is never trained to
+    predict the next example.
     """
 
-    def __init__(self, pad_token_id: int, padding_free: bool = False, pad_to_multiple_of: int | None = None):
+    def __init__(self, pad_token_id: int, padding_free: bool = False, pad_to_multiple_of: int | None = None,
+                 separate_rows: bool = False):
         if pad_token_id is None:
             raise ValueError("SFTCollator needs a pad_token_id (set the tokenizer's pad token, or use its EOS)")
+        if separate_rows and not padding_free:
+            raise ValueError("SFTCollator(separate_rows=True) is a padding-free layout: pass padding_free=True too")
         self.pad_token_id = pad_token_id
         self.padding_free = padding_free
         self.pad_to_multiple_of = pad_to_multiple_of
+        self.separate_rows = separate_rows
 
     def _padded_length(self, length: int) -> int:
         multiple = self.pad_to_multiple_of
         return length if not multiple else -(-length // multiple) * multiple
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        return self._padding_free(rows) if self.padding_free else self._padded(rows)
+        if not self.padding_free:
+            return self._padded(rows)
+        if self.separate_rows:
+            width = self._padded_length(max(len(row["input_ids"]) for row in rows))
+            parts = [self._padding_free([row], width) for row in rows]
+            return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
+        return self._padding_free(rows, self._padded_length(sum(len(row["input_ids"]) for row in rows)))
 
     def _padded(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         width = self._padded_length(max(len(row["input_ids"]) for row in rows))
@@ -42,17 +68,45 @@ class SFTCollator:
             batch["attention_mask"][i, :length] = 1
         return batch
 
-    def _padding_free(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+    def _padding_free(self, rows: list[dict], width: int) -> dict[str, torch.Tensor]:
+        """The rows back to back in one (1, width) row; positions past their tokens are one padding example."""
         columns = {key: [] for key in ("input_ids", "labels", "position_ids", "source_ids")}
         for row in rows:
             for key, values in columns.items():
                 values.extend(row[key])
         batch = {key: torch.tensor(values, dtype=torch.long) for key, values in columns.items()}
         batch["labels"][batch["position_ids"] == 0] = IGNORE_INDEX
-        pad = self._padded_length(len(columns["input_ids"])) - len(columns["input_ids"])
+        pad = width - len(columns["input_ids"])
         if pad:  # the padding is one more "example": positions from 0, nothing trained
             tail = {"input_ids": self.pad_token_id, "labels": IGNORE_INDEX, "source_ids": -1}
             for key, fill in tail.items():
                 batch[key] = torch.cat([batch[key], torch.full((pad,), fill, dtype=torch.long)])
             batch["position_ids"] = torch.cat([batch["position_ids"], torch.arange(pad, dtype=torch.long)])
         return {key: value.unsqueeze(0) for key, value in batch.items()}
+
+
+def default_padding_free(attn_implementation: str | None) -> bool:
+    """Padding-free batches by default only where they cost nothing: varlen flash-attention kernels."""
+    return attn_implementation in VARLEN_ATTENTION
+
+
+def collator_for(pad_token_id: int, *, packing: bool, padding_free: bool | None,
+                 attn_implementation: str | None, pad_to_multiple_of: int | None = None) -> SFTCollator:
+    """The collator a run trains with: `data.packing`, `data.padding_free` (None: the default for the attention).
+
+    Packed rows are always padding-free (a padded packed row would let examples see each other);
+    under a varlen kernel they go as one row, under any other attention as separate rows.
+    """
+    if padding_free is None:
+        padding_free = default_padding_free(attn_implementation)
+    if (packing or padding_free) and attn_implementation is not None and attn_implementation not in SEPARATING_ATTENTION:
+        key = "data.packing" if packing else "data.padding_free"
+        raise ConfigError(
+            f"{key}=true with model.attn_implementation={attn_implementation}: that attention cannot keep examples "
+            f"apart by position_ids; use one of {', '.join(SEPARATING_ATTENTION)} or set {key}=false"
+        )
+    one_row = attn_implementation in VARLEN_ATTENTION
+    if packing:
+        return SFTCollator(pad_token_id, padding_free=True, pad_to_multiple_of=pad_to_multiple_of,
+                           separate_rows=not one_row)
+    return SFTCollator(pad_token_id, padding_free=padding_free, pad_to_multiple_of=pad_to_multiple_of)
