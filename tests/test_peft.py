@@ -9,14 +9,14 @@ import torch
 from hydra.utils import instantiate
 
 from sft_exp.errors import ConfigError
-from sft_exp.validation import validate_config
+from sft_exp.preflight import validate_config
 from tests.conftest import compose
 
 # A few LoRA steps on a slice of the demo data: the adapter must move, and checkpoints 2 and 4 exist.
 LORA_RUN = [
     "peft=lora", "optimizer.lr=1e-2", "trainer.max_steps=4", "trainer.logging_steps=1", "trainer.save_steps=2",
-    "trainer.save_total_limit=3", "trainer.per_device_train_batch_size=4", "trainer.num_sample_generations=0",
-    "data.sources.0.max_samples=48", "data.eval_sources.0.max_samples=8", "data.max_length=64", "logger=none",
+    "trainer.save_total_limit=3", "trainer.per_device_train_batch_size=4", "evals=none",
+    "data.sources.0.max_samples=48", "data.sources.0.eval_max_samples=8", "data.max_length=64", "logger=none",
 ]
 
 
@@ -133,7 +133,7 @@ def test_resume_with_an_adapter_is_exact(lora_run, tmp_path):
     shutil.copytree(lora_run, resumed)
     shutil.rmtree(resumed / "model")
     shutil.rmtree(resumed / "checkpoints" / "checkpoint-4")
-    train(resumed, "trainer.resume_from_checkpoint=true")  # from checkpoint-2, over the rebuilt base
+    train(resumed, "resume_from_checkpoint=true")  # from checkpoint-2, over the rebuilt base
 
     def losses(run_dir):
         rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
