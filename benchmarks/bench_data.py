@@ -8,6 +8,12 @@ Times include loading the JSONL file. Small runs (a few thousand rows) are domin
 costs; the figure is about 50,000.
 
     python benchmarks/bench_data.py [--rows 50000] [--num-proc 2] [--repeats 3] [--tokenizer PATH]
+    python benchmarks/bench_data.py --memory --rows 100000,400000,1600000   # sft_exp alone: peak RSS vs rows
+
+It prints a speed-up only when both pipelines produced the same rows (token ids and labels, in any
+order) in every run; otherwise it prints the mismatch and exits 1. `--memory` runs sft_exp alone at
+each row count, each in a fresh process, and prints seconds, rows/s and peak RSS (ru_maxrss, and
+its anonymous and file-backed parts) with their ratios against the smallest count.
     python benchmarks/bench_data.py --conversations ../shared/data/conversations/fastchat_dummy_conversation.sharegpt.json \
         --tokenizer ../shared/data/tokenizers/phi-3-mini --chat-template chatml   # real rows and a real 32k tokenizer
 """
@@ -18,10 +24,12 @@ import hashlib
 import json
 import os
 import random
+import resource
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -69,26 +77,34 @@ def write_real_conversations(path: Path, n_rows: int, source: Path) -> None:
             out.write(rows[i % len(rows)] + "\n")
 
 
-def rows_digest(input_ids, labels) -> str:
-    """One hash of all rows' token ids and labels, whatever their order (sft_exp shuffles, TRL does not)."""
-    rows = sorted(
-        hashlib.sha1(np.asarray(ids, np.int32).tobytes() + np.asarray(row_labels, np.int32).tobytes()).digest()
-        for ids, row_labels in zip(input_ids, labels)
-    )
-    return hashlib.sha256(b"".join(rows)).hexdigest()[:16]
+def rows_digest(dataset) -> str:
+    """One hash of all rows' token ids and labels, whatever their order (sft_exp shuffles, TRL does not).
+
+    Read 1,024 rows at a time: a whole column as Python lists would cost more memory than preparing it.
+    """
+    rows = []
+    for batch in dataset.select_columns(["input_ids", "labels"]).iter(batch_size=1024):
+        for ids, row_labels in zip(batch["input_ids"], batch["labels"]):
+            rows.append(hashlib.sha1(np.asarray(ids, np.int32).tobytes() + np.asarray(row_labels, np.int32).tobytes()).digest())
+    return hashlib.sha256(b"".join(sorted(rows))).hexdigest()[:16]
 
 
 def time_sft_exp(path: Path, tokenizer, max_length: int, num_proc: int | None) -> tuple[float, int, str]:
-    from sft_exp.data import prepare_datasets
-
-    cfg = {"sources": [{"path": str(path)}], "max_length": max_length, "assistant_only_loss": True,
-           "num_proc": num_proc, "seed": 0}  # fmt: skip
     with tempfile.TemporaryDirectory() as cache:
         start = time.perf_counter()
-        data = prepare_datasets(cfg, tokenizer, cache_dir=cache)
+        data = _prepare(path, tokenizer, max_length, num_proc, cache)
         elapsed = time.perf_counter() - start
-        digest = rows_digest(data.train["input_ids"], data.train["labels"])
+        digest = rows_digest(data.train)
     return elapsed, data.stats["supervised_tokens"], digest
+
+
+def _prepare(path: Path, tokenizer, max_length: int, num_proc: int | None, cache: str):
+    from sft_exp.data import DataSettings, prepare_datasets
+
+    # Every row trains (no held-out split), as in TRL, so both pipelines' rows can be compared.
+    settings = DataSettings(sources=[{"path": str(path)}], max_length=max_length, assistant_only_loss=True,
+                            num_proc=num_proc, seed=0, eval_split_size=0)  # fmt: skip
+    return prepare_datasets(settings, tokenizer, cache_dir=cache)
 
 
 def time_trl(path: Path, tokenizer, max_length: int, num_proc: int | None) -> tuple[float, int, str]:
@@ -109,9 +125,8 @@ def time_trl(path: Path, tokenizer, max_length: int, num_proc: int | None) -> tu
         raw = datasets.load_dataset("json", data_files=str(path), split="train", cache_dir=cache)
         prepared = trainer._prepare_dataset(raw, tokenizer, args, False, None, "train")
         elapsed = time.perf_counter() - start
-        labels = prepared["labels"]
-        digest = rows_digest(prepared["input_ids"], labels)
-    supervised = sum(sum(label != -100 for label in row[1:]) for row in labels)
+        digest = rows_digest(prepared)
+        supervised = sum(sum(label != -100 for label in row[1:]) for row in prepared["labels"])
     return elapsed, supervised, digest
 
 
@@ -131,9 +146,81 @@ def _run_one(pipeline: str, path: Path, args) -> dict:
     return {"seconds": seconds, "supervised": int(supervised), "rows": digest}
 
 
-def _run_in_fresh_process(pipeline: str, path: Path, args) -> dict:
+class PeakMemory:
+    """Peak resident memory of this process, split into anonymous (heap) and file-backed (mapped files)
+    pages, sampled from /proc/self/status every 20 ms; ru_maxrss (the kernel's own peak) beside it."""
+
+    def __init__(self):
+        self.peak = {"RssAnon": 0, "RssFile": 0}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            with open("/proc/self/status") as status:
+                for line in status:
+                    key, _, value = line.partition(":")
+                    if key in self.peak:
+                        self.peak[key] = max(self.peak[key], int(value.split()[0]) * 1024)
+            time.sleep(0.02)
+
+    def __enter__(self):
+        if os.path.exists("/proc/self/status"):
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    @staticmethod
+    def max_rss() -> int:
+        """ru_maxrss of this process and of any worker processes it waited for (bytes; Linux reports KiB)."""
+        return 1024 * max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+
+
+def _memory_one(path: Path, args) -> dict:
+    """sft_exp alone on `path` in this (fresh) process: seconds, rows, peak RSS."""
+    from transformers import AutoTokenizer
+
+    from sft_exp.paths import asset_path
+
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or str(asset_path("tokenizer")))
+    with tempfile.TemporaryDirectory() as cache, PeakMemory() as memory:
+        start = time.perf_counter()
+        data = _prepare(path, tokenizer, args.max_length, args.num_proc, cache)
+        seconds = time.perf_counter() - start
+    return {"seconds": seconds, "rows": data.stats["rows_read"], "train_rows": len(data.train),
+            "max_rss": PeakMemory.max_rss(), "anon": memory.peak["RssAnon"], "file": memory.peak["RssFile"]}  # fmt: skip
+
+
+def memory_scaling(sizes: list[int], args) -> int:
+    """Peak memory and speed of sft_exp's preparation at each row count, each in a fresh process."""
+    print(f"sft_exp prepare_datasets, synthetic 3-exchange conversations, max_length={args.max_length}, "
+          f"num_proc={args.num_proc}; each row count in a fresh process; ratios against {sizes[0]:,} rows")  # fmt: skip
+    print(f"{'rows':>10}{'seconds':>10}{'rows/s':>9}{'peak RSS MB':>13}{'anon MB':>9}{'file MB':>9}"
+          f"{'rows/s ratio':>14}{'RSS ratio':>11}")  # fmt: skip
+    first = None
+    for n_rows in sizes:
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "conversations.jsonl"
+            write_conversations(path, n_rows)
+            result = _run_in_fresh_process("sft_exp", path, args, memory=True)
+        if result["rows"] != n_rows:
+            raise SystemExit(f"prepared {result['rows']} rows of {n_rows}")
+        first = first or result
+        speed, first_speed = n_rows / result["seconds"], first["rows"] / first["seconds"]
+        print(f"{n_rows:>10}{result['seconds']:>10.1f}{speed:>9.0f}{result['max_rss'] / 2**20:>13.0f}"
+              f"{result['anon'] / 2**20:>9.0f}{result['file'] / 2**20:>9.0f}{speed / first_speed:>13.2f}x"
+              f"{result['max_rss'] / first['max_rss']:>10.2f}x", flush=True)  # fmt: skip
+    return 0
+
+
+def _run_in_fresh_process(pipeline: str, path: Path, args, memory: bool = False) -> dict:
     """Each pipeline runs in its own new interpreter: neither inherits the other's warm heap or caches."""
     command = [sys.executable, __file__, "--only", pipeline, "--data", str(path), "--max-length", str(args.max_length)]
+    command += ["--memory"] if memory else []
     command += ["--num-proc", str(args.num_proc)] if args.num_proc else []
     command += ["--tokenizer", args.tokenizer] if args.tokenizer else []
     command += ["--chat-template", args.chat_template] if args.chat_template else []
@@ -145,23 +232,32 @@ def _run_in_fresh_process(pipeline: str, path: Path, args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=50_000)
+    parser.add_argument("--rows", default="50000", help="rows; with --memory, a comma-separated list like 100000,400000")
+    parser.add_argument("--memory", action="store_true",
+                        help="sft_exp only: seconds, rows/s and peak RSS at each --rows, against the smallest")  # fmt: skip
     parser.add_argument("--max-length", type=int, default=1024)
     parser.add_argument("--num-proc", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=1, help="runs of each pipeline, alternating; the median counts")
     parser.add_argument("--tokenizer", default=None, help="tokenizer folder (default: sft_exp/assets/tokenizer)")
-    parser.add_argument("--chat-template", default=None, help="chatml, zephyr or a .jinja file with {% generation %}")
+    parser.add_argument("--chat-template", default=None, help="chatml, zephyr or a .jinja file with {%% generation %%}")
     parser.add_argument("--conversations", type=Path, default=None,
                         help="real ShareGPT or messages rows (JSON or JSONL), repeated to --rows (default: synthetic)")  # fmt: skip
     parser.add_argument("--only", choices=("sft_exp", "trl"), help=argparse.SUPPRESS)  # one timed run (internal)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.only:
-        print(json.dumps(_run_one(args.only, Path(args.data), args)))
+        result = _memory_one(Path(args.data), args) if args.memory else _run_one(args.only, Path(args.data), args)
+        print(json.dumps(result))
         return
+    sizes = sorted(int(n) for n in args.rows.split(","))
+    if args.memory:
+        raise SystemExit(memory_scaling(sizes, args))
+    if len(sizes) > 1:
+        raise SystemExit("--rows takes one row count without --memory")
+    args.rows = sizes[0]
 
     times = {"sft_exp": [], "trl": []}
-    supervised, rows = {}, {}
+    supervised, rows = {"sft_exp": set(), "trl": set()}, {"sft_exp": set(), "trl": set()}
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "conversations.jsonl"
         if args.conversations:
@@ -172,7 +268,8 @@ def main() -> None:
             for pipeline in times:
                 result = _run_in_fresh_process(pipeline, path, args)
                 times[pipeline].append(result["seconds"])
-                supervised[pipeline], rows[pipeline] = result["supervised"], result["rows"]
+                supervised[pipeline].add(result["supervised"])
+                rows[pipeline].add(result["rows"])
     ours, theirs = statistics.median(times["sft_exp"]), statistics.median(times["trl"])
     data = args.conversations.name if args.conversations else "synthetic, 3 exchanges each"
     print(f"\n{args.rows} conversations ({data}), max_length={args.max_length}, num_proc={args.num_proc}, "
@@ -181,10 +278,29 @@ def main() -> None:
     for name, pipeline in (("sft_exp prepare_datasets", "sft_exp"), ("TRL SFTTrainer._prepare_dataset", "trl")):
         seconds = statistics.median(times[pipeline])
         runs = " ".join(f"{t:.1f}" for t in times[pipeline])
-        print(f"{name:<32}{seconds:>10.2f}{args.rows / seconds:>10.0f}{supervised[pipeline]:>16}  {runs}")
-    same = rows["sft_exp"] == rows["trl"]
-    print(f"same rows (token ids and labels, in any order): {'yes' if same else 'NO: not a like-for-like comparison'}")
+        trained = "/".join(str(n) for n in sorted(supervised[pipeline]))
+        print(f"{name:<32}{seconds:>10.2f}{args.rows / seconds:>10.0f}{trained:>16}  {runs}")
+    check_same_rows(supervised, rows)
+    print("same rows (token ids and labels, in any order): yes")
     print(f"speed-up (TRL time / sft_exp time): {theirs / ours:.2f}x")
+
+
+def check_same_rows(supervised: dict[str, set], rows: dict[str, set]) -> None:
+    """Exit 1, naming the mismatch, unless every run of both pipelines produced the same rows.
+
+    `supervised` / `rows`: per pipeline, the trained-token counts / row hashes its runs produced.
+    A speed-up between pipelines that prepared different rows would compare different work.
+    """
+    mismatch = [f"{pipeline}'s runs produced different {what}: {sorted(values[pipeline])}"
+                for what, values in (("rows", rows), ("trained-token counts", supervised))
+                for pipeline in values if len(values[pipeline]) > 1]  # fmt: skip
+    if rows["sft_exp"] != rows["trl"]:
+        mismatch.append(f"rows (hash of token ids and labels): sft_exp {sorted(rows['sft_exp'])}, TRL {sorted(rows['trl'])}")
+    if supervised["sft_exp"] != supervised["trl"]:
+        mismatch.append(f"trained tokens: sft_exp {sorted(supervised['sft_exp'])}, TRL {sorted(supervised['trl'])}")
+    if mismatch:
+        raise SystemExit("same rows: NO, so no speed-up is printed (not a like-for-like comparison):\n  "
+                         + "\n  ".join(mismatch))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from sft_exp.data.formats import RAW_JSON_COLUMN, BadRow, PromptCompletion, Text, field_values, normalize_row
+from sft_exp.data.mapped_pages import release_arrow_pages_now_and_then
 from sft_exp.data.masks import conversation_spans, trained_token_ranges
 from sft_exp.errors import DataError
 
@@ -207,6 +208,8 @@ def encode_batch(batch, indices: list[int], spec: EncodeSpec) -> pa.Table:
         columns = {name: batch.column(name).to_pylist() for name in names}
     else:
         columns = {name: batch[name] for name in names}
+    # The batch is copied out of the raw rows' memory map: let its pages go, or RSS grows with the rows.
+    release_arrow_pages_now_and_then()
     n_rows = len(indices)
     reasons = [""] * n_rows
     rows = _Rows(n_rows, spec)

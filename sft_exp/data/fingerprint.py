@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 _CODE_FILES = ("formats.py", "templates.py", "masks.py", "encoding.py")
 
@@ -36,17 +37,32 @@ def encode_fingerprint(dataset_fingerprint: str, settings: dict, tokenizer_diges
     return _sha(dataset_fingerprint, json.dumps(settings, sort_keys=True, default=str), tokenizer_digest, code_hash())[:32]
 
 
+class TokenDigest:
+    """Hash of list<int> columns fed a record batch at a time: per column, every row's length and its
+    values; the same however the rows are split into batches or chunks."""
+
+    def __init__(self, columns: tuple[str, ...]):
+        self.columns = columns
+        self.lengths = {name: hashlib.sha256() for name in columns}
+        self.values = {name: hashlib.sha256() for name in columns}
+
+    def update(self, batch: pa.RecordBatch | pa.Table) -> None:
+        for name in self.columns:
+            column = batch.column(name)
+            for chunk in column.chunks if isinstance(column, pa.ChunkedArray) else [column]:
+                if len(chunk):
+                    self.lengths[name].update(pc.list_value_length(chunk).to_numpy().astype(np.int64))
+                    self.values[name].update(pc.list_flatten(chunk).to_numpy().astype(np.int32, copy=False))
+
+    def hexdigest(self) -> str:
+        parts = [(name, self.lengths[name].hexdigest(), self.values[name].hexdigest()) for name in self.columns]
+        return _sha(*(part for column in parts for part in column))
+
+
 def token_digest(table: pa.Table, columns: tuple[str, ...]) -> str:
-    """Hash of list<int> columns: every row's length, then the values; the same however the table is chunked."""
-    digest = hashlib.sha256()
-    for name in columns:
-        chunks = [chunk for chunk in table.column(name).chunks if len(chunk)]
-        digest.update(name.encode())
-        for chunk in chunks:
-            digest.update(np.diff(chunk.offsets.to_numpy()).astype(np.int64))
-        for chunk in chunks:
-            start, end = chunk.offsets[0].as_py(), chunk.offsets[-1].as_py()
-            digest.update(chunk.values.to_numpy()[start:end].astype(np.int32, copy=False))  # hashlib reads the buffer
+    """`TokenDigest` of a whole table."""
+    digest = TokenDigest(columns)
+    digest.update(table)
     return digest.hexdigest()
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import datasets
 
 from sft_exp.data.formats import RAW_JSON_COLUMN
-from sft_exp.errors import DataError
+from sft_exp.errors import ConfigError, DataError
 
 # File suffix -> datasets builder.
 BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
@@ -20,6 +20,18 @@ def looks_local(path: str) -> bool:
         or Path(path).suffix in BUILDERS
         or Path(path).expanduser().exists()
     )
+
+
+def refuse_streaming(entry: dict, key: str) -> None:
+    """`streaming` on a source is refused with the way out, instead of as an unknown key."""
+    if "streaming" in entry:
+        raise ConfigError(
+            f"{key}.streaming={entry['streaming']!r}: sources are not streamed. Each source is tokenized once into "
+            "the datasets cache on disk (HF_DATASETS_CACHE) and read from there memory-mapped, so preparation's "
+            "memory stays flat whatever the rows, but the cache needs disk: about 16 bytes a token (a 270-token "
+            "row: 4.3 KB) plus the raw rows. For a source larger than that disk, set its max_samples, or point "
+            "HF_DATASETS_CACHE at a bigger disk; then remove `streaming`."
+        )
 
 
 def source_label(source) -> str:
