@@ -8,15 +8,23 @@ In both, position_ids restart at 0 at every example start, and the label there i
 """
 from __future__ import annotations
 
+import hashlib
+import os
+from pathlib import Path
+from typing import Iterator
+
 import datasets
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sft_exp.compat import row_indices
+from sft_exp.compat import dataset_fingerprint, row_indices
 from sft_exp.constants import IGNORE_INDEX
+from sft_exp.data.mapped_pages import release_arrow_pages
 
 TOKEN_COLUMNS = ("input_ids", "labels", "position_ids", "source_ids")
+# Tokens gathered per block of packed rows: bounds the memory packing needs whatever the rows.
+BLOCK_TOKENS = 1 << 19
 
 
 def token_table(dataset: datasets.Dataset) -> pa.Table:
@@ -59,24 +67,22 @@ def bfd_bins(lengths: np.ndarray, max_length: int) -> list[list[int]]:
     return bins
 
 
-def _column_tokens(table: pa.Table, name: str, order: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """The tokens of column `name` for examples `order` (with `lengths` tokens each), back to back."""
-    column = table.column(name).combine_chunks()
-    starts = column.offsets.to_numpy()[order]  # offsets index `.values` (absolute, even when sliced)
-    piece_start = np.repeat(np.cumsum(lengths) - lengths, lengths)
-    token_index = np.repeat(starts, lengths) + np.arange(int(lengths.sum())) - piece_start
-    return column.values.to_numpy()[token_index]
+def _example_lengths(dataset: datasets.Dataset) -> tuple[pa.Table, np.ndarray, np.ndarray]:
+    """(token columns, the table row of each dataset row, each row's tokens), reading only list offsets."""
+    table = dataset.data.table.select(list(TOKEN_COLUMNS))
+    lengths = pc.list_value_length(table.column("input_ids")).to_numpy(zero_copy_only=False)
+    indices = row_indices(dataset)  # None unless rows were selected or shuffled
+    rows = np.arange(len(table)) if indices is None else indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    return table, rows, lengths[rows].astype(np.int64)
 
 
-def _gather(table: pa.Table, order: np.ndarray, row_lengths: np.ndarray, cuts: np.ndarray) -> pa.Table:
-    """Rows of `row_lengths` tokens holding the tokens of examples `order` back to back.
+def _gather(piece: pa.Table, skip: int, row_lengths: np.ndarray, cuts: np.ndarray) -> pa.RecordBatch:
+    """Rows of `row_lengths` tokens: the tokens of `piece`'s rows back to back, from token `skip` on.
 
-    `cuts`: token positions (in the concatenation) where an example or a piece of one starts; the
-    positions restart there and the label there is -100.
+    `cuts`: token positions (from `skip`) where an example or a piece of one starts; the positions
+    restart there and the label there is -100.
     """
-    all_lengths = pc.list_value_length(table.column("input_ids")).to_numpy(zero_copy_only=False)
-    lengths = all_lengths[order]
-    n_tokens = int(lengths.sum())
+    n_tokens = int(row_lengths.sum())
     restart = np.zeros(n_tokens, dtype=bool)
     restart[cuts] = True
     steps = np.arange(n_tokens)
@@ -84,27 +90,69 @@ def _gather(table: pa.Table, order: np.ndarray, row_lengths: np.ndarray, cuts: n
     row_offsets = pa.array(np.concatenate([[0], np.cumsum(row_lengths)]).astype(np.int32))
     columns = {"position_ids": pa.ListArray.from_arrays(row_offsets, pa.array(positions))}
     for name in ("input_ids", "labels", "source_ids"):
-        values = _column_tokens(table, name, order, lengths)
+        values = piece.column(name).combine_chunks().flatten().to_numpy()[skip : skip + n_tokens]
         if name == "labels":
             values = np.where(restart, IGNORE_INDEX, values)
         columns[name] = pa.ListArray.from_arrays(row_offsets, pa.array(values))
-    return pa.table({name: columns[name] for name in TOKEN_COLUMNS})
+    return pa.RecordBatch.from_arrays([columns[name] for name in TOKEN_COLUMNS], names=list(TOKEN_COLUMNS))
+
+
+def _packed_batches(dataset, order, row_lengths, cuts, max_length) -> Iterator[pa.RecordBatch]:
+    """The packed rows, a block of about BLOCK_TOKENS tokens at a time: only one block's tokens in memory.
+
+    `order`: dataset rows back to back; `row_lengths`: tokens per packed row; `cuts`: token positions
+    (in the whole concatenation) where positions restart. Every packed row starts at a cut.
+    """
+    table, rows, lengths = _example_lengths(dataset)
+    example_lengths = lengths[order]
+    example_starts = np.cumsum(example_lengths) - example_lengths
+    row_starts = np.concatenate([[0], np.cumsum(row_lengths)])
+    rows_per_block = max(1, BLOCK_TOKENS // max(max_length, 1))
+    for first in range(0, len(row_lengths), rows_per_block):
+        last = min(first + rows_per_block, len(row_lengths))
+        t0, t1 = int(row_starts[first]), int(row_starts[last])
+        e0 = int(np.searchsorted(example_starts, t0, side="right")) - 1
+        e1 = int(np.searchsorted(example_starts, t1, side="left"))
+        piece = table.take(pa.array(rows[order[e0:e1]]))
+        block_cuts = cuts[np.searchsorted(cuts, t0) : np.searchsorted(cuts, t1)] - t0
+        yield _gather(piece, t0 - int(example_starts[e0]), row_lengths[first:last], block_cuts)
+        release_arrow_pages()  # the block's rows were read through the map, scattered: let those pages go
+
+
+def _as_dataset(dataset: datasets.Dataset, batches: Iterator[pa.RecordBatch], strategy: str, max_length: int):
+    """The packed rows written to an Arrow file beside the dataset's cache (memory-mapped back), or,
+    for a dataset held in memory, kept in memory."""
+    if not dataset.cache_files:
+        return datasets.Dataset(pa.Table.from_batches(list(batches)))
+    key = hashlib.sha256(f"{dataset_fingerprint(dataset)}-{strategy}-{max_length}".encode()).hexdigest()[:24]
+    target = Path(dataset.cache_files[0]["filename"]).parent / f"packed-{key}.arrow"
+    partial = target.with_name(f"{target.name}.{os.getpid()}.partial")  # ranks may pack at once: same rows
+    writer = None
+    with pa.OSFile(str(partial), "wb") as sink:
+        for batch in batches:
+            writer = writer or pa.ipc.new_stream(sink, batch.schema)
+            writer.write_batch(batch)
+        if writer is not None:
+            writer.close()
+    if writer is None:  # no rows to pack
+        partial.unlink()
+        return datasets.Dataset.from_dict({name: [] for name in TOKEN_COLUMNS})
+    os.replace(partial, target)
+    return datasets.Dataset.from_file(str(target))
 
 
 def pack_bfd(dataset: datasets.Dataset, max_length: int) -> datasets.Dataset:
-    table = token_table(dataset)
-    lengths = pc.list_value_length(table.column("input_ids")).to_numpy(zero_copy_only=False)
+    _, _, lengths = _example_lengths(dataset)
     bins = bfd_bins(lengths, max_length)
     order = np.array([index for members in bins for index in members], dtype=np.int64)
     row_lengths = np.array([lengths[members].sum() for members in bins], dtype=np.int64)
     example_lengths = lengths[order]
     cuts = np.cumsum(example_lengths) - example_lengths
-    return datasets.Dataset(_gather(table, order, row_lengths, cuts))
+    return _as_dataset(dataset, _packed_batches(dataset, order, row_lengths, cuts, max_length), "bfd", max_length)
 
 
 def pack_wrapped(dataset: datasets.Dataset, max_length: int) -> datasets.Dataset:
-    table = token_table(dataset)
-    lengths = pc.list_value_length(table.column("input_ids")).to_numpy(zero_copy_only=False)
+    _, _, lengths = _example_lengths(dataset)
     total = int(lengths.sum())
     row_lengths = np.full(total // max_length, max_length, dtype=np.int64)
     if total % max_length:
@@ -112,4 +160,5 @@ def pack_wrapped(dataset: datasets.Dataset, max_length: int) -> datasets.Dataset
     example_starts = np.cumsum(lengths) - lengths
     row_starts = np.arange(0, total, max_length)
     cuts = np.union1d(example_starts, row_starts)
-    return datasets.Dataset(_gather(table, np.arange(len(lengths)), row_lengths, cuts))
+    order = np.arange(len(lengths))
+    return _as_dataset(dataset, _packed_batches(dataset, order, row_lengths, cuts, max_length), "wrapped", max_length)

@@ -52,9 +52,11 @@ def record_batches(dataset: datasets.Dataset, columns: list[str]) -> Iterator[pa
         return
     table = dataset.data.table.select(columns)
     indices = row_indices(dataset)
-    if indices is not None:
-        table = table.take(indices)
-    yield from table.to_batches(max_chunksize=BATCH_ROWS)
+    if indices is None:
+        yield from table.to_batches(max_chunksize=BATCH_ROWS)
+        return
+    for start in range(0, len(indices), BATCH_ROWS):  # a selection: gathered a batch of rows at a time
+        yield from table.take(indices.slice(start, BATCH_ROWS)).combine_chunks().to_batches()
 
 
 def _files_hold(dataset: datasets.Dataset, files: list[str]) -> bool:

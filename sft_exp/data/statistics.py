@@ -3,20 +3,28 @@ from __future__ import annotations
 
 from collections import Counter
 
+import datasets
 import numpy as np
+import pyarrow.compute as pc
+
+from sft_exp.constants import IGNORE_INDEX
+from sft_exp.data.scan import record_batches
+
+COUNTED = ("source_ids", "labels", "position_ids")
 
 
-def token_counts(table, n_sources: int) -> dict:
+def token_counts(rows, n_sources: int) -> dict:
     """Tokens and trained targets of rows given as token columns (labels != -100, the first token of an
-    example excluded: it is never predicted)."""
-
-    def flat(name: str) -> np.ndarray:
-        return table.column(name).combine_chunks().flatten().to_numpy()
-
-    sources, labels, positions = flat("source_ids"), flat("labels"), flat("position_ids")
-    trained = (labels != -100) & (positions != 0)
-    per_source = np.bincount(sources, minlength=n_sources)
-    return _counts(len(labels), int(trained.sum()), per_source, np.bincount(sources[trained], minlength=n_sources))
+    example excluded: it is never predicted). `rows`: a Dataset (read a record batch at a time) or a Table."""
+    batches = record_batches(rows, list(COUNTED)) if isinstance(rows, datasets.Dataset) else rows.to_batches()
+    n_tokens, per_source, trained_per_source = 0, np.zeros(n_sources, np.int64), np.zeros(n_sources, np.int64)
+    for batch in batches:
+        sources, labels, positions = (pc.list_flatten(batch.column(name)).to_numpy() for name in COUNTED)
+        trained = (labels != IGNORE_INDEX) & (positions != 0)
+        n_tokens += len(labels)
+        per_source += np.bincount(sources, minlength=n_sources)
+        trained_per_source += np.bincount(sources[trained], minlength=n_sources)
+    return _counts(n_tokens, int(trained_per_source.sum()), per_source, trained_per_source)
 
 
 def row_counts(pieces: list[tuple[int, np.ndarray, np.ndarray]], n_sources: int) -> dict:

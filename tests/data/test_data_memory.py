@@ -15,7 +15,8 @@ from builders import REPO_ROOT, conversation, settings, write_jsonl
 from sft_exp.data import DataSettings, prepare_datasets
 from sft_exp.data.fingerprint import TokenDigest, token_digest
 from sft_exp.data.mapped_pages import release_arrow_pages
-from sft_exp.data.packing import token_table
+from sft_exp.data import packing
+from sft_exp.data.packing import pack_bfd, pack_wrapped, token_table
 from sft_exp.data.scan import record_batches, scan_encoded
 from sft_exp.data.statistics import token_counts
 from sft_exp.errors import ConfigError
@@ -85,15 +86,40 @@ def test_token_digest_sees_lengths_and_values_not_batching():
     assert token_digest(pa.table({"ids": [[1, 2], [3], [4, 5, 7]]}), ("ids",)) != whole
 
 
-def test_prepared_counts_equal_a_count_of_every_training_token(word_tokenizer, tmp_path):
-    """The per-row counts summed chunk-wise equal the tokens counted anew over the whole training table."""
+@pytest.mark.parametrize("packing", [False, True])
+def test_prepared_counts_equal_a_count_of_every_training_token(word_tokenizer, tmp_path, packing):
+    """The counts summed per row, or over packed rows a batch at a time, equal the tokens counted anew
+    over the whole training table."""
     rows = [conversation(f"Hi {i}", "Hello there") if i % 9 else {"messages": []} for i in range(N_ROWS)]
     path = write_jsonl(tmp_path / "rows.jsonl", rows)
     data = prepare_datasets(settings(sources=[{"path": str(path), "weight": 1.5}], chat_template="chatml",
-                                     assistant_only_loss=True, on_bad_row="drop"), word_tokenizer)  # fmt: skip
+                                     assistant_only_loss=True, on_bad_row="drop", packing=packing,
+                                     max_length=64), word_tokenizer)  # fmt: skip
     recount = token_counts(token_table(data.train), 1)
     assert data.stats["rows_dropped"] and data.stats["sources"]["rows"]["rows_kept"] == N_ROWS - N_ROWS // 9 - 1
     assert (data.stats["tokens"], data.stats["supervised_tokens"]) == (recount["tokens"], recount["supervised_tokens"])
+
+
+@pytest.mark.parametrize("pack", [pack_bfd, pack_wrapped])
+def test_packing_block_by_block_equals_packing_at_once(tmp_path, monkeypatch, pack):
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 60, size=700)
+    raw = datasets.Dataset.from_dict({"length": lengths})
+
+    def examples(batch: dict, indices: list[int]) -> dict:
+        ids = [[(i * 7 + k) % 500 for k in range(n)] for i, n in zip(indices, batch["length"])]
+        return {"input_ids": ids, "labels": [[t if k % 2 else -100 for k, t in enumerate(row)] for row in ids],
+                "position_ids": [list(range(len(row))) for row in ids], "source_ids": [[i % 2] * len(row) for i, row in zip(indices, ids)]}  # fmt: skip
+
+    on_disk = raw.map(examples, batched=True, with_indices=True, remove_columns=["length"],
+                      cache_file_name=str(tmp_path / "examples.arrow"), writer_batch_size=64)  # fmt: skip
+    shuffled = on_disk.select(rng.permutation(len(on_disk)))  # an indices mapping over the cache file
+    monkeypatch.setattr(packing, "BLOCK_TOKENS", 1 << 30)
+    at_once = pack(datasets.Dataset.from_dict(shuffled[:]), 64)  # in memory, one block
+    monkeypatch.setattr(packing, "BLOCK_TOKENS", 3 * 64)  # 3 packed rows a block; wrapped blocks cut examples
+    by_block = pack(shuffled, 64)
+    assert by_block.cache_files and len(by_block) == len(at_once) > 3 * 64 * 2 // 64
+    assert by_block[:] == at_once[:]
 
 
 def _resident_bytes(path: str) -> int:
