@@ -188,19 +188,26 @@ def _memory_one(path: Path, args) -> dict:
 
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or str(asset_path("tokenizer")))
     with tempfile.TemporaryDirectory() as cache, PeakMemory() as memory:
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), _cpu_seconds()
         data = _prepare(path, tokenizer, args.max_length, args.num_proc, cache)
-        seconds = time.perf_counter() - start
-    return {"seconds": seconds, "rows": data.stats["rows_read"], "train_rows": len(data.train),
+        seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu_start
+    return {"seconds": seconds, "cpu": cpu, "rows": data.stats["rows_read"], "train_rows": len(data.train),
             "max_rss": PeakMemory.max_rss(), "anon": memory.peak["RssAnon"], "file": memory.peak["RssFile"]}  # fmt: skip
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process (all its threads) and of the workers it waited for: unlike wall time,
+    it does not grow when other jobs share the cores."""
+    usage = [resource.getrusage(who) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    return sum(u.ru_utime + u.ru_stime for u in usage)
 
 
 def memory_scaling(sizes: list[int], args) -> int:
     """Peak memory and speed of sft_exp's preparation at each row count, each in a fresh process."""
     print(f"sft_exp prepare_datasets, synthetic 3-exchange conversations, max_length={args.max_length}, "
           f"num_proc={args.num_proc}; each row count in a fresh process; ratios against {sizes[0]:,} rows")  # fmt: skip
-    print(f"{'rows':>10}{'seconds':>10}{'rows/s':>9}{'peak RSS MB':>13}{'anon MB':>9}{'file MB':>9}"
-          f"{'rows/s ratio':>14}{'RSS ratio':>11}")  # fmt: skip
+    print(f"{'rows':>10}{'seconds':>10}{'rows/s':>9}{'CPU s':>8}{'peak RSS MB':>13}{'anon MB':>9}{'file MB':>9}"
+          f"{'rows/s ratio':>14}{'rows/CPU-s ratio':>18}{'RSS ratio':>11}")  # fmt: skip
     first = None
     for n_rows in sizes:
         with tempfile.TemporaryDirectory() as folder:
@@ -211,9 +218,10 @@ def memory_scaling(sizes: list[int], args) -> int:
             raise SystemExit(f"prepared {result['rows']} rows of {n_rows}")
         first = first or result
         speed, first_speed = n_rows / result["seconds"], first["rows"] / first["seconds"]
-        print(f"{n_rows:>10}{result['seconds']:>10.1f}{speed:>9.0f}{result['max_rss'] / 2**20:>13.0f}"
+        per_cpu, first_per_cpu = n_rows / result["cpu"], first["rows"] / first["cpu"]
+        print(f"{n_rows:>10}{result['seconds']:>10.1f}{speed:>9.0f}{result['cpu']:>8.0f}{result['max_rss'] / 2**20:>13.0f}"
               f"{result['anon'] / 2**20:>9.0f}{result['file'] / 2**20:>9.0f}{speed / first_speed:>13.2f}x"
-              f"{result['max_rss'] / first['max_rss']:>10.2f}x", flush=True)  # fmt: skip
+              f"{per_cpu / first_per_cpu:>17.2f}x{result['max_rss'] / first['max_rss']:>10.2f}x", flush=True)  # fmt: skip
     return 0
 
 
