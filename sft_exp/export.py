@@ -37,14 +37,18 @@ def _adapter_folder(run_dir: Path) -> Path:
     return model_dir
 
 
-def load_base(run_dir: Path):
-    """The run's base model, unquantized, in the run's model.dtype."""
-    from sft_exp.models import load_model
+def _run_config(run_dir: Path):
+    return OmegaConf.load(Path(run_dir) / "resolved_config.yaml")
 
-    model_cfg = OmegaConf.to_container(OmegaConf.load(run_dir / "resolved_config.yaml").model, resolve=True)
+
+def load_base(run_dir: Path):
+    """The run's base model, unquantized, in the run's model.dtype (a GGUF base de-quantized, as trained)."""
+    from sft_exp.models import ModelLoader
+
+    model_cfg = OmegaConf.to_container(_run_config(run_dir).model, resolve=True)
     saved_base = run_dir / "base_model"
     if saved_base.is_dir():
-        model_cfg["name_or_path"] = str(saved_base)
+        model_cfg.update(name_or_path=str(saved_base), init_config=None, gguf_file=None, tokenizer=None)
     elif not model_cfg.get("name_or_path"):
         raise UserError(f"{run_dir} has no base_model/ folder and its model was built from config: "
                         "the base weights are gone, so the adapter cannot be merged.")
@@ -52,13 +56,40 @@ def load_base(run_dir: Path):
     load_kwargs.pop("quantization_config", None)
     load_kwargs.pop("device_map", None)
     model_cfg["load_kwargs"] = load_kwargs
-    return load_model(model_cfg)
+    loader = ModelLoader.from_mapping(model_cfg)
+    # The adapter's own tokenizer (saved beside it) sets the special tokens; its size must fit the base.
+    return loader.load_model(trained_tokenizer(run_dir))
+
+
+def trained_tokenizer(run_dir: Path):
+    """The tokenizer saved with the run's model, carrying the chat template the run trained with.
+
+    train.run sets that template on the tokenizer it saves; for a run folder written before it did,
+    the template named by the run's data.chat_template is set here, so the merged model is prompted
+    the way it was trained.
+    """
+    from transformers import AutoTokenizer
+
+    from sft_exp.data.templates import resolve_chat_template
+
+    tokenizer = AutoTokenizer.from_pretrained(str(Path(run_dir) / "model"))
+    setting = OmegaConf.select(_run_config(run_dir), "data.chat_template")
+    if setting is None:
+        return tokenizer
+    try:
+        template = resolve_chat_template(setting, tokenizer)
+    except UserError as e:
+        log.warning("kept the saved tokenizer's chat template: the run's data.chat_template is unreadable (%s)", e)
+        return tokenizer
+    if template != tokenizer.chat_template:
+        log.info("set the run's trained chat template (data.chat_template=%s) on the merged tokenizer", setting)
+        tokenizer.chat_template = template
+    return tokenizer
 
 
 def merge(run_dir: Path, out: Optional[Path] = None) -> Path:
     """Write the merged model and the run's tokenizer to `out` (default <run>/merged); return it."""
     from peft import PeftModel
-    from transformers import AutoTokenizer
 
     run_dir = Path(run_dir)
     adapter_dir = _adapter_folder(run_dir)
@@ -66,7 +97,7 @@ def merge(run_dir: Path, out: Optional[Path] = None) -> Path:
     base = load_base(run_dir)
     merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     merged.save_pretrained(str(out))
-    AutoTokenizer.from_pretrained(str(adapter_dir)).save_pretrained(str(out))
+    trained_tokenizer(run_dir).save_pretrained(str(out))
     log.info("merged %s into its base: %s", adapter_dir, out)
     return out
 

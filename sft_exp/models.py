@@ -1,8 +1,16 @@
-"""Load the tokenizer and the model a `model=` config describes (hub id, local folder, or from config)."""
+"""`ModelLoader`: the tokenizer and the model a `model=` preset describes (hub id, local folder, GGUF file,
+or a fresh model from config). Hydra builds it from conf/model/*.yaml; Python builds it directly:
+
+    loader = ModelLoader(name_or_path="HuggingFaceTB/SmolLM2-135M-Instruct")
+    tokenizer = loader.load_tokenizer()
+    model = loader.load_model(tokenizer)
+"""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
 import torch
@@ -24,55 +32,149 @@ def resolve_dtype(name: str) -> torch.dtype:
     return DTYPES[name]
 
 
-def load_tokenizer(model_cfg: Mapping[str, Any]):
-    from transformers import AutoTokenizer
+def _plain(value: Any) -> Any:
+    """OmegaConf containers (Hydra without `_convert_`) as plain dicts and lists."""
+    from omegaconf import DictConfig, ListConfig, OmegaConf
 
-    source = model_cfg.get("tokenizer") or model_cfg.get("name_or_path")
-    tokenizer = AutoTokenizer.from_pretrained(
-        source, revision=model_cfg.get("revision"), trust_remote_code=model_cfg.get("trust_remote_code", False)
-    )
-    if tokenizer.pad_token is None:
-        # Padding positions are masked out of attention and loss, so any token serves; EOS is the convention.
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
 
 
-def load_model(model_cfg: Mapping[str, Any], vocab_size: Optional[int] = None):
-    """A pretrained model from `name_or_path`, or a fresh one from `init_config` (the offline tiny default)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+@dataclass
+class ModelLoader:
+    """Where the weights and the tokenizer come from, and how to load them (see ModelConfig in config.py)."""
 
-    dtype = resolve_dtype(model_cfg.get("dtype", "auto"))
-    attn = model_cfg.get("attn_implementation")
-    if model_cfg.get("name_or_path"):
-        kwargs = _load_kwargs(model_cfg)
-        if attn:
-            kwargs["attn_implementation"] = attn
-        return AutoModelForCausalLM.from_pretrained(
-            model_cfg["name_or_path"], dtype=dtype, revision=model_cfg.get("revision"),
-            trust_remote_code=model_cfg.get("trust_remote_code", False), **kwargs,
+    # Hub id or local folder. None builds a fresh model from `init_config`.
+    name_or_path: Optional[str] = None
+    # Tokenizer hub id or folder; None: the model's own (from the same folder or GGUF file).
+    tokenizer: Optional[str] = None
+    # transformers config fields for `from_config` (needs `model_type`); vocab_size defaults to the tokenizer's.
+    init_config: Optional[dict] = None
+    dtype: str = "auto"
+    attn_implementation: Optional[str] = "sdpa"
+    revision: Optional[str] = None
+    trust_remote_code: bool = False
+    load_kwargs: dict = field(default_factory=dict)
+    # A .gguf file in `name_or_path` (or a path): loaded de-quantized, as a trainable float model.
+    gguf_file: Optional[str] = None
+    # The tokenizer has more tokens than the model has embedding rows: resize (true) or refuse (false).
+    resize_embeddings: bool = False
+    # Read by peft.target_modules (`${model.lora_target_modules}`), kept here so the preset is one object.
+    lora_target_modules: Any = "all-linear"
+
+    def __post_init__(self) -> None:
+        self.init_config = _plain(self.init_config)
+        self.load_kwargs = dict(_plain(self.load_kwargs) or {})
+        self.lora_target_modules = _plain(self.lora_target_modules)
+
+    @classmethod
+    def from_mapping(cls, fields: Mapping[str, Any]) -> "ModelLoader":
+        """From a `model:` mapping (e.g. a run's resolved_config.yaml); `_target_` and unknown keys ignored."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in dict(_plain(fields)).items() if k in known})
+
+    # ------------------------------------------------------------------------- tokenizer
+    def load_tokenizer(self):
+        from transformers import AutoTokenizer
+
+        source = self.tokenizer or self.name_or_path
+        if not source:
+            raise ConfigError("model.tokenizer and model.name_or_path are both null; set one so the tokenizer loads.")
+        kwargs = {}
+        if self.gguf_file and not self.tokenizer:
+            kwargs["gguf_file"] = self.gguf_file  # the GGUF file carries its own tokenizer
+        tokenizer = AutoTokenizer.from_pretrained(
+            source, revision=self.revision, trust_remote_code=self.trust_remote_code, **kwargs
         )
-    fields = dict(model_cfg["init_config"])
-    model_type = fields.pop("model_type")
-    if vocab_size is not None:
+        if tokenizer.pad_token is None:
+            # Padding positions are masked out of attention and loss, so any token serves; EOS is the convention.
+            tokenizer.pad_token = tokenizer.eos_token
+        return tokenizer
+
+    # ------------------------------------------------------------------------- model
+    def load_model(self, tokenizer):
+        """The model, its special tokens set to the tokenizer's, its embeddings checked to fit the tokenizer."""
+        model = self._pretrained() if self.name_or_path else self._from_config(len(tokenizer))
+        align_special_tokens(model, tokenizer)
+        self._fit_embeddings(model, tokenizer)
+        return model
+
+    def _pretrained(self):
+        from transformers import AutoModelForCausalLM
+
+        kwargs = self._load_kwargs()
+        if self.attn_implementation:
+            kwargs["attn_implementation"] = self.attn_implementation
+        if self.gguf_file:
+            from transformers import GgufConfig
+
+            # Unpacked to dense float weights: packed GGUF layers (used when a GGUF kernel is installed)
+            # cannot be trained, and Trainer refuses a model that still says it is quantized.
+            kwargs.update(gguf_file=self.gguf_file, quantization_config=GgufConfig(dequantize=True))
+        model = AutoModelForCausalLM.from_pretrained(
+            self.name_or_path, dtype=resolve_dtype(self.dtype), revision=self.revision,
+            trust_remote_code=self.trust_remote_code, **kwargs,
+        )  # fmt: skip
+        if self.gguf_file:
+            _drop_gguf_quantization(model)
+            log.info("loaded %s from GGUF %s as a float model (%s)", self.name_or_path, self.gguf_file, model.dtype)
+        return model
+
+    def _from_config(self, vocab_size: int):
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        if not self.init_config or "model_type" not in self.init_config:
+            raise ConfigError("model.init_config needs a model_type (e.g. qwen2, llama) to build a model from config.")
+        fields = dict(self.init_config)
+        model_type = fields.pop("model_type")
         fields.setdefault("vocab_size", vocab_size)
-    config = AutoConfig.for_model(model_type, **fields)
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn)
-    log.info("built a fresh %s model from config: %.2fM parameters", model_type,
-             sum(p.numel() for p in model.parameters()) / 1e6)
-    return model
+        config = AutoConfig.for_model(model_type, **fields)
+        model = AutoModelForCausalLM.from_config(
+            config, dtype=resolve_dtype(self.dtype), attn_implementation=self.attn_implementation
+        )
+        log.info("built a fresh %s model from config: %.2fM parameters", model_type,
+                 sum(p.numel() for p in model.parameters()) / 1e6)
+        return model
+
+    def _load_kwargs(self) -> dict:
+        """model.load_kwargs for from_pretrained, with a quantization_config mapping made a config object."""
+        kwargs = dict(self.load_kwargs)
+        quant = kwargs.get("quantization_config")
+        if isinstance(quant, Mapping):
+            from transformers.quantizers.auto import AutoQuantizationConfig
+
+            kwargs["quantization_config"] = AutoQuantizationConfig.from_dict(dict(quant))
+            # A quantized model cannot be moved after loading: put it on this rank's GPU now.
+            kwargs.setdefault("device_map", {"": int(os.environ.get("LOCAL_RANK", 0))})
+        return kwargs
+
+    def _fit_embeddings(self, model, tokenizer) -> None:
+        """Every token id must have an embedding row: an id past the table fails mid-training (or on GPU, worse)."""
+        rows = model.get_input_embeddings().num_embeddings
+        needed = len(tokenizer)
+        if needed <= rows:
+            return
+        where = self.tokenizer or self.name_or_path
+        if not self.resize_embeddings:
+            raise ConfigError(
+                f"the tokenizer ({where}) has {needed} tokens but the model ({self.name_or_path or 'from config'}) "
+                f"has {rows} embedding rows: ids {rows}..{needed - 1} have no embedding. Use the model's own "
+                "tokenizer (model.tokenizer=null), or, if you added tokens on purpose, set "
+                "model.resize_embeddings=true (the new rows start untrained; with peft=lora also set "
+                "peft.modules_to_save=[embed_tokens,lm_head] so they are trained)."
+            )
+        model.resize_token_embeddings(needed)
+        log.warning("model.resize_embeddings=true: resized the embeddings from %d to %d rows for the tokenizer's "
+                    "%d added token(s); the new rows start untrained", rows, needed, needed - rows)
 
 
-def _load_kwargs(model_cfg: Mapping[str, Any]) -> dict:
-    """model.load_kwargs for from_pretrained, with a quantization_config mapping made a config object."""
-    kwargs = dict(model_cfg.get("load_kwargs") or {})
-    quant = kwargs.get("quantization_config")
-    if isinstance(quant, Mapping):
-        from transformers.quantizers.auto import AutoQuantizationConfig
-
-        kwargs["quantization_config"] = AutoQuantizationConfig.from_dict(dict(quant))
-        # A quantized model cannot be moved after loading: put it on this rank's GPU now.
-        kwargs.setdefault("device_map", {"": int(os.environ.get("LOCAL_RANK", 0))})
-    return kwargs
+def _drop_gguf_quantization(model) -> None:
+    """A de-quantized GGUF model still carrying its GgufConfig would be refused by Trainer as 'quantized'."""
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer.remove_quantization_config(model)
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
 
 
 def align_special_tokens(model, tokenizer) -> None:
