@@ -80,7 +80,9 @@ class SourceConfig:
     split: str = "train"
     # auto | text | prompt_completion | messages | sharegpt | alpaca
     format: str = "auto"
-    # Mapping from the format's field names to this file's column names.
+    # Mapping from the format's field names to this file's column names. Conversation formats also
+    # take the names inside turns (LLaMA-Factory's tags): role_tag, content_tag, user_tag,
+    # assistant_tag, system_tag, function_tag (tool-call turns), observation_tag (tool results).
     columns: Dict[str, str] = field(default_factory=dict)
     # Sampling weight in the mixture; above 1 oversamples.
     weight: float = 1.0
@@ -108,6 +110,9 @@ class DataConfig:
     completion_only_loss: Optional[bool] = None
     assistant_only_loss: bool = False
     packing: bool = False
+    # Padding-free batches without packing: a batch's rows back to back, position_ids restarting per row,
+    # no pad tokens. None: on where the attention implementation makes it free (flash_attention_2/3).
+    padding_free: Optional[bool] = None
     # bfd (best-fit decreasing over the whole dataset) or wrapped.
     packing_strategy: str = "bfd"
     # error: stop at the first bad row with its file and index; drop: drop and count bad rows.

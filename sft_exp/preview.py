@@ -1,7 +1,8 @@
 """See what a run would train on, without loading a model.
 
-    python -m sft_exp.preview [--rows N] [--plain] <the same Hydra overrides as a run>
+    python -m sft_exp.preview [--rows N] [--plain] [--find TEXT] <the same Hydra overrides as a run>
     python -m sft_exp.preview data=alpaca model=qwen2_5_0_5b data.max_length=512
+    python -m sft_exp.preview --find '<tool_call>' ...   # only rows with a tool call (Qwen's layout)
 
 Composes the config like `python -m sft_exp`, loads only the tokenizer, prepares the data and prints
 a few training rows with the trained tokens highlighted (green; `[[...]]` with --plain or when the
@@ -14,6 +15,7 @@ import argparse
 import json
 import sys
 
+from sft_exp.constants import IGNORE_INDEX
 from sft_exp.errors import UserError
 
 GREEN, RESET = "\033[42m\033[30m", "\033[0m"
@@ -45,7 +47,7 @@ def _runs(row: dict):
     run, flags = [], None
     for t, (token, label) in enumerate(zip(row["input_ids"], row["labels"])):
         starts = t > 0 and row["position_ids"][t] == 0
-        current = (label != -100, starts)
+        current = (label != IGNORE_INDEX, starts)
         if run and (current != flags or starts):
             yield run, flags
             run = []
@@ -67,26 +69,49 @@ def render_row(tokenizer, row: dict, color: bool) -> str:
     return "".join(pieces)
 
 
+def _data_settings(data_cfg):
+    """The run's DataSettings; it checks data.* when built (Hydra wraps its ConfigError: unwrap it)."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(data_cfg)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, UserError):
+            raise err.__cause__ from None
+        raise
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Preview the training data of a run (no model is loaded).")
     parser.add_argument("--rows", type=int, default=3, help="training rows to print")
     parser.add_argument("--plain", action="store_true", help="mark trained tokens with [[...]] instead of color")
+    parser.add_argument("--find", metavar="TEXT", help="print only training rows whose rendered text contains TEXT")
     args, overrides = parser.parse_known_args(argv)
-    from sft_exp.data import prepare_datasets, validate_data_config
+    from sft_exp.data import prepare_datasets
 
     try:
         cfg = compose_config(overrides)
-        validate_data_config(cfg.data)
+        settings = _data_settings(cfg.data)
         tokenizer = load_tokenizer(cfg.model)
-        data = prepare_datasets(cfg.data, tokenizer, attn_implementation=cfg.model.attn_implementation)
+        data = prepare_datasets(settings, tokenizer, attn_implementation=cfg.model.attn_implementation)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     color = sys.stdout.isatty() and not args.plain
     legend = "trained tokens highlighted" if color else "trained tokens in [[...]]"
-    for index in range(min(args.rows, len(data.train))):
+    shown = 0
+    for index in range(len(data.train)):
+        if shown == args.rows:
+            break
+        row = data.train[index]
+        if args.find and args.find not in tokenizer.decode(row["input_ids"], skip_special_tokens=False):
+            continue
         print(f"--- training row {index} ({legend}; | starts a packed example)")
-        print(render_row(tokenizer, data.train[index], color))
+        print(render_row(tokenizer, row, color))
+        shown += 1
+    if args.find and not shown:
+        print(f"--- no training row contains {args.find!r}")
     print(f"--- statistics (fingerprint {data.fingerprint})")
     print(json.dumps(data.stats, indent=2))
     return 0

@@ -31,7 +31,7 @@ def run(cfg: DictConfig) -> float:
 
     from sft_exp.adapters import parameter_counts, save_base_for_export, wrap_with_adapter
     from sft_exp.checkpoints import resolve_resume
-    from sft_exp.data import SFTCollator, describe, prepare_datasets
+    from sft_exp.data import collator_for, describe, prepare_datasets
 
     run_dir = distributed.shared_run_dir(Path(cfg.run_dir))
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -45,8 +45,8 @@ def run(cfg: DictConfig) -> float:
     callbacks = _instantiate_each(cfg.callbacks)
     model_loader = instantiate(cfg.model, _convert_="all")
     trainer_factory = instantiate(cfg.trainer, _convert_="all")  # a _partial_ of SFTTrainer
-    tokenizer = model_loader.load_tokenizer()
-    data = prepare_datasets(data_settings, tokenizer, attn_implementation=model_loader.attn_implementation)
+    tokenizer, attention = model_loader.load_tokenizer(), model_loader.attn_implementation
+    data = prepare_datasets(data_settings, tokenizer, attn_implementation=attention)
     tokenizer.chat_template = data.chat_template or tokenizer.chat_template  # saved and used as trained
     log.info(describe(data))
     model = model_loader.load_model(tokenizer)
@@ -62,7 +62,8 @@ def run(cfg: DictConfig) -> float:
         trainer = trainer_factory(
             model=model, loss=loss, memory=memory, optimizer_factory=optimizer, source_names=data.source_names,
             train_dataset=data.train, eval_dataset=data.eval, processing_class=tokenizer,
-            data_collator=SFTCollator(tokenizer.pad_token_id, padding_free=data_settings.packing),
+            data_collator=collator_for(tokenizer.pad_token_id, packing=data_settings.packing,
+                                       padding_free=data_settings.padding_free, attn_implementation=attention),
             callbacks=[*callbacks, *loggers], output_dir=str(run_dir / "checkpoints"), seed=cfg.seed,
             data_seed=cfg.seed, extra_args=_extra_training_arguments(cfg),
         )

@@ -14,10 +14,11 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
+from sft_exp import distributed
 from sft_exp.checkpoints import AtomicCheckpoints
 from sft_exp.compat import set_loss_shifts_labels
 from sft_exp.config import check_trainer_choices
-from sft_exp.errors import UserError
+from sft_exp.errors import ConfigError, UserError
 from sft_exp.metrics import SFTMetrics
 from sft_exp.sft_forward import sft_forward
 
@@ -86,6 +87,7 @@ class _TrainerHooks(TrainerCallback):
         self.trainer = trainer
 
     def on_train_begin(self, args, state, control, **kwargs):
+        distributed.check_gradients_are_averaged(self.trainer)
         # On resume the state was just loaded from the checkpoint: continue the token count and the
         # logging window it was in the middle of (rank 0 holds every rank's sums; the others start empty).
         self.trainer._total_tokens = int(state.num_input_tokens_seen or 0)
@@ -106,16 +108,31 @@ class _TrainerHooks(TrainerCallback):
                 self.trainer.accelerator)
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
-        # With nonfinite_loss=skip: drop the gradients so the optimizer step is skipped.
-        if self.trainer._nonfinite_in_step:
-            # Optimizers skip parameters whose grad is None: no update, no moment change.
-            self.trainer.model.zero_grad(set_to_none=True)
-            log.warning("step %d skipped: the loss was NaN or infinite", state.global_step + 1)
-            self.trainer._skipped_steps += 1
+        # trainer.nonfinite_loss, decided from every rank's losses (one small all-reduce): all stop or skip together.
+        ranks = self.trainer._ranks_with_nonfinite_loss()
         self.trainer._nonfinite_in_step = False
+        if not ranks:
+            return
+        step = state.global_step + 1
+        where = f" on rank {', '.join(map(str, ranks))} of {args.world_size}" if args.world_size > 1 else ""
+        if args.nonfinite_loss == "stop":
+            raise NonFiniteLossError(
+                f"the training loss became NaN or infinite at step {step}{where}. Lower optimizer.lr, check the "
+                "data of that step, or set trainer.nonfinite_loss=skip to skip such steps."
+            )
+        # skip: optimizers skip parameters whose grad is None (no update, no moment change), on every rank.
+        self.trainer.model.zero_grad(set_to_none=True)
+        log.warning("step %d skipped: the loss was NaN or infinite%s", step, where)
+        self.trainer._skipped_steps += 1
 
 
 WINDOW_STATE_KEY = "sft_exp_train_window"  # in trainer_state.json's stateful_callbacks
+
+
+def _evaluates_tasks(callback) -> bool:
+    """A callback the trainer asks for task scores whenever it evaluates (sft_exp.evaluation.TaskEvaluation
+    or any TrainerCallback with an `evaluate(model, tokenizer, *, step, final, accelerator)` method)."""
+    return isinstance(callback, TrainerCallback) and callable(getattr(callback, "evaluate", None))
 
 
 class SFTTrainer(AtomicCheckpoints, Trainer):
@@ -154,10 +171,21 @@ class SFTTrainer(AtomicCheckpoints, Trainer):
         self.memory = memory if memory is not None else NoMemoryStrategy()
         self.optimizer_factory = optimizer_factory
         self.source_names = list(source_names)
+        eval_strategy = args.eval_strategy
+        if eval_dataset is None and eval_strategy != "no":
+            # Task evaluation needs no eval set, but the Trainer refuses eval_steps without one: let it
+            # check the rest, then restore the strategy (our evaluate() scores the tasks alone).
+            if not any(_evaluates_tasks(cb) for cb in callbacks or []):
+                raise ConfigError(
+                    f"trainer.eval_steps={args.eval_steps} but there is nothing to evaluate: no held-out rows "
+                    "(data.eval_split_size, a source's eval_path, data.eval_sources) and no task in `evals`."
+                )
+            args.eval_strategy = "no"
         super().__init__(
             model=model, args=args, data_collator=data_collator, train_dataset=train_dataset,
             eval_dataset=eval_dataset, processing_class=processing_class, callbacks=callbacks,
         )
+        args.eval_strategy = eval_strategy
         # Our loss is normalized by the supervised tokens of the whole accumulated batch (num_items_in_batch),
         # so the Trainer must count them and must not divide by the accumulation steps again.
         self.model_accepts_loss_kwargs = True
@@ -170,6 +198,10 @@ class SFTTrainer(AtomicCheckpoints, Trainer):
         self._skipped_steps = 0
         self.add_callback(_TrainerHooks(self))
         self.remove_callback(PrinterCallback)  # sft_exp.run_recorder prints one readable line per log instead
+
+    def train(self, *args, **kwargs):
+        distributed.forget_evaluation_only_preparation(self)  # an evaluate() before must not cost the DDP wrapper
+        return super().train(*args, **kwargs)
 
     # ------------------------------------------------------------------ optimizer
     def create_optimizer(self, model=None):
@@ -199,7 +231,7 @@ class SFTTrainer(AtomicCheckpoints, Trainer):
         # num_items_in_batch counts every rank's tokens and DDP averages gradients across ranks: scale the
         # token loss up by the number of processes. The MoE router loss is a per-micro-batch mean: scale it
         # so that it is averaged over the accumulation steps and not multiplied by the process count (as TRL).
-        ranks = self.accelerator.num_processes if (mode == "train" and num_items_in_batch is not None) else 1
+        ranks = self.accelerator.num_processes if num_items_in_batch is not None else 1  # eval counts every rank's too
         steps = self.current_gradient_accumulation_steps if (mode == "train" and num_items_in_batch is not None) else 1
         out = sft_forward(
             model, inputs, self.loss_fn, num_items_in_batch=num_items_in_batch,
@@ -226,15 +258,18 @@ class SFTTrainer(AtomicCheckpoints, Trainer):
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
         self.metrics["train"].add_loss(loss)
-        if not torch.isfinite(loss):
-            step = self.state.global_step + 1
-            if self.args.nonfinite_loss == "stop":
-                raise NonFiniteLossError(
-                    f"the training loss became {loss.item()} at step {step}. Lower optimizer.lr, check the data "
-                    "of that step, or set trainer.nonfinite_loss=skip to skip such steps."
-                )
-            self._nonfinite_in_step = True
+        # Acted on before the optimizer step, jointly with the other ranks (_TrainerHooks.on_pre_optimizer_step).
+        self._nonfinite_in_step = self._nonfinite_in_step or not bool(torch.isfinite(loss))
         return loss
+
+    def _ranks_with_nonfinite_loss(self) -> list[int]:
+        """The ranks whose loss was NaN/inf in this optimizer step. A collective under DDP: every rank calls it."""
+        if self.accelerator.num_processes == 1:
+            return [0] if self._nonfinite_in_step else []
+        flags = torch.zeros(self.accelerator.num_processes, device=self.args.device)
+        flags[self.accelerator.process_index] = float(self._nonfinite_in_step)
+        flags = self.accelerator.reduce(flags, "sum")
+        return [rank for rank, flag in enumerate(flags.tolist()) if flag]
 
     def log(self, logs: dict, start_time: Optional[float] = None) -> None:
         if any(k.startswith("eval_") for k in logs):
@@ -269,7 +304,7 @@ class SFTTrainer(AtomicCheckpoints, Trainer):
         scores = {}
         final = 0 < self.state.max_steps <= self.state.global_step
         for callback in self.callback_handler.callbacks:
-            if callable(getattr(callback, "evaluate", None)) and isinstance(callback, TrainerCallback):
+            if _evaluates_tasks(callback):
                 scores.update(callback.evaluate(self.model, self.processing_class, step=self.state.global_step,
                                                 final=final, accelerator=self.accelerator))
         return scores
