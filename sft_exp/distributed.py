@@ -1,4 +1,5 @@
-"""Several processes, one run: the shared run folder, quiet non-main ranks, and the FSDP/DeepSpeed presets.
+"""Several processes, one run: the shared run folder, quiet non-main ranks, the FSDP/DeepSpeed presets,
+DDP that survives an evaluation before training, and a process group left cleanly at exit.
 
 torchrun, `accelerate launch` or a SLURM job (Hydra's submitit launcher) start the processes;
 every rank composes the same config and calls train.run. The Trainer (with accelerate) does the
@@ -7,6 +8,7 @@ the TrainingArguments it already understands (`fsdp`/`fsdp_config`, `deepspeed`)
 """
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import shutil
@@ -101,6 +103,7 @@ def shared_run_dir(run_dir: Path) -> Path:
     on_cpu = not torch.cuda.is_available()
     # Joins the process group of torchrun / accelerate launch, as the Trainer will (gloo on CPU).
     PartialState(cpu=on_cpu, backend="gloo" if on_cpu else None)
+    atexit.register(leave_process_group)
     chosen = [str(run_dir)]
     torch.distributed.broadcast_object_list(chosen, src=0)
     shared = Path(chosen[0])
@@ -108,6 +111,21 @@ def shared_run_dir(run_dir: Path) -> Path:
         _remove_hydra_folder(run_dir)
         log.warning("rank %d uses rank 0's run folder %s; fix it with hydra.run.dir=... to avoid this", rank(), shared)
     return shared
+
+
+def leave_process_group() -> None:
+    """Destroy the process group while the interpreter is still whole (registered with atexit).
+
+    A process that exits with its process group alive leaves it to interpreter finalization, where
+    gloo's worker threads can still hold the work (and tensors) of the last collectives, e.g. DDP's
+    gradient all-reduce; freeing them takes the GIL of a dying interpreter and the process aborts
+    (SIGABRT) now and then (pytorch/pytorch PR 179291, issue 190489). No barrier: a rank that fails
+    alone must not wait for the others, and destroying is local.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _remove_hydra_folder(folder: Path) -> None:
@@ -147,3 +165,48 @@ def export_slurm_environment() -> None:
 
     # Every task sees all the node's GPUs; the Trainer picks cuda:LOCAL_RANK.
     TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+
+
+# ----------------------------------------------------------------------------- DDP after evaluate()
+def forget_evaluation_only_preparation(trainer) -> None:
+    """Let train() wrap a model that an evaluate() before it prepared for evaluation only.
+
+    Trainer.evaluation_loop on a fresh Trainer calls accelerator.prepare_model(evaluation_mode=True):
+    no DDP wrapper, but accelerate marks the bare model `_is_accelerate_prepared`, and train()'s
+    accelerator.prepare then returns it as it is: no DDP, so every rank steps with its own gradients
+    and the replicas drift apart. Undo that preparation, so train() prepares the model as if no
+    evaluation had run (the mixed-precision forward wrapper comes back with the training one).
+    """
+    from accelerate.utils import extract_model_from_parallel
+
+    if trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled:
+        return  # evaluation_loop prepared these fully (accelerator.prepare), for training too
+    model = trainer.model
+    if trainer.model_wrapped is not model or not getattr(model, "_is_accelerate_prepared", False):
+        return
+    extract_model_from_parallel(model, keep_fp32_wrapper=False)  # restores the model's own forward
+    del model._is_accelerate_prepared
+
+
+def check_gradients_are_averaged(trainer) -> None:
+    """Under plain DDP the model that trains must be DistributedDataParallel, or the replicas drift apart."""
+    import torch
+    from accelerate.utils import DistributedType
+
+    accelerator = trainer.accelerator
+    parallelism = getattr(accelerator, "parallelism_config", None)
+    data_parallel = accelerator.multi_device or accelerator.distributed_type == DistributedType.MULTI_CPU
+    plain_ddp = data_parallel and not (
+        trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled
+        or getattr(trainer, "is_distributed_loading_by_transformers", False)
+        or (parallelism is not None and parallelism.tp_enabled)
+    )
+    if not plain_ddp or not any(p.requires_grad for p in trainer.model.parameters()):
+        return
+    wrapped = getattr(trainer.model_wrapped, "_orig_mod", trainer.model_wrapped)  # under torch.compile
+    if not isinstance(wrapped, torch.nn.parallel.DistributedDataParallel):
+        raise RuntimeError(
+            f"rank {rank()}: training under DDP with a model that is not DistributedDataParallel "
+            f"({type(wrapped).__name__}): gradients would not be averaged across the {world_size()} processes. "
+            "Was the model prepared (evaluate/predict) before train() in a way sft_exp does not undo?"
+        )

@@ -1,0 +1,54 @@
+"""TrainerCallbacks the distributed tests add to a real run through the `callbacks` group:
+
+    +callbacks.nan._target_=tests.distributed_probes.NaNLossOnOneRank +callbacks.nan.rank=1 +callbacks.nan.step=2
+    +callbacks.digest._target_=tests.distributed_probes.WeightDigest +callbacks.digest.folder=DIR
+
+The trainer, DDP and the optimizer run unchanged; these only make one rank's loss NaN and record weights.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+class NaNLossOnOneRank(TrainerCallback):
+    """On `rank`, optimizer step `step` (1-based) embeds its inputs as NaN: that rank's loss is NaN."""
+
+    def __init__(self, rank: int, step: int):
+        self.rank, self.step, self.handle = rank, step, None
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        if _rank() == self.rank and state.global_step + 1 == self.step:
+            nan_output = lambda _module, _inputs, output: output * float("nan")  # noqa: E731
+            self.handle = model.get_input_embeddings().register_forward_hook(nan_output)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.handle is not None:
+            self.handle.remove()
+            self.handle = None
+
+
+class WeightDigest(TrainerCallback):
+    """At the end of training each rank writes `folder`/rank<N>.json: its weights' hash and whether all are finite."""
+
+    def __init__(self, folder: str):
+        self.folder = Path(folder)
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        digest, finite = hashlib.sha256(), True
+        for name, tensor in sorted(model.state_dict().items()):
+            tensor = tensor.detach().cpu().contiguous()
+            finite = finite and bool(torch.isfinite(tensor).all())
+            digest.update(name.encode() + tensor.numpy().tobytes())
+        self.folder.mkdir(parents=True, exist_ok=True)
+        record = {"sha256": digest.hexdigest(), "finite": finite, "global_step": state.global_step}
+        (self.folder / f"rank{_rank()}.json").write_text(json.dumps(record))
