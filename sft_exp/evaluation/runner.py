@@ -34,9 +34,7 @@ def gather(items: list, accelerator, world: int) -> list:
     """Every rank's list, concatenated, on every rank (no collective with one process)."""
     if world == 1:
         return items
-    if accelerator is not None:
-        return list(accelerator.gather_object(items))
-    parts: List[Any] = [None] * world
+    parts: List[Any] = [None] * world  # (accelerate's gather_object is a function, not an Accelerator method)
     torch.distributed.all_gather_object(parts, items)
     return [item for part in parts for item in part]
 
