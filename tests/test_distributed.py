@@ -24,6 +24,8 @@ SHORT = ["trainer.max_steps=4", "trainer.logging_steps=1", "trainer.save_steps=4
 # added through the callbacks group; rank 0's loss stays finite).
 NAN_ON_RANK_1 = [*SHORT[:-1], DEMO_EVAL_ROWS.format(16), "+callbacks.nan.rank=1", "+callbacks.nan.step=2",
                  "+callbacks.nan._target_=tests.distributed_probes.NaNLossOnOneRank"]
+# Task evaluation back on for the DDP parity test (SHORT switches it off; a later `evals=` wins).
+TASK_ON_7_PROMPTS = ["evals=heldout", "evals.heldout.limit=7", "evals.heldout.max_new_tokens=4"]
 # One process's batch is both ranks' batches: 8 = 2 x 4 rows to train on, 32 = 2 x 16 rows to evaluate.
 ONE_PROCESS = ["trainer.per_device_train_batch_size=8", "trainer.per_device_eval_batch_size=32"]
 PER_RANK = ["trainer.per_device_train_batch_size=4", "trainer.per_device_eval_batch_size=16"]
@@ -88,8 +90,9 @@ def test_two_processes_equal_one_process_with_the_whole_batch(tmp_path):
 
     single = tmp_path / "single"
     run(compose([*SHORT, *ONE_PROCESS, f"run_dir={single}"]))  # in-process: faster
-    # Each rank resolves its own folder here; rank 0's must win and rank 1's must be gone.
-    proc = _torchrun(*SHORT, *PER_RANK, f"hydra.run.dir={tmp_path}/rank${{oc.env:RANK}}")
+    # Each rank resolves its own folder here; rank 0's must win and rank 1's must be gone. The ranks also
+    # split 7 held-out prompts of a task evaluation (an odd count: one rank has one more) and gather them.
+    proc = _torchrun(*SHORT, *PER_RANK, f"hydra.run.dir={tmp_path}/rank${{oc.env:RANK}}", *TASK_ON_7_PROMPTS)
     assert proc.returncode == 0, proc.stderr[-3000:]
     shared = tmp_path / "rank0"
     assert not (tmp_path / "rank1").exists()
@@ -111,6 +114,10 @@ def test_two_processes_equal_one_process_with_the_whole_batch(tmp_path):
     log_lines = (shared / "__main__.log").read_text().splitlines()
     assert len(log_lines) == len(set(log_lines))  # no line written twice (rank 1 logs to its console only)
     assert (shared / "model" / "model.safetensors").is_file()
+    for step in (0, 4):  # every prompt once, whichever rank generated it
+        examples = [json.loads(line) for line in (shared / "evals" / "heldout" / f"step-{step}.jsonl").open()]
+        assert sorted(e["index"] for e in examples) == list(range(7)), step
+        assert "eval_heldout/exact_match" in evals[step]
 
 
 def test_a_nan_loss_on_one_rank_stops_every_rank_naming_the_step(tmp_path):
