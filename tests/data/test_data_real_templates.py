@@ -1,6 +1,9 @@
-"""Assistant masks for the real chat templates in ../shared/data/chat_templates (no generation markers).
+"""Assistant masks for real chat templates (no generation markers).
 
-Each template is rendered with the real phi-3-mini tokenizer (its control tokens added as special
+The templates and the real phi-3-mini tokenizer ship in tests/assets (see its README for sources
+and licences), so these run from a fresh clone; the three whose licences keep them out of the repo
+(Llama 3.1, Llama 3.2, Gemma 2) come from ../shared/data/chat_templates and skip without it.
+Each template is rendered with the phi-3-mini tokenizer (its control tokens added as special
 tokens), and the trained tokens of each assistant turn must be exactly the reply followed by that
 template's end-of-turn token.
 """
@@ -8,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 from builders import conversation
@@ -35,6 +39,8 @@ EXPECTED = {
     "mistralai-Mistral-Nemo-Instruct-2407.jinja": ("Paris.<|endoftext|>", "Rome.<|endoftext|>"),
     "zephyr.chujiezheng.jinja": ("Paris.<|endoftext|>", "Rome.<|endoftext|>"),
 }
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+SHIPPED_TEMPLATES = ASSETS / "chat_templates"
 MESSAGES = conversation("Capital of France?", "Paris.", "And of Italy?", "Rome.")["messages"]
 
 
@@ -47,15 +53,21 @@ def _load_template(path) -> str:
     return text
 
 
+def _template_file(name: str) -> Path:
+    """The shipped copy, else ../shared/data's (skips when neither has it)."""
+    from builders import SHARED_DATA
+
+    for folder in (SHIPPED_TEMPLATES, SHARED_DATA / "chat_templates"):
+        if (folder / name).is_file():
+            return folder / name
+    pytest.skip(f"{name} is not shipped in tests/assets (its licence) and ../shared/data is absent")
+
+
 @pytest.fixture(scope="module")
 def phi3_tokenizer():
-    from builders import SHARED_DATA
     from transformers import AutoTokenizer
 
-    folder = SHARED_DATA / "tokenizers" / "phi-3-mini"
-    if not folder.is_dir():
-        pytest.skip("../shared/data is absent (a fresh clone has none)")
-    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    tokenizer = AutoTokenizer.from_pretrained(str(ASSETS / "tokenizers" / "phi-3-mini"))
     tokenizer.add_special_tokens({"additional_special_tokens": CONTROL_TOKENS})
     return tokenizer
 
@@ -82,8 +94,8 @@ def _trained_runs(tokenizer, ids: list[int], labels: list[int]) -> list[str]:
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_assistant_turns_and_their_end_of_turn_are_trained(phi3_tokenizer, shared_data, name):
-    template = _load_template(shared_data / "chat_templates" / name)
+def test_assistant_turns_and_their_end_of_turn_are_trained(phi3_tokenizer, name):
+    template = _load_template(_template_file(name))
     out = _encode(phi3_tokenizer, template, MESSAGES)
     assert out["drop_reason"] == [""]
     runs = _trained_runs(phi3_tokenizer, out["input_ids"][0], out["labels"][0])
@@ -94,9 +106,16 @@ def test_every_shared_template_is_covered(shared_data):
     assert sorted(path.name for path in (shared_data / "chat_templates").iterdir()) == sorted(EXPECTED)
 
 
-def test_template_that_moves_the_system_prompt_is_reported(phi3_tokenizer, shared_data):
+def test_the_shipped_templates_are_most_of_them_and_unchanged(shared_data):
+    shipped = sorted(path.name for path in SHIPPED_TEMPLATES.iterdir())
+    assert len(shipped) == 8 and set(shipped) <= set(EXPECTED)
+    for name in shipped:  # byte-identical to the reference copies
+        assert (SHIPPED_TEMPLATES / name).read_bytes() == (shared_data / "chat_templates" / name).read_bytes(), name
+
+
+def test_template_that_moves_the_system_prompt_is_reported(phi3_tokenizer):
     # Mistral-Nemo puts the system prompt into the *last* user turn, so a prefix renders differently.
-    template = _load_template(shared_data / "chat_templates" / "mistralai-Mistral-Nemo-Instruct-2407.jinja")
+    template = _load_template(_template_file("mistralai-Mistral-Nemo-Instruct-2407.jinja"))
     messages = conversation("Capital of France?", "Paris.", "And of Italy?", "Rome.", system="Be brief")["messages"]
     out = _encode(phi3_tokenizer, template, messages, drop=True)
     assert out["drop_reason"] == ["template_mismatch"]
