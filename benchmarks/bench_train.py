@@ -288,8 +288,7 @@ def run_sft_exp(model, tokenizer, steps, layout, args, clock, compiled):
     memory.apply(model)
     collate = collator_for(tokenizer.pad_token_id, packing=layout == "packed", padding_free=layout == "padfree",
                            attn_implementation="sdpa")
-    rows = [row for step in steps for row in step]
-    # One step = one batch: packed steps may hold different numbers of rows, so each step is one "row" here.
+    # One dataset item = one step's rows: packed steps may hold different numbers of rows.
     with tempfile.TemporaryDirectory() as out_dir:
         trainer = SFTTrainer(
             model=model, loss=NLLLoss(chunk_size=args.chunk_size), memory=memory,
@@ -298,7 +297,6 @@ def run_sft_exp(model, tokenizer, steps, layout, args, clock, compiled):
             precision="fp32", logging_first_step=False, extra_args={"torch_compile": compiled},
             **common_trainer_args(out_dir, len(steps), 1),
         )
-        assert sum(len(s) for s in steps) == len(rows)
         trainer.add_callback(trainer_callback(clock))
         trainer.train()
 
@@ -313,11 +311,9 @@ def run_trl(model, tokenizer, steps, layout, args, clock, compiled):
         flags.update(packing=True, packing_strategy="bfd")  # TRL then collates padding-free (one row per batch)
     elif layout == "padfree":  # the examples are truncated already; TRL asks for max_length=None here
         flags.update(padding_free=True)
-    examples_ = [row for step in steps for row in step] if layout != "packed" else None
-    if layout == "packed":  # TRL packs the original examples itself: give it those, not our packed rows
-        examples_ = args.unpacked_rows
+    # TRL gets the original examples (it packs them itself when packing=True).
     rows = [{"input_ids": r["input_ids"], "assistant_masks": [int(lab != -100) for lab in r["labels"]]}
-            for r in examples_]
+            for r in args.unpacked_rows]
     batch = len(steps[0])
     if layout == "packed":  # TRL's own bfd packing over all the examples, spread over the same number of steps
         import datasets as ds
@@ -340,6 +336,8 @@ def worker(args) -> dict:
     system, _, rest = args.worker.partition("-")
     layout, _, flag = rest.partition("+")
     compiled = flag == "compile"
+    if args.threads:
+        torch.set_num_threads(args.threads)
     tokenizer = AutoTokenizer.from_pretrained(str(smollm2_dir()))
     n_steps = args.warmup + args.steps
     rows = examples(tokenizer, args.batch * n_steps, args.max_length, Path(args.data))
@@ -372,7 +370,7 @@ def worker(args) -> dict:
 def run_variant(variant: str, model: str, args) -> dict | None:
     cmd = [sys.executable, __file__, "--worker", variant, "--models", model, "--steps", str(args.steps),
            "--warmup", str(args.warmup), "--batch", str(args.batch), "--max-length", str(args.max_length),
-           "--chunk-size", str(args.chunk_size), "--data", args.data,
+           "--chunk-size", str(args.chunk_size), "--data", args.data, *(["--threads", str(args.threads)] if args.threads else []),
            "--checkpointing" if args.checkpointing else "--no-checkpointing"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
     for line in reversed(proc.stdout.splitlines()):
@@ -427,6 +425,8 @@ def parse_args(argv=None):
     p.add_argument("--chunk-size", type=int, default=1024, help="sft_exp loss.chunk_size")
     p.add_argument("--checkpointing", action=argparse.BooleanOptionalAction, default=True,
                    help="gradient checkpointing in every variant (trl-defaults always has it)")
+    p.add_argument("--threads", type=int, help="torch threads per variant (default: torch's own). 1 makes tok/cpu-s "
+                   "a clean measure of work on a machine others load: no thread waits for a descheduled peer")
     p.add_argument("--data", default=str(CONVERSATIONS), help="a ShareGPT JSON file of conversations")
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -460,7 +460,7 @@ def main(argv=None) -> None:
                 if not r:
                     continue
                 print(f"{model} {variant} #{repeat + 1}: {r['tokens_per_s']:.0f} tokens/s, train peak "
-                      f"{r['train_peak_mb']:.0f} MB", file=sys.stderr, flush=True)
+                      f"{r['train_peak_mb']:.0f} MB; {json.dumps(r)}", file=sys.stderr, flush=True)
                 key = (model, variant)
                 if key not in best or r["tokens_per_s"] > best[key]["tokens_per_s"]:
                     best[key] = r
