@@ -44,9 +44,23 @@ def load_run_config(run: Path) -> dict:
                 if jobs else " Give a run folder such as outputs/runs/<date>/<time> or outputs/multiruns/<date>/<time>/<job>.")
         raise UserError(f"{run} is not a run folder: it has no resolved_config.yaml (every sft_exp run writes one).{hint}")
     config = OmegaConf.to_container(OmegaConf.load(config_file), resolve=False)
-    config.pop("run_dir", None)  # the new run writes to its own folder
+    old_run_dir = config.pop("run_dir", None)  # the new run writes to its own folder
     config["resume_from_checkpoint"] = None  # a reproduction starts from step 0
-    return config
+    for callback in (config.get("callbacks") or {}).values():
+        if isinstance(callback, dict) and "resume" in callback:
+            callback["resume"] = "${resume_from_checkpoint}"
+    return _relocate(config, str(old_run_dir)) if old_run_dir else config
+
+
+def _relocate(value, old_run_dir: str):
+    """Paths inside the old run folder (resolved from ${run_dir}: the recorder's, evals/) point into the new one."""
+    if isinstance(value, dict):
+        return {k: _relocate(v, old_run_dir) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_relocate(v, old_run_dir) for v in value]
+    if isinstance(value, str) and (value == old_run_dir or value.startswith(old_run_dir.rstrip("/") + "/")):
+        return "${run_dir}" + value[len(old_run_dir.rstrip("/")):]
+    return value
 
 
 def check_overrides(overrides: list) -> None:
@@ -90,14 +104,16 @@ def compare_metrics(old_rows: list, new_rows: list, limit: int = 10) -> list:
 
 
 def compare_weights(old_run: Path, new_run: Path) -> Optional[str]:
-    """None when the final model/ weights are byte-identical, else what differs ('' when there is nothing to compare)."""
+    """None when the final model/ weights are byte-identical, else what differs (a missing model/ is a difference)."""
     def digests(run: Path) -> dict:
         return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((run / "model").glob("*.safetensors"))}
 
     old, new = digests(old_run), digests(new_run)
-    if not old or not new:
-        return ""
-    return None if old == new else "final weights in model/ differ"
+    missing = [f"{run}/model" for run, found in ((old_run, old), (new_run, new)) if not found]
+    if missing:
+        return f"final weights cannot be compared: no *.safetensors in {' or '.join(missing)}"
+    return None if old == new else "final weights in model/ differ: " + ", ".join(
+        name for name in sorted(set(old) | set(new)) if old.get(name) != new.get(name))
 
 
 def compare_run_info(old_run: Path, new_run: Path) -> list:
@@ -126,17 +142,17 @@ def _get(info: dict, dotted: str):
 
 
 def verify(old_run: Path, new_run: Path) -> bool:
-    """Print the comparison; True when metrics (and weights, where both have them) are identical."""
+    """Print the comparison; True when metrics and final weights are identical (both runs must have model/)."""
     problems = compare_metrics(read_rows(old_run / "metrics.jsonl"), read_rows(new_run / "metrics.jsonl"))
     weights = compare_weights(old_run, new_run)
     if weights:
         problems.append(weights)
     rows = len(read_rows(new_run / "metrics.jsonl"))
     print(f"\nverify {new_run} against {old_run}:")
-    print(f"  metrics.jsonl: identical ({rows} rows)" if not [p for p in problems if p != weights]
-          else "  metrics.jsonl differs:\n    " + "\n    ".join(problems))
-    if weights is None:
-        print("  final weights: byte-identical")
+    metric_problems = [p for p in problems if p != weights]
+    print(f"  metrics.jsonl: identical ({rows} rows)" if not metric_problems
+          else "  metrics.jsonl differs:\n    " + "\n    ".join(metric_problems))
+    print("  final weights: byte-identical" if weights is None else f"  {weights}")
     notes = compare_run_info(old_run, new_run)
     print("  run_info.json: " + ("same versions, commit, data and machine" if not notes
                                  else "differs:\n    " + "\n    ".join(notes)))

@@ -30,18 +30,30 @@ def tiny_run(steps: int, train_rows: int, save_steps: int, logger: str = "logger
     """Overrides for a run of a few seconds: `steps` optimizer steps of 4 rows on a slice of the demo data."""
     return [
         f"trainer.max_steps={steps}", "trainer.logging_steps=1", f"trainer.save_steps={save_steps}",
-        "trainer.num_sample_generations=0", "trainer.per_device_train_batch_size=4",
+        *NO_SAMPLE_GENERATIONS, "trainer.per_device_train_batch_size=4",
         "trainer.per_device_eval_batch_size=8", f"data.sources.0.max_samples={train_rows}",
-        "data.eval_sources.0.max_samples=8", "data.max_length=64", logger,
+        DEMO_EVAL_ROWS.format(8), "data.max_length=64", logger,
     ]
 
 
-# A few optimizer steps of the default run: enough to exercise every stage of a run.
-SHORT_RUN = [
-    "trainer.max_steps=4", "trainer.logging_steps=2", "trainer.save_steps=4",
-    "trainer.per_device_train_batch_size=4", "trainer.per_device_eval_batch_size=16",
-    "trainer.num_sample_generations=1", "trainer.max_new_tokens=8", "logger=none",
-]
+def tiny_causal_lm(model_type: str = "qwen2", *, vocab_size: int = 128, hidden_size: int = 64,
+                   num_hidden_layers: int = 2, tie_word_embeddings: bool = False, seed: int = 0,
+                   attn_implementation: str = "sdpa", **config_kwargs):
+    """The one tiny model builder of the suite: a random model of `model_type`, fp32, seeded.
+
+    Defaults make a 2-layer Qwen2 of width 64 (4 heads, 2 KV heads); any config field can be overridden.
+    """
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    fields = dict(intermediate_size=2 * hidden_size, num_attention_heads=4, num_key_value_heads=2,
+                  max_position_embeddings=256)
+    fields.update(config_kwargs)
+    config = AutoConfig.for_model(model_type, vocab_size=vocab_size, hidden_size=hidden_size,
+                                  num_hidden_layers=num_hidden_layers, tie_word_embeddings=tie_word_embeddings,
+                                  **fields)
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation, dtype=torch.float32)
 
 
 def compose(overrides=()):
@@ -64,6 +76,23 @@ def compose(overrides=()):
     with open_dict(cfg):
         del cfg["hydra"]
     return cfg
+
+
+# COMMON.md decision 1: `resume_from_checkpoint` is a top-level key; task evaluation (which replaced
+# trainer.num_sample_generations) is off with `evals=none`. Decision 5: the demo's own held-out cap.
+RESUME = "resume_from_checkpoint=true"
+RESUME_KEY = "resume_from_checkpoint"
+NO_SAMPLE_GENERATIONS = ["evals=none"]
+SAMPLE_GENERATIONS = ["evals.heldout.limit=2", "evals.heldout.max_new_tokens=8"]  # a taste of the default evaluation
+DEMO_EVAL_ROWS = "data.sources.0.eval_max_samples={}"
+
+
+# A few optimizer steps of the default run: enough to exercise every stage of a run.
+SHORT_RUN = [
+    "trainer.max_steps=4", "trainer.logging_steps=2", "trainer.save_steps=4",
+    "trainer.per_device_train_batch_size=4", "trainer.per_device_eval_batch_size=16",
+    *SAMPLE_GENERATIONS, "logger=none",
+]
 
 
 def run_sft(*args: str, timeout: float = 300, module: str = "sft_exp") -> subprocess.CompletedProcess:

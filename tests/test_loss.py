@@ -1,21 +1,19 @@
 """sft_forward + NLL/DFT against a naive full-logits reference on real tiny models."""
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, Gemma2Config, MixtralConfig, Qwen2Config
 
+from sft_exp.data import SFTCollator
+from sft_exp.data.packing import pack_bfd
 from sft_exp.loss import DFTLoss, NLLLoss
 from sft_exp.sft_forward import sft_forward
+from tests.conftest import tiny_causal_lm
 
 VOCAB = 96
 
 
-def tiny_qwen2(tied: bool, seed: int = 0):
-    torch.manual_seed(seed)
-    config = Qwen2Config(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tied,
-    )
-    return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+def tiny_qwen2(tied: bool, seed: int = 0, attn_implementation: str = "sdpa"):
+    return tiny_causal_lm(vocab_size=VOCAB, hidden_size=32, tie_word_embeddings=tied, seed=seed,
+                          attn_implementation=attn_implementation)
 
 
 def make_batch(b=4, length=12, seed=0, vocab=VOCAB, sources=1):
@@ -124,21 +122,80 @@ def test_gradient_accumulation_4x2_equals_1x8():
     assert_grads_close(full, grads(model), rtol=1e-5, atol=1e-7)
 
 
-def test_packed_rows_do_not_predict_across_documents():
+def _documents(lengths, seed=0):
+    """Fully supervised documents (labels = input_ids), as prepared rows."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for i, length in enumerate(lengths):
+        ids = torch.randint(1, VOCAB, (length,), generator=g).tolist()
+        labels = [-100 if t < length // 3 else token for t, token in enumerate(ids)]  # a prompt, then a reply
+        rows.append({"input_ids": ids, "labels": labels, "position_ids": list(range(length)), "source_ids": [0] * length})
+    return rows
+
+
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+@pytest.mark.parametrize("loss_cls", [NLLLoss, DFTLoss])
+def test_packed_batch_equals_unpacked_through_sft_forward(attn_implementation, loss_cls):
+    """The trainer's own path: packed rows (padding-free, positions restart) vs padded rows, loss, metrics, grads."""
+    import datasets
+
+    model = tiny_qwen2(tied=False, attn_implementation=attn_implementation)
+    rows = _documents([23, 9, 31, 5, 17, 12])
+    unpacked = SFTCollator(pad_token_id=0)(rows)
+    packed = SFTCollator(pad_token_id=0, padding_free=True)(list(pack_bfd(datasets.Dataset.from_list(rows), 48)))
+    assert packed["input_ids"].shape[0] == 1 and "attention_mask" not in packed  # several documents in one row
+
+    results = []
+    for batch in (unpacked, packed):
+        model.zero_grad(set_to_none=True)
+        out = sft_forward(model, batch, loss_cls(chunk_size=8))
+        out.loss.backward()
+        results.append((out, grads(model)))
+    (u, u_grads), (p, p_grads) = results
+    assert int(p.num_supervised) == int(u.num_supervised) and int(p.num_correct) == int(u.num_correct)
+    torch.testing.assert_close(p.loss, u.loss, rtol=0, atol=1e-5)  # the README's promise: within 1e-5
+    for name in ("nll_sum", "entropy_sum"):  # per supervised token, as they are logged
+        torch.testing.assert_close(getattr(p, name) / p.num_supervised, getattr(u, name) / u.num_supervised,
+                                   rtol=0, atol=1e-5, msg=name)
+    assert_grads_close(p_grads, u_grads, rtol=1e-4, atol=1e-5)
+
+
+def _per_position_nll(model, batch):
+    """Each label position's NLL, through sft_forward: every position is its own "source"."""
+    length = batch["input_ids"].shape[1]
+    positions = dict(batch, source_ids=torch.arange(length).unsqueeze(0))
+    with torch.no_grad():
+        out = sft_forward(model, positions, NLLLoss(chunk_size=4), num_sources=length)
+    return out.source_loss_sum, out.source_count
+
+
+def test_packed_rows_never_predict_across_documents():
+    """Per position: no label is predicted from another document, and no document's log-probs see another's tokens."""
     model = tiny_qwen2(tied=True)
-    a, b = make_batch(b=1, length=6, seed=1), make_batch(b=1, length=5, seed=2)
-    a["labels"], b["labels"] = a["input_ids"].clone(), b["input_ids"].clone()  # fully supervised
-    packed = {k: torch.cat([a[k], b[k]], 1) for k in ("input_ids", "labels", "position_ids")}
-    out = sft_forward(model, packed, NLLLoss())
-    assert int(out.num_supervised) == (6 - 1) + (5 - 1)
+    lengths = [6, 5, 7]
+    starts = [0, 6, 11]
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(1, VOCAB, (1, sum(lengths)), generator=g)
+    positions = torch.cat([torch.arange(n) for n in lengths]).unsqueeze(0)
+    packed = dict(input_ids=ids, labels=ids.clone(), position_ids=positions)  # every label supervised, even starts
+    nll, count = _per_position_nll(model, packed)
+
+    # The first token of each document is never a target: predicting it would read the document before.
+    assert count[starts].tolist() == [0, 0, 0]
+    assert count.sum() == sum(n - 1 for n in lengths)
+
+    # Change document A's tokens: the per-token log-probs of B and C stay the same, A's move.
+    changed_ids = ids.clone()
+    changed_ids[0, :6] = (ids[0, :6] + 7) % (VOCAB - 1) + 1
+    changed_nll, changed_count = _per_position_nll(model, dict(packed, input_ids=changed_ids, labels=changed_ids.clone()))
+    assert torch.equal(changed_count, count)
+    torch.testing.assert_close(changed_nll[6:], nll[6:], rtol=0, atol=1e-6)
+    assert (changed_nll[1:6] - nll[1:6]).abs().min() > 1e-4  # the control: A's own predictions did change
 
 
 def test_gemma2_softcapping_matches_model_logits():
-    torch.manual_seed(0)
-    config = Gemma2Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                          num_attention_heads=2, num_key_value_heads=1, head_dim=16,
-                          final_logit_softcapping=2.0, attn_implementation="eager")
-    model = AutoModelForCausalLM.from_config(config)
+    model = tiny_causal_lm("gemma2", vocab_size=VOCAB, hidden_size=32, num_attention_heads=2, num_key_value_heads=1,
+                           head_dim=16, final_logit_softcapping=2.0, attn_implementation="eager")
     batch = make_batch(seed=4)
     out = sft_forward(model, batch, NLLLoss(chunk_size=4))
     out.loss.backward()
@@ -152,11 +209,8 @@ def test_gemma2_softcapping_matches_model_logits():
 
 
 def test_mixtral_router_aux_loss_is_added_with_its_coefficient():
-    torch.manual_seed(0)
-    config = MixtralConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=2, num_local_experts=4,
+    model = tiny_causal_lm("mixtral", vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_local_experts=4,
                            num_experts_per_tok=2, output_router_logits=True, router_aux_loss_coef=0.02)
-    model = AutoModelForCausalLM.from_config(config)
     batch = make_batch(seed=6)
     out = sft_forward(model, batch, NLLLoss())
     assert out.aux_loss is not None and out.aux_loss.item() > 0

@@ -3,18 +3,15 @@ import logging
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, Qwen2Config
 
 from sft_exp.loss import NLLLoss
 from sft_exp.memory import ActivationOffloading, GradientCheckpointing, NoMemoryStrategy, OffloadHooks
 from sft_exp.sft_forward import sft_forward
+from tests.conftest import tiny_causal_lm
 
 
 def tiny_model():
-    torch.manual_seed(0)
-    config = Qwen2Config(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
-    return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")
+    return tiny_causal_lm(vocab_size=128, hidden_size=64)
 
 
 def batch():
@@ -89,6 +86,58 @@ def test_offload_leaves_parameters_and_small_tensors(reference_grads):
     assert not any(cpu.untyped_storage().data_ptr() in params for cpu, _ in hooks.offloaded.values())
 
 
+def _param_storages(model) -> set:
+    return {p.untyped_storage().data_ptr() for p in model.parameters()}
+
+
+class DeviceBytes(OffloadHooks):
+    """OffloadHooks that also count the saved activation bytes left where they were made (not parameters)."""
+
+    def __init__(self, min_bytes: int, model):
+        super().__init__(min_bytes, use_streams=False, param_ptrs=_param_storages(model), offload_cpu_tensors=True)
+        self.left = 0
+
+    def _pack(self, t):
+        handle = super()._pack(t)
+        if isinstance(handle, torch.Tensor) and t.untyped_storage().data_ptr() not in self.param_ptrs:
+            self.left += t.numel() * t.element_size()
+        return handle
+
+
+def test_offload_lowers_the_saved_activation_bytes_left_on_the_device(reference_grads):
+    """The CPU stand-in of a device: what the autograd graph keeps outside the offloaded copies."""
+    baseline = tiny_model()
+    keep_all = DeviceBytes(1 << 40, baseline)  # moves nothing: every saved activation stays
+    step_grads(baseline, keep_all)
+    model = tiny_model()
+    offload = DeviceBytes(2048, model)
+    assert_same(step_grads(model, offload), reference_grads)
+    moved = sum(cpu.numel() * cpu.element_size() for cpu, _ in offload.offloaded.values())
+    print(f"saved activation bytes left: none {keep_all.left}, offload {offload.left} ({moved} moved)")
+    assert keep_all.left > 0 and offload.left < 0.5 * keep_all.left
+    assert offload.left + moved == keep_all.left  # the same activations, only moved
+
+
+def _bytes_held_after_forward(strategy) -> int:
+    """CPU bytes allocated during forward and still held when it returns (the saved activations), by torch's profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    model = tiny_model()
+    strategy.apply(model)
+    model.train()
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        with strategy.forward_context():
+            out = sft_forward(model, batch(), NLLLoss(chunk_size=16))
+    out.loss.backward()  # the graph is alive until here
+    return sum(event.self_cpu_memory_usage for event in prof.key_averages())
+
+
+def test_checkpointing_lowers_the_memory_held_between_forward_and_backward():
+    none, checkpointing = _bytes_held_after_forward(NoMemoryStrategy()), _bytes_held_after_forward(GradientCheckpointing())
+    print(f"bytes held after forward: none {none}, checkpointing {checkpointing} ({checkpointing / none:.2f}x)")
+    assert none > 0 and checkpointing < 0.5 * none
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the warning is for machines without CUDA")
 def test_offload_without_cuda_warns_once_and_still_trains(reference_grads, caplog):
     model = tiny_model()
@@ -107,12 +156,17 @@ def test_cuda_offload_keeps_gradients_and_lowers_memory(use_streams):
         model = tiny_model().cuda()
         strategy.apply(model)
         data = {k: v.cuda() for k, v in batch().items()}
-        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
         with strategy.forward_context():
             out = sft_forward(model, data, NLLLoss())
+        torch.cuda.synchronize()
+        held = torch.cuda.memory_allocated() - before  # what the graph keeps on the GPU until backward
         out.loss.backward()
-        return {n: p.grad.cpu() for n, p in model.named_parameters()}, torch.cuda.max_memory_allocated()
+        return {n: p.grad.cpu() for n, p in model.named_parameters()}, held
 
-    ref, _ = run(GradientCheckpointing())
-    got, _ = run(ActivationOffloading(min_offload_bytes=1024, use_streams=use_streams))
+    ref, checkpointing_held = run(GradientCheckpointing())
+    got, offload_held = run(ActivationOffloading(min_offload_bytes=1024, use_streams=use_streams))
     assert_same(got, ref)
+    _, none_held = run(NoMemoryStrategy())
+    assert offload_held < checkpointing_held < none_held, (offload_held, checkpointing_held, none_held)

@@ -150,14 +150,13 @@ def test_resume_with_an_adapter_is_exact(lora_run, tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="QLoRA needs CUDA")
 def test_qlora_trains_a_4bit_base(tmp_path):
     pytest.importorskip("bitsandbytes")
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from sft_exp.paths import asset_path
+    from tests.conftest import tiny_causal_lm
 
     tokenizer = AutoTokenizer.from_pretrained(asset_path("tokenizer"))
-    config = AutoConfig.for_model("qwen2", vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256,
-                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
-    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "base")
+    tiny_causal_lm(vocab_size=len(tokenizer), hidden_size=128).save_pretrained(tmp_path / "base")
     tokenizer.save_pretrained(tmp_path / "base")
     run_dir = tmp_path / "run"
     train(run_dir, "peft=qlora", "model=qwen2_5_0_5b", f"model.name_or_path={tmp_path / 'base'}")

@@ -8,15 +8,14 @@ from __future__ import annotations
 import pytest
 import torch
 from hydra.utils import instantiate
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoTokenizer
 
 from sft_exp.adapters import wrap_with_adapter
 from sft_exp.loss import NLLLoss
-from sft_exp.models import load_model, load_tokenizer
 from sft_exp.paths import asset_path, config_dir
 from sft_exp.sft_forward import sft_forward
-from sft_exp.validation import validate_config
-from tests.conftest import compose
+from sft_exp.preflight import validate_config
+from tests.conftest import compose, tiny_causal_lm
 
 SMALL = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True)
@@ -33,7 +32,7 @@ REAL_PRESETS = {
 
 def test_every_model_option_has_a_preset_test():
     presets = {p.stem for p in (config_dir() / "model").glob("*.yaml")}
-    assert set(REAL_PRESETS) | {"tiny", "tiny_moe"} == presets
+    assert set(REAL_PRESETS) | {"tiny", "tiny_moe", "hf"} == presets  # hf: tests/test_models.py
 
 
 @pytest.mark.parametrize("preset", sorted(REAL_PRESETS))
@@ -47,16 +46,17 @@ def test_real_preset_names_its_model(preset):
 
 def _save_tiny(folder, model_type: str, extra: dict) -> None:
     tokenizer = AutoTokenizer.from_pretrained(asset_path("tokenizer"))
-    config = AutoConfig.for_model(model_type, vocab_size=len(tokenizer), **SMALL, **extra)
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    tiny_causal_lm(model_type, vocab_size=len(tokenizer), **SMALL, **extra).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
 
 
-def _one_step(model_cfg, peft_cfg) -> None:
-    """Load as train.run does, wrap in LoRA, and check one forward/backward trains the adapter."""
-    tokenizer = load_tokenizer(model_cfg)
-    model = wrap_with_adapter(load_model(model_cfg, vocab_size=len(tokenizer)), instantiate(peft_cfg))
+def _one_step(model_cfg, peft_cfg):
+    """Load as train.run does, wrap in LoRA, and check one forward/backward trains the adapter.
+
+    Returns the model, the batch and sft_forward's output."""
+    loader = instantiate(model_cfg)
+    tokenizer = loader.load_tokenizer()
+    model = wrap_with_adapter(loader.load_model(tokenizer), instantiate(peft_cfg))
     ids = tokenizer(["reverse: abc -> cba", "sort: 3 1 2 -> 1 2 3"], padding=True, return_tensors="pt")
     batch = {**ids, "labels": ids["input_ids"].masked_fill(ids["attention_mask"] == 0, -100)}
     out = sft_forward(model, batch, NLLLoss())
@@ -65,6 +65,7 @@ def _one_step(model_cfg, peft_cfg) -> None:
     grads = [p.grad for n, p in model.named_parameters() if "lora_B" in n]
     assert grads and all(g is not None and g.abs().sum() > 0 for g in grads)
     assert all(p.grad is None for n, p in model.named_parameters() if "lora_" not in n)
+    return model, batch, out
 
 
 @pytest.mark.parametrize("preset", sorted(REAL_PRESETS))
@@ -77,6 +78,17 @@ def test_real_preset_loads_a_local_copy_and_trains_lora(preset, tmp_path):
 
 
 def test_tiny_moe_trains_lora_with_router_loss():
+    from sft_exp.metrics import SFTMetrics
+
     cfg = compose(["model=tiny_moe", "peft=lora"])
     validate_config(cfg)
-    _one_step(cfg.model, cfg.peft)
+    model, batch, out = _one_step(cfg.model, cfg.peft)
+    coef = model.config.router_aux_loss_coef
+    assert out.aux_loss is not None and out.aux_loss.item() > 0 and coef > 0
+    with torch.no_grad():  # the router loss is part of the loss that trains: without it, the loss drops by coef * aux
+        without = sft_forward(model, batch, NLLLoss(), router_aux_loss_coef=0.0)
+    torch.testing.assert_close(out.loss.detach() - without.loss, coef * out.aux_loss, rtol=1e-4, atol=1e-7)
+    assert out.loss.item() != without.loss.item()
+    metrics = SFTMetrics()
+    metrics.add(out)
+    assert metrics.compute_and_reset(None, ["data"])["aux_loss"] == pytest.approx(out.aux_loss.item())  # and logged

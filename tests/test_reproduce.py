@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import compose, tiny_run
-from sft_exp.reproduce import compare_metrics, main
+from sft_exp.reproduce import compare_metrics, main, verify
 
 TINY = tiny_run(steps=3, train_rows=24, save_steps=3)
 
@@ -63,3 +63,48 @@ def test_run_info_differences_name_the_changed_data_and_versions(original, tmp_p
     notes = compare_run_info(original, tmp_path)
     assert any(n.startswith("data_fingerprint:") and "training data changed" in n for n in notes)
     assert any(n.startswith("torch:") for n in notes) and len(notes) == 2
+
+
+def _copy_run(original: Path, to: Path) -> Path:
+    import shutil
+
+    shutil.copytree(original, to, ignore=shutil.ignore_patterns("checkpoints", "wandb"))
+    return to
+
+
+def test_verify_exits_1_when_the_old_metrics_differ(original, tmp_path, capfd):
+    old = _copy_run(original, tmp_path / "old")
+    rows = [json.loads(line) for line in (old / "metrics.jsonl").read_text().splitlines()]
+    edited = next(i for i, row in enumerate(rows) if "loss" in row)
+    rows[edited]["loss"] += 0.5
+    (old / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert main([str(old), "--verify", f"hydra.run.dir={tmp_path / 'again'}"]) == 1
+    out = capfd.readouterr().out
+    assert "metrics.jsonl differs" in out and f"row {edited + 1}" in out and "loss" in out
+    assert "final weights: byte-identical" in out  # only the metrics were edited
+
+
+def test_verify_reports_changed_weights(original, tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    new = _copy_run(original, tmp_path / "new")
+    weights_file = new / "model" / "model.safetensors"
+    weights = load_file(weights_file)
+    name = sorted(weights)[0]
+    weights[name] = weights[name] + 1e-6
+    save_file(weights, weights_file, metadata={"format": "pt"})
+    assert verify(original, new) is False
+    out = capsys.readouterr().out
+    assert "metrics.jsonl: identical" in out and "final weights in model/ differ: model.safetensors" in out
+
+
+@pytest.mark.parametrize("side", ["old", "new"])
+def test_verify_reports_a_missing_model_folder_as_a_difference(original, tmp_path, capsys, side):
+    import shutil
+
+    copy = _copy_run(original, tmp_path / "copy")
+    shutil.rmtree(copy / "model")
+    old, new = (copy, original) if side == "old" else (original, copy)
+    assert verify(old, new) is False
+    out = capsys.readouterr().out
+    assert f"no *.safetensors in {copy}/model" in out and "byte-identical" not in out

@@ -1,9 +1,9 @@
-"""sft_exp's loss, mean_token_accuracy and entropy equal TRL SFTTrainer's on the same model and batch."""
+"""sft_exp's loss, mean_token_accuracy, entropy and gradients equal TRL SFTTrainer's on the same model and batch."""
 import copy
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, Qwen2Config
+from transformers import PreTrainedTokenizerFast
 
 trl = pytest.importorskip("trl")
 from datasets import Dataset  # noqa: E402
@@ -11,6 +11,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
 
 from sft_exp.loss import DFTLoss, NLLLoss  # noqa: E402
 from sft_exp.sft_forward import sft_forward  # noqa: E402
+from tests.conftest import tiny_causal_lm  # noqa: E402
 
 VOCAB = 64
 
@@ -34,10 +35,7 @@ def prompt_completion_rows(n=6, seed=0):
 
 @pytest.mark.parametrize("loss_type,loss_cls", [("nll", NLLLoss), ("dft", DFTLoss)])
 def test_loss_accuracy_entropy_match_trl(tmp_path, loss_type, loss_cls):
-    torch.manual_seed(0)
-    config = Qwen2Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
-    model = AutoModelForCausalLM.from_config(config)
+    model = tiny_causal_lm(vocab_size=VOCAB, hidden_size=32)
     ours = copy.deepcopy(model)  # TRL patches the forward of the model it is given
     args = trl.SFTConfig(output_dir=str(tmp_path), loss_type=loss_type, per_device_train_batch_size=6,
                          report_to=[], use_cpu=True, completion_only_loss=True, max_length=None)
@@ -57,3 +55,14 @@ def test_loss_accuracy_entropy_match_trl(tmp_path, loss_type, loss_cls):
     close(out.loss.item(), trl_loss.item())
     close((out.num_correct / out.num_supervised).item(), trl_metrics["mean_token_accuracy"])
     close((out.entropy_sum / out.num_supervised).item(), trl_metrics["entropy"])
+
+    # The same gradients, parameter by parameter, after one backward of each loss.
+    trl_loss.backward()
+    out.loss.backward()
+    trl_grads = dict(trainer.model.named_parameters())
+    compared = 0
+    for name, param in ours.named_parameters():
+        assert param.grad is not None and trl_grads[name].grad is not None, name
+        torch.testing.assert_close(param.grad, trl_grads[name].grad, rtol=1e-4, atol=1e-6, msg=name)
+        compared += 1
+    assert compared == len(trl_grads) and any(p.grad.abs().sum() > 0 for p in ours.parameters())

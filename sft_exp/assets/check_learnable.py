@@ -22,8 +22,9 @@ from typing import List, Tuple
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+from sft_exp.constants import IGNORE_INDEX as IGNORE
+
 ASSETS_DIR = Path(__file__).resolve().parent
-IGNORE = -100
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -34,6 +35,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--kv-heads", type=int, default=2)
     p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--schedule", default="linear", help="transformers lr_scheduler_type, as trainer.lr_scheduler_type")
     p.add_argument("--warmup-ratio", type=float, default=0.05)
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--steps", type=int, default=1000)
@@ -109,11 +111,12 @@ def build_model(args, tokenizer):
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="sdpa")
 
 
-def lr_factor(step: int, warmup: int, total: int) -> float:
-    """Linear warmup, then cosine decay to zero (transformers' "cosine" schedule)."""
-    if step < warmup:
-        return (step + 1) / warmup
-    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+def make_scheduler(optimizer, args):
+    """The Trainer's own schedule: transformers.get_scheduler with warmup as TrainingArguments counts it."""
+    from transformers import get_scheduler
+
+    warmup = math.ceil(args.warmup_ratio * args.steps)  # TrainingArguments.get_warmup_steps for a ratio < 1
+    return get_scheduler(args.schedule, optimizer, num_warmup_steps=warmup, num_training_steps=args.steps)
 
 
 def main(argv=None) -> int:
@@ -133,8 +136,7 @@ def main(argv=None) -> int:
     print(f"eval accuracy before: {before:.3f}")
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.0)
-    warmup = max(1, int(args.warmup_ratio * args.steps))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, args.steps))
+    scheduler = make_scheduler(optimizer, args)
     order: List[int] = []
     start = time.perf_counter()
     for step in range(args.steps):

@@ -5,11 +5,11 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, Qwen2Config
 
 from sft_exp.data import SFTCollator
 from sft_exp.data.packing import bfd_bins, pack_bfd, pack_wrapped
 from sft_exp.paths import PACKAGE_DIR
+from tests.conftest import tiny_causal_lm
 
 
 def _examples(lengths: list[int], seed: int = 0) -> datasets.Dataset:
@@ -66,10 +66,7 @@ def test_bfd_fills_97_percent_of_the_demo_data_at_512():
 
 
 def _tiny_model(attn_implementation: str):
-    torch.manual_seed(0)
-    config = Qwen2Config(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)  # fmt: skip
-    return AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation, dtype=torch.float32).eval()
+    return tiny_causal_lm(attn_implementation=attn_implementation).eval()
 
 
 def _mean_loss(model, batch: dict) -> torch.Tensor:
