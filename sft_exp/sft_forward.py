@@ -12,11 +12,11 @@ from typing import Optional, Union
 import torch
 from torch import Tensor
 
+from sft_exp.constants import IGNORE_INDEX
 from sft_exp.lm_head import chunked_head, head_spec, output_head
 from sft_exp.loss import SFTLoss
 from sft_exp.memory import no_offload
 
-IGNORE_INDEX = -100
 # Batch keys that are ours, not the model's.
 _NOT_MODEL_INPUTS = ("labels", "source_ids")
 
