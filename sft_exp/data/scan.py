@@ -75,6 +75,7 @@ def scan_encoded(dataset: datasets.Dataset) -> EncodedScan:
     dropped: Counter = Counter()
     truncated, start = 0, 0
     columns = ["input_ids", "labels", "drop_reason", "truncated", "trained_tokens"]
+    release_arrow_pages()  # map has just opened its output, reading each batch's header through the map
     for batch in record_batches(dataset, columns):
         reasons = batch.column("drop_reason")
         keep = pc.equal(reasons, "").to_numpy(zero_copy_only=False)
@@ -88,8 +89,8 @@ def scan_encoded(dataset: datasets.Dataset) -> EncodedScan:
         start += batch.num_rows
     if start != len(dataset):
         raise RuntimeError(f"read {start} tokenized rows, expected {len(dataset)}")  # a bug, not bad data
-    # Opening a cache file reads every batch's header through the map (and the kernel maps the pages
-    # around each): ~64 KB a 1,000-row batch that would otherwise stay resident.
+    # Opening a cache file (`_files_hold`, datasets' own from_file) reads every batch's header through
+    # the map, and the kernel maps the pages around each: ~64 KB a 1,000-row batch, otherwise resident.
     release_arrow_pages()
 
     def joined(pieces: list[np.ndarray], dtype) -> np.ndarray:
