@@ -108,3 +108,16 @@ def test_no_tasks_is_a_no_op(tmp_path, model, tokenizer):
     evaluation.use_heldout([])
     assert evaluation.evaluate(model, tokenizer, step=0) == {}
     assert not any(tmp_path.iterdir())
+
+
+def test_the_callbacks_entry_builds_function_scorers_without_calling_them():
+    """Hydra must hand the scorer's `_target_` to TaskEvaluation (`_recursive_: false`), not call it."""
+    from hydra.utils import instantiate
+
+    from sft_exp.evaluation.scorers import token_f1
+    from tests.conftest import compose
+
+    cfg = compose(["evals.heldout.scorer={_target_:sft_exp.evaluation.scorers.token_f1}", "logger=none"])
+    evaluation = instantiate(cfg.callbacks.task_evaluation, _convert_="all")
+    assert evaluation.tasks["heldout"].scorer is token_f1
+    assert evaluation.tasks["heldout"].metric == "token_f1"
