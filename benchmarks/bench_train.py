@@ -451,6 +451,10 @@ def main(argv=None) -> None:
         print("trl is not installed: skipping the TRL variants", file=sys.stderr)
         variants = [v for v in variants if not v.startswith("trl")]
     smollm2_dir()  # convert the GGUF once, before any timing
+    if args.threads:  # the matmul peak at the variants' own thread count
+        import torch
+
+        torch.set_num_threads(args.threads)
     peaks = [matmul_peak_gflops()]
     best = {}
     for model in args.models:
