@@ -10,7 +10,9 @@ from sft_exp.data.formats import BadRow, Conversation, PromptCompletion, column_
 MAX_HELDOUT_EXAMPLES = 1000
 
 
-def _as_example(item) -> dict | None:
+def as_example(item) -> dict | None:
+    """A normalized row as {prompt, reference}: the prompt messages (or text) and the last answer; None for
+    plain text, which has no prompt to answer."""
     if isinstance(item, PromptCompletion):
         return {"prompt": item.prompt, "reference": item.completion}
     if not isinstance(item, Conversation):
@@ -25,7 +27,7 @@ def _as_example(item) -> dict | None:
 
 def _example(part, mapping, raw_index: int) -> dict | None:
     try:
-        example = _as_example(normalize_row(part.fmt, field_values(part.raw[int(raw_index)], mapping)))
+        example = as_example(normalize_row(part.fmt, field_values(part.raw[int(raw_index)], mapping)))
     except BadRow:  # kept by on_bad_row=drop's tokenization, so not expected; counted as without a prompt
         return None
     return example if example is not None and example["prompt"] else None

@@ -121,6 +121,7 @@ def _file_source(settings: EvalTaskConfig):
 def load_examples(name: str, settings: EvalTaskConfig) -> List[dict]:
     """The task's prompts and references from its file (the first `limit`)."""
     from sft_exp.data.formats import BadRow, column_map, detect_format, field_values, normalize_row
+    from sft_exp.data.heldout import as_example
     from sft_exp.data.sources import load_source, source_columns
 
     path = Path(settings.path).expanduser()
@@ -146,7 +147,7 @@ def load_examples(name: str, settings: EvalTaskConfig) -> List[dict]:
     examples = []
     for index, row in enumerate(raw):
         try:
-            examples.append(as_example(normalize_row(fmt, field_values(row, mapping))))
+            examples.append(as_example(normalize_row(fmt, field_values(row, mapping))))  # text was refused above
         except BadRow as err:
             raise DataError(f"{where}, row {index}: {err.detail}") from None
     return examples
@@ -159,22 +160,6 @@ def _column_example(where: str, index: int, row: dict, settings: EvalTaskConfig)
     text = settings.prompt_template.format(prompt=row["prompt"])
     messages = [{"role": "system", "content": settings.system_prompt}] if settings.system_prompt else []
     return {"prompt": messages + [{"role": "user", "content": text}], "reference": str(row["reference"])}
-
-
-def as_example(item) -> dict:
-    """A normalized row as {prompt, reference}: the prompt messages (or text) and the last answer."""
-    from sft_exp.data.formats import Conversation, PromptCompletion
-
-    if isinstance(item, PromptCompletion):
-        return {"prompt": item.prompt, "reference": item.completion}
-    if not isinstance(item, Conversation):
-        raise DataError("plain text rows have no answer to score")
-    messages = item.messages
-    if item.n_prompt is not None:
-        answer = [m.get("content") or "" for m in messages[item.n_prompt:] if m["role"] == "assistant"]
-        return {"prompt": messages[: item.n_prompt], "reference": "\n".join(answer)}
-    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-    return {"prompt": messages[:last], "reference": messages[last].get("content") or ""}
 
 
 def build_tasks(tasks: Any) -> Dict[str, Any]:
