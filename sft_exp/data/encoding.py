@@ -19,6 +19,7 @@ from typing import NamedTuple
 import numpy as np
 import pyarrow as pa
 
+from sft_exp.constants import IGNORE_INDEX
 from sft_exp.data.formats import RAW_JSON_COLUMN, BadRow, PromptCompletion, Text, field_values, normalize_row
 from sft_exp.data.mapped_pages import release_arrow_pages_now_and_then
 from sft_exp.data.masks import conversation_spans, trained_token_ranges
@@ -191,7 +192,7 @@ def _as_table(rows: _Rows, reasons: list[str], source_index: int) -> pa.Table:
 
     return pa.table({
         "input_ids": tokens(input_ids),
-        "labels": tokens(np.where(trained, input_ids, np.int32(-100))),
+        "labels": tokens(np.where(trained, input_ids, np.int32(IGNORE_INDEX))),
         "position_ids": tokens(positions),
         "source_ids": tokens(np.full(total, source_index, dtype=np.int32)),
         "drop_reason": pa.array(reasons, type=pa.string()),

@@ -1,28 +1,32 @@
-"""`prepare_datasets`: config + tokenizer -> tokenized, masked, mixed (and packed) train/eval datasets.
+"""`prepare_datasets`: DataSettings + tokenizer -> tokenized, masked, mixed (and packed) train/eval datasets.
 
 sources -> normalize -> validate rows -> render -> tokenize + masks -> truncate / drop
-        -> eval split -> mix by weight -> pack -> statistics, fingerprint, sample prompts
+        -> eval split -> mix by weight -> pack -> statistics, fingerprint, held-out examples
+
+Held-out rows of a source: its `eval_path` file when it has one; else, unless `data.eval_sources`
+is given, `data.eval_split_size` of its own rows. `data.eval_sources` are held out as they are.
 """
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass, field
 
 import datasets
 import numpy as np
-import pyarrow.compute as pc
 
 from sft_exp.data.encoding import EncodeSpec, encode_batch
-from sft_exp.data.fingerprint import data_fingerprint, encode_fingerprint, token_digest, tokenizer_hash
+from sft_exp.compat import dataset_fingerprint
+from sft_exp.data.fingerprint import data_fingerprint, encode_fingerprint, tokenizer_hash
 from sft_exp.data.formats import column_map, detect_format
 from sft_exp.data.masks import check_template_can_mask
 from sft_exp.data.mixture import split_counts, split_rows, weighted_rows
-from sft_exp.data.packing import pack_bfd, pack_wrapped, token_table
-from sft_exp.data.sample_prompts import sample_prompts
+from sft_exp.data.packing import pack_bfd, pack_wrapped
+from sft_exp.data.heldout import heldout_examples
+from sft_exp.data.scan import scan_encoded
 from sft_exp.data.sources import load_source, source_columns, source_label, source_name
 from sft_exp.data.statistics import dataset_statistics, row_counts, token_counts
 from sft_exp.data.templates import has_generation_markers, resolve_chat_template, template_variables
-from sft_exp.data.validate import as_data_config, check_packing_attention, validate_data_config
+from sft_exp.data.settings import DataSettings
+from sft_exp.data.validate import check_packing_attention
 from sft_exp.errors import DataError
 
 
@@ -33,7 +37,10 @@ class PreparedData:
     source_names: list[str]
     stats: dict
     fingerprint: str
-    sample_prompts: list[dict] = field(default_factory=list)
+    # Every held-out row (up to heldout.MAX_HELDOUT_EXAMPLES) as {"prompt": messages or text, "reference": str}.
+    heldout_examples: list[dict] = field(default_factory=list)
+    # The chat template the rows were rendered with (None for plain text): the run saves it with the tokenizer.
+    chat_template: str | None = None
 
 
 @dataclass
@@ -68,23 +75,17 @@ def _encode_source(source, index: int, cfg, tokenizer, template, cache_dir, trun
     encoded = raw.map(
         encode_batch, batched=True, with_indices=True, fn_kwargs={"spec": spec}, remove_columns=raw.column_names,
         num_proc=cfg.num_proc if cfg.num_proc and cfg.num_proc > 1 and len(raw) > 1000 else None,
-        new_fingerprint=encode_fingerprint(raw._fingerprint, settings, tokenizer_hash(tokenizer)),
+        new_fingerprint=encode_fingerprint(dataset_fingerprint(raw), settings, tokenizer_hash(tokenizer)),
         desc=f"Tokenizing {label}",
     )  # fmt: skip
-    table = encoded.data.table
-    reasons = np.array(table.column("drop_reason").to_pylist(), dtype=object)
-    kept = np.flatnonzero(reasons == "")
-    dropped = Counter(reasons[reasons != ""].tolist())
-    truncated = int(np.asarray(table.column("truncated")).sum())
+    scan = scan_encoded(encoded)  # streamed a batch at a time: memory does not grow with the rows
+    kept = scan.kept
     stats = {"path": label, "format": fmt, "rows_read": len(raw), "rows_kept": len(kept),
-             "rows_dropped": dict(sorted(dropped.items())), "rows_truncated": truncated}  # fmt: skip
+             "rows_dropped": dict(sorted(scan.dropped.items())), "rows_truncated": scan.truncated}  # fmt: skip
     rows = encoded.remove_columns(["drop_reason", "truncated", "trained_tokens"])
-    rows = rows.select(kept) if dropped else rows
-    row_tokens = pc.list_value_length(table.column("input_ids")).to_numpy()[kept]
-    row_trained = table.column("trained_tokens").to_numpy()[kept]
-    # Dropped rows are empty, so hashing every row's tokens hashes the kept rows (with their lengths).
-    digest = token_digest(table, ("input_ids", "labels"))
-    return EncodedSource(source_name(source), raw, fmt, source.columns, rows, kept, row_tokens, row_trained, digest, stats)
+    rows = rows.select(kept) if scan.dropped else rows
+    return EncodedSource(source_name(source), raw, fmt, source.columns, rows, kept, scan.row_tokens, scan.row_trained,
+                         scan.digest, stats)  # fmt: skip
 
 
 def _encode_all(sources, cfg, tokenizer, template, names, cache_dir, truncate, role) -> list[EncodedSource]:
@@ -100,9 +101,15 @@ def _encode_all(sources, cfg, tokenizer, template, names, cache_dir, truncate, r
     return encoded
 
 
+def _splits(cfg: DataSettings, source) -> bool:
+    """Whether `eval_split_size` of this source's rows are held out (it has no held-out file of its own)."""
+    return source.eval_path is None and not cfg.eval_sources
+
+
 def _split_and_mix(cfg, sources, parts: list[EncodedSource], rng) -> tuple[datasets.Dataset, list, list, np.ndarray]:
     """(mixed training rows, per-part eval row indices, per-part training row indices, the shuffle order)."""
-    eval_counts = split_counts([len(part.rows) for part in parts], cfg.eval_split_size if not cfg.eval_sources else 0)
+    sizes = [len(part.rows) if _splits(cfg, source) else 0 for source, part in zip(sources, parts)]
+    eval_counts = split_counts(sizes, cfg.eval_split_size)
     train_pieces, eval_rows, train_rows = [], [], []
     for source, part, n_eval in zip(sources, parts, eval_counts):
         train_idx, eval_idx = split_rows(len(part.rows), n_eval, rng)
@@ -129,9 +136,33 @@ def _eval_dataset(parts, eval_parts, eval_rows, max_length: int) -> datasets.Dat
     return datasets.concatenate_datasets(pieces) if pieces else None
 
 
-def prepare_datasets(data_cfg, tokenizer, *, attn_implementation=None, cache_dir=None) -> PreparedData:
-    validate_data_config(data_cfg)
-    cfg = as_data_config(data_cfg)
+def _eval_from(cfg, sources, parts, eval_parts, eval_rows) -> list[dict]:
+    """Where each group of held-out rows came from, for the summary line and run_info.json."""
+    origins = []
+    from_file = iter(eval_parts)
+    for source in sources:
+        if source.eval_path is not None:
+            part = next(from_file)
+            origins.append({"source": part.name, "from": "eval_path", "path": part.stats["path"], "rows": len(part.rows)})
+    origins += [{"source": part.name, "from": "eval_sources", "path": part.stats["path"], "rows": len(part.rows)}
+                for part in from_file]  # fmt: skip
+    for source, part, rows in zip(sources, parts, eval_rows):
+        if _splits(cfg, source):
+            origins.append({"source": part.name, "from": "eval_split_size", "path": part.stats["path"],
+                            "eval_split_size": cfg.eval_split_size, "rows": len(rows)})  # fmt: skip
+    return origins
+
+
+def prepare_datasets(
+    settings: DataSettings, tokenizer, *, attn_implementation: str | None = None, cache_dir: str | None = None
+) -> PreparedData:
+    """`settings`: a DataSettings (Hydra builds it from `data.*`: `hydra.utils.instantiate(cfg.data)`)."""
+    if not isinstance(settings, DataSettings):
+        raise TypeError(
+            f"prepare_datasets: expected sft_exp.data.DataSettings, got {type(settings).__name__}; "
+            "build it with DataSettings(sources=[...], seed=...) or hydra.utils.instantiate(cfg.data)"
+        )
+    cfg = settings
     check_packing_attention(cfg, attn_implementation)
     template = resolve_chat_template(cfg.chat_template, tokenizer)
     if cfg.assistant_only_loss and template is not None:
@@ -139,14 +170,15 @@ def prepare_datasets(data_cfg, tokenizer, *, attn_implementation=None, cache_dir
     names = list(dict.fromkeys(source_name(s) for s in [*cfg.sources, *cfg.eval_sources]))
     truncate = not (cfg.packing and cfg.packing_strategy == "wrapped")
     parts = _encode_all(cfg.sources, cfg, tokenizer, template, names, cache_dir, truncate, "training")
-    eval_parts = _encode_all(cfg.eval_sources, cfg, tokenizer, template, names, cache_dir, True, "eval")
+    heldout_files = [source.heldout_file() for source in cfg.sources if source.eval_path is not None]
+    eval_parts = _encode_all([*heldout_files, *cfg.eval_sources], cfg, tokenizer, template, names, cache_dir, True, "eval")
     rng = np.random.default_rng(cfg.seed)
     train, eval_rows, train_rows, order = _split_and_mix(cfg, cfg.sources, parts, rng)
     eval_set = _eval_dataset(parts, eval_parts, eval_rows, cfg.max_length)
     if cfg.packing:
         pack = pack_bfd if cfg.packing_strategy == "bfd" else pack_wrapped
         train = pack(train, cfg.max_length)
-        counts = token_counts(token_table(train), len(names))  # packing moves tokens and cuts labels: count anew
+        counts = token_counts(train, len(names))  # packing moves tokens and cuts labels: count anew
     else:
         # Unpacked rows are the sources' rows as encoded: sum their counts instead of reading every token again.
         pieces = [(names.index(part.name), part.row_tokens[rows], part.row_trained[rows])
@@ -154,6 +186,10 @@ def prepare_datasets(data_cfg, tokenizer, *, attn_implementation=None, cache_dir
         counts = row_counts(pieces, len(names))
     mixture_rows = {part.name: len(rows) for part, rows in zip(parts, train_rows)}
     stats = dataset_statistics(cfg, parts, eval_parts, counts, len(train), eval_set, names, mixture_rows)
+    stats["eval_from"] = _eval_from(cfg, cfg.sources, parts, eval_parts, eval_rows)
+    heldout_groups = [(part, part.kept) for part in eval_parts]
+    heldout_groups += [(part, part.kept[rows]) for part, rows in zip(parts, eval_rows) if len(rows)]
+    examples, stats["heldout_examples"] = heldout_examples(heldout_groups)
     settings = {"names": names, "packing": cfg.packing, "strategy": cfg.packing_strategy, "max_length": cfg.max_length}
     return PreparedData(
         train=train,
@@ -161,5 +197,6 @@ def prepare_datasets(data_cfg, tokenizer, *, attn_implementation=None, cache_dir
         source_names=names,
         stats=stats,
         fingerprint=data_fingerprint([part.digest for part in parts], [*train_rows, order], settings),
-        sample_prompts=sample_prompts(parts, eval_parts, eval_rows),
+        heldout_examples=examples,
+        chat_template=template,
     )
