@@ -74,6 +74,11 @@ class TaskEvaluation(TrainerCallback):
                 if not isinstance(task, GenerationTask):
                     metrics.update(task.evaluate(model, tokenizer, accelerator=accelerator))
                     continue
+                settings = task.settings
+                if _is_main():  # generation can take minutes on a CPU: say what is running
+                    log.info("evaluating %s at step %d: %d prompts, batches of %d, up to %d new tokens each",
+                             task.name, step, len(self._prompt_ids[task.name]), settings.batch_size,
+                             settings.max_new_tokens)
                 task_metrics, rows = run_generation_task(task, model, tokenizer, self._prompt_ids[task.name],
                                                          accelerator=accelerator)
                 metrics.update(task_metrics)
