@@ -179,12 +179,12 @@ def _drop_gguf_quantization(model) -> None:
 
 def align_special_tokens(model, tokenizer) -> None:
     """Generation stops at the tokenizer's EOS (e.g. <|im_end|>), pads with its pad token."""
-    for cfg in (model.config, getattr(model, "generation_config", None)):
-        if cfg is None:
+    for config in (model.config, getattr(model, "generation_config", None)):
+        if config is None:
             continue
         if tokenizer.eos_token_id is not None:
-            cfg.eos_token_id = tokenizer.eos_token_id
+            config.eos_token_id = tokenizer.eos_token_id
         if tokenizer.pad_token_id is not None:
-            cfg.pad_token_id = tokenizer.pad_token_id
+            config.pad_token_id = tokenizer.pad_token_id
         if tokenizer.bos_token_id is not None:
-            cfg.bos_token_id = tokenizer.bos_token_id
+            config.bos_token_id = tokenizer.bos_token_id

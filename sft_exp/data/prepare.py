@@ -59,23 +59,23 @@ class EncodedSource:
     stats: dict
 
 
-def _encode_source(source, index: int, cfg, tokenizer, template, cache_dir, truncate: bool) -> EncodedSource:
+def _encode_source(source, index: int, settings, tokenizer, template, cache_dir, truncate: bool) -> EncodedSource:
     label = source_label(source)
     raw = load_source(source, cache_dir)
     fmt = detect_format(source.format, source_columns(raw), source.columns, label)
-    completion_only = cfg.completion_only_loss is not False  # default: on for prompt-completion rows
+    completion_only = settings.completion_only_loss is not False  # default: on for prompt-completion rows
     spec = EncodeSpec(
         tokenizer=tokenizer, fmt=fmt, columns=column_map(fmt, source.columns), template=template,
         template_variables=template_variables(tokenizer), markers=bool(template) and has_generation_markers(template),
-        assistant_only=cfg.assistant_only_loss, completion_only=completion_only,
-        max_length=cfg.max_length if truncate else None, source_index=index, source_file=label,
-        drop_bad_rows=cfg.on_bad_row == "drop",
+        assistant_only=settings.assistant_only_loss, completion_only=completion_only,
+        max_length=settings.max_length if truncate else None, source_index=index, source_file=label,
+        drop_bad_rows=settings.on_bad_row == "drop",
     )  # fmt: skip
-    settings = {k: v for k, v in vars(spec).items() if k != "tokenizer"}
+    spec_values = {k: v for k, v in vars(spec).items() if k != "tokenizer"}
     encoded = raw.map(
         encode_batch, batched=True, with_indices=True, fn_kwargs={"spec": spec}, remove_columns=raw.column_names,
-        num_proc=cfg.num_proc if cfg.num_proc and cfg.num_proc > 1 and len(raw) > 1000 else None,
-        new_fingerprint=encode_fingerprint(dataset_fingerprint(raw), settings, tokenizer_hash(tokenizer)),
+        num_proc=settings.num_proc if settings.num_proc and settings.num_proc > 1 and len(raw) > 1000 else None,
+        new_fingerprint=encode_fingerprint(dataset_fingerprint(raw), spec_values, tokenizer_hash(tokenizer)),
         desc=f"Tokenizing {label}",
     )  # fmt: skip
     scan = scan_encoded(encoded)  # streamed a batch at a time: memory does not grow with the rows
@@ -88,10 +88,10 @@ def _encode_source(source, index: int, cfg, tokenizer, template, cache_dir, trun
                          scan.digest, stats)  # fmt: skip
 
 
-def _encode_all(sources, cfg, tokenizer, template, names, cache_dir, truncate, role) -> list[EncodedSource]:
+def _encode_all(sources, settings, tokenizer, template, names, cache_dir, truncate, role) -> list[EncodedSource]:
     encoded = []
     for source in sources:
-        part = _encode_source(source, names.index(source_name(source)), cfg, tokenizer, template, cache_dir, truncate)
+        part = _encode_source(source, names.index(source_name(source)), settings, tokenizer, template, cache_dir, truncate)
         if len(part.rows) == 0:
             raise DataError(
                 f"{part.stats['path']}: every one of its {part.stats['rows_read']} {role} rows was dropped "
@@ -101,20 +101,20 @@ def _encode_all(sources, cfg, tokenizer, template, names, cache_dir, truncate, r
     return encoded
 
 
-def _splits(cfg: DataSettings, source) -> bool:
+def _splits(settings: DataSettings, source) -> bool:
     """Whether `eval_split_size` of this source's rows are held out (it has no held-out file of its own)."""
-    return source.eval_path is None and not cfg.eval_sources
+    return source.eval_path is None and not settings.eval_sources
 
 
-def _split_and_mix(cfg, sources, parts: list[EncodedSource], rng) -> tuple[datasets.Dataset, list, list, np.ndarray]:
+def _split_and_mix(settings, sources, parts: list[EncodedSource], rng) -> tuple[datasets.Dataset, list, list, np.ndarray]:
     """(mixed training rows, per-part eval row indices, per-part training row indices, the shuffle order)."""
-    sizes = [len(part.rows) if _splits(cfg, source) else 0 for source, part in zip(sources, parts)]
-    eval_counts = split_counts(sizes, cfg.eval_split_size)
+    sizes = [len(part.rows) if _splits(settings, source) else 0 for source, part in zip(sources, parts)]
+    eval_counts = split_counts(sizes, settings.eval_split_size)
     train_pieces, eval_rows, train_rows = [], [], []
     for source, part, n_eval in zip(sources, parts, eval_counts):
         train_idx, eval_idx = split_rows(len(part.rows), n_eval, rng)
         if len(train_idx) == 0:
-            raise DataError(f"{part.stats['path']}: data.eval_split_size={cfg.eval_split_size} leaves no training rows")
+            raise DataError(f"{part.stats['path']}: data.eval_split_size={settings.eval_split_size} leaves no training rows")
         chosen = weighted_rows(train_idx, source.weight, rng)
         train_pieces.append(part.rows.select(chosen))
         eval_rows.append(eval_idx)
@@ -136,7 +136,7 @@ def _eval_dataset(parts, eval_parts, eval_rows, max_length: int) -> datasets.Dat
     return datasets.concatenate_datasets(pieces) if pieces else None
 
 
-def _eval_from(cfg, sources, parts, eval_parts, eval_rows) -> list[dict]:
+def _eval_from(settings, sources, parts, eval_parts, eval_rows) -> list[dict]:
     """Where each group of held-out rows came from, for the summary line and run_info.json."""
     origins = []
     from_file = iter(eval_parts)
@@ -147,9 +147,9 @@ def _eval_from(cfg, sources, parts, eval_parts, eval_rows) -> list[dict]:
     origins += [{"source": part.name, "from": "eval_sources", "path": part.stats["path"], "rows": len(part.rows)}
                 for part in from_file]  # fmt: skip
     for source, part, rows in zip(sources, parts, eval_rows):
-        if _splits(cfg, source):
+        if _splits(settings, source):
             origins.append({"source": part.name, "from": "eval_split_size", "path": part.stats["path"],
-                            "eval_split_size": cfg.eval_split_size, "rows": len(rows)})  # fmt: skip
+                            "eval_split_size": settings.eval_split_size, "rows": len(rows)})  # fmt: skip
     return origins
 
 
@@ -162,22 +162,21 @@ def prepare_datasets(
             f"prepare_datasets: expected sft_exp.data.DataSettings, got {type(settings).__name__}; "
             "build it with DataSettings(sources=[...], seed=...) or hydra.utils.instantiate(cfg.data)"
         )
-    cfg = settings
-    check_packing_attention(cfg, attn_implementation)
-    template = resolve_chat_template(cfg.chat_template, tokenizer)
-    if cfg.assistant_only_loss and template is not None:
+    check_packing_attention(settings, attn_implementation)
+    template = resolve_chat_template(settings.chat_template, tokenizer)
+    if settings.assistant_only_loss and template is not None:
         check_template_can_mask(template, template_variables(tokenizer))
-    names = list(dict.fromkeys(source_name(s) for s in [*cfg.sources, *cfg.eval_sources]))
-    truncate = not (cfg.packing and cfg.packing_strategy == "wrapped")
-    parts = _encode_all(cfg.sources, cfg, tokenizer, template, names, cache_dir, truncate, "training")
-    heldout_files = [source.heldout_file() for source in cfg.sources if source.eval_path is not None]
-    eval_parts = _encode_all([*heldout_files, *cfg.eval_sources], cfg, tokenizer, template, names, cache_dir, True, "eval")
-    rng = np.random.default_rng(cfg.seed)
-    train, eval_rows, train_rows, order = _split_and_mix(cfg, cfg.sources, parts, rng)
-    eval_set = _eval_dataset(parts, eval_parts, eval_rows, cfg.max_length)
-    if cfg.packing:
-        pack = pack_bfd if cfg.packing_strategy == "bfd" else pack_wrapped
-        train = pack(train, cfg.max_length)
+    names = list(dict.fromkeys(source_name(s) for s in [*settings.sources, *settings.eval_sources]))
+    truncate = not (settings.packing and settings.packing_strategy == "wrapped")
+    parts = _encode_all(settings.sources, settings, tokenizer, template, names, cache_dir, truncate, "training")
+    heldout_files = [source.heldout_file() for source in settings.sources if source.eval_path is not None]
+    eval_parts = _encode_all([*heldout_files, *settings.eval_sources], settings, tokenizer, template, names, cache_dir, True, "eval")
+    rng = np.random.default_rng(settings.seed)
+    train, eval_rows, train_rows, order = _split_and_mix(settings, settings.sources, parts, rng)
+    eval_set = _eval_dataset(parts, eval_parts, eval_rows, settings.max_length)
+    if settings.packing:
+        pack = pack_bfd if settings.packing_strategy == "bfd" else pack_wrapped
+        train = pack(train, settings.max_length)
         counts = token_counts(train, len(names))  # packing moves tokens and cuts labels: count anew
     else:
         # Unpacked rows are the sources' rows as encoded: sum their counts instead of reading every token again.
@@ -185,18 +184,18 @@ def prepare_datasets(
                   for part, rows in zip(parts, train_rows)]  # fmt: skip
         counts = row_counts(pieces, len(names))
     mixture_rows = {part.name: len(rows) for part, rows in zip(parts, train_rows)}
-    stats = dataset_statistics(cfg, parts, eval_parts, counts, len(train), eval_set, names, mixture_rows)
-    stats["eval_from"] = _eval_from(cfg, cfg.sources, parts, eval_parts, eval_rows)
+    stats = dataset_statistics(settings, parts, eval_parts, counts, len(train), eval_set, names, mixture_rows)
+    stats["eval_from"] = _eval_from(settings, settings.sources, parts, eval_parts, eval_rows)
     heldout_groups = [(part, part.kept) for part in eval_parts]
     heldout_groups += [(part, part.kept[rows]) for part, rows in zip(parts, eval_rows) if len(rows)]
     examples, stats["heldout_examples"] = heldout_examples(heldout_groups)
-    settings = {"names": names, "packing": cfg.packing, "strategy": cfg.packing_strategy, "max_length": cfg.max_length}
+    layout = {"names": names, "packing": settings.packing, "strategy": settings.packing_strategy, "max_length": settings.max_length}
     return PreparedData(
         train=train,
         eval=eval_set,
         source_names=names,
         stats=stats,
-        fingerprint=data_fingerprint([part.digest for part in parts], [*train_rows, order], settings),
+        fingerprint=data_fingerprint([part.digest for part in parts], [*train_rows, order], layout),
         heldout_examples=examples,
         chat_template=template,
     )

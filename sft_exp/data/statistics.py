@@ -47,7 +47,7 @@ def _counts(n_tokens: int, n_trained: int, tokens_per_source, trained_per_source
 
 
 def dataset_statistics(
-    cfg, parts, eval_parts, train_counts: dict, n_train: int, eval_set, names: list[str], mixture_rows: dict
+    settings, parts, eval_parts, train_counts: dict, n_train: int, eval_set, names: list[str], mixture_rows: dict
 ) -> dict:
     """`train_counts`: the training rows' token counts (`token_counts` or `row_counts`)."""
     dropped = Counter()
@@ -62,16 +62,16 @@ def dataset_statistics(
         "train_examples_per_source": mixture_rows,
         "train_rows": n_train,
         "eval_rows": len(eval_set) if eval_set is not None else 0,
-        "max_length": cfg.max_length,
+        "max_length": settings.max_length,
         **{key: value for key, value in train_counts.items() if not key.endswith("per_source")},
         "tokens_per_source": dict(zip(names, train_counts["tokens_per_source"])),
         "supervised_tokens_per_source": dict(zip(names, train_counts["supervised_per_source"])),
         "packing": None,
     }
-    if cfg.packing:
+    if settings.packing:
         stats["packing"] = {
-            "strategy": cfg.packing_strategy,
+            "strategy": settings.packing_strategy,
             "packed_rows": n_train,
-            "fill_rate": round(train_counts["tokens"] / max(n_train * cfg.max_length, 1), 4),
+            "fill_rate": round(train_counts["tokens"] / max(n_train * settings.max_length, 1), 4),
         }
     return stats

@@ -44,52 +44,52 @@ def _check_source(source, key: str) -> None:
             raise ConfigError(f"{key}.{name}={value}: must be an integer >= 1, or null for all rows")
 
 
-def _check_sources(cfg) -> None:
-    if not cfg.sources:
+def _check_sources(settings) -> None:
+    if not settings.sources:
         raise ConfigError("data.sources: empty; give at least one source, e.g. 'data.sources=[{path:train.jsonl}]'")
-    for i, source in enumerate(cfg.sources):
+    for i, source in enumerate(settings.sources):
         _check_source(source, f"data.sources[{i}]")
-    for i, source in enumerate(cfg.eval_sources):
+    for i, source in enumerate(settings.eval_sources):
         _check_source(source, f"data.eval_sources[{i}]")
         if source.eval_path is not None:
             raise ConfigError(f"data.eval_sources[{i}].eval_path: an eval source is held out already; remove it")
-    names = [source_name(source) for source in cfg.sources]
+    names = [source_name(source) for source in settings.sources]
     for i, name in enumerate(names):
         if name in names[:i]:
             raise ConfigError(f"data.sources[{i}].name: '{name}' is used twice; give each source its own `name`")
 
 
-def _check_combinations(cfg) -> None:
-    explicit = {source.format for source in cfg.sources}
-    if cfg.completion_only_loss and explicit <= {"text", "messages", "sharegpt"}:
+def _check_combinations(settings) -> None:
+    explicit = {source.format for source in settings.sources}
+    if settings.completion_only_loss and explicit <= {"text", "messages", "sharegpt"}:
         raise ConfigError(
             "data.completion_only_loss=true, but no source is prompt-completion data (formats: "
             f"{', '.join(sorted(explicit))}); for conversations use data.assistant_only_loss=true"
         )
-    if cfg.assistant_only_loss and explicit == {"text"}:
+    if settings.assistant_only_loss and explicit == {"text"}:
         raise ConfigError("data.assistant_only_loss=true needs conversational data, but every source is format=text")
 
 
-def check_settings(cfg) -> None:
-    """Raise ConfigError naming `data.<key>` for values that cannot work (`cfg`: a DataSettings). Loads nothing."""
-    _check_sources(cfg)
-    check_chat_template_setting(cfg.chat_template)
-    if not isinstance(cfg.max_length, int) or cfg.max_length < 2:
-        raise ConfigError(f"data.max_length={cfg.max_length}: must be an integer >= 2")
-    if cfg.packing_strategy not in PACKING_STRATEGIES:
-        raise ConfigError(f"data.packing_strategy={cfg.packing_strategy!r}: use one of {', '.join(PACKING_STRATEGIES)}")
-    if cfg.on_bad_row not in BAD_ROW_POLICIES:
-        raise ConfigError(f"data.on_bad_row={cfg.on_bad_row!r}: use one of {', '.join(BAD_ROW_POLICIES)}")
-    if cfg.num_proc is not None and cfg.num_proc < 1:
-        raise ConfigError(f"data.num_proc={cfg.num_proc}: must be >= 1, or null for one process")
-    if isinstance(cfg.eval_split_size, bool) or not isinstance(cfg.eval_split_size, (int, float)) \
-            or not cfg.eval_split_size >= 0:
-        raise ConfigError(f"data.eval_split_size={cfg.eval_split_size}: must be >= 0 (a fraction <1 or a row count)")
-    _check_combinations(cfg)
+def check_settings(settings) -> None:
+    """Raise ConfigError naming `data.<key>` for values that cannot work (`settings`: a DataSettings). Loads nothing."""
+    _check_sources(settings)
+    check_chat_template_setting(settings.chat_template)
+    if not isinstance(settings.max_length, int) or settings.max_length < 2:
+        raise ConfigError(f"data.max_length={settings.max_length}: must be an integer >= 2")
+    if settings.packing_strategy not in PACKING_STRATEGIES:
+        raise ConfigError(f"data.packing_strategy={settings.packing_strategy!r}: use one of {', '.join(PACKING_STRATEGIES)}")
+    if settings.on_bad_row not in BAD_ROW_POLICIES:
+        raise ConfigError(f"data.on_bad_row={settings.on_bad_row!r}: use one of {', '.join(BAD_ROW_POLICIES)}")
+    if settings.num_proc is not None and settings.num_proc < 1:
+        raise ConfigError(f"data.num_proc={settings.num_proc}: must be >= 1, or null for one process")
+    if isinstance(settings.eval_split_size, bool) or not isinstance(settings.eval_split_size, (int, float)) \
+            or not settings.eval_split_size >= 0:
+        raise ConfigError(f"data.eval_split_size={settings.eval_split_size}: must be >= 0 (a fraction <1 or a row count)")
+    _check_combinations(settings)
 
 
-def check_packing_attention(cfg, attn_implementation: str | None) -> None:
-    if cfg.packing and attn_implementation is not None and attn_implementation not in PACKING_SAFE_ATTENTION:
+def check_packing_attention(settings, attn_implementation: str | None) -> None:
+    if settings.packing and attn_implementation is not None and attn_implementation not in PACKING_SAFE_ATTENTION:
         raise ConfigError(
             f"data.packing=true with model.attn_implementation={attn_implementation}: that attention cannot keep "
             f"packed examples apart; use one of {', '.join(PACKING_SAFE_ATTENTION)} or set data.packing=false"
