@@ -69,7 +69,7 @@ def test_hf_preset_requires_name_or_path():
 @pytest.mark.parametrize("preset", ["hf", "smollm2_135m"])
 def test_recipes_stay_off_pretrained_presets(preset, local_model):
     tiny = compose(["data=demo"])
-    assert tiny.optimizer.lr == 3e-3 and tiny.trainer.max_steps == 1000  # the tiny_demo recipe applies there
+    assert tiny.optimizer.lr == 2e-3 and tiny.trainer.max_steps == 1500  # the tiny_demo recipe applies there
     cfg = compose([f"model={preset}", f"model.name_or_path={local_model}", "data=demo"])
     assert cfg.optimizer.lr == AdamWConfig().lr
     assert cfg.trainer.max_steps == TrainerConfig().max_steps

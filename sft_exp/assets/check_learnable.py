@@ -1,6 +1,6 @@
 """Prove the demo tasks are learnable on a CPU in the default run's time budget.
 
-    python -m sft_exp.assets.check_learnable [--steps 1000 --lr 3e-3 --seed 1 ...]
+    python -m sft_exp.assets.check_learnable [--steps 1500 --lr 2e-3 --seed 1 ...]
 
 A bare torch loop (no Trainer) on the shipped tokenizer and demo files: a tiny Qwen2 model in
 fp32 on 2 threads, AdamW, loss on assistant tokens only. It prints the held-out token accuracy
@@ -34,11 +34,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--kv-heads", type=int, default=2)
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--schedule", default="linear", help="transformers lr_scheduler_type, as trainer.lr_scheduler_type")
     p.add_argument("--warmup-ratio", type=float, default=0.05)
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--steps", type=int, default=1000)
+    p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--max-length", type=int, default=128)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--threads", type=int, default=2)
