@@ -80,6 +80,9 @@ def build_training_arguments(
     return SFTTrainingArguments(output_dir=output_dir, **defaults)
 
 
+WINDOW_STATE_KEY = "sft_exp_train_window"  # in trainer_state.json's stateful_callbacks
+
+
 class _TrainerHooks(TrainerCallback):
     """Bookkeeping that must run at points only callbacks reach."""
 
@@ -124,9 +127,6 @@ class _TrainerHooks(TrainerCallback):
         self.trainer.model.zero_grad(set_to_none=True)
         log.warning("step %d skipped: the loss was NaN or infinite%s", step, where)
         self.trainer._skipped_steps += 1
-
-
-WINDOW_STATE_KEY = "sft_exp_train_window"  # in trainer_state.json's stateful_callbacks
 
 
 def _evaluates_tasks(callback) -> bool:
