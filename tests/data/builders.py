@@ -56,3 +56,16 @@ def conversation(*turns: str, system: str | None = None) -> dict:
     messages += [{"role": ("user", "assistant")[i % 2], "content": text} for i, text in enumerate(turns)]
     return {"messages": messages}
 
+
+def trained_runs(tokenizer, ids: list, labels: list) -> list[str]:
+    """Decoded runs of consecutive trained tokens (labels != IGNORE_INDEX)."""
+    from sft_exp.constants import IGNORE_INDEX
+
+    runs, current = [], []
+    for token, label in zip(list(ids) + [None], list(labels) + [IGNORE_INDEX]):
+        if label != IGNORE_INDEX:
+            current.append(token)
+        elif current:
+            runs.append(tokenizer.decode(current))
+            current = []
+    return runs

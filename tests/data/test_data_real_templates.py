@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 import pytest
-from builders import conversation
+from builders import conversation, trained_runs
 
 from sft_exp.data.encoding import EncodeSpec, encode_batch
 from sft_exp.data.formats import BadRow, Conversation
@@ -81,24 +81,12 @@ def _encode(tokenizer, template: str, messages: list[dict], drop: bool = False) 
     return encode_batch({"messages": [messages]}, [0], spec).to_pydict()
 
 
-def _trained_runs(tokenizer, ids: list[int], labels: list[int]) -> list[str]:
-    """Decoded runs of consecutive trained tokens."""
-    runs, current = [], []
-    for token, label in zip(ids + [None], labels + [-100]):
-        if label != -100:
-            current.append(token)
-        elif current:
-            runs.append(tokenizer.decode(current))
-            current = []
-    return runs
-
-
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_assistant_turns_and_their_end_of_turn_are_trained(phi3_tokenizer, name):
     template = _load_template(_template_file(name))
     out = _encode(phi3_tokenizer, template, MESSAGES)
     assert out["drop_reason"] == [""]
-    runs = _trained_runs(phi3_tokenizer, out["input_ids"][0], out["labels"][0])
+    runs = trained_runs(phi3_tokenizer, out["input_ids"][0], out["labels"][0])
     assert runs == list(EXPECTED[name])
 
 

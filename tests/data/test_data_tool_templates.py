@@ -12,7 +12,7 @@ import json
 import re
 
 import pytest
-from builders import settings, write_jsonl
+from builders import settings, trained_runs, write_jsonl
 
 from sft_exp.data import prepare_datasets
 
@@ -102,17 +102,6 @@ def _prepare(tokenizer, tmp_path, rows, template_path, **values):
     return prepare_datasets(settings(**cfg), tokenizer)
 
 
-def _trained_runs(tokenizer, row: dict) -> list[str]:
-    runs, current = [], []
-    for token, label in zip(row["input_ids"] + [None], row["labels"] + [-100]):
-        if label != -100:
-            current.append(token)
-        elif current:
-            runs.append(tokenizer.decode(current))
-            current = []
-    return runs
-
-
 def test_every_tool_template_is_covered(shared_data):
     renders_calls = [path.name for path in (shared_data / "chat_templates").iterdir() if "tool_calls" in path.read_text()]
     assert sorted(renders_calls) == sorted(END_OF_TURN)
@@ -132,7 +121,7 @@ def test_trained_text_is_the_inference_render_and_masks_cover_each_call(phi3_tok
     out = _prepare(phi3_tokenizer, tmp_path, [row], template_path).train[0]
     assert out["input_ids"] == phi3_tokenizer(expected, add_special_tokens=False)["input_ids"]
     end = END_OF_TURN[name]
-    call_turn, reply_turn = _trained_runs(phi3_tokenizer, out)
+    call_turn, reply_turn = trained_runs(phi3_tokenizer, out["input_ids"], out["labels"])
     for city in CITIES[: len(structured[1]["tool_calls"])]:
         assert "get_weather" in call_turn and json.dumps({"city": city}) in call_turn
     assert call_turn.endswith(end) and reply_turn.endswith("It is warm." + end)
@@ -147,7 +136,7 @@ def test_openai_tool_rows_with_qwen2_5_have_no_double_encoded_arguments(phi3_tok
     data = _prepare(phi3_tokenizer, tmp_path, rows, shared_data / "chat_templates" / "Qwen-Qwen2.5-7B-Instruct.jinja")
     assert len(data.train) == len(rows)
     texts = [phi3_tokenizer.decode(row["input_ids"]) for row in data.train]
-    trained = [run for row in data.train for run in _trained_runs(phi3_tokenizer, row)]
+    trained = [run for row in data.train for run in trained_runs(phi3_tokenizer, row["input_ids"], row["labels"])]
     # (the system prompt shows the layout once: `{"name": <function-name>, ...}`, not JSON)
     calls = [json.loads(call) for text in texts for call in re.findall(r"<tool_call>\n(\{\"name\": \".*?)\n</tool_call>", text)]
     assert len(calls) == calls_in_file
