@@ -10,7 +10,7 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, List
 
 import torch
 
@@ -30,11 +30,11 @@ def rank_and_world(accelerator=None) -> tuple:
     return 0, 1
 
 
-def gather(items: list, accelerator, world: int) -> list:
+def gather(items: list, world: int) -> list:
     """Every rank's list, concatenated, on every rank (no collective with one process)."""
     if world == 1:
         return items
-    parts: List[Any] = [None] * world  # (accelerate's gather_object is a function, not an Accelerator method)
+    parts: List[Any] = [None] * world
     torch.distributed.all_gather_object(parts, items)
     return [item for part in parts for item in part]
 
@@ -95,7 +95,7 @@ def run_generation_task(task: GenerationTask, model, tokenizer, prompt_ids, *, a
             do_sample=settings.do_sample, num_samples=settings.num_samples, temperature=settings.temperature,
             top_p=settings.top_p, stop=settings.stop, synced_gpus=world > 1,
         ) if mine else []
-    done = gather([(i, g) for i, g in zip(indices, generations) if i >= 0], accelerator, world)
+    done = gather([(i, g) for i, g in zip(indices, generations) if i >= 0], world)
     by_index = dict(done)
     rows = []
     for index, example in enumerate(task.examples):
