@@ -16,6 +16,7 @@ from typing import Any, Mapping, Optional
 import torch
 
 from sft_exp.errors import ConfigError
+from sft_exp.varlen_attention import register as register_varlen_sdpa, use_varlen_sdpa
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,9 @@ class ModelLoader:
     # ------------------------------------------------------------------------- model
     def load_model(self, tokenizer):
         """The model, its special tokens set to the tokenizer's, its embeddings checked to fit the tokenizer."""
+        register_varlen_sdpa()  # model.attn_implementation=sdpa_varlen may be asked for by name
         model = self._pretrained() if self.name_or_path else self._from_config(len(tokenizer))
+        use_varlen_sdpa(model)  # sdpa, except padding-free batches attend per example with no dense mask
         align_special_tokens(model, tokenizer)
         self._fit_embeddings(model, tokenizer)
         return model

@@ -16,6 +16,7 @@ from sft_exp.constants import IGNORE_INDEX
 from sft_exp.lm_head import chunked_head, head_spec, output_head
 from sft_exp.loss import SFTLoss
 from sft_exp.memory import no_offload
+from sft_exp.varlen_attention import documents_from_positions
 
 # Batch keys that are ours, not the model's.
 _NOT_MODEL_INPUTS = ("labels", "source_ids")
@@ -57,8 +58,11 @@ def decoder_hidden(model, batch: dict):
     if getattr(inner.config.get_text_config(), "output_router_logits", False):
         inputs["output_router_logits"] = True
     handle = output_head(inner).register_forward_pre_hook(capture)
+    # A padding-free batch (no attention_mask): sdpa_varlen models cut examples out by position_ids, no dense mask.
+    padding_free = "attention_mask" not in inputs and "position_ids" in inputs
     try:
-        out = model(**inputs)
+        with documents_from_positions(padding_free):
+            out = model(**inputs)
     finally:
         handle.remove()
     if len(captured) != 1:

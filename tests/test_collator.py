@@ -10,7 +10,10 @@ from sft_exp.data.packing import pack_bfd
 from sft_exp.errors import ConfigError
 from sft_exp.loss import NLLLoss
 from sft_exp.sft_forward import sft_forward
+from sft_exp.varlen_attention import register as register_varlen_sdpa
 from tests.conftest import tiny_causal_lm
+
+register_varlen_sdpa()
 
 VOCAB = 128
 
@@ -33,7 +36,7 @@ def _loss_and_grads(model, batch):
     return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager", "sdpa_varlen"])
 @pytest.mark.parametrize("layout", ["one_row", "packed_rows"])
 def test_padding_free_equals_padded_through_sft_forward(attn_implementation, layout):
     model = tiny_causal_lm(vocab_size=VOCAB, attn_implementation=attn_implementation)
@@ -56,7 +59,7 @@ def test_padding_free_equals_padded_through_sft_forward(attn_implementation, lay
         torch.testing.assert_close(f_grads[name], grad, rtol=1e-4, atol=1e-5, msg=name)
 
 
-@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager"])
+@pytest.mark.parametrize("attn_implementation", ["sdpa", "eager", "sdpa_varlen"])
 def test_padding_free_examples_do_not_attend_to_each_other(attn_implementation):
     """Changing the first example's tokens leaves the second example's loss exactly as it was."""
     model = tiny_causal_lm(vocab_size=VOCAB, attn_implementation=attn_implementation)
@@ -89,6 +92,9 @@ def test_packed_rows_pad_their_tail_as_an_untrained_example():
     ("sdpa", True, None, (True, True)),  # packed rows stay rows under sdpa
     ("flash_attention_2", True, None, (True, False)),
     ("sdpa", False, True, (True, False)),  # asked for explicitly
+    ("sdpa_varlen", False, None, (True, False)),  # what sft_exp loads for sdpa: attention per example, one row
+    ("sdpa_varlen", True, None, (True, False)),
+    ("sdpa_varlen", False, False, (False, False)),  # data.padding_free=false still pads
 ])
 def test_collator_for_picks_the_layout(attn, packing, padding_free, expected):
     collate = collator_for(0, packing=packing, padding_free=padding_free, attn_implementation=attn)

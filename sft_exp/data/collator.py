@@ -1,23 +1,19 @@
 """Batches of prepared rows -> tensors: padded, or padding-free (no pad tokens between examples).
 
 Which layout costs nothing depends on the attention implementation (`collator_for` chooses):
-- flash_attention_2/3 read the example boundaries from position_ids of ONE concatenated row
-  (varlen kernels): padding-free as one row does no work for padding and none across examples.
-- sdpa/eager/flex build a mask from position_ids: one concatenated row makes attention quadratic
-  in the whole batch's tokens (a (T, T) mask for T = every token of the batch), so there the
-  padded layout is the default, and packed rows stay separate rows (`separate_rows`).
+- flash_attention_2/3 and sdpa_varlen (what sft_exp loads for sdpa) read the example boundaries
+  from position_ids of ONE concatenated row: padding-free as one row does no work for padding and
+  none across examples. This is the default there.
+- plain sdpa/eager/flex build a mask from position_ids: one concatenated row makes attention
+  quadratic in the whole batch's tokens (a (T, T) mask for T = every token of the batch), so there
+  the padded layout is the default, and packed rows stay separate rows (`separate_rows`).
 """
 from __future__ import annotations
 
 import torch
 
+from sft_exp.constants import IGNORE_INDEX, SEPARATING_ATTENTION, VARLEN_ATTENTION
 from sft_exp.errors import ConfigError
-
-IGNORE_INDEX = -100
-# Attention implementations whose kernels take packed sequences from position_ids without a dense mask.
-VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3")
-# Implementations that keep examples apart when position_ids restart (transformers' masking_utils).
-SEPARATING_ATTENTION = ("eager", "sdpa", "flex_attention", *VARLEN_ATTENTION)
 
 
 class SFTCollator:
@@ -86,7 +82,7 @@ class SFTCollator:
 
 
 def default_padding_free(attn_implementation: str | None) -> bool:
-    """Padding-free batches by default only where they cost nothing: varlen flash-attention kernels."""
+    """Padding-free batches by default only where they cost nothing: attention per example (varlen)."""
     return attn_implementation in VARLEN_ATTENTION
 
 

@@ -7,13 +7,11 @@ from pathlib import Path
 from sft_exp.data.formats import FORMAT_FIELDS, FORMATS
 from sft_exp.data.sources import looks_local, source_name
 from sft_exp.data.templates import check_chat_template_setting
+from sft_exp.constants import SEPARATING_ATTENTION
 from sft_exp.errors import ConfigError
 
 PACKING_STRATEGIES = ("bfd", "wrapped")
 BAD_ROW_POLICIES = ("error", "drop")
-# Attention implementations that keep packed examples apart given position_ids that restart per
-# example (transformers derives a block-diagonal mask, or varlen cu_seqlens for flash-attention).
-PACKING_SAFE_ATTENTION = ("eager", "sdpa", "flex_attention", "flash_attention_2", "flash_attention_3")
 
 
 def _check_path(path: str, key: str) -> None:
@@ -89,8 +87,8 @@ def check_settings(settings) -> None:
 
 
 def check_packing_attention(settings, attn_implementation: str | None) -> None:
-    if settings.packing and attn_implementation is not None and attn_implementation not in PACKING_SAFE_ATTENTION:
+    if settings.packing and attn_implementation is not None and attn_implementation not in SEPARATING_ATTENTION:
         raise ConfigError(
             f"data.packing=true with model.attn_implementation={attn_implementation}: that attention cannot keep "
-            f"packed examples apart; use one of {', '.join(PACKING_SAFE_ATTENTION)} or set data.packing=false"
+            f"packed examples apart; use one of {', '.join(SEPARATING_ATTENTION)} or set data.packing=false"
         )
