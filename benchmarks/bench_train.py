@@ -9,7 +9,7 @@ Every variant runs in a fresh process on the same examples in the same order: re
 conversations (`../shared/data`, else the demo rows) rendered with ChatML, assistant-only loss,
 truncated at --max-length. Precision, memory strategy, loss mask, layout and tokens per step are
 printed beside every figure; unless a row says otherwise (`trl-defaults`) they are the same for all:
-fp32, --checkpointing, assistant-only loss, batch --batch examples per step.
+--precision (fp32 unless asked), --checkpointing, assistant-only loss, batch --batch examples per step.
 
 A variant is `<system>-<layout>[+compile]`:
   system  sft_exp  sft_exp.trainer.SFTTrainer (chunked head over supervised positions, metrics every step)
@@ -22,8 +22,8 @@ A variant is `<system>-<layout>[+compile]`:
                    (sft_exp/bare: those rows; TRL: packing=True over all the examples, its rows spread
                    over the same number of steps, which TRL's collator flattens into one row per step)
 tokens/s counts the real (non-pad) tokens of the timed steps (after --warmup) over their wall time,
-data collation and optimizer step included. FLOP share = 6 x parameters x tokens/s over the fp32
-matmul rate this machine reaches in a large torch.mm, measured by this program before and after.
+data collation and optimizer step included. FLOP share = 6 x parameters x tokens/s over the
+--precision matmul rate this machine reaches in a large torch.mm, measured by this program before and after.
 """
 from __future__ import annotations
 
@@ -197,11 +197,12 @@ def current_rss_mb() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def matmul_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
-    """The fp32 matmul rate this machine reaches now (best of `repeats` n x n x n products)."""
+def matmul_peak_gflops(precision: str = "fp32", n: int = 2048, repeats: int = 5) -> float:
+    """The matmul rate this machine reaches now in `precision` (best of `repeats` n x n x n products)."""
     import torch
 
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     torch.mm(a, b)
     best = math.inf
     for _ in range(repeats):
@@ -240,7 +241,7 @@ class ListDataset:
 
 def settings(system: str, layout: str, args, compiled: bool) -> dict:
     defaults = system == "trl" and layout == "defaults"
-    return dict(precision="bf16 autocast" if defaults else "fp32",
+    return dict(precision="bf16 autocast" if defaults or args.precision == "bf16" else "fp32",
                 checkpointing="on" if (defaults or args.checkpointing) else "off",
                 loss_mask="assistant-only", layout="padded" if defaults else layout,
                 compile="on" if compiled else "off")
@@ -261,7 +262,8 @@ def run_bare(model, tokenizer, steps, layout, args, clock):
     for rows in steps:
         batch = collate(rows)
         inputs = {k: v for k, v in batch.items() if k not in ("labels", "source_ids")}
-        loss = model(**inputs, labels=batch["labels"], use_cache=False).loss
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+            loss = model(**inputs, labels=batch["labels"], use_cache=False).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -283,18 +285,20 @@ def run_sft_exp(model, tokenizer, steps, layout, args, clock, compiled):
     from sft_exp.loss import NLLLoss
     from sft_exp.memory import GradientCheckpointing, NoMemoryStrategy
     from sft_exp.trainer import SFTTrainer
+    from sft_exp.varlen_attention import use_varlen_sdpa
 
+    use_varlen_sdpa(model)  # what sft_exp's ModelLoader does with sdpa
     memory = GradientCheckpointing() if args.checkpointing else NoMemoryStrategy()
     memory.apply(model)
     collate = collator_for(tokenizer.pad_token_id, packing=layout == "packed", padding_free=layout == "padfree",
-                           attn_implementation="sdpa")
+                           attn_implementation=model.config._attn_implementation)
     # One dataset item = one step's rows: packed steps may hold different numbers of rows.
     with tempfile.TemporaryDirectory() as out_dir:
         trainer = SFTTrainer(
             model=model, loss=NLLLoss(chunk_size=args.chunk_size), memory=memory,
             train_dataset=ListDataset(steps), data_collator=lambda batches: clock.counting(collate)(batches[0]),
             optimizer_factory=functools.partial(torch.optim.AdamW, lr=LR), processing_class=tokenizer,
-            precision="fp32", logging_first_step=False, extra_args={"torch_compile": compiled},
+            precision=args.precision, logging_first_step=False, extra_args={"torch_compile": compiled},
             **common_trainer_args(out_dir, len(steps), 1),
         )
         trainer.add_callback(trainer_callback(clock))
@@ -306,7 +310,7 @@ def run_trl(model, tokenizer, steps, layout, args, clock, compiled):
     import trl
 
     defaults = layout == "defaults"
-    flags = {} if defaults else dict(bf16=False, gradient_checkpointing=args.checkpointing)
+    flags = {} if defaults else dict(bf16=args.precision == "bf16", gradient_checkpointing=args.checkpointing)
     if layout == "packed":
         flags.update(packing=True, packing_strategy="bfd")  # TRL then collates padding-free (one row per batch)
     elif layout == "padfree":  # the examples are truncated already; TRL asks for max_length=None here
@@ -370,7 +374,7 @@ def worker(args) -> dict:
 def run_variant(variant: str, model: str, args) -> dict | None:
     cmd = [sys.executable, __file__, "--worker", variant, "--models", model, "--steps", str(args.steps),
            "--warmup", str(args.warmup), "--batch", str(args.batch), "--max-length", str(args.max_length),
-           "--chunk-size", str(args.chunk_size), "--data", args.data, *(["--threads", str(args.threads)] if args.threads else []),
+           "--chunk-size", str(args.chunk_size), "--data", args.data, "--precision", args.precision, *(["--threads", str(args.threads)] if args.threads else []),
            "--checkpointing" if args.checkpointing else "--no-checkpointing"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
     for line in reversed(proc.stdout.splitlines()):
@@ -384,7 +388,7 @@ def ratio(a, b) -> str:
     return f"{a / b:.2f}x" if a and b else "-"
 
 
-def print_table(results: list, peak_gflops: float) -> None:
+def print_table(results: list, peak_gflops: float, precision: str) -> None:
     head = ("model", "variant", "precision", "ckpt", "layout", "compile", "tok/step", "pos/step", "sup",
             "tokens/s", "tok/cpu-s", "FLOP share", "train peak MB", "tok/s vs bare", "tok/s vs best TRL", "mem vs bare")
     print("\n| " + " | ".join(head) + " |\n|" + "---|" * len(head))
@@ -404,7 +408,7 @@ def print_table(results: list, peak_gflops: float) -> None:
             print("| " + " | ".join(cells) + " |")
         if best_trl:
             print(f"(best TRL setting for {model}: {best_trl['variant']})")
-    print(f"fp32 matmul peak of this machine: {peak_gflops:.0f} GFLOP/s (best of the measurements before and after); "
+    print(f"{precision} matmul peak of this machine: {peak_gflops:.0f} GFLOP/s (best of the measurements before and after); "
           "FLOP share counts 6 x parameters per real token; tok/step and pos/step: real tokens and positions "
           "(with padding) per step; sup: supervised share of the real tokens; tok/cpu-s: per second of the process's "
           "CPU time (steadier than wall time when other work shares the cores); train peak: RSS while training")
@@ -425,6 +429,8 @@ def parse_args(argv=None):
     p.add_argument("--chunk-size", type=int, default=1024, help="sft_exp loss.chunk_size")
     p.add_argument("--checkpointing", action=argparse.BooleanOptionalAction, default=True,
                    help="gradient checkpointing in every variant (trl-defaults always has it)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                   help="every variant: fp32, or bf16 autocast (fast on CPUs with AVX512-BF16/AMX)")
     p.add_argument("--threads", type=int, help="torch threads per variant (default: torch's own). 1 makes tok/cpu-s "
                    "a clean measure of work on a machine others load: no thread waits for a descheduled peer")
     p.add_argument("--data", default=str(CONVERSATIONS), help="a ShareGPT JSON file of conversations")
@@ -455,7 +461,7 @@ def main(argv=None) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    peaks = [matmul_peak_gflops()]
+    peaks = [matmul_peak_gflops(args.precision)]
     best = {}
     for model in args.models:
         for repeat in range(args.repeats):  # interleaved, best of N: other load on the machine only slows runs down
@@ -468,10 +474,10 @@ def main(argv=None) -> None:
                 key = (model, variant)
                 if key not in best or r["tokens_per_s"] > best[key]["tokens_per_s"]:
                     best[key] = r
-    peaks.append(matmul_peak_gflops())
-    print(f"fp32 matmul GFLOP/s before/after: {peaks[0]:.0f} / {peaks[1]:.0f}", file=sys.stderr)
+    peaks.append(matmul_peak_gflops(args.precision))
+    print(f"{args.precision} matmul GFLOP/s before/after: {peaks[0]:.0f} / {peaks[1]:.0f}", file=sys.stderr)
     results = list(best.values())
-    print_table(results, max(peaks))
+    print_table(results, max(peaks), args.precision)
     if args.json:
         Path(args.json).write_text(json.dumps({"matmul_gflops": peaks, "results": results}, indent=2))
 
