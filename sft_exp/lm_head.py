@@ -3,6 +3,9 @@
 Rows (supervised positions) are processed `chunk_size` at a time against the full vocabulary, so
 at most two (chunk_size, V) float32 buffers exist at once. The backward recomputes each chunk's
 logits instead of keeping them. Entropy and top-1 are metrics: they carry no gradient.
+
+The matmuls run in the weight's dtype, or in autocast's (bf16/fp16) when the forward runs under
+autocast, as transformers' own lm_head would; softmax, log-sum-exp and sums are float32.
 """
 from __future__ import annotations
 
@@ -84,7 +87,11 @@ def _logits_into(out: Tensor, h: Tensor, spec: HeadSpec) -> Tensor:
 
 
 def _addmm_fp32(acc: Tensor, a: Tensor, b: Tensor) -> None:
-    """acc += a @ b with a float32 accumulator, without rounding each chunk's product to bf16 first."""
+    """acc += a @ b with a float32 accumulator; a bf16/fp16 `b` multiplies in its own dtype.
+
+    On CUDA the product comes out in float32 (torch >= 2.8); on CPU (no such kernel) each chunk's
+    product is rounded to b's dtype before it is added, as autocast's own weight gradient is.
+    """
     if b.dtype == torch.float32:
         acc.addmm_(a.float(), b)
         return
@@ -94,7 +101,23 @@ def _addmm_fp32(acc: Tensor, a: Tensor, b: Tensor) -> None:
             return
         except (TypeError, RuntimeError):
             pass
-    acc.addmm_(a.float(), b.float())
+    acc.add_(torch.mm(a.to(b.dtype), b))
+
+
+def _matmul_dtype(weight: Tensor) -> torch.dtype:
+    """The weight's dtype, or autocast's where autocast is on and the weight is float32."""
+    device = weight.device.type
+    if weight.dtype == torch.float32 and torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return weight.dtype
+
+
+def _in_dtype(spec: HeadSpec, dtype: torch.dtype) -> HeadSpec:
+    """The spec with weight and bias cast once to the matmul dtype (not once per chunk)."""
+    if spec.weight.dtype == dtype:
+        return spec
+    bias = spec.bias.to(dtype) if spec.bias is not None else None
+    return HeadSpec(spec.weight.to(dtype), bias, spec.logit_scale, spec.softcap)
 
 
 def gathered(*params: Optional[Tensor]):
@@ -142,7 +165,14 @@ class ChunkedHead(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, labels, chunk_size, logit_scale, softcap):
-        spec = HeadSpec(weight, bias, logit_scale, softcap)
+        ctx.matmul_dtype = _matmul_dtype(weight)  # backward runs outside autocast: remember its dtype
+        # Dtypes are explicit from here: autocast would also run the float32 sums (bmm) in bf16.
+        with torch.autocast(hidden.device.type, enabled=False):
+            return ChunkedHead._forward(ctx, hidden, weight, bias, labels, chunk_size, logit_scale, softcap)
+
+    @staticmethod
+    def _forward(ctx, hidden, weight, bias, labels, chunk_size, logit_scale, softcap):
+        spec = _in_dtype(HeadSpec(weight, bias, logit_scale, softcap), ctx.matmul_dtype)
         n, vocab = hidden.shape[0], weight.shape[0]
         log_z = hidden.new_empty(n, dtype=torch.float32)
         target = hidden.new_empty(n, dtype=torch.float32)
@@ -186,7 +216,7 @@ class ChunkedHead(torch.autograd.Function):
 
     @staticmethod
     def _backward(ctx, grad_logp, hidden, weight, bias, labels, log_z):
-        spec = HeadSpec(weight, bias, ctx.logit_scale, ctx.softcap)
+        spec = _in_dtype(HeadSpec(weight, bias, ctx.logit_scale, ctx.softcap), ctx.matmul_dtype)
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         n, vocab, chunk = hidden.shape[0], weight.shape[0], ctx.chunk_size
         grad_h = torch.empty_like(hidden) if need_h else None
@@ -206,9 +236,9 @@ class ChunkedHead(torch.autograd.Function):
             if cap_buf is not None:
                 grad_z.mul_(dcap)
             if need_h:
-                grad_h[sl] = grad_z.to(weight.dtype) @ weight
+                grad_h[sl] = grad_z.to(spec.weight.dtype) @ spec.weight
             if need_w:
-                _addmm_fp32(grad_w, grad_z.t(), hidden[sl])
+                _addmm_fp32(grad_w, grad_z.t(), hidden[sl].to(spec.weight.dtype))
             if need_b:
                 grad_b += grad_z.sum(dim=0)
         grad_w = grad_w.to(weight.dtype) if need_w else None

@@ -235,3 +235,30 @@ def test_lora_model_trains_adapters_with_reference_gradients():
     model.zero_grad(set_to_none=True)
     reference(model, batch, dft=True)["loss"].backward()
     assert_grads_close(got, grads(model))
+
+
+def test_under_bf16_autocast_the_head_computes_what_transformers_lm_head_does():
+    """trainer.precision=bf16: the chunked head multiplies in bf16 as autocast's lm_head does (2.3x fp32 on CPUs
+    with AVX512-BF16), so loss and head gradient equal transformers' own autocast forward, not an fp32 head's."""
+    model = tiny_causal_lm(vocab_size=1000)
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for length in (40, 25, 33):
+        ids = torch.randint(1, 1000, (length,), generator=g).tolist()
+        rows.append({"input_ids": ids, "labels": ids, "position_ids": list(range(length)), "source_ids": [0] * length})
+    batch = SFTCollator(pad_token_id=0)(rows)
+
+    def loss_and_head_grad(forward, autocast=True):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = forward()
+        loss.backward()
+        return loss.detach(), model.lm_head.weight.grad.clone()
+
+    hf_loss, hf_grad = loss_and_head_grad(lambda: model(input_ids=batch["input_ids"], labels=batch["labels"],
+                                                        attention_mask=batch["attention_mask"]).loss)
+    loss, grad = loss_and_head_grad(lambda: sft_forward(model, batch, NLLLoss()).loss)
+    fp32_loss, _ = loss_and_head_grad(lambda: sft_forward(model, batch, NLLLoss()).loss, autocast=False)
+    torch.testing.assert_close(loss, hf_loss, rtol=0, atol=1e-6)
+    torch.testing.assert_close(grad, hf_grad, rtol=1e-3, atol=1e-6)
+    assert (fp32_loss - hf_loss).abs() > 1e-5  # the comparison can tell bf16 logits from fp32 ones
