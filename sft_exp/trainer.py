@@ -234,8 +234,12 @@ class SFTTrainer(AtomicCheckpoints, Trainer):
 
     # ------------------------------------------------------------------ loss and metrics
     def compute_loss_context_manager(self):
-        """The memory strategy (e.g. activation offloading hooks) wraps every forward pass."""
+        """The memory strategy (e.g. activation offloading hooks) wraps every forward pass.
+
+        Autocast too: accelerate autocasts only model.forward, and the chunked head runs after it.
+        """
         stack = super().compute_loss_context_manager()
+        stack.enter_context(self.accelerator.autocast())
         if self.model.training:
             stack.enter_context(self.memory.forward_context())
         return stack

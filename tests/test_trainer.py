@@ -218,3 +218,25 @@ def test_router_aux_loss_coef_changes_the_logged_loss_by_coef_times_aux_loss(two
         row = first[name]
         assert row["loss"] - row["nll"] == pytest.approx(coef * row["aux_loss"], rel=1e-3, abs=1e-6), (name, row)
     assert first["one"]["loss"] - first["config"]["loss"] > 0.5 * first["one"]["aux_loss"]
+
+
+def test_precision_bf16_computes_the_loss_transformers_autocast_computes(tmp_path):
+    """accelerate autocasts model.forward only; the chunked head runs after it and must be under autocast too
+    (bf16 matmuls, 2.3x fp32 on CPUs with AVX512-BF16), giving transformers' own autocast loss."""
+    model = tiny_causal_lm(vocab_size=1000)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(30)  # logits large enough for bf16 rounding to show in the loss
+    data = rows(n=8, length=40).map(lambda r: {"input_ids": [t * 15 for t in r["input_ids"]],
+                                               "labels": [t * 15 if t >= 0 else t for t in r["labels"]]})
+    batch = SFTCollator(pad_token_id=0)(list(data))
+
+    def reference(autocast: bool) -> float:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                         labels=batch["labels"]).loss.item()
+
+    bf16, fp32 = reference(autocast=True), reference(autocast=False)  # before accelerate wraps model.forward
+    assert abs(fp32 - bf16) > 1e-4  # an fp32 head would be told apart
+    trainer = make_trainer(model, tmp_path, eval_dataset=data, per_device_eval_batch_size=8, precision="bf16",
+                           use_cpu=True)
+    assert trainer.evaluate()["eval_loss"] == pytest.approx(bf16, abs=1e-6)
