@@ -146,14 +146,17 @@ def train_sft_exp(rows, tok, *, memory: str, batch: int, steps: int, warmup: int
 
     max_length = max(len(r["input_ids"]) for r in rows)
     packed = pack_bfd(datasets.Dataset.from_list(rows), max_length)
+    from sft_exp.varlen_attention import use_varlen_sdpa
+
     model = qwen_model(len(tok), attn)
+    use_varlen_sdpa(model)  # as sft_exp's ModelLoader does with sdpa (no-op with flash-attention)
     strategy = ActivationOffloading() if memory == "offload" else GradientCheckpointing()
     strategy.apply(model)
     meter = Meter(warmup)
     with tempfile.TemporaryDirectory() as out:
         trainer = SFTTrainer(model=model, loss=NLLLoss(), memory=strategy, train_dataset=packed,
                              data_collator=meter.counting(collator_for(tok.pad_token_id, packing=True, padding_free=None,
-                                                                        attn_implementation=attn)),
+                                                                        attn_implementation=model.config._attn_implementation)),
                              processing_class=tok, precision="bf16", **trainer_args(out, steps, batch))
         trainer.add_callback(meter.callback())
         trainer.train()

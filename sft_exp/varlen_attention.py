@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
+import weakref
 
 import torch
 
@@ -43,12 +44,21 @@ def _mask(*args, **kwargs):
     return None if _SPLIT_BY_POSITIONS.get() else sdpa_mask(*args, **kwargs)
 
 
-def _example_spans(position_ids: torch.Tensor) -> list[list[tuple[int, int]]]:
+# Every layer gets the same position_ids tensor: read it once per forward (on GPU, one host sync, not one
+# per layer). A weak reference: while the tensor lives no other tensor can be mistaken for it.
+_last_spans: dict = {}
+
+
+def _example_spans(position_ids: torch.Tensor, rows: int) -> list[list[tuple[int, int]]]:
     """Per batch row, the (start, end) of each example: a new one starts wherever the position is 0."""
+    cached = _last_spans.get("tensor")
+    if cached is not None and cached() is position_ids and _last_spans["key"] == (position_ids._version, rows):
+        return _last_spans["spans"]
     spans = []
-    for row in position_ids.tolist():
+    for row in position_ids.expand(rows, -1).tolist():
         starts = [0] + [i for i, p in enumerate(row) if p == 0 and i > 0]
         spans.append(list(zip(starts, starts[1:] + [len(row)])))
+    _last_spans.update(tensor=weakref.ref(position_ids), key=(position_ids._version, rows), spans=spans)
     return spans
 
 
@@ -77,7 +87,7 @@ def sdpa_varlen_attention(module, query, key, value, attention_mask, dropout=0.0
                                       is_causal=is_causal, position_ids=position_ids, **kwargs)
     window = kwargs.get("sliding_window")
     rows = []
-    for b, spans in enumerate(_example_spans(position_ids.expand(query.shape[0], -1))):
+    for b, spans in enumerate(_example_spans(position_ids, query.shape[0])):
         parts = []
         for start, end in spans:
             mask = _window_mask(end - start, window, query.device) if window and end - start > window else None

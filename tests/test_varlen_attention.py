@@ -93,3 +93,14 @@ def test_asked_for_by_name():
     register()
     model = tiny_causal_lm(vocab_size=VOCAB, attn_implementation="sdpa_varlen")
     assert model.config._attn_implementation == "sdpa_varlen"
+
+
+def test_example_spans_are_read_again_for_a_new_or_changed_position_ids_tensor():
+    from sft_exp.varlen_attention import _example_spans
+
+    positions = torch.tensor([[0, 1, 2, 0, 1]])
+    assert _example_spans(positions, 1) == [[(0, 3), (3, 5)]]
+    assert _example_spans(positions, 2) == [[(0, 3), (3, 5)]] * 2
+    positions[0, 4] = 0  # in place: the cached spans are stale
+    assert _example_spans(positions, 1) == [[(0, 3), (3, 4), (4, 5)]]
+    assert _example_spans(torch.tensor([[0, 1, 2, 3, 4]]), 1) == [[(0, 5)]]
