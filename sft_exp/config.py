@@ -111,7 +111,7 @@ class DataConfig:
     assistant_only_loss: bool = False
     packing: bool = False
     # Padding-free batches without packing: a batch's rows back to back, position_ids restarting per row,
-    # no pad tokens. None: on where the attention implementation makes it free (flash_attention_2/3).
+    # no pad tokens. None: on where attention runs per example (sdpa, loaded as sdpa_varlen; flash_attention_2/3).
     padding_free: Optional[bool] = None
     # bfd (best-fit decreasing over the whole dataset) or wrapped.
     packing_strategy: str = "bfd"

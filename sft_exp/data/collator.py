@@ -10,10 +10,14 @@ Which layout costs nothing depends on the attention implementation (`collator_fo
 """
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from sft_exp.constants import IGNORE_INDEX, SEPARATING_ATTENTION, VARLEN_ATTENTION
 from sft_exp.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 class SFTCollator:
@@ -102,6 +106,11 @@ def collator_for(pad_token_id: int, *, packing: bool, padding_free: bool | None,
             f"apart by position_ids; use one of {', '.join(SEPARATING_ATTENTION)} or set {key}=false"
         )
     one_row = attn_implementation in VARLEN_ATTENTION
+    if packing or padding_free:
+        log.info("batches: %s, %s (attention: %s)", "packed rows" if packing else "padding-free",
+                 "one row per batch" if one_row else "each row masked from its position_ids", attn_implementation)
+    else:
+        log.info("batches: padded to the longest row of each batch (attention: %s)", attn_implementation)
     if packing:
         return SFTCollator(pad_token_id, padding_free=True, pad_to_multiple_of=pad_to_multiple_of,
                            separate_rows=not one_row)

@@ -4,10 +4,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from sft_exp.constants import SEPARATING_ATTENTION
 from sft_exp.data.formats import FORMAT_FIELDS, FORMATS
 from sft_exp.data.sources import looks_local, source_name
 from sft_exp.data.templates import check_chat_template_setting
-from sft_exp.constants import SEPARATING_ATTENTION
 from sft_exp.errors import ConfigError
 
 PACKING_STRATEGIES = ("bfd", "wrapped")
