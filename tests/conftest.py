@@ -56,6 +56,30 @@ def tiny_causal_lm(model_type: str = "qwen2", *, vocab_size: int = 128, hidden_s
     return AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation, dtype=torch.float32)
 
 
+def prepared_rows(lengths, vocab_size: int = 128, seed: int = 0) -> list:
+    """Prepared rows of random tokens: the first third a prompt (label -100), the rest a supervised reply."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for length in lengths:
+        ids = torch.randint(1, vocab_size, (length,), generator=g).tolist()
+        labels = [-100 if t < length // 3 else token for t, token in enumerate(ids)]
+        rows.append({"input_ids": ids, "labels": labels, "position_ids": list(range(length)), "source_ids": [0] * length})
+    return rows
+
+
+def sft_loss_and_grads(model, batch, chunk_size: int = 8):
+    """sft_forward's output on `batch` and every parameter's gradient after its backward."""
+    from sft_exp.loss import NLLLoss
+    from sft_exp.sft_forward import sft_forward
+
+    model.zero_grad(set_to_none=True)
+    out = sft_forward(model, batch, NLLLoss(chunk_size=chunk_size))
+    out.loss.backward()
+    return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
 def compose(overrides=()):
     """The config `python -m sft_exp <overrides>` would run, composed in-process."""
     from hydra import compose as hydra_compose

@@ -11,7 +11,7 @@ from sft_exp.errors import ConfigError
 from sft_exp.loss import NLLLoss
 from sft_exp.sft_forward import sft_forward
 from sft_exp.varlen_attention import register as register_varlen_sdpa
-from tests.conftest import tiny_causal_lm
+from tests.conftest import prepared_rows, sft_loss_and_grads, tiny_causal_lm
 
 register_varlen_sdpa()
 
@@ -19,21 +19,7 @@ VOCAB = 128
 
 
 def _examples(lengths, seed=0):
-    """Prepared rows: a prompt (label -100) then a supervised reply."""
-    g = torch.Generator().manual_seed(seed)
-    rows = []
-    for length in lengths:
-        ids = torch.randint(1, VOCAB, (length,), generator=g).tolist()
-        labels = [-100 if t < length // 3 else token for t, token in enumerate(ids)]
-        rows.append({"input_ids": ids, "labels": labels, "position_ids": list(range(length)), "source_ids": [0] * length})
-    return rows
-
-
-def _loss_and_grads(model, batch):
-    model.zero_grad(set_to_none=True)
-    out = sft_forward(model, batch, NLLLoss(chunk_size=8))
-    out.loss.backward()
-    return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return prepared_rows(lengths, VOCAB, seed)
 
 
 @pytest.mark.parametrize("attn_implementation", ["sdpa", "eager", "sdpa_varlen"])
@@ -51,7 +37,7 @@ def test_padding_free_equals_padded_through_sft_forward(attn_implementation, lay
         assert free["input_ids"].shape[0] == len(packed) > 1
     assert "attention_mask" not in free
 
-    (p, p_grads), (f, f_grads) = _loss_and_grads(model, padded), _loss_and_grads(model, free)
+    (p, p_grads), (f, f_grads) = sft_loss_and_grads(model, padded), sft_loss_and_grads(model, free)
     assert int(f.num_supervised) == int(p.num_supervised)
     torch.testing.assert_close(f.loss, p.loss, rtol=0, atol=1e-5)
     torch.testing.assert_close(f.entropy_sum, p.entropy_sum, rtol=1e-5, atol=1e-4)

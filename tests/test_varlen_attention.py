@@ -5,32 +5,13 @@ import pytest
 import torch
 
 from sft_exp.data.collator import SFTCollator
-from sft_exp.loss import NLLLoss
 from sft_exp.memory import GradientCheckpointing
 from sft_exp.models import ModelLoader
-from sft_exp.sft_forward import sft_forward
 from sft_exp.varlen_attention import register, use_varlen_sdpa
-from tests.conftest import tiny_causal_lm
+from tests.conftest import prepared_rows, sft_loss_and_grads, tiny_causal_lm
 
 VOCAB = 128
 LENGTHS = [23, 9, 31, 1, 17, 12]
-
-
-def _rows(lengths, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    rows = []
-    for length in lengths:
-        ids = torch.randint(1, VOCAB, (length,), generator=g).tolist()
-        labels = [-100 if t < length // 3 else token for t, token in enumerate(ids)]
-        rows.append({"input_ids": ids, "labels": labels, "position_ids": list(range(length)), "source_ids": [0] * length})
-    return rows
-
-
-def _loss_and_grads(model, batch):
-    model.zero_grad(set_to_none=True)
-    out = sft_forward(model, batch, NLLLoss(chunk_size=8))
-    out.loss.backward()
-    return out.loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
 
 def _query_lengths_seen_by_sdpa(monkeypatch) -> list:
@@ -55,13 +36,13 @@ def test_padding_free_row_equals_the_padded_batch_under_plain_sdpa(monkeypatch, 
     if checkpointing:  # the recomputed forward in backward has no sft_forward around it: boundaries come as kwargs
         GradientCheckpointing().apply(model)
         GradientCheckpointing().apply(reference)
-    rows = _rows(LENGTHS)
-    expected_loss, expected_grads = _loss_and_grads(reference, SFTCollator(pad_token_id=0)(rows))
+    rows = prepared_rows(LENGTHS, VOCAB)
+    expected, expected_grads = sft_loss_and_grads(reference, SFTCollator(pad_token_id=0)(rows))
 
     seen = _query_lengths_seen_by_sdpa(monkeypatch)
-    loss, grads = _loss_and_grads(model, SFTCollator(pad_token_id=0, padding_free=True)(rows))
+    out, grads = sft_loss_and_grads(model, SFTCollator(pad_token_id=0, padding_free=True)(rows))
 
-    torch.testing.assert_close(loss, expected_loss, rtol=0, atol=1e-5)
+    torch.testing.assert_close(out.loss, expected.loss, rtol=0, atol=1e-5)
     for name, grad in expected_grads.items():
         torch.testing.assert_close(grads[name], grad, rtol=1e-4, atol=1e-5, msg=name)
     assert seen and max(seen) == max(LENGTHS)  # one example at a time: never the (T, T) row of all of them
