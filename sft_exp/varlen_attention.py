@@ -122,5 +122,9 @@ def use_varlen_sdpa(model) -> bool:
                  type(model).__name__)
         return False
     register()
-    model.set_attn_implementation(NAME)
+    try:
+        model.set_attn_implementation(NAME)
+    except (ValueError, NotImplementedError) as error:  # correct either way: plain sdpa masks densely
+        log.warning("%s stays on sdpa (%s): padding-free batches keep sdpa's dense mask", type(model).__name__, error)
+        return False
     return True
