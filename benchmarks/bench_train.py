@@ -12,7 +12,8 @@ printed beside every figure; unless a row says otherwise (`trl-defaults`) they a
 --precision (fp32 unless asked), --checkpointing, assistant-only loss, batch --batch examples per step.
 
 A variant is `<system>-<layout>[+compile]`:
-  system  sft_exp  sft_exp.trainer.SFTTrainer (chunked head over supervised positions, metrics every step)
+  system  sft_exp  sft_exp.trainer.SFTTrainer (chunked head over supervised positions, metrics every step,
+                   sdpa loaded as sdpa_varlen: attention per example in padding-free rows)
           bare     model(**batch, labels=...) -> backward -> AdamW step: no metrics, full logits
           trl      trl.SFTTrainer, logging every step; `trl-defaults` = TRL's own SFTConfig defaults
                    (bf16 autocast and gradient checkpointing on), an extra, differently-set row
