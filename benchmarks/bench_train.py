@@ -12,7 +12,7 @@ printed beside every figure; unless a row says otherwise (`trl-defaults`) they a
 --precision (fp32 unless asked), --checkpointing, assistant-only loss, batch --batch examples per step.
 
 A variant is `<system>-<layout>[+compile]`:
-  system  sft_exp  sft_exp.trainer.SFTTrainer (chunked head over supervised positions, metrics every step,
+  system  sft_exp  sft_exp.training.trainer.SFTTrainer (chunked head over supervised positions, metrics every step,
                    sdpa loaded as sdpa_varlen: attention per example in padding-free rows)
           bare     model(**batch, labels=...) -> backward -> AdamW step: no metrics, full logits
           trl      trl.SFTTrainer, logging every step; `trl-defaults` = TRL's own SFTConfig defaults
@@ -283,10 +283,10 @@ def run_sft_exp(model, tokenizer, steps, layout, args, clock, compiled):
     import torch
 
     from sft_exp.data.collator import collator_for
-    from sft_exp.loss import NLLLoss
-    from sft_exp.memory import GradientCheckpointing, NoMemoryStrategy
-    from sft_exp.trainer import SFTTrainer
-    from sft_exp.varlen_attention import use_varlen_sdpa
+    from sft_exp.training.losses import NLLLoss
+    from sft_exp.training.memory import GradientCheckpointing, NoMemoryStrategy
+    from sft_exp.training.trainer import SFTTrainer
+    from sft_exp.models.attention import use_varlen_sdpa
 
     use_varlen_sdpa(model)  # what sft_exp's ModelLoader does with sdpa
     memory = GradientCheckpointing() if args.checkpointing else NoMemoryStrategy()

@@ -140,13 +140,13 @@ def train_sft_exp(rows, tok, *, memory: str, batch: int, steps: int, warmup: int
 
     from sft_exp.data.collator import collator_for
     from sft_exp.data.packing import pack_bfd
-    from sft_exp.loss import NLLLoss
-    from sft_exp.memory import ActivationOffloading, GradientCheckpointing
-    from sft_exp.trainer import SFTTrainer
+    from sft_exp.training.losses import NLLLoss
+    from sft_exp.training.memory import ActivationOffloading, GradientCheckpointing
+    from sft_exp.training.trainer import SFTTrainer
 
     max_length = max(len(r["input_ids"]) for r in rows)
     packed = pack_bfd(datasets.Dataset.from_list(rows), max_length)
-    from sft_exp.varlen_attention import use_varlen_sdpa
+    from sft_exp.models.attention import use_varlen_sdpa
 
     model = qwen_model(len(tok), attn)
     use_varlen_sdpa(model)  # as sft_exp's ModelLoader does with sdpa (no-op with flash-attention)

@@ -58,7 +58,7 @@ def _sweeper():
 
 def _failed_sweep_job(cfg: DictConfig, error: Exception) -> float:
     """One failed job must not stop the sweep: record it in the job's summary.json and go on."""
-    from sft_exp.run_folder import mark_failed
+    from sft_exp.run.folder import mark_failed
 
     if isinstance(error, UserError):
         log.error("job failed: %s", error)

@@ -42,9 +42,9 @@ if not OmegaConf.has_resolver("sft_exp_config_groups"):
 # ----------------------------------------------------------------------------- model
 @dataclass
 class ModelConfig:
-    """Built into sft_exp.models.ModelLoader (same fields) by `hydra.utils.instantiate`."""
+    """Built into sft_exp.models.loader.ModelLoader (same fields) by `hydra.utils.instantiate`."""
 
-    _target_: str = "sft_exp.models.ModelLoader"
+    _target_: str = "sft_exp.models.loader.ModelLoader"
     # Hub id or local folder. None builds a fresh model from `init_config` (the offline tiny default).
     name_or_path: Optional[str] = None
     # Tokenizer hub id or folder; None means the model's own.
@@ -145,29 +145,29 @@ class SGDConfig:
 
 @dataclass
 class NLLLossConfig:
-    _target_: str = "sft_exp.loss.NLLLoss"
+    _target_: str = "sft_exp.training.losses.NLLLoss"
     # Positions per chunk of the LM head; bounds the logits held in memory at once.
     chunk_size: int = 1024
 
 
 @dataclass
 class DFTLossConfig(NLLLossConfig):
-    _target_: str = "sft_exp.loss.DFTLoss"
+    _target_: str = "sft_exp.training.losses.DFTLoss"
 
 
 @dataclass
 class NoMemoryConfig:
-    _target_: str = "sft_exp.memory.NoMemoryStrategy"
+    _target_: str = "sft_exp.training.memory.NoMemoryStrategy"
 
 
 @dataclass
 class CheckpointingConfig:
-    _target_: str = "sft_exp.memory.GradientCheckpointing"
+    _target_: str = "sft_exp.training.memory.GradientCheckpointing"
 
 
 @dataclass
 class OffloadConfig:
-    _target_: str = "sft_exp.memory.ActivationOffloading"
+    _target_: str = "sft_exp.training.memory.ActivationOffloading"
     # Saved tensors smaller than this stay where they are (moving them costs more than it saves).
     min_offload_bytes: int = 1048576
     # On CUDA: copy on a side stream and prefetch the next layer's activations in backward.
@@ -244,13 +244,13 @@ NONFINITE_POLICIES = ("stop", "skip")
 
 @dataclass
 class TrainerConfig:
-    """sft_exp.trainer.SFTTrainer's arguments: transformers.TrainingArguments fields plus sft_exp's own.
+    """sft_exp.training.trainer.SFTTrainer's arguments: transformers.TrainingArguments fields plus sft_exp's own.
 
     A `_partial_` target: train.run completes it with the model, data, loss and callbacks. The
     output folder, seed, logging and reporting are set by train.run.
     """
 
-    _target_: str = "sft_exp.trainer.SFTTrainer"
+    _target_: str = "sft_exp.training.trainer.SFTTrainer"
     _partial_: bool = True
     max_steps: int = -1
     num_train_epochs: float = 1.0

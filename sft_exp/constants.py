@@ -5,7 +5,7 @@
 IGNORE_INDEX = -100
 
 # Attention implementations that attend within each example of one concatenated row, reading the
-# boundaries from position_ids (flash-attention's varlen kernels; sft_exp.varlen_attention for SDPA).
+# boundaries from position_ids (flash-attention's varlen kernels; sft_exp.models.attention for SDPA).
 VARLEN_ATTENTION = ("flash_attention_2", "flash_attention_3", "sdpa_varlen")
 # Implementations that keep examples apart when position_ids restart (varlen, or transformers'
 # masking_utils deriving a block-diagonal mask).

@@ -27,8 +27,8 @@ def validate_config(cfg: DictConfig) -> None:
         )
     _check_model(cfg.model)
     _check_trainer(cfg.trainer)
-    from sft_exp.adapters import check_adapter_config
-    from sft_exp.distributed import check_distributed_config
+    from sft_exp.models.adapters import check_adapter_config
+    from sft_exp.run.distributed import check_distributed_config
 
     check_distributed_config(cfg.distributed.strategy)
     check_adapter_config(plain(cfg.model), plain(cfg.peft) if cfg.peft else None)

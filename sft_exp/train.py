@@ -24,13 +24,14 @@ def run(cfg: DictConfig) -> float:
     started = time.monotonic()
     validate_config(cfg)  # seconds, before torch or any model loads
     data_settings = instantiate(cfg.data)  # checks sources and settings, still before torch
-    from sft_exp import distributed, run_folder
+    from sft_exp.run import distributed
+    from sft_exp.run import folder as run_folder
     distributed.export_slurm_environment()  # a multi-task SLURM job becomes torchrun-style ranks
     distributed.quiet_non_main_rank()
     from transformers import set_seed  # torch loads here, after every check above
 
-    from sft_exp.adapters import parameter_counts, save_base_for_export, wrap_with_adapter
-    from sft_exp.checkpoints import resolve_resume
+    from sft_exp.models.adapters import parameter_counts, save_base_for_export, wrap_with_adapter
+    from sft_exp.training.checkpoints import resolve_resume
     from sft_exp.data import collator_for, describe, prepare_datasets
 
     run_dir = distributed.shared_run_dir(Path(cfg.run_dir))
@@ -112,7 +113,7 @@ def train_and_evaluate(trainer, resume) -> dict:
 
 def _extra_training_arguments(cfg: DictConfig) -> dict:
     """TrainingArguments fields of the distributed strategy (fsdp, deepspeed, gloo on CPU), then the user's."""
-    from sft_exp import distributed
+    from sft_exp.run import distributed
 
     return {**distributed.training_arguments(plain(cfg.distributed.training_args)), **plain(cfg.trainer.extra_args)}
 
@@ -131,7 +132,7 @@ def _instantiate_each(group: DictConfig) -> list:
 
 def _write_run_files(cfg: DictConfig, run_dir: Path, data, loggers: list, resumed: bool) -> None:
     """resolved_config.yaml and run_info.json, then start the trackers (rank 0)."""
-    from sft_exp import run_folder
+    from sft_exp.run import folder as run_folder
     from sft_exp.loggers import RunDescription
 
     resolved = plain(cfg)

@@ -71,8 +71,8 @@ def prepared_rows(lengths, vocab_size: int = 128, seed: int = 0) -> list:
 
 def sft_loss_and_grads(model, batch, chunk_size: int = 8):
     """sft_forward's output on `batch` and every parameter's gradient after its backward."""
-    from sft_exp.loss import NLLLoss
-    from sft_exp.sft_forward import sft_forward
+    from sft_exp.training.losses import NLLLoss
+    from sft_exp.training.forward import sft_forward
 
     model.zero_grad(set_to_none=True)
     out = sft_forward(model, batch, NLLLoss(chunk_size=chunk_size))

@@ -45,7 +45,7 @@ def test_every_option_instantiates_its_target(group):
 
 
 def test_trainer_target_is_the_sft_trainer():
-    from sft_exp.trainer import SFTTrainer
+    from sft_exp.training.trainer import SFTTrainer
 
     assert get_class(compose()["trainer"]["_target_"]) is SFTTrainer
 
@@ -99,5 +99,5 @@ def test_help_and_cfg_job_work():
     proc = run_sft("--cfg", "job", "loss=dft", "memory=offload")
     assert proc.returncode == 0, proc.stderr
     job = OmegaConf.create(proc.stdout)
-    assert job.loss._target_ == "sft_exp.loss.DFTLoss"
-    assert job.memory._target_ == "sft_exp.memory.ActivationOffloading"
+    assert job.loss._target_ == "sft_exp.training.losses.DFTLoss"
+    assert job.memory._target_ == "sft_exp.training.memory.ActivationOffloading"

@@ -14,14 +14,14 @@ from tests.conftest import compose, tiny_run
 def test_the_default_components_build_and_train_from_python_without_hydra(tmp_path):
     import torch
 
-    from sft_exp.checkpoints import StopOnSignal
+    from sft_exp.training.checkpoints import StopOnSignal
     from sft_exp.data import DataSettings, SFTCollator, prepare_datasets
     from sft_exp.evaluation import TaskEvaluation
-    from sft_exp.loss import NLLLoss
-    from sft_exp.memory import NoMemoryStrategy
-    from sft_exp.models import ModelLoader
-    from sft_exp.run_recorder import RunRecorder
-    from sft_exp.trainer import SFTTrainer
+    from sft_exp.training.losses import NLLLoss
+    from sft_exp.training.memory import NoMemoryStrategy
+    from sft_exp.models.loader import ModelLoader
+    from sft_exp.run.recorder import RunRecorder
+    from sft_exp.training.trainer import SFTTrainer
 
     loader = ModelLoader(tokenizer=str(asset_path("tokenizer")),
                          init_config={"model_type": "qwen2", "hidden_size": 64, "intermediate_size": 128,

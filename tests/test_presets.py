@@ -10,10 +10,10 @@ import torch
 from hydra.utils import instantiate
 from transformers import AutoTokenizer
 
-from sft_exp.adapters import wrap_with_adapter
-from sft_exp.loss import NLLLoss
+from sft_exp.models.adapters import wrap_with_adapter
+from sft_exp.training.losses import NLLLoss
 from sft_exp.paths import asset_path, config_dir
-from sft_exp.sft_forward import sft_forward
+from sft_exp.training.forward import sft_forward
 from sft_exp.preflight import validate_config
 from tests.conftest import compose, tiny_causal_lm
 
@@ -78,7 +78,7 @@ def test_real_preset_loads_a_local_copy_and_trains_lora(preset, tmp_path):
 
 
 def test_tiny_moe_trains_lora_with_router_loss():
-    from sft_exp.metrics import SFTMetrics
+    from sft_exp.training.metrics import SFTMetrics
 
     cfg = compose(["model=tiny_moe", "peft=lora"])
     validate_config(cfg)

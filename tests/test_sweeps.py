@@ -51,7 +51,7 @@ def test_each_job_leaves_a_run_folder_and_a_wandb_run_in_the_sweep_group(sweep):
 
 
 def test_the_report_tabulates_every_job_and_plots_the_curves(sweep, capsys):
-    from sft_exp.report import main
+    from sft_exp.tools.report import main
 
     assert main([str(sweep)]) == 0
     rows = list(csv.DictReader((sweep / "report.csv").open()))

@@ -1,6 +1,6 @@
 """Experiment trackers behind one interface (`Logger`), several at once: logger=[wandb,tensorboard].
 
-metrics.jsonl is not a logger: the run recorder callback always writes it (sft_exp.run_recorder).
+metrics.jsonl is not a logger: the run recorder callback always writes it (sft_exp.run.recorder).
 Add a tracker: subclass `Logger` in a module of your own and add a conf/logger/<name>.yaml with
 `<name>: {_target_: your.module.YourLogger, ...}`; nothing else changes.
 """

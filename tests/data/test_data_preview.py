@@ -5,7 +5,7 @@ import json
 
 from builders import conversation, write_jsonl
 
-from sft_exp.preview import main, render_row
+from sft_exp.tools.preview import main, render_row
 
 
 def test_preview_marks_trained_tokens_and_prints_statistics(tmp_path, capsys):

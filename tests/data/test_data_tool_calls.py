@@ -195,7 +195,7 @@ def test_a_template_that_drops_tool_calls_is_a_counted_mismatch(word_tokenizer, 
 
 
 def test_preview_shows_tool_calls_as_the_template_renders_them(tmp_path, capsys):
-    from sft_exp.preview import main
+    from sft_exp.tools.preview import main
 
     plain = {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]}
     path = write_jsonl(tmp_path / "sharegpt.jsonl", [plain] * 5 + [SHAREGPT_ROW] + [plain] * 5)

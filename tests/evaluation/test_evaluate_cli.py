@@ -6,7 +6,7 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
-from sft_exp.evaluate import main
+from sft_exp.tools.evaluate import main
 from sft_exp.evaluation import TaskEvaluation
 
 from .conftest import demo_eval_file, tiny_model, write_jsonl

@@ -31,11 +31,11 @@ def test_run_folder_scores_before_during_after_and_the_report(tmp_path, tokenize
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from sft_exp.data import SFTCollator
-    from sft_exp.report import report
-    from sft_exp.run_folder import write_json
-    from sft_exp.run_recorder import RunRecorder
+    from sft_exp.tools.report import report
+    from sft_exp.run.folder import write_json
+    from sft_exp.run.recorder import RunRecorder
     from sft_exp.train import train_and_evaluate
-    from sft_exp.trainer import SFTTrainer
+    from sft_exp.training.trainer import SFTTrainer
 
     torch.manual_seed(0)
     config = AutoConfig.for_model("qwen2", hidden_size=64, intermediate_size=128, num_hidden_layers=2,

@@ -43,7 +43,7 @@ def cache_root() -> Path:
 
 def load_gguf(gguf: Path):
     """(tokenizer, model) through sft_exp's GGUF loader, de-quantized to float32."""
-    from sft_exp.models import ModelLoader
+    from sft_exp.models.loader import ModelLoader
 
     loader = ModelLoader(name_or_path=str(gguf.parent), gguf_file=gguf.name, dtype="float32")
     tokenizer = loader.load_tokenizer()

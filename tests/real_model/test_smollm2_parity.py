@@ -15,8 +15,8 @@ from datasets import Dataset  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
 from sft_exp.data import DataSettings, SFTCollator, prepare_datasets  # noqa: E402
-from sft_exp.loss import NLLLoss  # noqa: E402
-from sft_exp.sft_forward import sft_forward  # noqa: E402
+from sft_exp.training.losses import NLLLoss  # noqa: E402
+from sft_exp.training.forward import sft_forward  # noqa: E402
 
 pytestmark = pytest.mark.real_model
 
@@ -67,6 +67,6 @@ def test_first_step_loss_accuracy_entropy_equal_trl(smollm2_folder, smollm2_toke
     assert 0.2 < trl_metrics["mean_token_accuracy"] < 1  # a real model on real text: metrics that could differ
     assert out.loss.item() == pytest.approx(trl_loss, abs=1e-4)
     assert (out.num_correct / n).item() == pytest.approx(trl_metrics["mean_token_accuracy"], abs=1e-4)
-    # Entropy: relative 1e-4. sft_exp.lm_head's float32 chunked entropy is 7.5e-5 (relative) off a float64
+    # Entropy: relative 1e-4. sft_exp.training.lm_head's float32 chunked entropy is 7.5e-5 (relative) off a float64
     # reference on this 49k vocabulary (TRL's: 4e-6); measured 1.537506 vs TRL 1.537620, float64 1.537622.
     assert (out.entropy_sum / n).item() == pytest.approx(trl_metrics["entropy"], rel=1e-4)

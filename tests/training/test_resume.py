@@ -93,7 +93,7 @@ def test_resume_after_a_kill_mid_save_skips_the_partial_checkpoint(tmp_path, str
 # `at_step`, from inside the trainer's training_step: argv = at_step, comma-separated signal names, overrides.
 SIGNAL_DURING_STEP = """
 import signal, sys
-from sft_exp.trainer import SFTTrainer
+from sft_exp.training.trainer import SFTTrainer
 at_step, names = int(sys.argv[1]), sys.argv[2].split(",")
 real_training_step = SFTTrainer.training_step
 def training_step(self, *args, **kwargs):
@@ -156,7 +156,7 @@ def test_resume_with_no_checkpoint_says_which_folder_and_what_to_do(tmp_path):
 def test_a_checkpoint_without_its_trainer_state_is_skipped_with_a_warning(tmp_path, straight, caplog):
     import shutil
 
-    from sft_exp.checkpoints import latest_complete_checkpoint
+    from sft_exp.training.checkpoints import latest_complete_checkpoint
 
     checkpoints = tmp_path / "checkpoints"
     shutil.copytree(straight / "checkpoints" / "checkpoint-2", checkpoints / "checkpoint-2")

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from sft_exp.lm_head import HeadSpec, chunked_head
+from sft_exp.training.lm_head import HeadSpec, chunked_head
 
 
 def full_logits(hidden, weight, bias, scale, softcap):

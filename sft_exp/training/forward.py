@@ -13,10 +13,10 @@ import torch
 from torch import Tensor
 
 from sft_exp.constants import IGNORE_INDEX
-from sft_exp.lm_head import chunked_head, head_spec, output_head
-from sft_exp.loss import SFTLoss
-from sft_exp.memory import no_offload
-from sft_exp.varlen_attention import documents_from_positions
+from sft_exp.training.lm_head import chunked_head, head_spec, output_head
+from sft_exp.training.losses import SFTLoss
+from sft_exp.training.memory import no_offload
+from sft_exp.models.attention import documents_from_positions
 
 # Batch keys that are ours, not the model's.
 _NOT_MODEL_INPUTS = ("labels", "source_ids")

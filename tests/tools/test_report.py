@@ -1,7 +1,7 @@
 """The sweep report's bad input (its output is checked on a real sweep in test_sweeps.py)."""
 from __future__ import annotations
 
-from sft_exp.report import main
+from sft_exp.tools.report import main
 
 
 def test_a_folder_without_runs_is_a_clear_error(tmp_path, capsys):

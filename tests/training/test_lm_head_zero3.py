@@ -11,7 +11,7 @@ import types
 
 import torch
 
-from sft_exp.lm_head import HeadSpec, chunked_head
+from sft_exp.training.lm_head import HeadSpec, chunked_head
 
 
 class _GatheredParameters:

@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from sft_exp.distributed import training_arguments
+from sft_exp.run.distributed import training_arguments
 from sft_exp.errors import ConfigError
 from sft_exp.preflight import plain, validate_config
 from tests.conftest import DEMO_EVAL_ROWS, NO_SAMPLE_GENERATIONS, REPO, TEST_ENV, compose
@@ -202,7 +202,7 @@ def test_fsdp2_runs_on_two_gpus(tmp_path):
 
 def test_submitit_tasks_become_ranks(monkeypatch):
     pytest.importorskip("submitit")
-    from sft_exp.distributed import export_slurm_environment
+    from sft_exp.run.distributed import export_slurm_environment
 
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         monkeypatch.setenv(key, "unset")  # recorded, so the teardown removes what export sets

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from sft_exp.data.collator import SFTCollator
-from sft_exp.memory import GradientCheckpointing
-from sft_exp.models import ModelLoader
-from sft_exp.varlen_attention import register, use_varlen_sdpa
+from sft_exp.training.memory import GradientCheckpointing
+from sft_exp.models.loader import ModelLoader
+from sft_exp.models.attention import register, use_varlen_sdpa
 from tests.conftest import prepared_rows, sft_loss_and_grads, tiny_causal_lm
 
 VOCAB = 128
@@ -77,7 +77,7 @@ def test_asked_for_by_name():
 
 
 def test_example_spans_are_read_again_for_a_new_or_changed_position_ids_tensor():
-    from sft_exp.varlen_attention import _example_spans
+    from sft_exp.models.attention import _example_spans
 
     positions = torch.tensor([[0, 1, 2, 0, 1]])
     assert _example_spans(positions, 1) == [[(0, 3), (3, 5)]]

@@ -11,7 +11,7 @@ from transformers import AutoTokenizer
 
 from sft_exp.config import AdamWConfig, TrainerConfig
 from sft_exp.errors import ConfigError
-from sft_exp.models import ModelLoader
+from sft_exp.models.loader import ModelLoader
 from sft_exp.paths import asset_path, config_dir
 from sft_exp.preflight import validate_config
 from tests.conftest import compose, run_sft, tiny_causal_lm
@@ -104,7 +104,7 @@ def test_a_tokenizer_larger_than_the_embeddings_is_an_error_that_says_what_to_do
 def test_resize_embeddings_makes_room_for_added_tokens_and_logs_it(local_model, tmp_path, caplog):
     folder, big = _bigger_tokenizer(tmp_path, 3)
     loader = ModelLoader(name_or_path=str(local_model), tokenizer=str(folder), resize_embeddings=True)
-    with caplog.at_level("WARNING", logger="sft_exp.models"):
+    with caplog.at_level("WARNING", logger="sft_exp.models.loader"):
         model = loader.load_model(loader.load_tokenizer())
     assert model.get_input_embeddings().num_embeddings >= len(big)
     assert "resized the embeddings" in caplog.text and "3 added token" in caplog.text

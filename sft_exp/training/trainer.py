@@ -14,13 +14,13 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
-from sft_exp import distributed
-from sft_exp.checkpoints import AtomicCheckpoints
+from sft_exp.run import distributed
+from sft_exp.training.checkpoints import AtomicCheckpoints
 from sft_exp.compat import set_loss_shifts_labels
 from sft_exp.config import check_trainer_choices
 from sft_exp.errors import ConfigError, UserError
-from sft_exp.metrics import SFTMetrics
-from sft_exp.sft_forward import sft_forward
+from sft_exp.training.metrics import SFTMetrics
+from sft_exp.training.forward import sft_forward
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ def build_training_arguments(
 ) -> SFTTrainingArguments:
     """SFTTrainingArguments from the flat `trainer.*` config: sft_exp's defaults, then the user's."""
     defaults = dict(
-        report_to=[],  # the loggers and the run recorder are callbacks (sft_exp.loggers, sft_exp.run_recorder)
+        report_to=[],  # the loggers and the run recorder are callbacks (sft_exp.loggers, sft_exp.run.recorder)
         disable_tqdm=True,  # one readable progress line per logging step instead
         logging_first_step=True,
         prediction_loss_only=True,
@@ -174,8 +174,8 @@ class SFTTrainer(AtomicCheckpoints, Trainer):
         output_dir: str = "sft_exp_output",
         **training_arguments: Any,
     ):
-        from sft_exp.loss import NLLLoss
-        from sft_exp.memory import NoMemoryStrategy
+        from sft_exp.training.losses import NLLLoss
+        from sft_exp.training.memory import NoMemoryStrategy
 
         if args is None:
             args = build_training_arguments(output_dir=output_dir, **training_arguments)
@@ -211,7 +211,7 @@ class SFTTrainer(AtomicCheckpoints, Trainer):
         self._nonfinite_in_step = False
         self._skipped_steps = 0
         self.add_callback(_TrainerHooks(self))
-        self.remove_callback(PrinterCallback)  # sft_exp.run_recorder prints one readable line per log instead
+        self.remove_callback(PrinterCallback)  # sft_exp.run.recorder prints one readable line per log instead
 
     def train(self, *args, **kwargs):
         distributed.forget_evaluation_only_preparation(self)  # an evaluate() before must not cost the DDP wrapper

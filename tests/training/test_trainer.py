@@ -9,7 +9,7 @@ import torch
 from datasets import Dataset
 
 from sft_exp.data import SFTCollator
-from sft_exp.trainer import NonFiniteLossError, SFTTrainer
+from sft_exp.training.trainer import NonFiniteLossError, SFTTrainer
 from tests.conftest import tiny_causal_lm
 
 

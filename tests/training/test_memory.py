@@ -4,9 +4,9 @@ import logging
 import pytest
 import torch
 
-from sft_exp.loss import NLLLoss
-from sft_exp.memory import ActivationOffloading, GradientCheckpointing, NoMemoryStrategy, OffloadHooks
-from sft_exp.sft_forward import sft_forward
+from sft_exp.training.losses import NLLLoss
+from sft_exp.training.memory import ActivationOffloading, GradientCheckpointing, NoMemoryStrategy, OffloadHooks
+from sft_exp.training.forward import sft_forward
 from tests.conftest import tiny_causal_lm
 
 
@@ -142,7 +142,7 @@ def test_checkpointing_lowers_the_memory_held_between_forward_and_backward():
 def test_offload_without_cuda_warns_once_and_still_trains(reference_grads, caplog):
     model = tiny_model()
     strategy = ActivationOffloading(with_checkpointing=False)
-    with caplog.at_level(logging.WARNING, logger="sft_exp.memory"):
+    with caplog.at_level(logging.WARNING, logger="sft_exp.training.memory"):
         strategy.apply(model)
     assert len(caplog.records) == 1 and "saves nothing" in caplog.text
     assert_same(step_grads(model, strategy.forward_context()), reference_grads)

@@ -4,8 +4,8 @@ import torch
 
 from sft_exp.data import SFTCollator
 from sft_exp.data.packing import pack_bfd
-from sft_exp.loss import DFTLoss, NLLLoss
-from sft_exp.sft_forward import sft_forward
+from sft_exp.training.losses import DFTLoss, NLLLoss
+from sft_exp.training.forward import sft_forward
 from tests.conftest import tiny_causal_lm
 
 VOCAB = 96

@@ -16,7 +16,7 @@ from typing import Any, Mapping, Optional
 import torch
 
 from sft_exp.errors import ConfigError
-from sft_exp.varlen_attention import register as register_varlen_sdpa, use_varlen_sdpa
+from sft_exp.models.attention import register as register_varlen_sdpa, use_varlen_sdpa
 
 log = logging.getLogger(__name__)
 

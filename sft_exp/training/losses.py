@@ -1,6 +1,6 @@
 """SFT losses: NLL and DFT, as per-token functions of log p(label).
 
-The chunked LM head (sft_exp.lm_head) yields log p(label) for the supervised positions; a loss
+The chunked LM head (sft_exp.training.lm_head) yields log p(label) for the supervised positions; a loss
 turns each into a per-token loss that `sft_forward` sums and divides by the number of supervised
 tokens in the whole accumulated batch.
 """

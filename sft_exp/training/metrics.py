@@ -82,7 +82,7 @@ class SFTMetrics:
         return len(self.FIELDS) + 2 * self.num_sources
 
     def add(self, out) -> None:
-        """Add one micro-batch's sums (an SFTForwardOutput from sft_exp.sft_forward)."""
+        """Add one micro-batch's sums (an SFTForwardOutput from sft_exp.training.forward)."""
         device = out.num_supervised.device
         aux = out.aux_loss
         row = torch.stack([

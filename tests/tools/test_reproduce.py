@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import compose, tiny_run
-from sft_exp.reproduce import compare_metrics, main, verify
+from sft_exp.tools.reproduce import compare_metrics, main, verify
 
 TINY = tiny_run(steps=3, train_rows=24, save_steps=3)
 
@@ -54,7 +54,7 @@ def test_a_group_choice_override_is_refused_with_what_to_do(original, capsys):
 
 
 def test_run_info_differences_name_the_changed_data_and_versions(original, tmp_path):
-    from sft_exp.reproduce import compare_run_info
+    from sft_exp.tools.reproduce import compare_run_info
 
     info = json.loads((original / "run_info.json").read_text())
     assert info["data_fingerprint"]  # every run records what data it trained on

@@ -99,7 +99,7 @@ def test_export_merge_equals_base_plus_adapter(lora_run, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from sft_exp.export import main
+    from sft_exp.tools.export import main
 
     out = tmp_path / "merged"
     assert main([str(lora_run), "--merge", "--out", str(out)]) == 0
@@ -119,7 +119,7 @@ def test_export_merge_equals_base_plus_adapter(lora_run, tmp_path):
 
 
 def test_export_refuses_a_full_model_run(tmp_path):
-    from sft_exp.export import main
+    from sft_exp.tools.export import main
 
     (tmp_path / "model").mkdir()
     (tmp_path / "resolved_config.yaml").write_text("model: {}\n")

@@ -1,0 +1,1 @@
+"""The command-line tools that work on a finished run folder (`python -m sft_exp.<tool>`)."""

@@ -1,0 +1,152 @@
+"""`python -m sft_exp.evaluate <run folder | model folder | file.gguf> [overrides]`: score tasks on a saved model.
+
+No training: the tasks of `evals` run on the model as saved, and each example's output and score
+go to <out>/<task>/step-<N>.jsonl (N: the run's last step, else 0) with the scores in scores.json.
+
+  python -m sft_exp.evaluate outputs/runs/2026-11-29/15-00-00                # the run's own tasks
+  python -m sft_exp.evaluate outputs/runs/.../run evals=gsm8k evals.gsm8k.path=/data/gsm8k_test.jsonl
+  python -m sft_exp.evaluate /models/SmolLM2-135M-Instruct.Q4_1.gguf evals=gsm8k evals.gsm8k.path=... \\
+      evals.gsm8k.limit=100
+
+A run folder gives the model (<run>/model, a full model or a LoRA adapter), its tokenizer and chat
+template, its tasks and its held-out rows. `evals=<option>[,...]` picks tasks from conf/evals instead;
+`evals.<task>.<key>=value` changes one setting. An adapter's base is its adapter_config's
+base_model_name_or_path, else the run's base_model/ folder.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+from sft_exp.errors import ConfigError, UserError
+
+log = logging.getLogger("sft_exp.tools.evaluate")
+
+
+def find_model(target: Path) -> tuple:
+    """(run folder or None, model folder or .gguf file) of what the user named."""
+    if not target.exists():
+        raise UserError(f"{target}: no such file or folder; give a run folder, a model folder or a .gguf file")
+    if target.is_file():
+        if target.suffix != ".gguf":
+            raise UserError(f"{target}: a file must be a .gguf model; otherwise give a folder")
+        return None, target
+    if (target / "resolved_config.yaml").is_file():
+        model = target / "model"
+        if not model.is_dir():
+            raise UserError(f"{target} is a run folder without a saved model (model/); did the run finish?")
+        return target, model
+    if (target / "config.json").is_file() or (target / "adapter_config.json").is_file():
+        run = target.parent if (target.parent / "resolved_config.yaml").is_file() else None
+        return run, target
+    raise UserError(f"{target}: neither a run folder (resolved_config.yaml) nor a model folder (config.json or "
+                    "adapter_config.json)")
+
+
+def task_config(run: Optional[Path], overrides: list) -> dict:
+    """The tasks to run: the run's `evals`, or the conf/evals options named by `evals=...`; plus overrides."""
+    from omegaconf import OmegaConf
+
+    bad = [o for o in overrides if not (o.startswith("evals=") or o.startswith("evals.") or o.startswith("+evals."))]
+    if bad:
+        raise ConfigError(f"only task overrides (evals=..., evals.<task>.<key>=...) apply here, not {bad}")
+    selection = [o for o in overrides if o.startswith("evals=")]
+    settings = [o for o in overrides if o not in selection]
+    if selection:
+        from hydra import compose, initialize_config_dir
+
+        from sft_exp.paths import config_dir
+
+        with initialize_config_dir(str(config_dir()), version_base="1.3"):
+            cfg = compose(overrides=["+" + selection[-1], *settings])
+        return OmegaConf.to_container(cfg, resolve=True).get("evals") or {}
+    if run is None:
+        raise ConfigError("a model folder has no tasks of its own: choose some, e.g. evals=gsm8k evals.gsm8k.path=...")
+    evals = OmegaConf.load(run / "resolved_config.yaml").get("evals") or OmegaConf.create({})
+    evals = OmegaConf.merge(evals, OmegaConf.from_dotlist([o.lstrip("+").split(".", 1)[1] for o in settings]))
+    tasks = OmegaConf.to_container(evals, resolve=True)
+    if not tasks:
+        raise ConfigError(f"{run} ran without task evaluation (evals=none); choose tasks, e.g. evals=heldout")
+    return tasks
+
+
+def load_model(model_path: Path, run: Optional[Path]):
+    """(model, tokenizer): a full model, a PEFT adapter on its base, or a .gguf file (dequantized)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    if model_path.is_file():  # .gguf
+        kwargs = dict(gguf_file=model_path.name)
+        tokenizer = AutoTokenizer.from_pretrained(str(model_path.parent), **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(str(model_path.parent), dtype=dtype, **kwargs)
+    elif (model_path / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        base = json.loads((model_path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        if not base or not Path(base).exists():
+            local = run / "base_model" if run is not None else None
+            base = str(local) if local is not None and local.is_dir() else base
+        if not base:
+            raise UserError(f"{model_path}: the adapter names no base model and there is no base_model/ folder beside it")
+        tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=dtype), str(model_path))
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(str(model_path))
+        model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=dtype)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model.to("cuda" if torch.cuda.is_available() else "cpu").eval(), tokenizer
+
+
+def evaluate_saved(target: Path, overrides: list, out: Optional[Path] = None, print_examples: int = 4) -> dict:
+    from sft_exp.evaluation import TaskEvaluation
+    from sft_exp.evaluation.callback import HELDOUT_FILE
+    from sft_exp.evaluation.tasks import HELDOUT
+
+    run, model_path = find_model(target)
+    tasks = task_config(run, overrides)
+    out = out or (run / "evaluate" if run is not None else Path("outputs") / "evaluate" / model_path.stem)
+    evaluation = TaskEvaluation(tasks, output_dir=str(out), print_examples=print_examples)
+    if any(isinstance(t, dict) and t.get("path") == HELDOUT for t in tasks.values()):
+        heldout_file = run / "evals" / HELDOUT_FILE if run is not None else None
+        if heldout_file is None or not heldout_file.is_file():
+            raise ConfigError("path: heldout needs a run folder whose run saved its held-out rows "
+                              f"(evals/{HELDOUT_FILE}); give a prompts file instead")
+        evaluation.use_heldout([json.loads(line) for line in heldout_file.read_text().splitlines() if line.strip()])
+    summary = json.loads((run / "summary.json").read_text()) if run is not None and (run / "summary.json").is_file() else {}
+    model, tokenizer = load_model(model_path, run)
+    scores = evaluation.evaluate(model, tokenizer, step=int(summary.get("global_step") or 0), final=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "scores.json").write_text(json.dumps(scores, indent=2) + "\n")
+    return {"scores": scores, "out": out}
+
+
+def main(argv: Optional[list] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sft_exp.evaluate", description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("target", type=Path, help="a run folder, a model folder (full or adapter) or a .gguf file")
+    parser.add_argument("overrides", nargs="*", help="evals=<option>[,...] and evals.<task>.<key>=value")
+    parser.add_argument("--out", type=Path, default=None, help="where the jsonl files go (default: <run>/evaluate)")
+    parser.add_argument("--print-examples", type=int, default=4, help="examples printed per task")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        result = evaluate_saved(args.target, args.overrides, args.out, args.print_examples)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for key, value in result["scores"].items():
+        print(f"{key}: {value:.4f}")
+    print(f"per-example outputs and scores.json in {result['out']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
