@@ -1,22 +1,29 @@
-"""Structured-config dataclasses behind conf/, registered in Hydra's ConfigStore.
+"""The structured configs behind conf/, registered in Hydra's ConfigStore.
 
 The primary config (conf/config.yaml) starts its defaults list with `sft_config`, the schema
 below, so every group option is merged onto a typed node: a misspelled key, a wrong type or a
 missing `???` value fails when Hydra composes the config, before anything loads.
 
-Groups whose options build different objects (optimizer, loss, memory, peft, logger) are typed
-per option: each YAML names its own schema in its defaults list (e.g. `- /schema/loss/nll@_here_`),
-so `loss.chunk_size=abc` or `optimizer.betaz=...` fail at compose time too.
+One schema per component: the schema of each of our components (ModelLoader, DataSettings and its
+Source, losses, memory strategies, loggers, SFTTrainingArguments' own fields) is generated from the
+component's source (sft_exp.schemas), never written here. Each option YAML names its schema in its
+defaults list (e.g. `- /schema/loss/dft@_here_`) and sets the `_target_` it is generated from, so
+`loss.chunk_size=abc` or `optimizer.betaz=...` fail at compose time too. Written out below are only
+third-party targets (torch optimizers, peft.LoraConfig, the TrainingArguments fields we expose) and
+the run's own top-level keys.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
+import yaml
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
-from sft_exp.paths import asset_path
+from sft_exp.paths import asset_path, config_dir
+from sft_exp.schemas import component_schema, own_fields
 
 # `${asset:tokenizer}` resolves to a file shipped in sft_exp/assets, wherever the package lives.
 if not OmegaConf.has_resolver("asset"):
@@ -39,89 +46,15 @@ if not OmegaConf.has_resolver("sft_exp_config_groups"):
     OmegaConf.register_new_resolver("sft_exp_config_groups", config_groups_help)
 
 
-# ----------------------------------------------------------------------------- model
-@dataclass
-class ModelConfig:
-    """Built into sft_exp.models.loader.ModelLoader (same fields) by `hydra.utils.instantiate`."""
-
-    _target_: str = "sft_exp.models.loader.ModelLoader"
-    # Hub id or local folder. None builds a fresh model from `init_config` (the offline tiny default).
-    name_or_path: Optional[str] = None
-    # Tokenizer hub id or folder; None means the model's own.
-    tokenizer: Optional[str] = None
-    # transformers config fields for `AutoModelForCausalLM.from_config` (needs `model_type`).
-    init_config: Optional[Dict[str, Any]] = None
-    # auto: bfloat16 on CUDA, float32 on CPU. Or float32 / bfloat16 / float16.
-    dtype: str = "auto"
-    attn_implementation: Optional[str] = "sdpa"
-    revision: Optional[str] = None
-    trust_remote_code: bool = False
-    # Extra keyword arguments for from_pretrained (e.g. quantization_config via peft=qlora).
-    load_kwargs: Dict[str, Any] = field(default_factory=dict)
-    # A .gguf file in name_or_path (or a path to one): loaded de-quantized as a trainable float model,
-    # with the tokenizer stored in the same file (unless model.tokenizer is set).
-    gguf_file: Optional[str] = None
-    # true: a tokenizer with more tokens than the model's embedding rows (you added tokens) resizes the
-    # embeddings; false: that mismatch is an error before training.
-    resize_embeddings: bool = False
-    # Modules a LoRA adapter wraps (peft.target_modules defaults to this): a name list or "all-linear".
-    lora_target_modules: Any = "all-linear"
+# ----------------------------------------------------------------------------- our components
+# What a generated schema needs beyond the component's fields: the data settings follow the run's seed
+# and are built from plain containers.
+DATA_TARGET = "sft_exp.data.settings.DataSettings"
+SCHEMA_EXTRAS = {DATA_TARGET: dict(defaults={"seed": "${seed}"}, convert="all")}
+MODEL_TARGET = "sft_exp.models.loader.ModelLoader"
 
 
-# ----------------------------------------------------------------------------- data
-@dataclass
-class SourceConfig:
-    # Local .jsonl/.json/.parquet/.csv file or folder, or a hub dataset id.
-    path: str = MISSING
-    # Display name of the source (per-source loss is logged as loss/<name>); default: the file stem.
-    name: Optional[str] = None
-    # Hub dataset configuration name (load_dataset's `name`).
-    subset: Optional[str] = None
-    split: str = "train"
-    # auto | text | prompt_completion | messages | sharegpt | alpaca
-    format: str = "auto"
-    # Mapping from the format's field names to this file's column names. Conversation formats also
-    # take the names inside turns (LLaMA-Factory's tags): role_tag, content_tag, user_tag,
-    # assistant_tag, system_tag, function_tag (tool-call turns), observation_tag (tool results).
-    columns: Dict[str, str] = field(default_factory=dict)
-    # Sampling weight in the mixture; above 1 oversamples.
-    weight: float = 1.0
-    max_samples: Optional[int] = None
-    # This source's own held-out file (read like `path`); without one, `data.eval_split_size` of its rows.
-    eval_path: Optional[str] = None
-    eval_max_samples: Optional[int] = None
-
-
-@dataclass
-class DataConfig:
-    """Built into sft_exp.data.DataSettings (same fields) by `hydra.utils.instantiate`."""
-
-    _target_: str = "sft_exp.data.DataSettings"
-    _convert_: str = "all"  # plain dicts and lists, not DictConfig
-    sources: List[SourceConfig] = MISSING
-    # Explicit held-out sources; when given, no training rows are held out.
-    eval_sources: List[SourceConfig] = field(default_factory=list)
-    # Fraction (<1) or number (>=1) of the rows of each source without an `eval_path` held out; 0 for none.
-    eval_split_size: float = 0.05
-    # None: the tokenizer's own; a built-in name (chatml, zephyr); or a path to a .jinja file.
-    chat_template: Optional[str] = None
-    max_length: int = 1024
-    # None: on for prompt-completion data.
-    completion_only_loss: Optional[bool] = None
-    assistant_only_loss: bool = False
-    packing: bool = False
-    # Padding-free batches without packing: a batch's rows back to back, position_ids restarting per row,
-    # no pad tokens. None: on where attention runs per example (sdpa, loaded as sdpa_varlen; flash_attention_2/3).
-    padding_free: Optional[bool] = None
-    # bfd (best-fit decreasing over the whole dataset) or wrapped.
-    packing_strategy: str = "bfd"
-    # error: stop at the first bad row with its file and index; drop: drop and count bad rows.
-    on_bad_row: str = "error"
-    num_proc: Optional[int] = None
-    seed: int = "${seed}"  # type: ignore[assignment]
-
-
-# ----------------------------------------------------------------------------- per-option schemas
+# ----------------------------------------------------------------------------- third-party targets
 @dataclass
 class AdamWConfig:
     _target_: str = "torch.optim.AdamW"
@@ -141,71 +74,6 @@ class SGDConfig:
     momentum: float = 0.9
     weight_decay: float = 0.0
     nesterov: bool = False
-
-
-@dataclass
-class NLLLossConfig:
-    _target_: str = "sft_exp.training.losses.NLLLoss"
-    # Positions per chunk of the LM head; bounds the logits held in memory at once.
-    chunk_size: int = 1024
-
-
-@dataclass
-class DFTLossConfig(NLLLossConfig):
-    _target_: str = "sft_exp.training.losses.DFTLoss"
-
-
-@dataclass
-class NoMemoryConfig:
-    _target_: str = "sft_exp.training.memory.NoMemoryStrategy"
-
-
-@dataclass
-class CheckpointingConfig:
-    _target_: str = "sft_exp.training.memory.GradientCheckpointing"
-
-
-@dataclass
-class OffloadConfig:
-    _target_: str = "sft_exp.training.memory.ActivationOffloading"
-    # Saved tensors smaller than this stay where they are (moving them costs more than it saves).
-    min_offload_bytes: int = 1048576
-    # On CUDA: copy on a side stream and prefetch the next layer's activations in backward.
-    use_streams: bool = True
-    # Offloading the checkpointed layer inputs only (torchtune's pairing) saves the most.
-    with_checkpointing: bool = True
-
-
-@dataclass
-class WandbLoggerConfig:
-    _target_: str = "sft_exp.loggers.WandbLogger"
-    project: str = "sft_exp"
-    entity: Optional[str] = None
-    # null: the sweep folder in a multirun, none otherwise.
-    group: Optional[str] = None
-    # null: the job's overrides in a multirun (W&B's random name otherwise).
-    name: Optional[str] = None
-    tags: List[str] = field(default_factory=list)
-    # null: online when an API key is configured, offline otherwise. Or online / offline / disabled.
-    mode: Optional[str] = None
-
-
-@dataclass
-class TensorBoardLoggerConfig:
-    _target_: str = "sft_exp.loggers.TensorBoardLogger"
-    # null: <run folder>/tensorboard.
-    log_dir: Optional[str] = None
-
-
-@dataclass
-class MLflowLoggerConfig:
-    _target_: str = "sft_exp.loggers.MLflowLogger"
-    # null: a local store in <run folder>/mlflow (sqlite); or any MLflow tracking URI (http://..., databricks).
-    tracking_uri: Optional[str] = None
-    experiment_name: str = "sft_exp"
-    # null: the job's overrides in a multirun, MLflow's own name otherwise.
-    run_name: Optional[str] = None
-    tags: Dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -238,16 +106,13 @@ class DistributedConfig:
 
 
 # ----------------------------------------------------------------------------- trainer
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-NONFINITE_POLICIES = ("stop", "skip")
-
-
 @dataclass
-class TrainerConfig:
-    """sft_exp.training.trainer.SFTTrainer's arguments: transformers.TrainingArguments fields plus sft_exp's own.
+class TrainingArgumentsFields:
+    """transformers.TrainingArguments fields the `trainer` group sets directly (a third-party class: the
+    ones we support are listed here), and build_training_arguments' `precision` and `extra_args`.
 
-    A `_partial_` target: train.run completes it with the model, data, loss and callbacks. The
-    output folder, seed, logging and reporting are set by train.run.
+    sft_exp.training.trainer.SFTTrainer is a `_partial_` target: train.run completes it with the model,
+    data, loss and callbacks, and sets the output folder, seed, logging and reporting.
     """
 
     _target_: str = "sft_exp.training.trainer.SFTTrainer"
@@ -269,27 +134,29 @@ class TrainerConfig:
     # auto: bf16 on CUDA, fp32 on CPU. Or fp32 / bf16 / fp16.
     precision: str = "auto"
     dataloader_num_workers: int = 0
-    # stop: a NaN/inf loss stops the run naming the step; skip: the step's update is skipped.
-    nonfinite_loss: str = "stop"
-    # Router load-balancing loss coefficient for MoE models (null: the model config's own).
-    router_aux_loss_coef: Optional[float] = None
     # Any other transformers.TrainingArguments field.
     extra_args: Dict[str, Any] = field(default_factory=dict)
+
+
+# + SFTTrainingArguments' own fields (nonfinite_loss, router_aux_loss_coef), read from its source.
+TrainerConfig = dataclasses.make_dataclass(
+    "TrainerConfig", own_fields("sft_exp.training.trainer.SFTTrainingArguments"), bases=(TrainingArgumentsFields,)
+)
 
 
 # ----------------------------------------------------------------------------- root
 @dataclass
 class SFTConfig:
     seed: int = 42
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    model: Any = field(default_factory=lambda: component_schema(MODEL_TARGET))
+    data: Any = field(default_factory=lambda: component_schema(DATA_TARGET, **SCHEMA_EXTRAS[DATA_TARGET]))
+    trainer: Any = field(default_factory=TrainerConfig)
     # Per-option typed (see the schemas above); Any here so each option keeps its own type.
     optimizer: Any = MISSING
     loss: Any = MISSING
     memory: Any = MISSING
     peft: Any = None
-    distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    distributed: Any = field(default_factory=DistributedConfig)
     # Dicts of `_target_`s, several at once: logger=[wandb,tensorboard]; callbacks (run recorder, stop on
     # signal, task evaluation, yours: +callbacks.mine._target_=pkg.MyCallback); evals=[heldout,gsm8k].
     logger: Dict[str, Any] = field(default_factory=dict)
@@ -303,35 +170,38 @@ class SFTConfig:
     run_dir: str = "${hydra:runtime.output_dir}"
 
 
-SCHEMAS = {
-    "optimizer": {"adamw": AdamWConfig, "sgd": SGDConfig},
-    "loss": {"nll": NLLLossConfig, "dft": DFTLossConfig},
-    "memory": {"none": NoMemoryConfig, "checkpointing": CheckpointingConfig, "offload": OffloadConfig},
-    "logger": {"wandb": WandbLoggerConfig, "tensorboard": TensorBoardLoggerConfig, "mlflow": MLflowLoggerConfig},
-    "peft": {"lora": LoraAdapterConfig},
-    "distributed": {"distributed": DistributedConfig},
-}
+# Third-party targets: their schemas above. Our components' schemas are generated from the `_target_`
+# each conf/<group>/<option>.yaml sets.
+THIRD_PARTY_SCHEMAS = {
+    "optimizer/adamw": AdamWConfig, "optimizer/sgd": SGDConfig, "peft/lora": LoraAdapterConfig,
+    "distributed/distributed": DistributedConfig,
+}  # fmt: skip
+
+
+def option_schemas() -> dict:
+    """schema/<group>/<name> -> structured config, for every `- /schema/<group>/<name>@<package>` that a
+    conf/ YAML merges onto: generated from the `_target_` the YAML sets at <package> (our components),
+    or the schema above of a third-party class."""
+    schemas = dict(THIRD_PARTY_SCHEMAS)
+    for path in sorted(config_dir().glob("*/*.yaml")):
+        node = yaml.safe_load(path.read_text())
+        for entry in (node.get("defaults") or []) if isinstance(node, dict) else []:
+            if not (isinstance(entry, str) and entry.startswith("/schema/")):
+                continue
+            ref, _, package = entry.partition("@")
+            key = ref[len("/schema/"):]
+            body = node if package in ("", "_here_") else node.get(package)
+            if key not in schemas and isinstance(body, dict) and body.get("_target_"):
+                schemas[key] = component_schema(body["_target_"], **SCHEMA_EXTRAS.get(body["_target_"], {}))
+    return schemas
 
 
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="sft_config", node=SFTConfig)
-    cs.store(group="schema/model", name="model", node=ModelConfig)
-    cs.store(group="schema/data", name="data", node=DataConfig)
-    for group, options in SCHEMAS.items():
-        for name, node in options.items():
-            cs.store(group=f"schema/{group}", name=name, node=node)
+    for key, node in option_schemas().items():
+        group, name = key.rsplit("/", 1)
+        cs.store(group=f"schema/{group}", name=name, node=node)
 
 
 register_configs()
-
-
-
-def check_trainer_choices(precision: Optional[str] = None, nonfinite_loss: Optional[str] = None) -> None:
-    """The one check of trainer.precision and trainer.nonfinite_loss: before torch loads (preflight) and
-    when SFTTrainer is built from Python."""
-    from sft_exp.errors import ConfigError
-
-    for key, value, allowed in (("precision", precision, PRECISIONS), ("nonfinite_loss", nonfinite_loss, NONFINITE_POLICIES)):
-        if value is not None and value not in allowed:
-            raise ConfigError(f"trainer.{key}={value!r} is not one of {', '.join(allowed)}.")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from sft_exp.config import check_trainer_choices
+from sft_exp.training.choices import check_trainer_choices
 from sft_exp.errors import ConfigError
 
 # A hub id is `name` or `org/name`; anything else that does not exist on disk is a missing local path.

@@ -14,26 +14,48 @@ from __future__ import annotations
 
 import functools
 import json
-from typing import NamedTuple
+from dataclasses import dataclass
+from typing import Callable, NamedTuple
 
 from sft_exp.data.tool_calls import legacy_function_call, structured_calls, structured_tools
 from sft_exp.errors import DataError
 
-FORMATS = ("text", "prompt_completion", "messages", "sharegpt", "alpaca")
 # Names inside the turns of a conversation, set in `columns` beside the columns (LLaMA-Factory's
 # dataset_info `tags`, same names): the keys holding speaker and text, and a speaker name of the
 # file for each kind of turn (added to the built-in names of SPEAKER_ROLES).
 TURN_TAGS = ("role_tag", "content_tag", "system_tag", "user_tag", "assistant_tag", "function_tag", "observation_tag")
-# Per format: (required fields, optional fields). `columns` maps these names to a file's columns.
-FORMAT_FIELDS = {
-    "text": (("text",), ()),
-    "prompt_completion": (("prompt", "completion"), ("tools", *TURN_TAGS)),
-    "messages": (("messages",), ("tools", *TURN_TAGS)),
-    "sharegpt": (("conversations",), ("system", "tools", *TURN_TAGS)),
-    "alpaca": (("instruction", "output"), ("input", "system")),
-}
-# Auto-detection tries formats in this order on the file's columns.
-DETECTION_ORDER = ("messages", "sharegpt", "prompt_completion", "alpaca", "text")
+
+
+@dataclass(frozen=True)
+class Format:
+    """One data format: the fields a row needs and may have (`columns` maps them to a file's columns),
+    and the function that turns a row (field -> value) into Text, PromptCompletion or Conversation."""
+
+    name: str
+    required: tuple
+    optional: tuple
+    normalize: Callable[[dict], "Text | PromptCompletion | Conversation"]
+
+    @property
+    def fields(self) -> tuple:
+        return self.required + self.optional
+
+
+# name -> Format, in the order auto-detection tries them on a file's columns: the order of the
+# @data_format functions below (conversations before prompt/completion, plain text last).
+FORMATS: dict[str, Format] = {}
+
+
+def data_format(name: str, required: tuple, optional: tuple = ()):
+    """Register the decorated `normalize(row)` as format `name`: one entry is the whole format."""
+
+    def register(normalize):
+        FORMATS[name] = Format(name, tuple(required), tuple(optional), normalize)
+        return normalize
+
+    return register
+
+
 # Speaker name -> kind of turn. "tool_call": an assistant turn whose text is the call(s) as JSON
 # (LLaMA-Factory's `function_call`); it becomes an assistant message with structured `tool_calls`.
 # "function" is OpenAI's legacy role for a function's result; "ipython" is Llama 3's.
@@ -84,8 +106,7 @@ class Conversation(NamedTuple):
 def column_map(fmt: str, columns: dict) -> dict:
     """Format field -> column name in the file, for every field of `fmt`; turn tags the source sets
     ride along under TURN_TAGS_FIELD as sorted (tag, name) pairs."""
-    required, optional = FORMAT_FIELDS[fmt]
-    mapping = {field: columns.get(field, field) for field in required + optional if field not in TURN_TAGS}
+    mapping = {field: columns.get(field, field) for field in FORMATS[fmt].fields if field not in TURN_TAGS}
     tags = tuple(sorted((tag, str(name)) for tag, name in columns.items() if tag in TURN_TAGS))
     if tags:
         mapping[TURN_TAGS_FIELD] = tags
@@ -94,12 +115,12 @@ def column_map(fmt: str, columns: dict) -> dict:
 
 def detect_format(fmt: str, column_names: list[str], columns: dict, where: str) -> str:
     """The format of a source: `fmt` itself, or the first format whose required columns exist."""
-    unknown = set(columns) - {f for req, opt in FORMAT_FIELDS.values() for f in req + opt}
+    unknown = set(columns) - {f for known in FORMATS.values() for f in known.fields}
     if unknown:
         raise DataError(f"{where}: `columns` names unknown format fields {sorted(unknown)}")
-    candidates = [fmt] if fmt != "auto" else list(DETECTION_ORDER)
+    candidates = [fmt] if fmt != "auto" else list(FORMATS)
     for candidate in candidates:
-        required, _ = FORMAT_FIELDS[candidate]
+        required = FORMATS[candidate].required
         mapping = column_map(candidate, columns)
         missing = [mapping[f] for f in required if mapping[f] not in column_names]
         if not missing:
@@ -155,18 +176,7 @@ def speakers(tags: tuple | None, role_key: str, content_key: str) -> Speakers:
 
 def normalize_row(fmt: str, row: dict):
     """One row (format field -> value) in its internal form, or BadRow."""
-    if fmt == "text":
-        return Text(_string_field(row, "text"))
-    if fmt == "prompt_completion":
-        return _prompt_completion(row)
-    if fmt == "messages":
-        messages = _clean_messages(row.get("messages"), "messages", row.get(TURN_TAGS_FIELD))
-        return _conversation(messages, _tools(row.get("tools")), None)
-    if fmt == "sharegpt":
-        return _sharegpt(row)
-    if fmt == "alpaca":
-        return _alpaca(row)
-    raise ValueError(f"unknown format {fmt}")
+    return FORMATS[fmt].normalize(row)
 
 
 def _string_field(row: dict, field: str) -> str:
@@ -277,17 +287,13 @@ def _conversation(messages: list[dict], tools, n_prompt: int | None) -> Conversa
     return Conversation(messages, tools, n_prompt)
 
 
-def _prompt_completion(row: dict):
-    prompt, completion = row.get("prompt"), row.get("completion")
-    if isinstance(prompt, list) or isinstance(completion, list):
-        tags = row.get(TURN_TAGS_FIELD)
-        prompt_messages = _clean_messages(prompt, "prompt", tags)
-        completion_messages = _clean_messages(completion, "completion", tags)
-        messages = prompt_messages + completion_messages
-        return _conversation(messages, _tools(row.get("tools")), len(prompt_messages))
-    return PromptCompletion(_string_field(row, "prompt"), _string_field(row, "completion"))
+@data_format("messages", required=("messages",), optional=("tools", *TURN_TAGS))
+def _messages(row: dict) -> Conversation:
+    messages = _clean_messages(row.get("messages"), "messages", row.get(TURN_TAGS_FIELD))
+    return _conversation(messages, _tools(row.get("tools")), None)
 
 
+@data_format("sharegpt", required=("conversations",), optional=("system", "tools", *TURN_TAGS))
 def _sharegpt(row: dict) -> Conversation:
     turns = _turn_list(row.get("conversations"), "conversations", "{from, value} turns")
     keys = speakers(row.get(TURN_TAGS_FIELD), "from", "value")
@@ -300,6 +306,19 @@ def _sharegpt(row: dict) -> Conversation:
     return _conversation(messages, _tools(row.get("tools")), None)
 
 
+@data_format("prompt_completion", required=("prompt", "completion"), optional=("tools", *TURN_TAGS))
+def _prompt_completion(row: dict):
+    prompt, completion = row.get("prompt"), row.get("completion")
+    if isinstance(prompt, list) or isinstance(completion, list):
+        tags = row.get(TURN_TAGS_FIELD)
+        prompt_messages = _clean_messages(prompt, "prompt", tags)
+        completion_messages = _clean_messages(completion, "completion", tags)
+        messages = prompt_messages + completion_messages
+        return _conversation(messages, _tools(row.get("tools")), len(prompt_messages))
+    return PromptCompletion(_string_field(row, "prompt"), _string_field(row, "completion"))
+
+
+@data_format("alpaca", required=("instruction", "output"), optional=("input", "system"))
 def _alpaca(row: dict) -> Conversation:
     instruction = _string_field(row, "instruction")
     output = _string_field(row, "output")
@@ -310,3 +329,8 @@ def _alpaca(row: dict) -> Conversation:
     prompt = [{"role": "system", "content": row["system"]}] if row.get("system") else []
     prompt.append({"role": "user", "content": user})
     return Conversation(prompt + [{"role": "assistant", "content": output}], None, len(prompt))
+
+
+@data_format("text", required=("text",))
+def _text(row: dict) -> Text:
+    return Text(_string_field(row, "text"))

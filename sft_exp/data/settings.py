@@ -15,14 +15,23 @@ from sft_exp.errors import ConfigError
 
 @dataclass
 class Source:
-    """One `data.sources[]` (or `data.eval_sources[]`) entry; see SourceConfig in sft_exp/config.py."""
+    """One `data.sources[]` (or `data.eval_sources[]`) entry. Its fields are the schema of a source
+    (sft_exp.config generates it from this class)."""
 
+    # Local .jsonl/.json/.parquet/.csv file or folder, or a hub dataset id.
     path: str
+    # Display name of the source (per-source loss is logged as loss/<name>); default: the file stem.
     name: Optional[str] = None
+    # Hub dataset configuration name (load_dataset's `name`).
     subset: Optional[str] = None
     split: str = "train"
+    # auto | text | prompt_completion | messages | sharegpt | alpaca
     format: str = "auto"
-    columns: dict = field(default_factory=dict)
+    # Mapping from the format's field names to this file's column names. Conversation formats also
+    # take the names inside turns (LLaMA-Factory's tags): role_tag, content_tag, user_tag,
+    # assistant_tag, system_tag, function_tag (tool-call turns), observation_tag (tool results).
+    columns: dict[str, str] = field(default_factory=dict)
+    # Sampling weight in the mixture; above 1 oversamples.
     weight: float = 1.0
     max_samples: Optional[int] = None
     # This source's own held-out file; without one, `eval_split_size` of its rows are held out.
@@ -41,20 +50,27 @@ class Source:
 
 @dataclass(kw_only=True)
 class DataSettings:
-    """Everything `prepare_datasets` needs besides the tokenizer; see DataConfig in sft_exp/config.py."""
+    """Everything `prepare_datasets` needs besides the tokenizer: what `data.*` configures. Its fields are
+    the `data` schema (sft_exp.config generates it from this class)."""
 
-    sources: list
-    eval_sources: list = field(default_factory=list)
+    sources: list[Source]
+    # Explicit held-out sources; when given, no training rows are held out.
+    eval_sources: list[Source] = field(default_factory=list)
+    # Fraction (<1) or number (>=1) of the rows of each source without an `eval_path` held out; 0 for none.
     eval_split_size: float = 0.05
+    # None: the tokenizer's own; a built-in name (chatml, zephyr); or a path to a .jinja file.
     chat_template: Optional[str] = None
     max_length: int = 1024
+    # None: on for prompt-completion data.
     completion_only_loss: Optional[bool] = None
     assistant_only_loss: bool = False
     packing: bool = False
     # Padding-free batches without packing: a batch's rows back to back, position_ids restarting per row,
     # no pad tokens. None: on where attention runs per example (sdpa, loaded as sdpa_varlen; flash_attention_2/3).
     padding_free: Optional[bool] = None
+    # bfd (best-fit decreasing over the whole dataset) or wrapped.
     packing_strategy: str = "bfd"
+    # error: stop at the first bad row with its file and index; drop: drop and count bad rows.
     on_bad_row: str = "error"
     num_proc: Optional[int] = None
     seed: int  # required: the same seed as the run's, so the split and mixture follow it
@@ -75,7 +91,6 @@ def as_sources(entries: Any, key: str) -> list[Source]:
         raise ConfigError(f"{key}: expected a list of sources like [{{path: train.jsonl}}]")
     from sft_exp.data.sources import refuse_streaming
 
-    known = {f.name for f in dataclasses.fields(Source)}
     sources = []
     for i, entry in enumerate(entries):
         if isinstance(entry, Source):
@@ -85,8 +100,24 @@ def as_sources(entries: Any, key: str) -> list[Source]:
         if not isinstance(entry, dict) or not entry.get("path") or not isinstance(entry["path"], str):
             raise ConfigError(f"{key}[{i}].path: each source needs a `path` (a file, folder or hub dataset id)")
         refuse_streaming(entry, f"{key}[{i}]")  # not an unknown key: a refusal with the way out
-        unknown = sorted(set(entry) - known)
-        if unknown:
-            raise ConfigError(f"{key}[{i}].{unknown[0]}: unknown key; source keys are {', '.join(sorted(known))}")
-        sources.append(Source(**{**entry, "columns": dict(entry.get("columns") or {})}))
+        entry = {k: v for k, v in entry.items() if not k.startswith("_")}  # Hydra's _target_ and friends
+        try:
+            sources.append(Source(**{**entry, "columns": dict(entry.get("columns") or {})}))
+        except TypeError as err:  # a key Source has no field for (Hydra's schema says so earlier)
+            raise ConfigError(f"{key}[{i}].{unknown_key_message(err, Source)}") from None
     return sources
+
+
+def unknown_key_message(error: TypeError, component: type) -> str:
+    """`Source(**entry)`'s TypeError for a key it has no field for, as "<key>: unknown key; did you mean ...":
+    the closest field and the fields there are, read from the dataclass, not a list kept beside it."""
+    import difflib
+    import re
+
+    known = [f.name for f in dataclasses.fields(component)]
+    match = re.search(r"unexpected keyword argument '(\w+)'", str(error))
+    if match is None:
+        raise error
+    close = difflib.get_close_matches(match.group(1), known, n=1)
+    hint = f"did you mean `{close[0]}`? " if close else ""
+    return f"{match.group(1)}: unknown key; {hint}the keys are {', '.join(known)}"

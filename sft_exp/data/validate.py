@@ -5,7 +5,7 @@ import math
 from pathlib import Path
 
 from sft_exp.constants import SEPARATING_ATTENTION
-from sft_exp.data.formats import FORMAT_FIELDS, FORMATS
+from sft_exp.data.formats import FORMATS
 from sft_exp.data.sources import looks_local, source_name
 from sft_exp.data.templates import check_chat_template_setting
 from sft_exp.errors import ConfigError
@@ -27,8 +27,8 @@ def _check_source(source, key: str) -> None:
         raise ConfigError(f"{key}.eval_max_samples={source.eval_max_samples}: set only with {key}.eval_path")
     if source.format != "auto" and source.format not in FORMATS:
         raise ConfigError(f"{key}.format={source.format!r}: unknown format; use auto or one of {', '.join(FORMATS)}")
-    fields = FORMAT_FIELDS.get(source.format)
-    allowed = set(sum(fields, ())) if fields else {f for req, opt in FORMAT_FIELDS.values() for f in req + opt}
+    chosen = [FORMATS[source.format]] if source.format in FORMATS else FORMATS.values()
+    allowed = {field for fmt in chosen for field in fmt.fields}
     for field in source.columns:
         if field not in allowed:
             raise ConfigError(

@@ -13,11 +13,33 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Dict, List, Optional
 
 from sft_exp.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class LMEvalTaskSettings:
+    """`type: lm_eval`: harness task names, a folder of local task YAMLs, few-shot count, extra arguments
+    for lm_eval.simple_evaluate."""
+
+    type: str = "lm_eval"
+    lm_eval_tasks: List[str] = field(default_factory=list)
+    include_path: Optional[str] = None
+    num_fewshot: Optional[int] = None
+    # First `limit` examples of each harness task (null: all).
+    limit: Optional[int] = None
+    batch_size: int = 64
+    seed: int = 1234
+    lm_eval_args: Dict[str, Any] = field(default_factory=dict)
+
+    def check(self, name: str) -> None:
+        if self.batch_size < 1:
+            raise ConfigError(f"evals.{name}.batch_size must be at least 1, not {self.batch_size}")
 
 
 class LMEvalTask:

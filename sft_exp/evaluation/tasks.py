@@ -1,4 +1,4 @@
-"""Evaluation tasks: what a task is in config (EvalTaskConfig) and the prompts it loads.
+"""Evaluation tasks: what a task is in config (GenerationTaskSettings) and the prompts it loads.
 
 `evals` is a dict of task name -> task. A task's prompts are a file (any format the data pipeline
 reads, or explicit prompt/answer columns) or `path: heldout`, the run's held-out rows. Everything
@@ -8,22 +8,22 @@ the task is built, so a mistake stops the run before training.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, NamedTuple, Optional
 
 from sft_exp.errors import ConfigError, DataError
+from sft_exp.evaluation.lmeval import LMEvalTaskSettings
 from sft_exp.evaluation.scorers import build_scorer, scorer_name
 
 HELDOUT = "heldout"
-TASK_TYPES = ("generate", "lm_eval")
 
 
 @dataclass
-class EvalTaskConfig:
-    """One entry of `evals` (the Hydra schema of a task; also the plain settings a task runs with)."""
+class GenerationTaskSettings:
+    """`type: generate` (the default): prompts -> generations -> a scorer."""
 
-    # generate: prompts -> generations -> scorer. lm_eval: lm-evaluation-harness tasks on the model.
     type: str = "generate"
     # `heldout` (the run's held-out rows), or a local file (.jsonl/.json/.parquet/.csv).
     path: Optional[str] = None
@@ -51,18 +51,19 @@ class EvalTaskConfig:
     pass_threshold: float = 1.0
     # A short name (exact_match, numeric, regex, substring, token_f1, math_verify) or {_target_: ..., args}.
     scorer: Any = "exact_match"
-    # lm_eval only: harness task names, a folder of local task YAMLs, few-shot count, extra arguments
-    # for lm_eval.simple_evaluate.
-    lm_eval_tasks: List[str] = field(default_factory=list)
-    include_path: Optional[str] = None
-    num_fewshot: Optional[int] = None
-    lm_eval_args: Dict[str, Any] = field(default_factory=dict)
+
+    def check(self, name: str) -> None:
+        for key in ("max_new_tokens", "num_samples", "batch_size"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"evals.{name}.{key} must be at least 1, not {getattr(self, key)}")
+        if self.num_samples > 1 and not self.do_sample:
+            raise ConfigError(f"evals.{name}: num_samples={self.num_samples} needs do_sample=true (greedy samples are all the same)")
 
 
 @dataclass
 class GenerationTask:
     name: str
-    settings: EvalTaskConfig
+    settings: GenerationTaskSettings
     scorer: Callable[[str, str], float]
     metric: str  # the scorer's metric name: eval_<task>/<metric>
     examples: Optional[List[dict]] = None  # {"prompt": text or messages, "reference": str}; heldout: set later
@@ -71,54 +72,76 @@ class GenerationTask:
     def source(self) -> str:
         return self.settings.path
 
+    @classmethod
+    def build(cls, name: str, settings: GenerationTaskSettings) -> "GenerationTask":
+        scorer = build_scorer(settings.scorer, f"evals.{name}.scorer")
+        task = cls(name, settings, scorer, scorer_name(scorer))
+        if not settings.path:
+            raise ConfigError(f"evals.{name}.path is required: a prompts file, or `heldout` for the run's held-out rows")
+        if settings.path != HELDOUT:
+            task.examples = load_examples(name, settings)
+        return task
 
-def task_settings(name: str, spec: Any) -> EvalTaskConfig:
-    """A task's settings from a config mapping; unknown keys and missing values are ConfigErrors."""
-    if isinstance(spec, EvalTaskConfig):
+
+class TaskType(NamedTuple):
+    """A task type: the dataclass of its settings (its fields are the keys a task accepts) and the
+    function that builds the runnable task from (name, settings)."""
+
+    settings: type
+    build: Callable[[str, Any], Any]
+
+
+def _lm_eval_task(name: str, settings):
+    from sft_exp.evaluation.lmeval import LMEvalTask  # imports lm_eval only when such a task is configured
+
+    return LMEvalTask(name, settings)
+
+
+# `type:` -> TaskType. A new task type is one entry: its settings dataclass and its builder.
+TASK_TYPES = {
+    "generate": TaskType(GenerationTaskSettings, GenerationTask.build),
+    "lm_eval": TaskType(LMEvalTaskSettings, _lm_eval_task),
+}
+
+
+def task_settings(name: str, spec: Any):
+    """A task's settings from a config mapping, as its type's dataclass; a key the type does not have, a
+    missing value or a bad value is a ConfigError naming evals.<name>.<key>."""
+    if dataclasses.is_dataclass(spec):
         return spec
     if not isinstance(spec, dict):
         raise ConfigError(f"evals.{name}: expected a mapping of task settings, got {spec!r}")
-    known = {f.name for f in dataclasses.fields(EvalTaskConfig)}
-    unknown = sorted(set(spec) - known)
+    kind = spec.get("type", "generate")
+    if kind not in TASK_TYPES:
+        raise ConfigError(f"evals.{name}.type={kind!r} is not one of {', '.join(TASK_TYPES)}")
+    settings_type = TASK_TYPES[kind].settings
+    known = [f.name for f in dataclasses.fields(settings_type)]
+    unknown = sorted(set(spec) - set(known))
     if unknown:
-        raise ConfigError(f"evals.{name}: unknown key(s) {unknown}; a task has {sorted(known)}")
+        close = difflib.get_close_matches(unknown[0], known, n=1)
+        hint = f"did you mean `{close[0]}`? " if close else ""
+        raise ConfigError(f"evals.{name}.{unknown[0]}: a `{kind}` task has no such key; {hint}its keys: {', '.join(known)}")
     missing = [key for key, value in spec.items() if value == "???"]
     if missing:
         raise ConfigError(f"evals.{name}.{missing[0]} is required; set it, e.g. evals.{name}.{missing[0]}=/path/to/file.jsonl")
-    settings = EvalTaskConfig(**spec)
-    if settings.type not in TASK_TYPES:
-        raise ConfigError(f"evals.{name}.type={settings.type!r} is not one of {', '.join(TASK_TYPES)}")
-    for key in ("max_new_tokens", "num_samples", "batch_size"):
-        if getattr(settings, key) < 1:
-            raise ConfigError(f"evals.{name}.{key} must be at least 1, not {getattr(settings, key)}")
-    if settings.num_samples > 1 and not settings.do_sample:
-        raise ConfigError(f"evals.{name}: num_samples={settings.num_samples} needs do_sample=true (greedy samples are all the same)")
+    settings = settings_type(**spec)
+    settings.check(name)
     return settings
 
 
 def build_task(name: str, spec: Any):
-    """A runnable task (GenerationTask or LMEvalTask) from its config; checks everything a model is not needed for."""
+    """A runnable task from its config; checks everything a model is not needed for."""
     settings = task_settings(name, spec)
-    if settings.type == "lm_eval":
-        from sft_exp.evaluation.lmeval import LMEvalTask
-
-        return LMEvalTask(name, settings)
-    scorer = build_scorer(settings.scorer, f"evals.{name}.scorer")
-    task = GenerationTask(name, settings, scorer, scorer_name(scorer))
-    if not settings.path:
-        raise ConfigError(f"evals.{name}.path is required: a prompts file, or `heldout` for the run's held-out rows")
-    if settings.path != HELDOUT:
-        task.examples = load_examples(name, settings)
-    return task
+    return TASK_TYPES[settings.type].build(name, settings)
 
 
-def _file_source(settings: EvalTaskConfig):
+def _file_source(settings: GenerationTaskSettings):
     from types import SimpleNamespace
 
     return SimpleNamespace(path=settings.path, name=None, subset=None, split="train", max_samples=None)
 
 
-def load_examples(name: str, settings: EvalTaskConfig) -> List[dict]:
+def load_examples(name: str, settings: GenerationTaskSettings) -> List[dict]:
     """The task's prompts and references from its file (the first `limit`)."""
     from sft_exp.data.formats import BadRow, column_map, detect_format, field_values, normalize_row
     from sft_exp.data.heldout import as_example
@@ -153,7 +176,7 @@ def load_examples(name: str, settings: EvalTaskConfig) -> List[dict]:
     return examples
 
 
-def _column_example(where: str, index: int, row: dict, settings: EvalTaskConfig) -> dict:
+def _column_example(where: str, index: int, row: dict, settings: GenerationTaskSettings) -> dict:
     for key in ("prompt", "reference"):
         if row[key] is None or (isinstance(row[key], str) and not row[key].strip()):
             raise DataError(f"{where}, row {index}: the {key} column is empty or null")

@@ -13,6 +13,8 @@ MAX_PARAM_LENGTH = 500  # MLflow rejects longer parameter values
 class MLflowLogger(Logger):
     name = "mlflow"
 
+    # tracking_uri: None: a local store in <run folder>/mlflow (sqlite); or any MLflow tracking URI (http://...,
+    # databricks). run_name: None: the job's overrides in a multirun, MLflow's own name otherwise.
     def __init__(self, tracking_uri: Optional[str] = None, experiment_name: str = "sft_exp",
                  run_name: Optional[str] = None, tags: Optional[Dict[str, str]] = None):
         super().__init__()

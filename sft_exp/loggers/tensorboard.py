@@ -10,6 +10,7 @@ from sft_exp.loggers.base import Logger, RunDescription
 class TensorBoardLogger(Logger):
     name = "tensorboard"
 
+    # log_dir: None: <run folder>/tensorboard.
     def __init__(self, log_dir: Optional[str] = None):
         super().__init__()
         self.log_dir = log_dir

@@ -13,6 +13,9 @@ RUN_ID_FILE = "sft_exp_run_id"  # a resumed run continues the W&B run its folder
 class WandbLogger(Logger):
     name = "wandb"
 
+    # group: None: the sweep folder in a multirun, none otherwise. name: None: the job's overrides in a multirun
+    # (W&B's random name otherwise). mode: None: online when an API key is configured, offline otherwise; or
+    # online / offline / disabled.
     def __init__(
         self, project: str = "sft_exp", entity: Optional[str] = None, group: Optional[str] = None,
         name: Optional[str] = None, tags: Sequence[str] = (), mode: Optional[str] = None,

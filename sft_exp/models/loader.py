@@ -7,7 +7,6 @@ or a fresh model from config). Hydra builds it from conf/model/*.yaml; Python bu
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from dataclasses import dataclass, field
@@ -44,24 +43,30 @@ def _plain(value: Any) -> Any:
 
 @dataclass
 class ModelLoader:
-    """Where the weights and the tokenizer come from, and how to load them (see ModelConfig in config.py)."""
+    """Where the weights and the tokenizer come from, and how to load them. Its fields are the `model`
+    schema (sft_exp.config generates it from this class)."""
 
-    # Hub id or local folder. None builds a fresh model from `init_config`.
+    # Hub id or local folder. None builds a fresh model from `init_config` (the offline tiny default).
     name_or_path: Optional[str] = None
     # Tokenizer hub id or folder; None: the model's own (from the same folder or GGUF file).
     tokenizer: Optional[str] = None
     # transformers config fields for `from_config` (needs `model_type`); vocab_size defaults to the tokenizer's.
     init_config: Optional[dict] = None
+    # auto: bfloat16 on CUDA, float32 on CPU. Or float32 / bfloat16 / float16.
     dtype: str = "auto"
     attn_implementation: Optional[str] = "sdpa"
     revision: Optional[str] = None
     trust_remote_code: bool = False
+    # Extra keyword arguments for from_pretrained (e.g. quantization_config via peft=qlora).
     load_kwargs: dict = field(default_factory=dict)
-    # A .gguf file in `name_or_path` (or a path): loaded de-quantized, as a trainable float model.
+    # A .gguf file in `name_or_path` (or a path): loaded de-quantized, as a trainable float model, with the
+    # tokenizer stored in the same file (unless `tokenizer` is set).
     gguf_file: Optional[str] = None
-    # The tokenizer has more tokens than the model has embedding rows: resize (true) or refuse (false).
+    # The tokenizer has more tokens than the model has embedding rows (you added tokens): resize (true) or
+    # refuse before training (false).
     resize_embeddings: bool = False
-    # Read by peft.target_modules (`${model.lora_target_modules}`), kept here so the preset is one object.
+    # Modules a LoRA adapter wraps (peft.target_modules defaults to `${model.lora_target_modules}`): a name
+    # list or "all-linear". Kept here so the preset is one object.
     lora_target_modules: Any = "all-linear"
 
     def __post_init__(self) -> None:
@@ -71,9 +76,8 @@ class ModelLoader:
 
     @classmethod
     def from_mapping(cls, fields: Mapping[str, Any]) -> "ModelLoader":
-        """From a `model:` mapping (e.g. a run's resolved_config.yaml); `_target_` and unknown keys ignored."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in dict(_plain(fields)).items() if k in known})
+        """From a `model:` mapping (e.g. a run's resolved_config.yaml); Hydra's `_target_` and `_convert_` left out."""
+        return cls(**{k: v for k, v in dict(_plain(fields)).items() if not k.startswith("_")})
 
     # ------------------------------------------------------------------------- tokenizer
     def load_tokenizer(self):

@@ -14,6 +14,7 @@ from sft_exp.errors import ConfigError
 class SFTLoss:
     name = "base"
 
+    # chunk_size: positions per chunk of the LM head; bounds the logits held in memory at once.
     def __init__(self, chunk_size: int = 1024):
         if not isinstance(chunk_size, int) or chunk_size < 1:
             raise ConfigError(f"loss.chunk_size must be a positive integer (positions per chunk), got {chunk_size!r}")

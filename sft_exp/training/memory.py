@@ -56,6 +56,9 @@ class GradientCheckpointing(NoMemoryStrategy):
 class ActivationOffloading(NoMemoryStrategy):
     """Move saved activations to CPU during forward and back during backward (saves memory on CUDA only)."""
 
+    # min_offload_bytes: saved tensors smaller than this stay where they are (moving them costs more than it saves).
+    # use_streams: on CUDA, copy on a side stream and prefetch the next layer's activations in backward.
+    # with_checkpointing: offloading the checkpointed layer inputs only (torchtune's pairing) saves the most.
     def __init__(self, min_offload_bytes: int = 1 << 20, use_streams: bool = True, with_checkpointing: bool = True):
         if min_offload_bytes < 0:
             raise ConfigError(f"memory.min_offload_bytes must be >= 0, got {min_offload_bytes}")

@@ -17,7 +17,7 @@ from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArgu
 from sft_exp.run import distributed
 from sft_exp.training.checkpoints import AtomicCheckpoints
 from sft_exp.compat import set_loss_shifts_labels
-from sft_exp.config import check_trainer_choices
+from sft_exp.training.choices import check_trainer_choices
 from sft_exp.errors import ConfigError, UserError
 from sft_exp.training.metrics import SFTMetrics
 from sft_exp.training.forward import sft_forward

@@ -140,18 +140,6 @@ def test_data_settings_from_python_equal_the_yaml_built_ones():
     assert dataclasses.replace(from_python, seed=1) != from_yaml
 
 
-def test_data_settings_fields_are_the_config_schema_fields():
-    from sft_exp.config import DataConfig, SourceConfig
-
-    schema = {f.name: f.default for f in dataclasses.fields(DataConfig) if not f.name.startswith("_")}
-    ours = {f.name: f.default for f in dataclasses.fields(DataSettings)}
-    assert schema.keys() == ours.keys()
-    assert {k: v for k, v in schema.items() if k not in ("sources", "seed")} == {
-        k: v for k, v in ours.items() if k not in ("sources", "seed")}
-    assert {f.name: f.default for f in dataclasses.fields(SourceConfig) if f.name != "path"} == {
-        f.name: f.default for f in dataclasses.fields(Source) if f.name != "path"}
-
-
 def test_seed_is_required_and_only_data_settings_are_accepted(word_tokenizer, tmp_path):
     user = str(write_jsonl(tmp_path / "chat.jsonl", _user_rows(2)))
     with pytest.raises(TypeError, match="seed"):
