@@ -161,6 +161,8 @@ class SFTConfig:
     # signal, task evaluation, yours: +callbacks.mine._target_=pkg.MyCallback); evals=[heldout,gsm8k].
     logger: Dict[str, Any] = field(default_factory=dict)
     callbacks: Dict[str, Any] = field(default_factory=dict)
+    # Dict of `_target_`s the trainer asks for scores whenever it evaluates (SFTTrainer's `evaluators`).
+    evaluators: Dict[str, Any] = field(default_factory=dict)
     evals: Dict[str, Any] = field(default_factory=dict)
     # true: continue from the latest complete checkpoint of this run folder; or a checkpoint path.
     resume_from_checkpoint: Optional[Any] = None

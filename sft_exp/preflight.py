@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sft_exp.training.choices import check_trainer_choices
 from sft_exp.errors import ConfigError
+from sft_exp.plain import plain  # noqa: F401 (train.run's too)
 
 # A hub id is `name` or `org/name`; anything else that does not exist on disk is a missing local path.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -34,11 +35,6 @@ def validate_config(cfg: DictConfig) -> None:
     check_adapter_config(plain(cfg.model), plain(cfg.peft) if cfg.peft else None)
     # The data settings check themselves when train.run builds them (sft_exp.data.DataSettings), still
     # before torch or any model loads.
-
-
-def plain(node) -> dict:
-    """A config node as plain Python containers, every interpolation resolved."""
-    return OmegaConf.to_container(node, resolve=True)
 
 
 def _check_model(model) -> None:

@@ -44,6 +44,7 @@ def run(cfg: DictConfig) -> float:
     peft_config = instantiate(cfg.peft, _convert_="all") if cfg.peft else None
     loggers = _instantiate_each(cfg.logger) if is_main else []  # rank 0 alone logs
     callbacks = _instantiate_each(cfg.callbacks)
+    evaluators = _instantiate_each(cfg.evaluators)  # task evaluation: tasks built and checked here
     model_loader = instantiate(cfg.model, _convert_="all")
     trainer_factory = instantiate(cfg.trainer, _convert_="all")  # a _partial_ of SFTTrainer
     tokenizer, attention = model_loader.load_tokenizer(), model_loader.attn_implementation
@@ -56,7 +57,8 @@ def run(cfg: DictConfig) -> float:
     if peft_config is not None and not model_loader.name_or_path and is_main:
         save_base_for_export(model, tokenizer, run_dir)  # a base built from config exists nowhere else
     model = wrap_with_adapter(model, peft_config)  # logs the trainable parameters
-    _hand_heldout_examples(callbacks, data)
+    for evaluator in evaluators:
+        evaluator.use_heldout(data.heldout_examples)
     if is_main:
         _write_run_files(cfg, run_dir, data, loggers, resumed=resume is not None)
     status, summary = "failed", {}
@@ -66,7 +68,7 @@ def run(cfg: DictConfig) -> float:
             train_dataset=data.train, eval_dataset=data.eval, processing_class=tokenizer,
             data_collator=collator_for(tokenizer.pad_token_id, packing=data_settings.packing,
                                        padding_free=data_settings.padding_free, attn_implementation=attention),
-            callbacks=[*callbacks, *loggers], output_dir=str(run_dir / "checkpoints"), seed=cfg.seed,
+            callbacks=[*callbacks, *loggers], evaluators=evaluators, output_dir=str(run_dir / "checkpoints"), seed=cfg.seed,
             data_seed=cfg.seed, extra_args=_extra_training_arguments(cfg),
         )
         summary = {**parameter_counts(model), **train_and_evaluate(trainer, resume)}
@@ -116,13 +118,6 @@ def _extra_training_arguments(cfg: DictConfig) -> dict:
     from sft_exp.run import distributed
 
     return {**distributed.training_arguments(plain(cfg.distributed.training_args)), **plain(cfg.trainer.extra_args)}
-
-
-def _hand_heldout_examples(callbacks: list, data) -> None:
-    """Callbacks that score the run's held-out rows (evals=heldout) get them once the data is prepared."""
-    for callback in callbacks:
-        if hasattr(callback, "use_heldout"):
-            callback.use_heldout(data.heldout_examples)
 
 
 def _instantiate_each(group: DictConfig) -> list:

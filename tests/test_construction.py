@@ -39,7 +39,7 @@ def test_the_default_components_build_and_train_from_python_without_hydra(tmp_pa
         model=model, loss=NLLLoss(), memory=NoMemoryStrategy(), source_names=data.source_names,
         optimizer_factory=lambda params: torch.optim.AdamW(params, lr=1e-3), train_dataset=data.train,
         eval_dataset=data.eval, data_collator=SFTCollator(tokenizer.pad_token_id), processing_class=tokenizer,
-        callbacks=[RunRecorder(tmp_path), StopOnSignal(), evaluation], output_dir=str(tmp_path / "checkpoints"),
+        callbacks=[RunRecorder(tmp_path), StopOnSignal()], evaluators=[evaluation], output_dir=str(tmp_path / "checkpoints"),
         max_steps=2, per_device_train_batch_size=4, logging_steps=1, save_steps=10, seed=0,
     )
     scores = trainer.evaluate()

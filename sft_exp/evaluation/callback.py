@@ -1,6 +1,6 @@
 """TaskEvaluation: the run's evaluation tasks, scored whenever the Trainer evaluates.
 
-The trainer calls `evaluate(model, tokenizer, step=..., final=..., accelerator=...)` on every rank
+An evaluator, not a callback: SFTTrainer receives it as `evaluators=[...]` and calls `evaluate(model, tokenizer, step=..., final=..., accelerator=...)` on every rank
 (before training, every trainer.eval_steps, at the end) and merges the returned
 `eval_<task>/<metric>` values into its eval log row. Rank 0 writes each example's prompt, reference,
 output and score to `<output_dir>/<task>/step-<N>.jsonl`.
@@ -9,28 +9,29 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from transformers import TrainerCallback
-
 from sft_exp.errors import ConfigError
 from sft_exp.evaluation.tasks import HELDOUT, GenerationTask, build_tasks
+from sft_exp.run import distributed
 
 log = logging.getLogger(__name__)
 HELDOUT_FILE = "heldout_examples.jsonl"
 
 
-def _is_main() -> bool:
-    import torch.distributed as dist
+class Evaluator:
+    """What SFTTrainer's `evaluators` are: `evaluate` returns `{metric: value}` merged into the eval log row
+    (called on every rank); `use_heldout` receives the run's held-out rows once the data is prepared."""
 
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank() == 0
-    return int(os.environ.get("RANK", "0")) == 0
+    def use_heldout(self, examples: List[dict]) -> None:
+        return None
+
+    def evaluate(self, model, tokenizer, *, step: int, final: bool = False, accelerator=None) -> Dict[str, float]:
+        raise NotImplementedError
 
 
-class TaskEvaluation(TrainerCallback):
+class TaskEvaluation(Evaluator):
     """Generation (and lm-eval) tasks on the model being trained. `tasks`: the `evals` config
     (task name -> settings); every task is built and checked here, before the model loads."""
 
@@ -51,7 +52,7 @@ class TaskEvaluation(TrainerCallback):
         for task in heldout:
             task.examples = list(examples[: task.settings.limit] if task.settings.limit else examples)
             self._prompt_ids.pop(task.name, None)
-        if heldout and _is_main():  # `python -m sft_exp.evaluate <run folder>` scores the same rows later
+        if heldout and distributed.rank() == 0:  # `python -m sft_exp.evaluate <run folder>` scores the same rows later
             self.output_dir.mkdir(parents=True, exist_ok=True)
             with (self.output_dir / HELDOUT_FILE).open("w") as f:
                 for example in examples:
@@ -75,14 +76,14 @@ class TaskEvaluation(TrainerCallback):
                     metrics.update(task.evaluate(model, tokenizer, accelerator=accelerator))
                     continue
                 settings = task.settings
-                if _is_main():  # generation can take minutes on a CPU: say what is running
+                if distributed.rank() == 0:  # generation can take minutes on a CPU: say what is running
                     log.info("evaluating %s at step %d: %d prompts, batches of %d, up to %d new tokens each",
                              task.name, step, len(self._prompt_ids[task.name]), settings.batch_size,
                              settings.max_new_tokens)
                 task_metrics, rows = run_generation_task(task, model, tokenizer, self._prompt_ids[task.name],
                                                          accelerator=accelerator)
                 metrics.update(task_metrics)
-                if _is_main() and (accelerator is None or accelerator.is_main_process):
+                if distributed.rank() == 0 and (accelerator is None or accelerator.is_main_process):
                     write_rows(rows, self.output_dir / task.name / f"step-{step}.jsonl")
                     if final and self.print_examples:
                         print_examples(task.name, rows, self.print_examples)

@@ -14,10 +14,12 @@ from typing import Any, List
 
 import torch
 
+from sft_exp.atomic import write_jsonl
 from sft_exp.errors import ConfigError, DataError
 from sft_exp.evaluation.generate import Generation, generate, model_context, render_prompt
 from sft_exp.evaluation.scorers import pass_at_k
 from sft_exp.evaluation.tasks import GenerationTask
+from sft_exp.run import distributed
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +28,7 @@ def rank_and_world(accelerator=None) -> tuple:
     if accelerator is not None:
         return accelerator.process_index, accelerator.num_processes
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+        return distributed.rank(), torch.distributed.get_world_size()
     return 0, 1
 
 
@@ -130,11 +132,7 @@ def _metrics(task: GenerationTask, rows: list, by_index: dict) -> dict:
 
 def write_rows(rows: list, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".jsonl.tmp")
-    with tmp.open("w") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(path)
+    write_jsonl(path, rows, ensure_ascii=False)
 
 
 def prompt_text(prompt) -> str:

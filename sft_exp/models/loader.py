@@ -15,6 +15,7 @@ from typing import Any, Mapping, Optional
 import torch
 
 from sft_exp.errors import ConfigError
+from sft_exp.plain import plain
 from sft_exp.models.attention import register as register_varlen_sdpa, use_varlen_sdpa
 
 log = logging.getLogger(__name__)
@@ -30,15 +31,6 @@ def resolve_dtype(name: str) -> torch.dtype:
     if name not in DTYPES:
         raise ConfigError(f"model.dtype={name!r} is not one of auto, {', '.join(DTYPES)}")
     return DTYPES[name]
-
-
-def _plain(value: Any) -> Any:
-    """OmegaConf containers (Hydra without `_convert_`) as plain dicts and lists."""
-    from omegaconf import DictConfig, ListConfig, OmegaConf
-
-    if isinstance(value, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
 
 
 @dataclass
@@ -70,14 +62,14 @@ class ModelLoader:
     lora_target_modules: Any = "all-linear"
 
     def __post_init__(self) -> None:
-        self.init_config = _plain(self.init_config)
-        self.load_kwargs = dict(_plain(self.load_kwargs) or {})
-        self.lora_target_modules = _plain(self.lora_target_modules)
+        self.init_config = plain(self.init_config)
+        self.load_kwargs = dict(plain(self.load_kwargs) or {})
+        self.lora_target_modules = plain(self.lora_target_modules)
 
     @classmethod
     def from_mapping(cls, fields: Mapping[str, Any]) -> "ModelLoader":
         """From a `model:` mapping (e.g. a run's resolved_config.yaml); Hydra's `_target_` and `_convert_` left out."""
-        return cls(**{k: v for k, v in dict(_plain(fields)).items() if not k.startswith("_")})
+        return cls(**{k: v for k, v in dict(plain(fields)).items() if not k.startswith("_")})
 
     # ------------------------------------------------------------------------- tokenizer
     def load_tokenizer(self):

@@ -12,6 +12,7 @@ import atexit
 import logging
 import os
 import shutil
+import sys
 from pathlib import Path
 
 from sft_exp.errors import ConfigError
@@ -24,6 +25,11 @@ STRATEGIES = ("ddp", "fsdp", "deepspeed")
 
 
 def rank() -> int:
+    """This process's rank, the one answer everywhere: the process group's once one exists, else the
+    launcher's RANK (0 for a single process)."""
+    dist = sys.modules.get("torch.distributed")  # never imports torch itself: preflight runs before it loads
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
     return int(os.environ.get("RANK", "0"))
 
 

@@ -9,9 +9,11 @@ import sys
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 from omegaconf import OmegaConf
+
+from sft_exp.atomic import write_json
 
 PACKAGES = ("sft_exp", "torch", "transformers", "datasets", "accelerate", "tokenizers", "peft", "trl",
             "hydra-core", "omegaconf", "wandb", "numpy")
@@ -87,13 +89,6 @@ def peak_memory_mb() -> dict:
     if torch.cuda.is_available():
         peak["cuda_peak_allocated_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return peak
-
-
-def write_json(path: Path, value: Any) -> None:
-    """Write then rename, so a reader never sees half a file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2, default=str) + "\n")
-    tmp.replace(path)
 
 
 def mark_failed(run_dir: Path, error: BaseException) -> None:

@@ -15,6 +15,8 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from sft_exp.atomic import write_jsonl
+
 log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
@@ -44,7 +46,7 @@ class RunRecorder(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
             return
-        row = {"step": state.global_step, **{k: _plain(v) for k, v in logs.items()}}
+        row = {"step": state.global_step, **{k: _json_safe(v) for k, v in logs.items()}}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
@@ -88,13 +90,11 @@ def truncate_rows(path: Path, after_step: int) -> int:
     rows = read_rows(path)
     kept = [row for row in rows if row.get("step", 0) <= after_step and "train_runtime" not in row]
     if len(kept) < len(rows):
-        tmp = Path(path).with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(row) + "\n" for row in kept))
-        tmp.replace(path)
+        write_jsonl(Path(path), kept)
     return len(rows) - len(kept)
 
 
-def _plain(value: Any) -> Any:
+def _json_safe(value: Any) -> Any:
     """JSON-safe scalars (NaN/inf become strings so the file stays valid JSON)."""
     if hasattr(value, "item"):
         value = value.item()

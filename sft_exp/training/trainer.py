@@ -12,22 +12,19 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
 import torch
-from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+from transformers import PrinterCallback, Trainer, TrainingArguments
 
+from sft_exp.compat import set_loss_shifts_labels
+from sft_exp.errors import ConfigError
+from sft_exp.evaluation.callback import Evaluator
 from sft_exp.run import distributed
 from sft_exp.training.checkpoints import AtomicCheckpoints
-from sft_exp.compat import set_loss_shifts_labels
 from sft_exp.training.choices import check_trainer_choices
-from sft_exp.errors import ConfigError, UserError
-from sft_exp.training.metrics import SFTMetrics
 from sft_exp.training.forward import sft_forward
+from sft_exp.training.guards import LoggingWindow, NonFiniteLossError, NonFiniteLossGuard, TokenCount  # noqa: F401
+from sft_exp.training.metrics import SFTMetrics
 
 log = logging.getLogger(__name__)
-
-
-
-class NonFiniteLossError(UserError):
-    """The loss became NaN or infinite; the message names the step."""
 
 
 @dataclass
@@ -94,61 +91,6 @@ def build_training_arguments(
     return SFTTrainingArguments(output_dir=output_dir, **defaults)
 
 
-WINDOW_STATE_KEY = "sft_exp_train_window"  # in trainer_state.json's stateful_callbacks
-
-
-class _TrainerHooks(TrainerCallback):
-    """Bookkeeping that must run at points only callbacks reach."""
-
-    def __init__(self, trainer: "SFTTrainer"):
-        self.trainer = trainer
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        distributed.check_gradients_are_averaged(self.trainer)
-        # On resume the state was just loaded from the checkpoint: continue the token count and the
-        # logging window it was in the middle of (rank 0 holds every rank's sums; the others start empty).
-        self.trainer._total_tokens = int(state.num_input_tokens_seen or 0)
-        window = (state.stateful_callbacks or {}).get(WINDOW_STATE_KEY)
-        if window and state.global_step > 0 and state.is_world_process_zero:
-            self.trainer.metrics["train"].load_state(window)
-
-    def on_step_end(self, args, state, control, **kwargs):
-        self.trainer.metrics["train"].end_step()
-        if state.global_step >= state.max_steps:
-            control.should_log = True  # the last step is logged, as the first is (logging_first_step)
-        if control.should_save:
-            # A checkpoint keeps the cumulative token count and the unlogged logging window, so a resume logs
-            # the rows the straight run logs (collectives: every rank decides should_save the same way).
-            state.num_input_tokens_seen = self.trainer.num_tokens_seen()
-            window = self.trainer.metrics["train"]
-            state.stateful_callbacks[WINDOW_STATE_KEY] = {} if control.should_log else window.export_state(
-                self.trainer.accelerator)
-
-    def on_pre_optimizer_step(self, args, state, control, **kwargs):
-        # trainer.nonfinite_loss, decided from every rank's losses (one small all-reduce): all stop or skip together.
-        ranks = self.trainer._ranks_with_nonfinite_loss()
-        self.trainer._nonfinite_in_step = False
-        if not ranks:
-            return
-        step = state.global_step + 1
-        where = f" on rank {', '.join(map(str, ranks))} of {args.world_size}" if args.world_size > 1 else ""
-        if args.nonfinite_loss == "stop":
-            raise NonFiniteLossError(
-                f"the training loss became NaN or infinite at step {step}{where}. Lower optimizer.lr, check the "
-                "data of that step, or set trainer.nonfinite_loss=skip to skip such steps."
-            )
-        # skip: optimizers skip parameters whose grad is None (no update, no moment change), on every rank.
-        self.trainer.model.zero_grad(set_to_none=True)
-        log.warning("step %d skipped: the loss was NaN or infinite%s", step, where)
-        self.trainer._skipped_steps += 1
-
-
-def _evaluates_tasks(callback) -> bool:
-    """A callback the trainer asks for task scores whenever it evaluates (sft_exp.evaluation.TaskEvaluation
-    or any TrainerCallback with an `evaluate(model, tokenizer, *, step, final, accelerator)` method)."""
-    return isinstance(callback, TrainerCallback) and callable(getattr(callback, "evaluate", None))
-
-
 class SFTTrainer(AtomicCheckpoints, Trainer):
     """transformers.Trainer for SFT.
 
@@ -166,6 +108,7 @@ class SFTTrainer(AtomicCheckpoints, Trainer):
         memory: Any = None,
         optimizer_factory: Optional[Callable[..., torch.optim.Optimizer]] = None,
         source_names: Sequence[str] = ("data",),
+        evaluators: Sequence[Any] = (),
         data_collator=None,
         train_dataset=None,
         eval_dataset=None,
@@ -185,11 +128,15 @@ class SFTTrainer(AtomicCheckpoints, Trainer):
         self.memory = memory if memory is not None else NoMemoryStrategy()
         self.optimizer_factory = optimizer_factory
         self.source_names = list(source_names)
+        self.evaluators = list(evaluators)  # sft_exp.evaluation.Evaluator: scored whenever the trainer evaluates
+        misplaced = [type(cb).__name__ for cb in callbacks or [] if isinstance(cb, Evaluator)]
+        if misplaced:
+            raise TypeError(f"{misplaced[0]} is an evaluator, not a TrainerCallback: pass it as evaluators=[...]")
         eval_strategy = args.eval_strategy
         if eval_dataset is None and eval_strategy != "no":
             # Task evaluation needs no eval set, but the Trainer refuses eval_steps without one: let it
             # check the rest, then restore the strategy (our evaluate() scores the tasks alone).
-            if not any(_evaluates_tasks(cb) for cb in callbacks or []):
+            if not evaluators:
                 raise ConfigError(
                     f"trainer.eval_steps={args.eval_steps} but there is nothing to evaluate: no held-out rows "
                     "(data.eval_split_size, a source's eval_path, data.eval_sources) and no task in `evals`."
@@ -206,11 +153,11 @@ class SFTTrainer(AtomicCheckpoints, Trainer):
         self.loss_is_scaled_for_ga = True
         set_loss_shifts_labels(self)
         self.metrics = {mode: SFTMetrics(len(self.source_names)) for mode in ("train", "eval")}
-        self._total_tokens = 0  # every rank's input tokens, summed at each log and checkpoint
-        self._tokens_since_sync = 0  # this rank's, since then
-        self._nonfinite_in_step = False
-        self._skipped_steps = 0
-        self.add_callback(_TrainerHooks(self))
+        # The state these keep is theirs (sft_exp.training.guards), not private fields of the trainer.
+        self.tokens = TokenCount(self.accelerator, args.device)
+        self.nonfinite = NonFiniteLossGuard(args.nonfinite_loss, self.accelerator, args.device)
+        for callback in (self.tokens, self.nonfinite, LoggingWindow(self)):
+            self.add_callback(callback)
         self.remove_callback(PrinterCallback)  # sft_exp.run.recorder prints one readable line per log instead
 
     def train(self, *args, **kwargs):
@@ -256,7 +203,7 @@ class SFTTrainer(AtomicCheckpoints, Trainer):
             num_sources=len(self.source_names), router_aux_loss_coef=self._router_aux_loss_coef(model) / (ranks * steps),
         )
         if mode == "train":
-            self._tokens_since_sync += self._count_input_tokens(inputs)
+            self.tokens.add(inputs)
         self.metrics[mode].add(out)
         loss = out.loss * ranks
         return (loss, {}) if return_outputs else loss  # prediction_loss_only: no logits kept
@@ -267,27 +214,11 @@ class SFTTrainer(AtomicCheckpoints, Trainer):
         config = self.accelerator.unwrap_model(model).config
         return float(getattr(config.get_text_config(), "router_aux_loss_coef", 0.0) or 0.0)  # prediction_loss_only: no logits kept
 
-    @staticmethod
-    def _count_input_tokens(inputs) -> int:
-        if "attention_mask" in inputs:
-            return int(inputs["attention_mask"].sum())
-        return int(inputs["input_ids"].numel())
-
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
         self.metrics["train"].add_loss(loss)
-        # Acted on before the optimizer step, jointly with the other ranks (_TrainerHooks.on_pre_optimizer_step).
-        self._nonfinite_in_step = self._nonfinite_in_step or not bool(torch.isfinite(loss))
+        self.nonfinite.record(loss)  # acted on before the optimizer step, jointly with the other ranks
         return loss
-
-    def _ranks_with_nonfinite_loss(self) -> list[int]:
-        """The ranks whose loss was NaN/inf in this optimizer step. A collective under DDP: every rank calls it."""
-        if self.accelerator.num_processes == 1:
-            return [0] if self._nonfinite_in_step else []
-        flags = torch.zeros(self.accelerator.num_processes, device=self.args.device)
-        flags[self.accelerator.process_index] = float(self._nonfinite_in_step)
-        flags = self.accelerator.reduce(flags, "sum")
-        return [rank for rank, flag in enumerate(flags.tolist()) if flag]
 
     def log(self, logs: dict, start_time: Optional[float] = None) -> None:
         if any(k.startswith("eval_") for k in logs):
@@ -299,13 +230,13 @@ class SFTTrainer(AtomicCheckpoints, Trainer):
                 logs["loss"] = self.metrics["train"].window_loss(self.accelerator)
             logs.update(self.metrics["train"].compute_and_reset(self.accelerator, self.source_names))
             logs["num_tokens"] = self.num_tokens_seen()
-            if self._skipped_steps:
-                logs["skipped_steps"] = self._skipped_steps
+            if self.nonfinite.skipped_steps:
+                logs["skipped_steps"] = self.nonfinite.skipped_steps
         super().log(logs, start_time)
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict:
-        """Eval loss and metrics on the eval set (when there is one) and every task evaluation callback."""
+        """Eval loss and metrics on the eval set (when there is one) and every evaluator's scores."""
         if eval_dataset is not None or self.eval_dataset is not None:
             return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
         metrics = self._task_metrics()  # no eval set: the task scores alone
@@ -314,24 +245,18 @@ class SFTTrainer(AtomicCheckpoints, Trainer):
         return metrics
 
     def _task_metrics(self) -> dict:
-        """Scores of every callback that evaluates tasks (sft_exp.evaluation.TaskEvaluation or yours).
+        """Scores of every evaluator (sft_exp.evaluation.TaskEvaluation or yours).
 
         Every rank takes part (prompts are split across ranks). The evaluation after the last step is
         `final` (it prints a few examples), whether the Trainer's eval_steps or train.run asked for it.
         """
         scores = {}
         final = 0 < self.state.max_steps <= self.state.global_step
-        for callback in self.callback_handler.callbacks:
-            if _evaluates_tasks(callback):
-                scores.update(callback.evaluate(self.model, self.processing_class, step=self.state.global_step,
-                                                final=final, accelerator=self.accelerator))
+        for evaluator in self.evaluators:
+            scores.update(evaluator.evaluate(self.model, self.processing_class, step=self.state.global_step,
+                                             final=final, accelerator=self.accelerator))
         return scores
 
     def num_tokens_seen(self) -> int:
         """Input tokens of every rank so far. A collective under DDP: every rank must call it."""
-        local = torch.tensor(self._tokens_since_sync, device=self.args.device)
-        if self.accelerator.num_processes > 1:
-            local = self.accelerator.reduce(local, "sum")
-        self._total_tokens += int(local.item())
-        self._tokens_since_sync = 0
-        return self._total_tokens
+        return self.tokens.seen()

@@ -51,7 +51,7 @@ def test_run_folder_scores_before_during_after_and_the_report(tmp_path, tokenize
         model=model, train_dataset=datasets.Dataset.from_list(_rows(tokenizer)),
         eval_dataset=datasets.Dataset.from_list(_rows(tokenizer)[:4]),
         data_collator=SFTCollator(tokenizer.pad_token_id), processing_class=tokenizer,
-        optimizer_factory=partial(torch.optim.AdamW, lr=2e-2), callbacks=[RunRecorder(run), evaluation],
+        optimizer_factory=partial(torch.optim.AdamW, lr=2e-2), callbacks=[RunRecorder(run)], evaluators=[evaluation],
         output_dir=str(run / "checkpoints"), max_steps=30, per_device_train_batch_size=8, logging_steps=10,
         eval_steps=15, save_steps=1000, warmup_steps=0,
     )

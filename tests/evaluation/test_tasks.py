@@ -118,6 +118,6 @@ def test_the_callbacks_entry_builds_function_scorers_without_calling_them():
     from tests.conftest import compose
 
     cfg = compose(["evals.heldout.scorer={_target_:sft_exp.evaluation.scorers.token_f1}", "logger=none"])
-    evaluation = instantiate(cfg.callbacks.task_evaluation, _convert_="all")
+    evaluation = instantiate(cfg.evaluators.task_evaluation, _convert_="all")
     assert evaluation.tasks["heldout"].scorer is token_f1
     assert evaluation.tasks["heldout"].metric == "token_f1"
