@@ -16,7 +16,7 @@ class MLflowLogger(Logger):
     # tracking_uri: None: a local store in <run folder>/mlflow (sqlite); or any MLflow tracking URI (http://...,
     # databricks). run_name: None: the job's overrides in a multirun, MLflow's own name otherwise.
     def __init__(self, tracking_uri: Optional[str] = None, experiment_name: str = "sft_exp",
-                 run_name: Optional[str] = None, tags: Optional[Dict[str, str]] = None):
+                 run_name: Optional[str] = None, tags: Dict[str, str] = {}):  # noqa: B006 (copied, never mutated)
         super().__init__()
         self.tracking_uri, self.experiment_name, self.run_name = tracking_uri, experiment_name, run_name
         self.tags = dict(tags or {})
