@@ -17,7 +17,8 @@ _REPLY = "SFTEXPREPLY7"  # an answer no template rewrites; what follows it in th
 _TURN = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": _REPLY}]
 
 
-def _as_list(value) -> List[int]:
+def as_ids(value) -> List[int]:
+    """An eos_token_id field (None, an id or a list) as a list of ids."""
     if value is None:
         return []
     return [int(v) for v in value] if isinstance(value, (list, tuple)) else [int(value)]
@@ -77,7 +78,7 @@ def warn_if_no_end_of_turn(template: Optional[str], tokenizer, setting: Optional
 def stop_ids(own: Iterable[int], tokenizer, template: Optional[str]) -> List[int]:
     """The checkpoint's own stop ids, then the template's end of turn, then the tokenizer's EOS; no repeats."""
     end = end_of_turn_token(template, tokenizer)
-    ids = [*own, *([end[1]] if end else []), *_as_list(tokenizer.eos_token_id)]
+    ids = [*own, *([end[1]] if end else []), *as_ids(tokenizer.eos_token_id)]
     return list(dict.fromkeys(ids))
 
 
@@ -91,7 +92,7 @@ def set_generation_stops(model, tokenizer, template: Optional[str], *, own_confi
     config = getattr(model, "generation_config", None)
     if config is None:
         return []
-    own = _as_list(config.eos_token_id) if own_config else []
+    own = as_ids(config.eos_token_id) if own_config else []
     ids = stop_ids(own, tokenizer, template)
     config.eos_token_id = ids if len(ids) > 1 else (ids[0] if ids else None)
     config._from_model_config = False  # ours now: never rebuilt from config.json by generate()
@@ -104,7 +105,7 @@ def set_generation_stops(model, tokenizer, template: Optional[str], *, own_confi
 
 def generation_stop_ids(model) -> List[int]:
     """The eos_token_id list of a model's generation config."""
-    return _as_list(getattr(getattr(model, "generation_config", None), "eos_token_id", None))
+    return as_ids(getattr(getattr(model, "generation_config", None), "eos_token_id", None))
 
 
 def end_of_turn_stats(train, tokenizer, template: Optional[str]) -> dict:
