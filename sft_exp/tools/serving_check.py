@@ -85,6 +85,21 @@ def _task_scores(run_dir: Path, folder: Path, scratch: Path) -> List[Check]:
             continue
         checks.append(Check(key, f"{logged[key]:.6g} (logged at step {logged.get('global_step', '?')})",
                             f"{value:.6g}", _same(logged[key], value)))
+    return checks + _same_outputs(run_dir, scratch, logged.get("global_step"))
+
+
+def _same_outputs(run_dir: Path, scratch: Path, step) -> List[Check]:
+    """Per task, how many generations are the very text the run generated at its last step."""
+    checks = []
+    for rerun in sorted(Path(scratch).glob(f"*/step-{step}.jsonl")):
+        logged = run_dir / "evals" / rerun.parent.name / rerun.name  # where the run's task evaluation wrote
+        if not logged.is_file():
+            continue
+        before, after = ([json.loads(line)["output"] for line in path.read_text().splitlines() if line.strip()]
+                         for path in (logged, rerun))
+        same = sum(a == b for a, b in zip(before, after))
+        checks.append(Check(f"eval_{rerun.parent.name} outputs", f"{len(before)} identical to the run's",
+                            f"{same} of {len(after)} identical", same == len(before) == len(after)))
     return checks
 
 

@@ -166,3 +166,30 @@ def test_a_template_with_no_end_of_turn_warns_naming_it(caplog, tmp_path):
         warn_if_no_end_of_turn(CHATML, demo, "chatml")  # ends its turns with <|im_end|>: no warning
     assert len(caplog.records) == 1 and f"data.chat_template={path}" in caplog.text
     assert "not taught where to stop" in caplog.text
+
+
+# ----------------------------------------------------------------------------- (b) as a LoRA run, merged
+@pytest.fixture(scope="module")
+def chatml_lora_run(base_checkpoint, tmp_path_factory):
+    base = tmp_path_factory.mktemp("chatml_lora")
+    run_dir = base / "run"
+    train_cli(base_checkpoint, write_rows(base / "rows.jsonl"), run_dir, "data.chat_template=chatml",
+              "data.assistant_only_loss=true", "peft=lora", "peft.r=16", "optimizer.lr=2e-2")
+    return run_dir
+
+
+def test_the_merged_model_of_a_chatml_lora_run_stops_at_im_end_and_passes_the_serving_check(chatml_lora_run, capsys):
+    from sft_exp.tools.export import main
+
+    adapter = json.loads((chatml_lora_run / "model" / "generation_config.json").read_text())
+    assert main([str(chatml_lora_run), "--merge"]) == 0  # the serving check passed
+    merged = chatml_lora_run / "merged"
+    tokenizer = AutoTokenizer.from_pretrained(merged)
+    im_end, eos = tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    assert json.loads((merged / "generation_config.json").read_text())["eos_token_id"] == [eos, im_end]
+    assert adapter["eos_token_id"] == [eos, im_end]  # written beside the adapter too
+    for question, answer in PAIRS:
+        new = greedy(merged, question)
+        assert new[-1] == im_end and tokenizer.decode(new, skip_special_tokens=True) == answer
+    table = capsys.readouterr().out
+    assert "<|im_end|> stops generation" in table and "eval_heldout/exact_match" in table and "FAIL" not in table
