@@ -193,3 +193,15 @@ def test_the_merged_model_of_a_chatml_lora_run_stops_at_im_end_and_passes_the_se
         assert new[-1] == im_end and tokenizer.decode(new, skip_special_tokens=True) == answer
     table = capsys.readouterr().out
     assert "<|im_end|> stops generation" in table and "eval_heldout/exact_match" in table and "FAIL" not in table
+
+
+# ----------------------------------------------------------------------------- the embedded default, trained out
+@pytest.mark.slow
+def test_the_default_run_ends_every_heldout_answer_at_the_end_of_turn(tmp_path):
+    """`python -m sft_exp` (1500 steps of the tiny model on the demo): no held-out answer runs to max_new_tokens."""
+    run_dir = tmp_path / "run"
+    proc = run_sft("logger=none", f"run_dir={run_dir}", timeout=3600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["eval_heldout/truncated_before"] > 0 and summary["eval_heldout/truncated"] == 0, summary
+    assert json.loads((run_dir / "model" / "generation_config.json").read_text())["eos_token_id"] == 2  # <|im_end|>
