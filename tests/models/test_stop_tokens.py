@@ -18,7 +18,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from sft_exp.data.templates import CHATML
-from sft_exp.models.stop_tokens import end_of_turn_token, stop_ids, warn_if_no_end_of_turn
+from sft_exp.models.stop_tokens import end_of_turn_token, stop_ids
 from sft_exp.paths import asset_path
 from tests.conftest import REPO, run_sft, tiny_causal_lm
 
@@ -156,16 +156,18 @@ def test_end_of_turn_of_real_templates():
     assert stop_ids([32007], phi3, phi3.chat_template) == [32007, 32000]
 
 
-def test_a_template_with_no_end_of_turn_warns_naming_it(caplog, tmp_path):
+def test_a_template_with_no_end_of_turn_warns_at_data_preparation_naming_it(caplog, tmp_path):
+    from sft_exp.data import DataSettings, prepare_datasets
+
     demo = AutoTokenizer.from_pretrained(asset_path("tokenizer"))
-    plain = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
     path = tmp_path / "plain.jinja"
-    path.write_text(plain)
+    path.write_text("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}")
+    rows = write_rows(tmp_path / "rows.jsonl", copies=2)
     with caplog.at_level(logging.WARNING, logger="sft_exp.models.stop_tokens"):
-        warn_if_no_end_of_turn(plain, demo, str(path))
-        warn_if_no_end_of_turn(CHATML, demo, "chatml")  # ends its turns with <|im_end|>: no warning
-    assert len(caplog.records) == 1 and f"data.chat_template={path}" in caplog.text
-    assert "not taught where to stop" in caplog.text
+        prepare_datasets(DataSettings(sources=[{"path": str(rows)}], chat_template=str(path), seed=0), demo)
+        prepare_datasets(DataSettings(sources=[{"path": str(rows)}], chat_template="chatml", seed=0), demo)
+    assert len(caplog.records) == 1, caplog.text  # chatml ends its turns with <|im_end|>: no warning
+    assert f"data.chat_template={path}" in caplog.text and "not taught where to stop" in caplog.text
 
 
 # ----------------------------------------------------------------------------- (b) as a LoRA run, merged
