@@ -33,6 +33,8 @@ def run(cfg: DictConfig) -> float:
     from sft_exp.models.adapters import parameter_counts, save_base_for_export, wrap_with_adapter
     from sft_exp.training.checkpoints import resolve_resume
     from sft_exp.data import collator_for, describe, prepare_datasets
+    from sft_exp.models.stop_tokens import end_of_turn_stats
+    from sft_exp.run.model_card import save_serving_files
 
     run_dir = distributed.shared_run_dir(Path(cfg.run_dir))
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -60,6 +62,7 @@ def run(cfg: DictConfig) -> float:
     for evaluator in evaluators:
         evaluator.use_heldout(data.heldout_examples)
     if is_main:
+        data.stats["end_of_turn"] = end_of_turn_stats(data.train, tokenizer, tokenizer.chat_template)
         _write_run_files(cfg, run_dir, data, loggers, resumed=resume is not None)
     status, summary = "failed", {}
     try:
@@ -75,6 +78,7 @@ def run(cfg: DictConfig) -> float:
         trainer.save_model(str(run_dir / "model"))
         if is_main:
             tokenizer.save_pretrained(str(run_dir / "model"))
+            save_serving_files(model, run_dir, {**summary, "status": "completed"})
         status = "completed"
     except TrainingInterrupted:
         status = "interrupted"

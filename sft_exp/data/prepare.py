@@ -28,6 +28,7 @@ from sft_exp.data.templates import has_generation_markers, resolve_chat_template
 from sft_exp.data.settings import DataSettings
 from sft_exp.data.validate import check_packing_attention
 from sft_exp.errors import DataError
+from sft_exp.models.stop_tokens import warn_if_no_end_of_turn
 
 
 @dataclass
@@ -164,6 +165,7 @@ def prepare_datasets(
         )
     check_packing_attention(settings, attn_implementation)
     template = resolve_chat_template(settings.chat_template, tokenizer)
+    warn_if_no_end_of_turn(template, tokenizer, settings.chat_template)  # the saved model would not stop
     if settings.assistant_only_loss and template is not None:
         check_template_can_mask(template, template_variables(tokenizer))
     names = list(dict.fromkeys(source_name(s) for s in [*settings.sources, *settings.eval_sources]))

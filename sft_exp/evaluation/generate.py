@@ -29,10 +29,15 @@ def render_prompt(tokenizer, prompt) -> List[int]:
 
 
 def stop_token_ids(model, tokenizer) -> List[int]:
-    """The tokenizer's EOS and every EOS the model's generation config names."""
+    """Every EOS the model's generation config names, and the tokenizer's EOS.
+
+    The loader put the trained template's end of turn into that config (models/stop_tokens.py), so
+    task evaluation stops exactly where the saved model stops when it is served.
+    """
+    from sft_exp.models.stop_tokens import generation_stop_ids
+
     ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids.update(configured if isinstance(configured, (list, tuple)) else [configured] if configured is not None else [])
+    ids.update(generation_stop_ids(model))
     return sorted(ids)
 
 

@@ -91,11 +91,15 @@ class ModelLoader:
 
     # ------------------------------------------------------------------------- model
     def load_model(self, tokenizer):
-        """The model, its special tokens set to the tokenizer's, its embeddings checked to fit the tokenizer."""
+        """The model, its special tokens set to the tokenizer's, its embeddings checked to fit the tokenizer.
+
+        Its generation config stays the checkpoint's own, with the end-of-turn token of the tokenizer's
+        chat template (the one the run trains with: train.run sets it first) added to its stop ids.
+        """
         register_varlen_sdpa()  # model.attn_implementation=sdpa_varlen may be asked for by name
         model = self._pretrained() if self.name_or_path else self._from_config(len(tokenizer))
         use_varlen_sdpa(model)  # sdpa, except padding-free batches attend per example with no dense mask
-        align_special_tokens(model, tokenizer)
+        align_special_tokens(model, tokenizer, own_generation_config=bool(self.name_or_path))
         self._fit_embeddings(model, tokenizer)
         return model
 
@@ -176,14 +180,16 @@ def _drop_gguf_quantization(model) -> None:
         del model.config.quantization_config
 
 
-def align_special_tokens(model, tokenizer) -> None:
-    """Generation stops at the tokenizer's EOS (e.g. <|im_end|>), pads with its pad token."""
-    for config in (model.config, getattr(model, "generation_config", None)):
-        if config is None:
-            continue
-        if tokenizer.eos_token_id is not None:
-            config.eos_token_id = tokenizer.eos_token_id
-        if tokenizer.pad_token_id is not None:
-            config.pad_token_id = tokenizer.pad_token_id
-        if tokenizer.bos_token_id is not None:
-            config.bos_token_id = tokenizer.bos_token_id
+def align_special_tokens(model, tokenizer, *, own_generation_config: bool = True) -> None:
+    """config.json's special ids become the tokenizer's (what training appends and pads with); the
+    generation config keeps the checkpoint's own stop ids and sampling defaults, and gains the trained
+    template's end of turn (see models/stop_tokens.py)."""
+    from sft_exp.models.stop_tokens import set_generation_stops
+
+    for name in ("eos_token_id", "pad_token_id", "bos_token_id"):
+        value = getattr(tokenizer, name)
+        if value is not None:
+            setattr(model.config, name, value)
+    ids = set_generation_stops(model, tokenizer, getattr(tokenizer, "chat_template", None),
+                               own_config=own_generation_config)
+    log.info("generation stops at %s", ", ".join(f"{tokenizer.convert_ids_to_tokens(i)!r} ({i})" for i in ids))

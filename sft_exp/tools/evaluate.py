@@ -100,17 +100,29 @@ def load_model(model_path: Path, run: Optional[Path]):
         model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=dtype)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    saved = model_path / "generation_config.json" if model_path.is_dir() else None
+    if saved is not None and saved.is_file():  # a saved model (or an sft_exp adapter folder): stop as saved
+        from transformers import GenerationConfig
+
+        model.generation_config = GenerationConfig.from_pretrained(str(model_path))
+    else:  # a GGUF file, or an adapter saved elsewhere: its base's stops plus its template's end of turn
+        from sft_exp.models.stop_tokens import set_generation_stops
+
+        set_generation_stops(model, tokenizer, tokenizer.chat_template, own_config=True)
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
     return model.to("cuda" if torch.cuda.is_available() else "cpu").eval(), tokenizer
 
 
-def evaluate_saved(target: Path, overrides: list, out: Optional[Path] = None, print_examples: int = 4) -> dict:
+def evaluate_saved(target: Path, overrides: list, out: Optional[Path] = None, print_examples: int = 4,
+                   run: Optional[Path] = None) -> dict:
+    """`run`: the run whose tasks and held-out rows score `target` (default: the run folder `target` is in)."""
     from sft_exp.evaluation import TaskEvaluation
     from sft_exp.evaluation.callback import HELDOUT_FILE
     from sft_exp.evaluation.tasks import HELDOUT
 
-    run, model_path = find_model(target)
+    found, model_path = find_model(target)
+    run = run if run is not None else found
     tasks = task_config(run, overrides)
     out = out or (run / "evaluate" if run is not None else Path("outputs") / "evaluate" / model_path.stem)
     evaluation = TaskEvaluation(tasks, output_dir=str(out), print_examples=print_examples)

@@ -66,3 +66,12 @@ def test_export_merge_loads_and_matches_base_plus_adapter(lora_run, smollm2_fold
             plain = adapted(input_ids=ids).logits
     assert (want - plain).abs().max() > 1e-2  # the adapter trained: merging it changes the logits
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+    # The serving check passed, and the merged model stops at the end of turn it was trained with.
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert "<|im_end|> stops generation" in proc.stdout and "FAIL" not in proc.stdout
+    assert im_end in json.loads((lora_run / "merged" / "generation_config.json").read_text())["eos_token_id"]
+    with torch.no_grad():
+        out = merged.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=96)
+    new = out[0, ids.shape[1]:].tolist()
+    assert new[-1] == im_end and len(new) < 96, tokenizer.decode(new)
