@@ -92,9 +92,9 @@ def train_and_evaluate(trainer, resume) -> dict:
     """
     summary = {}
     if not resume:
-        before = trainer.evaluate()
-        summary.update({f"{k}_before": v for k, v in before.items() if k.startswith("eval_")})
+        trainer.evaluate_before_training()  # now, or (DeepSpeed) as train() starts
     result = trainer.train(resume_from_checkpoint=resume)
+    summary.update({f"{k}_before": v for k, v in trainer.metrics_before_training.items() if k.startswith("eval_")})
     runtime = result.metrics.get("train_runtime") or math.nan
     num_tokens = trainer.num_tokens_seen()  # all ranks, as in metrics.jsonl
     summary.update(global_step=trainer.state.global_step, train_loss=result.metrics.get("train_loss"),

@@ -1,6 +1,6 @@
 """PEFT adapters (LoRA, DoRA, QLoRA): checked before anything loads, then wrapped around the model.
 
-`check_adapter_config` runs with the other config checks: QLoRA without CUDA or bitsandbytes, and
+`check_adapter_config` runs with the other config checks: QLoRA without a bitsandbytes that can run here, and
 LoRA target modules that name nothing in the model, fail in seconds. The targets are matched
 against the model's skeleton built on the meta device (config.json only, no weights).
 `wrap_with_adapter` repeats the target check on the loaded model, wraps it and reports the
@@ -42,21 +42,28 @@ def check_adapter_config(model: Mapping[str, Any], peft: Optional[Mapping[str, A
         check_targets(skeleton, peft.get("target_modules"), peft.get("modules_to_save"))
 
 
-def _check_bitsandbytes() -> None:
-    import torch
+# The first bitsandbytes release whose 4-bit (NF4) layers were tested here without CUDA (CPU backend).
+BNB_ON_CPU = "0.50"
 
-    if not torch.cuda.is_available():
+
+def _check_bitsandbytes() -> None:
+    from importlib.metadata import version
+    from importlib.util import find_spec
+
+    import torch
+    from packaging.version import Version
+
+    if find_spec("bitsandbytes") is None:
         raise ConfigError(
-            "peft=qlora (model.load_kwargs.quantization_config) loads the base model in 4 bits with "
-            "bitsandbytes, which needs a CUDA GPU and this machine has none. Use peft=lora here, "
-            "or run on a GPU machine."
+            "peft=qlora needs the bitsandbytes package: `pip install 'sft_exp[qlora]'` (or "
+            "`pip install bitsandbytes`), or use peft=lora."
         )
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError:
+    installed = version("bitsandbytes")
+    if not torch.cuda.is_available() and Version(installed) < Version(BNB_ON_CPU):
         raise ConfigError(
-            "peft=qlora needs the bitsandbytes package: `pip install bitsandbytes`, or use peft=lora."
-        ) from None
+            f"peft=qlora without CUDA needs bitsandbytes>={BNB_ON_CPU} (its CPU backend runs the 4-bit layers); "
+            f"bitsandbytes {installed} is installed: `pip install -U bitsandbytes`, or use peft=lora."
+        )
 
 
 def _skeleton(model: Mapping[str, Any]) -> Optional["torch.nn.Module"]:

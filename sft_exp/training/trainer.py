@@ -105,6 +105,9 @@ class _TrainerHooks(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         distributed.check_gradients_are_averaged(self.trainer)
+        if self.trainer._evaluate_at_train_begin:  # DeepSpeed: see SFTTrainer.evaluate_before_training
+            self.trainer._evaluate_at_train_begin = False
+            self.trainer.metrics_before_training = self.trainer.evaluate()
         # On resume the state was just loaded from the checkpoint: continue the token count and the
         # logging window it was in the middle of (rank 0 holds every rank's sums; the others start empty).
         self.trainer._total_tokens = int(state.num_input_tokens_seen or 0)
@@ -210,8 +213,26 @@ class SFTTrainer(AtomicCheckpoints, Trainer):
         self._tokens_since_sync = 0  # this rank's, since then
         self._nonfinite_in_step = False
         self._skipped_steps = 0
+        self._evaluate_at_train_begin, self.metrics_before_training = False, {}
         self.add_callback(_TrainerHooks(self))
         self.remove_callback(PrinterCallback)  # sft_exp.run.recorder prints one readable line per log instead
+
+    def create_accelerator_and_postprocess(self) -> None:
+        super().create_accelerator_and_postprocess()
+        if distributed.shard_on_cpu(self.accelerator, self.args):  # accelerate would run DDP on CPU processes
+            self.is_fsdp_enabled = True
+
+    def evaluate_before_training(self) -> None:
+        """The baseline evaluation, kept in `metrics_before_training`.
+
+        Under DeepSpeed it runs at the start of train(), in the training engine: an evaluate() before
+        train() makes transformers build an evaluation-only engine, which ZeRO-1/2 refuse ("ZeRO inference
+        only makes sense with ZeRO Stage 3") and which train() keeps, with no optimizer to step.
+        """
+        if self.is_deepspeed_enabled:
+            self._evaluate_at_train_begin = True
+        else:
+            self.metrics_before_training = self.evaluate()
 
     def train(self, *args, **kwargs):
         distributed.forget_evaluation_only_preparation(self)  # an evaluate() before must not cost the DDP wrapper
@@ -245,7 +266,8 @@ class SFTTrainer(AtomicCheckpoints, Trainer):
         return stack
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        mode = "train" if model.training else "eval"
+        # The wrapped module's flag: DeepSpeedEngine.eval() switches its module, not the engine's own `training`.
+        mode = "train" if self.accelerator.unwrap_model(model).training else "eval"
         # num_items_in_batch counts every rank's tokens and DDP averages gradients across ranks: scale the
         # token loss up by the number of processes. The MoE router loss is a per-micro-batch mean: scale it
         # so that it is averaged over the accumulation steps and not multiplied by the process count (as TRL).
