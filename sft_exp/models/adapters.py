@@ -136,11 +136,21 @@ def wrap_with_adapter(model, peft_config):
     if getattr(model, "is_quantized", False):
         # fp32 norms and input grads for a 4-bit base; checkpointing stays the memory group's choice.
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        _keep_training_layout_of_4bit_weights(model)
     model = get_peft_model(model, peft_config)
     counts = parameter_counts(model)
     log.info("adapter: %s trainable of %s parameters (%.3f%%)", f"{counts['trainable_params']:,}",
              f"{counts['total_params']:,}", counts["trainable_percent"])
     return model
+
+
+def _keep_training_layout_of_4bit_weights(model) -> None:
+    """On a CPU with AVX512-BF16, bitsandbytes (0.50) repacks a 4-bit weight for inference at its first
+    eval-mode forward (the evaluation before training) and never back; the next training forward then
+    fails ("a view of a leaf Variable ... in-place operation"). Keep the layout training uses."""
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
 
 
 def parameter_counts(model) -> dict:
