@@ -37,6 +37,8 @@ def run(cfg: DictConfig) -> float:
     run_dir = distributed.shared_run_dir(Path(cfg.run_dir))
     run_dir.mkdir(parents=True, exist_ok=True)
     resume = resolve_resume(cfg.resume_from_checkpoint, run_dir)  # a missing checkpoint fails here
+    if resume and cfg.resume_from_checkpoint is None:  # a requeued SLURM job resumes by itself
+        cfg.resume_from_checkpoint = resume  # what it resumed from, for the callbacks and resolved_config.yaml
     is_main = distributed.rank() == 0
     set_seed(cfg.seed)
     # Cheap objects first: a bad _target_ or argument fails here, before data and model load.
