@@ -114,6 +114,17 @@ def shard_on_cpu(accelerator, training_args) -> bool:
     return True
 
 
+def refuse_sweep_under_launcher(multirun: bool) -> None:
+    """`-m` under torchrun: every process would run the whole sweep, its jobs' ranks never meeting."""
+    if multirun and world_size() > 1 and "SUBMITIT_EXECUTOR" not in os.environ:
+        raise ConfigError(
+            f"`-m` (a sweep) started under torchrun / accelerate launch ({world_size()} processes): each process "
+            "would run every job of the sweep on its own. For several processes per job, let SLURM start them: "
+            "`python -m sft_exp -m hydra/launcher=slurm hydra.launcher.tasks_per_node=N ...`; or run one "
+            "`torchrun --nproc_per_node N -m sft_exp ...` per job, without -m."
+        )
+
+
 # ----------------------------------------------------------------------------- one run folder
 def shared_run_dir(run_dir: Path) -> Path:
     """Rank 0's run folder, on every rank.

@@ -188,6 +188,17 @@ def test_a_sharding_strategy_in_one_process_says_what_it_does(strategy, caplog, 
     assert f"distributed={strategy} in one process" in caplog.text and "torchrun --nproc_per_node" in caplog.text
 
 
+def test_a_sweep_under_torchrun_is_refused_with_the_way_to_do_it(tmp_path):
+    # What torchrun sets for rank 0 of 2; the refusal comes before any process group is joined.
+    env = {**PROCESS_ENV, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(_free_port())}
+    proc = subprocess.run([sys.executable, "-m", "sft_exp", "-m", "loss=nll,dft", f"hydra.sweep.dir={tmp_path}"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "hydra/launcher=slurm hydra.launcher.tasks_per_node=N" in proc.stderr + proc.stdout
+    assert not list(tmp_path.glob("*/model"))  # no job trained
+
+
 def test_unknown_strategy_is_refused():
     with pytest.raises(ConfigError, match="distributed.strategy"):
         validate_config(compose(["distributed.strategy=zero5"]))
