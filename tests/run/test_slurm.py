@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 
 import pytest
-from safetensors.torch import load_file
 
 from tests.conftest import REPO, compose
 from tests.run.test_distributed import ONE_PROCESS, PER_RANK, PROCESS_ENV, SHORT, _losses
@@ -82,28 +81,6 @@ def test_one_job_with_two_tasks_trains_as_two_ranks_equal_to_one_process(slurm_e
     assert sorted(got) == [1, 2, 3, 4]
     assert max(abs(got[s] - expected[s]) for s in expected) <= 1e-5, (got, expected)
     assert next(r for r in rows if "loss" in r)["epoch"] == pytest.approx(8 / 64)  # 2 ranks x 4 rows
-
-
-@pytest.mark.slow
-def test_a_job_past_its_time_limit_is_requeued_and_resumes_to_the_same_weights(slurm_env, tmp_path):
-    """timeout_min=1: SLURM signals the job (USR2) before its limit, submitit requeues it, sft_exp saves at
-    the SIGTERM that follows; the requeued attempt resumes by itself (no flag) and ends bitwise equal."""
-    from sft_exp.train import run
-
-    long = ["trainer.max_steps=400", "trainer.logging_steps=50", "trainer.save_steps=1000", "evals=none",
-            "logger=none", "data.sources.0.max_samples=256", "data.sources.0.eval_max_samples=8"]
-    straight = tmp_path / "straight"
-    run(compose([*long, f"run_dir={straight}"]))
-    started = time.monotonic()
-    job = _sweep(slurm_env, tmp_path / "sweep", *long, "hydra.launcher.timeout_min=1",
-                 "hydra.launcher.max_num_timeout=3", "loss=nll", timeout=900)
-    assert job.returncode == 0, job.stderr[-3000:]
-    run_dir = tmp_path / "sweep" / "0"
-    log_text = (run_dir / "__main__.log").read_text()
-    assert "requeued (SLURM_RESTART_COUNT=" in log_text, log_text[-3000:]
-    got = load_file(run_dir / "model" / "model.safetensors")
-    expected = load_file(straight / "model" / "model.safetensors")
-    assert all(got[k].equal(expected[k]) for k in expected), f"weights differ ({time.monotonic() - started:.0f}s)"
 
 
 def test_a_sweep_without_a_reachable_controller_fails_at_submission(tmp_path):
