@@ -18,11 +18,12 @@ if _SubmititSlurmLauncher is not None:
             import sys
 
             from sft_exp.errors import ConfigError
-            from sft_exp.run.slurm import check_controller
+            from sft_exp.run.slurm import check_controller, watch_jobs_through_the_controller
 
             try:
                 check_controller()
             except ConfigError as e:  # a setup mistake: the message says what to check, a traceback would bury it
                 logging.getLogger("sft_exp").error("%s", e)
                 sys.exit(2)
+            watch_jobs_through_the_controller()  # a job that dies without a result must not be waited for forever
             return super().launch(job_overrides, initial_job_idx)

@@ -83,6 +83,16 @@ def test_one_job_with_two_tasks_trains_as_two_ranks_equal_to_one_process(slurm_e
     assert next(r for r in rows if "loss" in r)["epoch"] == pytest.approx(8 / 64)  # 2 ranks x 4 rows
 
 
+def test_a_job_that_dies_without_a_result_ends_the_wait(slurm_env, tmp_path):
+    # Job 0 SIGKILLs itself at step 1 (as the OOM killer would): no result file, and no sacct on this cluster.
+    started = time.monotonic()
+    job = _sweep(slurm_env, tmp_path, *TINY, "+callbacks.die._target_=tests.distributed_probes.KillSelfAtStep",
+                 "+callbacks.die.step=1,1000", timeout=420)
+    assert job.returncode != 0
+    assert "has not produced any output (state: FAILED)" in job.stdout + job.stderr, job.stderr[-3000:]
+    assert time.monotonic() - started < 400
+
+
 def test_a_sweep_without_a_reachable_controller_fails_at_submission(tmp_path):
     if subprocess.run(["which", "sinfo"], capture_output=True).returncode != 0:
         pytest.skip("no sinfo (SLURM client) on this machine")
