@@ -71,14 +71,16 @@ def _check_fsdp2() -> None:
         raise ConfigError("distributed=fsdp (FSDP2) needs accelerate>=1.6: `pip install -U accelerate`.")
 
 
+SHARDING_ARGUMENTS = ("fsdp", "fsdp_config", "deepspeed")
+
+
 def explain_single_process(strategy: str) -> None:
-    """fsdp/deepspeed started as one process: say what that run is (nothing to shard across)."""
+    """fsdp/deepspeed started as one process: nothing to shard across, so it trains as plain training."""
     if strategy == "ddp" or world_size() > 1:
         return
-    what = {"fsdp": "FSDP2 wraps the model but has no other rank to shard it with",
-            "deepspeed": "DeepSpeed runs its engine on one rank: nothing is partitioned"}[strategy]
-    log.warning("distributed=%s in one process: %s (same result as plain training, slower). Start several "
-                "with `torchrun --nproc_per_node N -m sft_exp distributed=%s ...`.", strategy, what, strategy)
+    log.warning("distributed=%s in one process: there is no other rank to shard across, so this trains as one "
+                "plain process (same result). Start several with `torchrun --nproc_per_node N -m sft_exp "
+                "distributed=%s ...`.", strategy, strategy)
 
 
 def training_arguments(strategy_args: dict) -> dict:
@@ -86,7 +88,9 @@ def training_arguments(strategy_args: dict) -> dict:
     import torch
 
     args = dict(strategy_args or {})
-    if world_size() > 1 and not torch.cuda.is_available():
+    if world_size() <= 1:  # nothing to shard across (explain_single_process said so)
+        return {k: v for k, v in args.items() if k not in SHARDING_ARGUMENTS}
+    if not torch.cuda.is_available():
         # accelerate treats several CPU processes as one job only when told it runs on CPU (gloo).
         args = {"use_cpu": True, "ddp_backend": "gloo", **args}
     return args

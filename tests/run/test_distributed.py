@@ -186,6 +186,8 @@ def test_a_sharding_strategy_in_one_process_says_what_it_does(strategy, caplog, 
     with caplog.at_level("WARNING", logger="sft_exp"):
         validate_config(compose([f"distributed={strategy}"]))
     assert f"distributed={strategy} in one process" in caplog.text and "torchrun --nproc_per_node" in caplog.text
+    assert not set(training_arguments(plain(compose([f"distributed={strategy}"]).distributed.training_args))) & {
+        "fsdp", "fsdp_config", "deepspeed"}  # trains as one plain process
 
 
 def test_a_sweep_under_torchrun_is_refused_with_the_way_to_do_it(tmp_path):
@@ -204,9 +206,10 @@ def test_unknown_strategy_is_refused():
         validate_config(compose(["distributed.strategy=zero5"]))
 
 
-def test_presets_hand_transformers_its_own_arguments():
+def test_presets_hand_transformers_its_own_arguments(monkeypatch):
     from transformers import TrainingArguments
 
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as under torchrun: in one process there is nothing to shard
     fsdp = training_arguments(plain(compose(["distributed=fsdp"]).distributed.training_args))
     assert fsdp["fsdp"] is True and fsdp["fsdp_config"]["version"] == 2
     ds = training_arguments(plain(compose(["distributed=deepspeed"]).distributed.training_args))
