@@ -12,7 +12,6 @@ import json
 import pytest
 import torch
 
-from tests.conftest import REPO
 from tests.run.test_distributed import ONE_PROCESS, PER_RANK, SHORT, TASK_ON_7_PROMPTS, _losses, _torchrun, _evals
 
 # The same 4 steps, with the Trainer's evaluation every 2 steps on top of the one before training.
