@@ -20,8 +20,14 @@ log = logging.getLogger("sft_exp")
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="config")
 def main(cfg: DictConfig) -> float:
+    from sft_exp.run.distributed import refuse_sweep_under_launcher
     from sft_exp.train import run
 
+    try:
+        refuse_sweep_under_launcher(multirun=_sweeper() is not None)
+    except UserError as e:
+        log.error("%s", e)
+        sys.exit(2)  # the whole sweep: every job would fail the same way
     try:
         return run(cfg)
     except TrainingInterrupted as e:

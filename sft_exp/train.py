@@ -39,6 +39,8 @@ def run(cfg: DictConfig) -> float:
     run_dir = distributed.shared_run_dir(Path(cfg.run_dir))
     run_dir.mkdir(parents=True, exist_ok=True)
     resume = resolve_resume(cfg.resume_from_checkpoint, run_dir)  # a missing checkpoint fails here
+    if resume and cfg.resume_from_checkpoint is None:  # a requeued SLURM job resumes by itself
+        cfg.resume_from_checkpoint = resume  # what it resumed from, for the callbacks and resolved_config.yaml
     is_main = distributed.rank() == 0
     set_seed(cfg.seed)
     # Cheap objects first: a bad _target_ or argument fails here, before data and model load.
@@ -98,9 +100,9 @@ def train_and_evaluate(trainer, resume) -> dict:
     """
     summary = {}
     if not resume:
-        before = trainer.evaluate()
-        summary.update({f"{k}_before": v for k, v in before.items() if k.startswith("eval_")})
+        trainer.evaluate_before_training()  # now, or (DeepSpeed) as train() starts
     result = trainer.train(resume_from_checkpoint=resume)
+    summary.update({f"{k}_before": v for k, v in trainer.metrics_before_training.items() if k.startswith("eval_")})
     runtime = result.metrics.get("train_runtime") or math.nan
     num_tokens = trainer.num_tokens_seen()  # all ranks, as in metrics.jsonl
     summary.update(global_step=trainer.state.global_step, train_loss=result.metrics.get("train_loss"),

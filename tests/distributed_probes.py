@@ -52,3 +52,55 @@ class WeightDigest(TrainerCallback):
         self.folder.mkdir(parents=True, exist_ok=True)
         record = {"sha256": digest.hexdigest(), "finite": finite, "global_step": state.global_step}
         (self.folder / f"rank{_rank()}.json").write_text(json.dumps(record))
+
+
+class ShardingProbe(TrainerCallback):
+    """After the first optimizer step each rank writes `folder`/rank<N>.json: how its model is wrapped.
+
+    `dtensor_params` counts parameters that are DTensors (FSDP2 shards), `ds_params` DeepSpeed's (ZeRO-3
+    partitions, which hold no data outside the engine's forward), `local_numel` the elements this rank holds,
+    `full_numel` the model's, `fsdp_modules` the modules fully_shard wrapped.
+    """
+
+    def __init__(self, folder: str):
+        self.folder = Path(folder)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step != 1:
+            return
+        from torch.distributed.tensor import DTensor
+
+        params = list(model.parameters())
+        dtensors = [p for p in params if isinstance(p, DTensor)]
+        record = {
+            "dtensor_params": len(dtensors), "params": len(params),
+            "local_numel": sum(_held(p).numel() for p in params),
+            "head_weight_numel": model.get_output_embeddings().weight.numel(),  # 0: a ZeRO-3 partition
+            "full_numel": sum(getattr(p, "ds_numel", p.numel()) for p in params),
+            "ds_params": sum(hasattr(p, "ds_id") for p in params),
+            "fsdp_modules": sum(type(m).__name__.startswith("FSDP") for m in model.modules()),
+        }
+        self.folder.mkdir(parents=True, exist_ok=True)
+        (self.folder / f"rank{_rank()}.json").write_text(json.dumps(record))
+
+
+def _held(param):
+    """What this rank stores of `param`: its FSDP2 shard, its ZeRO-3 partition, or the whole tensor."""
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(param, DTensor):
+        return param.to_local()
+    return getattr(param, "ds_tensor", param)
+
+
+class KillSelfAtStep(TrainerCallback):
+    """At optimizer step `step` (1-based) the process SIGKILLs itself: a job that dies without a result."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step + 1 == self.step:
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)

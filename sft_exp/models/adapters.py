@@ -1,6 +1,6 @@
 """PEFT adapters (LoRA, DoRA, QLoRA): checked before anything loads, then wrapped around the model.
 
-`check_adapter_config` runs with the other config checks: QLoRA without CUDA or bitsandbytes, and
+`check_adapter_config` runs with the other config checks: QLoRA without a bitsandbytes that can run here, and
 LoRA target modules that name nothing in the model, fail in seconds. The targets are matched
 against the model's skeleton built on the meta device (config.json only, no weights).
 `wrap_with_adapter` repeats the target check on the loaded model, wraps it and reports the
@@ -42,21 +42,28 @@ def check_adapter_config(model: Mapping[str, Any], peft: Optional[Mapping[str, A
         check_targets(skeleton, peft.get("target_modules"), peft.get("modules_to_save"))
 
 
-def _check_bitsandbytes() -> None:
-    import torch
+# The first bitsandbytes release whose 4-bit (NF4) layers were tested here without CUDA (CPU backend).
+BNB_ON_CPU = "0.50"
 
-    if not torch.cuda.is_available():
+
+def _check_bitsandbytes() -> None:
+    from importlib.metadata import version
+    from importlib.util import find_spec
+
+    import torch
+    from packaging.version import Version
+
+    if find_spec("bitsandbytes") is None:
         raise ConfigError(
-            "peft=qlora (model.load_kwargs.quantization_config) loads the base model in 4 bits with "
-            "bitsandbytes, which needs a CUDA GPU and this machine has none. Use peft=lora here, "
-            "or run on a GPU machine."
+            "peft=qlora needs the bitsandbytes package: `pip install 'sft_exp[qlora]'` (or "
+            "`pip install bitsandbytes`), or use peft=lora."
         )
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError:
+    installed = version("bitsandbytes")
+    if not torch.cuda.is_available() and Version(installed) < Version(BNB_ON_CPU):
         raise ConfigError(
-            "peft=qlora needs the bitsandbytes package: `pip install bitsandbytes`, or use peft=lora."
-        ) from None
+            f"peft=qlora without CUDA needs bitsandbytes>={BNB_ON_CPU} (its CPU backend runs the 4-bit layers); "
+            f"bitsandbytes {installed} is installed: `pip install -U bitsandbytes`, or use peft=lora."
+        )
 
 
 def _skeleton(model: Mapping[str, Any]) -> Optional["torch.nn.Module"]:
@@ -129,11 +136,21 @@ def wrap_with_adapter(model, peft_config):
     if getattr(model, "is_quantized", False):
         # fp32 norms and input grads for a 4-bit base; checkpointing stays the memory group's choice.
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+        _keep_training_layout_of_4bit_weights(model)
     model = get_peft_model(model, peft_config)
     counts = parameter_counts(model)
     log.info("adapter: %s trainable of %s parameters (%.3f%%)", f"{counts['trainable_params']:,}",
              f"{counts['total_params']:,}", counts["trainable_percent"])
     return model
+
+
+def _keep_training_layout_of_4bit_weights(model) -> None:
+    """On a CPU with AVX512-BF16, bitsandbytes (0.50) repacks a 4-bit weight for inference at its first
+    eval-mode forward (the evaluation before training) and never back; the next training forward then
+    fails ("a view of a leaf Variable ... in-place operation"). Keep the layout training uses."""
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
 
 
 def parameter_counts(model) -> dict:

@@ -148,8 +148,9 @@ class ModelLoader:
             from transformers.quantizers.auto import AutoQuantizationConfig
 
             kwargs["quantization_config"] = AutoQuantizationConfig.from_dict(dict(quant))
-            # A quantized model cannot be moved after loading: put it on this rank's GPU now.
-            kwargs.setdefault("device_map", {"": int(os.environ.get("LOCAL_RANK", 0))})
+            # A quantized model cannot be moved after loading: put it on this rank's GPU (or the CPU) now.
+            device = int(os.environ.get("LOCAL_RANK", 0)) if torch.cuda.is_available() else "cpu"
+            kwargs.setdefault("device_map", {"": device})
         return kwargs
 
     def _fit_embeddings(self, model, tokenizer) -> None:

@@ -46,20 +46,18 @@ def check_distributed_config(strategy: str) -> None:
         _check_deepspeed()
     elif strategy == "fsdp":
         _check_fsdp2()
+    explain_single_process(strategy)
 
 
 def _check_deepspeed() -> None:
-    try:
-        import deepspeed  # noqa: F401
-    except ImportError:
+    from importlib.util import find_spec
+
+    if find_spec("deepspeed") is None:  # not imported here: importing deepspeed takes seconds
         raise ConfigError(
             "distributed=deepspeed needs the deepspeed package, which is not installed: "
-            "`pip install deepspeed` on a CUDA machine, or use distributed=fsdp (no extra package)."
-        ) from None
-    import torch
-
-    if not torch.cuda.is_available():
-        raise ConfigError("distributed=deepspeed (ZeRO-3) needs CUDA GPUs; on CPU use distributed=ddp.")
+            "`pip install 'sft_exp[deepspeed]'` (or `pip install deepspeed`), or use distributed=fsdp "
+            "(no extra package)."
+        )
 
 
 def _check_fsdp2() -> None:
@@ -68,18 +66,27 @@ def _check_fsdp2() -> None:
     import torch
     from packaging.version import Version
 
-    if not hasattr(torch.distributed, "fsdp") or not hasattr(torch.distributed.fsdp, "fully_shard"):
+    try:  # a submodule: hasattr(torch.distributed, "fsdp") is False until something imports it
+        from torch.distributed.fsdp import fully_shard  # noqa: F401
+    except ImportError:
         raise ConfigError(
             f"distributed=fsdp uses FSDP2 (torch.distributed.fsdp.fully_shard), which torch {torch.__version__} "
-            "lacks: install torch>=2.6, or use distributed=ddp."
-        )
+            "lacks: `pip install -U 'torch>=2.6'`, or use distributed=ddp."
+        ) from None
     if Version(version("accelerate")) < Version("1.6"):
         raise ConfigError("distributed=fsdp (FSDP2) needs accelerate>=1.6: `pip install -U accelerate`.")
-    if not torch.cuda.is_available():
-        raise ConfigError(
-            "distributed=fsdp shards the model across GPUs and this machine has no CUDA; on CPU use "
-            "distributed=ddp (the default), which torchrun runs over gloo."
-        )
+
+
+SHARDING_ARGUMENTS = ("fsdp", "fsdp_config", "deepspeed")
+
+
+def explain_single_process(strategy: str) -> None:
+    """fsdp/deepspeed started as one process: nothing to shard across, so it trains as plain training."""
+    if strategy == "ddp" or world_size() > 1:
+        return
+    log.warning("distributed=%s in one process: there is no other rank to shard across, so this trains as one "
+                "plain process (same result). Start several with `torchrun --nproc_per_node N -m sft_exp "
+                "distributed=%s ...`.", strategy, strategy)
 
 
 def training_arguments(strategy_args: dict) -> dict:
@@ -87,10 +94,45 @@ def training_arguments(strategy_args: dict) -> dict:
     import torch
 
     args = dict(strategy_args or {})
-    if world_size() > 1 and not torch.cuda.is_available():
+    if world_size() <= 1:  # nothing to shard across (explain_single_process said so)
+        return {k: v for k, v in args.items() if k not in SHARDING_ARGUMENTS}
+    if not torch.cuda.is_available():
         # accelerate treats several CPU processes as one job only when told it runs on CPU (gloo).
         args = {"use_cpu": True, "ddp_backend": "gloo", **args}
     return args
+
+
+def shard_on_cpu(accelerator, training_args) -> bool:
+    """FSDP on several CPU processes (gloo): switch accelerate's state from DDP to FSDP.
+
+    accelerate enables its FSDP plugin only for GPU-like distributed types; for MULTI_CPU
+    (use_cpu=True, gloo) it drops the plugin and the model is silently DDP-wrapped. The plugin the
+    Trainer built from `fsdp`/`fsdp_config` is installed as accelerate would on GPUs, so prepare()
+    calls fully_shard and saving gathers full weights as usual. Returns whether it switched.
+    """
+    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    if training_args.fsdp_plugin_args is None or accelerator.distributed_type != DistributedType.MULTI_CPU:
+        return False
+    state = AcceleratorState()
+    plugin = FullyShardedDataParallelPlugin(**training_args.fsdp_plugin_args)
+    if state.mixed_precision != "no":
+        plugin.set_mixed_precision(state.mixed_precision)
+    state.fsdp_plugin = plugin
+    state.distributed_type = PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+    return True
+
+
+def refuse_sweep_under_launcher(multirun: bool) -> None:
+    """`-m` under torchrun: every process would run the whole sweep, its jobs' ranks never meeting."""
+    if multirun and world_size() > 1 and "SUBMITIT_EXECUTOR" not in os.environ:
+        raise ConfigError(
+            f"`-m` (a sweep) started under torchrun / accelerate launch ({world_size()} processes): each process "
+            "would run every job of the sweep on its own. For several processes per job, let SLURM start them: "
+            "`python -m sft_exp -m hydra/launcher=slurm hydra.launcher.tasks_per_node=N ...`; or run one "
+            "`torchrun --nproc_per_node N -m sft_exp ...` per job, without -m."
+        )
 
 
 # ----------------------------------------------------------------------------- one run folder
@@ -186,7 +228,9 @@ def forget_evaluation_only_preparation(trainer) -> None:
     from accelerate.utils import extract_model_from_parallel
 
     if trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled:
-        return  # evaluation_loop prepared these fully (accelerator.prepare), for training too
+        # FSDP: evaluation_loop prepared it fully (accelerator.prepare, fully_shard), for training too.
+        # DeepSpeed: SFTTrainer.evaluate_before_training evaluates inside train(), in the training engine.
+        return
     model = trainer.model
     if trainer.model_wrapped is not model or not getattr(model, "_is_accelerate_prepared", False):
         return

@@ -118,8 +118,17 @@ def resolve_resume(value: Any, run_dir: Path) -> Optional[str]:
     """resume_from_checkpoint -> a checkpoint folder to resume from, or None for a fresh start.
 
     true: the latest complete checkpoint of this run folder. A path: a checkpoint folder, or a run
-    folder / checkpoints folder whose latest complete checkpoint is used.
+    folder / checkpoints folder whose latest complete checkpoint is used. Unset (null) in a SLURM job
+    that was requeued (preempted or past its time limit): the latest complete checkpoint of its run
+    folder if there is one, so a requeued job continues by itself; false always starts afresh.
     """
+    if value is None and requeued_job():
+        found = latest_complete_checkpoint(run_dir / "checkpoints")
+        if found is not None:
+            log.warning("this SLURM job was requeued (SLURM_RESTART_COUNT=%s): resuming from %s",
+                        os.environ["SLURM_RESTART_COUNT"], found)
+            return str(found)
+        return None
     if value is None or value is False:
         return None
     if value is True:
@@ -133,6 +142,11 @@ def resolve_resume(value: Any, run_dir: Path) -> Optional[str]:
             )
         return str(found)
     return _resolve_path(Path(os.path.expanduser(str(value))))
+
+
+def requeued_job() -> bool:
+    """A SLURM job on its second or later attempt (SLURM sets SLURM_RESTART_COUNT when it requeues a job)."""
+    return int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
 
 
 def _resolve_path(path: Path) -> str:

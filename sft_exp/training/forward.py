@@ -35,8 +35,11 @@ class SFTOutput:
 
 
 def unwrap_parallel(model):
-    """The model inside a DDP / DeepSpeed wrapper (`.module`, no config): config and head live there."""
-    while not hasattr(model, "config") and hasattr(model, "module"):
+    """The model inside a DDP / DeepSpeed wrapper (`.module`): config and head live there.
+
+    DeepSpeedEngine has a `config` of its own (a dict): a wrapper is anything with `.module` whose config
+    is not a model's."""
+    while hasattr(model, "module") and not hasattr(getattr(model, "config", None), "get_text_config"):
         model = model.module
     return model
 
@@ -57,7 +60,9 @@ def decoder_hidden(model, batch: dict):
     inner = unwrap_parallel(model)
     if getattr(inner.config.get_text_config(), "output_router_logits", False):
         inputs["output_router_logits"] = True
-    handle = output_head(inner).register_forward_pre_hook(capture)
+    # First of the head's pre-hooks: ZeRO-3 wraps a module's inputs to run its post-backward bookkeeping,
+    # and the captured states must be the decoder's own (the head's module never sees a gradient).
+    handle = output_head(inner).register_forward_pre_hook(capture, prepend=True)
     # A padding-free batch (no attention_mask): sdpa_varlen models cut examples out by position_ids, no dense mask.
     padding_free = "attention_mask" not in inputs and "position_ids" in inputs
     try:

@@ -2,6 +2,7 @@
 
 - `NonFiniteLossGuard`: trainer.nonfinite_loss (stop or skip a step whose loss is NaN/inf), decided from
   every rank's losses, so every rank stops or skips together.
+- `EvaluationBeforeTraining`: the baseline evaluation, when it must wait for train() (DeepSpeed).
 - `TokenCount`: the input tokens of every rank, and, with `LoggingWindow`, what a checkpoint must carry
   so that a resumed run logs the rows the straight run logs.
 """
@@ -113,3 +114,17 @@ class LoggingWindow(TrainerCallback):
             window = self.trainer.metrics["train"]
             state.stateful_callbacks[WINDOW_STATE_KEY] = {} if control.should_log else window.export_state(
                 self.trainer.accelerator)
+
+
+class EvaluationBeforeTraining(TrainerCallback):
+    """The baseline evaluation run at the start of train() when `pending` (SFTTrainer.evaluate_before_training:
+    under DeepSpeed an evaluate() before train() would build an evaluation-only engine)."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+        self.pending = False
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.pending:
+            self.pending = False
+            self.trainer.metrics_before_training = self.trainer.evaluate()

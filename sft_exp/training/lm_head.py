@@ -138,6 +138,28 @@ def gathered(*params: Optional[Tensor]):
     return deepspeed.zero.GatheredParameters(sharded, modifier_rank=None)
 
 
+class _GatheredForBackward:
+    """ZeRO-3's all-gather of `params` for the head's backward, released after their gradients accumulate.
+
+    Not deepspeed.zero.GatheredParameters: a tied weight (lm_head = embed_tokens) is also in use by the
+    embedding's own backward when the head's gradient lands, and DeepSpeed frees it after that module;
+    only parameters no module still holds are partitioned here.
+    """
+
+    def __init__(self, params):
+        self.params = [p for p in params if p is not None and hasattr(p, "ds_id")]
+
+    def __enter__(self):
+        if self.params:
+            self.params[0].all_gather(param_list=self.params)
+        return self
+
+    def __exit__(self, *exc):
+        free = [p for p in self.params if not getattr(p, "ds_active_sub_modules", None)]
+        if free:
+            free[0].partition(param_list=free)
+
+
 def release_after_accumulation(gathering, params: list) -> None:
     """Leave `gathering` once autograd has accumulated every one of `params`' gradients (now if none).
 
@@ -145,7 +167,7 @@ def release_after_accumulation(gathering, params: list) -> None:
     sizes it by the parameter's data: released to a ZeRO-3 shard of zero elements, the addition fails.
     """
     pending = [p for p in params if hasattr(p, "ds_id")]
-    if not pending or isinstance(gathering, contextlib.nullcontext):
+    if not pending:
         gathering.__exit__(None, None, None)
         return
     handles = []
@@ -195,16 +217,20 @@ class ChunkedHead(torch.autograd.Function):
             e_dot_z = torch.bmm(e.unsqueeze(1), z.unsqueeze(2)).view(-1)
             log_z[sl] = zmax + sum_e.log()
             entropy[sl] = sum_e.log() - e_dot_z / sum_e
-        ctx.save_for_backward(hidden, weight, bias, labels, log_z)
+        ctx.save_for_backward(hidden, labels, log_z)
+        # The parameters themselves, not saved-tensor copies: ZeRO-3 gathers a parameter through its Python
+        # object (ds_id and friends), which an unpacked saved tensor does not carry.
+        ctx.head_params = (weight, bias)
         ctx.chunk_size, ctx.logit_scale, ctx.softcap = chunk_size, logit_scale, softcap
         ctx.mark_non_differentiable(entropy, is_top1)
         return target - log_z, entropy, is_top1
 
     @staticmethod
     def backward(ctx, grad_logp, _grad_entropy, _grad_top1):
-        hidden, weight, bias, labels, log_z = ctx.saved_tensors
+        hidden, labels, log_z = ctx.saved_tensors
+        weight, bias = ctx.head_params
         # ZeRO-3 released the weight after forward: the full matrix again, until its gradient is accumulated.
-        gathering = gathered(weight, bias)
+        gathering = _GatheredForBackward((weight, bias))
         gathering.__enter__()
         try:
             grads = ChunkedHead._backward(ctx, grad_logp, hidden, weight, bias, labels, log_z)

@@ -21,7 +21,8 @@ from sft_exp.run import distributed
 from sft_exp.training.checkpoints import AtomicCheckpoints
 from sft_exp.training.choices import check_trainer_choices
 from sft_exp.training.forward import sft_forward
-from sft_exp.training.guards import LoggingWindow, NonFiniteLossError, NonFiniteLossGuard, TokenCount  # noqa: F401
+from sft_exp.training.guards import (  # noqa: F401 (NonFiniteLossError: re-exported)
+    EvaluationBeforeTraining, LoggingWindow, NonFiniteLossError, NonFiniteLossGuard, TokenCount)
 from sft_exp.training.metrics import SFTMetrics
 
 log = logging.getLogger(__name__)
@@ -156,9 +157,28 @@ class SFTTrainer(AtomicCheckpoints, Trainer):
         # The state these keep is theirs (sft_exp.training.guards), not private fields of the trainer.
         self.tokens = TokenCount(self.accelerator, args.device)
         self.nonfinite = NonFiniteLossGuard(args.nonfinite_loss, self.accelerator, args.device)
-        for callback in (self.tokens, self.nonfinite, LoggingWindow(self)):
+        self.baseline = EvaluationBeforeTraining(self)
+        self.metrics_before_training: dict = {}  # evaluate_before_training's result
+        for callback in (self.tokens, self.nonfinite, LoggingWindow(self), self.baseline):
             self.add_callback(callback)
         self.remove_callback(PrinterCallback)  # sft_exp.run.recorder prints one readable line per log instead
+
+    def create_accelerator_and_postprocess(self) -> None:
+        super().create_accelerator_and_postprocess()
+        if distributed.shard_on_cpu(self.accelerator, self.args):  # accelerate would run DDP on CPU processes
+            self.is_fsdp_enabled = True
+
+    def evaluate_before_training(self) -> None:
+        """The baseline evaluation, kept in `metrics_before_training`.
+
+        Under DeepSpeed it runs at the start of train(), in the training engine: an evaluate() before
+        train() makes transformers build an evaluation-only engine, which ZeRO-1/2 refuse ("ZeRO inference
+        only makes sense with ZeRO Stage 3") and which train() keeps, with no optimizer to step.
+        """
+        if self.is_deepspeed_enabled:
+            self.baseline.pending = True
+        else:
+            self.metrics_before_training = self.evaluate()
 
     def train(self, *args, **kwargs):
         distributed.forget_evaluation_only_preparation(self)  # an evaluate() before must not cost the DDP wrapper
@@ -192,7 +212,8 @@ class SFTTrainer(AtomicCheckpoints, Trainer):
         return stack
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        mode = "train" if model.training else "eval"
+        # The wrapped module's flag: DeepSpeedEngine.eval() switches its module, not the engine's own `training`.
+        mode = "train" if self.accelerator.unwrap_model(model).training else "eval"
         # num_items_in_batch counts every rank's tokens and DDP averages gradients across ranks: scale the
         # token loss up by the number of processes. The MoE router loss is a per-micro-batch mean: scale it
         # so that it is averaged over the accumulation steps and not multiplied by the process count (as TRL).

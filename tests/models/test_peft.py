@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 
 import pytest
@@ -46,11 +47,15 @@ def test_qlora_on_a_model_built_from_config_is_refused():
         validate_config(compose(["peft=qlora"]))  # model=tiny has no pretrained weights to quantize
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
-def test_qlora_without_cuda_is_refused_before_loading(tmp_path):
+def test_qlora_without_bitsandbytes_is_refused_before_loading(tmp_path, monkeypatch):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes"
+                        else real_find_spec(name, *a))  # as on a machine without the package
     (tmp_path / "config.json").write_text('{"model_type": "qwen2"}')  # a local "model": never loaded
     cfg = compose(["peft=qlora", "model=qwen2_5_0_5b", f"model.name_or_path={tmp_path}"])
-    with pytest.raises(ConfigError, match="CUDA") as err:
+    with pytest.raises(ConfigError, match="pip install 'sft_exp\\[qlora\\]'") as err:
         validate_config(cfg)
     assert "peft=lora" in str(err.value)  # says what to do instead
 
@@ -146,20 +151,62 @@ def test_resume_with_an_adapter_is_exact(lora_run, tmp_path):
     assert all(got[k].equal(expected[k]) for k in expected)  # bitwise
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="QLoRA needs CUDA")
-def test_qlora_trains_a_4bit_base(tmp_path):
+@pytest.fixture(scope="module")
+def qlora_run(tmp_path_factory):
+    """A QLoRA run on a saved tiny Qwen2: its base loads in NF4 (bitsandbytes' CPU backend without CUDA)."""
     pytest.importorskip("bitsandbytes")
     from transformers import AutoTokenizer
 
     from sft_exp.paths import asset_path
     from tests.conftest import tiny_causal_lm
 
+    folder = tmp_path_factory.mktemp("qlora")
     tokenizer = AutoTokenizer.from_pretrained(asset_path("tokenizer"))
-    tiny_causal_lm(vocab_size=len(tokenizer), hidden_size=128).save_pretrained(tmp_path / "base")
-    tokenizer.save_pretrained(tmp_path / "base")
-    run_dir = tmp_path / "run"
-    train(run_dir, "peft=qlora", "model=qwen2_5_0_5b", f"model.name_or_path={tmp_path / 'base'}")
-    summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["status"] == "completed" and summary["trainable_params"] < summary["total_params"]
-    assert (run_dir / "model" / "adapter_model.safetensors").is_file()
+    tiny_causal_lm(vocab_size=len(tokenizer), hidden_size=128).save_pretrained(folder / "base")
+    tokenizer.save_pretrained(folder / "base")
+    run_dir = folder / "run"
+    train(run_dir, "peft=qlora", "model=qwen2_5_0_5b", f"model.name_or_path={folder / 'base'}", "model.dtype=float32")
+    return run_dir
+
+
+def test_qlora_trains_an_nf4_base_and_saves_the_adapter(qlora_run):
+    from safetensors.torch import load_file
+
+    summary = json.loads((qlora_run / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["trainable_params"] < summary["total_params"] / 5
+    adapter = load_file(qlora_run / "model" / "adapter_model.safetensors")
+    assert adapter and all("lora_" in name for name in adapter)
+    assert not (qlora_run / "base_model").exists()  # a pretrained base is found again from model.name_or_path
+    rows = [json.loads(line) for line in (qlora_run / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if "loss" in r]
+    assert len(losses) == 4 and all(map(math.isfinite, losses))
+
+
+def test_qlora_base_is_nf4_and_export_merge_matches_base_plus_adapter(qlora_run, tmp_path):
+    import bitsandbytes as bnb
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from sft_exp.models.loader import ModelLoader
+    from sft_exp.tools.export import main
+
+    cfg = compose(["peft=qlora", "model=qwen2_5_0_5b", f"model.name_or_path={qlora_run.parent / 'base'}",
+                   "model.dtype=float32"])
+    quantized = instantiate(cfg.model, _convert_="all")._pretrained()  # what the run trained on
+    layers = [m for m in quantized.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert layers and all(m.weight.quant_state.quant_type == "nf4" for m in layers)
+
+    out = tmp_path / "merged"
+    assert main([str(qlora_run), "--merge", "--out", str(out)]) == 0
+    merged = AutoModelForCausalLM.from_pretrained(out)
+    assert merged.dtype == torch.float32 and not getattr(merged, "is_quantized", False)
+    # The merge is into the float base (model.dtype), so it equals float base + adapter.
+    base = AutoModelForCausalLM.from_pretrained(qlora_run.parent / "base", dtype=torch.float32)
+    with_adapter = PeftModel.from_pretrained(base, qlora_run / "model")
+    ids = torch.randint(0, merged.config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got, expected = merged(input_ids=ids).logits, with_adapter(input_ids=ids).logits
+        with with_adapter.disable_adapter():
+            base_only = with_adapter(input_ids=ids).logits
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert (got - base_only).abs().max() > 1e-4  # the adapter trained: merging changed the model

@@ -157,22 +157,48 @@ def test_accelerate_launch_runs_the_same_job(tmp_path):
     assert sorted(got) == [1, 2, 3, 4] and next(r for r in rows if "loss" in r)["epoch"] == pytest.approx(8 / 64)
 
 
-def test_deepspeed_is_refused_when_it_cannot_run():
-    try:
-        import deepspeed  # noqa: F401
+@pytest.mark.parametrize("strategy, package", [("deepspeed", "deepspeed"), ("fsdp", "torch.distributed.fsdp")])
+def test_a_strategy_whose_package_is_missing_is_refused_naming_it(strategy, package, monkeypatch):
+    import importlib.util
 
-        if torch.cuda.is_available():
-            pytest.skip("deepspeed and CUDA are here: the preset can run")
-    except ImportError:
-        pass
-    with pytest.raises(ConfigError, match="distributed=deepspeed"):
-        validate_config(compose(["distributed=deepspeed"]))
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "deepspeed"
+                        else real_find_spec(name, *a))  # as on a machine without deepspeed
+    if strategy == "fsdp":  # as on a torch without FSDP2
+        import torch.distributed.fsdp as fsdp
+
+        monkeypatch.delattr(fsdp, "fully_shard")
+    with pytest.raises(ConfigError, match=f"distributed={strategy}") as err:
+        validate_config(compose([f"distributed={strategy}"]))
+    assert ("pip install" in str(err.value)) and ("distributed=ddp" in str(err.value) or "fsdp" in str(err.value))
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="FSDP runs on CUDA")
-def test_fsdp_without_cuda_is_refused_with_the_alternative():
-    with pytest.raises(ConfigError, match="distributed=ddp"):
-        validate_config(compose(["distributed=fsdp"]))
+def test_fsdp_is_accepted_by_this_torch():
+    # FSDP2 is a submodule: hasattr(torch.distributed, "fsdp") is False until it is imported, which once made
+    # this check refuse every torch.
+    validate_config(compose(["distributed=fsdp"]))
+
+
+@pytest.mark.parametrize("strategy", ["fsdp", "deepspeed"])
+def test_a_sharding_strategy_in_one_process_says_what_it_does(strategy, caplog, monkeypatch):
+    pytest.importorskip("deepspeed") if strategy == "deepspeed" else None
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    with caplog.at_level("WARNING", logger="sft_exp"):
+        validate_config(compose([f"distributed={strategy}"]))
+    assert f"distributed={strategy} in one process" in caplog.text and "torchrun --nproc_per_node" in caplog.text
+    assert not set(training_arguments(plain(compose([f"distributed={strategy}"]).distributed.training_args))) & {
+        "fsdp", "fsdp_config", "deepspeed"}  # trains as one plain process
+
+
+def test_a_sweep_under_torchrun_is_refused_with_the_way_to_do_it(tmp_path):
+    # What torchrun sets for rank 0 of 2; the refusal comes before any process group is joined.
+    env = {**PROCESS_ENV, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(_free_port())}
+    proc = subprocess.run([sys.executable, "-m", "sft_exp", "-m", "loss=nll,dft", f"hydra.sweep.dir={tmp_path}"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "hydra/launcher=slurm hydra.launcher.tasks_per_node=N" in proc.stderr + proc.stdout
+    assert not list(tmp_path.glob("*/model"))  # no job trained
 
 
 def test_unknown_strategy_is_refused():
@@ -180,9 +206,10 @@ def test_unknown_strategy_is_refused():
         validate_config(compose(["distributed.strategy=zero5"]))
 
 
-def test_presets_hand_transformers_its_own_arguments():
+def test_presets_hand_transformers_its_own_arguments(monkeypatch):
     from transformers import TrainingArguments
 
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as under torchrun: in one process there is nothing to shard
     fsdp = training_arguments(plain(compose(["distributed=fsdp"]).distributed.training_args))
     assert fsdp["fsdp"] is True and fsdp["fsdp_config"]["version"] == 2
     ds = training_arguments(plain(compose(["distributed=deepspeed"]).distributed.training_args))

@@ -137,6 +137,23 @@ def test_a_signal_saves_at_the_end_of_that_step_and_resume_is_exact(tmp_path, st
     assert_same_run(run_dir, straight)
 
 
+def test_a_requeued_slurm_job_resumes_by_itself(tmp_path, straight, monkeypatch):
+    run_dir = tmp_path / "run"
+    job = signalled_job(run_dir, 2, "SIGTERM")  # as SLURM stops a preempted job
+    assert job.returncode == 143 and saved_steps(run_dir) == [2], job.stderr[-3000:]
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # what SLURM sets on the requeued attempt
+    train(run_dir)  # no resume_from_checkpoint: nothing for the user to remember
+    assert_same_run(run_dir, straight)
+
+
+def test_a_requeued_job_without_a_checkpoint_starts_afresh(tmp_path, monkeypatch):
+    from sft_exp.training.checkpoints import resolve_resume
+
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
+    assert resolve_resume(None, tmp_path) is None  # died before its first checkpoint
+    assert resolve_resume(False, tmp_path) is None
+
+
 def test_a_second_signal_stops_at_once_without_a_checkpoint(tmp_path):
     run_dir = tmp_path / "run"
     job = signalled_job(run_dir, 2, "SIGTERM", "SIGTERM")
