@@ -73,7 +73,7 @@ def run(cfg: DictConfig) -> float:
         trainer.save_model(str(run_dir / "model"))
         if is_main:
             tokenizer.save_pretrained(str(run_dir / "model"))
-        status = "completed"
+        status = "pruned" if any(getattr(cb, "pruned", False) for cb in callbacks) else "completed"  # a sweep's pruner stopped it
     except TrainingInterrupted:
         status = "interrupted"
         raise

@@ -1,0 +1,59 @@
+"""Samplers and pruners by name, as `hydra.sweeper.sampler` / `hydra.sweeper.pruner` give them:
+{type: <name>, <keyword arguments of the Optuna class>...}. Built by the sweeper and, for the pruner, by
+each job (which asks its trial whether to stop)."""
+from __future__ import annotations
+
+from typing import Optional
+
+from sft_exp.errors import ConfigError
+
+SAMPLERS = {
+    "tpe": "TPESampler", "random": "RandomSampler", "grid": "GridSampler", "cmaes": "CmaEsSampler",
+    "nsga2": "NSGAIISampler", "qmc": "QMCSampler",
+}
+PRUNERS = {
+    "median": "MedianPruner", "percentile": "PercentilePruner", "successive_halving": "SuccessiveHalvingPruner",
+    "hyperband": "HyperbandPruner", "threshold": "ThresholdPruner",
+}
+
+
+def _kind_and_kwargs(spec, key: str, table: dict) -> tuple:
+    spec = dict(spec or {})
+    kind = spec.pop("type", None)
+    if kind not in table:
+        raise ConfigError(f"{key}.type={kind!r} is not one of {', '.join(table)} (or set {key}: null)")
+    return kind, spec
+
+
+def build_sampler(spec, *, grid: Optional[dict] = None, seed_offset: int = 0):
+    """The sampler; its seed moves on by `seed_offset` (the trials already in the study), so a resumed study
+    draws new values instead of repeating the first run's."""
+    import optuna
+
+    kind, kwargs = _kind_and_kwargs(spec, "hydra.sweeper.sampler", SAMPLERS)
+    if kwargs.get("seed") is not None:
+        kwargs["seed"] = int(kwargs["seed"]) + seed_offset
+    if kind == "grid":
+        kwargs["search_space"] = grid
+    if kind == "cmaes":
+        try:
+            import cmaes  # noqa: F401
+        except ImportError:
+            raise ConfigError("hydra.sweeper.sampler.type=cmaes needs the cmaes package: pip install cmaes") from None
+    try:
+        return getattr(optuna.samplers, SAMPLERS[kind])(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"hydra.sweeper.sampler (type {kind}): {e}") from None
+
+
+def build_pruner(spec):
+    """The pruner, or None for `pruner: null`."""
+    import optuna
+
+    if not spec:
+        return None
+    kind, kwargs = _kind_and_kwargs(spec, "hydra.sweeper.pruner", PRUNERS)
+    try:
+        return getattr(optuna.pruners, PRUNERS[kind])(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"hydra.sweeper.pruner (type {kind}): {e}") from None
