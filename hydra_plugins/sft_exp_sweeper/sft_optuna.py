@@ -19,7 +19,8 @@ class SftOptunaSweeperConf:
     n_trials: Optional[int] = 20             # over the whole study (a resumed study runs the rest)
     n_jobs: int = 1                          # trials launched together through the configured launcher
     sampler: Dict[str, Any] = field(default_factory=lambda: {"type": "tpe", "seed": None})
-    pruner: Optional[Dict[str, Any]] = None  # {type: median|percentile|successive_halving|hyperband|threshold, ...}
+    # {type: median|percentile|successive_halving|hyperband|threshold, <its arguments>}; type null: no pruning
+    pruner: Any = None
     params: Dict[str, Any] = field(default_factory=dict)
     seeds: Optional[List[int]] = None        # every trial runs once per seed, in <trial>/seed-<s>
     seed_objective: str = "mean"             # what the sampler sees of a trial's seeds: mean or median

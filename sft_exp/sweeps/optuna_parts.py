@@ -41,19 +41,38 @@ def build_sampler(spec, *, grid: Optional[dict] = None, seed_offset: int = 0):
         except ImportError:
             raise ConfigError("hydra.sweeper.sampler.type=cmaes needs the cmaes package: pip install cmaes") from None
     try:
+        if kind == "grid":
+            return _AskAndTellGrid(**kwargs)
         return getattr(optuna.samplers, SAMPLERS[kind])(**kwargs)
     except TypeError as e:
         raise ConfigError(f"hydra.sweeper.sampler (type {kind}): {e}") from None
 
 
 def build_pruner(spec):
-    """The pruner, or None for `pruner: null`."""
+    """The pruner, or None for `pruner: null` / `pruner: {type: null}`."""
     import optuna
 
-    if not spec:
+    if not spec or dict(spec).get("type") in (None, "none"):
         return None
     kind, kwargs = _kind_and_kwargs(spec, "hydra.sweeper.pruner", PRUNERS)
     try:
         return getattr(optuna.pruners, PRUNERS[kind])(**kwargs)
     except TypeError as e:
         raise ConfigError(f"hydra.sweeper.pruner (type {kind}): {e}") from None
+
+
+def _ask_and_tell_grid():
+    import optuna
+
+    class AskAndTellGrid(optuna.samplers.GridSampler):
+        """GridSampler without its study.stop() after the last point (allowed only inside study.optimize;
+        raised from tell() it would leave the trial RUNNING). The sweep stops itself at the grid's size."""
+
+        def after_trial(self, study, trial, state, values):
+            return None
+
+    return AskAndTellGrid
+
+
+def _AskAndTellGrid(**kwargs):  # noqa: N802  built on first use: optuna is imported lazily
+    return _ask_and_tell_grid()(**kwargs)

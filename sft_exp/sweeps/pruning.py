@@ -50,7 +50,7 @@ class TrialPruning(TrainerCallback):
 
         hydra_cfg = multirun_hydra_config()
         sweeper = hydra_cfg.sweeper if hydra_cfg is not None else {}
-        if sweeper.get("trial") is None or not sweeper.get("pruner"):
+        if sweeper.get("trial") is None or not _prunes(sweeper.get("pruner")):
             return False
         objectives = list(sweeper.get("objectives") or [])
         self.objective = objectives[0] if objectives else self.objective
@@ -81,3 +81,7 @@ def _broadcast(flag: bool) -> bool:
     tensor = torch.tensor([float(flag)], device=device)
     dist.broadcast(tensor, src=0)
     return bool(tensor.item())
+
+
+def _prunes(spec) -> bool:
+    return bool(spec) and dict(spec).get("type") not in (None, "none")
