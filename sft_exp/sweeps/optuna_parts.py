@@ -31,6 +31,7 @@ def build_sampler(spec, *, grid: Optional[dict] = None, seed_offset: int = 0):
     import optuna
 
     kind, kwargs = _kind_and_kwargs(spec, "hydra.sweeper.sampler", SAMPLERS)
+    kwargs = _applicable(kind, kwargs)
     if kwargs.get("seed") is not None:
         kwargs["seed"] = int(kwargs["seed"]) + seed_offset
     if kind == "grid":
@@ -46,6 +47,29 @@ def build_sampler(spec, *, grid: Optional[dict] = None, seed_offset: int = 0):
         return getattr(optuna.samplers, SAMPLERS[kind])(**kwargs)
     except TypeError as e:
         raise ConfigError(f"hydra.sweeper.sampler (type {kind}): {e}") from None
+
+
+def _applicable(kind: str, kwargs: dict) -> dict:
+    """A setting of another sampler (n_startup_trials left in the YAML, then sampler.type=grid on the command
+    line) is dropped with a warning; one no sampler takes is a mistake and an error."""
+    import inspect
+    import logging
+
+    import optuna
+
+    def takes(name: str) -> set:
+        return set(inspect.signature(getattr(optuna.samplers, name).__init__).parameters) - {"self"}
+
+    own, every = takes(SAMPLERS[kind]), set().union(*(takes(n) for n in SAMPLERS.values()))
+    unknown = set(kwargs) - every
+    if unknown:
+        raise ConfigError(f"hydra.sweeper.sampler: {sorted(unknown)} is no setting of any sampler; "
+                          f"the {kind} sampler takes {sorted(own)}")
+    dropped = set(kwargs) - own
+    if dropped:
+        logging.getLogger(__name__).warning("hydra.sweeper.sampler: %s do not apply to the %s sampler: ignored",
+                                            sorted(dropped), kind)
+    return {k: v for k, v in kwargs.items() if k in own}
 
 
 def build_pruner(spec):
