@@ -41,16 +41,32 @@ def open_storage(url: str):
             path = Path(url[len("journal:"):])
             path.parent.mkdir(parents=True, exist_ok=True)
             return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-        storage = optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
-        storage.get_all_studies()  # connects now: a wrong host or password fails before any job
-        return storage
+        return _open_rdb(url)
     except Exception as e:  # noqa: BLE001  sqlalchemy, psycopg2, OSError...: all mean "cannot open"
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(
             f"hydra.sweeper.storage={_redacted(url)} cannot be opened: {type(e).__name__}: {first}. Give a "
             "writable journal file path (or null for <sweep folder>/optuna.journal) or a reachable database URL "
-            "(sqlite:///study.db, postgresql://user@host:5432/db; the driver must be installed, e.g. psycopg2-binary)."
+            "(sqlite:///study.db, postgresql://user@host:5432/db; the driver must be installed, e.g. pip install 'psycopg[binary]')."
         ) from None
+
+
+def _open_rdb(url: str, attempts: int = 5):
+    """Optuna's RDB storage, connected now (a wrong host or password fails before any job). Two sweepers
+    starting at once on a fresh database race to create its tables: the loser retries and finds them."""
+    import time
+
+    import optuna
+
+    for attempt in range(attempts):
+        try:
+            storage = optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+            storage.get_all_studies()
+            return storage
+        except Exception as e:  # noqa: BLE001
+            if "already exists" not in str(e) or attempt == attempts - 1:
+                raise
+            time.sleep(0.5 + attempt)
 
 
 def _redacted(url: str) -> str:
