@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 
+import pytest
+
 from sft_exp.run.recorder import read_rows
 from tests.sweeps.helpers import summary, sweep, trials
 
@@ -38,3 +40,13 @@ def test_without_a_pruner_the_same_trials_run_to_their_last_step(tmp_path):
     study = trials(tmp_path)
     assert [t.state.name for t in study] == ["COMPLETE", "COMPLETE"]
     assert all(summary(tmp_path / str(t.number))["global_step"] == 6 for t in study)
+
+
+@pytest.mark.slow
+def test_jobs_in_their_own_processes_report_and_are_pruned_through_the_storage(tmp_path):
+    """submitit's local launcher runs each job in a process of its own, as SLURM does: the job opens the study."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="pip install 'sft_exp[slurm]'")
+    job = sweep(tmp_path, *PRUNED, "hydra/launcher=submitit_local", "hydra.sweeper.n_jobs=2", timeout=600)
+    assert job.returncode == 0, job.stderr[-3000:]
+    assert [t.state.name for t in trials(tmp_path)] == ["PRUNED", "PRUNED"]
+    assert all(summary(tmp_path / str(n))["status"] == "pruned" for n in (0, 1))
