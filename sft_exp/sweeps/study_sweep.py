@@ -198,6 +198,9 @@ class StudySweep:
         except BaseException:  # Ctrl-C, SIGTERM (the job saved a checkpoint), a launcher crash: rerun them later
             for trial in trials:
                 self._fail_interrupted(trial)
+            log.warning("sweep interrupted: trial(s) %s marked failed and queued to run again; rerun the same "
+                        "command (same hydra.sweep.dir or storage) to continue the study",
+                        ", ".join(str(t.number) for t in trials))
             raise
         finally:
             beat.stop()
