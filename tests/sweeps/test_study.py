@@ -61,3 +61,18 @@ def test_bad_input_fails_before_any_job_naming_what_is_wrong(tmp_path, overrides
     assert job.returncode == 2, job.stderr[-2000:]
     assert says in job.stderr
     assert job_folders(tmp_path) == []
+
+
+def test_several_objectives_with_a_direction_each_give_a_pareto_front(tmp_path):
+    from omegaconf import OmegaConf
+
+    from tests.sweeps.helpers import trials
+
+    job = sweep(tmp_path, "hydra.sweeper.n_trials=2", "hydra.sweeper.objectives=[eval_loss,eval_mean_token_accuracy]",
+                "hydra.sweeper.direction=[minimize,maximize]")
+    assert job.returncode == 0, job.stderr[-3000:]
+    for trial in trials(tmp_path):
+        done = summary(tmp_path / str(trial.number))
+        assert trial.values == [done["eval_loss"], done["eval_mean_token_accuracy"]]
+    results = OmegaConf.load(tmp_path / "optimization_results.yaml")
+    assert results.directions == ["minimize", "maximize"] and results.best_trials
