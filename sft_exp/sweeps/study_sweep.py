@@ -13,11 +13,8 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import socket
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any, List, Optional
@@ -26,12 +23,12 @@ from omegaconf import OmegaConf
 
 from sft_exp.errors import ConfigError, UserError
 from sft_exp.sweeps import space, storage as storage_lib
+from sft_exp.sweeps.resume import HEARTBEAT, INTERRUPTED, OWNER, SURPLUS, Heartbeat, abandoned, counts, owner
 from sft_exp.sweeps.optuna_parts import build_pruner, build_sampler
 
 log = logging.getLogger("sft_exp.sweeps")
 
-OWNER, HEARTBEAT = "sft_exp_owner", "sft_exp_heartbeat"
-INTERRUPTED, SURPLUS, ERROR, FOLDER = "sft_exp_interrupted", "sft_exp_surplus", "sft_exp_error", "sft_exp_folder"
+ERROR, FOLDER = "sft_exp_error", "sft_exp_folder"
 STUDY_FILE, RESULTS_FILE = "study.yaml", "optimization_results.yaml"
 AGGREGATES = {"mean": statistics.fmean, "median": statistics.median}
 
@@ -79,7 +76,7 @@ class StudySweep:
         self._recover_interrupted()
         returns = []
         while True:
-            remaining = self.n_trials - sum(_counts(t) for t in self.study.get_trials(deepcopy=False))
+            remaining = self.n_trials - sum(counts(t) for t in self.study.get_trials(deepcopy=False))
             if remaining <= 0:
                 break
             trials = self._ask(min(int(s.get("n_jobs") or 1), remaining))
@@ -149,7 +146,7 @@ class StudySweep:
         from optuna.trial import TrialState
 
         for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if _abandoned(trial, float(self.settings.get("stale_after_s") or 300)):
+            if abandoned(trial, float(self.settings.get("stale_after_s") or 300)):
                 log.warning("trial %d was interrupted (its sweeper is gone): marked failed, its parameters run again",
                             trial.number)
                 self._fail_interrupted(trial)
@@ -168,9 +165,9 @@ class StudySweep:
         trials = []
         for _ in range(count):
             trial = self.study.ask(fixed_distributions=self.distributions)
-            self.storage.set_trial_user_attr(trial._trial_id, OWNER, {"host": socket.gethostname(), "pid": os.getpid()})
+            self.storage.set_trial_user_attr(trial._trial_id, OWNER, owner())
             self.storage.set_trial_user_attr(trial._trial_id, HEARTBEAT, time.time())
-            before = sum(_counts(t) for t in self.study.get_trials(deepcopy=False) if t.number < trial.number)
+            before = sum(counts(t) for t in self.study.get_trials(deepcopy=False) if t.number < trial.number)
             if before >= self.n_trials:  # another sweep process asked the last trial at the same time
                 self.storage.set_trial_user_attr(trial._trial_id, SURPLUS, True)
                 self.study.tell(trial, state=TrialState.FAIL)
@@ -192,7 +189,7 @@ class StudySweep:
         for trial in trials:
             self.storage.set_trial_user_attr(trial._trial_id, FOLDER, str(trial.number))
             log.info("trial %d: %s", trial.number, " ".join(space.override(k, v) for k, v in trial.params.items()))
-        beat = _Heartbeat(self.storage, trials, float(self.settings.get("stale_after_s") or 300) / 4)
+        beat = Heartbeat(self.storage, trials, float(self.settings.get("stale_after_s") or 300) / 4)
         try:
             results = self.launcher.launch([overrides for _, _, overrides in jobs], initial_job_idx=trials[0].number)
         except BaseException:  # Ctrl-C, SIGTERM (the job saved a checkpoint), a launcher crash: rerun them later
@@ -215,7 +212,7 @@ class StudySweep:
         from hydra.core.utils import JobStatus
         from optuna.trial import TrialState
 
-        summaries = [storage_lib_read_summary(self.sweep_dir / folder) for folder, _ in outcomes]
+        summaries = [read_summary(self.sweep_dir / folder) for folder, _ in outcomes]
         failed = [(folder, r) for folder, r in outcomes if r.status != JobStatus.COMPLETED]
         if failed:
             folder, result = failed[0]
@@ -281,46 +278,7 @@ class StudySweep:
         log.info("best: %s (in %s)", {k: v for k, v in result.items() if k.startswith("best")}, self.sweep_dir / RESULTS_FILE)
 
 
-def _counts(trial) -> bool:
-    """Whether a trial counts toward n_trials: everything but interrupted (rerun) and surplus (never run) ones."""
-    return not (trial.user_attrs.get(INTERRUPTED) or trial.user_attrs.get(SURPLUS))
-
-
-def _abandoned(trial, stale_after_s: float) -> bool:
-    """A RUNNING trial whose sweeper process is gone (same host: its pid; elsewhere: a stale heartbeat)."""
-    owner = trial.user_attrs.get(OWNER) or {}
-    if owner.get("host") == socket.gethostname():
-        try:
-            os.kill(int(owner["pid"]), 0)
-        except ProcessLookupError:
-            return True
-        except (PermissionError, KeyError, ValueError, TypeError):
-            pass
-        return int(owner.get("pid", -1)) == os.getpid()
-    return time.time() - float(trial.user_attrs.get(HEARTBEAT, 0)) > stale_after_s
-
-
-class _Heartbeat:
-    """Marks this sweeper's running trials alive while their jobs run (another host can tell a dead sweeper)."""
-
-    def __init__(self, storage, trials: list, every_s: float):
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, args=(storage, trials, max(every_s, 1.0)), daemon=True)
-        self._thread.start()
-
-    def _beat(self, storage, trials, every_s):
-        while not self._stop.wait(every_s):
-            for trial in trials:
-                try:
-                    storage.set_trial_user_attr(trial._trial_id, HEARTBEAT, time.time())
-                except Exception:  # noqa: BLE001  finished meanwhile, or the storage blinked: next beat
-                    pass
-
-    def stop(self):
-        self._stop.set()
-
-
-def storage_lib_read_summary(folder: Path) -> dict:
+def read_summary(folder: Path) -> dict:
     import json
 
     path = folder / "summary.json"
