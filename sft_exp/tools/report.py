@@ -21,6 +21,7 @@ import json
 import math
 import re
 import sys
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -303,8 +304,6 @@ def optuna_plots(study: dict, out: Path, storage: Optional[str] = None) -> str:
 
         from sft_exp.sweeps.storage import open_storage
 
-        import warnings
-
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
         loaded = optuna.load_study(study_name=study["study_name"], storage=open_storage(storage or study["storage"]))
     except Exception as e:  # noqa: BLE001  optuna missing, or a database with a password: say so, keep the report
@@ -316,7 +315,9 @@ def optuna_plots(study: dict, out: Path, storage: Optional[str] = None) -> str:
         try:
             kwargs = {"target_name": study["objectives"][0]} if len(study.get("directions", [])) == 1 else {
                 "target": lambda t: t.values[0], "target_name": study["objectives"][0]}
-            ax = plot(loaded, **kwargs)
+            with warnings.catch_warnings():  # matplotlib's "no artists with labels" for a study without a legend
+                warnings.simplefilter("ignore", UserWarning)
+                ax = plot(loaded, **kwargs)
             ax.figure.savefig(out / f"{name}.png", dpi=100, bbox_inches="tight")
             plt.close(ax.figure)
             lines.append(f"![{name}]({name}.png)")
