@@ -56,7 +56,7 @@ def _user_error_inside(error: Exception) -> Exception:
 
 def _sweeper():
     """The sweeper's _target_ in a multirun, else None."""
-    from sft_exp.train import multirun_hydra_config
+    from sft_exp.run.hydra_job import multirun_hydra_config
 
     hydra_cfg = multirun_hydra_config()
     return str(hydra_cfg.sweeper.get("_target_", "")) if hydra_cfg is not None else None

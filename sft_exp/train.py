@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 from sft_exp.errors import TrainingInterrupted
 from sft_exp.preflight import plain, validate_config
+from sft_exp.run import hydra_job
 
 log = logging.getLogger(__name__)
 
@@ -73,15 +74,16 @@ def run(cfg: DictConfig) -> float:
             train_dataset=data.train, eval_dataset=data.eval, processing_class=tokenizer,
             data_collator=collator_for(tokenizer.pad_token_id, packing=data_settings.packing,
                                        padding_free=data_settings.padding_free, attn_implementation=attention),
-            callbacks=[*callbacks, *loggers], evaluators=evaluators, output_dir=str(run_dir / "checkpoints"), seed=cfg.seed,
-            data_seed=cfg.seed, extra_args=_extra_training_arguments(cfg),
+            callbacks=[*callbacks, *loggers], evaluators=evaluators, output_dir=str(run_dir / "checkpoints"),
+            seed=cfg.seed, data_seed=cfg.seed, extra_args=_extra_training_arguments(cfg),
         )
         summary = {**parameter_counts(model), **train_and_evaluate(trainer, resume)}
         trainer.save_model(str(run_dir / "model"))
         if is_main:
             tokenizer.save_pretrained(str(run_dir / "model"))
-            save_serving_files(model, run_dir, {**summary, "status": "completed"})
-        status = "completed"
+        status = "pruned" if _was_pruned(callbacks) else "completed"  # a sweep's pruner may stop a trial early
+        if is_main:
+            save_serving_files(model, run_dir, {**summary, "status": status})
     except TrainingInterrupted:
         status = "interrupted"
         raise
@@ -126,6 +128,12 @@ def _extra_training_arguments(cfg: DictConfig) -> dict:
     return {**distributed.training_arguments(plain(cfg.distributed.training_args)), **plain(cfg.trainer.extra_args)}
 
 
+def _was_pruned(callbacks: list) -> bool:
+    from sft_exp.sweeps.pruning import TrialPruning
+
+    return any(isinstance(callback, TrialPruning) and callback.pruned for callback in callbacks)
+
+
 def _instantiate_each(group: DictConfig) -> list:
     """A dict of `_target_`s (callbacks, logger) -> the objects, in order; null entries are switched off."""
     return [instantiate(node, _convert_="all") for node in (group or {}).values() if node is not None]
@@ -139,34 +147,8 @@ def _write_run_files(cfg: DictConfig, run_dir: Path, data, loggers: list, resume
     resolved = plain(cfg)
     run_folder.write_resolved_config(resolved, run_dir)
     run_folder.write_run_info(run_dir, seed=cfg.seed, data_fingerprint=data.fingerprint, data_stats=data.stats,
-                              overrides=hydra_overrides())
-    description = RunDescription(run_dir, resolved, name=_job_name(), group=_sweep_group(), resumed=resumed)
+                              overrides=hydra_job.overrides())
+    description = RunDescription(run_dir, resolved, name=hydra_job.job_name(), group=hydra_job.sweep_group(),
+                                 resumed=resumed)
     for logger in loggers:
         logger.start(description)
-
-
-def hydra_overrides() -> list:
-    from hydra.core.hydra_config import HydraConfig
-
-    return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-
-
-def _job_name() -> str | None:
-    """In a sweep, a job's tracker name is its overrides (e.g. loss=dft,optimizer.lr=0.0003)."""
-    overrides = hydra_overrides()
-    return ",".join(overrides) if overrides and multirun_hydra_config() is not None else None
-
-
-def multirun_hydra_config():
-    """Hydra's config of this job when it runs inside a sweep (`-m`), else None."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
-        return HydraConfig.get()
-    return None
-
-
-def _sweep_group() -> str | None:
-    hydra_cfg = multirun_hydra_config()
-    return Path(hydra_cfg.sweep.dir).as_posix() if hydra_cfg is not None else None

@@ -72,7 +72,7 @@ def test_a_sweep_param_naming_a_missing_key_fails_before_any_job(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.is_dir()]  # no job started
 
 
-@pytest.mark.parametrize("name", ["loss_x_memory", "lr_x_lora_rank", "optuna_lr", "optuna_task"])
+@pytest.mark.parametrize("name", ["loss_x_memory", "lr_x_lora_rank", "optuna_lr", "optuna_task", "seeds_x_lr"])
 def test_every_shipped_sweep_composes_and_sweeps_existing_keys(name):
     """What `--config-dir sweeps --config-name <name>` composes; a misspelled sweep key fails here."""
     from hydra import compose, initialize_config_dir

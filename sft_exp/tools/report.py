@@ -6,6 +6,10 @@ Writes into the multirun folder (or --out):
                           tokens/s, peak memory, wall time, status
   loss.png, nll.png, accuracy.png   train (solid) and eval (dashed) curves of every job
   eval_<task>_<metric>.png          each task score (evals) of every job across steps
+  replicates.csv, and in report.md   configs run under several seeds (jobs that differ only in `seed`):
+                          mean, std, n and 95% interval of every metric, and whether the best config's
+                          lead is beyond seed noise (sft_exp/sweeps/replicates.py says which test)
+  optuna_history.png, optuna_importances.png   for an sft_optuna sweep (its study.yaml names the study)
 For a single run folder, report.md also lists the examples whose task score changed between the
 first evaluation (before training) and the last.
 """
@@ -17,6 +21,7 @@ import json
 import math
 import re
 import sys
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -34,21 +39,28 @@ def find_runs(folder: Path) -> list:
         raise UserError(f"{folder}: no such folder. Give a multirun folder, e.g. outputs/multiruns/<date>/<time>.")
     if _is_run(folder):
         return [folder]
-    runs = [p for p in folder.iterdir() if p.is_dir() and _is_run(p)]
+    runs = []
+    for p in folder.iterdir():  # a job folder, or a trial folder holding one run per seed (<trial>/seed-<s>)
+        if p.is_dir():
+            runs += [p] if _is_run(p) else [c for c in p.iterdir() if c.is_dir() and _is_run(c)]
     if not runs:
         raise UserError(
             f"{folder} holds no run folders (subfolders with metrics.jsonl or summary.json). Give the folder a "
             "sweep wrote, e.g. outputs/multiruns/<date>/<time>, whose numbered subfolders are its jobs."
         )
-    return sorted(runs, key=lambda p: (not p.name.isdigit(), int(p.name) if p.name.isdigit() else 0, p.name))
+    def order(p: Path):
+        top = p if p.parent == folder else p.parent
+        return (not top.name.isdigit(), int(top.name) if top.name.isdigit() else 0, top.name, p.name)
+
+    return sorted(runs, key=order)
 
 
 def _is_run(path: Path) -> bool:
     return any((path / marker).is_file() for marker in RUN_MARKERS)
 
 
-def job_row(run: Path) -> dict:
-    """One table row from a run folder's files."""
+def job_row(run: Path, root: Optional[Path] = None) -> dict:
+    """One table row from a run folder's files (`job`: its path under the sweep folder, e.g. 3 or 3/seed-1)."""
     summary = _read_json(run / "summary.json")
     rows = read_rows(run / "metrics.jsonl")
     train = [r for r in rows if _number(r.get("loss")) is not None]
@@ -59,7 +71,7 @@ def job_row(run: Path) -> dict:
     tasks.update({k: _number(v) for k, v in summary.items() if _is_task_metric(k)})
     return {
         **tasks,
-        "job": run.name,
+        "job": run.relative_to(root).as_posix() if root is not None and run != root else run.name,
         "overrides": " ".join(job_overrides(run)),
         "status": summary.get("status", "running or killed" if rows else "not started"),
         "steps": summary.get("global_step", rows[-1].get("step") if rows else None),
@@ -173,11 +185,11 @@ def plot_task_metrics(runs: list, labels: list, keys: list, out: Path) -> list:
     return written
 
 
-def report(folder: Path, out: Optional[Path] = None) -> str:
+def report(folder: Path, out: Optional[Path] = None, storage: Optional[str] = None) -> str:
     runs = find_runs(folder)
     out = out or folder
     out.mkdir(parents=True, exist_ok=True)
-    rows = [job_row(run) for run in runs]
+    rows = [job_row(run, folder) for run in runs]
     common = shared_overrides(rows)
     for row in rows:  # the table shows what varies; what every job shares is said once, above it
         row["overrides"] = " ".join(o for o in row["overrides"].split() if o not in common)
@@ -195,11 +207,123 @@ def report(folder: Path, out: Optional[Path] = None) -> str:
         if changed:
             markdown += "\n## Task examples whose score changed\n\n" + changed + "\n"
             (out / "report.md").write_text(markdown)
-    best = folder / "optimization_results.yaml"  # written by the Optuna sweeper
+    study = _study_info(folder)
+    replicates = replicate_section(rows, folder, out, study)
+    if replicates:
+        markdown += "\n" + replicates
+        (out / "report.md").write_text(markdown)
+    best = folder / "optimization_results.yaml"  # written by the sft_optuna sweeper
     if best.is_file():
         markdown += "\nOptuna:\n```\n" + best.read_text() + "```\n"
+        markdown += optuna_plots(study, out, storage)
         (out / "report.md").write_text(markdown)
     return markdown
+
+
+def _study_info(folder: Path) -> dict:
+    """study.yaml of an sft_optuna sweep (objectives, directions, storage), or {}."""
+    path = folder / "study.yaml"
+    if not path.is_file():
+        return {}
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.load(path))
+
+
+def _objective(rows: list, study: dict, runs_objective: Optional[str]) -> tuple:
+    """(objective, maximize): the sweep's own, else the jobs' `objective` (losses minimized, scores maximized)."""
+    if study.get("objectives"):
+        return study["objectives"][0], study["directions"][0] == "maximize"
+    objective = runs_objective or "eval_loss"
+    return objective, not any(word in objective for word in ("loss", "nll", "perplexity"))
+
+
+def replicate_section(rows: list, folder: Path, out: Path, study: dict) -> str:
+    """replicates.csv and a markdown table: every config run under several seeds, mean/std/n/95% interval
+    of each metric, then whether the best config's lead over the runner-up is beyond seed noise."""
+    from sft_exp.sweeps import replicates
+
+    grouped = replicates.groups(rows)
+    if not grouped:
+        return ""
+    objective, maximize = _objective(rows, study, _runs_objective(folder, rows))
+    metrics = list(dict.fromkeys([objective, "eval_loss", "eval_nll", "eval_mean_token_accuracy", "train_loss",
+                                  *task_columns(rows)]))
+    metrics = [m for m in metrics if any(r.get(m) is not None for rs in grouped.values() for r in rs)]
+    table, records = [], []
+    for config, members in grouped.items():
+        cells = [config or "(defaults)", str(len(members))]
+        record = {"config": config, "n": len(members), "jobs": " ".join(r["job"] for r in members)}
+        for metric in metrics:
+            stats = replicates.summarize([r.get(metric) for r in members])
+            record.update({f"{metric} {k}": v for k, v in stats.items() if k != "n"})
+            cells.append(_interval_cell(stats))
+        table.append(cells)
+        records.append(record)
+    with (out / "replicates.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in records for k in r)), restval="")
+        writer.writeheader()
+        writer.writerows(records)
+    lines = ["## Replicates: configs run under several seeds", "",
+             "mean ± std [95% t interval of the mean] over the completed seeds of each config", "",
+             "| config | n | " + " | ".join(metrics) + " |", "|" + "---|" * (len(metrics) + 2)]
+    lines += ["| " + " | ".join(_cell(c) for c in cells) + " |" for cells in table]
+    text = replicates.verdict(grouped, objective, maximize)
+    return "\n".join(lines) + "\n\n" + (text or "One config only: nothing to compare.") + "\n"
+
+
+def _runs_objective(folder: Path, rows: list) -> Optional[str]:
+    for row in rows:
+        path = folder / row["job"] / "resolved_config.yaml"
+        if path.is_file():
+            from omegaconf import OmegaConf
+
+            return OmegaConf.load(path).get("objective")
+    return None
+
+
+def _interval_cell(stats: dict) -> str:
+    if not stats.get("n"):
+        return ""
+    if stats["n"] == 1:
+        return f"{stats['mean']:.4g}"
+    return f"{stats['mean']:.4g} ± {stats['std']:.2g} [{stats['ci_low']:.4g}, {stats['ci_high']:.4g}]"
+
+
+def optuna_plots(study: dict, out: Path, storage: Optional[str] = None) -> str:
+    """optuna_history.png and optuna_importances.png from the study itself; a line saying why when not."""
+    if not study:
+        return ""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        import optuna
+        from optuna.visualization import matplotlib as optuna_plots_lib
+
+        from sft_exp.sweeps.storage import open_storage
+
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        loaded = optuna.load_study(study_name=study["study_name"], storage=open_storage(storage or study["storage"]))
+    except Exception as e:  # noqa: BLE001  optuna missing, or a database with a password: say so, keep the report
+        return f"\nOptuna plots skipped: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} " \
+               "(give the storage with --storage)\n"
+    lines = []
+    for name, plot in (("optuna_history", optuna_plots_lib.plot_optimization_history),
+                       ("optuna_importances", optuna_plots_lib.plot_param_importances)):
+        try:
+            kwargs = {"target_name": study["objectives"][0]} if len(study.get("directions", [])) == 1 else {
+                "target": lambda t: t.values[0], "target_name": study["objectives"][0]}
+            with warnings.catch_warnings():  # matplotlib's "no artists with labels" for a study without a legend
+                warnings.simplefilter("ignore", UserWarning)
+                ax = plot(loaded, **kwargs)
+            ax.figure.savefig(out / f"{name}.png", dpi=100, bbox_inches="tight")
+            plt.close(ax.figure)
+            lines.append(f"![{name}]({name}.png)")
+        except Exception as e:  # noqa: BLE001  e.g. importances need two completed trials
+            lines.append(f"{name}.png skipped: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+    return "\n" + "\n".join(lines) + "\n"
 
 
 def _read_json(path: Path) -> dict:
@@ -230,9 +354,11 @@ def main(argv: Optional[list] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sft_exp.report", description=__doc__.split("\n")[0])
     parser.add_argument("folder", type=Path, help="a multirun folder (outputs/multiruns/<date>/<time>) or a run folder")
     parser.add_argument("--out", type=Path, default=None, help="where to write the report (default: the folder)")
+    parser.add_argument("--storage", default=None,
+                        help="the study's storage URL for the Optuna plots when study.yaml's (password removed) cannot open it")
     args = parser.parse_args(argv)
     try:
-        markdown = report(args.folder, args.out)
+        markdown = report(args.folder, args.out, args.storage)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

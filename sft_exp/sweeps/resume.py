@@ -1,0 +1,55 @@
+"""Resume bookkeeping in the study itself (trial user attrs), so any sweeper process can act on it:
+which trials count toward n_trials, and which RUNNING trials lost their sweeper."""
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+
+OWNER, HEARTBEAT = "sft_exp_owner", "sft_exp_heartbeat"
+INTERRUPTED, SURPLUS = "sft_exp_interrupted", "sft_exp_surplus"
+
+
+def counts(trial) -> bool:
+    """Whether a trial counts toward n_trials: everything but interrupted (rerun) and surplus (never run) ones."""
+    return not (trial.user_attrs.get(INTERRUPTED) or trial.user_attrs.get(SURPLUS))
+
+
+def abandoned(trial, stale_after_s: float) -> bool:
+    """A RUNNING trial whose sweeper process is gone (same host: its pid; elsewhere: a stale heartbeat)."""
+    recorded = trial.user_attrs.get(OWNER) or {}
+    if recorded.get("host") == socket.gethostname():
+        try:
+            os.kill(int(recorded["pid"]), 0)
+        except ProcessLookupError:
+            return True
+        except (PermissionError, KeyError, ValueError, TypeError):
+            pass
+        return int(recorded.get("pid", -1)) == os.getpid()
+    return time.time() - float(trial.user_attrs.get(HEARTBEAT, 0)) > stale_after_s
+
+
+class Heartbeat:
+    """Marks this sweeper's running trials alive while their jobs run (another host can tell a dead sweeper)."""
+
+    def __init__(self, storage, trials: list, every_s: float):
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, args=(storage, trials, max(every_s, 1.0)), daemon=True)
+        self._thread.start()
+
+    def _beat(self, storage, trials, every_s):
+        while not self._stop.wait(every_s):
+            for trial in trials:
+                try:
+                    storage.set_trial_user_attr(trial._trial_id, HEARTBEAT, time.time())
+                except Exception:  # noqa: BLE001  finished meanwhile, or the storage blinked: next beat
+                    pass
+
+    def stop(self):
+        self._stop.set()
+
+
+def owner() -> dict:
+    """Who runs a trial: recorded at ask, read by abandoned()."""
+    return {"host": socket.gethostname(), "pid": os.getpid()}

@@ -1,0 +1,319 @@
+"""The sweep loop on Optuna's ask-and-tell interface, behind the Hydra sweeper `hydra/sweeper=sft_optuna`.
+
+Ask up to n_jobs trials, launch their jobs through whatever launcher is configured (basic, submitit local,
+SLURM), read each job's summary.json, tell the study. The study lives in its storage, so:
+- rerunning the same command continues it: trials left RUNNING by a sweeper that died are marked failed
+  (user attr sft_exp_interrupted) and their parameters are run again as new trials; n_trials counts the
+  whole study; a trial's folder is named by its (never reused) number, so no folder is written twice;
+- several sweep processes may share one study (an RDB URL): a trial asked beyond n_trials is never run;
+- each job opens the study itself to report intermediate values and ask whether to stop (pruning), which
+  works from a SLURM job as well as in this process.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, List, Optional
+
+from omegaconf import OmegaConf
+
+from sft_exp.errors import ConfigError, UserError
+from sft_exp.sweeps import space, storage as storage_lib
+from sft_exp.sweeps.resume import HEARTBEAT, INTERRUPTED, OWNER, SURPLUS, Heartbeat, abandoned, counts, owner
+from sft_exp.sweeps.optuna_parts import build_pruner, build_sampler
+
+log = logging.getLogger("sft_exp.sweeps")
+
+ERROR, FOLDER = "sft_exp_error", "sft_exp_folder"
+STUDY_FILE, RESULTS_FILE = "study.yaml", "optimization_results.yaml"
+AGGREGATES = {"mean": statistics.fmean, "median": statistics.median}
+
+
+class StudySweep:
+    def __init__(self, settings: dict):
+        self.settings = settings
+        self.config = self.launcher = self.hydra_context = None
+
+    def setup(self, *, hydra_context, task_function, config) -> None:
+        from hydra.core.plugins import Plugins
+
+        self.hydra_context, self.config = hydra_context, config
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config)
+
+    # ------------------------------------------------------------------ the sweep
+    def sweep(self, arguments: List[str]) -> Any:
+        try:
+            return self._sweep(arguments)
+        except UserError as e:  # the user's to fix: the message alone, exit 2 (as a single run does)
+            log.error("%s", e)
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+
+    def _sweep(self, arguments: List[str]) -> Any:
+        import optuna
+
+        s = self.settings
+        self.distributions, self.fixed = space.parse_space(s.get("params"), arguments)
+        self.directions = [s["direction"]] if isinstance(s["direction"], str) else list(s["direction"])
+        self.objectives = list(s.get("objectives") or [self.config.get("objective", "eval_loss")])
+        self.seeds = [int(x) for x in s.get("seeds") or []]
+        self._check_settings()
+        self.sweep_dir = Path(str(self.config.hydra.sweep.dir)).resolve()
+        self.url = storage_lib.resolve(s.get("storage"), self.sweep_dir)
+        self.storage = storage_lib.open_storage(self.url)  # before any job: a bad URL fails here
+        self._check_composes()
+        self.study = self._open_study(optuna)
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, self.sweep_dir / "multirun.yaml")
+        self._write_study_file()
+        log.info("study %s in %s (look at it: optuna-dashboard %s)", self.study.study_name,
+                 storage_lib._redacted(self.url), storage_lib.dashboard_argument(self.url))
+        self._recover_interrupted()
+        returns = []
+        while True:
+            remaining = self.n_trials - sum(counts(t) for t in self.study.get_trials(deepcopy=False))
+            if remaining <= 0:
+                break
+            trials = self._ask(min(int(s.get("n_jobs") or 1), remaining))
+            if not trials:
+                break  # another process took the last ones
+            returns.append(self._run(trials))
+        self._write_results()
+        return returns
+
+    def _check_settings(self) -> None:
+        s = self.settings
+        bad = [d for d in self.directions if d not in ("minimize", "maximize")]
+        if bad or not self.directions:
+            raise ConfigError(f"hydra.sweeper.direction={s['direction']}: each direction is minimize or maximize")
+        if len(self.directions) != len(self.objectives):
+            raise ConfigError(
+                f"hydra.sweeper.direction has {len(self.directions)} directions but there are "
+                f"{len(self.objectives)} objectives ({', '.join(self.objectives)}): give one direction per "
+                "objective (hydra.sweeper.objectives lists them; default: the config's `objective`)")
+        if _prunes(s.get("pruner")) and len(self.objectives) > 1:
+            raise ConfigError("hydra.sweeper.pruner works with one objective only (Optuna cannot prune a "
+                              "multi-objective study): set hydra.sweeper.pruner=null or one objective")
+        if _prunes(s.get("pruner")) and self.seeds:
+            raise ConfigError("hydra.sweeper.pruner and hydra.sweeper.seeds together are not supported: a trial's "
+                              "seeds would report to one trial. Prune without replicates, or replicate without a pruner")
+        if s.get("seed_objective", "mean") not in AGGREGATES:
+            raise ConfigError(f"hydra.sweeper.seed_objective={s.get('seed_objective')!r}: one of {', '.join(AGGREGATES)}")
+        build_pruner(s.get("pruner"))  # a bad pruner fails now, not in the first job
+        kind = (s.get("sampler") or {}).get("type")
+        grid = space.grid_of(self.distributions) if kind == "grid" else None
+        self.grid = grid
+        size = math.prod(len(v) for v in grid.values()) if grid else None
+        n_trials = s.get("n_trials")
+        if n_trials is None and size is None:
+            raise ConfigError("hydra.sweeper.n_trials is required (trials over the whole study), except with the grid sampler")
+        self.n_trials = int(n_trials if n_trials is not None else size)
+        if size is not None and self.n_trials > size:
+            log.info("n_trials=%d is more than the grid's %d points: the sweep runs %d", self.n_trials, size, size)
+            self.n_trials = size
+
+    def _check_composes(self) -> None:
+        """Compose the first trial's config here: a misspelled sweep key fails before any job."""
+        sample = [space.override(k, _some_value(d)) for k, d in self.distributions.items()]
+        try:
+            self.validate_batch_is_legal([[*self.fixed, *sample]])
+        except Exception as e:  # noqa: BLE001  Hydra's composition error names the key
+            raise ConfigError(f"the sweep's overrides do not compose: {e}") from None
+
+    def validate_batch_is_legal(self, batch) -> None:
+        for overrides in batch:
+            self.hydra_context.config_loader.load_sweep_config(master_config=self.config, sweep_overrides=list(overrides))
+
+    def _open_study(self, optuna):
+        name = self.settings.get("study_name") or "sft_exp"
+        study = optuna.create_study(study_name=name, storage=self.storage, directions=self.directions,
+                                    load_if_exists=True)
+        found = [d.name.lower() for d in study.directions]
+        if found != self.directions:
+            raise ConfigError(f"study {name} in {storage_lib._redacted(self.url)} was created with direction {found}, "
+                              f"this sweep says {self.directions}: use another hydra.sweeper.study_name")
+        study.sampler = build_sampler(self.settings.get("sampler"), grid=self.grid, seed_offset=len(study.trials))
+        return study
+
+    # ------------------------------------------------------------------ resume
+    def _recover_interrupted(self) -> None:
+        """RUNNING trials whose sweeper is gone: failed (interrupted), their parameters queued to run again."""
+        from optuna.trial import TrialState
+
+        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if abandoned(trial, float(self.settings.get("stale_after_s") or 300)):
+                log.warning("trial %d was interrupted (its sweeper is gone): marked failed, its parameters run again",
+                            trial.number)
+                self._fail_interrupted(trial)
+
+    def _fail_interrupted(self, trial) -> None:
+        from optuna.trial import TrialState
+
+        self.storage.set_trial_user_attr(trial._trial_id, INTERRUPTED, True)
+        self.storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        self.study.enqueue_trial(trial.params, user_attrs={"sft_exp_rerun_of": trial.number})
+
+    # ------------------------------------------------------------------ ask, launch, tell
+    def _ask(self, count: int) -> list:
+        from optuna.trial import TrialState
+
+        trials = []
+        for _ in range(count):
+            trial = self.study.ask(fixed_distributions=self.distributions)
+            self.storage.set_trial_user_attr(trial._trial_id, OWNER, owner())
+            self.storage.set_trial_user_attr(trial._trial_id, HEARTBEAT, time.time())
+            before = sum(counts(t) for t in self.study.get_trials(deepcopy=False) if t.number < trial.number)
+            if before >= self.n_trials:  # another sweep process asked the last trial at the same time
+                self.storage.set_trial_user_attr(trial._trial_id, SURPLUS, True)
+                self.study.tell(trial, state=TrialState.FAIL)
+                break
+            trials.append(trial)
+        return trials
+
+    def _jobs(self, trial) -> list:
+        """(folder, overrides) of each job of a trial: one, or one per seed in <trial>/seed-<s>."""
+        params = [space.override(k, v) for k, v in trial.params.items()]
+        hydra = ["hydra.sweeper.trial=" + str(trial.number), space.override("hydra.sweeper.storage", self.url)]
+        if not self.seeds:
+            return [(str(trial.number), [*self.fixed, *params, *hydra, f"hydra.sweep.subdir={trial.number}"])]
+        return [(f"{trial.number}/seed-{seed}", [*self.fixed, *params, f"seed={seed}", *hydra,
+                                                 f"hydra.sweep.subdir={trial.number}/seed-{seed}"]) for seed in self.seeds]
+
+    def _run(self, trials: list) -> list:
+        jobs = [(trial, folder, overrides) for trial in trials for folder, overrides in self._jobs(trial)]
+        for trial in trials:
+            self.storage.set_trial_user_attr(trial._trial_id, FOLDER, str(trial.number))
+            log.info("trial %d: %s", trial.number, " ".join(space.override(k, v) for k, v in trial.params.items()))
+        beat = Heartbeat(self.storage, trials, float(self.settings.get("stale_after_s") or 300) / 4)
+        try:
+            results = self.launcher.launch([overrides for _, _, overrides in jobs], initial_job_idx=trials[0].number)
+        except BaseException:  # Ctrl-C, SIGTERM (the job saved a checkpoint), a launcher crash: rerun them later
+            for trial in trials:
+                self._fail_interrupted(trial)
+            log.warning("sweep interrupted: trial(s) %s marked failed and queued to run again; rerun the same "
+                        "command (same hydra.sweep.dir or storage) to continue the study",
+                        ", ".join(str(t.number) for t in trials))
+            raise
+        finally:
+            beat.stop()
+        by_trial = {}
+        for (trial, folder, _), result in zip(jobs, results):
+            by_trial.setdefault(trial.number, (trial, []))[1].append((folder, result))
+        for trial, outcomes in by_trial.values():
+            self._tell(trial, outcomes)
+        return list(results)
+
+    def _tell(self, trial, outcomes: list) -> None:
+        from hydra.core.utils import JobStatus
+        from optuna.trial import TrialState
+
+        summaries = [read_summary(self.sweep_dir / folder) for folder, _ in outcomes]
+        failed = [(folder, r) for folder, r in outcomes if r.status != JobStatus.COMPLETED]
+        if failed:
+            folder, result = failed[0]
+            error = _first_line(result._return_value)
+            self.storage.set_trial_user_attr(trial._trial_id, ERROR, f"{folder}: {error}")
+            self.study.tell(trial, state=TrialState.FAIL)
+            log.warning("trial %d failed (%s): %s; the sweep goes on", trial.number, folder, error)
+            return
+        if any(summary.get("status") == "pruned" for summary in summaries):
+            self.study.tell(trial, state=TrialState.PRUNED)
+            log.info("trial %d pruned at step %s", trial.number, summaries[0].get("global_step"))
+            return
+        values = []
+        for objective in self.objectives:
+            per_seed = []
+            for (folder, _), summary in zip(outcomes, summaries):
+                if objective not in summary:
+                    self._objective_missing(trial, objective, folder, summary)
+                per_seed.append(_float(summary[objective]))
+            values.append(AGGREGATES[self.settings.get("seed_objective", "mean")](per_seed))
+        if not all(math.isfinite(v) for v in values):
+            self.storage.set_trial_user_attr(trial._trial_id, ERROR, f"objective is not finite: {values}")
+            self.study.tell(trial, state=TrialState.FAIL)
+            log.warning("trial %d: objective %s is not finite; recorded failed", trial.number, values)
+            return
+        self.study.tell(trial, values)
+        log.info("trial %d: %s = %s", trial.number, ", ".join(self.objectives), ", ".join(f"{v:.6g}" for v in values))
+
+    def _objective_missing(self, trial, objective: str, folder: str, summary: dict) -> None:
+        """A misspelled objective would fail every trial: stop at the first, naming what the run reports."""
+        from optuna.trial import TrialState
+
+        reported = sorted(k for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
+        message = (f"objective {objective!r} is not a metric the run reports (trial {trial.number}, "
+                   f"{self.sweep_dir / folder}/summary.json). It reports: {', '.join(reported)}. Set `objective=` "
+                   "(or hydra.sweeper.objectives) to one of them.")
+        self.storage.set_trial_user_attr(trial._trial_id, ERROR, message)
+        self.study.tell(trial, state=TrialState.FAIL)
+        raise ConfigError(message)
+
+    # ------------------------------------------------------------------ files
+    def _write_study_file(self) -> None:
+        info = {"study_name": self.study.study_name, "storage": storage_lib._redacted(self.url),
+                "objectives": self.objectives, "directions": self.directions, "n_trials": self.n_trials,
+                "seeds": self.seeds or None, "dashboard": f"optuna-dashboard {storage_lib.dashboard_argument(self.url)}"}
+        OmegaConf.save(OmegaConf.create(info), self.sweep_dir / STUDY_FILE)
+
+    def _write_results(self) -> None:
+        from optuna.trial import TrialState
+
+        trials = self.study.get_trials(deepcopy=False)
+        states = {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState}
+        result: dict = {"study_name": self.study.study_name, "directions": self.directions,
+                        "objectives": self.objectives, "trials": {k: v for k, v in states.items() if v}}
+        complete = [t for t in trials if t.state == TrialState.COMPLETE]
+        if complete and len(self.directions) == 1:
+            best = self.study.best_trial
+            result.update(best_trial=best.number, best_value=best.value, best_params=dict(best.params))
+        elif complete:
+            result["best_trials"] = [{"trial": t.number, "values": list(t.values), "params": dict(t.params)}
+                                     for t in self.study.best_trials]
+        OmegaConf.save(OmegaConf.create(result), self.sweep_dir / RESULTS_FILE)
+        log.info("best: %s (in %s)", {k: v for k, v in result.items() if k.startswith("best")}, self.sweep_dir / RESULTS_FILE)
+
+
+def read_summary(folder: Path) -> dict:
+    import json
+
+    path = folder / "summary.json"
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:
+        return {}
+
+
+def _some_value(distribution):
+    choices = getattr(distribution, "choices", None)
+    return choices[0] if choices else distribution.low
+
+
+def _first_line(error) -> str:
+    text = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else str(error)
+    return text.strip().splitlines()[0] if text.strip() else "failed"
+
+
+def _float(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def trial_number() -> Optional[int]:
+    """This job's trial number when it runs inside an sft_optuna sweep, else None."""
+    from sft_exp.run.hydra_job import multirun_hydra_config
+
+    hydra_cfg = multirun_hydra_config()
+    if hydra_cfg is None:
+        return None
+    return hydra_cfg.sweeper.get("trial")
+
+
+def _prunes(spec) -> bool:
+    return bool(spec) and dict(spec).get("type") not in (None, "none")
