@@ -1,4 +1,4 @@
-"""Every private API of datasets and transformers that sft_exp relies on, in one place.
+"""Every private API of datasets, transformers, accelerate, Optuna and Hydra that sft_exp relies on, in one place.
 
 Each has no public equivalent that does the same job without a cost the data pipeline exists to
 avoid; tests/test_compat.py checks each against the installed version, so an upgrade that changes
@@ -6,11 +6,14 @@ one fails there, by name, instead of somewhere deep in data preparation.
 """
 from __future__ import annotations
 
-import datasets
-import pyarrow as pa
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported where used: the sweeper and the launcher-side code do not load datasets
+    import datasets
+    import pyarrow as pa
 
 
-def dataset_fingerprint(dataset: datasets.Dataset) -> str:
+def dataset_fingerprint(dataset: "datasets.Dataset") -> str:
     """datasets' own hash of a dataset's content and history (`Dataset._fingerprint`).
 
     Used as part of the cache key of a source's tokenized rows: letting `map` hash its arguments
@@ -19,7 +22,7 @@ def dataset_fingerprint(dataset: datasets.Dataset) -> str:
     return dataset._fingerprint
 
 
-def row_indices(dataset: datasets.Dataset) -> pa.ChunkedArray | None:
+def row_indices(dataset: "datasets.Dataset") -> "pa.ChunkedArray | None":
     """Which rows of `dataset.data` the dataset shows, in order (`Dataset._indices`); None: all, in order.
 
     The public ways to read a selected or shuffled dataset (`[:]`, `flatten_indices`) copy it
@@ -47,3 +50,47 @@ def set_loss_shifts_labels(trainer) -> None:
     own loss shifts them; sft_exp computes the loss itself, for any model, and always shifts.
     """
     trainer._loss_shifts_labels = True
+
+
+# ----------------------------------------------------------------------------- transformers
+def attn_implementation(model) -> str | None:
+    """The attention a loaded model runs (`config._attn_implementation`; public only as a constructor argument)."""
+    return getattr(model.config, "_attn_implementation", None)
+
+
+def set_name_or_path(model, folder: str) -> None:
+    """Where a model says it was loaded from (`config._name_or_path`, which peft records as the adapter's
+    base_model_name_or_path), so AutoPeftModel finds a base saved by sft_exp."""
+    model.name_or_path = model.config._name_or_path = str(folder)
+
+
+def keep_generation_config(config) -> None:
+    """Mark a generation config as the model's own (`GenerationConfig._from_model_config = False`), so
+    generate() never rebuilds it from config.json's special tokens."""
+    config._from_model_config = False
+
+
+# ----------------------------------------------------------------------------- accelerate
+def forget_accelerate_preparation(model) -> bool:
+    """Undo `accelerator.prepare`'s mark on a bare model (`_is_accelerate_prepared`); True when it was marked."""
+    if not getattr(model, "_is_accelerate_prepared", False):
+        return False
+    del model._is_accelerate_prepared
+    return True
+
+
+# ----------------------------------------------------------------------------- Optuna and Hydra
+def trial_id(trial) -> int:
+    """The storage id of an Optuna trial (`Trial._trial_id` / `FrozenTrial._trial_id`): storage calls take it,
+    and Optuna has no public accessor."""
+    return trial._trial_id
+
+
+def study_id(study) -> int:
+    """The storage id of an Optuna study (`Study._study_id`)."""
+    return study._study_id
+
+
+def job_return_value(result):
+    """What a Hydra job returned or raised (`JobReturn._return_value`); the public `return_value` re-raises."""
+    return result._return_value

@@ -13,6 +13,7 @@ from pathlib import Path
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from sft_exp import compat
 from sft_exp.errors import TrainingInterrupted
 from sft_exp.preflight import plain, validate_config
 from sft_exp.run import hydra_job
@@ -57,7 +58,7 @@ def run(cfg: DictConfig) -> float:
     tokenizer.chat_template = data.chat_template or tokenizer.chat_template  # saved and used as trained
     log.info(describe(data))
     model = model_loader.load_model(tokenizer)
-    attention = model.config._attn_implementation  # sdpa becomes sdpa_varlen where the model allows it
+    attention = compat.attn_implementation(model)  # sdpa becomes sdpa_varlen where the model allows it
     memory.apply(model)
     if peft_config is not None and not model_loader.name_or_path and is_main:
         save_base_for_export(model, tokenizer, run_dir)  # a base built from config exists nowhere else

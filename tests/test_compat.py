@@ -47,3 +47,60 @@ def test_compiled_chat_template_renders_like_transformers():
     kwargs = {"messages": messages, "tools": None, "documents": None, "add_generation_prompt": False}
     assert template.render(**kwargs, **variables) == expected
     assert compile_template(CHATML).render(**kwargs, **variables) == expected  # it knows {% generation %}
+
+
+def test_attn_implementation_is_what_the_model_runs():
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model("llama", vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                  num_attention_heads=2, num_key_value_heads=1)
+    assert compat.attn_implementation(AutoModelForCausalLM.from_config(config, attn_implementation="eager")) == "eager"
+    assert compat.attn_implementation(AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")) == "sdpa"
+
+
+def test_set_name_or_path_is_what_peft_records_as_the_base(tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model("llama", vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                  num_attention_heads=2, num_key_value_heads=1)
+    model = AutoModelForCausalLM.from_config(config)
+    compat.set_name_or_path(model, str(tmp_path / "base"))
+    peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM"))
+    assert peft_model.peft_config["default"].base_model_name_or_path == str(tmp_path / "base")
+
+
+def test_keep_generation_config_stops_generate_rebuilding_it_from_the_model_config():
+    from transformers import GenerationConfig, LlamaConfig
+
+    generation = GenerationConfig.from_model_config(LlamaConfig(eos_token_id=2))
+    assert generation._from_model_config is True
+    compat.keep_generation_config(generation)
+    assert generation._from_model_config is False
+
+
+def test_forget_accelerate_preparation_removes_preparations_mark():
+    import torch
+    from accelerate import Accelerator
+
+    model = Accelerator(cpu=True).prepare(torch.nn.Linear(2, 2))
+    assert compat.forget_accelerate_preparation(model) is True
+    assert not hasattr(model, "_is_accelerate_prepared")
+    assert compat.forget_accelerate_preparation(model) is False
+
+
+def test_optuna_ids_are_the_storage_ids():
+    import optuna
+
+    study = optuna.create_study(storage=optuna.storages.InMemoryStorage(), study_name="s")
+    trial = study.ask()
+    assert study._storage.get_trial(compat.trial_id(trial)).number == trial.number
+    assert study._storage.get_study_name_from_id(compat.study_id(study)) == "s"
+
+
+def test_job_return_value_is_what_a_failed_hydra_job_raised():
+    from hydra.core.utils import JobReturn, JobStatus
+
+    error = ValueError("boom")
+    result = JobReturn(status=JobStatus.FAILED, _return_value=error)
+    assert compat.job_return_value(result) is error

@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, List, Mapping, Optional
 
+from sft_exp import compat
 from sft_exp.errors import ConfigError
 
 # torch and transformers are imported where used: validation runs before they load (seconds).
@@ -177,7 +178,7 @@ def save_base_for_export(model, tokenizer, run_dir: Path) -> Optional[Path]:
         model.save_pretrained(str(folder))
         tokenizer.save_pretrained(str(folder))
     # peft records this as the adapter's base_model_name_or_path, so AutoPeftModel finds the base.
-    model.name_or_path = model.config._name_or_path = str(folder)
+    compat.set_name_or_path(model, folder)
     return folder
 
 

@@ -21,6 +21,8 @@ import weakref
 
 import torch
 
+from sft_exp import compat
+
 NAME = "sdpa_varlen"
 log = logging.getLogger(__name__)
 
@@ -115,7 +117,7 @@ def use_varlen_sdpa(model) -> bool:
     False, with the model left on sdpa, where the model's code does not take registered attention functions.
     """
     config = model.config
-    if getattr(config, "_attn_implementation", None) != "sdpa":
+    if compat.attn_implementation(model) != "sdpa":
         return False
     if not getattr(model, "_supports_attention_backend", False):
         log.info("%s does not take registered attention functions: padding-free batches keep sdpa's dense mask",

@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 from typing import Iterable, List, Optional
 
+from sft_exp import compat
+
 log = logging.getLogger(__name__)
 
 _REPLY = "SFTEXPREPLY7"  # an answer no template rewrites; what follows it in the rendering ends the turn
@@ -95,7 +97,7 @@ def set_generation_stops(model, tokenizer, template: Optional[str], *, own_confi
     own = as_ids(config.eos_token_id) if own_config else []
     ids = stop_ids(own, tokenizer, template)
     config.eos_token_id = ids if len(ids) > 1 else (ids[0] if ids else None)
-    config._from_model_config = False  # ours now: never rebuilt from config.json by generate()
+    compat.keep_generation_config(config)  # ours now: never rebuilt from config.json by generate()
     if config.pad_token_id is None or not own_config:
         config.pad_token_id = tokenizer.pad_token_id
     if not own_config:

@@ -232,10 +232,11 @@ def forget_evaluation_only_preparation(trainer) -> None:
         # DeepSpeed: SFTTrainer.evaluate_before_training evaluates inside train(), in the training engine.
         return
     model = trainer.model
-    if trainer.model_wrapped is not model or not getattr(model, "_is_accelerate_prepared", False):
+    from sft_exp import compat
+
+    if trainer.model_wrapped is not model or not compat.forget_accelerate_preparation(model):
         return
     extract_model_from_parallel(model, keep_fp32_wrapper=False)  # restores the model's own forward
-    del model._is_accelerate_prepared
 
 
 def check_gradients_are_averaged(trainer) -> None:

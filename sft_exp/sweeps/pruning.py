@@ -15,6 +15,8 @@ from typing import Optional
 
 from transformers import TrainerCallback
 
+from sft_exp import compat
+
 log = logging.getLogger(__name__)
 
 
@@ -64,7 +66,7 @@ class TrialPruning(TrainerCallback):
             storage = open_storage(str(sweeper.storage))
             pruner = build_pruner(OmegaConf.to_container(sweeper.pruner, resolve=True))
             study = optuna.load_study(study_name=str(sweeper.study_name), storage=storage, pruner=pruner)
-            trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, int(sweeper.trial))
+            trial_id = storage.get_trial_id_from_study_id_trial_number(compat.study_id(study), int(sweeper.trial))
             self._trial = optuna.trial.Trial(study, trial_id)
         return True
 

@@ -7,6 +7,8 @@ import socket
 import threading
 import time
 
+from sft_exp import compat
+
 OWNER, HEARTBEAT = "sft_exp_owner", "sft_exp_heartbeat"
 INTERRUPTED, SURPLUS = "sft_exp_interrupted", "sft_exp_surplus"
 
@@ -42,7 +44,7 @@ class Heartbeat:
         while not self._stop.wait(every_s):
             for trial in trials:
                 try:
-                    storage.set_trial_user_attr(trial._trial_id, HEARTBEAT, time.time())
+                    storage.set_trial_user_attr(compat.trial_id(trial), HEARTBEAT, time.time())
                 except Exception:  # noqa: BLE001  finished meanwhile, or the storage blinked: next beat
                     pass
 

@@ -21,6 +21,7 @@ from typing import Any, List, Optional
 
 from omegaconf import OmegaConf
 
+from sft_exp import compat
 from sft_exp.errors import ConfigError, UserError
 from sft_exp.sweeps import space, storage as storage_lib
 from sft_exp.sweeps.resume import HEARTBEAT, INTERRUPTED, OWNER, SURPLUS, Heartbeat, abandoned, counts, owner
@@ -154,8 +155,8 @@ class StudySweep:
     def _fail_interrupted(self, trial) -> None:
         from optuna.trial import TrialState
 
-        self.storage.set_trial_user_attr(trial._trial_id, INTERRUPTED, True)
-        self.storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        self.storage.set_trial_user_attr(compat.trial_id(trial), INTERRUPTED, True)
+        self.storage.set_trial_state_values(compat.trial_id(trial), TrialState.FAIL)
         self.study.enqueue_trial(trial.params, user_attrs={"sft_exp_rerun_of": trial.number})
 
     # ------------------------------------------------------------------ ask, launch, tell
@@ -165,11 +166,11 @@ class StudySweep:
         trials = []
         for _ in range(count):
             trial = self.study.ask(fixed_distributions=self.distributions)
-            self.storage.set_trial_user_attr(trial._trial_id, OWNER, owner())
-            self.storage.set_trial_user_attr(trial._trial_id, HEARTBEAT, time.time())
+            self.storage.set_trial_user_attr(compat.trial_id(trial), OWNER, owner())
+            self.storage.set_trial_user_attr(compat.trial_id(trial), HEARTBEAT, time.time())
             before = sum(counts(t) for t in self.study.get_trials(deepcopy=False) if t.number < trial.number)
             if before >= self.n_trials:  # another sweep process asked the last trial at the same time
-                self.storage.set_trial_user_attr(trial._trial_id, SURPLUS, True)
+                self.storage.set_trial_user_attr(compat.trial_id(trial), SURPLUS, True)
                 self.study.tell(trial, state=TrialState.FAIL)
                 break
             trials.append(trial)
@@ -187,7 +188,7 @@ class StudySweep:
     def _run(self, trials: list) -> list:
         jobs = [(trial, folder, overrides) for trial in trials for folder, overrides in self._jobs(trial)]
         for trial in trials:
-            self.storage.set_trial_user_attr(trial._trial_id, FOLDER, str(trial.number))
+            self.storage.set_trial_user_attr(compat.trial_id(trial), FOLDER, str(trial.number))
             log.info("trial %d: %s", trial.number, " ".join(space.override(k, v) for k, v in trial.params.items()))
         beat = Heartbeat(self.storage, trials, float(self.settings.get("stale_after_s") or 300) / 4)
         try:
@@ -216,8 +217,8 @@ class StudySweep:
         failed = [(folder, r) for folder, r in outcomes if r.status != JobStatus.COMPLETED]
         if failed:
             folder, result = failed[0]
-            error = _first_line(result._return_value)
-            self.storage.set_trial_user_attr(trial._trial_id, ERROR, f"{folder}: {error}")
+            error = _first_line(compat.job_return_value(result))
+            self.storage.set_trial_user_attr(compat.trial_id(trial), ERROR, f"{folder}: {error}")
             self.study.tell(trial, state=TrialState.FAIL)
             log.warning("trial %d failed (%s): %s; the sweep goes on", trial.number, folder, error)
             return
@@ -234,7 +235,7 @@ class StudySweep:
                 per_seed.append(_float(summary[objective]))
             values.append(AGGREGATES[self.settings.get("seed_objective", "mean")](per_seed))
         if not all(math.isfinite(v) for v in values):
-            self.storage.set_trial_user_attr(trial._trial_id, ERROR, f"objective is not finite: {values}")
+            self.storage.set_trial_user_attr(compat.trial_id(trial), ERROR, f"objective is not finite: {values}")
             self.study.tell(trial, state=TrialState.FAIL)
             log.warning("trial %d: objective %s is not finite; recorded failed", trial.number, values)
             return
@@ -249,7 +250,7 @@ class StudySweep:
         message = (f"objective {objective!r} is not a metric the run reports (trial {trial.number}, "
                    f"{self.sweep_dir / folder}/summary.json). It reports: {', '.join(reported)}. Set `objective=` "
                    "(or hydra.sweeper.objectives) to one of them.")
-        self.storage.set_trial_user_attr(trial._trial_id, ERROR, message)
+        self.storage.set_trial_user_attr(compat.trial_id(trial), ERROR, message)
         self.study.tell(trial, state=TrialState.FAIL)
         raise ConfigError(message)
 

@@ -79,7 +79,7 @@ def test_explicit_columns_with_template_and_system_prompt(tmp_path):
     ({"path": "{text}"}, DataError, r"evals.t .*text.jsonl.*plain text rows have no answer"),
     ({"path": "{qa}", "scorer": "exakt"}, ConfigError, r"evals.t.scorer: unknown scorer 'exakt'"),
     ({"path": "{qa}", "scorer": {"_target_": "nowhere.score"}}, ConfigError, r"evals.t.scorer: cannot import"),
-    ({"path": "{qa}", "max_new_tokenz": 3}, ConfigError, r"evals.t: unknown key\(s\) \['max_new_tokenz'\]"),
+    ({"path": "{qa}", "max_new_tokenz": 3}, ConfigError, r"evals.t.max_new_tokenz: a .generate. task has no such key; did you mean .max_new_tokens."),
     ({"path": "{qa}", "num_samples": 4}, ConfigError, r"evals.t: num_samples=4 needs do_sample=true"),
     ({"path": "{qa}", "type": "mystery"}, ConfigError, r"evals.t.type='mystery' is not one of"),
     ({}, ConfigError, r"evals.t.path is required"),
