@@ -59,21 +59,24 @@ def end_of_turn_token(template: Optional[str], tokenizer) -> Optional[tuple]:
     return max(candidates, key=lambda item: len(item[0])) if candidates else None
 
 
-def template_name(setting: Optional[str], template: Optional[str]) -> str:
+def template_name(setting: Optional[str], template: Optional[str], tokenizer=None) -> str:
     """How a warning names the template: the data.chat_template setting, or the tokenizer's own."""
     if setting and len(setting) < 200 and "\n" not in setting:
         return f"data.chat_template={setting}"
-    return "the tokenizer's own chat template" if setting is None else f"data.chat_template ({(template or '')[:60]!r}...)"
+    if setting is None:
+        return f"the chat template of {getattr(tokenizer, 'name_or_path', None) or 'the tokenizer'} (data.chat_template=null)"
+    return f"data.chat_template ({(template or '')[:60]!r}...)"
 
 
 def warn_if_no_end_of_turn(template: Optional[str], tokenizer, setting: Optional[str]) -> None:
     """Data preparation: a template with no end-of-turn token teaches no stop, and the saved model runs on."""
     if template and end_of_turn_token(template, tokenizer) is None:
         log.warning(
-            "%s ends an assistant turn with no special token (nothing follows the assistant's content), so the "
+            "%s ends an assistant turn with no special token (nothing special follows the assistant's content in "
+            "a one-turn user/assistant conversation), so the "
             "model is not taught where to stop and the saved generation config can only stop at the tokenizer's "
             "EOS %r; use a template that closes each turn with a token (e.g. data.chat_template=chatml)",
-            template_name(setting, template), tokenizer.eos_token,
+            template_name(setting, template, tokenizer), tokenizer.eos_token,
         )
 
 
@@ -133,3 +136,15 @@ def end_of_turn_stats(train, tokenizer, template: Optional[str]) -> dict:
         trained += int(np.count_nonzero(labels[targets] == end[1]))
     return {"token": end[0], "id": end[1], "trained": trained, "supervised": supervised,
             "share": round(trained / supervised, 6) if supervised else 0.0}
+
+
+def save_generation_config(model, folder) -> None:
+    """generation_config.json into a saved folder that lacks one (an adapter's: peft saves none), so
+    whoever serves base + adapter from it stops where the run trained the model to."""
+    from pathlib import Path
+
+    model = getattr(model, "module", model)  # DDP
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = getattr(base, "generation_config", None)
+    if config is not None and not (Path(folder) / "generation_config.json").is_file():
+        config.save_pretrained(str(folder))

@@ -110,11 +110,9 @@ def write_model_card(run_dir: Path, folder: Path, stop_ids: Optional[list] = Non
 def save_serving_files(model, run_dir: Path, summary: dict) -> None:
     """Beside <run>/model: the generation config (an adapter folder too, so a server of base + adapter
     stops where the run trained it to) and the model card."""
-    from sft_exp.models.stop_tokens import generation_stop_ids
+    from sft_exp.models.stop_tokens import generation_stop_ids, save_generation_config
 
     folder = Path(run_dir) / "model"
+    save_generation_config(model, folder)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    config = getattr(base, "generation_config", None)
-    if config is not None:
-        config.save_pretrained(str(folder))
     write_model_card(run_dir, folder, generation_stop_ids(base), summary)

@@ -59,6 +59,9 @@ class AtomicCheckpoints:
             if best and best.startswith(str(staging)):  # Trainer recorded the staging path: point it at the final one
                 self.state.best_model_checkpoint = str(root / Path(best).name)
                 self.state.save_to_json(str(staging / name / STATE_FILE))
+            from sft_exp.models.stop_tokens import save_generation_config
+
+            save_generation_config(self.model, staging / name)  # an adapter checkpoint's stops too
             publish(staging / name, root / name)
             staging.rmdir()
             # Rotation goes by mtime as Trainer's does (after resuming from an older checkpoint, newest wins).

@@ -189,7 +189,9 @@ def test_the_merged_model_of_a_chatml_lora_run_stops_at_im_end_and_passes_the_se
     tokenizer = AutoTokenizer.from_pretrained(merged)
     im_end, eos = tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.convert_tokens_to_ids("<|endoftext|>")
     assert json.loads((merged / "generation_config.json").read_text())["eos_token_id"] == [eos, im_end]
-    assert adapter["eos_token_id"] == [eos, im_end]  # written beside the adapter too
+    assert adapter["eos_token_id"] == [eos, im_end]  # written beside the adapter too, and its checkpoints
+    checkpoint = json.loads((chatml_lora_run / "checkpoints" / "checkpoint-30" / "generation_config.json").read_text())
+    assert checkpoint["eos_token_id"] == [eos, im_end]
     for question, answer in PAIRS:
         new = greedy(merged, question)
         assert new[-1] == im_end and tokenizer.decode(new, skip_special_tokens=True) == answer
