@@ -25,6 +25,7 @@ def validate_config(cfg: DictConfig) -> None:
             "required config value(s) not set: " + ", ".join(missing)
             + ". Set them on the command line, e.g. `python -m sft_exp " + missing[0] + "=...`."
         )
+    check_known_keys(cfg)
     _check_model(cfg.model)
     _check_trainer(cfg.trainer)
     from sft_exp.models.adapters import check_adapter_config
@@ -34,6 +35,24 @@ def validate_config(cfg: DictConfig) -> None:
     check_adapter_config(plain(cfg.model), plain(cfg.peft) if cfg.peft else None)
     # The data settings check themselves when train.run builds them (sft_exp.data.DataSettings), still
     # before torch or any model loads.
+
+
+def check_known_keys(cfg: DictConfig) -> None:
+    """A key added with `+` (Hydra's advice for a misspelled one) to a component with a schema: refused
+    here with "did you mean", not by the component's constructor after data and model load."""
+    import dataclasses
+
+    from sft_exp.cli_errors import unknown_key_message
+
+    for group in ("model", "data", "trainer", "loss", "memory", "optimizer", "peft", "distributed"):
+        node = cfg.get(group)
+        schema = OmegaConf.get_type(node) if isinstance(node, DictConfig) else None
+        if schema is None or not dataclasses.is_dataclass(schema):
+            continue
+        known = [f.name for f in dataclasses.fields(schema)]
+        for key in node.keys():
+            if key not in known and not str(key).startswith("_"):
+                raise ConfigError(unknown_key_message(f"{group}.{key}", [k for k in known if not k.startswith("_")]))
 
 
 def plain(node) -> dict:

@@ -24,11 +24,14 @@ def run(cfg: DictConfig) -> float:
     started = time.monotonic()
     validate_config(cfg)  # seconds, before torch or any model loads
     data_settings = instantiate(cfg.data)  # checks sources and settings, still before torch
+    from sft_exp import threads
+    n_threads = threads.prepare(cfg.trainer.get("threads"))  # passive waiting: must precede torch's OpenMP
     from sft_exp.run import distributed
     from sft_exp.run import folder as run_folder
     distributed.export_slurm_environment()  # a multi-task SLURM job becomes torchrun-style ranks
     distributed.quiet_non_main_rank()
     from transformers import set_seed  # torch loads here, after every check above
+    threads.apply(n_threads)
 
     from sft_exp.models.adapters import parameter_counts, save_base_for_export, wrap_with_adapter
     from sft_exp.training.checkpoints import resolve_resume
@@ -47,7 +50,8 @@ def run(cfg: DictConfig) -> float:
     model_loader = instantiate(cfg.model, _convert_="all")
     trainer_factory = instantiate(cfg.trainer, _convert_="all")  # a _partial_ of SFTTrainer
     tokenizer, attention = model_loader.load_tokenizer(), model_loader.attn_implementation
-    data = prepare_datasets(data_settings, tokenizer, attn_implementation=attention)
+    data = prepare_datasets(data_settings, tokenizer, attn_implementation=attention,
+                            model_context=model_context(model_loader))
     tokenizer.chat_template = data.chat_template or tokenizer.chat_template  # saved and used as trained
     log.info(describe(data))
     model = model_loader.load_model(tokenizer)
@@ -82,6 +86,22 @@ def run(cfg: DictConfig) -> float:
         if is_main:
             run_folder.finish_run(run_dir, summary, loggers)
     return float(summary.get(cfg.objective, math.nan))
+
+
+def model_context(model_loader) -> int | None:
+    """The model's max_position_embeddings, read from its config alone (no weights): bounds data.max_length."""
+    if model_loader.init_config:
+        return model_loader.init_config.get("max_position_embeddings")
+    if not model_loader.name_or_path or model_loader.gguf_file:
+        return None
+    try:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(model_loader.name_or_path, revision=model_loader.revision,
+                                            trust_remote_code=model_loader.trust_remote_code)
+    except (OSError, ValueError):
+        return None  # the model load that follows reports it
+    return getattr(config, "max_position_embeddings", None)
 
 
 def train_and_evaluate(trainer, resume) -> dict:

@@ -143,6 +143,7 @@ class _Rows:
         self.flat_ids = array("i")  # extended from each row's id list at C speed
         self.lengths = [0] * n_rows
         self.truncated = [False] * n_rows
+        self.answer_cut = [False] * n_rows  # truncation cut trained tokens: an answer or its end of turn
         self.trained = [0] * n_rows  # trained tokens a row predicts (its first token is never predicted)
         self.range_starts: list[int] = []
         self.range_stops: list[int] = []
@@ -160,6 +161,7 @@ class _Rows:
                 ids.append(self.eos_id)
             if limit is not None and len(ids) > limit:
                 self.truncated[item.row] = True
+                self.answer_cut[item.row] = any(stop > limit for _, stop in ranges)
                 ids = ids[:limit]
                 ranges = [(first, min(stop, limit)) for first, stop in ranges if first < limit]
             if not ranges:
@@ -197,6 +199,7 @@ def _as_table(rows: _Rows, reasons: list[str], source_index: int) -> pa.Table:
         "source_ids": tokens(np.full(total, source_index, dtype=np.int32)),
         "drop_reason": pa.array(reasons, type=pa.string()),
         "truncated": pa.array(rows.truncated, type=pa.bool_()),
+        "answer_cut": pa.array(rows.answer_cut, type=pa.bool_()),
         "trained_tokens": pa.array(rows.trained, type=pa.int32()),
     })  # fmt: skip
 

@@ -59,6 +59,7 @@ def dataset_statistics(
         "rows_read": sum(part.stats["rows_read"] for part in [*parts, *eval_parts]),
         "rows_dropped": dict(sorted(dropped.items())),
         "rows_truncated": sum(part.stats["rows_truncated"] for part in [*parts, *eval_parts]),
+        "answers_cut": sum(part.stats.get("answers_cut", 0) for part in [*parts, *eval_parts]),
         "train_examples_per_source": mixture_rows,
         "train_rows": n_train,
         "eval_rows": len(eval_set) if eval_set is not None else 0,

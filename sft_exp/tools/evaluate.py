@@ -57,12 +57,9 @@ def task_config(run: Optional[Path], overrides: list) -> dict:
     selection = [o for o in overrides if o.startswith("evals=")]
     settings = [o for o in overrides if o not in selection]
     if selection:
-        from hydra import compose, initialize_config_dir
+        from sft_exp.cli_errors import composed
 
-        from sft_exp.paths import config_dir
-
-        with initialize_config_dir(str(config_dir()), version_base="1.3"):
-            cfg = compose(overrides=["+" + selection[-1], *settings])
+        cfg = composed(["+" + selection[-1], *settings], config_name=None)  # a misspelled task key: ConfigError, not a traceback
         return OmegaConf.to_container(cfg, resolve=True).get("evals") or {}
     if run is None:
         raise ConfigError("a model folder has no tasks of its own: choose some, e.g. evals=gsm8k evals.gsm8k.path=...")
