@@ -69,6 +69,7 @@ def _check_model(model) -> None:
         if value:
             check_model_path(f"model.{key}", value)
     _check_gguf_file(model)
+    check_model_folder(model)
     if not model.name_or_path and not model.tokenizer:
         raise ConfigError("model.tokenizer is not set: a model built from model.init_config needs a tokenizer path.")
     if model.init_config and not model.name_or_path and "model_type" not in model.init_config:
@@ -119,6 +120,36 @@ def check_model_path(key: str, value: str) -> None:
             f"{key}={value}: no such folder. Give an existing local folder (saved with save_pretrained) "
             "or a hub id such as Qwen/Qwen2.5-0.5B-Instruct."
         )
+
+
+# What a local folder must hold to load, by what reads it (transformers' file names).
+_WEIGHTS = ("*.safetensors", "pytorch_model*.bin", "model.safetensors.index.json", "tf_model.h5", "*.gguf")
+_TOKENIZER = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "*.gguf")
+
+
+def check_model_folder(model) -> None:
+    """A local model folder that exists but holds no model (or no tokenizer): one error now, not a
+    transformers traceback after the data was tokenized."""
+    def holds(folder: Path, patterns) -> bool:
+        return any(next(folder.glob(pattern), None) is not None for pattern in patterns)
+
+    name = model.get("name_or_path")
+    folder = Path(os.path.expanduser(str(name))) if name else None
+    if folder is not None and folder.is_dir() and not model.get("gguf_file"):
+        present = ", ".join(sorted(p.name for p in folder.iterdir())[:8]) or "nothing"
+        if not (folder / "config.json").is_file() and not (folder / "adapter_config.json").is_file():
+            raise ConfigError(f"model.name_or_path={name}: the folder holds no model (no config.json; it has "
+                              f"{present}). Point it at a folder written by save_pretrained, or give a hub id.")
+        if not holds(folder, _WEIGHTS):
+            raise ConfigError(f"model.name_or_path={name}: the folder has a config.json but no weights (no "
+                              f"*.safetensors or pytorch_model*.bin; it has {present}). Copy the weights in, or "
+                              "point it at the folder that has them.")
+    tokenizer = model.get("tokenizer") or (name if folder is not None and folder.is_dir() else None)
+    tok_folder = Path(os.path.expanduser(str(tokenizer))) if tokenizer else None
+    if tok_folder is not None and tok_folder.is_dir() and not model.get("gguf_file") and not holds(tok_folder, _TOKENIZER):
+        key = "model.tokenizer" if model.get("tokenizer") else "model.name_or_path"
+        raise ConfigError(f"{key}={tokenizer}: the folder holds no tokenizer (no tokenizer.json or "
+                          "tokenizer_config.json); save one there (tokenizer.save_pretrained) or set model.tokenizer.")
 
 
 def _check_trainer(trainer) -> None:

@@ -46,6 +46,7 @@ def run(cfg: DictConfig) -> float:
     loss, memory, optimizer = instantiate(cfg.loss), instantiate(cfg.memory), instantiate(cfg.optimizer)
     peft_config = instantiate(cfg.peft, _convert_="all") if cfg.peft else None
     loggers = _instantiate_each(cfg.logger) if is_main else []  # rank 0 alone logs
+    default_evals_off_demo(cfg, data_settings)
     callbacks = _instantiate_each(cfg.callbacks)
     model_loader = instantiate(cfg.model, _convert_="all")
     trainer_factory = instantiate(cfg.trainer, _convert_="all")  # a _partial_ of SFTTrainer
@@ -86,6 +87,33 @@ def run(cfg: DictConfig) -> float:
         if is_main:
             run_folder.finish_run(run_dir, summary, loggers)
     return float(summary.get(cfg.objective, math.nan))
+
+
+def default_evals_off_demo(cfg: DictConfig, data_settings) -> None:
+    """The default `evals` (the heldout task, exact match on short answers) is the demo's: on a user's own
+    data.sources it measures nothing and costs minutes, so there the run evaluates what TRL does (eval
+    loss and token accuracy) and a task only when asked (`evals=heldout`, `evals=[heldout,gsm8k]`)."""
+    from omegaconf import open_dict
+
+    from sft_exp.paths import asset_path
+
+    overrides = hydra_overrides()
+    asked = any(o.lstrip("+~").startswith("evals") for o in overrides) or not _hydra_chose("evals", "heldout")
+    demo = {str(asset_path("demo/train.jsonl"))}
+    on_demo = {str(Path(source.path).resolve()) for source in data_settings.sources} <= demo
+    if asked or on_demo or not cfg.get("evals"):
+        return
+    log.info("evals: eval loss and token accuracy (the heldout task is the demo's default; on your data ask "
+             "for it with evals=heldout)")
+    with open_dict(cfg):
+        cfg.evals = {}
+
+
+def _hydra_chose(group: str, option: str) -> bool:
+    """Whether Hydra composed this run with `group=option` (False outside a Hydra run)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.initialized() and HydraConfig.get().runtime.choices.get(group) == option
 
 
 def model_context(model_loader) -> int | None:

@@ -85,10 +85,10 @@ def _render_row(item, spec: EncodeSpec) -> tuple[str, list | None, bool]:
 
 def _reject(spec: EncodeSpec, index: int, bad: BadRow) -> None:
     if not spec.drop_bad_rows:
-        raise DataError(
-            f"{spec.source_file}, row {index}: {bad.detail} [{bad.reason}]. Fix the row, or set "
-            "data.on_bad_row=drop to drop such rows and count them."
-        )
+        # A template_mismatch names its own fix (another template); dropping would lose good rows.
+        fix = "" if bad.reason == "template_mismatch" else (
+            " Fix the row, or set data.on_bad_row=drop to drop such rows and count them.")
+        raise DataError(f"{spec.source_file}, row {index}: {bad.detail} [{bad.reason}].{fix}")
 
 
 class Rendered(NamedTuple):
