@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from sft_exp.constants import IGNORE_INDEX
-from sft_exp.data.formats import RAW_JSON_COLUMN, BadRow, PromptCompletion, Text, field_values, normalize_row
+from sft_exp.data.formats import RAW_JSON_COLUMN, BadRow, Conversation, PromptCompletion, Text, field_values, normalize_row
 from sft_exp.data.mapped_pages import release_arrow_pages_now_and_then
 from sft_exp.data.masks import conversation_spans, trained_token_ranges
 from sft_exp.errors import DataError
@@ -96,6 +96,20 @@ class Rendered(NamedTuple):
     text: str
     spans: list | None  # trained character spans (None: all)
     append_eos: bool  # text and completions: True (they also get the tokenizer's BOS); conversations: False
+    flaw: str = ""  # see FLAWS below: counted and warned, the row still trains
+
+
+# FLAWS: rows that train but are likely mistakes: counted per source and warned, never silently trained.
+ANSWER_CUT = "answer_cut"  # truncation cut trained tokens: an answer or its end of turn
+NO_USER_TURN = "no_user_turn"  # a conversation whose assistant answers no user message
+
+
+def row_flaw(item) -> str:
+    """A flaw seen before tokenizing: a conversation with assistant turns but no user turn."""
+    if not isinstance(item, Conversation):
+        return ""
+    roles = {m.get("role") for m in item.messages if isinstance(m, dict)}
+    return NO_USER_TURN if "assistant" in roles and "user" not in roles else ""
 
 
 def _render_rows(columns: dict, rows: range, indices: list[int], spec: EncodeSpec, reasons: list[str]) -> list[Rendered]:
@@ -103,12 +117,13 @@ def _render_rows(columns: dict, rows: range, indices: list[int], spec: EncodeSpe
     for row in rows:
         try:
             values = field_values({column: values[row] for column, values in columns.items()}, spec.columns)
-            text, row_spans, add_eos = _render_row(normalize_row(spec.fmt, values), spec)
+            item = normalize_row(spec.fmt, values)
+            text, row_spans, add_eos = _render_row(item, spec)
         except BadRow as bad:
             _reject(spec, indices[row], bad)
             reasons[row] = bad.reason
             continue
-        rendered.append(Rendered(row, text, row_spans, add_eos))
+        rendered.append(Rendered(row, text, row_spans, add_eos, row_flaw(item)))
     return rendered
 
 
@@ -143,7 +158,8 @@ class _Rows:
         self.flat_ids = array("i")  # extended from each row's id list at C speed
         self.lengths = [0] * n_rows
         self.truncated = [False] * n_rows
-        self.answer_cut = [False] * n_rows  # truncation cut trained tokens: an answer or its end of turn
+        # A kept row's flaw, counted and warned (FLAWS): "" when none.
+        self.flaw = [""] * n_rows
         self.trained = [0] * n_rows  # trained tokens a row predicts (its first token is never predicted)
         self.range_starts: list[int] = []
         self.range_stops: list[int] = []
@@ -153,6 +169,7 @@ class _Rows:
     def add(self, rendered: list[Rendered], encodings: list, reasons: list[str]) -> None:
         limit = self.spec.max_length
         for item, encoding in zip(rendered, encodings):
+            self.flaw[item.row] = item.flaw
             # Conversations: whitespace after an end-of-turn token is not trained (never generated).
             ranges = trained_token_ranges(encoding, item.spans, None if item.append_eos else item.text)
             ids = encoding.ids
@@ -161,7 +178,8 @@ class _Rows:
                 ids.append(self.eos_id)
             if limit is not None and len(ids) > limit:
                 self.truncated[item.row] = True
-                self.answer_cut[item.row] = any(stop > limit for _, stop in ranges)
+                if any(stop > limit for _, stop in ranges):
+                    self.flaw[item.row] = ANSWER_CUT
                 ids = ids[:limit]
                 ranges = [(first, min(stop, limit)) for first, stop in ranges if first < limit]
             if not ranges:
@@ -199,7 +217,7 @@ def _as_table(rows: _Rows, reasons: list[str], source_index: int) -> pa.Table:
         "source_ids": tokens(np.full(total, source_index, dtype=np.int32)),
         "drop_reason": pa.array(reasons, type=pa.string()),
         "truncated": pa.array(rows.truncated, type=pa.bool_()),
-        "answer_cut": pa.array(rows.answer_cut, type=pa.bool_()),
+        "flaw": pa.array(rows.flaw, type=pa.string()),
         "trained_tokens": pa.array(rows.trained, type=pa.int32()),
     })  # fmt: skip
 

@@ -85,8 +85,8 @@ def _encode_source(source, index: int, settings, tokenizer, template, cache_dir,
     kept = scan.kept
     stats = {"path": label, "format": fmt, "rows_read": len(raw), "rows_kept": len(kept),
              "rows_dropped": dict(sorted(scan.dropped.items())), "rows_truncated": scan.truncated,
-             "answers_cut": scan.answer_cut}  # fmt: skip
-    rows = encoded.remove_columns(["drop_reason", "truncated", "answer_cut", "trained_tokens"])
+             "rows_flawed": dict(sorted(scan.flawed.items()))}  # fmt: skip
+    rows = encoded.remove_columns(["drop_reason", "truncated", "flaw", "trained_tokens"])
     rows = rows.select(kept) if scan.dropped else rows
     return EncodedSource(source_name(source), raw, fmt, source.columns, rows, kept, scan.row_tokens, scan.row_trained,
                          scan.digest, stats)  # fmt: skip
@@ -164,8 +164,14 @@ def tokenizer_context(tokenizer) -> int | None:
 
 
 def warn_cut_answers(stats: dict) -> None:
-    """Truncation that cuts an answer or its end of turn trains the model to stop mid-answer: say so."""
+    """Rows that train but are likely mistakes: truncation that cuts an answer or its end of turn (the model
+    learns to stop mid-answer), conversations with no user turn. Counted in the stats and said here."""
     cut, rows = stats.get("answers_cut", 0), stats.get("rows_read", 0)
+    no_user = stats.get("rows_flawed", {}).get("no_user_turn", 0)
+    if no_user:
+        log.warning("%d of %d rows (%.1f%%) are conversations with no user turn (assistant replies to nothing); "
+                    "they train as they are: check the file's roles and data.sources[].columns.",
+                    no_user, rows, 100 * no_user / max(rows, 1))
     if cut:
         log.warning(
             "%d of %d rows (%.1f%%) lost part of an answer or its end of turn to data.max_length=%d (%s): the model "

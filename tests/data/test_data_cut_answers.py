@@ -31,3 +31,17 @@ def test_cut_answers_are_counted_and_warned(word_tokenizer, tmp_path, caplog):
     assert data.stats["max_length_from"] == "data.max_length"
     assert "1 of 3 rows (33.3%) lost part of an answer or its end of turn" in caplog.text
     assert "(1 of them inside an answer) at max_length 40 (from data.max_length)" in describe(data)
+
+
+def test_a_conversation_with_no_user_turn_trains_but_is_counted_and_warned(word_tokenizer, tmp_path, caplog):
+    rows = [
+        {"messages": [{"role": "system", "content": "be brief"}, {"role": "assistant", "content": "ok"}]},
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]},
+    ]
+    path = _write(tmp_path / "chat.jsonl", rows)
+    settings = DataSettings(sources=[{"path": str(path)}], eval_split_size=0, seed=0, chat_template="chatml",
+                            assistant_only_loss=True)
+    with caplog.at_level(logging.WARNING, logger="sft_exp.data.prepare"):
+        data = prepare_datasets(settings, word_tokenizer, cache_dir=str(tmp_path / "cache"))
+    assert len(data.train) == 2 and data.stats["rows_flawed"] == {"no_user_turn": 1}
+    assert "1 of 2 rows (50.0%) are conversations with no user turn" in caplog.text
