@@ -59,8 +59,13 @@ def task_config(run: Optional[Path], overrides: list) -> dict:
     if selection:
         from sft_exp.cli_errors import composed
 
-        cfg = composed(["+" + selection[-1], *settings], config_name=None)  # a misspelled task key: ConfigError, not a traceback
-        return OmegaConf.to_container(cfg, resolve=True).get("evals") or {}
+        # Task keys merge onto the chosen options unchecked here: build_tasks checks them against the task
+        # schema (a documented key such as format=messages works; a misspelled one gets "did you mean").
+        cfg = composed(["+" + selection[-1]], config_name=None)
+        dotlist = [o.lstrip("+").split(".", 1)[1] for o in settings]
+        evals = OmegaConf.merge(OmegaConf.create(OmegaConf.to_container(cfg.get("evals") or {})),
+                                OmegaConf.from_dotlist(dotlist))
+        return OmegaConf.to_container(evals, resolve=True) or {}
     if run is None:
         raise ConfigError("a model folder has no tasks of its own: choose some, e.g. evals=gsm8k evals.gsm8k.path=...")
     evals = OmegaConf.load(run / "resolved_config.yaml").get("evals") or OmegaConf.create({})
