@@ -20,6 +20,7 @@ import numpy as np
 import pyarrow as pa
 
 from sft_exp.constants import IGNORE_INDEX
+from sft_exp.data.nested import top_column
 from sft_exp.data.formats import RAW_JSON_COLUMN, BadRow, Conversation, PromptCompletion, Text, field_values, normalize_row
 from sft_exp.data.mapped_pages import release_arrow_pages_now_and_then
 from sft_exp.data.masks import conversation_spans, trained_token_ranges
@@ -225,7 +226,8 @@ def _as_table(rows: _Rows, reasons: list[str], source_index: int) -> pa.Table:
 def encode_batch(batch, indices: list[int], spec: EncodeSpec) -> pa.Table:
     """One map batch (an Arrow table, or a dict of columns) -> an Arrow table of token columns."""
     present = batch.column_names if isinstance(batch, pa.Table) else list(batch)
-    names = [RAW_JSON_COLUMN] if RAW_JSON_COLUMN in present else [c for c in spec.columns.values() if c in present]
+    names = [RAW_JSON_COLUMN] if RAW_JSON_COLUMN in present else list(dict.fromkeys(
+        top_column(c, present) for c in spec.columns.values() if isinstance(c, str) and top_column(c, present) in present))
     if isinstance(batch, pa.Table):
         columns = {name: batch.column(name).to_pylist() for name in names}
     else:

@@ -35,6 +35,10 @@ class Source:
     # take the names inside turns (LLaMA-Factory's tags): role_tag, content_tag, user_tag,
     # assistant_tag, system_tag, function_tag (tool-call turns), observation_tag (tool results).
     columns: dict[str, str] = field(default_factory=dict)
+    # A column holding a list of objects (self-instruct's `instances`): one row per element, the other
+    # columns repeated; map the element's fields with paths, e.g. columns: {input: instances.input}.
+    # A `columns` value may be a path into nested fields in any case: instances.0.output.
+    expand: Optional[str] = None
     # Sampling weight in the mixture; above 1 oversamples.
     weight: float = 1.0
     max_samples: Optional[int] = None
