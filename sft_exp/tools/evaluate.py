@@ -145,7 +145,9 @@ def main(argv: Optional[list] = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for key, value in result["scores"].items():
-        print(f"{key}: {value:.4f}")
+        from sft_exp.run.recorder import format_score
+
+        print(f"{key}: {format_score(key, value)}")
     print(f"per-example outputs and scores.json in {result['out']}")
     return 0
 
