@@ -95,3 +95,15 @@ def test_threads_follow_the_request_the_environment_or_the_free_cpus(monkeypatch
     import os
 
     assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"  # threads sleep, not spin, while they wait
+
+
+def test_counts_print_as_counts_and_the_resume_hint_is_a_command(monkeypatch, tmp_path):
+    from sft_exp.errors import TrainingInterrupted
+    from sft_exp.run.recorder import format_score
+
+    assert format_score("eval_heldout/truncated", 22.0) == "22"
+    assert format_score("eval_heldout/exact_match", 1.0) == "1.0000"
+    monkeypatch.setattr("sys.argv", ["sft_exp", "trainer.max_steps=3", "hydra.run.dir=/elsewhere"])
+    hint = str(TrainingInterrupted(2, 5, tmp_path))
+    assert hint.endswith(f"Resume with: python -m sft_exp trainer.max_steps=3 hydra.run.dir={tmp_path} "
+                         "resume_from_checkpoint=true")
