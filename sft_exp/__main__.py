@@ -12,6 +12,7 @@ import hydra
 from omegaconf import DictConfig
 
 import sft_exp.config  # noqa: F401  registers the schemas and the ${asset:...} resolver
+from sft_exp.cli_errors import install_for_hydra_main
 from sft_exp.errors import TrainingInterrupted, UserError
 from sft_exp.paths import config_dir
 
@@ -78,4 +79,5 @@ def _failed_sweep_job(cfg: DictConfig, error: Exception) -> float:
 
 
 if __name__ == "__main__":
+    install_for_hydra_main()  # Hydra's composition errors: one message, "did you mean", exit code 2
     main()

@@ -23,6 +23,14 @@ class TrainingInterrupted(Exception):
         self.signum, self.step, self.run_dir = signum, step, run_dir
         super().__init__(
             f"stopped by {signal.Signals(signum).name} at step {step}; a checkpoint was saved in "
-            f"{run_dir / 'checkpoints'}. Resume with the same command plus "
-            f"hydra.run.dir={run_dir} resume_from_checkpoint=true"
+            f"{run_dir / 'checkpoints'}. Resume with: {resume_command(run_dir)}"
         )
+
+
+def resume_command(run_dir: Path) -> str:
+    """This process's command line, to paste, with the run folder and resume_from_checkpoint=true."""
+    import shlex
+    import sys
+
+    kept = [arg for arg in sys.argv[1:] if not arg.startswith(("hydra.run.dir=", "resume_from_checkpoint="))]
+    return shlex.join(["python", "-m", "sft_exp", *kept, f"hydra.run.dir={run_dir}", "resume_from_checkpoint=true"])

@@ -26,6 +26,7 @@ def validate_config(cfg: DictConfig) -> None:
             "required config value(s) not set: " + ", ".join(missing)
             + ". Set them on the command line, e.g. `python -m sft_exp " + missing[0] + "=...`."
         )
+    check_known_keys(cfg)
     _check_model(cfg.model)
     _check_trainer(cfg.trainer)
     from sft_exp.models.adapters import check_adapter_config
@@ -37,6 +38,24 @@ def validate_config(cfg: DictConfig) -> None:
     # before torch or any model loads.
 
 
+def check_known_keys(cfg: DictConfig) -> None:
+    """A key added with `+` (Hydra's advice for a misspelled one) to a component with a schema: refused
+    here with "did you mean", not by the component's constructor after data and model load."""
+    import dataclasses
+
+    from sft_exp.cli_errors import unknown_key_message
+
+    for group in ("model", "data", "trainer", "loss", "memory", "optimizer", "peft", "distributed"):
+        node = cfg.get(group)
+        schema = OmegaConf.get_type(node) if isinstance(node, DictConfig) else None
+        if schema is None or not dataclasses.is_dataclass(schema):
+            continue
+        known = [f.name for f in dataclasses.fields(schema)]
+        for key in node.keys():
+            if key not in known and not str(key).startswith("_"):
+                raise ConfigError(unknown_key_message(f"{group}.{key}", [k for k in known if not k.startswith("_")]))
+
+
 def _check_model(model) -> None:
     if not model.name_or_path and not model.init_config:
         raise ConfigError("model.name_or_path is not set: give a hub id or a local folder (or use model=tiny).")
@@ -46,6 +65,7 @@ def _check_model(model) -> None:
         if value:
             check_model_path(f"model.{key}", value)
     _check_gguf_file(model)
+    check_model_folder(model)
     if not model.name_or_path and not model.tokenizer:
         raise ConfigError("model.tokenizer is not set: a model built from model.init_config needs a tokenizer path.")
     if model.init_config and not model.name_or_path and "model_type" not in model.init_config:
@@ -96,6 +116,36 @@ def check_model_path(key: str, value: str) -> None:
             f"{key}={value}: no such folder. Give an existing local folder (saved with save_pretrained) "
             "or a hub id such as Qwen/Qwen2.5-0.5B-Instruct."
         )
+
+
+# What a local folder must hold to load, by what reads it (transformers' file names).
+_WEIGHTS = ("*.safetensors", "pytorch_model*.bin", "model.safetensors.index.json", "tf_model.h5", "*.gguf")
+_TOKENIZER = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "*.gguf")
+
+
+def check_model_folder(model) -> None:
+    """A local model folder that exists but holds no model (or no tokenizer): one error now, not a
+    transformers traceback after the data was tokenized."""
+    def holds(folder: Path, patterns) -> bool:
+        return any(next(folder.glob(pattern), None) is not None for pattern in patterns)
+
+    name = model.get("name_or_path")
+    folder = Path(os.path.expanduser(str(name))) if name else None
+    if folder is not None and folder.is_dir() and not model.get("gguf_file"):
+        present = ", ".join(sorted(p.name for p in folder.iterdir())[:8]) or "nothing"
+        if not (folder / "config.json").is_file() and not (folder / "adapter_config.json").is_file():
+            raise ConfigError(f"model.name_or_path={name}: the folder holds no model (no config.json; it has "
+                              f"{present}). Point it at a folder written by save_pretrained, or give a hub id.")
+        if not holds(folder, _WEIGHTS):
+            raise ConfigError(f"model.name_or_path={name}: the folder has a config.json but no weights (no "
+                              f"*.safetensors or pytorch_model*.bin; it has {present}). Copy the weights in, or "
+                              "point it at the folder that has them.")
+    tokenizer = model.get("tokenizer") or (name if folder is not None and folder.is_dir() else None)
+    tok_folder = Path(os.path.expanduser(str(tokenizer))) if tokenizer else None
+    if tok_folder is not None and tok_folder.is_dir() and not model.get("gguf_file") and not holds(tok_folder, _TOKENIZER):
+        key = "model.tokenizer" if model.get("tokenizer") else "model.name_or_path"
+        raise ConfigError(f"{key}={tokenizer}: the folder holds no tokenizer (no tokenizer.json or "
+                          "tokenizer_config.json); save one there (tokenizer.save_pretrained) or set model.tokenizer.")
 
 
 def _check_trainer(trainer) -> None:

@@ -26,11 +26,14 @@ def run(cfg: DictConfig) -> float:
     started = time.monotonic()
     validate_config(cfg)  # seconds, before torch or any model loads
     data_settings = instantiate(cfg.data)  # checks sources and settings, still before torch
+    from sft_exp import threads
+    n_threads = threads.prepare(cfg.trainer.get("threads"))  # passive waiting: must precede torch's OpenMP
     from sft_exp.run import distributed
     from sft_exp.run import folder as run_folder
     distributed.export_slurm_environment()  # a multi-task SLURM job becomes torchrun-style ranks
     distributed.quiet_non_main_rank()
     from transformers import set_seed  # torch loads here, after every check above
+    threads.apply(n_threads)
 
     from sft_exp.models.adapters import parameter_counts, save_base_for_export, wrap_with_adapter
     from sft_exp.training.checkpoints import resolve_resume
@@ -49,12 +52,14 @@ def run(cfg: DictConfig) -> float:
     loss, memory, optimizer = instantiate(cfg.loss), instantiate(cfg.memory), instantiate(cfg.optimizer)
     peft_config = instantiate(cfg.peft, _convert_="all") if cfg.peft else None
     loggers = _instantiate_each(cfg.logger) if is_main else []  # rank 0 alone logs
+    default_evals_off_demo(cfg, data_settings)
     callbacks = _instantiate_each(cfg.callbacks)
     evaluators = _instantiate_each(cfg.evaluators)  # task evaluation: tasks built and checked here
     model_loader = instantiate(cfg.model, _convert_="all")
     trainer_factory = instantiate(cfg.trainer, _convert_="all")  # a _partial_ of SFTTrainer
     tokenizer, attention = model_loader.load_tokenizer(), model_loader.attn_implementation
-    data = prepare_datasets(data_settings, tokenizer, attn_implementation=attention)
+    data = prepare_datasets(data_settings, tokenizer, attn_implementation=attention,
+                            model_context=model_context(model_loader))
     tokenizer.chat_template = data.chat_template or tokenizer.chat_template  # saved and used as trained
     log.info(describe(data))
     model = model_loader.load_model(tokenizer)
@@ -93,6 +98,49 @@ def run(cfg: DictConfig) -> float:
         if is_main:
             run_folder.finish_run(run_dir, summary, loggers)
     return float(summary.get(cfg.objective, math.nan))
+
+
+def default_evals_off_demo(cfg: DictConfig, data_settings) -> None:
+    """The default `evals` (the heldout task, exact match on short answers) is the demo's: on a user's own
+    data.sources it measures nothing and costs minutes, so there the run evaluates what TRL does (eval
+    loss and token accuracy) and a task only when asked (`evals=heldout`, `evals=[heldout,gsm8k]`)."""
+    from omegaconf import open_dict
+
+    from sft_exp.paths import asset_path
+
+    overrides = hydra_overrides()
+    asked = any(o.lstrip("+~").startswith("evals") for o in overrides) or not _hydra_chose("evals", "heldout")
+    demo = {str(asset_path("demo/train.jsonl"))}
+    on_demo = {str(Path(source.path).resolve()) for source in data_settings.sources} <= demo
+    if asked or on_demo or not cfg.get("evals"):
+        return
+    log.info("evals: eval loss and token accuracy (the heldout task is the demo's default; on your data ask "
+             "for it with evals=heldout)")
+    with open_dict(cfg):
+        cfg.evals = {}
+
+
+def _hydra_chose(group: str, option: str) -> bool:
+    """Whether Hydra composed this run with `group=option` (False outside a Hydra run)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.initialized() and HydraConfig.get().runtime.choices.get(group) == option
+
+
+def model_context(model_loader) -> int | None:
+    """The model's max_position_embeddings, read from its config alone (no weights): bounds data.max_length."""
+    if model_loader.init_config:
+        return model_loader.init_config.get("max_position_embeddings")
+    if not model_loader.name_or_path or model_loader.gguf_file:
+        return None
+    try:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(model_loader.name_or_path, revision=model_loader.revision,
+                                            trust_remote_code=model_loader.trust_remote_code)
+    except (OSError, ValueError):
+        return None  # the model load that follows reports it
+    return getattr(config, "max_position_embeddings", None)
 
 
 def train_and_evaluate(trainer, resume) -> dict:

@@ -14,6 +14,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+# Real public files shipped with the tests (licences in tests/assets/README.md): a fresh clone has them.
+TEST_ASSETS = REPO / "tests" / "assets"
 
 # Fast, quiet, offline subprocess runs.
 TEST_ENV = {

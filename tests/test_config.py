@@ -85,7 +85,7 @@ def test_bad_input_exits_nonzero_with_one_clear_message_before_loading(args, exp
     started = time.monotonic()
     proc = run_sft(*args, f"hydra.run.dir={tmp_path}/run", "logger=none", timeout=120)
     output = proc.stdout + proc.stderr
-    assert proc.returncode != 0, output
+    assert proc.returncode == 2, output  # every user error, Hydra's or ours: exit code 2
     assert expected in output, output
     assert "Traceback" not in output, output
     assert not (tmp_path / "run" / "model").exists()

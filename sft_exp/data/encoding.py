@@ -20,7 +20,8 @@ import numpy as np
 import pyarrow as pa
 
 from sft_exp.constants import IGNORE_INDEX
-from sft_exp.data.formats import RAW_JSON_COLUMN, BadRow, PromptCompletion, Text, field_values, normalize_row
+from sft_exp.data.nested import top_column
+from sft_exp.data.formats import RAW_JSON_COLUMN, BadRow, Conversation, PromptCompletion, Text, field_values, normalize_row
 from sft_exp.data.mapped_pages import release_arrow_pages_now_and_then
 from sft_exp.data.masks import conversation_spans, trained_token_ranges
 from sft_exp.errors import DataError
@@ -85,10 +86,10 @@ def _render_row(item, spec: EncodeSpec) -> tuple[str, list | None, bool]:
 
 def _reject(spec: EncodeSpec, index: int, bad: BadRow) -> None:
     if not spec.drop_bad_rows:
-        raise DataError(
-            f"{spec.source_file}, row {index}: {bad.detail} [{bad.reason}]. Fix the row, or set "
-            "data.on_bad_row=drop to drop such rows and count them."
-        )
+        # A template_mismatch names its own fix (another template); dropping would lose good rows.
+        fix = "" if bad.reason == "template_mismatch" else (
+            " Fix the row, or set data.on_bad_row=drop to drop such rows and count them.")
+        raise DataError(f"{spec.source_file}, row {index}: {bad.detail} [{bad.reason}].{fix}")
 
 
 class Rendered(NamedTuple):
@@ -96,6 +97,20 @@ class Rendered(NamedTuple):
     text: str
     spans: list | None  # trained character spans (None: all)
     append_eos: bool  # text and completions: True (they also get the tokenizer's BOS); conversations: False
+    flaw: str = ""  # see FLAWS below: counted and warned, the row still trains
+
+
+# FLAWS: rows that train but are likely mistakes: counted per source and warned, never silently trained.
+ANSWER_CUT = "answer_cut"  # truncation cut trained tokens: an answer or its end of turn
+NO_USER_TURN = "no_user_turn"  # a conversation whose assistant answers no user message
+
+
+def row_flaw(item) -> str:
+    """A flaw seen before tokenizing: a conversation with assistant turns but no user turn."""
+    if not isinstance(item, Conversation):
+        return ""
+    roles = {m.get("role") for m in item.messages if isinstance(m, dict)}
+    return NO_USER_TURN if "assistant" in roles and "user" not in roles else ""
 
 
 def _render_rows(columns: dict, rows: range, indices: list[int], spec: EncodeSpec, reasons: list[str]) -> list[Rendered]:
@@ -103,12 +118,13 @@ def _render_rows(columns: dict, rows: range, indices: list[int], spec: EncodeSpe
     for row in rows:
         try:
             values = field_values({column: values[row] for column, values in columns.items()}, spec.columns)
-            text, row_spans, add_eos = _render_row(normalize_row(spec.fmt, values), spec)
+            item = normalize_row(spec.fmt, values)
+            text, row_spans, add_eos = _render_row(item, spec)
         except BadRow as bad:
             _reject(spec, indices[row], bad)
             reasons[row] = bad.reason
             continue
-        rendered.append(Rendered(row, text, row_spans, add_eos))
+        rendered.append(Rendered(row, text, row_spans, add_eos, row_flaw(item)))
     return rendered
 
 
@@ -143,6 +159,8 @@ class _Rows:
         self.flat_ids = array("i")  # extended from each row's id list at C speed
         self.lengths = [0] * n_rows
         self.truncated = [False] * n_rows
+        # A kept row's flaw, counted and warned (FLAWS): "" when none.
+        self.flaw = [""] * n_rows
         self.trained = [0] * n_rows  # trained tokens a row predicts (its first token is never predicted)
         self.range_starts: list[int] = []
         self.range_stops: list[int] = []
@@ -152,6 +170,7 @@ class _Rows:
     def add(self, rendered: list[Rendered], encodings: list, reasons: list[str]) -> None:
         limit = self.spec.max_length
         for item, encoding in zip(rendered, encodings):
+            self.flaw[item.row] = item.flaw
             # Conversations: whitespace after an end-of-turn token is not trained (never generated).
             ranges = trained_token_ranges(encoding, item.spans, None if item.append_eos else item.text)
             ids = encoding.ids
@@ -160,6 +179,8 @@ class _Rows:
                 ids.append(self.eos_id)
             if limit is not None and len(ids) > limit:
                 self.truncated[item.row] = True
+                if any(stop > limit for _, stop in ranges):
+                    self.flaw[item.row] = ANSWER_CUT
                 ids = ids[:limit]
                 ranges = [(first, min(stop, limit)) for first, stop in ranges if first < limit]
             if not ranges:
@@ -197,6 +218,7 @@ def _as_table(rows: _Rows, reasons: list[str], source_index: int) -> pa.Table:
         "source_ids": tokens(np.full(total, source_index, dtype=np.int32)),
         "drop_reason": pa.array(reasons, type=pa.string()),
         "truncated": pa.array(rows.truncated, type=pa.bool_()),
+        "flaw": pa.array(rows.flaw, type=pa.string()),
         "trained_tokens": pa.array(rows.trained, type=pa.int32()),
     })  # fmt: skip
 
@@ -204,7 +226,8 @@ def _as_table(rows: _Rows, reasons: list[str], source_index: int) -> pa.Table:
 def encode_batch(batch, indices: list[int], spec: EncodeSpec) -> pa.Table:
     """One map batch (an Arrow table, or a dict of columns) -> an Arrow table of token columns."""
     present = batch.column_names if isinstance(batch, pa.Table) else list(batch)
-    names = [RAW_JSON_COLUMN] if RAW_JSON_COLUMN in present else [c for c in spec.columns.values() if c in present]
+    names = [RAW_JSON_COLUMN] if RAW_JSON_COLUMN in present else list(dict.fromkeys(
+        top_column(c, present) for c in spec.columns.values() if isinstance(c, str) and top_column(c, present) in present))
     if isinstance(batch, pa.Table):
         columns = {name: batch.column(name).to_pylist() for name in names}
     else:

@@ -17,6 +17,7 @@ import json
 from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
+from sft_exp.data.nested import lookup, top_column
 from sft_exp.data.tool_calls import legacy_function_call, structured_calls, structured_tools
 from sft_exp.errors import DataError
 
@@ -122,7 +123,7 @@ def detect_format(fmt: str, column_names: list[str], columns: dict, where: str) 
     for candidate in candidates:
         required = FORMATS[candidate].required
         mapping = column_map(candidate, columns)
-        missing = [mapping[f] for f in required if mapping[f] not in column_names]
+        missing = [mapping[f] for f in required if top_column(mapping[f], column_names) not in column_names]
         if not missing:
             return candidate
         if fmt != "auto":
@@ -142,7 +143,7 @@ def field_values(row: dict, mapping: dict) -> dict:
         row = json.loads(row[RAW_JSON_COLUMN])
         if not isinstance(row, dict):
             raise BadRow("bad_row", f"the row is a JSON {type(row).__name__}, not an object")
-    values = {field: row.get(column) for field, column in mapping.items()}
+    values = {field: lookup(row, column) for field, column in mapping.items() if field != TURN_TAGS_FIELD}
     if TURN_TAGS_FIELD in mapping:
         values[TURN_TAGS_FIELD] = mapping[TURN_TAGS_FIELD]
     return values

@@ -21,10 +21,14 @@ Span = tuple[int, int]
 
 
 def _render(template: str, messages, tools, variables, **kwargs) -> tuple[str, list[Span]]:
+    from sft_exp.data.template_fit import mismatch
+
     try:
         return render_conversation(template, messages, tools, variables, **kwargs)
     except Exception as err:  # templates raise on inputs they refuse (roles out of order, system role, ...)
-        raise BadRow("template_error", f"the chat template refused the conversation: {err}") from None
+        # A template that cannot render tool calls, images or a role: the template is wrong, not the row.
+        raise mismatch(template, messages, tools, err) or BadRow(
+            "template_error", f"the chat template refused the conversation: {err}") from None
 
 
 def _common_prefix_length(a: str, b: str) -> int:
@@ -137,6 +141,11 @@ def conversation_spans(
     markers: bool,
 ) -> tuple[str, list[Span] | None]:
     """The rendered conversation and the character spans to train (None: train every token)."""
+    from sft_exp.data.template_fit import check_calls_rendered, mismatch
+
+    unfit = mismatch(template, conv.messages, conv.tools)  # its source never mentions tool calls, images, ...
+    if unfit is not None:
+        raise unfit
     if assistant_only:
         find = _spans_from_markers if markers else _spans_from_prefixes
         text, spans = find(conv, template, variables)
@@ -154,6 +163,7 @@ def conversation_spans(
             )
         region = (len(head), _trim_end(text, len(head), len(text)))
         spans = [region] if spans is None else _intersect(spans, region)
+    check_calls_rendered(template, text, conv.messages, conv.tools)
     return text, spans
 
 

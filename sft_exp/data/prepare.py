@@ -8,6 +8,7 @@ is given, `data.eval_split_size` of its own rows. `data.eval_sources` are held o
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import datasets
@@ -25,10 +26,12 @@ from sft_exp.data.scan import scan_encoded
 from sft_exp.data.sources import load_source, source_columns, source_label, source_name
 from sft_exp.data.statistics import dataset_statistics, row_counts, token_counts
 from sft_exp.data.templates import has_generation_markers, resolve_chat_template, template_variables
-from sft_exp.data.settings import DataSettings
+from sft_exp.data.settings import DataSettings, resolve_max_length
 from sft_exp.data.validate import check_packing_attention
 from sft_exp.errors import DataError
 from sft_exp.models.stop_tokens import warn_if_no_end_of_turn
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -82,8 +85,9 @@ def _encode_source(source, index: int, settings, tokenizer, template, cache_dir,
     scan = scan_encoded(encoded)  # streamed a batch at a time: memory does not grow with the rows
     kept = scan.kept
     stats = {"path": label, "format": fmt, "rows_read": len(raw), "rows_kept": len(kept),
-             "rows_dropped": dict(sorted(scan.dropped.items())), "rows_truncated": scan.truncated}  # fmt: skip
-    rows = encoded.remove_columns(["drop_reason", "truncated", "trained_tokens"])
+             "rows_dropped": dict(sorted(scan.dropped.items())), "rows_truncated": scan.truncated,
+             "rows_flawed": dict(sorted(scan.flawed.items()))}  # fmt: skip
+    rows = encoded.remove_columns(["drop_reason", "truncated", "flaw", "trained_tokens"])
     rows = rows.select(kept) if scan.dropped else rows
     return EncodedSource(source_name(source), raw, fmt, source.columns, rows, kept, scan.row_tokens, scan.row_trained,
                          scan.digest, stats)  # fmt: skip
@@ -154,15 +158,41 @@ def _eval_from(settings, sources, parts, eval_parts, eval_rows) -> list[dict]:
     return origins
 
 
+def tokenizer_context(tokenizer) -> int | None:
+    """The tokenizer's model_max_length when it is a real bound (transformers puts ~1e30 when unknown)."""
+    value = getattr(tokenizer, "model_max_length", None)
+    return int(value) if isinstance(value, int) and 0 < value < 1_000_000 else None
+
+
+def warn_cut_answers(stats: dict) -> None:
+    """Rows that train but are likely mistakes: truncation that cuts an answer or its end of turn (the model
+    learns to stop mid-answer), conversations with no user turn. Counted in the stats and said here."""
+    cut, rows = stats.get("answers_cut", 0), stats.get("rows_read", 0)
+    no_user = stats.get("rows_flawed", {}).get("no_user_turn", 0)
+    if no_user:
+        log.warning("%d of %d rows (%.1f%%) are conversations with no user turn (assistant replies to nothing); "
+                    "they train as they are: check the file's roles and data.sources[].columns.",
+                    no_user, rows, 100 * no_user / max(rows, 1))
+    if cut:
+        log.warning(
+            "%d of %d rows (%.1f%%) lost part of an answer or its end of turn to data.max_length=%d (%s): the model "
+            "learns answers that stop mid-way. Raise data.max_length, or drop such rows from the file.",
+            cut, rows, 100 * cut / max(rows, 1), stats["max_length"], stats.get("max_length_from", "data.max_length"),
+        )
+
+
 def prepare_datasets(
-    settings: DataSettings, tokenizer, *, attn_implementation: str | None = None, cache_dir: str | None = None
+    settings: DataSettings, tokenizer, *, attn_implementation: str | None = None, cache_dir: str | None = None,
+    model_context: int | None = None,
 ) -> PreparedData:
-    """`settings`: a DataSettings (Hydra builds it from `data.*`: `hydra.utils.instantiate(cfg.data)`)."""
+    """`settings`: a DataSettings (Hydra builds it from `data.*`: `hydra.utils.instantiate(cfg.data)`).
+    `model_context`: the model's max_position_embeddings, the bound of an unset data.max_length."""
     if not isinstance(settings, DataSettings):
         raise TypeError(
             f"prepare_datasets: expected sft_exp.data.DataSettings, got {type(settings).__name__}; "
             "build it with DataSettings(sources=[...], seed=...) or hydra.utils.instantiate(cfg.data)"
         )
+    settings, max_length_from = resolve_max_length(settings, model_context or tokenizer_context(tokenizer))
     check_packing_attention(settings, attn_implementation)
     template = resolve_chat_template(settings.chat_template, tokenizer)
     warn_if_no_end_of_turn(template, tokenizer, settings.chat_template)  # the saved model would not stop
@@ -187,6 +217,8 @@ def prepare_datasets(
         counts = row_counts(pieces, len(names))
     mixture_rows = {part.name: len(rows) for part, rows in zip(parts, train_rows)}
     stats = dataset_statistics(settings, parts, eval_parts, counts, len(train), eval_set, names, mixture_rows)
+    stats["max_length_from"] = max_length_from
+    warn_cut_answers(stats)
     stats["eval_from"] = _eval_from(settings, settings.sources, parts, eval_parts, eval_rows)
     heldout_groups = [(part, part.kept) for part in eval_parts]
     heldout_groups += [(part, part.kept[rows]) for part, rows in zip(parts, eval_rows) if len(rows)]

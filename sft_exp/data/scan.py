@@ -34,6 +34,7 @@ class EncodedScan:
     dropped: Counter  # drop reason -> rows
     truncated: int  # rows cut to max_length
     digest: str  # content hash of the kept rows' tokens and labels, in order
+    flawed: Counter = None  # kept rows with a flaw (sft_exp.data.encoding: answer_cut, no_user_turn) -> rows
 
 
 def record_batches(dataset: datasets.Dataset, columns: list[str]) -> Iterator[pa.RecordBatch]:
@@ -73,8 +74,8 @@ def scan_encoded(dataset: datasets.Dataset) -> EncodedScan:
     digest = TokenDigest(("input_ids", "labels"))
     kept, tokens, trained = [], [], []
     dropped: Counter = Counter()
-    truncated, start = 0, 0
-    columns = ["input_ids", "labels", "drop_reason", "truncated", "trained_tokens"]
+    truncated, start, flawed = 0, 0, Counter()
+    columns = ["input_ids", "labels", "drop_reason", "truncated", "flaw", "trained_tokens"]
     release_arrow_pages()  # map has just opened its output, reading each batch's header through the map
     for batch in record_batches(dataset, columns):
         reasons = batch.column("drop_reason")
@@ -82,6 +83,9 @@ def scan_encoded(dataset: datasets.Dataset) -> EncodedScan:
         for item in pc.value_counts(reasons.filter(pc.invert(pc.equal(reasons, "")))).to_pylist():
             dropped[item["values"]] += item["counts"]
         truncated += pc.sum(batch.column("truncated")).as_py() or 0
+        flaws = batch.column("flaw").filter(pa.array(keep))  # kept rows only
+        for item in pc.value_counts(flaws.filter(pc.invert(pc.equal(flaws, "")))).to_pylist():
+            flawed[item["values"]] += item["counts"]
         kept.append(start + np.flatnonzero(keep))
         tokens.append(pc.list_value_length(batch.column("input_ids")).to_numpy(zero_copy_only=False)[keep])
         trained.append(batch.column("trained_tokens").to_numpy(zero_copy_only=False)[keep])
@@ -97,4 +101,4 @@ def scan_encoded(dataset: datasets.Dataset) -> EncodedScan:
         return np.concatenate(pieces).astype(dtype, copy=False) if pieces else np.zeros(0, dtype)
 
     return EncodedScan(joined(kept, np.int64), joined(tokens, np.int32), joined(trained, np.int32), dropped,
-                       int(truncated), digest.hexdigest())  # fmt: skip
+                       int(truncated), digest.hexdigest(), flawed)  # fmt: skip

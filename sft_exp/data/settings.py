@@ -13,6 +13,10 @@ from typing import Any, Optional
 from sft_exp.errors import ConfigError
 
 
+# data.max_length when it is not set and the model's context is not smaller (TRL's SFTConfig default).
+DEFAULT_MAX_LENGTH = 1024
+
+
 @dataclass
 class Source:
     """One `data.sources[]` (or `data.eval_sources[]`) entry. Its fields are the schema of a source
@@ -31,6 +35,10 @@ class Source:
     # take the names inside turns (LLaMA-Factory's tags): role_tag, content_tag, user_tag,
     # assistant_tag, system_tag, function_tag (tool-call turns), observation_tag (tool results).
     columns: dict[str, str] = field(default_factory=dict)
+    # A column holding a list of objects (self-instruct's `instances`): one row per element, the other
+    # columns repeated; map the element's fields with paths, e.g. columns: {input: instances.input}.
+    # A `columns` value may be a path into nested fields in any case: instances.0.output.
+    expand: Optional[str] = None
     # Sampling weight in the mixture; above 1 oversamples.
     weight: float = 1.0
     max_samples: Optional[int] = None
@@ -60,7 +68,9 @@ class DataSettings:
     eval_split_size: float = 0.05
     # None: the tokenizer's own; a built-in name (chatml, zephyr); or a path to a .jinja file.
     chat_template: Optional[str] = None
-    max_length: int = 1024
+    # Tokens per row; longer rows are cut (and counted). None: DEFAULT_MAX_LENGTH, or the model's context
+    # if that is smaller (the data line says which).
+    max_length: Optional[int] = None
     # None: on for prompt-completion data.
     completion_only_loss: Optional[bool] = None
     assistant_only_loss: bool = False
@@ -121,3 +131,13 @@ def unknown_key_message(error: TypeError, component: type) -> str:
     close = difflib.get_close_matches(match.group(1), known, n=1)
     hint = f"did you mean `{close[0]}`? " if close else ""
     return f"{match.group(1)}: unknown key; {hint}the keys are {', '.join(known)}"
+
+
+def resolve_max_length(settings: DataSettings, model_context: Optional[int]) -> tuple[DataSettings, str]:
+    """`settings` with max_length set, and where the value came from: data.max_length, the model's context
+    (when smaller than the default) or the default."""
+    if settings.max_length is not None:
+        return settings, "data.max_length"
+    if model_context and model_context < DEFAULT_MAX_LENGTH:
+        return dataclasses.replace(settings, max_length=int(model_context)), "the model's context"
+    return dataclasses.replace(settings, max_length=DEFAULT_MAX_LENGTH), "the default"

@@ -95,7 +95,21 @@ def load_source(source, cache_dir: str | None = None) -> datasets.Dataset:
         dataset = _load_json_rows(path)  # mixed types across rows: check them row by row instead
     if source.max_samples is not None:
         dataset = dataset.select(range(min(len(dataset), source.max_samples)))
+    if getattr(source, "expand", None):
+        dataset = _expanded(dataset, source)
     return dataset
+
+
+def _expanded(dataset: datasets.Dataset, source) -> datasets.Dataset:
+    """`expand`: one row per element of the list column (sft_exp.data.nested)."""
+    from sft_exp.data.formats import RAW_JSON_COLUMN
+    from sft_exp.data.nested import expand_rows
+
+    if RAW_JSON_COLUMN not in dataset.column_names and source.expand not in dataset.column_names:
+        raise DataError(f"{source_label(source)}: expand={source.expand!r} is not a column (it has "
+                        f"{dataset.column_names})")
+    return dataset.map(expand_rows, batched=True, fn_kwargs={"column": source.expand, "raw_json_column": RAW_JSON_COLUMN},
+                       desc=f"Expanding {source.expand}")
 
 
 def _unreadable(source, err: Exception) -> DataError:

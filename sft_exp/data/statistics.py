@@ -50,15 +50,18 @@ def dataset_statistics(
     settings, parts, eval_parts, train_counts: dict, n_train: int, eval_set, names: list[str], mixture_rows: dict
 ) -> dict:
     """`train_counts`: the training rows' token counts (`token_counts` or `row_counts`)."""
-    dropped = Counter()
+    dropped, flawed = Counter(), Counter()
     for part in [*parts, *eval_parts]:
         dropped.update(part.stats["rows_dropped"])
+        flawed.update(part.stats.get("rows_flawed", {}))
     stats = {
         "sources": {part.name: part.stats for part in parts},
         "eval_sources": {part.name: part.stats for part in eval_parts},
         "rows_read": sum(part.stats["rows_read"] for part in [*parts, *eval_parts]),
         "rows_dropped": dict(sorted(dropped.items())),
         "rows_truncated": sum(part.stats["rows_truncated"] for part in [*parts, *eval_parts]),
+        "rows_flawed": dict(sorted(flawed.items())),
+        "answers_cut": flawed.get("answer_cut", 0),
         "train_examples_per_source": mixture_rows,
         "train_rows": n_train,
         "eval_rows": len(eval_set) if eval_set is not None else 0,

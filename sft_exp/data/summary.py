@@ -44,6 +44,8 @@ def describe(data) -> str:
         f"data: {len(data.train)} train rows from {len(data.source_names)} source(s); "
         f"{stats.get('tokens', 0):,} tokens, {100 * stats.get('supervised_fraction', 0.0):.1f}% supervised; "
         f"{dropped} rows dropped{reasons}, {stats.get('rows_truncated', 0)} truncated"
+        + (f" ({stats['answers_cut']} of them inside an answer)" if stats.get("answers_cut") else "")
+        + f" at max_length {stats.get('max_length')} (from {stats.get('max_length_from', 'data.max_length')})"
     )
     if packing:
         line += f"; packed into {packing['packed_rows']} rows, {100 * packing['fill_rate']:.1f}% full"

@@ -72,8 +72,8 @@ def check_settings(settings) -> None:
     """Raise ConfigError naming `data.<key>` for values that cannot work (`settings`: a DataSettings). Loads nothing."""
     _check_sources(settings)
     check_chat_template_setting(settings.chat_template)
-    if not isinstance(settings.max_length, int) or settings.max_length < 2:
-        raise ConfigError(f"data.max_length={settings.max_length}: must be an integer >= 2")
+    if settings.max_length is not None and (not isinstance(settings.max_length, int) or settings.max_length < 2):
+        raise ConfigError(f"data.max_length={settings.max_length}: must be an integer >= 2, or null for the default")
     if settings.packing_strategy not in PACKING_STRATEGIES:
         raise ConfigError(f"data.packing_strategy={settings.packing_strategy!r}: use one of {', '.join(PACKING_STRATEGIES)}")
     if settings.on_bad_row not in BAD_ROW_POLICIES:

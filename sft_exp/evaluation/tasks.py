@@ -160,7 +160,7 @@ def load_examples(name: str, settings: GenerationTaskSettings) -> List[dict]:
         absent = [column for column in mapping.values() if column not in columns]
         if absent:
             raise DataError(f"{where}: the file has no column(s) {absent} (it has {columns}); "
-                            f"set evals.{name}.prompt_column / answer_column")
+                            + _columns_fix(name, settings, columns))
         return [_column_example(where, index, field_values(row, mapping), settings) for index, row in enumerate(raw)]
     fmt = detect_format(settings.format, columns, settings.columns, where)
     if fmt == "text":
@@ -170,10 +170,37 @@ def load_examples(name: str, settings: GenerationTaskSettings) -> List[dict]:
     examples = []
     for index, row in enumerate(raw):
         try:
-            examples.append(as_example(normalize_row(fmt, field_values(row, mapping))))  # text was refused above
+            example = as_example(normalize_row(fmt, field_values(row, mapping)))  # text was refused above
+            examples.append(_templated(example, settings))
         except BadRow as err:
             raise DataError(f"{where}, row {index}: {err.detail}") from None
     return examples
+
+
+def _columns_fix(name: str, settings: GenerationTaskSettings, columns: list) -> str:
+    """What to set when the task's columns are not the file's: null them for a file of a known format."""
+    from sft_exp.data.formats import detect_format
+    from sft_exp.errors import UserError
+
+    try:
+        fmt = detect_format("auto", columns, settings.columns, name)
+    except UserError:
+        fmt = None
+    if fmt and fmt != "text":
+        return (f"it is a {fmt} file, read without columns: set evals.{name}.prompt_column=null "
+                f"evals.{name}.answer_column=null")
+    return f"set evals.{name}.prompt_column / answer_column to the file's columns"
+
+
+def _templated(example: dict, settings: GenerationTaskSettings) -> dict:
+    """A task's prompt_template applies to conversation prompts too: to their last user message."""
+    if settings.prompt_template == "{prompt}" or not isinstance(example["prompt"], list):
+        return example
+    messages = [dict(m) for m in example["prompt"]]
+    last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=None)
+    if last_user is not None and isinstance(messages[last_user].get("content"), str):
+        messages[last_user]["content"] = settings.prompt_template.format(prompt=messages[last_user]["content"])
+    return {**example, "prompt": messages}
 
 
 def _column_example(where: str, index: int, row: dict, settings: GenerationTaskSettings) -> dict:

@@ -61,7 +61,7 @@ class RunRecorder(TrainerCallback):
             if isinstance(row.get(key), (int, float)):
                 parts.append(f"{label} {row[key]:.4f}")
         # Task scores (eval_<task>/<metric>): every one, they are what the fine-tune is for.
-        parts += [f"{key[len('eval_'):]} {value:.4f}" for key, value in row.items()
+        parts += [f"{key[len('eval_'):]} {format_score(key, value)}" for key, value in row.items()
                   if key.startswith("eval_") and "/" in key and isinstance(value, (int, float))]
         now = time.monotonic()
         if "num_tokens" in row:
@@ -106,3 +106,11 @@ def _json_safe(value: Any) -> Any:
 def _duration(seconds: float) -> str:
     seconds = max(0, int(seconds))
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+# Task metrics that count outputs (eval_<task>/truncated), printed as the whole numbers they are.
+COUNT_METRICS = ("truncated",)
+
+
+def format_score(key: str, value: float) -> str:
+    return f"{int(value)}" if key.rsplit("/", 1)[-1] in COUNT_METRICS and float(value).is_integer() else f"{value:.4f}"

@@ -57,13 +57,15 @@ def task_config(run: Optional[Path], overrides: list) -> dict:
     selection = [o for o in overrides if o.startswith("evals=")]
     settings = [o for o in overrides if o not in selection]
     if selection:
-        from hydra import compose, initialize_config_dir
+        from sft_exp.cli_errors import composed
 
-        from sft_exp.paths import config_dir
-
-        with initialize_config_dir(str(config_dir()), version_base="1.3"):
-            cfg = compose(overrides=["+" + selection[-1], *settings])
-        return OmegaConf.to_container(cfg, resolve=True).get("evals") or {}
+        # Task keys merge onto the chosen options unchecked here: build_tasks checks them against the task
+        # schema (a documented key such as format=messages works; a misspelled one gets "did you mean").
+        cfg = composed(["+" + selection[-1]], config_name=None)
+        dotlist = [o.lstrip("+").split(".", 1)[1] for o in settings]
+        evals = OmegaConf.merge(OmegaConf.create(OmegaConf.to_container(cfg.get("evals") or {})),
+                                OmegaConf.from_dotlist(dotlist))
+        return OmegaConf.to_container(evals, resolve=True) or {}
     if run is None:
         raise ConfigError("a model folder has no tasks of its own: choose some, e.g. evals=gsm8k evals.gsm8k.path=...")
     evals = OmegaConf.load(run / "resolved_config.yaml").get("evals") or OmegaConf.create({})
@@ -155,7 +157,9 @@ def main(argv: Optional[list] = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     for key, value in result["scores"].items():
-        print(f"{key}: {value:.4f}")
+        from sft_exp.run.recorder import format_score
+
+        print(f"{key}: {format_score(key, value)}")
     print(f"per-example outputs and scores.json in {result['out']}")
     return 0
 

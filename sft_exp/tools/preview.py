@@ -22,13 +22,12 @@ GREEN, RESET = "\033[42m\033[30m", "\033[0m"
 
 
 def compose_config(overrides: list[str]):
-    from hydra import compose, initialize_config_dir
+    from sft_exp.cli_errors import composed
+    from sft_exp.preflight import check_known_keys
 
-    import sft_exp.config  # noqa: F401  registers the schemas and the ${asset:} resolver
-    from sft_exp.paths import config_dir
-
-    with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        return compose("config", overrides=overrides)
+    cfg = composed(overrides)
+    check_known_keys(cfg)
+    return cfg
 
 
 def load_tokenizer(model_cfg):
@@ -97,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         data = prepare_datasets(settings, tokenizer, attn_implementation=cfg.model.attn_implementation)
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return 2  # a user error, as in training
     color = sys.stdout.isatty() and not args.plain
     legend = "trained tokens highlighted" if color else "trained tokens in [[...]]"
     shown = 0

@@ -34,6 +34,9 @@ class SFTTrainingArguments(TrainingArguments):
     nonfinite_loss: str = field(default="stop")
     # Router load-balancing loss coefficient for MoE models (None: the model config's own).
     router_aux_loss_coef: Optional[float] = field(default=None)
+    # CPU threads for torch. None: the CPUs this process may use minus those busy at start (at least 1),
+    # waiting passively (sft_exp.threads): a busy core then costs a share, not the whole run.
+    threads: Optional[int] = field(default=None)
 
     def __post_init__(self):
         check_trainer_choices(nonfinite_loss=self.nonfinite_loss)

@@ -26,7 +26,7 @@ N_ROWS = 2_345  # crosses the 1,000-row map batches and the 100-row batches writ
 
 def _encoded_rows(batch: dict, indices: list[int]) -> dict:
     """Rows shaped like the tokenizer's output; every 7th row dropped (empty), every 5th truncated."""
-    out = {"input_ids": [], "labels": [], "drop_reason": [], "truncated": [], "trained_tokens": []}
+    out = {"input_ids": [], "labels": [], "drop_reason": [], "truncated": [], "flaw": [], "trained_tokens": []}
     for index in indices:
         dropped = index % 7 == 3
         length = 0 if dropped else 1 + (index * 37) % 50
@@ -36,6 +36,7 @@ def _encoded_rows(batch: dict, indices: list[int]) -> dict:
         out["labels"].append(labels)
         out["drop_reason"].append(("bad_json", "no_assistant_turn")[index % 2] if dropped else "")
         out["truncated"].append(index % 5 == 0 and not dropped)
+        out["flaw"].append("answer_cut" if index % 10 == 0 and not dropped else "")  # half the truncated rows
         out["trained_tokens"].append(sum(label != -100 for label in labels[1:]))
     return out
 
@@ -68,6 +69,8 @@ def test_streamed_scan_equals_the_whole_table_figures(encoded_on_disk):
     assert np.array_equal(scan.kept, kept) and np.array_equal(scan.row_tokens, tokens)
     assert np.array_equal(scan.row_trained, trained)
     assert scan.dropped == dropped and sum(dropped.values()) > 2 and scan.truncated == truncated > 0
+    flawed = sum(1 for flaw in encoded_on_disk.data.table.column("flaw").to_pylist() if flaw)
+    assert scan.flawed == {"answer_cut": flawed} and flawed > 0
     assert scan.digest == token_digest(encoded_on_disk.data.table, ("input_ids", "labels"))
     # The same rows in memory, in other chunks: the same figures and digest.
     rechunked = pa.Table.from_batches(encoded_on_disk.data.table.to_batches(max_chunksize=333))

@@ -19,7 +19,7 @@ def test_preview_marks_trained_tokens_and_prints_statistics(tmp_path, capsys):
 
 
 def test_preview_reports_a_config_mistake_without_a_traceback(capsys):
-    assert main(["data.sources=[{path:/no/such.jsonl}]"]) == 1
+    assert main(["data.sources=[{path:/no/such.jsonl}]"]) == 2  # a user error: exit 2, as in training
     assert "data.sources[0].path" in capsys.readouterr().err
 
 

@@ -188,8 +188,13 @@ def test_a_template_that_drops_tool_calls_is_a_counted_mismatch(word_tokenizer, 
     no_tools.write_text("{% for m in messages %}{{ m.role + ': ' + (m.content or '') + '\\n' }}{% endfor %}"
                         "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}")  # fmt: skip
     rows = [OPENAI_ROW, {"messages": [STRUCTURED[0], STRUCTURED[3]]}]
-    with pytest.raises(DataError, match="row 0: .*tool call 'get_weather'.*template_mismatch"):
+    with pytest.raises(DataError) as raised:
         _prepare(word_tokenizer, tmp_path, rows, chat_template=str(no_tools))
+    # The row is fine, the template is not: the message names the built-in template that renders calls.
+    message = str(raised.value)
+    assert "row 0: the chat template cannot render this row's tool calls" in message
+    assert "data.chat_template=chatml" in message and "[template_mismatch]" in message
+    assert "on_bad_row=drop" not in message
     data = _prepare(word_tokenizer, tmp_path, rows, chat_template=str(no_tools), on_bad_row="drop")
     assert data.stats["rows_dropped"] == {"template_mismatch": 1}
 

@@ -82,15 +82,24 @@ def _load_template(path) -> str:
 
 @pytest.fixture(scope="module")
 def phi3_tokenizer():
-    from builders import SHARED_DATA
+    from builders import TEST_ASSETS
     from transformers import AutoTokenizer
 
-    folder = SHARED_DATA / "tokenizers" / "phi-3-mini"
-    if not folder.is_dir():
-        pytest.skip("../shared/data is absent (a fresh clone has none)")
+    folder = TEST_ASSETS / "tokenizers" / "phi-3-mini"  # shipped (tests/assets/README.md)
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     tokenizer.add_special_tokens({"additional_special_tokens": CONTROL_TOKENS})
     return tokenizer
+
+
+def template_file(name: str):
+    """The shipped copy of a real template, else ../shared/data's; the Llama 3.x templates are not shipped
+    (their licence), so their cases skip without ../shared."""
+    from builders import SHARED_DATA, TEST_ASSETS
+
+    for folder in (TEST_ASSETS / "chat_templates", SHARED_DATA / "chat_templates"):
+        if (folder / name).is_file():
+            return folder / name
+    pytest.skip(f"{name} is not shipped in tests/assets (its licence) and ../shared/data is absent")
 
 
 def _prepare(tokenizer, tmp_path, rows, template_path, **values):
@@ -109,8 +118,8 @@ def test_every_tool_template_is_covered(shared_data):
 
 @pytest.mark.parametrize("case", sorted(CASES))
 @pytest.mark.parametrize("name", sorted(END_OF_TURN))
-def test_trained_text_is_the_inference_render_and_masks_cover_each_call(phi3_tokenizer, shared_data, tmp_path, name, case):
-    template_path = shared_data / "chat_templates" / name
+def test_trained_text_is_the_inference_render_and_masks_cover_each_call(phi3_tokenizer, tmp_path, name, case):
+    template_path = template_file(name)
     row, structured = CASES[case]
     try:
         expected = phi3_tokenizer.apply_chat_template(
@@ -128,12 +137,14 @@ def test_trained_text_is_the_inference_render_and_masks_cover_each_call(phi3_tok
     assert "22 C" not in call_turn + reply_turn  # tool results are input, not trained
 
 
-def test_openai_tool_rows_with_qwen2_5_have_no_double_encoded_arguments(phi3_tokenizer, shared_data, tmp_path):
-    path = shared_data / "conversations" / "foundry_stock_toolcall_training.messages.jsonl"
+def test_openai_tool_rows_with_qwen2_5_have_no_double_encoded_arguments(phi3_tokenizer, tmp_path):
+    from builders import TEST_ASSETS
+
+    path = TEST_ASSETS / "conversations" / "foundry_stock_toolcall_training.messages.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     calls_in_file = sum(len(m.get("tool_calls", [])) for row in rows for m in row["messages"])
     assert calls_in_file == 36
-    data = _prepare(phi3_tokenizer, tmp_path, rows, shared_data / "chat_templates" / "Qwen-Qwen2.5-7B-Instruct.jinja")
+    data = _prepare(phi3_tokenizer, tmp_path, rows, template_file("Qwen-Qwen2.5-7B-Instruct.jinja"))
     assert len(data.train) == len(rows)
     texts = [phi3_tokenizer.decode(row["input_ids"]) for row in data.train]
     trained = [run for row in data.train for run in trained_runs(phi3_tokenizer, row["input_ids"], row["labels"])]

@@ -39,8 +39,10 @@ def test_gsm8k_path_is_required(tmp_path):
         build_tasks(tasks)
 
 
-def test_gsm8k_file_prompts_and_answers(shared_data, tmp_path):
-    tasks = _compose(tmp_path, ["evals=gsm8k", f"evals.gsm8k.path={shared_data}/eval/gsm8k_test.jsonl",
+def test_gsm8k_file_prompts_and_answers(tmp_path):
+    from tests.conftest import TEST_ASSETS
+
+    tasks = _compose(tmp_path, ["evals=gsm8k", f"evals.gsm8k.path={TEST_ASSETS}/eval/gsm8k_test_first50.jsonl",
                                 "evals.gsm8k.limit=3"])
     examples = build_tasks(tasks)["gsm8k"].examples
     assert len(examples) == 3

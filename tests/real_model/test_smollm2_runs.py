@@ -11,19 +11,17 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from sft_exp.data.templates import CHATML
-from tests.conftest import SHARED_DATA, run_sft
+from tests.conftest import TEST_ASSETS, run_sft
 
 pytestmark = pytest.mark.real_model
 
-SHAREGPT = SHARED_DATA / "conversations" / "fastchat_dummy_conversation.sharegpt.json"
+SHAREGPT = TEST_ASSETS / "conversations" / "fastchat_dummy_conversation.sharegpt.json"
 
 
 @pytest.fixture(scope="module")
 def lora_run(smollm2_folder, tmp_path_factory):
     """20 LoRA steps of 2 rows (<= 64 tokens) on FastChat's ShareGPT file, trained with ChatML (not SmolLM2's
     own template, so a saved template that is not the trained one shows)."""
-    if not SHAREGPT.is_file():
-        pytest.skip("../shared/data is absent (a fresh clone has none)")
     run = tmp_path_factory.mktemp("smollm2") / "run"
     proc = run_sft(
         "model=hf", f"model.name_or_path={smollm2_folder}", "peft=lora",

@@ -1,0 +1,122 @@
+"""Hydra's own errors (a misspelled key, a bad value, an unknown option) as sft_exp's user errors: one
+message naming the key with "did you mean", no "use +key=..." advice that only moves the failure to
+instantiate, and exit code 2 like every other user mistake in every command."""
+from __future__ import annotations
+
+import difflib
+import re
+import sys
+
+# "Key 'max_stepz' not in 'TrainerConfig'" / "Key 'max_stepz' is not in struct", then "full_key: trainer.max_stepz"
+_UNKNOWN_KEY = re.compile(r"Key '([^']+)' (?:is )?not in")
+_FULL_KEY = re.compile(r"full_key: (\S+)")
+_OBJECT_TYPE = re.compile(r"object_type=(\w+)")
+
+
+def closest(name: str, known) -> str:
+    """ "did you mean `x`? " for the nearest known name, else ""."""
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f"did you mean `{close[0]}`? " if close else ""
+
+
+def unknown_key_message(key: str, known) -> str:
+    """The one message for a key a component has no setting for."""
+    name = key.rsplit(".", 1)[-1]
+    known = sorted(str(k) for k in known)
+    return (f"{key}: unknown key; {closest(name, known)}the keys there are: {', '.join(known)}. "
+            "Fix the spelling (a `+` in front only makes the component refuse it later).")
+
+
+def explain(error: BaseException, overrides: list[str] | None = None) -> str:
+    """A readable one-paragraph message for an error Hydra raised while composing the config."""
+    text = "\n".join(str(e) for e in (error, error.__cause__) if e is not None)
+    unknown, full_key = _UNKNOWN_KEY.search(text), _FULL_KEY.search(text)
+    if unknown:
+        key = unknown.group(1)
+        object_type = (_OBJECT_TYPE.search(text) or [None, ""])[1]
+        if object_type.endswith("SourceSchema"):  # a key inside one data.sources / eval_sources entry
+            import dataclasses
+
+            from sft_exp.data.settings import Source
+
+            return unknown_key_message(f"data.sources[].{key}", [f.name for f in dataclasses.fields(Source)])
+        path = full_key.group(1) if full_key else key
+        known = _keys_beside(path, overrides or [])
+        if known is not None:
+            return unknown_key_message(path, known)
+        return f"{path}: unknown key. Check its spelling against `python -m sft_exp --cfg job`."
+    text = text.split("Config search path:")[0]  # Hydra's provider list says nothing a user acts on
+    first_line = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    rest = [line.strip() for line in text.strip().splitlines()[1:] if line.strip()]
+    return " ".join([first_line, *rest]).replace("To append to your config use", "(to add a new key use")
+
+
+def composed(overrides: list[str], config_name: str | None = "config"):
+    """Hydra's compose of conf/config.yaml (for the tools that are not @hydra.main), its errors as ConfigError."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    import sft_exp.config  # noqa: F401  registers the schemas and the ${asset:} resolver
+    from sft_exp.errors import ConfigError
+    from sft_exp.paths import config_dir
+
+    try:
+        with initialize_config_dir(str(config_dir()), version_base="1.3"):
+            return compose(config_name, overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as error:
+        raise ConfigError(explain(error, overrides)) from None
+
+
+def _keys_beside(path: str, overrides: list[str]):
+    """The keys of `path`'s parent node in the config composed without the override that named `path`."""
+    parent = path.rpartition(".")[0]
+    kept = [o for o in overrides if o.lstrip("+~").split("=", 1)[0] != path]
+    try:
+        from hydra import compose, initialize_config_dir
+        from hydra.core.global_hydra import GlobalHydra
+        from omegaconf import DictConfig, OmegaConf
+
+        from sft_exp.paths import config_dir
+
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(str(config_dir()), version_base="1.3"):
+            cfg = compose("config", overrides=kept)
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        return [k for k in node.keys() if not str(k).startswith("_")] if isinstance(node, DictConfig) else None
+    except Exception:  # noqa: BLE001  the hint is a courtesy; the message without it still names the key
+        return None
+
+
+def install_for_hydra_main() -> None:
+    """Make `@hydra.main` report a composition error as a user error (exit 2), not Hydra's exit 1.
+
+    Hydra runs the whole job through hydra._internal.utils.run_and_report, which prints an exception and
+    exits 1; errors raised by composing the config (before our task function runs) are answered here.
+    """
+    import hydra._internal.utils as hydra_utils
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    original = hydra_utils.run_and_report
+    if getattr(original, "_sft_exp", False):
+        return
+
+    def run_and_report(func):
+        def guarded():
+            try:
+                return func()
+            except (HydraException, OmegaConfBaseException) as error:
+                if type(error).__name__ == "InstantiationException":
+                    raise
+                print(f"error: {explain(error, _command_line_overrides())}", file=sys.stderr)
+                sys.exit(2)
+
+        return original(guarded)
+
+    run_and_report._sft_exp = True
+    hydra_utils.run_and_report = run_and_report
+
+
+def _command_line_overrides() -> list[str]:
+    return [arg for arg in sys.argv[1:] if "=" in arg and not arg.startswith("-")]

@@ -1,0 +1,109 @@
+"""A user's first mistakes and own files (issue-style first contact): one message naming the key or
+folder and the fix, exit code 2, and nothing of the demo's settings in a run on the user's data."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sft_exp.errors import ConfigError
+from tests.conftest import compose, run_sft
+
+
+def test_a_misspelled_key_is_one_did_you_mean_with_exit_2():
+    # Hydra's own advice for this is `+trainer.max_stepz=3`; that must not move the failure to instantiate.
+    for override in ("trainer.max_stepz=3", "+trainer.max_stepz=3"):
+        done = run_sft(override, "logger=none", "evals=none", timeout=120)
+        output = done.stdout + done.stderr  # Hydra's logging goes to stdout
+        assert done.returncode == 2, output[-2000:]
+        assert "trainer.max_stepz: unknown key; did you mean `max_steps`?" in output
+        assert "Traceback" not in output and "use +trainer.max_stepz" not in output
+
+
+def test_a_misspelled_source_key_names_the_source_field():
+    from sft_exp.cli_errors import composed
+
+    with pytest.raises(ConfigError, match=r"data.sources\[\]\.max_sample: unknown key; did you mean `max_samples`"):
+        composed(["data.sources=[{path:x.jsonl,max_sample:3}]"])
+
+
+def test_a_plus_key_on_a_component_is_refused_before_anything_loads():
+    from sft_exp.preflight import validate_config
+
+    with pytest.raises(ConfigError, match="did you mean `max_length`"):
+        validate_config(compose(["+data.max_lenght=64"]))
+
+
+def test_a_model_folder_without_a_model_is_one_error_before_tokenizing(tmp_path):
+    from sft_exp.preflight import validate_config
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ConfigError, match="holds no model .no config.json"):
+        validate_config(compose(["model=hf", f"model.name_or_path={empty}"]))
+    (empty / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    (empty / "tokenizer.json").write_text("{}")
+    with pytest.raises(ConfigError, match="has a config.json but no weights"):
+        validate_config(compose(["model=hf", f"model.name_or_path={empty}"]))
+
+
+def test_max_length_unset_is_the_default_or_the_model_context_and_says_which(tmp_path):
+    from hydra.utils import instantiate
+
+    from sft_exp.data.settings import DEFAULT_MAX_LENGTH, resolve_max_length
+
+    (tmp_path / "x.jsonl").write_text(json.dumps({"text": "hello"}) + "\n")
+    # Replacing the demo's sources keeps nothing of the demo's: max_length is unset, not 256.
+    settings = instantiate(compose([f"data.sources=[{{path:{tmp_path / 'x.jsonl'}}}]"]).data)
+    assert settings.max_length is None
+    assert resolve_max_length(settings, None)[0].max_length == DEFAULT_MAX_LENGTH
+    assert resolve_max_length(settings, 4096)[1] == "the default"
+    small, origin = resolve_max_length(settings, 512)
+    assert (small.max_length, origin) == (512, "the model's context")
+    chosen = instantiate(compose([f"data.sources=[{{path:{tmp_path / 'x.jsonl'}}}]", "data.max_length=300"]).data)
+    assert resolve_max_length(chosen, 128) == (chosen, "data.max_length")
+
+
+def test_off_the_demo_the_default_evaluation_is_eval_loss_and_accuracy(tmp_path):
+    from hydra.utils import instantiate
+
+    from sft_exp.train import default_evals_off_demo
+
+    path = tmp_path / "mine.jsonl"
+    path.write_text(json.dumps({"text": "hello"}) + "\n")
+    for overrides, tasks in (([], ["heldout"]),  # the demo keeps its task
+                             ([f"data.sources=[{{path:{path}}}]"], []),  # the user's data: no default task
+                             ([f"data.sources=[{{path:{path}}}]", "evals=heldout"], ["heldout"])):  # asked for
+        cfg = compose(overrides)
+        default_evals_off_demo(cfg, instantiate(cfg.data))
+        assert list(cfg.evals or {}) == tasks, overrides
+
+
+def test_threads_follow_the_request_the_environment_or_the_free_cpus(monkeypatch):
+    from sft_exp import threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert threads.choose_threads(3) == (3, "trainer.threads")
+    count, why = threads.choose_threads(None)
+    assert 1 <= count <= threads.usable_cpus() and "busy with other processes" in why
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert threads.choose_threads(None) == (1, "OMP_NUM_THREADS")
+    monkeypatch.setenv("MKL_NUM_THREADS", "1")
+    monkeypatch.setenv("OMP_WAIT_POLICY", "unset")
+    monkeypatch.delenv("OMP_WAIT_POLICY")  # restored (removed) after the test, as prepare sets it
+    threads.prepare(None)
+    import os
+
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"  # threads sleep, not spin, while they wait
+
+
+def test_counts_print_as_counts_and_the_resume_hint_is_a_command(monkeypatch, tmp_path):
+    from sft_exp.errors import TrainingInterrupted
+    from sft_exp.run.recorder import format_score
+
+    assert format_score("eval_heldout/truncated", 22.0) == "22"
+    assert format_score("eval_heldout/exact_match", 1.0) == "1.0000"
+    monkeypatch.setattr("sys.argv", ["sft_exp", "trainer.max_steps=3", "hydra.run.dir=/elsewhere"])
+    hint = str(TrainingInterrupted(2, 5, tmp_path))
+    assert hint.endswith(f"Resume with: python -m sft_exp trainer.max_steps=3 hydra.run.dir={tmp_path} "
+                         "resume_from_checkpoint=true")
