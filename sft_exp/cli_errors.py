@@ -94,15 +94,12 @@ def install_for_hydra_main() -> None:
     Hydra runs the whole job through hydra._internal.utils.run_and_report, which prints an exception and
     exits 1; errors raised by composing the config (before our task function runs) are answered here.
     """
-    import hydra._internal.utils as hydra_utils
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    original = hydra_utils.run_and_report
-    if getattr(original, "_sft_exp", False):
-        return
+    from sft_exp import compat
 
-    def run_and_report(func):
+    def guard(func):
         def guarded():
             try:
                 return func()
@@ -112,10 +109,9 @@ def install_for_hydra_main() -> None:
                 print(f"error: {explain(error, _command_line_overrides())}", file=sys.stderr)
                 sys.exit(2)
 
-        return original(guarded)
+        return guarded
 
-    run_and_report._sft_exp = True
-    hydra_utils.run_and_report = run_and_report
+    compat.wrap_hydra_job_runner(guard)
 
 
 def _command_line_overrides() -> list[str]:

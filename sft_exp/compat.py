@@ -94,3 +94,20 @@ def study_id(study) -> int:
 def job_return_value(result):
     """What a Hydra job returned or raised (`JobReturn._return_value`); the public `return_value` re-raises."""
     return result._return_value
+
+
+def wrap_hydra_job_runner(wrap) -> None:
+    """Run what `@hydra.main` runs (composing the config, then the task function) as `wrap(func)`: Hydra
+    passes it to `hydra._internal.utils.run_and_report`, which prints any exception and exits 1 before
+    our code could answer a composition error. Idempotent."""
+    import hydra._internal.utils as hydra_utils
+
+    original = hydra_utils.run_and_report
+    if getattr(original, "_sft_exp", False):
+        return
+
+    def run_and_report(func):
+        return original(wrap(func))
+
+    run_and_report._sft_exp = True
+    hydra_utils.run_and_report = run_and_report

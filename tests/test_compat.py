@@ -104,3 +104,14 @@ def test_job_return_value_is_what_a_failed_hydra_job_raised():
     error = ValueError("boom")
     result = JobReturn(status=JobStatus.FAILED, _return_value=error)
     assert compat.job_return_value(result) is error
+
+
+def test_wrap_hydra_job_runner_runs_what_hydra_main_runs_through_the_wrapper(monkeypatch):
+    import hydra._internal.utils as hydra_utils
+
+    monkeypatch.setattr(hydra_utils, "run_and_report", hydra_utils.run_and_report)  # restored after the test
+    seen = []
+    compat.wrap_hydra_job_runner(lambda func: lambda: seen.append("wrapped") or func())
+    compat.wrap_hydra_job_runner(lambda func: lambda: seen.append("twice") or func())  # idempotent
+    assert hydra_utils.run_and_report(lambda: 7) == 7
+    assert seen == ["wrapped"]
