@@ -108,7 +108,7 @@ def default_evals_off_demo(cfg: DictConfig, data_settings) -> None:
 
     from sft_exp.paths import asset_path
 
-    overrides = hydra_overrides()
+    overrides = hydra_job.overrides()
     asked = any(o.lstrip("+~").startswith("evals") for o in overrides) or not _hydra_chose("evals", "heldout")
     demo = {str(asset_path("demo/train.jsonl"))}
     on_demo = {str(Path(source.path).resolve()) for source in data_settings.sources} <= demo
