@@ -62,9 +62,11 @@ def test_generation_with_left_padding_is_plain_sdpa():
 def test_model_loader_gives_sdpa_varlen_for_sdpa_and_saves_a_plain_config(tmp_path):
     loader = ModelLoader(init_config=dict(model_type="qwen2", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                           num_attention_heads=2, num_key_value_heads=1), attn_implementation="sdpa")
-    tokenizer = type("Tok", (), {"__len__": lambda self: VOCAB, "eos_token_id": 1, "pad_token_id": 0,
-                                 "bos_token_id": None})()
-    model = loader.load_model(tokenizer)
+    from transformers import AutoTokenizer
+
+    from sft_exp.paths import asset_path
+
+    model = loader.load_model(AutoTokenizer.from_pretrained(str(asset_path("tokenizer"))))
     assert model.config._attn_implementation == "sdpa_varlen"
     model.save_pretrained(tmp_path)
     assert "sdpa_varlen" not in (tmp_path / "config.json").read_text()  # elsewhere it loads with its own default

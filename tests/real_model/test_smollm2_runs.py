@@ -11,6 +11,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from sft_exp.data.templates import CHATML
+from sft_exp.models.stop_tokens import as_ids
 from tests.conftest import TEST_ASSETS, run_sft
 
 pytestmark = pytest.mark.real_model
@@ -68,7 +69,8 @@ def test_export_merge_loads_and_matches_base_plus_adapter(lora_run, smollm2_fold
     # The serving check passed, and the merged model stops at the end of turn it was trained with.
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     assert "<|im_end|> stops generation" in proc.stdout and "FAIL" not in proc.stdout
-    assert im_end in json.loads((lora_run / "merged" / "generation_config.json").read_text())["eos_token_id"]
+    saved_stops = json.loads((lora_run / "merged" / "generation_config.json").read_text())["eos_token_id"]
+    assert im_end in as_ids(saved_stops)  # one id is saved as an int, several as a list
     with torch.no_grad():
         out = merged.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=96)
     new = out[0, ids.shape[1]:].tolist()
