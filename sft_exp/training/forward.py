@@ -19,7 +19,7 @@ from sft_exp.training.memory import no_offload
 from sft_exp.models.attention import documents_from_positions
 
 # Batch keys that are ours, not the model's.
-_NOT_MODEL_INPUTS = ("labels", "source_ids")
+_NOT_MODEL_INPUTS = ("labels", "source_ids", "loss_weights")
 
 
 @dataclass
@@ -80,6 +80,19 @@ def supervised_mask(batch: dict) -> Tensor:
     return mask
 
 
+def supervised_weights(batch: dict, mask: Tensor) -> Optional[Tensor]:
+    """The loss weight of each supervised position's target (1-D, as `mask` selects), or None without weights."""
+    weights = batch.get("loss_weights")
+    return None if weights is None else weights[:, 1:][mask]
+
+
+def weighted_count(batch: dict) -> Tensor:
+    """The supervised targets of a batch, each counted by its loss weight: the divisor of the loss."""
+    mask = supervised_mask(batch)
+    weights = supervised_weights(batch, mask)
+    return mask.sum() if weights is None else weights.float().sum()
+
+
 def sft_forward(
     model,
     batch: dict,
@@ -97,9 +110,14 @@ def sft_forward(
         log_probs, entropy, is_top1 = chunked_head(hidden[:, :-1][mask], targets, spec, loss_fn.chunk_size)
 
     count = mask.sum()
-    normalizer = count if num_items_in_batch is None else num_items_in_batch
+    per_token = loss_fn.per_token(log_probs)
+    weights = supervised_weights(batch, mask)
+    if weights is not None:  # per-message weights: a token of weight 2 counts as two tokens, in the sum and the divisor
+        weights = weights.to(per_token.device, per_token.dtype)
+        per_token = per_token * weights
+    normalizer = (count if weights is None else weights.sum()) if num_items_in_batch is None else num_items_in_batch
     normalizer = torch.as_tensor(normalizer, device=log_probs.device).clamp(min=1)
-    loss = loss_fn.per_token(log_probs).sum() / normalizer
+    loss = per_token.sum() / normalizer
 
     aux_loss = getattr(out, "aux_loss", None)
     if aux_loss is not None:

@@ -20,7 +20,7 @@ from sft_exp.compat import set_loss_shifts_labels
 from sft_exp.training.choices import check_trainer_choices
 from sft_exp.errors import ConfigError, UserError
 from sft_exp.training.metrics import SFTMetrics
-from sft_exp.training.forward import sft_forward
+from sft_exp.training.forward import sft_forward, weighted_count
 
 log = logging.getLogger(__name__)
 
@@ -260,6 +260,16 @@ class SFTTrainer(AtomicCheckpoints, Trainer):
         self.metrics[mode].add(out)
         loss = out.loss * ranks
         return (loss, {}) if return_outputs else loss  # prediction_loss_only: no logits kept
+
+    def _get_num_items_in_batch(self, batch_samples: list, device):
+        """The Trainer's count of supervised tokens, with per-message loss weights: their sum instead."""
+        count = super()._get_num_items_in_batch(batch_samples, device)
+        if count is None or not batch_samples or "loss_weights" not in batch_samples[0]:
+            return count
+        weighted = sum(weighted_count(batch) for batch in batch_samples).to(device)
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            weighted = self.accelerator.gather(weighted).sum()  # every rank takes part, as the Trainer's own count
+        return weighted
 
     def _router_aux_loss_coef(self, model) -> float:
         if self.args.router_aux_loss_coef is not None:
