@@ -67,3 +67,37 @@ def test_fractional_weights_keep_the_loss_a_mean_per_weighted_token(tmp_path):
     row = _two_turns(weight=0.5)
     row["messages"][1]["weight"] = 0.5
     _assert_same(_loss_and_grads(tmp_path, [row], "half"), _loss_and_grads(tmp_path, [_two_turns()], "ones"))
+
+
+def test_every_weight_one_is_bitwise_the_unweighted_loss(tmp_path):
+    """TRL parity holds where every weight is 1: the weight column changes nothing, to the bit."""
+    tokenizer, prepared = _rows(tmp_path, [_two_turns(), conversation("Hi", "Hello")], "ones")
+    model = tiny_causal_lm(vocab_size=len(tokenizer), hidden_size=32)
+    with_weights = SFTCollator(tokenizer.pad_token_id)(prepared)
+    without = {k: v for k, v in with_weights.items() if k != "loss_weights"}
+    (out_a, grads_a), (out_b, grads_b) = sft_loss_and_grads(model, with_weights), sft_loss_and_grads(model, without)
+    assert torch.equal(out_a.loss, out_b.loss)
+    assert all(torch.equal(grads_a[name], grads_b[name]) for name in grads_a)
+
+
+def test_the_trainer_divides_an_accumulated_step_by_its_summed_weights(tmp_path):
+    """Two micro-batches of one row each: the step's gradient is that of both rows in one batch."""
+    import functools
+
+    from sft_exp.training.trainer import SFTTrainer
+
+    tokenizer, prepared = _rows(tmp_path, [_two_turns(weight=3), conversation("Hi", "Hello")], "accumulated")
+    model = tiny_causal_lm(vocab_size=len(tokenizer), hidden_size=32)
+    collator = SFTCollator(tokenizer.pad_token_id)
+    _, expected = sft_loss_and_grads(model, collator(prepared))
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    from datasets import Dataset
+
+    trainer = SFTTrainer(
+        model=model, train_dataset=Dataset.from_list(prepared), data_collator=collator, output_dir=str(tmp_path / "run"),
+        optimizer_factory=functools.partial(torch.optim.SGD, lr=1.0), max_steps=1, per_device_train_batch_size=1,
+        gradient_accumulation_steps=2, max_grad_norm=0.0, save_strategy="no", logging_steps=1, report_to=[],
+    )  # fmt: skip
+    trainer.train()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(before[name] - p.detach(), expected[name], rtol=1e-4, atol=1e-6, msg=name)
