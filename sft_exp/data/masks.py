@@ -18,7 +18,7 @@ import json
 
 from sft_exp.data.formats import BadRow, Conversation
 from sft_exp.data.templates import has_generation_markers, render_conversation
-from sft_exp.data.turn_policy import LossPolicy, Turn, weighted_spans
+from sft_exp.data.turn_policy import LossPolicy, Turn, has_reasoning, weighted_spans
 from sft_exp.errors import ConfigError
 
 Span = tuple[int, int]
@@ -83,6 +83,9 @@ def _anchor(message: dict) -> str:
     Qwen3 renders an empty <think> block before a turn only when it ends the conversation, so the
     renders through the turn and of the whole conversation agree only from such an anchor on."""
     content = (message.get("content") or "").strip()
+    if "</think>" in content and content.split("</think>")[-1].strip():
+        # Reasoning in the content: templates such as Qwen3's drop it from earlier turns; the answer stays.
+        content = content.split("</think>")[-1].strip()
     calls = message.get("tool_calls")
     if content or not calls or not isinstance(calls[0], dict):
         return content
@@ -192,7 +195,7 @@ def conversation_spans(
     if assistant_only:
         find = _spans_from_markers if markers else _spans_from_prefixes
         text, turn_spans = find(conv, template, variables)
-        if policy.is_default and conv.message_losses is None:
+        if policy.is_default and conv.message_losses is None and not has_reasoning(conv):
             spans = [(s, e, 1.0) for s, e in turn_spans]
         else:
             spans = weighted_spans(text, _turns(conv, text, turn_spans, template, variables, markers, policy), conv, policy)

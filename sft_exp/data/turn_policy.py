@@ -88,9 +88,23 @@ def _minus(start: int, end: int, cuts: list[tuple[int, int]]) -> list[tuple[int,
     return [(s, e) for s, e in pieces if s < e]
 
 
+def _reasoning_text(message: dict) -> str:
+    """An assistant message's reasoning: its reasoning_content, else the inside of a <think> block in its content."""
+    if message.get("reasoning_content"):
+        return str(message["reasoning_content"]).strip()
+    content = message.get("content") or ""
+    if "</think>" in content:
+        return content.split("</think>")[0].split("<think>")[-1].strip()
+    return ""
+
+
+def has_reasoning(conv) -> bool:
+    return any(m["role"] == "assistant" and _reasoning_text(m) for m in conv.messages)
+
+
 def reasoning_dropped(text: str, turn: Turn, message: dict) -> bool:
-    """An assistant turn whose reasoning_content the template did not render here (Qwen3 drops earlier turns')."""
-    reasoning = (message.get("reasoning_content") or "").strip()
+    """An assistant turn whose reasoning the template did not render here (Qwen3 drops earlier turns')."""
+    reasoning = _reasoning_text(message) if message["role"] == "assistant" else ""
     return bool(reasoning) and reasoning not in text[turn.start : turn.end]
 
 
@@ -114,7 +128,11 @@ def weighted_spans(text: str, turns: list[Turn], conv, policy: LossPolicy) -> li
             weight = 0.0  # rendered without its reasoning: not what the model sees when it writes this turn
         if weight > 0:
             cuts = [] if policy.train_reasoning or message["role"] != "assistant" else _reasoning_cuts(text, turn, message)
-            spans += [(s, e, weight) for s, e in _minus(turn.start, turn.content_end, cuts)]
+            for s, e in _minus(turn.start, turn.content_end, cuts):
+                while cuts and s < e and text[s].isspace():  # the blank lines after a masked </think>
+                    s += 1
+                if s < e:
+                    spans.append((s, e, weight))
         eot = {
             "turn": weight,
             "none": 0.0,
