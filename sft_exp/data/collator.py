@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 
 class SFTCollator:
     """Collates rows with input_ids, labels, position_ids and source_ids (lists of ints), and
-    loss_weights (floats, per token: 0 where untrained) when the rows have them.
+    loss_weights (floats, per token: 0 where untrained) and example_ids (each token's source row) when
+    the rows have them.
 
     Padded mode: right padding, labels -100 and source_ids -1 on pads, attention_mask 0 on pads.
     Padding-free mode: no attention_mask; position_ids restart at 0 for each example, which is how
@@ -60,8 +61,7 @@ class SFTCollator:
     def _padded(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         width = self._padded_length(max(len(row["input_ids"]) for row in rows))
         fills = {"input_ids": self.pad_token_id, "labels": IGNORE_INDEX, "position_ids": 0, "source_ids": -1}
-        if _weighted(rows):
-            fills["loss_weights"] = 0.0
+        fills.update({key: fill for key, fill in OPTIONAL_COLUMNS.items() if key in rows[0]})
         batch = {key: torch.full((len(rows), width), fill, dtype=_dtype(key)) for key, fill in fills.items()}
         batch["attention_mask"] = torch.zeros((len(rows), width), dtype=torch.long)
         for i, row in enumerate(rows):
@@ -73,7 +73,7 @@ class SFTCollator:
 
     def _padding_free(self, rows: list[dict], width: int) -> dict[str, torch.Tensor]:
         """The rows back to back in one (1, width) row; positions past their tokens are one padding example."""
-        keys = ("input_ids", "labels", "position_ids", "source_ids") + (("loss_weights",) if _weighted(rows) else ())
+        keys = ("input_ids", "labels", "position_ids", "source_ids", *(key for key in OPTIONAL_COLUMNS if key in rows[0]))
         columns = {key: [] for key in keys}
         for row in rows:
             for key, values in columns.items():
@@ -82,7 +82,7 @@ class SFTCollator:
         batch["labels"][batch["position_ids"] == 0] = IGNORE_INDEX
         pad = width - len(columns["input_ids"])
         if pad:  # the padding is one more "example": positions from 0, nothing trained
-            tail = {"input_ids": self.pad_token_id, "labels": IGNORE_INDEX, "source_ids": -1, "loss_weights": 0.0}
+            tail = {"input_ids": self.pad_token_id, "labels": IGNORE_INDEX, "source_ids": -1, **OPTIONAL_COLUMNS}
             for key, fill in tail.items():
                 if key in batch:
                     batch[key] = torch.cat([batch[key], torch.full((pad,), fill, dtype=_dtype(key))])
@@ -90,9 +90,8 @@ class SFTCollator:
         return {key: value.unsqueeze(0) for key, value in batch.items()}
 
 
-def _weighted(rows: list[dict]) -> bool:
-    """Rows carry per-token loss weights (prepared rows do; hand-made ones may not)."""
-    return "loss_weights" in rows[0]
+# Token columns prepared rows have and hand-made ones may not, with their fill on padding.
+OPTIONAL_COLUMNS = {"loss_weights": 0.0, "example_ids": -1}
 
 
 def _dtype(key: str) -> torch.dtype:

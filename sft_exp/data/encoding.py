@@ -179,7 +179,7 @@ class _Rows:
                 self.range_weights.append(weight)
 
 
-def _as_table(rows: _Rows, reasons: list[str], source_index: int) -> pa.Table:
+def _as_table(rows: _Rows, reasons: list[str], source_index: int, row_ids: list[int]) -> pa.Table:
     """Arrow columns built from flat int32 arrays: far cheaper than letting datasets convert nested lists."""
     input_ids = np.frombuffer(rows.flat_ids, dtype=np.int32) if rows.flat_ids else np.zeros(0, np.int32)
     total = len(input_ids)
@@ -205,6 +205,8 @@ def _as_table(rows: _Rows, reasons: list[str], source_index: int) -> pa.Table:
         "position_ids": tokens(positions),
         "source_ids": tokens(np.full(total, source_index, dtype=np.int32)),
         "loss_weights": tokens(loss_weights, pa.float32()),
+        # The source row each token comes from (its row in the file): examples.parquet names examples by it.
+        "example_ids": tokens(np.repeat(np.asarray(row_ids, dtype=np.int32), lengths)),
         "drop_reason": pa.array(reasons, type=pa.string()),
         "truncated": pa.array(rows.truncated, type=pa.bool_()),
         "trained_tokens": pa.array(rows.trained, type=pa.int32()),
@@ -234,4 +236,4 @@ def encode_batch(batch, indices: list[int], spec: EncodeSpec) -> pa.Table:
         pending = (rendered, future)
     if pending is not None:
         rows.add(pending[0], pending[1].result(), reasons)
-    return _as_table(rows, reasons, spec.source_index)
+    return _as_table(rows, reasons, spec.source_index, indices)

@@ -22,11 +22,11 @@ from sft_exp.compat import dataset_fingerprint, row_indices
 from sft_exp.constants import IGNORE_INDEX
 from sft_exp.data.mapped_pages import release_arrow_pages
 
-TOKEN_COLUMNS = ("input_ids", "labels", "position_ids", "source_ids", "loss_weights")
+TOKEN_COLUMNS = ("input_ids", "labels", "position_ids", "source_ids", "loss_weights", "example_ids")
 
 
 def token_columns(table) -> list[str]:
-    """The token columns a table has (loss_weights: prepared rows have it, hand-made ones may not)."""
+    """The token columns a table has (loss_weights, example_ids: prepared rows have them, hand-made ones may not)."""
     return [name for name in TOKEN_COLUMNS if name in table.column_names]
 # Tokens gathered per block of packed rows: bounds the memory packing needs whatever the rows.
 BLOCK_TOKENS = 1 << 19

@@ -19,7 +19,7 @@ from sft_exp.training.memory import no_offload
 from sft_exp.models.attention import documents_from_positions
 
 # Batch keys that are ours, not the model's.
-_NOT_MODEL_INPUTS = ("labels", "source_ids", "loss_weights")
+_NOT_MODEL_INPUTS = ("labels", "source_ids", "loss_weights", "example_ids")
 
 
 @dataclass
@@ -32,6 +32,8 @@ class SFTOutput:
     aux_loss: Optional[Tensor]
     source_loss_sum: Tensor  # (num_sources,) NLL sums, for loss/<source>
     source_count: Tensor  # (num_sources,)
+    # per_example=True: (source id, source row, NLL sum, correct tokens, supervised tokens) per example of the batch
+    examples: Optional[tuple] = None
 
 
 def unwrap_parallel(model):
@@ -100,6 +102,7 @@ def sft_forward(
     num_items_in_batch: Union[None, int, Tensor] = None,
     num_sources: int = 1,
     router_aux_loss_coef: Optional[float] = None,
+    per_example: bool = False,
 ) -> SFTOutput:
     """Loss and metrics of one (micro-)batch; see SFTOutput. `router_aux_loss_coef` None: the config's own."""
     hidden, out = decoder_hidden(model, batch)
@@ -138,7 +141,23 @@ def sft_forward(
         aux_loss=aux_loss,
         source_loss_sum=source_loss_sum,
         source_count=source_count,
+        examples=_per_example(batch, mask, nll, is_top1) if per_example else None,
     )
+
+
+def _per_example(batch: dict, mask: Tensor, nll: Tensor, is_top1: Tensor) -> Optional[tuple]:
+    """Sums per (source, source row) over the supervised tokens: what examples.parquet records."""
+    example_ids = batch.get("example_ids")
+    if example_ids is None:
+        return None
+    sources = batch["source_ids"][:, 1:][mask].to(nll.device).long()
+    rows = example_ids[:, 1:][mask].to(nll.device).long()
+    keys, inverse = torch.unique(sources * (1 << 32) + rows, return_inverse=True)
+    sums = nll.new_zeros((3, len(keys))).float()
+    sums[0].index_add_(0, inverse, nll.float())
+    sums[1].index_add_(0, inverse, is_top1.float())
+    sums[2].index_add_(0, inverse, torch.ones_like(nll, dtype=torch.float32))
+    return keys >> 32, keys & ((1 << 32) - 1), sums[0], sums[1], sums[2]
 
 
 def _per_source(batch: dict, mask: Tensor, nll: Tensor, num_sources: int):

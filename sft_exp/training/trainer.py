@@ -21,6 +21,7 @@ from sft_exp.training.choices import check_trainer_choices
 from sft_exp.errors import ConfigError, UserError
 from sft_exp.training.metrics import SFTMetrics
 from sft_exp.training.forward import sft_forward, weighted_count
+from sft_exp.training.ledger import ExampleLedger, ledger_path
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,9 @@ class SFTTrainingArguments(TrainingArguments):
     nonfinite_loss: str = field(default="stop")
     # Router load-balancing loss coefficient for MoE models (None: the model config's own).
     router_aux_loss_coef: Optional[float] = field(default=None)
+    # Write <run>/examples.parquet: each example's loss and token accuracy per epoch and evaluation step
+    # (data maps). Off by default: it costs a little every step (the README has the figures).
+    example_ledger: bool = field(default=False)
 
     def __post_init__(self):
         check_trainer_choices(nonfinite_loss=self.nonfinite_loss)
@@ -124,6 +128,14 @@ class _TrainerHooks(TrainerCallback):
             state.stateful_callbacks[WINDOW_STATE_KEY] = {} if control.should_log else window.export_state(
                 self.trainer.accelerator)
 
+    def on_evaluate(self, args, state, control, **kwargs):
+        if self.trainer.ledger is not None:
+            self.trainer.ledger.write(self.trainer.accelerator)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.trainer.ledger is not None:
+            self.trainer.ledger.write(self.trainer.accelerator)
+
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         # trainer.nonfinite_loss, decided from every rank's losses (one small all-reduce): all stop or skip together.
         ranks = self.trainer._ranks_with_nonfinite_loss()
@@ -210,6 +222,7 @@ class SFTTrainer(AtomicCheckpoints, Trainer):
         self._tokens_since_sync = 0  # this rank's, since then
         self._nonfinite_in_step = False
         self._skipped_steps = 0
+        self.ledger = ExampleLedger(ledger_path(args.output_dir), self.source_names) if args.example_ledger else None
         self.add_callback(_TrainerHooks(self))
         self.remove_callback(PrinterCallback)  # sft_exp.run.recorder prints one readable line per log instead
 
@@ -254,7 +267,11 @@ class SFTTrainer(AtomicCheckpoints, Trainer):
         out = sft_forward(
             model, inputs, self.loss_fn, num_items_in_batch=num_items_in_batch,
             num_sources=len(self.source_names), router_aux_loss_coef=self._router_aux_loss_coef(model) / (ranks * steps),
+            per_example=self.ledger is not None,
         )
+        if out.examples is not None:
+            epoch = int(self.state.epoch or 0) if mode == "train" else None
+            self.ledger.add(out.examples, mode, epoch, self.state.global_step)
         if mode == "train":
             self._tokens_since_sync += self._count_input_tokens(inputs)
         self.metrics[mode].add(out)
