@@ -32,7 +32,11 @@ class ExampleLedger:
         self.parts: list[dict] = []
 
     def add(self, examples: tuple, split: str, epoch: int | None, step: int) -> None:
-        sources, rows, nll, correct, count = (t.detach().cpu().numpy() for t in examples)
+        import torch
+
+        # One device-to-host copy per micro-batch (float64 holds the row ids exactly).
+        sources, rows, nll, correct, count = torch.stack([t.detach().double() for t in examples]).cpu().numpy()
+        sources, rows = sources.astype(np.int64), rows.astype(np.int64)
         self.parts.append({"split": split, "epoch": epoch, "step": step, "source_id": sources, "row_id": rows,
                            "nll": nll, "correct": correct, "tokens": count})  # fmt: skip
 

@@ -66,3 +66,19 @@ def test_no_ledger_by_default(tmp_path):
     )  # fmt: skip
     trainer.train()
     assert not (tmp_path / "run" / "examples.parquet").exists()
+
+
+def test_each_evaluation_adds_its_examples_at_its_step(tmp_path):
+    tokenizer, data = _prepare(tmp_path, packing=False)
+    trainer = SFTTrainer(
+        model=tiny_causal_lm(vocab_size=len(tokenizer), hidden_size=32), train_dataset=data.train,
+        eval_dataset=data.train, data_collator=SFTCollator(tokenizer.pad_token_id),
+        output_dir=str(tmp_path / "run" / "checkpoints"), source_names=data.source_names, max_steps=2,
+        per_device_train_batch_size=2, eval_steps=1, save_strategy="no", example_ledger=True,
+    )  # fmt: skip
+    trainer.train()
+    ledger = pd.read_parquet(tmp_path / "run" / "examples.parquet")
+    evaluated = ledger[ledger["split"] == "eval"]
+    assert sorted(evaluated["step"].unique()) == [1.0, 2.0]
+    assert len(evaluated) == 2 * len(data.train) and evaluated["epoch"].isna().all()
+    assert (ledger[ledger["split"] == "train"]["step"].isna()).all()
