@@ -82,3 +82,16 @@ def test_each_evaluation_adds_its_examples_at_its_step(tmp_path):
     assert sorted(evaluated["step"].unique()) == [1.0, 2.0]
     assert len(evaluated) == 2 * len(data.train) and evaluated["epoch"].isna().all()
     assert (ledger[ledger["split"] == "train"]["step"].isna()).all()
+
+
+def test_a_run_with_the_ledger_writes_examples_parquet(tmp_path):
+    from tests.conftest import run_sft, tiny_run
+
+    run_dir = tmp_path / "run"
+    result = run_sft(*tiny_run(steps=2, train_rows=8, save_steps=100), "evals=none", f"run_dir={run_dir}",
+                     "trainer.example_ledger=true")
+    assert result.returncode == 0, result.stderr[-2000:]
+    ledger = pd.read_parquet(run_dir / "examples.parquet")
+    train = ledger[ledger["split"] == "train"]
+    assert set(train["source"]) == {"demo"} and train["row_id"].between(0, 7).all() and len(train) == 8
+    assert (ledger["tokens"] > 0).all() and ledger["loss"].notna().all()
