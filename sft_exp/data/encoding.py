@@ -23,7 +23,7 @@ from sft_exp.constants import IGNORE_INDEX
 from sft_exp.data.formats import RAW_JSON_COLUMN, BadRow, PromptCompletion, Text, field_values, normalize_row
 from sft_exp.data.mapped_pages import release_arrow_pages_now_and_then
 from sft_exp.data.masks import conversation_spans, trained_token_ranges
-from sft_exp.data.turn_policy import LossPolicy
+from sft_exp.data.turn_policy import DEFAULT_POLICY, LossPolicy
 from sft_exp.errors import DataError
 
 NO_SUPERVISED_TOKENS = "no_supervised_tokens"
@@ -48,7 +48,7 @@ class EncodeSpec:
     source_index: int
     source_file: str
     drop_bad_rows: bool
-    policy: LossPolicy = LossPolicy()  # which turns teach, and how much (turn_policy.py)
+    policy: LossPolicy = DEFAULT_POLICY  # which turns teach, and how much (turn_policy.py)
 
 
 def _backend(tokenizer):
@@ -196,8 +196,8 @@ def _as_table(rows: _Rows, reasons: list[str], source_index: int, row_ids: list[
     loss_weights = np.where(trained, np.cumsum(weight_edges[:-1]), 0.0).astype(np.float32)
     list_offsets = pa.array(offsets.astype(np.int32))
 
-    def tokens(flat: np.ndarray, kind=pa.int32()) -> pa.ListArray:
-        return pa.ListArray.from_arrays(list_offsets, pa.array(flat, type=kind))
+    def tokens(flat: np.ndarray, kind=None) -> pa.ListArray:
+        return pa.ListArray.from_arrays(list_offsets, pa.array(flat, type=kind or pa.int32()))
 
     return pa.table({
         "input_ids": tokens(input_ids),

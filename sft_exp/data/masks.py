@@ -18,7 +18,7 @@ import json
 
 from sft_exp.data.formats import BadRow, Conversation
 from sft_exp.data.templates import has_generation_markers, render_conversation
-from sft_exp.data.turn_policy import LossPolicy, Turn, has_reasoning, weighted_spans
+from sft_exp.data.turn_policy import DEFAULT_POLICY, LossPolicy, Turn, has_reasoning, weighted_spans
 from sft_exp.errors import ConfigError
 
 Span = tuple[int, int]
@@ -189,7 +189,7 @@ def conversation_spans(
     assistant_only: bool,
     completion_only: bool,
     markers: bool,
-    policy: LossPolicy = LossPolicy(),
+    policy: LossPolicy = DEFAULT_POLICY,
 ) -> tuple[str, list[WeightedSpan] | None]:
     """The rendered conversation and the weighted character spans to train (None: train every token)."""
     if assistant_only:

@@ -26,7 +26,10 @@ class LossPolicy:
 
     @property
     def is_default(self) -> bool:
-        return self == LossPolicy()
+        return self == DEFAULT_POLICY
+
+
+DEFAULT_POLICY = LossPolicy()  # today's masks: assistant turns with their end of turn
 
 
 class Turn(NamedTuple):

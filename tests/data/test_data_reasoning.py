@@ -8,7 +8,6 @@ import pytest
 from builders import conversation, make_word_tokenizer, settings, write_jsonl
 
 from sft_exp.constants import IGNORE_INDEX
-
 from sft_exp.data import prepare_datasets
 from sft_exp.errors import DataError
 

@@ -6,7 +6,6 @@ import functools
 import pandas as pd
 import pytest
 import torch
-from datasets import Dataset
 
 from sft_exp.data import SFTCollator, prepare_datasets
 from sft_exp.training.trainer import SFTTrainer
