@@ -21,7 +21,9 @@ log = logging.getLogger(__name__)
 
 
 class SFTCollator:
-    """Collates rows with input_ids, labels, position_ids and source_ids (lists of ints).
+    """Collates rows with input_ids, labels, position_ids and source_ids (lists of ints), and
+    loss_weights (floats, per token: 0 where untrained) and example_ids (each token's source row) when
+    the rows have them.
 
     Padded mode: right padding, labels -100 and source_ids -1 on pads, attention_mask 0 on pads.
     Padding-free mode: no attention_mask; position_ids restart at 0 for each example, which is how
@@ -59,30 +61,41 @@ class SFTCollator:
     def _padded(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         width = self._padded_length(max(len(row["input_ids"]) for row in rows))
         fills = {"input_ids": self.pad_token_id, "labels": IGNORE_INDEX, "position_ids": 0, "source_ids": -1}
-        batch = {key: torch.full((len(rows), width), fill, dtype=torch.long) for key, fill in fills.items()}
+        fills.update({key: fill for key, fill in OPTIONAL_COLUMNS.items() if key in rows[0]})
+        batch = {key: torch.full((len(rows), width), fill, dtype=_dtype(key)) for key, fill in fills.items()}
         batch["attention_mask"] = torch.zeros((len(rows), width), dtype=torch.long)
         for i, row in enumerate(rows):
             length = len(row["input_ids"])
             for key in fills:
-                batch[key][i, :length] = torch.as_tensor(row[key], dtype=torch.long)
+                batch[key][i, :length] = torch.as_tensor(row[key], dtype=_dtype(key))
             batch["attention_mask"][i, :length] = 1
         return batch
 
     def _padding_free(self, rows: list[dict], width: int) -> dict[str, torch.Tensor]:
         """The rows back to back in one (1, width) row; positions past their tokens are one padding example."""
-        columns = {key: [] for key in ("input_ids", "labels", "position_ids", "source_ids")}
+        keys = ("input_ids", "labels", "position_ids", "source_ids", *(key for key in OPTIONAL_COLUMNS if key in rows[0]))
+        columns = {key: [] for key in keys}
         for row in rows:
             for key, values in columns.items():
                 values.extend(row[key])
-        batch = {key: torch.tensor(values, dtype=torch.long) for key, values in columns.items()}
+        batch = {key: torch.tensor(values, dtype=_dtype(key)) for key, values in columns.items()}
         batch["labels"][batch["position_ids"] == 0] = IGNORE_INDEX
         pad = width - len(columns["input_ids"])
         if pad:  # the padding is one more "example": positions from 0, nothing trained
-            tail = {"input_ids": self.pad_token_id, "labels": IGNORE_INDEX, "source_ids": -1}
+            tail = {"input_ids": self.pad_token_id, "labels": IGNORE_INDEX, "source_ids": -1, **OPTIONAL_COLUMNS}
             for key, fill in tail.items():
-                batch[key] = torch.cat([batch[key], torch.full((pad,), fill, dtype=torch.long)])
+                if key in batch:
+                    batch[key] = torch.cat([batch[key], torch.full((pad,), fill, dtype=_dtype(key))])
             batch["position_ids"] = torch.cat([batch["position_ids"], torch.arange(pad, dtype=torch.long)])
         return {key: value.unsqueeze(0) for key, value in batch.items()}
+
+
+# Token columns prepared rows have and hand-made ones may not, with their fill on padding.
+OPTIONAL_COLUMNS = {"loss_weights": 0.0, "example_ids": -1}
+
+
+def _dtype(key: str) -> torch.dtype:
+    return torch.float32 if key == "loss_weights" else torch.long
 
 
 def default_padding_free(attn_implementation: str | None) -> bool:

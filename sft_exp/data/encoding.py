@@ -24,6 +24,7 @@ from sft_exp.data.nested import top_column
 from sft_exp.data.formats import RAW_JSON_COLUMN, BadRow, Conversation, PromptCompletion, Text, field_values, normalize_row
 from sft_exp.data.mapped_pages import release_arrow_pages_now_and_then
 from sft_exp.data.masks import conversation_spans, trained_token_ranges
+from sft_exp.data.turn_policy import DEFAULT_POLICY, LossPolicy
 from sft_exp.errors import DataError
 
 NO_SUPERVISED_TOKENS = "no_supervised_tokens"
@@ -48,6 +49,7 @@ class EncodeSpec:
     source_index: int
     source_file: str
     drop_bad_rows: bool
+    policy: LossPolicy = DEFAULT_POLICY  # which turns teach, and how much (turn_policy.py)
 
 
 def _backend(tokenizer):
@@ -66,7 +68,7 @@ def _render_row(item, spec: EncodeSpec) -> tuple[str, list | None, bool]:
         return item.text, None, True
     if isinstance(item, PromptCompletion):
         text = item.prompt + item.completion
-        spans = [(len(item.prompt), len(text))] if spec.completion_only else None
+        spans = [(len(item.prompt), len(text), 1.0)] if spec.completion_only else None
         return text, spans, True
     if spec.template is None:
         raise DataError(
@@ -80,6 +82,7 @@ def _render_row(item, spec: EncodeSpec) -> tuple[str, list | None, bool]:
         assistant_only=spec.assistant_only,
         completion_only=spec.completion_only,
         markers=spec.markers,
+        policy=spec.policy,
     )
     return text, spans, False
 
@@ -95,7 +98,7 @@ def _reject(spec: EncodeSpec, index: int, bad: BadRow) -> None:
 class Rendered(NamedTuple):
     row: int  # position in the map batch
     text: str
-    spans: list | None  # trained character spans (None: all)
+    spans: list | None  # trained character spans (start, end, weight); None: all
     append_eos: bool  # text and completions: True (they also get the tokenizer's BOS); conversations: False
     flaw: str = ""  # see FLAWS below: counted and warned, the row still trains
 
@@ -164,6 +167,7 @@ class _Rows:
         self.trained = [0] * n_rows  # trained tokens a row predicts (its first token is never predicted)
         self.range_starts: list[int] = []
         self.range_stops: list[int] = []
+        self.range_weights: list[float] = []
         self.spec = spec
         self.eos_id = spec.tokenizer.eos_token_id  # a property lookup: once per batch, not per row
 
@@ -175,27 +179,28 @@ class _Rows:
             ranges = trained_token_ranges(encoding, item.spans, None if item.append_eos else item.text)
             ids = encoding.ids
             if item.append_eos and (not ids or ids[-1] != self.eos_id):
-                ranges.append((len(ids), len(ids) + 1))  # the EOS ends the text/completion: always trained
+                ranges.append((len(ids), len(ids) + 1, 1.0))  # the EOS ends the text/completion: always trained
                 ids.append(self.eos_id)
             if limit is not None and len(ids) > limit:
                 self.truncated[item.row] = True
                 if any(stop > limit for _, stop in ranges):
                     self.flaw[item.row] = ANSWER_CUT
                 ids = ids[:limit]
-                ranges = [(first, min(stop, limit)) for first, stop in ranges if first < limit]
+                ranges = [(first, min(stop, limit), w) for first, stop, w in ranges if first < limit]
             if not ranges:
                 reasons[item.row] = NO_SUPERVISED_TOKENS  # nothing to learn (e.g. truncation cut every answer)
                 continue
             offset = len(self.flat_ids)
             self.flat_ids.extend(ids)
             self.lengths[item.row] = len(ids)
-            self.trained[item.row] = sum(stop - first for first, stop in ranges) - (ranges[0][0] == 0)
-            for first, stop in ranges:
+            self.trained[item.row] = sum(stop - first for first, stop, _ in ranges) - (ranges[0][0] == 0)
+            for first, stop, weight in ranges:
                 self.range_starts.append(offset + first)
                 self.range_stops.append(offset + stop)
+                self.range_weights.append(weight)
 
 
-def _as_table(rows: _Rows, reasons: list[str], source_index: int) -> pa.Table:
+def _as_table(rows: _Rows, reasons: list[str], source_index: int, row_ids: list[int]) -> pa.Table:
     """Arrow columns built from flat int32 arrays: far cheaper than letting datasets convert nested lists."""
     input_ids = np.frombuffer(rows.flat_ids, dtype=np.int32) if rows.flat_ids else np.zeros(0, np.int32)
     total = len(input_ids)
@@ -206,16 +211,23 @@ def _as_table(rows: _Rows, reasons: list[str], source_index: int) -> pa.Table:
     starts, stops = (np.asarray(positions_, dtype=np.int64) for positions_ in (rows.range_starts, rows.range_stops))
     edges = np.bincount(starts, minlength=total + 1) - np.bincount(stops, minlength=total + 1)
     trained = np.cumsum(edges[:-1]) > 0
+    # The same running sum of each range's weight: a trained token's loss weight (0 where untrained).
+    weights = np.asarray(rows.range_weights, dtype=np.float64)
+    weight_edges = np.bincount(starts, weights, minlength=total + 1) - np.bincount(stops, weights, minlength=total + 1)
+    loss_weights = np.where(trained, np.cumsum(weight_edges[:-1]), 0.0).astype(np.float32)
     list_offsets = pa.array(offsets.astype(np.int32))
 
-    def tokens(flat: np.ndarray) -> pa.ListArray:
-        return pa.ListArray.from_arrays(list_offsets, pa.array(flat, type=pa.int32()))
+    def tokens(flat: np.ndarray, kind=None) -> pa.ListArray:
+        return pa.ListArray.from_arrays(list_offsets, pa.array(flat, type=kind or pa.int32()))
 
     return pa.table({
         "input_ids": tokens(input_ids),
         "labels": tokens(np.where(trained, input_ids, np.int32(IGNORE_INDEX))),
         "position_ids": tokens(positions),
         "source_ids": tokens(np.full(total, source_index, dtype=np.int32)),
+        "loss_weights": tokens(loss_weights, pa.float32()),
+        # The source row each token comes from (its row in the file): examples.parquet names examples by it.
+        "example_ids": tokens(np.repeat(np.asarray(row_ids, dtype=np.int32), lengths)),
         "drop_reason": pa.array(reasons, type=pa.string()),
         "truncated": pa.array(rows.truncated, type=pa.bool_()),
         "flaw": pa.array(rows.flaw, type=pa.string()),
@@ -247,4 +259,4 @@ def encode_batch(batch, indices: list[int], spec: EncodeSpec) -> pa.Table:
         pending = (rendered, future)
     if pending is not None:
         rows.add(pending[0], pending[1].result(), reasons)
-    return _as_table(rows, reasons, spec.source_index)
+    return _as_table(rows, reasons, spec.source_index, indices)

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-_CODE_FILES = ("formats.py", "tool_calls.py", "templates.py", "masks.py", "encoding.py")
+_CODE_FILES = ("formats.py", "tool_calls.py", "templates.py", "masks.py", "encoding.py", "message_loss.py", "turn_policy.py")
 
 
 def _sha(*parts: bytes | str) -> str:

@@ -18,13 +18,15 @@ from dataclasses import dataclass
 from typing import Callable, NamedTuple
 
 from sft_exp.data.nested import lookup, top_column
+from sft_exp.data.message_loss import MESSAGE_LOSS_TAGS, loss_keys, message_loss_weights
 from sft_exp.data.tool_calls import legacy_function_call, structured_calls, structured_tools
 from sft_exp.errors import DataError
 
 # Names inside the turns of a conversation, set in `columns` beside the columns (LLaMA-Factory's
 # dataset_info `tags`, same names): the keys holding speaker and text, and a speaker name of the
 # file for each kind of turn (added to the built-in names of SPEAKER_ROLES).
-TURN_TAGS = ("role_tag", "content_tag", "system_tag", "user_tag", "assistant_tag", "function_tag", "observation_tag")
+TURN_TAGS = ("role_tag", "content_tag", "system_tag", "user_tag", "assistant_tag", "function_tag", "observation_tag",
+             *MESSAGE_LOSS_TAGS)
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,9 @@ class Conversation(NamedTuple):
     messages: list
     tools: list | None
     n_prompt: int | None  # prompt-completion rows: number of prompt messages
+    # Per message: its loss weight as the row sets it (`weight` / `train`), None where it sets none;
+    # None for the whole row when no message sets one (message_loss.py).
+    message_losses: list | None = None
 
 
 def column_map(fmt: str, columns: dict) -> dict:
@@ -280,18 +285,19 @@ def _clean_messages(messages, field: str, tags: tuple | None = None) -> list[dic
     return [_clean_message(message, f"{field}[{i}]", keys.roles) for i, message in enumerate(messages)]
 
 
-def _conversation(messages: list[dict], tools, n_prompt: int | None) -> Conversation:
+def _conversation(messages: list[dict], tools, n_prompt: int | None, tags: tuple | None = None,
+                  wheres: list[str] | None = None) -> Conversation:
     answered = messages[n_prompt or 0 :]
     if not any(message["role"] == "assistant" for message in answered):
         where = "the completion" if n_prompt is not None else "the conversation"
         raise BadRow("no_assistant_turn", f"{where} has no assistant turn to train on")
-    return Conversation(messages, tools, n_prompt)
+    return Conversation(messages, tools, n_prompt, message_loss_weights(messages, tags, wheres))
 
 
 @data_format("messages", required=("messages",), optional=("tools", *TURN_TAGS))
 def _messages(row: dict) -> Conversation:
     messages = _clean_messages(row.get("messages"), "messages", row.get(TURN_TAGS_FIELD))
-    return _conversation(messages, _tools(row.get("tools")), None)
+    return _conversation(messages, _tools(row.get("tools")), None, row.get(TURN_TAGS_FIELD))
 
 
 @data_format("sharegpt", required=("conversations",), optional=("system", "tools", *TURN_TAGS))
@@ -302,9 +308,10 @@ def _sharegpt(row: dict) -> Conversation:
     for i, turn in enumerate(turns):
         if not isinstance(turn, dict) or turn.get(keys.role_key) is None:
             raise BadRow("missing_field", f"conversations[{i}] has no '{keys.role_key}'")
-        message = {"role": turn[keys.role_key], "content": turn.get(keys.content_key)}
+        message = {"role": turn[keys.role_key], "content": turn.get(keys.content_key), **loss_keys(turn, row.get(TURN_TAGS_FIELD))}
         messages.append(_clean_message(message, f"conversations[{i}]", keys.roles))
-    return _conversation(messages, _tools(row.get("tools")), None)
+    wheres = ["system"] * (len(messages) - len(turns)) + [f"conversations[{i}]" for i in range(len(turns))]
+    return _conversation(messages, _tools(row.get("tools")), None, row.get(TURN_TAGS_FIELD), wheres)
 
 
 @data_format("prompt_completion", required=("prompt", "completion"), optional=("tools", *TURN_TAGS))
@@ -315,7 +322,9 @@ def _prompt_completion(row: dict):
         prompt_messages = _clean_messages(prompt, "prompt", tags)
         completion_messages = _clean_messages(completion, "completion", tags)
         messages = prompt_messages + completion_messages
-        return _conversation(messages, _tools(row.get("tools")), len(prompt_messages))
+        wheres = [f"prompt[{i}]" for i in range(len(prompt_messages))]
+        wheres += [f"completion[{i}]" for i in range(len(completion_messages))]
+        return _conversation(messages, _tools(row.get("tools")), len(prompt_messages), tags, wheres)
     return PromptCompletion(_string_field(row, "prompt"), _string_field(row, "completion"))
 
 

@@ -13,11 +13,16 @@ and whitespace-only tokens after the end of turn are not (the model never genera
 """
 from __future__ import annotations
 
+import functools
+import json
+
 from sft_exp.data.formats import BadRow, Conversation
 from sft_exp.data.templates import has_generation_markers, render_conversation
+from sft_exp.data.turn_policy import DEFAULT_POLICY, LossPolicy, Turn, has_reasoning, weighted_spans
 from sft_exp.errors import ConfigError
 
 Span = tuple[int, int]
+WeightedSpan = tuple[int, int, float]
 
 
 def _render(template: str, messages, tools, variables, **kwargs) -> tuple[str, list[Span]]:
@@ -82,6 +87,9 @@ def _anchor(message: dict) -> str:
     Qwen3 renders an empty <think> block before a turn only when it ends the conversation, so the
     renders through the turn and of the whole conversation agree only from such an anchor on."""
     content = (message.get("content") or "").strip()
+    if "</think>" in content and content.split("</think>")[-1].strip():
+        # Reasoning in the content: templates such as Qwen3's drop it from earlier turns; the answer stays.
+        content = content.split("</think>")[-1].strip()
     calls = message.get("tool_calls")
     if content or not calls or not isinstance(calls[0], dict):
         return content
@@ -126,9 +134,55 @@ def _spans_from_prefixes(conv: Conversation, template: str, variables: dict) -> 
     return text, spans
 
 
-def _intersect(spans: list[Span], region: Span) -> list[Span]:
-    clipped = [(max(s, region[0]), min(e, region[1])) for s, e in spans]
-    return [(s, e) for s, e in clipped if s < e]
+def _intersect(spans: list[WeightedSpan], region: Span) -> list[WeightedSpan]:
+    clipped = [(max(s, region[0]), min(e, region[1]), w) for s, e, w in spans]
+    return [(s, e, w) for s, e, w in clipped if s < e]
+
+
+@functools.lru_cache(maxsize=16)
+def _end_of_turn(template: str, variables_json: str, markers: bool) -> str:
+    """What the template renders after an assistant reply to end its turn (e.g. `<|im_end|>`), from a probe."""
+    conv = Conversation(_PROBE[:2], None, None)
+    find = _spans_from_markers if markers else _spans_from_prefixes
+    try:
+        text, spans = find(conv, template, json.loads(variables_json))
+    except BadRow:
+        return ""
+    start, end = spans[0]
+    found = text.find("Four.", start, end)
+    return text[found + len("Four.") : end].strip() if found >= 0 else ""
+
+
+def _message_turn(conv: Conversation, index: int, text: str, template: str, variables: dict) -> Turn:
+    """A non-assistant message's turn, by prefix renders: from its content to where the next message starts."""
+    messages, tools = conv.messages, conv.tools
+    head = _render(template, messages[:index], tools, variables)[0] if index else ""
+    upto, _ = _render(template, messages[: index + 1], tools, variables)
+    if not (text.startswith(head) and upto.startswith(head)):
+        raise _mismatch(f"the chat template renders the conversation before message {index} differently on its own")
+    end = len(head) + _common_prefix_length(upto[len(head) :], text[len(head) :])
+    content = (messages[index].get("content") or "").strip()
+    found = text.find(content, len(head), end) if content else -1
+    start, content_end = (found, found + len(content)) if found >= 0 else (len(head), end)
+    return Turn(index, start, content_end, _trim_end(text, content_end, end))
+
+
+def _turns(conv: Conversation, text: str, spans: list[Span], template: str, variables: dict, markers: bool,
+           policy: LossPolicy) -> list[Turn]:
+    """Every turn the policy may train or whose end of turn it may train, in message order."""
+    eot = _end_of_turn(template, json.dumps(variables, sort_keys=True, default=str), markers)
+    assistants = [i for i, m in enumerate(conv.messages) if m["role"] == "assistant"]
+    turns = []
+    for index, (start, end) in zip(assistants, spans):
+        body = text[start:end].rstrip()
+        content_end = start + len(body) - len(eot) if eot and body.endswith(eot) else end
+        turns.append(Turn(index, start, content_end, end))
+    forced = {i for i, loss in enumerate(conv.message_losses or []) if loss.train}
+    for index, message in enumerate(conv.messages):
+        wanted = message["role"] in policy.roles_to_train or index in forced or policy.train_on_eot == "all"
+        if message["role"] != "assistant" and wanted:
+            turns.append(_message_turn(conv, index, text, template, variables))
+    return sorted(turns)
 
 
 def conversation_spans(
@@ -139,8 +193,9 @@ def conversation_spans(
     assistant_only: bool,
     completion_only: bool,
     markers: bool,
-) -> tuple[str, list[Span] | None]:
-    """The rendered conversation and the character spans to train (None: train every token)."""
+    policy: LossPolicy = DEFAULT_POLICY,
+) -> tuple[str, list[WeightedSpan] | None]:
+    """The rendered conversation and the weighted character spans to train (None: train every token)."""
     from sft_exp.data.template_fit import check_calls_rendered, mismatch
 
     unfit = mismatch(template, conv.messages, conv.tools)  # its source never mentions tool calls, images, ...
@@ -148,8 +203,15 @@ def conversation_spans(
         raise unfit
     if assistant_only:
         find = _spans_from_markers if markers else _spans_from_prefixes
-        text, spans = find(conv, template, variables)
+        text, turn_spans = find(conv, template, variables)
+        if policy.is_default and conv.message_losses is None and not has_reasoning(conv):
+            spans = [(s, e, 1.0) for s, e in turn_spans]
+        else:
+            spans = weighted_spans(text, _turns(conv, text, turn_spans, template, variables, markers, policy), conv, policy)
     else:
+        if conv.message_losses is not None:
+            where = next(loss.where for loss in conv.message_losses if loss.weight is not None or loss.train is not None)
+            raise BadRow("bad_weight", f"{where} sets a weight or train flag, which needs data.assistant_only_loss=true")
         text, _ = _render(template, conv.messages, conv.tools, variables)
         spans = None
     if completion_only and conv.n_prompt is not None:
@@ -162,7 +224,7 @@ def conversation_spans(
                 "start of prompt + completion, so the completion cannot be masked exactly",
             )
         region = (len(head), _trim_end(text, len(head), len(text)))
-        spans = [region] if spans is None else _intersect(spans, region)
+        spans = [(*region, 1.0)] if spans is None else _intersect(spans, region)
     check_calls_rendered(template, text, conv.messages, conv.tools)
     return text, spans
 
@@ -176,17 +238,17 @@ def _token_at(encoding, char: int, step: int, limit: int) -> int | None:
     return None
 
 
-def trained_token_ranges(encoding, spans: list[Span] | None, text: str | None = None) -> list[tuple[int, int]]:
-    """Token ranges [first, stop) to train: the tokens lying wholly inside a trained character span.
+def trained_token_ranges(encoding, spans: list[WeightedSpan] | None, text: str | None = None) -> list[tuple[int, int, float]]:
+    """Token ranges [first, stop) to train, with their weight: the tokens lying wholly inside a trained character span.
 
     A token that straddles a span edge is not trained (it is partly prompt, or partly the next turn).
     Given `text`, whitespace-only tokens that end a span are not trained either: they follow the
     end-of-turn token, and the model never generates them. `spans=None` trains every token.
     """
     if spans is None:
-        return [(0, len(encoding))]
+        return [(0, len(encoding), 1.0)]
     ranges = []
-    for start, end in spans:
+    for start, end, weight in spans:
         if end <= start:
             continue
         first = _token_at(encoding, start, 1, end)
@@ -200,7 +262,7 @@ def trained_token_ranges(encoding, spans: list[Span] | None, text: str | None = 
         while text is not None and last >= first and text[slice(*encoding.token_to_chars(last))].isspace():
             last -= 1
         if last >= first:
-            ranges.append((first, last + 1))
+            ranges.append((first, last + 1, weight))
     return ranges
 
 

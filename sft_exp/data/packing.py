@@ -22,7 +22,12 @@ from sft_exp.compat import dataset_fingerprint, row_indices
 from sft_exp.constants import IGNORE_INDEX
 from sft_exp.data.mapped_pages import release_arrow_pages
 
-TOKEN_COLUMNS = ("input_ids", "labels", "position_ids", "source_ids")
+TOKEN_COLUMNS = ("input_ids", "labels", "position_ids", "source_ids", "loss_weights", "example_ids")
+
+
+def token_columns(table) -> list[str]:
+    """The token columns a table has (loss_weights, example_ids: prepared rows have them, hand-made ones may not)."""
+    return [name for name in TOKEN_COLUMNS if name in table.column_names]
 # Tokens gathered per block of packed rows: bounds the memory packing needs whatever the rows.
 BLOCK_TOKENS = 1 << 19
 
@@ -33,7 +38,7 @@ def token_table(dataset: datasets.Dataset) -> pa.Table:
     A shuffled dataset is an indices mapping over its table; datasets' own `[:]` turns it into one
     chunk per row, which every later numpy step then has to concatenate. One `take` gathers it whole.
     """
-    table = dataset.data.table.select(list(TOKEN_COLUMNS))
+    table = dataset.data.table.select(token_columns(dataset.data.table))
     indices = row_indices(dataset)  # None unless rows were selected or shuffled
     if indices is not None:
         return table.take(indices)
@@ -69,7 +74,7 @@ def bfd_bins(lengths: np.ndarray, max_length: int) -> list[list[int]]:
 
 def _example_lengths(dataset: datasets.Dataset) -> tuple[pa.Table, np.ndarray, np.ndarray]:
     """(token columns, the table row of each dataset row, each row's tokens), reading only list offsets."""
-    table = dataset.data.table.select(list(TOKEN_COLUMNS))
+    table = dataset.data.table.select(token_columns(dataset.data.table))
     lengths = pc.list_value_length(table.column("input_ids")).to_numpy(zero_copy_only=False)
     indices = row_indices(dataset)  # None unless rows were selected or shuffled
     rows = np.arange(len(table)) if indices is None else indices.to_numpy(zero_copy_only=False).astype(np.int64)
@@ -89,12 +94,15 @@ def _gather(piece: pa.Table, skip: int, row_lengths: np.ndarray, cuts: np.ndarra
     positions = steps - np.maximum.accumulate(np.where(restart, steps, 0))
     row_offsets = pa.array(np.concatenate([[0], np.cumsum(row_lengths)]).astype(np.int32))
     columns = {"position_ids": pa.ListArray.from_arrays(row_offsets, pa.array(positions))}
-    for name in ("input_ids", "labels", "source_ids"):
+    for name in token_columns(piece):
+        if name == "position_ids":
+            continue
         values = piece.column(name).combine_chunks().flatten().to_numpy()[skip : skip + n_tokens]
         if name == "labels":
             values = np.where(restart, IGNORE_INDEX, values)
         columns[name] = pa.ListArray.from_arrays(row_offsets, pa.array(values))
-    return pa.RecordBatch.from_arrays([columns[name] for name in TOKEN_COLUMNS], names=list(TOKEN_COLUMNS))
+    names = token_columns(piece)
+    return pa.RecordBatch.from_arrays([columns[name] for name in names], names=names)
 
 
 def _packed_batches(dataset, order, row_lengths, cuts, max_length) -> Iterator[pa.RecordBatch]:

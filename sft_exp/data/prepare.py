@@ -27,6 +27,7 @@ from sft_exp.data.sources import load_source, source_columns, source_label, sour
 from sft_exp.data.statistics import dataset_statistics, row_counts, token_counts
 from sft_exp.data.templates import has_generation_markers, resolve_chat_template, template_variables
 from sft_exp.data.settings import DataSettings, resolve_max_length
+from sft_exp.data.turn_settings import loss_policy
 from sft_exp.data.validate import check_packing_attention
 from sft_exp.errors import DataError
 from sft_exp.models.stop_tokens import warn_if_no_end_of_turn
@@ -73,7 +74,7 @@ def _encode_source(source, index: int, settings, tokenizer, template, cache_dir,
         template_variables=template_variables(tokenizer), markers=bool(template) and has_generation_markers(template),
         assistant_only=settings.assistant_only_loss, completion_only=completion_only,
         max_length=settings.max_length if truncate else None, source_index=index, source_file=label,
-        drop_bad_rows=settings.on_bad_row == "drop",
+        drop_bad_rows=settings.on_bad_row == "drop", policy=loss_policy(settings),
     )  # fmt: skip
     spec_values = {k: v for k, v in vars(spec).items() if k != "tokenizer"}
     encoded = raw.map(

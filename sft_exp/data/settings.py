@@ -74,6 +74,16 @@ class DataSettings:
     # None: on for prompt-completion data.
     completion_only_loss: Optional[bool] = None
     assistant_only_loss: bool = False
+    # With assistant_only_loss: the roles whose turns are trained (system, user, assistant, tool). A message's
+    # own `train: true/false` and `weight` (0: not trained, 2: counts twice) override it per message.
+    roles_to_train: list[str] = field(default_factory=lambda: ["assistant"])
+    # Whose end-of-turn tokens are trained: turn (each trained turn's), last (the last trained turn's only),
+    # all (every turn's, trained or not), none.
+    train_on_eot: str = "turn"
+    # Only the last trained turn of each conversation teaches (LLaMA-Factory's mask_history).
+    last_turn_only: bool = False
+    # Assistant reasoning (reasoning_content, <think> blocks) trained as the template renders it, or masked.
+    train_reasoning: bool = True
     packing: bool = False
     # Padding-free batches without packing: a batch's rows back to back, position_ids restarting per row,
     # no pad tokens. None: on where attention runs per example (sdpa, loaded as sdpa_varlen; flash_attention_2/3).
@@ -86,6 +96,7 @@ class DataSettings:
     seed: int  # required: the same seed as the run's, so the split and mixture follow it
 
     def __post_init__(self) -> None:
+        from sft_exp.data.turn_settings import check_turn_settings
         from sft_exp.data.validate import check_settings
 
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
@@ -93,6 +104,7 @@ class DataSettings:
         self.sources = as_sources(self.sources, "data.sources")
         self.eval_sources = as_sources(self.eval_sources or [], "data.eval_sources")
         check_settings(self)
+        check_turn_settings(self)
 
 
 def as_sources(entries: Any, key: str) -> list[Source]:

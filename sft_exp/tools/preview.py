@@ -6,7 +6,8 @@
 
 Composes the config like `python -m sft_exp`, loads only the tokenizer, prepares the data and prints
 a few training rows with the trained tokens highlighted (green; `[[...]]` with --plain or when the
-output is not a terminal), packed example boundaries (`|`), and the statistics: rows read, rows
+output is not a terminal; a weight other than 1 follows its tokens as `x2`, on yellow), packed example
+boundaries (`|`), and the statistics: rows read, rows
 dropped by reason, tokens, fraction supervised, packing fill rate.
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ import sys
 from sft_exp.constants import IGNORE_INDEX
 from sft_exp.errors import UserError
 
-GREEN, RESET = "\033[42m\033[30m", "\033[0m"
+GREEN, YELLOW, RESET = "\033[42m\033[30m", "\033[43m\033[30m", "\033[0m"
 
 
 def compose_config(overrides: list[str]):
@@ -42,11 +43,13 @@ def load_tokenizer(model_cfg):
 
 
 def _runs(row: dict):
-    """(token ids, trained, starts an example) runs of consecutive tokens with the same flags."""
+    """(token ids, (trained, starts an example, loss weight)) runs of consecutive tokens with the same flags."""
     run, flags = [], None
-    for t, (token, label) in enumerate(zip(row["input_ids"], row["labels"])):
+    weights = row.get("loss_weights") or [1.0] * len(row["input_ids"])
+    for t, (token, label, weight) in enumerate(zip(row["input_ids"], row["labels"], weights)):
         starts = t > 0 and row["position_ids"][t] == 0
-        current = (label != IGNORE_INDEX, starts)
+        trained = label != IGNORE_INDEX
+        current = (trained, starts, float(weight) if trained else 0.0)
         if run and (current != flags or starts):
             yield run, flags
             run = []
@@ -56,14 +59,20 @@ def _runs(row: dict):
         yield run, flags
 
 
+def _weight_mark(weight: float) -> str:
+    """A trained run's weight after it, where it is not 1: `[[reply]]x2`, `[[reply]]x0.5`."""
+    return "" if weight == 1 else f"x{weight:g}"
+
+
 def render_row(tokenizer, row: dict, color: bool) -> str:
     pieces = []
-    for ids, (trained, starts) in _runs(row):
+    for ids, (trained, starts, weight) in _runs(row):
         text = tokenizer.decode(ids, skip_special_tokens=False)
         if starts:
             pieces.append("|")
         if trained:
-            text = f"{GREEN}{text}{RESET}" if color else f"[[{text}]]"
+            mark = _weight_mark(weight)
+            text = f"{GREEN if weight == 1 else YELLOW}{text}{RESET}{mark}" if color else f"[[{text}]]{mark}"
         pieces.append(text)
     return "".join(pieces)
 
@@ -98,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2  # a user error, as in training
     color = sys.stdout.isatty() and not args.plain
-    legend = "trained tokens highlighted" if color else "trained tokens in [[...]]"
+    legend = "trained tokens highlighted" if color else "trained tokens in [[...]], xW: loss weight W"
     shown = 0
     for index in range(len(data.train)):
         if shown == args.rows:

@@ -19,7 +19,7 @@ from sft_exp.training.memory import no_offload
 from sft_exp.models.attention import documents_from_positions
 
 # Batch keys that are ours, not the model's.
-_NOT_MODEL_INPUTS = ("labels", "source_ids")
+_NOT_MODEL_INPUTS = ("labels", "source_ids", "loss_weights", "example_ids")
 
 
 @dataclass
@@ -32,6 +32,8 @@ class SFTOutput:
     aux_loss: Optional[Tensor]
     source_loss_sum: Tensor  # (num_sources,) NLL sums, for loss/<source>
     source_count: Tensor  # (num_sources,)
+    # per_example=True: (source id, source row, NLL sum, correct tokens, supervised tokens) per example of the batch
+    examples: Optional[tuple] = None
 
 
 def unwrap_parallel(model):
@@ -85,6 +87,19 @@ def supervised_mask(batch: dict) -> Tensor:
     return mask
 
 
+def supervised_weights(batch: dict, mask: Tensor) -> Optional[Tensor]:
+    """The loss weight of each supervised position's target (1-D, as `mask` selects), or None without weights."""
+    weights = batch.get("loss_weights")
+    return None if weights is None else weights[:, 1:][mask]
+
+
+def weighted_count(batch: dict) -> Tensor:
+    """The supervised targets of a batch, each counted by its loss weight: the divisor of the loss."""
+    mask = supervised_mask(batch)
+    weights = supervised_weights(batch, mask)
+    return mask.sum() if weights is None else weights.float().sum()
+
+
 def sft_forward(
     model,
     batch: dict,
@@ -92,6 +107,7 @@ def sft_forward(
     num_items_in_batch: Union[None, int, Tensor] = None,
     num_sources: int = 1,
     router_aux_loss_coef: Optional[float] = None,
+    per_example: bool = False,
 ) -> SFTOutput:
     """Loss and metrics of one (micro-)batch; see SFTOutput. `router_aux_loss_coef` None: the config's own."""
     hidden, out = decoder_hidden(model, batch)
@@ -102,9 +118,14 @@ def sft_forward(
         log_probs, entropy, is_top1 = chunked_head(hidden[:, :-1][mask], targets, spec, loss_fn.chunk_size)
 
     count = mask.sum()
-    normalizer = count if num_items_in_batch is None else num_items_in_batch
+    per_token = loss_fn.per_token(log_probs)
+    weights = supervised_weights(batch, mask)
+    if weights is not None:  # per-message weights: a token of weight 2 counts as two tokens, in the sum and the divisor
+        weights = weights.to(per_token.device, per_token.dtype)
+        per_token = per_token * weights
+    normalizer = (count if weights is None else weights.sum()) if num_items_in_batch is None else num_items_in_batch
     normalizer = torch.as_tensor(normalizer, device=log_probs.device).clamp(min=1)
-    loss = loss_fn.per_token(log_probs).sum() / normalizer
+    loss = per_token.sum() / normalizer
 
     aux_loss = getattr(out, "aux_loss", None)
     if aux_loss is not None:
@@ -125,7 +146,23 @@ def sft_forward(
         aux_loss=aux_loss,
         source_loss_sum=source_loss_sum,
         source_count=source_count,
+        examples=_per_example(batch, mask, nll, is_top1) if per_example else None,
     )
+
+
+def _per_example(batch: dict, mask: Tensor, nll: Tensor, is_top1: Tensor) -> Optional[tuple]:
+    """Sums per (source, source row) over the supervised tokens: what examples.parquet records."""
+    example_ids = batch.get("example_ids")
+    if example_ids is None:
+        return None
+    sources = batch["source_ids"][:, 1:][mask].to(nll.device).long()
+    rows = example_ids[:, 1:][mask].to(nll.device).long()
+    keys, inverse = torch.unique(sources * (1 << 32) + rows, return_inverse=True)
+    sums = nll.new_zeros((3, len(keys))).float()
+    sums[0].index_add_(0, inverse, nll.float())
+    sums[1].index_add_(0, inverse, is_top1.float())
+    sums[2].index_add_(0, inverse, torch.ones_like(nll, dtype=torch.float32))
+    return keys >> 32, keys & ((1 << 32) - 1), sums[0], sums[1], sums[2]
 
 
 def _per_source(batch: dict, mask: Tensor, nll: Tensor, num_sources: int):

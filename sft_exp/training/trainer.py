@@ -20,10 +20,11 @@ from sft_exp.evaluation.callback import Evaluator
 from sft_exp.run import distributed
 from sft_exp.training.checkpoints import AtomicCheckpoints
 from sft_exp.training.choices import check_trainer_choices
-from sft_exp.training.forward import sft_forward
+from sft_exp.training.forward import sft_forward, weighted_count
 from sft_exp.training.guards import (  # noqa: F401 (NonFiniteLossError: re-exported)
     EvaluationBeforeTraining, LoggingWindow, NonFiniteLossError, NonFiniteLossGuard, TokenCount)
 from sft_exp.training.metrics import SFTMetrics
+from sft_exp.training.ledger import ExampleLedger, ledger_path
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,9 @@ class SFTTrainingArguments(TrainingArguments):
     # CPU threads for torch. None: the CPUs this process may use minus those busy at start (at least 1),
     # waiting passively (sft_exp.threads): a busy core then costs a share, not the whole run.
     threads: Optional[int] = field(default=None)
+    # Write <run>/examples.parquet: each example's loss and token accuracy per epoch and evaluation step
+    # (data maps). Off by default: it costs a little every step (the README has the figures).
+    example_ledger: bool = field(default=False)
 
     def __post_init__(self):
         check_trainer_choices(nonfinite_loss=self.nonfinite_loss)
@@ -162,8 +166,12 @@ class SFTTrainer(AtomicCheckpoints, Trainer):
         self.nonfinite = NonFiniteLossGuard(args.nonfinite_loss, self.accelerator, args.device)
         self.baseline = EvaluationBeforeTraining(self)
         self.metrics_before_training: dict = {}  # evaluate_before_training's result
-        for callback in (self.tokens, self.nonfinite, LoggingWindow(self), self.baseline):
-            self.add_callback(callback)
+        # trainer.example_ledger: each example's loss and accuracy, written at every evaluation and at the end.
+        self.ledger = ExampleLedger(ledger_path(args.output_dir), self.source_names, self.accelerator) \
+            if args.example_ledger else None
+        for callback in (self.tokens, self.nonfinite, LoggingWindow(self), self.baseline, self.ledger):
+            if callback is not None:
+                self.add_callback(callback)
         self.remove_callback(PrinterCallback)  # sft_exp.run.recorder prints one readable line per log instead
 
     def create_accelerator_and_postprocess(self) -> None:
@@ -225,12 +233,26 @@ class SFTTrainer(AtomicCheckpoints, Trainer):
         out = sft_forward(
             model, inputs, self.loss_fn, num_items_in_batch=num_items_in_batch,
             num_sources=len(self.source_names), router_aux_loss_coef=self._router_aux_loss_coef(model) / (ranks * steps),
+            per_example=self.ledger is not None,
         )
+        if out.examples is not None:
+            epoch = int(self.state.epoch or 0) if mode == "train" else None
+            self.ledger.add(out.examples, mode, epoch, self.state.global_step)
         if mode == "train":
             self.tokens.add(inputs)
         self.metrics[mode].add(out)
         loss = out.loss * ranks
         return (loss, {}) if return_outputs else loss  # prediction_loss_only: no logits kept
+
+    def _get_num_items_in_batch(self, batch_samples: list, device):
+        """The Trainer's count of supervised tokens, with per-message loss weights: their sum instead."""
+        count = super()._get_num_items_in_batch(batch_samples, device)
+        if count is None or not batch_samples or "loss_weights" not in batch_samples[0]:
+            return count
+        weighted = sum(weighted_count(batch) for batch in batch_samples).to(device)
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            weighted = self.accelerator.gather(weighted).sum()  # every rank takes part, as the Trainer's own count
+        return weighted
 
     def _router_aux_loss_coef(self, model) -> float:
         if self.args.router_aux_loss_coef is not None:

@@ -17,7 +17,8 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<s>", "</s>", 
 WORDS = (
     "What is two plus three four five six Four Six And Paris France capital of the The Hello Hi Bye hi there "
     "system user assistant tool You are helpful Be brief Answer Question Reverse abc cba Translate cat chat "
-    "weather get_weather tool_call city location sunny It s name arguments function type object properties string"
+    "weather get_weather tool_call city location sunny It s name arguments function type object properties string "
+    "think and"
 ).split()
 
 
