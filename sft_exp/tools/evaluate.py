@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Optional
 
 from sft_exp.errors import ConfigError, UserError
+from sft_exp.tools.saved_run import SavedRun, load_saved_model
 
 log = logging.getLogger("sft_exp.tools.evaluate")
 
@@ -35,19 +36,18 @@ def find_model(target: Path) -> tuple:
         if target.suffix != ".gguf":
             raise UserError(f"{target}: a file must be a .gguf model; otherwise give a folder")
         return None, target
-    if (target / "resolved_config.yaml").is_file():
-        model = target / "model"
-        if not model.is_dir():
+    if SavedRun.is_run(target):
+        run = SavedRun(target)
+        if not run.model_dir.is_dir():
             raise UserError(f"{target} is a run folder without a saved model (model/); did the run finish?")
-        return target, model
+        return run, run.model_dir
     if (target / "config.json").is_file() or (target / "adapter_config.json").is_file():
-        run = target.parent if (target.parent / "resolved_config.yaml").is_file() else None
-        return run, target
+        return (SavedRun(target.parent) if SavedRun.is_run(target.parent) else None), target
     raise UserError(f"{target}: neither a run folder (resolved_config.yaml) nor a model folder (config.json or "
                     "adapter_config.json)")
 
 
-def task_config(run: Optional[Path], overrides: list) -> dict:
+def task_config(run: Optional[SavedRun], overrides: list) -> dict:
     """The tasks to run: the run's `evals`, or the conf/evals options named by `evals=...`; plus overrides."""
     from omegaconf import OmegaConf
 
@@ -68,52 +68,12 @@ def task_config(run: Optional[Path], overrides: list) -> dict:
         return OmegaConf.to_container(evals, resolve=True) or {}
     if run is None:
         raise ConfigError("a model folder has no tasks of its own: choose some, e.g. evals=gsm8k evals.gsm8k.path=...")
-    evals = OmegaConf.load(run / "resolved_config.yaml").get("evals") or OmegaConf.create({})
+    evals = run.config.get("evals") or OmegaConf.create({})
     evals = OmegaConf.merge(evals, OmegaConf.from_dotlist([o.lstrip("+").split(".", 1)[1] for o in settings]))
     tasks = OmegaConf.to_container(evals, resolve=True)
     if not tasks:
-        raise ConfigError(f"{run} ran without task evaluation (evals=none); choose tasks, e.g. evals=heldout")
+        raise ConfigError(f"{run.path} ran without task evaluation (evals=none); choose tasks, e.g. evals=heldout")
     return tasks
-
-
-def load_model(model_path: Path, run: Optional[Path]):
-    """(model, tokenizer): a full model, a PEFT adapter on its base, or a .gguf file (dequantized)."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    if model_path.is_file():  # .gguf
-        kwargs = dict(gguf_file=model_path.name)
-        tokenizer = AutoTokenizer.from_pretrained(str(model_path.parent), **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(str(model_path.parent), dtype=dtype, **kwargs)
-    elif (model_path / "adapter_config.json").is_file():
-        from peft import PeftModel
-
-        base = json.loads((model_path / "adapter_config.json").read_text()).get("base_model_name_or_path")
-        if not base or not Path(base).exists():
-            local = run / "base_model" if run is not None else None
-            base = str(local) if local is not None and local.is_dir() else base
-        if not base:
-            raise UserError(f"{model_path}: the adapter names no base model and there is no base_model/ folder beside it")
-        tokenizer = AutoTokenizer.from_pretrained(str(model_path))
-        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=dtype), str(model_path))
-    else:
-        tokenizer = AutoTokenizer.from_pretrained(str(model_path))
-        model = AutoModelForCausalLM.from_pretrained(str(model_path), dtype=dtype)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    saved = model_path / "generation_config.json" if model_path.is_dir() else None
-    if saved is not None and saved.is_file():  # a saved model (or an sft_exp adapter folder): stop as saved
-        from transformers import GenerationConfig
-
-        model.generation_config = GenerationConfig.from_pretrained(str(model_path))
-    else:  # a GGUF file, or an adapter saved elsewhere: its base's stops plus its template's end of turn
-        from sft_exp.models.stop_tokens import set_generation_stops
-
-        set_generation_stops(model, tokenizer, tokenizer.chat_template, own_config=True)
-    if model.generation_config.pad_token_id is None:
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return model.to("cuda" if torch.cuda.is_available() else "cpu").eval(), tokenizer
 
 
 def evaluate_saved(target: Path, overrides: list, out: Optional[Path] = None, print_examples: int = 4,
@@ -124,18 +84,18 @@ def evaluate_saved(target: Path, overrides: list, out: Optional[Path] = None, pr
     from sft_exp.evaluation.tasks import HELDOUT
 
     found, model_path = find_model(target)
-    run = run if run is not None else found
+    run = SavedRun(run) if run is not None else found
     tasks = task_config(run, overrides)
-    out = out or (run / "evaluate" if run is not None else Path("outputs") / "evaluate" / model_path.stem)
+    out = out or (run.path / "evaluate" if run is not None else Path("outputs") / "evaluate" / model_path.stem)
     evaluation = TaskEvaluation(tasks, output_dir=str(out), print_examples=print_examples)
     if any(isinstance(t, dict) and t.get("path") == HELDOUT for t in tasks.values()):
-        heldout_file = run / "evals" / HELDOUT_FILE if run is not None else None
+        heldout_file = run.path / "evals" / HELDOUT_FILE if run is not None else None
         if heldout_file is None or not heldout_file.is_file():
             raise ConfigError("path: heldout needs a run folder whose run saved its held-out rows "
                               f"(evals/{HELDOUT_FILE}); give a prompts file instead")
         evaluation.use_heldout([json.loads(line) for line in heldout_file.read_text().splitlines() if line.strip()])
-    summary = json.loads((run / "summary.json").read_text()) if run is not None and (run / "summary.json").is_file() else {}
-    model, tokenizer = load_model(model_path, run)
+    summary = run.read_json("summary.json") if run is not None else {}
+    model, tokenizer = load_saved_model(model_path, run)
     scores = evaluation.evaluate(model, tokenizer, step=int(summary.get("global_step") or 0), final=True)
     out.mkdir(parents=True, exist_ok=True)
     (out / "scores.json").write_text(json.dumps(scores, indent=2) + "\n")

@@ -35,15 +35,9 @@ def load_run_config(run: Path) -> dict:
     """The resolved config of a run folder, ready to run fresh (no resume, no fixed run_dir)."""
     from omegaconf import OmegaConf
 
-    config_file = run / "resolved_config.yaml"
-    if not run.is_dir():
-        raise UserError(f"{run}: no such folder. Give a run folder such as outputs/runs/<date>/<time>.")
-    if not config_file.is_file():
-        jobs = sorted(p.parent for p in run.glob("*/resolved_config.yaml"))
-        hint = (f" It looks like a multirun folder: give one of its jobs, e.g. {jobs[0]}."
-                if jobs else " Give a run folder such as outputs/runs/<date>/<time> or outputs/multiruns/<date>/<time>/<job>.")
-        raise UserError(f"{run} is not a run folder: it has no resolved_config.yaml (every sft_exp run writes one).{hint}")
-    config = OmegaConf.to_container(OmegaConf.load(config_file), resolve=False)
+    from sft_exp.tools.saved_run import SavedRun
+
+    config = OmegaConf.to_container(SavedRun.open(run).config, resolve=False)
     old_run_dir = config.pop("run_dir", None)  # the new run writes to its own folder
     config["resume_from_checkpoint"] = None  # a reproduction starts from step 0
     for callback in (config.get("callbacks") or {}).values():

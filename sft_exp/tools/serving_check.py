@@ -72,8 +72,9 @@ def _task_scores(run_dir: Path, folder: Path, scratch: Path) -> List[Check]:
     from omegaconf import OmegaConf
 
     from sft_exp.tools.evaluate import evaluate_saved
+    from sft_exp.tools.saved_run import SavedRun
 
-    evals = OmegaConf.select(OmegaConf.load(run_dir / "resolved_config.yaml"), "evals")
+    evals = OmegaConf.select(SavedRun.open(run_dir).config, "evals")
     if not evals:
         return [Check("task scores", "the run's evals", "the run has none (evals=none): not re-run", True)]
     logged = _read_json(run_dir / "summary.json")

@@ -188,7 +188,6 @@ def test_qlora_base_is_nf4_and_export_merge_matches_base_plus_adapter(qlora_run,
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from sft_exp.models.loader import ModelLoader
     from sft_exp.tools.export import main
 
     cfg = compose(["peft=qlora", "model=qwen2_5_0_5b", f"model.name_or_path={qlora_run.parent / 'base'}",
