@@ -23,7 +23,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
 from sft_exp.paths import asset_path, config_dir
-from sft_exp.schemas import component_schema, own_fields
+from sft_exp.schemas import component_schema, importable, own_fields
 
 # `${asset:tokenizer}` resolves to a file shipped in sft_exp/assets, wherever the package lives.
 if not OmegaConf.has_resolver("asset"):
@@ -139,9 +139,9 @@ class TrainingArgumentsFields:
 
 
 # + SFTTrainingArguments' own fields (nonfinite_loss, router_aux_loss_coef), read from its source.
-TrainerConfig = dataclasses.make_dataclass(
+TrainerConfig = importable(dataclasses.make_dataclass(
     "TrainerConfig", own_fields("sft_exp.training.trainer.SFTTrainingArguments"), bases=(TrainingArgumentsFields,)
-)
+))
 
 
 # ----------------------------------------------------------------------------- root

@@ -27,13 +27,15 @@ def validate_config(cfg: DictConfig) -> None:
             + ". Set them on the command line, e.g. `python -m sft_exp " + missing[0] + "=...`."
         )
     check_known_keys(cfg)
-    _check_model(cfg.model)
     _check_trainer(cfg.trainer)
     from sft_exp.models.adapters import check_adapter_config
     from sft_exp.run.distributed import check_distributed_config
 
+    # A strategy or adapter the installed packages cannot run is named first: installing it is the fix,
+    # whatever else is wrong (the model folder's contents are checked next).
     check_distributed_config(cfg.distributed.strategy)
     check_adapter_config(plain(cfg.model), plain(cfg.peft) if cfg.peft else None)
+    _check_model(cfg.model)
     # The data settings check themselves when train.run builds them (sft_exp.data.DataSettings), still
     # before torch or any model loads.
 

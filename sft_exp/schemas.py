@@ -57,9 +57,41 @@ def _schema(module: str, name: str, target: str | None, defaults: tuple, meta: t
     fields = [] if target is None else [("_target_", str, dataclasses.field(default=target))]
     fields += [(f"_{key}_", type(value), dataclasses.field(default=value)) for key, value in meta]
     fields += _dataclass_fields_of(module, name, dict(defaults))
-    schema = dataclasses.make_dataclass(f"{name}Schema", fields)
+    schema = dataclasses.make_dataclass(_unique_name(f"{name}Schema", (module, name, target, defaults, meta)), fields)
     schema.__doc__ = f"Generated from {module}.{name}: its fields, types and defaults."
+    return importable(schema)
+
+
+# Generated schemas by name, importable from this module: Hydra pickles composed configs (the submitit and
+# SLURM launchers send them to the job), and pickle finds a class by its module and name. A job that
+# unpickles one imports this module, whose __getattr__ generates them all (by importing sft_exp.config).
+GENERATED: dict[str, type] = {}
+_KEYS: dict[str, tuple] = {}
+
+
+def importable(schema: type) -> type:
+    """Register a generated dataclass under its name in this module, so pickle finds it by reference."""
+    schema.__module__ = __name__
+    schema.__qualname__ = schema.__name__
+    GENERATED[schema.__name__] = schema
     return schema
+
+
+def _unique_name(base: str, key: tuple) -> str:
+    name, n = base, 1
+    while name in _KEYS and _KEYS[name] != key:
+        n += 1
+        name = f"{base}{n}"
+    _KEYS[name] = key
+    return name
+
+
+def __getattr__(name: str):
+    if name not in GENERATED:
+        import sft_exp.config  # noqa: F401  generates every schema the conf/ options use
+    if name in GENERATED:
+        return GENERATED[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _dataclass_fields_of(module: str, name: str, overrides: dict) -> list:

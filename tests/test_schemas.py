@@ -90,3 +90,19 @@ def test_composing_a_config_imports_no_torch():
     code = "import sys, sft_exp.config, sft_exp.data.settings; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_composed_config_pickles_into_a_fresh_process_as_launchers_send_it():
+    """The submitit/SLURM launchers pickle the composed config to the job: generated schemas must be found
+    by reference there (a by-value copy loses dataclasses' MISSING sentinel and fails to compose)."""
+    import pickle
+
+    from omegaconf import OmegaConf
+
+    data = pickle.dumps(compose(["loss=dft", "memory=offload", "logger=[wandb,mlflow]"]))
+    code = ("import pickle, sys; from omegaconf import OmegaConf; cfg = pickle.loads(sys.stdin.buffer.read()); "
+            "print(OmegaConf.get_type(cfg.data.sources[0]).__name__, OmegaConf.get_type(cfg.loss).__name__, "
+            "OmegaConf.to_container(cfg.memory)['_target_'])")
+    out = subprocess.run([sys.executable, "-c", code], input=data, cwd=REPO, capture_output=True, check=True)
+    assert out.stdout.decode().split() == ["SourceSchema", "DFTLossSchema", "sft_exp.training.memory.ActivationOffloading"]
+    assert OmegaConf.get_type(pickle.loads(data).trainer).__name__ == "TrainerConfig"

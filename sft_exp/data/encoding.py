@@ -183,7 +183,7 @@ class _Rows:
                 ids.append(self.eos_id)
             if limit is not None and len(ids) > limit:
                 self.truncated[item.row] = True
-                if any(stop > limit for _, stop in ranges):
+                if any(stop > limit for _, stop, _ in ranges):
                     self.flaw[item.row] = ANSWER_CUT
                 ids = ids[:limit]
                 ranges = [(first, min(stop, limit), w) for first, stop, w in ranges if first < limit]

@@ -180,6 +180,7 @@ def chatml_lora_run(base_checkpoint, tmp_path_factory):
     return run_dir
 
 
+@pytest.mark.slow  # kept out of the CI suite's 10 minutes: python -m pytest -m slow
 def test_the_merged_model_of_a_chatml_lora_run_stops_at_im_end_and_passes_the_serving_check(chatml_lora_run, capsys):
     from sft_exp.tools.export import main
 

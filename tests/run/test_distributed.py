@@ -129,6 +129,7 @@ def test_a_nan_loss_on_one_rank_stops_every_rank_naming_the_step(tmp_path):
     assert not (tmp_path / "rank0" / "model").exists()
 
 
+@pytest.mark.slow  # kept out of the CI suite's 10 minutes: python -m pytest -m slow
 def test_skip_on_a_nan_loss_of_one_rank_keeps_every_replica_identical(tmp_path):
     digests = tmp_path / "digests"
     results = _two_ranks(tmp_path, *NAN_ON_RANK_1, *PER_RANK, "trainer.nonfinite_loss=skip",

@@ -34,6 +34,7 @@ def test_a_pruned_trial_stops_at_an_evaluation_step_with_its_folder_complete_to_
     assert {row["status"] for row in csv.DictReader((tmp_path / "report.csv").open())} == {"pruned"}
 
 
+@pytest.mark.slow  # kept out of the CI suite's 10 minutes: python -m pytest -m slow
 def test_without_a_pruner_the_same_trials_run_to_their_last_step(tmp_path):
     job = sweep(tmp_path, *PRUNED[:-1])
     assert job.returncode == 0, job.stderr[-3000:]

@@ -37,6 +37,7 @@ def test_a_lead_smaller_than_the_seed_spread_is_within_noise_and_a_consistent_on
     assert config_key("loss=nll seed=3 optimizer.lr=0.1") == "loss=nll optimizer.lr=0.1"
 
 
+@pytest.mark.slow  # kept out of the CI suite's 10 minutes: python -m pytest -m slow
 def test_the_sweepers_seeds_run_each_trial_per_seed_and_the_sampler_sees_the_mean(tmp_path):
     from sft_exp.tools.report import main
 

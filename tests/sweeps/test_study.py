@@ -63,6 +63,7 @@ def test_bad_input_fails_before_any_job_naming_what_is_wrong(tmp_path, overrides
     assert job_folders(tmp_path) == []
 
 
+@pytest.mark.slow  # kept out of the CI suite's 10 minutes: python -m pytest -m slow
 def test_several_objectives_with_a_direction_each_give_a_pareto_front(tmp_path):
     from omegaconf import OmegaConf
 

@@ -72,6 +72,7 @@ def _copy_run(original: Path, to: Path) -> Path:
     return to
 
 
+@pytest.mark.slow  # kept out of the CI suite's 10 minutes: python -m pytest -m slow
 def test_verify_exits_1_when_the_old_metrics_differ(original, tmp_path, capfd):
     old = _copy_run(original, tmp_path / "old")
     rows = [json.loads(line) for line in (old / "metrics.jsonl").read_text().splitlines()]

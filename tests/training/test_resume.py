@@ -123,7 +123,7 @@ def saved_steps(run_dir: Path) -> list:
     return sorted(int(p.name.split("-")[-1]) for p in folder.glob("*checkpoint-*")) if folder.is_dir() else []
 
 
-@pytest.mark.parametrize("name,status", [("SIGTERM", 143), ("SIGINT", 130)])
+@pytest.mark.parametrize("name,status", [("SIGTERM", 143), pytest.param("SIGINT", 130, marks=pytest.mark.slow)])
 def test_a_signal_saves_at_the_end_of_that_step_and_resume_is_exact(tmp_path, straight, name, status):
     run_dir, at_step = tmp_path / "run", 2
     job = signalled_job(run_dir, at_step, name)
