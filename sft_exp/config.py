@@ -33,8 +33,6 @@ if not OmegaConf.has_resolver("asset"):
 def config_groups_help() -> str:
     """`--help`'s list of groups and options: the folders of conf/ (Hydra's own list would also show
     the internal schema/ groups every option merges onto)."""
-    from sft_exp.paths import config_dir
-
     lines = []
     for group in sorted(p for p in config_dir().iterdir() if p.is_dir() and p.name != "hydra"):
         options = sorted(f.stem for f in group.glob("*.yaml"))
@@ -158,7 +156,7 @@ class SFTConfig:
     peft: Any = None
     distributed: Any = field(default_factory=DistributedConfig)
     # Dicts of `_target_`s, several at once: logger=[wandb,tensorboard]; callbacks (run recorder, stop on
-    # signal, task evaluation, yours: +callbacks.mine._target_=pkg.MyCallback); evals=[heldout,gsm8k].
+    # signal, trial pruning, yours: +callbacks.mine._target_=pkg.MyCallback); evals=[heldout,gsm8k].
     logger: Dict[str, Any] = field(default_factory=dict)
     callbacks: Dict[str, Any] = field(default_factory=dict)
     # Dict of `_target_`s the trainer asks for scores whenever it evaluates (SFTTrainer's `evaluators`).
