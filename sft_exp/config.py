@@ -23,7 +23,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
 from sft_exp.paths import asset_path, config_dir
-from sft_exp.schemas import component_schema, importable, own_fields
+from sft_exp.schemas import GENERATED, component_schema, importable, own_fields
 
 # `${asset:tokenizer}` resolves to a file shipped in sft_exp/assets, wherever the package lives.
 if not OmegaConf.has_resolver("asset"):
@@ -205,3 +205,10 @@ def register_configs() -> None:
 
 
 register_configs()
+
+
+def __getattr__(name: str):
+    """The generated schemas, by name: where pickle looks for them (sft_exp.schemas.importable)."""
+    if name in GENERATED:
+        return GENERATED[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -62,16 +62,17 @@ def _schema(module: str, name: str, target: str | None, defaults: tuple, meta: t
     return importable(schema)
 
 
-# Generated schemas by name, importable from this module: Hydra pickles composed configs (the submitit and
-# SLURM launchers send them to the job), and pickle finds a class by its module and name. A job that
-# unpickles one imports this module, whose __getattr__ generates them all (by importing sft_exp.config).
+# Generated schemas by name. Hydra pickles composed configs (the submitit and SLURM launchers send them to
+# the job), and pickle finds a class by its module and name: they are found in sft_exp.config, which
+# generates them all when it is imported (its module __getattr__ reads this dict).
 GENERATED: dict[str, type] = {}
 _KEYS: dict[str, tuple] = {}
+REGISTERING_MODULE = "sft_exp.config"
 
 
 def importable(schema: type) -> type:
-    """Register a generated dataclass under its name in this module, so pickle finds it by reference."""
-    schema.__module__ = __name__
+    """Register a generated dataclass by name, as an attribute pickle finds in sft_exp.config."""
+    schema.__module__ = REGISTERING_MODULE
     schema.__qualname__ = schema.__name__
     GENERATED[schema.__name__] = schema
     return schema
@@ -84,14 +85,6 @@ def _unique_name(base: str, key: tuple) -> str:
         name = f"{base}{n}"
     _KEYS[name] = key
     return name
-
-
-def __getattr__(name: str):
-    if name not in GENERATED:
-        import sft_exp.config  # noqa: F401  generates every schema the conf/ options use
-    if name in GENERATED:
-        return GENERATED[name]
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _dataclass_fields_of(module: str, name: str, overrides: dict) -> list:

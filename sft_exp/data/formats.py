@@ -19,6 +19,7 @@ from typing import Callable, NamedTuple
 
 from sft_exp.data.nested import lookup, top_column
 from sft_exp.data.message_loss import MESSAGE_LOSS_TAGS, loss_keys, message_loss_weights
+from sft_exp.data.bad_row import BadRow  # noqa: F401 (the formats' error; re-exported)
 from sft_exp.data.tool_calls import legacy_function_call, structured_calls, structured_tools
 from sft_exp.errors import DataError
 
@@ -80,15 +81,6 @@ TURN_TAGS_FIELD = "__turn_tags__"
 # Files whose rows Arrow cannot give one schema (a field that is a string in one row and a number
 # in another) are loaded as one JSON string per row in this column, and decoded row by row.
 RAW_JSON_COLUMN = "__sft_exp_raw_json__"
-
-
-class BadRow(Exception):
-    """A row that cannot be used; `reason` is the key it is counted under."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
 
 
 class Text(NamedTuple):

@@ -34,7 +34,7 @@ def loss_keys(turn: dict, tags: tuple | None) -> dict:
 
 
 def _bad(where: str, detail: str):
-    from sft_exp.data.formats import BadRow
+    from sft_exp.data.bad_row import BadRow
 
     return BadRow("bad_weight", f"{where}: {detail}")
 

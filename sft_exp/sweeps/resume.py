@@ -29,7 +29,11 @@ def abandoned(trial, stale_after_s: float) -> bool:
         except (PermissionError, KeyError, ValueError, TypeError):
             pass
         return int(recorded.get("pid", -1)) == os.getpid()
-    return time.time() - float(trial.user_attrs.get(HEARTBEAT, 0)) > stale_after_s
+    # A trial another sweeper has just asked has no owner or heartbeat yet: its start is its last sign of life.
+    last = trial.user_attrs.get(HEARTBEAT)
+    if last is None and trial.datetime_start is not None:
+        last = trial.datetime_start.timestamp()
+    return time.time() - float(last or 0) > stale_after_s
 
 
 class Heartbeat:
