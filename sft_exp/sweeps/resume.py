@@ -1,5 +1,5 @@
 """Resume bookkeeping in the study itself (trial user attrs), so any sweeper process can act on it:
-which trials count toward n_trials, and which RUNNING trials lost their sweeper."""
+which trials count toward n_trials, and which RUNNING trials lost their sweeper (to be taken over)."""
 from __future__ import annotations
 
 import os
@@ -14,12 +14,20 @@ INTERRUPTED, SURPLUS = "sft_exp_interrupted", "sft_exp_surplus"
 
 
 def counts(trial) -> bool:
-    """Whether a trial counts toward n_trials: everything but interrupted (rerun) and surplus (never run) ones."""
-    return not (trial.user_attrs.get(INTERRUPTED) or trial.user_attrs.get(SURPLUS))
+    """Whether a trial counts toward n_trials: everything but surplus (never run) trials and, in studies an
+    older sft_exp resumed, interrupted trials it failed and ran again as new ones."""
+    from optuna.trial import TrialState
+
+    if trial.user_attrs.get(SURPLUS):
+        return False
+    return not (trial.user_attrs.get(INTERRUPTED) and trial.state == TrialState.FAIL)
 
 
 def abandoned(trial, stale_after_s: float) -> bool:
-    """A RUNNING trial whose sweeper process is gone (same host: its pid; elsewhere: a stale heartbeat)."""
+    """A RUNNING trial whose sweeper process is gone (same host: its pid; elsewhere: a stale heartbeat), or
+    that its sweeper gave up on when it was stopped (Ctrl-C, SIGTERM)."""
+    if trial.user_attrs.get(INTERRUPTED):
+        return True
     recorded = trial.user_attrs.get(OWNER) or {}
     if recorded.get("host") == socket.gethostname():
         try:

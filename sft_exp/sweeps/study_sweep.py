@@ -2,9 +2,9 @@
 
 Ask up to n_jobs trials, launch their jobs through whatever launcher is configured (basic, submitit local,
 SLURM), read each job's summary.json, tell the study. The study lives in its storage, so:
-- rerunning the same command continues it: trials left RUNNING by a sweeper that died are marked failed
-  (user attr sft_exp_interrupted) and their parameters are run again as new trials; n_trials counts the
-  whole study; a trial's folder is named by its (never reused) number, so no folder is written twice;
+- rerunning the same command continues it: a trial left RUNNING by a sweeper that died (or was stopped) is
+  taken over and run again under its own number, in its own folder, from the last checkpoint its job saved
+  there; n_trials counts the whole study; a trial's folder is named by its (never reused) number;
 - several sweep processes may share one study (an RDB URL): a trial asked beyond n_trials is never run;
 - each job opens the study itself to report intermediate values and ask whether to stop (pruning), which
   works from a SLURM job as well as in this process.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shlex
 import statistics
 import sys
 import time
@@ -74,8 +75,10 @@ class StudySweep:
         self._write_study_file()
         log.info("study %s in %s (look at it: optuna-dashboard %s)", self.study.study_name,
                  storage_lib._redacted(self.url), storage_lib.dashboard_argument(self.url))
-        self._recover_interrupted()
         returns = []
+        taken_over = self._take_over_interrupted()
+        for start in range(0, len(taken_over), int(s.get("n_jobs") or 1)):
+            returns.append(self._run(taken_over[start:start + int(s.get("n_jobs") or 1)]))
         while True:
             remaining = self.n_trials - sum(counts(t) for t in self.study.get_trials(deepcopy=False))
             if remaining <= 0:
@@ -142,22 +145,33 @@ class StudySweep:
         return study
 
     # ------------------------------------------------------------------ resume
-    def _recover_interrupted(self) -> None:
-        """RUNNING trials whose sweeper is gone: failed (interrupted), their parameters queued to run again."""
+    def _take_over_interrupted(self) -> list:
+        """RUNNING trials whose sweeper is gone: claimed by this sweeper, to run again under their own number
+        (their folder keeps its number; the job continues from the checkpoint it saved there, if any)."""
         from optuna.trial import TrialState
 
-        for trial in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if abandoned(trial, float(self.settings.get("stale_after_s") or 300)):
-                log.warning("trial %d was interrupted (its sweeper is gone): marked failed, its parameters run again",
-                            trial.number)
-                self._fail_interrupted(trial)
+        taken = []
+        for frozen in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if not abandoned(frozen, float(self.settings.get("stale_after_s") or 300)):
+                continue
+            trial_id = compat.trial_id(frozen)
+            self.storage.set_trial_user_attr(trial_id, OWNER, owner())
+            self.storage.set_trial_user_attr(trial_id, HEARTBEAT, time.time())
+            self.storage.set_trial_user_attr(trial_id, INTERRUPTED, False)
+            if self.storage.get_trial(trial_id).user_attrs.get(OWNER) != owner():
+                continue  # another sweeper claimed it at the same moment
+            log.warning("trial %d was interrupted (its sweeper is gone): this sweeper runs it again%s", frozen.number,
+                        "" if not self._checkpointed(frozen.number) else ", from its last checkpoint")
+            taken.append(optuna_trial(self.study, trial_id))
+        return taken
 
-    def _fail_interrupted(self, trial) -> None:
-        from optuna.trial import TrialState
+    def _checkpointed(self, number: int) -> bool:
+        return any(self._checkpoint_of(folder) for folder, _ in self._jobs_of(number, {}))
 
-        self.storage.set_trial_user_attr(compat.trial_id(trial), INTERRUPTED, True)
-        self.storage.set_trial_state_values(compat.trial_id(trial), TrialState.FAIL)
-        self.study.enqueue_trial(trial.params, user_attrs={"sft_exp_rerun_of": trial.number})
+    def _checkpoint_of(self, folder: str) -> bool:
+        """Whether a job folder holds a finished checkpoint (checkpoint-<step> folders appear only complete:
+        they are written under a staging name and renamed into place)."""
+        return any((self.sweep_dir / folder / "checkpoints").glob("checkpoint-*/trainer_state.json"))
 
     # ------------------------------------------------------------------ ask, launch, tell
     def _ask(self, count: int) -> list:
@@ -177,13 +191,23 @@ class StudySweep:
         return trials
 
     def _jobs(self, trial) -> list:
+        """(folder, overrides) of each job of a trial; a job taken over from a dead sweeper resumes from its
+        folder's last checkpoint."""
+        jobs = []
+        for folder, overrides in self._jobs_of(trial.number, trial.params):
+            if self._checkpoint_of(folder):
+                overrides.append(space.override("resume_from_checkpoint", str(self.sweep_dir / folder)))
+            jobs.append((folder, overrides))
+        return jobs
+
+    def _jobs_of(self, number: int, params: dict) -> list:
         """(folder, overrides) of each job of a trial: one, or one per seed in <trial>/seed-<s>."""
-        params = [space.override(k, v) for k, v in trial.params.items()]
-        hydra = ["hydra.sweeper.trial=" + str(trial.number), space.override("hydra.sweeper.storage", self.url)]
+        params = [space.override(k, v) for k, v in params.items()]
+        hydra = ["hydra.sweeper.trial=" + str(number), space.override("hydra.sweeper.storage", self.url)]
         if not self.seeds:
-            return [(str(trial.number), [*self.fixed, *params, *hydra, f"hydra.sweep.subdir={trial.number}"])]
-        return [(f"{trial.number}/seed-{seed}", [*self.fixed, *params, f"seed={seed}", *hydra,
-                                                 f"hydra.sweep.subdir={trial.number}/seed-{seed}"]) for seed in self.seeds]
+            return [(str(number), [*self.fixed, *params, *hydra, f"hydra.sweep.subdir={number}"])]
+        return [(f"{number}/seed-{seed}", [*self.fixed, *params, f"seed={seed}", *hydra,
+                                           f"hydra.sweep.subdir={number}/seed-{seed}"]) for seed in self.seeds]
 
     def _run(self, trials: list) -> list:
         jobs = [(trial, folder, overrides) for trial in trials for folder, overrides in self._jobs(trial)]
@@ -194,11 +218,11 @@ class StudySweep:
         try:
             results = self.launcher.launch([overrides for _, _, overrides in jobs], initial_job_idx=trials[0].number)
         except BaseException:  # Ctrl-C, SIGTERM (the job saved a checkpoint), a launcher crash: rerun them later
-            for trial in trials:
-                self._fail_interrupted(trial)
-            log.warning("sweep interrupted: trial(s) %s marked failed and queued to run again; rerun the same "
-                        "command (same hydra.sweep.dir or storage) to continue the study",
-                        ", ".join(str(t.number) for t in trials))
+            for trial in trials:  # still RUNNING: the next sweeper on this study takes them over at once
+                self.storage.set_trial_user_attr(compat.trial_id(trial), INTERRUPTED, True)
+            log.warning("sweep interrupted: trial(s) %s will run again, from their last checkpoint, when the same "
+                        "command runs again (same hydra.sweep.dir or storage): %s",
+                        ", ".join(str(t.number) for t in trials), "python -m sft_exp " + shlex.join(sys.argv[1:]))
             raise
         finally:
             beat.stop()
@@ -277,6 +301,13 @@ class StudySweep:
                                      for t in self.study.best_trials]
         OmegaConf.save(OmegaConf.create(result), self.sweep_dir / RESULTS_FILE)
         log.info("best: %s (in %s)", {k: v for k, v in result.items() if k.startswith("best")}, self.sweep_dir / RESULTS_FILE)
+
+
+def optuna_trial(study, trial_id: int):
+    """A live Trial for a RUNNING trial of the study (what study.ask returns), to run and tell it again."""
+    import optuna
+
+    return optuna.trial.Trial(study, trial_id)
 
 
 def read_summary(folder: Path) -> dict:
