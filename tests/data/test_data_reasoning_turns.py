@@ -76,15 +76,14 @@ def test_a_template_that_keeps_reasoning_gives_one_example(tmp_path):
 def test_split_turns_keep_the_row_weights_and_settings(tmp_path):
     row = _row()
     row["messages"][1]["weight"] = 2.0
-    tokenizer, data = _prepare(tmp_path, DROPS, rows=[conversation("Hi", "Hello"), row], train_reasoning=False,
-                               train_on_eot="all")
+    tokenizer, data = _prepare(tmp_path, DROPS, rows=[conversation("Hi", "Hello"), row], train_reasoning=False)
     assert len(data.train) == 3 and data.stats["rows_split"] == 1
     split = sorted((e for e in data.train if set(e["example_ids"]) == {1}), key=lambda e: len(e["input_ids"]))
     first, whole = split
-    assert _supervised(tokenizer, first) == "Four .<|im_end|>"  # reasoning masked, only its own turn's end of turn
+    assert _supervised(tokenizer, first) == "Four .<|im_end|>"  # reasoning masked (train_reasoning=false)
     assert {w for w in first["loss_weights"] if w} == {2.0}
-    # The whole conversation: the first turn masked (it is trained in its own example), every end of turn (eot=all).
-    assert _supervised(tokenizer, whole) == "<|im_end|><|im_end|><|im_end|>Six .<|im_end|>"
+    # The whole conversation: the first turn masked (it is trained in its own example).
+    assert _supervised(tokenizer, whole) == "Six .<|im_end|>"
 
 
 def test_split_reasoning_turns_false_masks_the_dropped_turn(tmp_path):
