@@ -24,7 +24,8 @@ from sft_exp.data.nested import top_column
 from sft_exp.data.formats import RAW_JSON_COLUMN, BadRow, Conversation, PromptCompletion, Text, field_values, normalize_row
 from sft_exp.data.mapped_pages import release_arrow_pages_now_and_then
 from sft_exp.data.masks import conversation_spans, trained_token_ranges
-from sft_exp.data.turn_policy import DEFAULT_POLICY, LossPolicy
+from sft_exp.data.reasoning_turns import dropped_reasoning_turns, turn_example
+from sft_exp.data.turn_policy import DEFAULT_POLICY, LossPolicy, has_reasoning
 from sft_exp.errors import DataError
 
 NO_SUPERVISED_TOKENS = "no_supervised_tokens"
@@ -50,6 +51,8 @@ class EncodeSpec:
     source_file: str
     drop_bad_rows: bool
     policy: LossPolicy = DEFAULT_POLICY  # which turns teach, and how much (turn_policy.py)
+    # Turns whose reasoning the template drops in the whole conversation get an example of their own (reasoning_turns.py).
+    split_reasoning_turns: bool = True
 
 
 def _backend(tokenizer):
@@ -62,29 +65,37 @@ def _backend(tokenizer):
     return backend
 
 
-def _render_row(item, spec: EncodeSpec) -> tuple[str, list | None, bool]:
-    """(text, trained character spans or None for all, whether to append EOS)."""
+def _render_row(item, spec: EncodeSpec) -> list[tuple[str, list | None, bool, int]]:
+    """The row's examples: (text, trained character spans or None for all, whether to append EOS, split turn).
+    Split turn: 0 for a row that is one example; 1..M for the M per-turn examples of a split row."""
     if isinstance(item, Text):
-        return item.text, None, True
+        return [(item.text, None, True, 0)]
     if isinstance(item, PromptCompletion):
         text = item.prompt + item.completion
         spans = [(len(item.prompt), len(text), 1.0)] if spec.completion_only else None
-        return text, spans, True
+        return [(text, spans, True, 0)]
     if spec.template is None:
         raise DataError(
             f"{spec.source_file}: the rows are conversations but the tokenizer has no chat template; "
             "set data.chat_template (chatml, zephyr, or a .jinja file)"
         )
-    text, spans = conversation_spans(
-        item,
-        spec.template,
-        spec.template_variables,
-        assistant_only=spec.assistant_only,
-        completion_only=spec.completion_only,
-        markers=spec.markers,
-        policy=spec.policy,
-    )
-    return text, spans, False
+    text, spans = _conversation(item, spec.policy, spec)
+    if not (spec.split_reasoning_turns and spec.assistant_only and has_reasoning(item)):
+        return [(text, spans, False, 0)]
+    turns = dropped_reasoning_turns(item, text, spec.template, spec.template_variables, spec.policy, spec.completion_only)
+    if not turns:
+        return [(text, spans, False, 0)]
+    examples = [_conversation(*turn_example(item, index, spec.policy), spec=spec) for index in turns]
+    if spans:  # the whole conversation still trains the turns it renders as at inference (the last one, ...)
+        examples.append((text, spans))
+    return [(text, spans, False, k) for k, (text, spans) in enumerate(examples, 1)]
+
+
+def _conversation(item, policy: LossPolicy, spec: EncodeSpec) -> tuple[str, list | None]:
+    return conversation_spans(
+        item, spec.template, spec.template_variables, assistant_only=spec.assistant_only,
+        completion_only=spec.completion_only, markers=spec.markers, policy=policy,
+    )  # fmt: skip
 
 
 def _reject(spec: EncodeSpec, index: int, bad: BadRow) -> None:
@@ -96,11 +107,15 @@ def _reject(spec: EncodeSpec, index: int, bad: BadRow) -> None:
 
 
 class Rendered(NamedTuple):
+    """One example of a row (a split row has several), or a bad row (`reason` set, nothing to tokenize)."""
+
     row: int  # position in the map batch
     text: str
     spans: list | None  # trained character spans (start, end, weight); None: all
     append_eos: bool  # text and completions: True (they also get the tokenizer's BOS); conversations: False
     flaw: str = ""  # see FLAWS below: counted and warned, the row still trains
+    split_turn: int = 0  # 1..M: the row's M per-turn examples (reasoning_turns.py); 0: the row is one example
+    reason: str = ""  # a bad row's reason: it comes out empty with it as its drop_reason
 
 
 # FLAWS: rows that train but are likely mistakes: counted per source and warned, never silently trained.
@@ -116,26 +131,27 @@ def row_flaw(item) -> str:
     return NO_USER_TURN if "assistant" in roles and "user" not in roles else ""
 
 
-def _render_rows(columns: dict, rows: range, indices: list[int], spec: EncodeSpec, reasons: list[str]) -> list[Rendered]:
+def _render_rows(columns: dict, rows: range, indices: list[int], spec: EncodeSpec) -> list[Rendered]:
     rendered = []
     for row in rows:
         try:
             values = field_values({column: values[row] for column, values in columns.items()}, spec.columns)
             item = normalize_row(spec.fmt, values)
-            text, row_spans, add_eos = _render_row(item, spec)
+            examples = _render_row(item, spec)
         except BadRow as bad:
             _reject(spec, indices[row], bad)
-            reasons[row] = bad.reason
+            rendered.append(Rendered(row, "", None, False, reason=bad.reason))
             continue
-        rendered.append(Rendered(row, text, row_spans, add_eos, row_flaw(item)))
+        flaw = row_flaw(item)
+        rendered += [Rendered(row, text, spans, eos, flaw, turn) for text, spans, eos, turn in examples]
     return rendered
 
 
 def _tokenize(rendered: list[Rendered], backend) -> list:
-    """Encodings in the order of `rendered`: one Rust call per kind (with / without special tokens)."""
+    """Encodings in the order of `rendered` (None for bad rows): one Rust call per kind (with / without special tokens)."""
     encodings = [None] * len(rendered)
     for append_eos in (False, True):
-        positions = [i for i, item in enumerate(rendered) if item.append_eos == append_eos]
+        positions = [i for i, item in enumerate(rendered) if item.append_eos == append_eos and not item.reason]
         if positions:
             texts = [rendered[i].text for i in positions]
             for i, encoding in zip(positions, backend.encode_batch(texts, add_special_tokens=append_eos)):
@@ -155,26 +171,39 @@ def _tokenizer_thread() -> ThreadPoolExecutor:
 
 
 class _Rows:
-    """A batch's kept rows, filled chunk by chunk in row order: token ids back to back in one int32
-    buffer, each row's length (0: dropped), and the trained ranges as absolute token positions."""
+    """A batch's examples, filled chunk by chunk in row order (a bad row: one empty example with its
+    reason; a split row: several): token ids back to back in one int32 buffer, each example's length
+    (0: dropped), and the trained ranges as absolute token positions."""
 
-    def __init__(self, n_rows: int, spec: EncodeSpec):
+    def __init__(self, spec: EncodeSpec):
         self.flat_ids = array("i")  # extended from each row's id list at C speed
-        self.lengths = [0] * n_rows
-        self.truncated = [False] * n_rows
+        self.rows: list[int] = []  # per example: its row's position in the map batch
+        self.split_turn: list[int] = []
+        self.reasons: list[str] = []
+        self.lengths: list[int] = []
+        self.truncated: list[bool] = []
         # A kept row's flaw, counted and warned (FLAWS): "" when none.
-        self.flaw = [""] * n_rows
-        self.trained = [0] * n_rows  # trained tokens a row predicts (its first token is never predicted)
+        self.flaw: list[str] = []
+        self.trained: list[int] = []  # trained tokens a row predicts (its first token is never predicted)
         self.range_starts: list[int] = []
         self.range_stops: list[int] = []
         self.range_weights: list[float] = []
         self.spec = spec
         self.eos_id = spec.tokenizer.eos_token_id  # a property lookup: once per batch, not per row
 
-    def add(self, rendered: list[Rendered], encodings: list, reasons: list[str]) -> None:
+    def add(self, rendered: list[Rendered], encodings: list) -> None:
         limit = self.spec.max_length
         for item, encoding in zip(rendered, encodings):
-            self.flaw[item.row] = item.flaw
+            at = len(self.lengths)  # this example's position in the batch's output
+            self.rows.append(item.row)
+            self.split_turn.append(item.split_turn)
+            self.reasons.append(item.reason)
+            self.lengths.append(0)
+            self.truncated.append(False)
+            self.flaw.append(item.flaw)
+            self.trained.append(0)
+            if item.reason:
+                continue
             # Conversations: whitespace after an end-of-turn token is not trained (never generated).
             ranges = trained_token_ranges(encoding, item.spans, None if item.append_eos else item.text)
             ids = encoding.ids
@@ -182,25 +211,25 @@ class _Rows:
                 ranges.append((len(ids), len(ids) + 1, 1.0))  # the EOS ends the text/completion: always trained
                 ids.append(self.eos_id)
             if limit is not None and len(ids) > limit:
-                self.truncated[item.row] = True
+                self.truncated[at] = True
                 if any(stop > limit for _, stop, _ in ranges):
-                    self.flaw[item.row] = ANSWER_CUT
+                    self.flaw[at] = ANSWER_CUT
                 ids = ids[:limit]
                 ranges = [(first, min(stop, limit), w) for first, stop, w in ranges if first < limit]
             if not ranges:
-                reasons[item.row] = NO_SUPERVISED_TOKENS  # nothing to learn (e.g. truncation cut every answer)
+                self.reasons[at] = NO_SUPERVISED_TOKENS  # nothing to learn (e.g. truncation cut every answer)
                 continue
             offset = len(self.flat_ids)
             self.flat_ids.extend(ids)
-            self.lengths[item.row] = len(ids)
-            self.trained[item.row] = sum(stop - first for first, stop, _ in ranges) - (ranges[0][0] == 0)
+            self.lengths[at] = len(ids)
+            self.trained[at] = sum(stop - first for first, stop, _ in ranges) - (ranges[0][0] == 0)
             for first, stop, weight in ranges:
                 self.range_starts.append(offset + first)
                 self.range_stops.append(offset + stop)
                 self.range_weights.append(weight)
 
 
-def _as_table(rows: _Rows, reasons: list[str], source_index: int, row_ids: list[int]) -> pa.Table:
+def _as_table(rows: _Rows, source_index: int, indices: list[int]) -> pa.Table:
     """Arrow columns built from flat int32 arrays: far cheaper than letting datasets convert nested lists."""
     input_ids = np.frombuffer(rows.flat_ids, dtype=np.int32) if rows.flat_ids else np.zeros(0, np.int32)
     total = len(input_ids)
@@ -216,6 +245,7 @@ def _as_table(rows: _Rows, reasons: list[str], source_index: int, row_ids: list[
     weight_edges = np.bincount(starts, weights, minlength=total + 1) - np.bincount(stops, weights, minlength=total + 1)
     loss_weights = np.where(trained, np.cumsum(weight_edges[:-1]), 0.0).astype(np.float32)
     list_offsets = pa.array(offsets.astype(np.int32))
+    row_ids = np.asarray(indices, dtype=np.int64)[np.asarray(rows.rows, dtype=np.int64)] if rows.rows else np.zeros(0, np.int64)
 
     def tokens(flat: np.ndarray, kind=None) -> pa.ListArray:
         return pa.ListArray.from_arrays(list_offsets, pa.array(flat, type=kind or pa.int32()))
@@ -227,8 +257,11 @@ def _as_table(rows: _Rows, reasons: list[str], source_index: int, row_ids: list[
         "source_ids": tokens(np.full(total, source_index, dtype=np.int32)),
         "loss_weights": tokens(loss_weights, pa.float32()),
         # The source row each token comes from (its row in the file): examples.parquet names examples by it.
-        "example_ids": tokens(np.repeat(np.asarray(row_ids, dtype=np.int32), lengths)),
-        "drop_reason": pa.array(reasons, type=pa.string()),
+        "example_ids": tokens(np.repeat(row_ids.astype(np.int32), lengths)),
+        # Per example: its row in the file (a split row's examples share it) and its place among them.
+        "row_id": pa.array(row_ids, type=pa.int64()),
+        "split_turn": pa.array(rows.split_turn, type=pa.int32()),
+        "drop_reason": pa.array(rows.reasons, type=pa.string()),
         "truncated": pa.array(rows.truncated, type=pa.bool_()),
         "flaw": pa.array(rows.flaw, type=pa.string()),
         "trained_tokens": pa.array(rows.trained, type=pa.int32()),
@@ -247,16 +280,15 @@ def encode_batch(batch, indices: list[int], spec: EncodeSpec) -> pa.Table:
     # The batch is copied out of the raw rows' memory map: let its pages go, or RSS grows with the rows.
     release_arrow_pages_now_and_then()
     n_rows = len(indices)
-    reasons = [""] * n_rows
-    rows = _Rows(n_rows, spec)
+    rows = _Rows(spec)
     backend = _backend(spec.tokenizer)  # once per batch: it may copy the tokenizer
     pending = None  # (rendered chunk, its encodings being computed on the tokenizer thread)
     for start in range(0, n_rows, CHUNK_ROWS):
-        rendered = _render_rows(columns, range(start, min(start + CHUNK_ROWS, n_rows)), indices, spec, reasons)
+        rendered = _render_rows(columns, range(start, min(start + CHUNK_ROWS, n_rows)), indices, spec)
         future = _tokenizer_thread().submit(_tokenize, rendered, backend)
         if pending is not None:
-            rows.add(pending[0], pending[1].result(), reasons)
+            rows.add(pending[0], pending[1].result())
         pending = (rendered, future)
     if pending is not None:
-        rows.add(pending[0], pending[1].result(), reasons)
-    return _as_table(rows, reasons, spec.source_index, indices)
+        rows.add(pending[0], pending[1].result())
+    return _as_table(rows, spec.source_index, indices)

@@ -75,6 +75,7 @@ def _encode_source(source, index: int, settings, tokenizer, template, cache_dir,
         assistant_only=settings.assistant_only_loss, completion_only=completion_only,
         max_length=settings.max_length if truncate else None, source_index=index, source_file=label,
         drop_bad_rows=settings.on_bad_row == "drop", policy=loss_policy(settings),
+        split_reasoning_turns=settings.split_reasoning_turns,
     )  # fmt: skip
     spec_values = {k: v for k, v in vars(spec).items() if k != "tokenizer"}
     encoded = raw.map(
@@ -87,9 +88,10 @@ def _encode_source(source, index: int, settings, tokenizer, template, cache_dir,
     kept = scan.kept
     stats = {"path": label, "format": fmt, "rows_read": len(raw), "rows_kept": len(kept),
              "rows_dropped": dict(sorted(scan.dropped.items())), "rows_truncated": scan.truncated,
-             "rows_flawed": dict(sorted(scan.flawed.items()))}  # fmt: skip
-    rows = encoded.remove_columns(["drop_reason", "truncated", "flaw", "trained_tokens"])
-    rows = rows.select(kept) if scan.dropped else rows
+             "rows_flawed": dict(sorted(scan.flawed.items())),
+             "rows_split": scan.rows_split, "split_examples": scan.split_examples}  # fmt: skip
+    rows = encoded.remove_columns(["drop_reason", "truncated", "flaw", "trained_tokens", "row_id", "split_turn"])
+    rows = rows.select(scan.positions) if scan.dropped else rows
     return EncodedSource(source_name(source), raw, fmt, source.columns, rows, kept, scan.row_tokens, scan.row_trained,
                          scan.digest, stats)  # fmt: skip
 

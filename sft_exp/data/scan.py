@@ -28,13 +28,16 @@ BATCH_ROWS = 4096
 
 @dataclass
 class EncodedScan:
-    kept: np.ndarray  # int64: raw row index of each kept row
+    kept: np.ndarray  # int64: raw row index of each kept example (a split row's examples share it)
     row_tokens: np.ndarray  # int32: per kept row, its tokens
     row_trained: np.ndarray  # int32: per kept row, its trained tokens (sums of them are int64)
     dropped: Counter  # drop reason -> rows
     truncated: int  # rows cut to max_length
     digest: str  # content hash of the kept rows' tokens and labels, in order
     flawed: Counter = None  # kept rows with a flaw (sft_exp.data.encoding: answer_cut, no_user_turn) -> rows
+    positions: np.ndarray = None  # int64: each kept example's position in the tokenized rows
+    rows_split: int = 0  # rows split into per-turn examples (sft_exp.data.reasoning_turns)
+    split_examples: int = 0  # the kept examples they made
 
 
 def record_batches(dataset: datasets.Dataset, columns: list[str]) -> Iterator[pa.RecordBatch]:
@@ -72,10 +75,13 @@ def _files_hold(dataset: datasets.Dataset, files: list[str]) -> bool:
 def scan_encoded(dataset: datasets.Dataset) -> EncodedScan:
     """Kept rows, their token counts, drop reasons and the digest of a tokenized source, in one streaming pass."""
     digest = TokenDigest(("input_ids", "labels"))
-    kept, tokens, trained = [], [], []
+    kept, positions, tokens, trained = [], [], [], []
+    rows_split = split_examples = 0
     dropped: Counter = Counter()
     truncated, start, flawed = 0, 0, Counter()
     columns = ["input_ids", "labels", "drop_reason", "truncated", "flaw", "trained_tokens"]
+    has_ids = "row_id" in dataset.column_names  # tokenized rows made by hand may lack them: one example per row
+    columns += ["row_id", "split_turn"] if has_ids else []
     release_arrow_pages()  # map has just opened its output, reading each batch's header through the map
     for batch in record_batches(dataset, columns):
         reasons = batch.column("drop_reason")
@@ -86,7 +92,13 @@ def scan_encoded(dataset: datasets.Dataset) -> EncodedScan:
         flaws = batch.column("flaw").filter(pa.array(keep))  # kept rows only
         for item in pc.value_counts(flaws.filter(pc.invert(pc.equal(flaws, "")))).to_pylist():
             flawed[item["values"]] += item["counts"]
-        kept.append(start + np.flatnonzero(keep))
+        at = start + np.flatnonzero(keep)
+        positions.append(at)
+        kept.append(batch.column("row_id").to_numpy(zero_copy_only=False)[keep] if has_ids else at)
+        if has_ids:
+            turns = batch.column("split_turn").to_numpy(zero_copy_only=False)[keep]
+            rows_split += int((turns == 1).sum())
+            split_examples += int((turns > 0).sum())
         tokens.append(pc.list_value_length(batch.column("input_ids")).to_numpy(zero_copy_only=False)[keep])
         trained.append(batch.column("trained_tokens").to_numpy(zero_copy_only=False)[keep])
         digest.update(batch)  # dropped rows are empty: hashing every row hashes the kept ones (and their lengths)
@@ -101,4 +113,5 @@ def scan_encoded(dataset: datasets.Dataset) -> EncodedScan:
         return np.concatenate(pieces).astype(dtype, copy=False) if pieces else np.zeros(0, dtype)
 
     return EncodedScan(joined(kept, np.int64), joined(tokens, np.int32), joined(trained, np.int32), dropped,
-                       int(truncated), digest.hexdigest(), flawed)  # fmt: skip
+                       int(truncated), digest.hexdigest(), flawed, joined(positions, np.int64), rows_split,
+                       split_examples)  # fmt: skip

@@ -84,6 +84,9 @@ class DataSettings:
     last_turn_only: bool = False
     # Assistant reasoning (reasoning_content, <think> blocks) trained as the template renders it, or masked.
     train_reasoning: bool = True
+    # A template that drops earlier turns' reasoning (Qwen3): each such trained turn also becomes an example of
+    # its own, the conversation up to it, so it trains as rendered at inference. false: such turns are masked.
+    split_reasoning_turns: bool = True
     packing: bool = False
     # Padding-free batches without packing: a batch's rows back to back, position_ids restarting per row,
     # no pad tokens. None: on where attention runs per example (sdpa, loaded as sdpa_varlen; flash_attention_2/3).

@@ -47,6 +47,9 @@ def describe(data) -> str:
         + (f" ({stats['answers_cut']} of them inside an answer)" if stats.get("answers_cut") else "")
         + f" at max_length {stats.get('max_length')} (from {stats.get('max_length_from', 'data.max_length')})"
     )
+    if stats.get("rows_split"):
+        line += (f"; {stats['rows_split']} rows expanded into {stats['split_examples']} per-turn examples "
+                 "(the template drops earlier turns' reasoning)")
     if packing:
         line += f"; packed into {packing['packed_rows']} rows, {100 * packing['fill_rate']:.1f}% full"
     return f"{line}; {describe_eval(stats)}"

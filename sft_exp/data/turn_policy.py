@@ -91,7 +91,7 @@ def _minus(start: int, end: int, cuts: list[tuple[int, int]]) -> list[tuple[int,
     return [(s, e) for s, e in pieces if s < e]
 
 
-def _reasoning_text(message: dict) -> str:
+def reasoning_text(message: dict) -> str:
     """An assistant message's reasoning: its reasoning_content, else the inside of a <think> block in its content."""
     if message.get("reasoning_content"):
         return str(message["reasoning_content"]).strip()
@@ -102,12 +102,12 @@ def _reasoning_text(message: dict) -> str:
 
 
 def has_reasoning(conv) -> bool:
-    return any(m["role"] == "assistant" and _reasoning_text(m) for m in conv.messages)
+    return any(m["role"] == "assistant" and reasoning_text(m) for m in conv.messages)
 
 
 def reasoning_dropped(text: str, turn: Turn, message: dict) -> bool:
     """An assistant turn whose reasoning the template did not render here (Qwen3 drops earlier turns')."""
-    reasoning = _reasoning_text(message) if message["role"] == "assistant" else ""
+    reasoning = reasoning_text(message) if message["role"] == "assistant" else ""
     return bool(reasoning) and reasoning not in text[turn.start : turn.end]
 
 

@@ -18,7 +18,7 @@ def check_turn_settings(settings) -> None:
     settings.roles_to_train = list(roles)
     if settings.train_on_eot not in EOT_POLICIES:
         raise ConfigError(f"data.train_on_eot={settings.train_on_eot!r}: use one of {', '.join(EOT_POLICIES)}")
-    for key in ("last_turn_only", "train_reasoning"):
+    for key in ("last_turn_only", "train_reasoning", "split_reasoning_turns"):
         if not isinstance(getattr(settings, key), bool):
             raise ConfigError(f"data.{key}={getattr(settings, key)!r}: must be true or false")
     if not settings.assistant_only_loss and not loss_policy(settings).is_default:

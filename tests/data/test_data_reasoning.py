@@ -45,16 +45,16 @@ def _thinking(*, in_content: bool) -> dict:
 
 
 @pytest.mark.parametrize("in_content", [False, True])
-def test_qwen3_trains_only_the_turn_it_renders_with_its_reasoning(tmp_path, in_content):
+def test_qwen3_without_splitting_trains_only_the_turn_it_renders_with_its_reasoning(tmp_path, in_content):
     """Qwen3 drops the first turn's reasoning when it renders the whole conversation: that rendering is
-    never what the model sees when it writes the first turn, so only the last turn (as rendered) is trained."""
-    (runs,) = _trained(tmp_path, [_thinking(in_content=in_content)], template="qwen3")
+    never what the model sees when it writes the first turn, so unsplit only the last turn (as rendered) is trained."""
+    (runs,) = _trained(tmp_path, [_thinking(in_content=in_content)], template="qwen3", split_reasoning_turns=False)
     assert runs == ["<think>\nthree and three\n</think>\n\nSix .<|im_end|>"]
 
 
 def test_train_reasoning_false_masks_the_think_block(tmp_path):
-    (runs,) = _trained(tmp_path, [_thinking(in_content=False)], template="qwen3", train_reasoning=False)
-    assert runs == ["Six .<|im_end|>"]
+    first, last = _trained(tmp_path, [_thinking(in_content=False)], template="qwen3", train_reasoning=False)
+    assert (first, last) == (["Four .<|im_end|>"], ["Six .<|im_end|>"])
 
 
 def test_think_blocks_in_content_are_trained_or_masked_on_a_plain_template(tmp_path):
