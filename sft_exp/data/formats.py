@@ -120,13 +120,15 @@ def detect_format(fmt: str, column_names: list[str], columns: dict, where: str) 
     for candidate in candidates:
         required = FORMATS[candidate].required
         mapping = column_map(candidate, columns)
-        missing = [mapping[f] for f in required if top_column(mapping[f], column_names) not in column_names]
-        if not missing:
+        absent = [f for f in required if top_column(mapping[f], column_names) not in column_names]
+        if not absent:
             return candidate
         if fmt != "auto":
+            missing = [mapping[f] for f in absent]
             raise DataError(
                 f"{where}: format '{fmt}' needs the column(s) {missing}, but the file has {column_names}; "
-                f"map them with `columns` (e.g. columns={{{required[0]}: your_column}})"
+                f"map them with `columns` (e.g. columns={{{absent[0]}: <one of the file's columns>}}; a field "
+                "inside nested rows by its path, e.g. instances.0.output)"
             )
     raise DataError(
         f"{where}: cannot tell the format from the columns {column_names}; set `format` to one of "

@@ -49,3 +49,17 @@ def test_expand_makes_one_row_per_instance(word_tokenizer, tmp_path):
 def test_expand_of_a_column_the_file_lacks_names_it(word_tokenizer, tmp_path):
     with pytest.raises(DataError, match="expand='instancez' is not a column"):
         _prepare(word_tokenizer, tmp_path, expand="instancez", columns={"output": "instances.0.output"})
+
+
+def test_a_missing_field_is_named_in_the_columns_hint_with_the_nested_path_form():
+    """self-instruct rows (instruction + instances[{input, output}]) read as alpaca: the hint names `output`,
+    the field that is missing (not `instruction`, which the file has), and the path form that reaches it."""
+    import pytest
+
+    from sft_exp.data.formats import detect_format
+    from sft_exp.errors import DataError
+
+    with pytest.raises(DataError) as error:
+        detect_format("alpaca", ["id", "name", "instruction", "instances", "is_classification"], {}, "seed_tasks.jsonl")
+    message = str(error.value)
+    assert "columns={output: <one of the file's columns>}" in message and "instances.0.output" in message
