@@ -34,6 +34,18 @@ def split_rows(n_rows: int, n_eval: int, rng: np.random.Generator) -> tuple[np.n
     return np.sort(order[n_eval:]), np.sort(order[:n_eval])
 
 
+def split_by_source_row(kept: np.ndarray, n_eval: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """split_rows over source rows: the examples one row expanded into (per-turn reasoning examples) land on
+    one side together, so a held-out conversation never has a prefix in training. One example per row: the
+    same draw as split_rows."""
+    ids, group = np.unique(kept, return_inverse=True)
+    if len(ids) == len(kept):
+        return split_rows(len(kept), n_eval, rng)
+    _, eval_groups = split_rows(len(ids), n_eval, rng)
+    held = np.isin(group, eval_groups)
+    return np.flatnonzero(~held), np.flatnonzero(held)
+
+
 def weighted_rows(rows: np.ndarray, weight: float, rng: np.random.Generator) -> np.ndarray:
     """`rows` repeated int(weight) times, plus a random sample of the fractional part (no repeats in it)."""
     whole, fraction = int(weight), weight - int(weight)

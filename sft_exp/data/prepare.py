@@ -19,7 +19,7 @@ from sft_exp.compat import dataset_fingerprint
 from sft_exp.data.fingerprint import data_fingerprint, encode_fingerprint, tokenizer_hash
 from sft_exp.data.formats import column_map, detect_format
 from sft_exp.data.masks import check_template_can_mask
-from sft_exp.data.mixture import split_counts, split_rows, weighted_rows
+from sft_exp.data.mixture import split_by_source_row, split_counts, weighted_rows
 from sft_exp.data.packing import pack_bfd, pack_wrapped
 from sft_exp.data.heldout import heldout_examples
 from sft_exp.data.scan import scan_encoded
@@ -116,11 +116,11 @@ def _splits(settings: DataSettings, source) -> bool:
 
 def _split_and_mix(settings, sources, parts: list[EncodedSource], rng) -> tuple[datasets.Dataset, list, list, np.ndarray]:
     """(mixed training rows, per-part eval row indices, per-part training row indices, the shuffle order)."""
-    sizes = [len(part.rows) if _splits(settings, source) else 0 for source, part in zip(sources, parts)]
+    sizes = [len(np.unique(part.kept)) if _splits(settings, source) else 0 for source, part in zip(sources, parts)]
     eval_counts = split_counts(sizes, settings.eval_split_size)
     train_pieces, eval_rows, train_rows = [], [], []
     for source, part, n_eval in zip(sources, parts, eval_counts):
-        train_idx, eval_idx = split_rows(len(part.rows), n_eval, rng)
+        train_idx, eval_idx = split_by_source_row(part.kept, n_eval, rng)
         if len(train_idx) == 0:
             raise DataError(f"{part.stats['path']}: data.eval_split_size={settings.eval_split_size} leaves no training rows")
         chosen = weighted_rows(train_idx, source.weight, rng)

@@ -110,3 +110,20 @@ def test_unpacked_statistics_count_exactly_the_training_rows(word_tokenizer, tmp
     assert data.stats["tokens_per_source"] == dict(tokens) and data.stats["tokens"] == sum(tokens.values())
     assert data.stats["supervised_tokens_per_source"] == dict(trained)
     assert data.stats["supervised_tokens"] == sum(trained.values())
+
+
+def test_the_examples_of_one_source_row_are_held_out_together():
+    """Per-turn reasoning examples of one conversation never straddle the train/eval split (a held-out
+    conversation with a prefix in training would be a leak); one example per row draws as before."""
+    import numpy as np
+
+    from sft_exp.data.mixture import split_by_source_row, split_rows
+
+    kept = np.array([0, 0, 1, 2, 2, 2, 3, 4, 5, 5])
+    for seed in range(20):
+        train, held = split_by_source_row(kept, 2, np.random.default_rng(seed))
+        assert sorted([*train, *held]) == list(range(len(kept)))
+        assert len(set(kept[held])) == 2 and not set(kept[held]) & set(kept[train])
+    plain = np.arange(7)
+    for a, b in zip(split_by_source_row(plain, 3, np.random.default_rng(1)), split_rows(7, 3, np.random.default_rng(1))):
+        assert a.tolist() == b.tolist()
