@@ -90,6 +90,20 @@ def job_row(run: Path, root: Optional[Path] = None) -> dict:
     }
 
 
+def mixed_losses(runs: list) -> list:
+    """The loss classes of the jobs (from resolved_config.yaml) when they are not all the same, else []."""
+    from omegaconf import OmegaConf
+
+    found = set()
+    for run in runs:
+        resolved = run / "resolved_config.yaml"
+        if resolved.is_file():
+            target = OmegaConf.select(OmegaConf.load(resolved), "loss._target_", default=None)
+            if target:
+                found.add(str(target).rsplit(".", 1)[-1])
+    return sorted(found) if len(found) > 1 else []
+
+
 def _is_task_metric(key: str) -> bool:
     """A task score, eval_<task>/<metric> (the final one; `_before` values are in summary.json)."""
     return key.startswith("eval_") and "/" in key and not key.endswith("_before")
@@ -194,6 +208,11 @@ def report(folder: Path, out: Optional[Path] = None, storage: Optional[str] = No
     for row in rows:  # the table shows what varies; what every job shares is said once, above it
         row["overrides"] = " ".join(o for o in row["overrides"].split() if o not in common)
     markdown = write_table(rows, out)
+    mixed = mixed_losses(runs)
+    if mixed:  # a DFT loss is not on the NLL scale: the eval_loss column does not compare across them
+        markdown = (f"Jobs train different losses ({', '.join(mixed)}): each eval_loss is its job's own loss; "
+                    "compare them by eval_nll.\n\n" + markdown)
+        (out / "report.md").write_text(markdown)
     if common:
         markdown = f"Every job: `{' '.join(common)}`\n\n" + markdown
         (out / "report.md").write_text(markdown)
