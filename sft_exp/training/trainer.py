@@ -211,6 +211,15 @@ class SFTTrainer(AtomicCheckpoints, Trainer):
         return self.optimizer
 
     # ------------------------------------------------------------------ loss and metrics
+    def _issue_warnings_after_load(self, load_result) -> None:
+        """A tied head is not saved (it is the embedding), so its key is missing from every checkpoint: tie it
+        and say nothing (transformers warns "missing keys ... ['lm_head.weight']" on an exact resume)."""
+        tied = tuple(getattr(self.accelerator.unwrap_model(self.model), "all_tied_weights_keys", None) or ())
+        missing = [key for key in load_result.missing_keys if not key.endswith(tied)] if tied else load_result.missing_keys
+        if len(missing) < len(load_result.missing_keys):
+            self.accelerator.unwrap_model(self.model).tie_weights()
+        super()._issue_warnings_after_load(load_result._replace(missing_keys=missing))
+
     def compute_loss_context_manager(self):
         """The memory strategy (e.g. activation offloading hooks) wraps every forward pass.
 

@@ -3,6 +3,7 @@ gradient accumulation through the Trainer's own scaling, and metrics that are to
 from __future__ import annotations
 
 import functools
+import logging
 
 import pytest
 import torch
@@ -241,3 +242,22 @@ def test_precision_bf16_computes_the_loss_transformers_autocast_computes(tmp_pat
                            use_cpu=True)
     # rel 1e-6: fp32 sums of one bf16 computation in another order (the trainer's thread count may differ)
     assert trainer.evaluate()["eval_loss"] == pytest.approx(bf16, rel=1e-6)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_a_tied_heads_missing_key_on_resume_is_not_warned_an_untied_ones_is(tmp_path, tied):
+    """A checkpoint of a tied model has no lm_head.weight (it is the embedding): resuming must not say keys are
+    missing; the same key missing for an untied head is a real loss and is still warned."""
+    from torch.nn.modules.module import _IncompatibleKeys
+
+    trainer = make_trainer(tiny_causal_lm(tie_word_embeddings=tied), tmp_path)
+    seen = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logger = logging.getLogger("transformers.trainer")  # transformers' loggers do not propagate to caplog's
+    logger.addHandler(handler)
+    try:
+        trainer._issue_warnings_after_load(_IncompatibleKeys(missing_keys=["lm_head.weight"], unexpected_keys=[]))
+    finally:
+        logger.removeHandler(handler)
+    assert any("There were missing keys" in m for m in seen) is not tied
