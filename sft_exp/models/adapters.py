@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, List, Mapping, Optional
 
@@ -138,7 +139,9 @@ def wrap_with_adapter(model, peft_config):
         # fp32 norms and input grads for a 4-bit base; checkpointing stays the memory group's choice.
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         _keep_training_layout_of_4bit_weights(model)
-    model = get_peft_model(model, peft_config)
+    with warnings.catch_warnings():  # peft reads transformers' deprecated `is_gradient_checkpointing` (v6 drops it)
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        model = get_peft_model(model, peft_config)
     counts = parameter_counts(model)
     log.info("adapter: %s trainable of %s parameters (%.3f%%)", f"{counts['trainable_params']:,}",
              f"{counts['total_params']:,}", counts["trainable_percent"])

@@ -209,3 +209,18 @@ def test_qlora_base_is_nf4_and_export_merge_matches_base_plus_adapter(qlora_run,
             base_only = with_adapter(input_ids=ids).logits
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     assert (got - base_only).abs().max() > 1e-4  # the adapter trained: merging changed the model
+
+
+def test_wrapping_in_lora_raises_no_future_warning():
+    """peft reads a transformers property deprecated for v6: every LoRA run printed a FutureWarning about it."""
+    import warnings
+
+    from peft import LoraConfig
+
+    from sft_exp.models.adapters import wrap_with_adapter
+    from tests.conftest import tiny_causal_lm
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        wrap_with_adapter(tiny_causal_lm(), LoraConfig(r=4, target_modules=["q_proj"]))
+    assert not [w for w in seen if issubclass(w.category, FutureWarning)], [str(w.message) for w in seen]
