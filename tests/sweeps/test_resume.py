@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from tests.conftest import REPO
 from tests.sweeps.helpers import TEST_ENV, TINY, job_folders, sweep, trials
 
@@ -52,6 +54,7 @@ def test_a_sweep_killed_during_trial_3_resumes_to_exactly_6_completed_trials(tmp
         assert (tmp_path / str(number) / "summary.json").is_file()
 
 
+@pytest.mark.slow  # 45 s; the suite is at its 10-minute budget (python -m pytest -m slow runs it)
 def test_a_stopped_sweep_continues_its_trial_from_the_checkpoint_the_signal_saved(tmp_path):
     """SIGTERM to a sweep (a SLURM preemption, a Ctrl-C): the job saves a checkpoint at the end of that step; the
     same command again runs that trial on from it, under its own number, in its own folder."""
