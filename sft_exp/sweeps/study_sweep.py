@@ -39,6 +39,7 @@ class StudySweep:
     def __init__(self, settings: dict):
         self.settings = settings
         self.config = self.launcher = self.hydra_context = None
+        self.taken_over: set = set()
 
     def setup(self, *, hydra_context, task_function, config) -> None:
         from hydra.core.plugins import Plugins
@@ -163,6 +164,7 @@ class StudySweep:
             log.warning("trial %d was interrupted (its sweeper is gone): this sweeper runs it again%s", frozen.number,
                         "" if not self._checkpointed(frozen.number) else ", from its last checkpoint")
             taken.append(optuna_trial(self.study, trial_id))
+        self.taken_over = {trial.number for trial in taken}
         return taken
 
     def _checkpointed(self, number: int) -> bool:
@@ -195,7 +197,8 @@ class StudySweep:
         folder's last checkpoint."""
         jobs = []
         for folder, overrides in self._jobs_of(trial.number, trial.params):
-            if self._checkpoint_of(folder):
+            # only a trial taken over: a new trial's folder holding a checkpoint is another study's, not its own
+            if trial.number in self.taken_over and self._checkpoint_of(folder):
                 overrides.append(space.override("resume_from_checkpoint", str(self.sweep_dir / folder)))
             jobs.append((folder, overrides))
         return jobs
