@@ -67,3 +67,26 @@ class Heartbeat:
 def owner() -> dict:
     """Who runs a trial: recorded at ask, read by abandoned()."""
     return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+CLAIM_SETTLE_S = 1.0
+
+
+def claim(storage, trial_id: int, settle_s: float = CLAIM_SETTLE_S) -> bool:
+    """Make this sweeper the owner of an abandoned trial; False when another sweeper claimed it too and won.
+
+    Optuna's storages have no compare-and-set, so each claimant writes its own token, waits, and reads the
+    owner back: two sweepers that found the trial abandoned at the same moment wrote within milliseconds of
+    each other, and after the wait both read the same last write, so exactly one of them runs it (reading
+    back at once, each could still see its own write and both would run it).
+    """
+    import uuid
+
+    mine = {**owner(), "claim": uuid.uuid4().hex}
+    storage.set_trial_user_attr(trial_id, OWNER, mine)
+    storage.set_trial_user_attr(trial_id, HEARTBEAT, time.time())
+    time.sleep(settle_s)
+    if storage.get_trial(trial_id).user_attrs.get(OWNER) != mine:
+        return False
+    storage.set_trial_user_attr(trial_id, INTERRUPTED, False)
+    return True

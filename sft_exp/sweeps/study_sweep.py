@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 from sft_exp import compat
 from sft_exp.errors import ConfigError, UserError
 from sft_exp.sweeps import space, storage as storage_lib
-from sft_exp.sweeps.resume import HEARTBEAT, INTERRUPTED, OWNER, SURPLUS, Heartbeat, abandoned, counts, owner
+from sft_exp.sweeps.resume import HEARTBEAT, INTERRUPTED, OWNER, SURPLUS, Heartbeat, abandoned, claim, counts, owner
 from sft_exp.sweeps.optuna_parts import build_pruner, build_sampler
 
 log = logging.getLogger("sft_exp.sweeps")
@@ -156,10 +156,7 @@ class StudySweep:
             if not abandoned(frozen, float(self.settings.get("stale_after_s") or 300)):
                 continue
             trial_id = compat.trial_id(frozen)
-            self.storage.set_trial_user_attr(trial_id, OWNER, owner())
-            self.storage.set_trial_user_attr(trial_id, HEARTBEAT, time.time())
-            self.storage.set_trial_user_attr(trial_id, INTERRUPTED, False)
-            if self.storage.get_trial(trial_id).user_attrs.get(OWNER) != owner():
+            if not claim(self.storage, trial_id):
                 continue  # another sweeper claimed it at the same moment
             log.warning("trial %d was interrupted (its sweeper is gone): this sweeper runs it again%s", frozen.number,
                         "" if not self._checkpointed(frozen.number) else ", from its last checkpoint")

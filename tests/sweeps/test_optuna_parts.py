@@ -37,3 +37,32 @@ def test_every_pruner_name_builds_its_pruner(kind):
     assert build_pruner(None) is None and build_pruner({"type": None}) is None
     with pytest.raises(ConfigError, match="hydra.sweeper.pruner"):
         build_pruner({"type": "median", "patience": 3})
+
+
+@pytest.mark.parametrize("lag_s", [0.0, 0.3])
+def test_two_sweepers_claiming_one_abandoned_trial_at_once_run_it_once(tmp_path, lag_s):
+    import threading
+    import time
+
+    from sft_exp.sweeps.resume import claim
+    from sft_exp.sweeps.storage import open_storage
+
+    url = f"journal:{tmp_path / 'optuna.journal'}"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(storage=open_storage(url), study_name="s")
+    trial_id = study.ask()._trial_id  # left RUNNING, as by a sweeper that died
+    both_found_it = threading.Barrier(2)
+    won = []
+
+    def sweeper(delay):  # each sweeper process has its own storage object on the same journal file
+        storage = open_storage(url)
+        both_found_it.wait()
+        time.sleep(delay)
+        won.append(claim(storage, trial_id, settle_s=1.0))
+
+    threads = [threading.Thread(target=sweeper, args=(delay,)) for delay in (0.0, lag_s)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(won) == [False, True]
