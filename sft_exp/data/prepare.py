@@ -86,7 +86,9 @@ def _encode_source(source, index: int, settings, tokenizer, template, cache_dir,
     )  # fmt: skip
     scan = scan_encoded(encoded)  # streamed a batch at a time: memory does not grow with the rows
     kept = scan.kept
-    stats = {"path": label, "format": fmt, "rows_read": len(raw), "rows_kept": len(kept),
+    # Rows, not examples: a row split into per-turn examples is one row kept (examples_kept counts those).
+    stats = {"path": label, "format": fmt, "rows_read": len(raw), "rows_kept": int(len(np.unique(kept))),
+             "examples_kept": len(kept),
              "rows_dropped": dict(sorted(scan.dropped.items())), "rows_truncated": scan.truncated,
              "rows_flawed": dict(sorted(scan.flawed.items())),
              "rows_split": scan.rows_split, "split_examples": scan.split_examples}  # fmt: skip

@@ -63,6 +63,8 @@ def test_each_turn_trains_as_rendered_at_that_turn(tmp_path, template):
         assert trained == turn.rstrip()  # exactly that turn's reasoning + answer + end of turn
         assert set(example["example_ids"]) == {0}  # both examples name their source row
     assert (data.stats["rows_split"], data.stats["split_examples"]) == (1, 2)
+    source = data.stats["sources"]["train"]  # one row read, that row kept, as two examples
+    assert (source["rows_read"], source["rows_kept"], source["examples_kept"]) == (1, 1, 2), source
     assert "1 rows expanded into 2 per-turn examples" in describe(data)
 
 
