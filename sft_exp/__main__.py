@@ -34,6 +34,10 @@ def main(cfg: DictConfig) -> float:
     except TrainingInterrupted as e:
         # A preempted job or Ctrl-C: the checkpoint is saved; stop the whole process (and any sweep).
         log.warning("%s", e)
+        if e.then is not None:  # submitit's handler, deferred until the save: requeue the job and exit (rank 0)
+            from sft_exp.run.slurm import requeue_through
+
+            requeue_through(e.then, e.signum)
         sys.exit(128 + e.signum)
     except Exception as e:  # noqa: BLE001
         e = _user_error_inside(e)

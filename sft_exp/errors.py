@@ -17,13 +17,18 @@ class DataError(UserError):
 
 
 class TrainingInterrupted(Exception):
-    """Training stopped on SIGTERM/SIGINT after saving a checkpoint; the message says how to resume."""
+    """Training stopped on a signal after saving a checkpoint; the message says how to resume.
 
-    def __init__(self, signum: int, step: int, run_dir: Path):
-        self.signum, self.step, self.run_dir = signum, step, run_dir
+    `then`: the signal's previous handler, to call once the run folder is final (submitit's requeue).
+    """
+
+    def __init__(self, signum: int, step: int, run_dir: Path, then=None):
+        self.signum, self.step, self.run_dir, self.then = signum, step, run_dir, then
+        then_what = ("this SLURM job is requeued and resumes from it by itself" if then is not None
+                     else f"Resume with: {resume_command(run_dir)}")
         super().__init__(
             f"stopped by {signal.Signals(signum).name} at step {step}; a checkpoint was saved in "
-            f"{run_dir / 'checkpoints'}. Resume with: {resume_command(run_dir)}"
+            f"{run_dir / 'checkpoints'}. {then_what}"
         )
 
 

@@ -79,3 +79,34 @@ def watch_jobs_through_the_controller() -> None:
     if not has_accounting() and type(slurm.SlurmJob.watcher) is slurm.SlurmInfoWatcher:
         log.info("no SLURM accounting (sacct): job states come from squeue")
         slurm.SlurmJob.watcher = controller_info_watcher()
+
+
+def requeue_through(handler, signum: int) -> None:
+    """Call submitit's preemption handler once the checkpoint is saved: it re-pickles the job, runs
+    `scontrol requeue` and exits (on rank 0; other ranks return). In a preemption SLURM has requeued the
+    job itself (PreemptMode=REQUEUE: the job is COMPLETING with its restart count already raised) and
+    scontrol refuses ("Job is pending execution"): the requeue is done, so this attempt only exits,
+    without a result file that would end the sweep's wait for the job."""
+    import sys
+
+    try:
+        handler(signum, None)
+    except subprocess.CalledProcessError as error:
+        if "requeue" not in error.cmd or not requeued_by_slurm():
+            raise
+        log.warning("SLURM has already requeued this job (preempted): its next attempt resumes from the checkpoint")
+        sys.exit(-1)  # what submitit does after its own requeue: no result, SLURM runs the job again
+
+
+def requeued_by_slurm() -> bool:
+    """Whether the controller counts more restarts of this job than this attempt's SLURM_RESTART_COUNT."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if not job:
+        return False
+    try:
+        shown = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True,
+                               timeout=SINFO_TIMEOUT_S).stdout
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        return False
+    restarts = next((int(f.split("=", 1)[1]) for f in shown.split() if f.startswith("Restarts=")), 0)
+    return restarts > int(os.environ.get("SLURM_RESTART_COUNT") or 0)

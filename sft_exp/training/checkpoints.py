@@ -1,12 +1,13 @@
-"""Checkpoints that are either complete or ignored, and a clean stop on SIGTERM/SIGINT.
+"""Checkpoints that are either complete or ignored, and a clean stop on a signal.
 
 - `AtomicCheckpoints` (a Trainer mixin): Trainer._save_checkpoint writes into
   `checkpoints/tmp-checkpoint-<step>/`; only a finished save is renamed to `checkpoint-<step>`.
 - `latest_complete_checkpoint` / `resolve_resume`: what `resume_from_checkpoint` means;
   partial or corrupt checkpoints are skipped with a warning naming them.
-- `StopOnSignal` (a TrainerCallback, callbacks.stop_on_signal): a preempted job (SIGTERM) or Ctrl-C
-  (SIGINT) saves a checkpoint at the next step boundary, stops training and raises `TrainingInterrupted`
-  when training ends, which the CLI turns into exit status 128 + the signal.
+- `StopOnSignal` (a TrainerCallback, callbacks.stop_on_signal): a preempted job (SIGTERM, or SLURM's
+  USR2 before preemption or the time limit) or Ctrl-C (SIGINT) saves a checkpoint at the next step
+  boundary, stops training and raises `TrainingInterrupted` when training ends, which the CLI turns
+  into exit status 128 + the signal (in a submitit job: a requeue, after the save).
 """
 from __future__ import annotations
 
@@ -170,27 +171,39 @@ def _resolve_path(path: Path) -> str:
 
 
 # ----------------------------------------------------------------------------- preemption
+def preemption_signal() -> signal.Signals:
+    """The signal a SLURM job gets before preemption or its time limit: submitit's (USR2 unless
+    SUBMITIT_PREEMPT_SIGNAL names another), which sbatch's --signal asks SLURM to send."""
+    name = os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2").upper()
+    return getattr(signal, name if name.startswith("SIG") else f"SIG{name}", signal.SIGUSR2)
+
+
 class StopOnSignal(TrainerCallback):
-    """SIGTERM/SIGINT during training: save at the end of the current step, then stop.
+    """SIGTERM/SIGINT/the preemption signal during training: save at the end of the current step, then stop.
 
-    A second signal restores the previous handler and re-delivers it (stop now, no checkpoint).
-    Handlers are installed only while training runs, and only from the main thread.
+    A second signal of the same kind restores the previous handler and re-delivers it (stop now, no
+    checkpoint); the SIGTERM SLURM sends after the preemption signal is the same stop, not a second one.
+    The preemption signal's previous handler, when Python's (submitit's: requeue the job), is handed on
+    with `TrainingInterrupted.then` and called once the checkpoint is saved, so the requeued job resumes
+    from the step the signal came in (calling it at once would exit mid-step, losing every step since the
+    last scheduled save). Handlers are installed only while training runs, and only from the main thread.
     """
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
         self.received: Optional[int] = None
         self._previous: dict = {}
+        self.signals = (signal.SIGTERM, signal.SIGINT, preemption_signal())
 
     def on_train_begin(self, args, state, control, **kwargs):
         if threading.current_thread() is threading.main_thread():
-            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.signals}
 
     def on_train_end(self, args, state, control, **kwargs):
+        then = self._previous.get(self.received)
         self.restore()
         if self.received is not None:  # the checkpoint of the stop step is saved: end the run here
-            raise TrainingInterrupted(self.received, state.global_step, Path(args.output_dir).parent)
+            handoff = then if self.received == preemption_signal() and callable(then) else None
+            raise TrainingInterrupted(self.received, state.global_step, Path(args.output_dir).parent, then=handoff)
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
@@ -198,6 +211,9 @@ class StopOnSignal(TrainerCallback):
         self._previous = {}
 
     def _handle(self, signum, frame) -> None:
+        if self.received == preemption_signal() and signum == signal.SIGTERM:
+            log.warning("SIGTERM received: already saving a checkpoint at the end of this step")
+            return
         if self.received is not None:
             self.restore()
             signal.raise_signal(signum)

@@ -108,3 +108,93 @@ def test_a_sweep_without_a_reachable_controller_fails_at_submission(tmp_path):
     assert f"SLURM_CONF={conf}" in output
     assert time.monotonic() - started < 60
     assert not (tmp_path / "sweep" / ".submitit").exists()
+
+
+# ----------------------------------------------------------------------------- preemption and time limit
+# Long enough to be stopped part-way; no scheduled checkpoint (save_steps past the run), so the only one the
+# job can resume from is the one its signal made. One thread in both runs: the same float sums, bitwise.
+def _long(steps: int) -> list:
+    return [f"trainer.max_steps={steps}", "trainer.logging_steps=10", "trainer.save_steps=100000", "trainer.threads=1",
+            "evals=none", "logger=none", "data.sources.0.max_samples=256", "data.sources.0.eval_max_samples=8",
+            "trainer.eval_steps=100000"]
+
+
+def _straight_run(run_dir: Path, overrides: list) -> None:
+    done = subprocess.run([sys.executable, "-m", "sft_exp", *overrides, f"hydra.run.dir={run_dir}"], cwd=REPO,
+                          env=PROCESS_ENV, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def _last_step(run_dir: Path) -> int:
+    metrics = run_dir / "metrics.jsonl"
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.is_file() else []
+    return max((row.get("step", 0) for row in rows), default=0)
+
+
+def _assert_resumed_to_the_same_weights(job_dir: Path, reference: Path, log: str) -> list:
+    from safetensors.torch import load_file
+
+    summary = json.loads((job_dir / "summary.json").read_text())
+    assert summary["status"] == "completed", summary
+    saved = sorted(int(p.name.split("-")[-1]) for p in (job_dir / "checkpoints").glob("checkpoint-*"))
+    saved = [step for step in saved if step < summary["global_step"]]  # the last step's is the end's
+    assert saved, "no checkpoint saved at a signal"
+    assert "was requeued (SLURM_RESTART_COUNT=" in log and f"checkpoint-{saved[-1]}" in log, log[-3000:]
+    weights = load_file(job_dir / "model" / "model.safetensors")
+    expected = load_file(reference / "model" / "model.safetensors")
+    assert weights.keys() == expected.keys()
+    assert all(weights[name].equal(expected[name]) for name in expected), "weights differ from the straight run"
+    return saved
+
+
+def _cancel_jobs(env, sweep_dir: Path) -> None:
+    """A failed test must not leave its job running (or requeued) on the cluster for the next test."""
+    jobs = [p.name for p in (sweep_dir / ".submitit").glob("*") if p.name.isdigit()]
+    if jobs:
+        subprocess.run(["scancel", *jobs], env=env, capture_output=True)
+
+
+def _job_log(sweep_dir: Path) -> str:
+    return "\n".join(p.read_text(errors="replace") for p in sorted(sweep_dir.glob(".submitit/*/*.out")))
+
+
+def test_a_preempted_job_saves_at_the_signal_and_resumes_to_the_same_weights(slurm_env, tmp_path):
+    overrides = _long(400)
+    _straight_run(tmp_path / "straight", overrides)
+    sweep_dir = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "sft_exp", "-m", *LAUNCHER, "hydra.launcher.partition=low",
+           f"hydra.sweep.dir={sweep_dir}", *overrides]
+    sweep = subprocess.Popen(cmd, cwd=REPO, env=slurm_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while _last_step(sweep_dir / "0") < 100:  # part-way through the first attempt
+            assert sweep.poll() is None and time.monotonic() < deadline, "the job never reached step 100"
+            time.sleep(1)
+        cpus = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
+        # A job on the high-priority partition that needs every CPU of the node: the running job is preempted.
+        subprocess.run(["sbatch", "-p", "high", "-c", cpus, "-o", str(tmp_path / "high.out"), "--wrap", "sleep 2"],
+                       env=slurm_env, check=True, capture_output=True)
+        output, _ = sweep.communicate(timeout=600)
+    finally:
+        sweep.kill()
+        _cancel_jobs(slurm_env, sweep_dir)
+    assert sweep.returncode == 0, output[-3000:]
+    log = _job_log(sweep_dir)
+    saved = _assert_resumed_to_the_same_weights(sweep_dir / "0", tmp_path / "straight", log)
+    assert saved[-1] >= 100 and "this job is preempted" in log, log[-3000:]
+
+
+def test_a_job_past_its_time_limit_is_requeued_and_resumes_to_the_same_weights(slurm_env, tmp_path):
+    # timeout_min=1 and USR2 30 s before it: each attempt trains ~10 s before its signal (SLURM checks time
+    # limits every ~30 s), so 200 steps (~21 s) take two or three attempts, each ending at its signal.
+    overrides = _long(200)
+    _straight_run(tmp_path / "straight", overrides)
+    limit = ["hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=30", "hydra.launcher.max_num_timeout=6"]
+    try:
+        sweep = _sweep(slurm_env, tmp_path / "sweep", *overrides, *limit, timeout=900)
+    finally:
+        _cancel_jobs(slurm_env, tmp_path / "sweep")
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    log = _job_log(tmp_path / "sweep")
+    _assert_resumed_to_the_same_weights(tmp_path / "sweep" / "0", tmp_path / "straight", log)
+    assert "this job is timed-out" in log, log[-3000:]

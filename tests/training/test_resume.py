@@ -110,10 +110,20 @@ main()
 """
 
 
-def signalled_job(run_dir: Path, at_step: int, *signals: str) -> subprocess.CompletedProcess:
+# What submitit does in a SLURM job before it runs ours: a USR2 handler that requeues the job and exits.
+SUBMITIT_HANDLER = """
+import os, signal, sys
+def checkpoint_and_requeue(signum, frame):
+    print("requeue handler: checkpoints", sorted(os.listdir(sys.argv[-1].split("=", 1)[1] + "/checkpoints")))
+    sys.exit(-1)
+signal.signal(signal.SIGUSR2, checkpoint_and_requeue)
+"""
+
+
+def signalled_job(run_dir: Path, at_step: int, *signals: str, prelude: str = "") -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-c", SIGNAL_DURING_STEP, str(at_step), ",".join(signals), *TINY, NO_SCHEDULED_SAVES,
-         f"hydra.run.dir={run_dir}"],
+        [sys.executable, "-c", prelude + SIGNAL_DURING_STEP, str(at_step), ",".join(signals), *TINY,
+         NO_SCHEDULED_SAVES, f"hydra.run.dir={run_dir}"],
         cwd=REPO, env=TEST_ENV, capture_output=True, text=True, timeout=300,
     )
 
@@ -137,12 +147,16 @@ def test_a_signal_saves_at_the_end_of_that_step_and_resume_is_exact(tmp_path, st
     assert_same_run(run_dir, straight)
 
 
-def test_a_requeued_slurm_job_resumes_by_itself(tmp_path, straight, monkeypatch):
+def test_slurms_preemption_signal_saves_that_step_before_submitit_requeues(tmp_path, straight, monkeypatch):
+    # SLURM sends USR2 (submitit's signal) then SIGTERM; submitit's handler, called at once, would exit mid-step.
     run_dir = tmp_path / "run"
-    job = signalled_job(run_dir, 2, "SIGTERM")  # as SLURM stops a preempted job
-    assert job.returncode == 143 and saved_steps(run_dir) == [2], job.stderr[-3000:]
-    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # what SLURM sets on the requeued attempt
-    train(run_dir)  # no resume_from_checkpoint: nothing for the user to remember
+    job = signalled_job(run_dir, 3, "SIGUSR2", "SIGTERM", prelude=SUBMITIT_HANDLER)
+    output = job.stdout + job.stderr
+    assert job.returncode == 255, output[-3000:]  # the handler's sys.exit(-1)
+    assert "requeue handler: checkpoints ['checkpoint-3']" in output  # called after the save, not before
+    assert "requeued and resumes from it by itself" in output and RESUME not in output
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    train(run_dir)
     assert_same_run(run_dir, straight)
 
 
