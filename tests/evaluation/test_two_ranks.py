@@ -32,6 +32,7 @@ def _rank(rank: int, world: int, port: int, prompts: str, out: str, queue) -> No
 
 
 @pytest.mark.slow  # two spawned processes importing transformers: ~1 min on 2 busy cores
+@pytest.mark.multiprocess
 def test_two_ranks_score_like_one_process(tmp_path, tokenizer):
     prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"item {i} " * (i + 1), "completion": "x"} for i in range(5)])
     single = TaskEvaluation({"t": {"path": prompts, "max_new_tokens": 5, "batch_size": 2}},

@@ -85,6 +85,7 @@ def _two_ranks(tmp_path, *args: str, timeout: float = 240) -> list[tuple[int, st
     return [(code, log.read_text()) for code, log in zip(codes, logs)]
 
 
+@pytest.mark.multiprocess
 def test_two_processes_equal_one_process_with_the_whole_batch(tmp_path):
     from sft_exp.train import run
 
@@ -120,6 +121,7 @@ def test_two_processes_equal_one_process_with_the_whole_batch(tmp_path):
         assert "eval_heldout/exact_match" in evals[step]
 
 
+@pytest.mark.multiprocess
 def test_a_nan_loss_on_one_rank_stops_every_rank_naming_the_step(tmp_path):
     results = _two_ranks(tmp_path, *NAN_ON_RANK_1, *PER_RANK, "trainer.nonfinite_loss=stop",
                          f"hydra.run.dir={tmp_path}/rank${{oc.env:RANK}}")
@@ -130,6 +132,7 @@ def test_a_nan_loss_on_one_rank_stops_every_rank_naming_the_step(tmp_path):
 
 
 @pytest.mark.slow  # kept out of the CI suite's 10 minutes: python -m pytest -m slow
+@pytest.mark.multiprocess
 def test_skip_on_a_nan_loss_of_one_rank_keeps_every_replica_identical(tmp_path):
     digests = tmp_path / "digests"
     results = _two_ranks(tmp_path, *NAN_ON_RANK_1, *PER_RANK, "trainer.nonfinite_loss=skip",
@@ -146,6 +149,7 @@ def test_skip_on_a_nan_loss_of_one_rank_keeps_every_replica_identical(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.multiprocess
 def test_accelerate_launch_runs_the_same_job(tmp_path):
     # `--multi_gpu` is accelerate's torchrun launcher; on a CPU-only machine sft_exp picks gloo.
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",

@@ -11,6 +11,7 @@ from tests.run.test_distributed import ONE_PROCESS, PER_RANK, PROCESS_ENV, SHORT
 
 
 @pytest.mark.slow  # two launchers and their rendezvous: over a minute on 2 shared cores
+@pytest.mark.multiprocess
 def test_two_nodes_of_one_process_equal_one_process(tmp_path):
     from sft_exp.train import run
 

@@ -14,6 +14,8 @@ import torch
 
 from tests.run.test_distributed import ONE_PROCESS, PER_RANK, SHORT, TASK_ON_7_PROMPTS, _losses, _torchrun, _evals
 
+pytestmark = pytest.mark.multiprocess
+
 # The same 4 steps, with the Trainer's evaluation every 2 steps on top of the one before training.
 EVALUATED = [*SHORT, "trainer.eval_steps=2", *TASK_ON_7_PROMPTS]
 # ZeRO-3 with nothing kept gathered between uses: lm_head.weight is an empty partition at every step

@@ -32,6 +32,7 @@ def postgres_url():
         shutil.rmtree(folder, ignore_errors=True)
 
 
+@pytest.mark.multiprocess
 def test_two_sweep_processes_sharing_one_study_run_exactly_n_trials(postgres_url, tmp_path):
     common = [*TINY, "hydra.sweeper.n_trials=6", "hydra.sweeper.sampler.type=random",
               f"hydra.sweeper.storage={postgres_url}", "hydra.sweeper.study_name=shared"]

@@ -58,6 +58,7 @@ def test_the_sweepers_seeds_run_each_trial_per_seed_and_the_sampler_sees_the_mea
                for r in table)
 
 
+@pytest.mark.slow  # the same grouping as the sweeper's seeds (above), through the basic sweeper
 def test_a_seed_axis_of_the_basic_sweeper_is_grouped_the_same_way(tmp_path):
     from sft_exp.tools.report import main
 

@@ -120,6 +120,7 @@ def test_push_to_hub_refuses_a_bad_repo_id_before_any_work(lora_run, tmp_path):
     assert not (run / "merged").exists()
 
 
+@pytest.mark.slow  # an export and its check, then an upload that cannot reach the Hub here
 def test_push_to_hub_exports_and_checks_then_names_the_failed_upload(lora_run, tmp_path):
     """The Hub is unreachable here (HF_HUB_OFFLINE=1): everything up to the upload runs, then a clear exit 1."""
     run = copy_run(lora_run, tmp_path)
