@@ -48,6 +48,9 @@ def _has_deepspeed() -> bool:
     return True
 
 
+ZERO3 = pytest.param("zero3", marks=pytest.mark.skipif(not _has_deepspeed(), reason="pip install deepspeed"))
+
+
 @pytest.fixture(scope="module")
 def single_process(tmp_path_factory):
     from sft_exp.train import run
@@ -68,7 +71,7 @@ def _weights(folder):
 @pytest.mark.parametrize("engine", [
     "fsdp",
     pytest.param("zero2", marks=pytest.mark.slow),
-    pytest.param("zero3", marks=pytest.mark.skipif(not _has_deepspeed(), reason="pip install deepspeed")),
+    ZERO3,
 ])
 def test_two_sharded_processes_equal_one_process(engine, single_process, tmp_path):
     probes = tmp_path / "probes"
@@ -108,9 +111,7 @@ def test_two_sharded_processes_equal_one_process(engine, single_process, tmp_pat
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("engine", [
-    "fsdp", pytest.param("zero3", marks=pytest.mark.skipif(not _has_deepspeed(), reason="pip install deepspeed")),
-])
+@pytest.mark.parametrize("engine", ["fsdp", ZERO3])
 def test_dft_checkpointing_and_a_chunked_head_under_sharding_equal_one_process(engine, tmp_path):
     from sft_exp.train import run
     from tests.conftest import compose
@@ -137,14 +138,15 @@ def _adapter(folder):
 
 
 @pytest.mark.slow
-def test_lora_under_fsdp_equals_one_process(tmp_path):
+@pytest.mark.parametrize("engine", ["fsdp", ZERO3])
+def test_lora_under_sharding_equals_one_process(engine, tmp_path):
     from sft_exp.train import run
     from tests.conftest import compose
 
     # No dropout: its masks come from each rank's RNG, so 2 x 4 rows draw other masks than 1 x 8 (DDP too).
     lora = ["peft=lora", "optimizer.lr=1e-2", "peft.lora_dropout=0.0"]
     run(compose([*SHORT, *lora, *ONE_PROCESS, f"run_dir={tmp_path}/single"]))
-    proc = _torchrun(*SHORT, *lora, *PER_RANK, *ENGINES["fsdp"], f"hydra.run.dir={tmp_path}/run")
+    proc = _torchrun(*SHORT, *lora, *PER_RANK, *ENGINES[engine], f"hydra.run.dir={tmp_path}/run")
     assert proc.returncode == 0, proc.stderr[-4000:]
     expected, _ = _losses(tmp_path / "single")
     got, _ = _losses(tmp_path / "run")
@@ -156,10 +158,11 @@ def test_lora_under_fsdp_equals_one_process(tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_from_an_fsdp_checkpoint_equals_the_straight_run(tmp_path):
+@pytest.mark.parametrize("engine", ["fsdp", ZERO3])
+def test_resume_from_a_sharded_checkpoint_equals_the_straight_run(engine, tmp_path):
     import shutil
 
-    every_2 = [*SHORT, "trainer.save_steps=2", *PER_RANK, *ENGINES["fsdp"]]
+    every_2 = [*SHORT, "trainer.save_steps=2", *PER_RANK, *ENGINES[engine]]
     straight = tmp_path / "straight"
     assert _torchrun(*every_2, f"hydra.run.dir={straight}").returncode == 0
     resumed = tmp_path / "resumed"
