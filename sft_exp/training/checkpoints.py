@@ -181,8 +181,8 @@ def preemption_signal() -> signal.Signals:
 class StopOnSignal(TrainerCallback):
     """SIGTERM/SIGINT/the preemption signal during training: save at the end of the current step, then stop.
 
-    A second signal of the same kind restores the previous handler and re-delivers it (stop now, no
-    checkpoint); the SIGTERM SLURM sends after the preemption signal is the same stop, not a second one.
+    A second signal restores the previous handlers and re-delivers it (stop now, no checkpoint), except
+    the SIGTERM SLURM sends right after its preemption signal: that is the same stop, not a second one.
     The preemption signal's previous handler, when Python's (submitit's: requeue the job), is handed on
     with `TrainingInterrupted.then` and called once the checkpoint is saved, so the requeued job resumes
     from the step the signal came in (calling it at once would exit mid-step, losing every step since the
