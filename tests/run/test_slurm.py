@@ -170,7 +170,8 @@ def test_a_preempted_job_saves_at_the_signal_and_resumes_to_the_same_weights(slu
         while _last_step(sweep_dir / "0") < 100:  # part-way through the first attempt
             assert sweep.poll() is None and time.monotonic() < deadline, "the job never reached step 100"
             time.sleep(1)
-        cpus = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
+        # The node's CPUs as SLURM counts them (nproc would follow an OMP_NUM_THREADS set by an earlier test).
+        cpus = subprocess.run(["sinfo", "-h", "-o", "%c"], env=slurm_env, capture_output=True, text=True).stdout.split()[0]
         # A job on the high-priority partition that needs every CPU of the node: the running job is preempted.
         subprocess.run(["sbatch", "-p", "high", "-c", cpus, "-o", str(tmp_path / "high.out"), "--wrap", "sleep 2"],
                        env=slurm_env, check=True, capture_output=True)
@@ -185,13 +186,15 @@ def test_a_preempted_job_saves_at_the_signal_and_resumes_to_the_same_weights(slu
 
 
 def test_a_job_past_its_time_limit_is_requeued_and_resumes_to_the_same_weights(slurm_env, tmp_path):
-    # timeout_min=1 and USR2 30 s before it: each attempt trains ~10 s before its signal (SLURM checks time
-    # limits every ~30 s), so 200 steps (~21 s) take two or three attempts, each ending at its signal.
-    overrides = _long(200)
+    # timeout_min=2, USR2 asked 30 s before it; SLURM may send it up to 60 s early, so it comes 30-90 s into an
+    # attempt. 800 steps (~85 s of training after ~15 s of start) cannot finish in the first attempt; each
+    # attempt ends at its signal and the next resumes there. Requeues are not capped here (an attempt whose
+    # signal comes during start-up makes no progress, and counts).
+    overrides = _long(800)
     _straight_run(tmp_path / "straight", overrides)
-    limit = ["hydra.launcher.timeout_min=1", "hydra.launcher.signal_delay_s=30", "hydra.launcher.max_num_timeout=6"]
+    limit = ["hydra.launcher.timeout_min=2", "hydra.launcher.signal_delay_s=30", "hydra.launcher.max_num_timeout=20"]
     try:
-        sweep = _sweep(slurm_env, tmp_path / "sweep", *overrides, *limit, timeout=900)
+        sweep = _sweep(slurm_env, tmp_path / "sweep", *overrides, *limit, timeout=1200)
     finally:
         _cancel_jobs(slurm_env, tmp_path / "sweep")
     assert sweep.returncode == 0, sweep.stderr[-3000:]
