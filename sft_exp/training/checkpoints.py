@@ -192,7 +192,8 @@ class StopOnSignal(TrainerCallback):
     def __init__(self):
         self.received: Optional[int] = None
         self._previous: dict = {}
-        self.signals = (signal.SIGTERM, signal.SIGINT, preemption_signal())
+        self.preemption = preemption_signal()
+        self.signals = (signal.SIGTERM, signal.SIGINT, self.preemption)
 
     def on_train_begin(self, args, state, control, **kwargs):
         if threading.current_thread() is threading.main_thread():
@@ -202,7 +203,7 @@ class StopOnSignal(TrainerCallback):
         then = self._previous.get(self.received)
         self.restore()
         if self.received is not None:  # the checkpoint of the stop step is saved: end the run here
-            handoff = then if self.received == preemption_signal() and callable(then) else None
+            handoff = then if self.received == self.preemption and callable(then) else None
             raise TrainingInterrupted(self.received, state.global_step, Path(args.output_dir).parent, then=handoff)
 
     def restore(self) -> None:
@@ -211,7 +212,7 @@ class StopOnSignal(TrainerCallback):
         self._previous = {}
 
     def _handle(self, signum, frame) -> None:
-        if self.received == preemption_signal() and signum == signal.SIGTERM:
+        if self.received == self.preemption and signum == signal.SIGTERM:
             log.warning("SIGTERM received: already saving a checkpoint at the end of this step")
             return
         if self.received is not None:

@@ -38,9 +38,13 @@ def slurm_env():
     return {**PROCESS_ENV, "SLURM_CONF": conf}
 
 
+def _sweep_command(sweep_dir: Path, *overrides: str) -> list:
+    return [sys.executable, "-m", "sft_exp", "-m", *LAUNCHER, f"hydra.sweep.dir={sweep_dir}", *overrides]
+
+
 def _sweep(env, sweep_dir: Path, *overrides: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "sft_exp", "-m", *LAUNCHER, f"hydra.sweep.dir={sweep_dir}", *overrides]
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(_sweep_command(sweep_dir, *overrides), cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=timeout)
 
 
 def _summaries(sweep_dir: Path) -> dict:
@@ -162,8 +166,7 @@ def test_a_preempted_job_saves_at_the_signal_and_resumes_to_the_same_weights(slu
     overrides = _long(400)
     _straight_run(tmp_path / "straight", overrides)
     sweep_dir = tmp_path / "sweep"
-    cmd = [sys.executable, "-m", "sft_exp", "-m", *LAUNCHER, "hydra.launcher.partition=low",
-           f"hydra.sweep.dir={sweep_dir}", *overrides]
+    cmd = _sweep_command(sweep_dir, "hydra.launcher.partition=low", *overrides)
     sweep = subprocess.Popen(cmd, cwd=REPO, env=slurm_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 300

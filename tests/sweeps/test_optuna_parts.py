@@ -44,13 +44,14 @@ def test_two_sweepers_claiming_one_abandoned_trial_at_once_run_it_once(tmp_path,
     import threading
     import time
 
+    from sft_exp import compat
     from sft_exp.sweeps.resume import claim
     from sft_exp.sweeps.storage import open_storage
 
     url = f"journal:{tmp_path / 'optuna.journal'}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(storage=open_storage(url), study_name="s")
-    trial_id = study.ask()._trial_id  # left RUNNING, as by a sweeper that died
+    trial_id = compat.trial_id(study.ask())  # left RUNNING, as by a sweeper that died
     both_found_it = threading.Barrier(2)
     won = []
 
