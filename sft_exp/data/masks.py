@@ -158,13 +158,27 @@ def _message_turn(conv: Conversation, index: int, text: str, template: str, vari
     messages, tools = conv.messages, conv.tools
     head = _render(template, messages[:index], tools, variables)[0] if index else ""
     upto, _ = _render(template, messages[: index + 1], tools, variables)
-    if not (text.startswith(head) and upto.startswith(head)):
-        raise _mismatch(f"the chat template renders the conversation before message {index} differently on its own")
-    end = len(head) + _common_prefix_length(upto[len(head) :], text[len(head) :])
     content = (messages[index].get("content") or "").strip()
+    if not (text.startswith(head) and upto.startswith(head)):
+        # Templates such as Qwen3's render the reasoning of an assistant turn that ends `messages[:index]`, and
+        # drop it once a later user message follows, as in `text`: the render through this message agrees.
+        return _turn_from_its_render(index, text, upto, content)
+    end = len(head) + _common_prefix_length(upto[len(head) :], text[len(head) :])
     found = text.find(content, len(head), end) if content else -1
     start, content_end = (found, found + len(content)) if found >= 0 else (len(head), end)
     return Turn(index, start, content_end, _trim_end(text, content_end, end))
+
+
+def _turn_from_its_render(index: int, text: str, upto: str, content: str) -> Turn:
+    """The turn of message `index` from the render that ends with it (`upto`), where that render is `text`'s
+    prefix through the message: its content is the last rendering of that content in `upto`."""
+    found = upto.rfind(content) if content else -1
+    end = _common_prefix_length(upto, text)
+    if found < 0 or found + len(content) > end:
+        raise _mismatch(f"the chat template renders the conversation before message {index} differently on its own "
+                        "than inside the full conversation")
+    content_end = found + len(content)
+    return Turn(index, found, content_end, _trim_end(text, content_end, end))
 
 
 def _turns(conv: Conversation, text: str, spans: list[Span], template: str, variables: dict, markers: bool,

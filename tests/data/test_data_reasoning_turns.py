@@ -92,3 +92,16 @@ def test_split_reasoning_turns_false_masks_the_dropped_turn(tmp_path):
     tokenizer, data = _prepare(tmp_path, DROPS, split_reasoning_turns=False)
     (example,) = data.train
     assert _supervised(tokenizer, example) == "<think>three and three</think>Six .<|im_end|>"
+
+
+@pytest.mark.parametrize("template", [DROPS, QWEN3], ids=["small", "qwen3"])
+def test_train_on_eot_all_finds_every_end_of_turn_where_earlier_reasoning_is_dropped(tmp_path, template):
+    # The render up to a user message ends with the previous assistant turn and so shows its reasoning; the
+    # conversation drops it there. The user turn is found in the render that ends with it (which agrees).
+    tokenizer, data = _prepare(tmp_path, template, train_on_eot="all")
+    first, whole = sorted(data.train, key=lambda example: len(example["input_ids"]))
+    assert _supervised(tokenizer, first).endswith("Four .<|im_end|>")  # its own example: only that turn
+    trained = _supervised(tokenizer, whole)
+    # both users' and the first (dropped, masked) turn's end of turn, then the last turn whole
+    assert trained.startswith("<|im_end|>" * 3 + "<think>") and trained.endswith("Six .<|im_end|>"), trained
+    assert "Four" not in trained
