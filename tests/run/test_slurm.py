@@ -129,6 +129,14 @@ def _straight_run(run_dir: Path, overrides: list) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
 
 
+def _steps_lasting(seconds: float, run_dir: Path) -> int:
+    """Steps of `_long` that train for about `seconds` on this machine now: a fixed count finished inside the
+    first attempt on a faster machine, and nothing was left for the signal to stop."""
+    _straight_run(run_dir, _long(200))
+    runtime = json.loads((run_dir / "summary.json").read_text())["train_runtime_s"]
+    return max(200, int(200 * seconds / runtime) // 10 * 10)
+
+
 def _last_step(run_dir: Path) -> int:
     metrics = run_dir / "metrics.jsonl"
     rows = [json.loads(line) for line in metrics.read_text().splitlines()] if metrics.is_file() else []
@@ -163,7 +171,7 @@ def _job_log(sweep_dir: Path) -> str:
 
 
 def test_a_preempted_job_saves_at_the_signal_and_resumes_to_the_same_weights(slurm_env, tmp_path):
-    overrides = _long(400)
+    overrides = _long(_steps_lasting(40, tmp_path / "calibration"))  # step 100 comes well before the end
     _straight_run(tmp_path / "straight", overrides)
     sweep_dir = tmp_path / "sweep"
     cmd = _sweep_command(sweep_dir, "hydra.launcher.partition=low", *overrides)
@@ -190,10 +198,10 @@ def test_a_preempted_job_saves_at_the_signal_and_resumes_to_the_same_weights(slu
 
 def test_a_job_past_its_time_limit_is_requeued_and_resumes_to_the_same_weights(slurm_env, tmp_path):
     # timeout_min=2, USR2 asked 30 s before it; SLURM may send it up to 60 s early, so it comes 30-90 s into an
-    # attempt. 800 steps (~85 s of training after ~15 s of start) cannot finish in the first attempt; each
-    # attempt ends at its signal and the next resumes there. Requeues are not capped here (an attempt whose
-    # signal comes during start-up makes no progress, and counts).
-    overrides = _long(800)
+    # attempt. 110 s of training (after ~10 s of start) cannot finish in the first attempt; each attempt ends
+    # at its signal and the next resumes there. Requeues are not capped here (an attempt whose signal comes
+    # during start-up makes no progress, and counts).
+    overrides = _long(_steps_lasting(110, tmp_path / "calibration"))
     _straight_run(tmp_path / "straight", overrides)
     limit = ["hydra.launcher.timeout_min=2", "hydra.launcher.signal_delay_s=30", "hydra.launcher.max_num_timeout=20"]
     try:
