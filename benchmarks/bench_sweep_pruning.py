@@ -1,5 +1,6 @@
 """What pruning saves: the same 8-trial study of sweeps/optuna_task.yaml (TPE, seed 42, maximizing the
-demo's held-out exact match) with its median pruner and without one, side by side.
+demo's held-out exact match) with its pruner (successive halving, first rung at the first evaluation) and without
+one, side by side.
 
 Both studies run at once, each a `python -m sft_exp -m` process on one thread (OMP_NUM_THREADS=1), so the
 load of the machine hits both alike; the wall time of each and both best values are printed.
@@ -24,7 +25,7 @@ def command(sweep_dir: Path, args, pruner: bool) -> list:
         sys.executable, "-m", "sft_exp", "-m", "--config-dir", str(REPO / "sweeps"), "--config-name", "optuna_task",
         f"hydra.sweeper.n_trials={args.trials}", f"trainer.max_steps={args.steps}",
         f"trainer.eval_steps={args.eval_steps}", f"trainer.save_steps={args.steps}", "trainer.logging_steps=50",
-        f"hydra.sweeper.pruner.n_warmup_steps={args.eval_steps}", f"evals.heldout.limit={args.prompts}",
+        f"hydra.sweeper.pruner.min_resource={args.eval_steps}", f"evals.heldout.limit={args.prompts}",
         "logger=none", f"hydra.sweep.dir={sweep_dir}", *([] if pruner else ["hydra.sweeper.pruner=null"]),
     ]
 
@@ -32,12 +33,13 @@ def command(sweep_dir: Path, args, pruner: bool) -> list:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--trials", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=600)
-    parser.add_argument("--eval-steps", type=int, default=150)
+    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--eval-steps", type=int, default=300)
     parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="bench_sweep_pruning_"))
+    out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_MODE": "offline",
            "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     print(f"load before: {os.getloadavg()}", flush=True)
@@ -64,7 +66,21 @@ def main() -> int:
         result = OmegaConf.load(out / name / "optimization_results.yaml")
         print(f"| {name} | {wall[name]:.0f} | {wall[name] / wall['unpruned']:.2f} | {dict(result.trials)} | "
               f"{result.get('best_value')} | {result.get('best_trial')} |")
+    print("\n| study | steps trained | trials (number: status at step, exact match) |\n|---|---|---|")
+    for name in procs:
+        ends = [_trial_end(job) for job in sorted((p for p in (out / name).iterdir() if p.name.isdigit()), key=lambda p: int(p.name))]
+        print(f"| {name} | {sum(step for _, step, _ in ends)} | "
+              + ", ".join(f"{i}: {status} at {step}, {score}" for i, (status, step, score) in enumerate(ends)) + " |")
     return 0
+
+
+def _trial_end(job: Path) -> tuple:
+    """(status, last step, last objective value) of one job folder, from its summary.json."""
+    import json
+
+    summary = json.loads((job / "summary.json").read_text())
+    score = summary.get("eval_heldout/exact_match")
+    return summary.get("status"), summary.get("global_step", 0), None if score is None else round(score, 3)
 
 
 if __name__ == "__main__":
