@@ -66,6 +66,7 @@ def _check_model(model) -> None:
         value = model.get(key)
         if value:
             check_model_path(f"model.{key}", value)
+            check_hub_model(f"model.{key}", value, model.get("revision"))
     _check_gguf_file(model)
     check_model_folder(model)
     if not model.name_or_path and not model.tokenizer:
@@ -118,6 +119,37 @@ def check_model_path(key: str, value: str) -> None:
             f"{key}={value}: no such folder. Give an existing local folder (saved with save_pretrained) "
             "or a hub id such as Qwen/Qwen2.5-0.5B-Instruct."
         )
+
+
+def check_hub_model(key: str, value: str, revision: str | None) -> None:
+    """A hub id that is neither in the local cache nor reachable fails now, in one line, not after the
+    data is prepared and 5 download retries later as a transformers traceback."""
+    if Path(os.path.expanduser(value)).exists():
+        return
+    from huggingface_hub import constants, model_info, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+
+    if isinstance(try_to_load_from_cache(value, "config.json", revision=revision), str) or \
+            isinstance(try_to_load_from_cache(value, "tokenizer_config.json", revision=revision), str):
+        return  # cached: transformers loads it offline
+    download = (f"Download it where the Hub is reachable (`hf download {value} --local-dir DIR`) and set "
+                f"{key}=DIR, or give another local folder.")
+    if constants.HF_HUB_OFFLINE:
+        raise ConfigError(f"{key}={value}: not in the local Hugging Face cache, and HF_HUB_OFFLINE is set. {download}")
+    try:
+        model_info(value, revision=revision, timeout=10)
+    except GatedRepoError:
+        raise ConfigError(f"{key}={value}: a gated model; accept its licence on the Hub and log in (`hf auth login`).")
+    except RevisionNotFoundError:
+        raise ConfigError(f"{key}={value}: the Hub has no revision model.revision={revision}.")
+    except RepositoryNotFoundError:
+        raise ConfigError(f"{key}={value}: no such model on the Hub (or private: log in with `hf auth login`). "
+                          "Check the id, or give a local folder.")
+    except Exception as err:  # no network, DNS, proxy, timeout: the Hub cannot be reached from here
+        if "HTTPError" in type(err).__name__:
+            return  # the Hub answered; let transformers load it and say what it says
+        raise ConfigError(f"{key}={value}: it is not in the local cache and the Hugging Face Hub cannot be reached "
+                          f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). {download}")
 
 
 # What a local folder must hold to load, by what reads it (transformers' file names).

@@ -1,6 +1,8 @@
 """Every group option composes and builds what it targets; user mistakes fail fast and clearly."""
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 
 import pytest
@@ -8,7 +10,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
 
-from tests.conftest import compose, run_sft
+from tests.conftest import REPO, TEST_ENV, compose, run_sft
 from sft_exp.paths import config_dir
 
 GROUPS = ("model", "data", "optimizer", "loss", "memory", "peft", "distributed", "logger", "trainer", "experiment")
@@ -80,6 +82,7 @@ def test_bad_overrides_fail_at_compose_time(override, error):
     (["model.name_or_path=/no/such/model"], "use `python -m sft_exp model=hf model.name_or_path=/no/such/model"),
     (["data.sources=[{path:/no/such/file.jsonl}]"], "/no/such/file.jsonl"),
     (["data.sources=[{name:x}]"], "data.sources"),  # path is required (???)
+    (["model=qwen2_5_0_5b"], "not in the local Hugging Face cache, and HF_HUB_OFFLINE is set"),  # a hub id
 ])
 def test_bad_input_exits_nonzero_with_one_clear_message_before_loading(args, expected, tmp_path):
     started = time.monotonic()
@@ -90,6 +93,18 @@ def test_bad_input_exits_nonzero_with_one_clear_message_before_loading(args, exp
     assert "Traceback" not in output, output
     assert not (tmp_path / "run" / "model").exists()
     assert time.monotonic() - started < 60  # fails before any model or data loads
+
+
+def test_a_hub_model_the_hub_cannot_serve_fails_in_one_line_before_any_data(tmp_path):
+    # The Hub at a closed port: what a machine without internet sees (connection refused, no retries).
+    env = {**TEST_ENV, "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")}
+    proc = subprocess.run([sys.executable, "-m", "sft_exp", "model=qwen2_5_0_5b", f"hydra.run.dir={tmp_path}/run"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in output, output
+    assert "model.name_or_path=Qwen/Qwen2.5-0.5B-Instruct: it is not in the local cache and the Hugging Face Hub " \
+           "cannot be reached" in output and "hf download Qwen/Qwen2.5-0.5B-Instruct --local-dir DIR" in output, output
+    assert "Tokenizing" not in output  # before the data
 
 
 def test_help_and_cfg_job_work():
