@@ -41,7 +41,11 @@ def explain(error: BaseException, overrides: list[str] | None = None) -> str:
 
             return unknown_key_message(f"data.sources[].{key}", [f.name for f in dataclasses.fields(Source)])
         path = full_key.group(1) if full_key else key
-        known = _keys_beside(path, overrides or [])
+        known, free_form = _keys_beside(path, overrides or [])
+        if free_form:  # a dict of any keys (trainer.extra_args, model.load_kwargs): Hydra adds new ones with `+`
+            value = next((o.split("=", 1)[1] for o in overrides or [] if o.split("=", 1)[0] == path), "...")
+            return (f"{path}: {path.rpartition('.')[0]} takes any key, and Hydra adds a new one with a `+` "
+                    f"in front: +{path}={value}")
         if known is not None:
             return unknown_key_message(path, known)
         return f"{path}: unknown key. Check its spelling against `python -m sft_exp --cfg job`."
@@ -69,7 +73,8 @@ def composed(overrides: list[str], config_name: str | None = "config"):
 
 
 def _keys_beside(path: str, overrides: list[str]):
-    """The keys of `path`'s parent node in the config composed without the override that named `path`."""
+    """The keys of `path`'s parent node in the config composed without the override that named `path`, and
+    whether that node is a dict of any keys (no schema) rather than a component's settings."""
     parent = path.rpartition(".")[0]
     kept = [o for o in overrides if o.lstrip("+~").split("=", 1)[0] != path]
     try:
@@ -83,9 +88,11 @@ def _keys_beside(path: str, overrides: list[str]):
         with initialize_config_dir(str(config_dir()), version_base="1.3"):
             cfg = compose("config", overrides=kept)
         node = OmegaConf.select(cfg, parent) if parent else cfg
-        return [k for k in node.keys() if not str(k).startswith("_")] if isinstance(node, DictConfig) else None
+        if not isinstance(node, DictConfig):
+            return None, False
+        return [k for k in node.keys() if not str(k).startswith("_")], OmegaConf.get_type(node) is dict
     except Exception:  # noqa: BLE001  the hint is a courtesy; the message without it still names the key
-        return None
+        return None, False
 
 
 def install_for_hydra_main() -> None:

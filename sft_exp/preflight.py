@@ -28,6 +28,7 @@ def validate_config(cfg: DictConfig) -> None:
         )
     check_known_keys(cfg)
     _check_trainer(cfg.trainer)
+    _check_early_stopping(cfg)
     from sft_exp.models.adapters import check_adapter_config
     from sft_exp.run.distributed import check_distributed_config
 
@@ -56,6 +57,24 @@ def check_known_keys(cfg: DictConfig) -> None:
         for key in node.keys():
             if key not in known and not str(key).startswith("_"):
                 raise ConfigError(unknown_key_message(f"{group}.{key}", [k for k in known if not k.startswith("_")]))
+
+
+def _check_early_stopping(cfg: DictConfig) -> None:
+    """transformers' EarlyStoppingCallback asserts at the first step (or fails with an AttributeError at the
+    first evaluation) without a metric and evaluations to watch: say which keys to set instead."""
+    names = [name for name, cb in (cfg.get("callbacks") or {}).items()
+             if cb is not None and str(cb.get("_target_", "")).endswith("EarlyStoppingCallback")]
+    if not names:
+        return
+    missing = []
+    if not cfg.trainer.get("eval_steps"):
+        missing.append("trainer.eval_steps=<steps between evaluations>")
+    if not (cfg.trainer.get("extra_args") or {}).get("metric_for_best_model"):
+        missing.append("+trainer.extra_args.metric_for_best_model=eval_loss (or another logged eval metric, "
+                       "e.g. eval_heldout/exact_match)")
+    if missing:
+        raise ConfigError(f"callbacks.{names[0]} (EarlyStoppingCallback) stops on an evaluated metric; set "
+                          + " and ".join(missing) + ".")
 
 
 def _check_model(model) -> None:

@@ -27,6 +27,31 @@ def test_a_misspelled_source_key_names_the_source_field():
         composed(["data.sources=[{path:x.jsonl,max_sample:3}]"])
 
 
+def test_a_new_key_in_a_dict_of_any_keys_is_told_to_take_a_plus():
+    from sft_exp.cli_errors import composed
+
+    with pytest.raises(ConfigError, match=r"trainer.extra_args takes any key, .* \+trainer.extra_args.seed=1$"):
+        composed(["trainer.extra_args.seed=1"])
+    assert composed(["+trainer.extra_args.seed=1"]).trainer.extra_args.seed == 1
+
+
+EARLY_STOP = ["+callbacks.early_stop._target_=transformers.EarlyStoppingCallback",
+              "+callbacks.early_stop.early_stopping_patience=1", "+callbacks.early_stop.early_stopping_threshold=0.5"]
+
+
+def test_early_stopping_names_the_keys_it_needs_then_stops_the_run(tmp_path):
+    from sft_exp.preflight import validate_config
+
+    with pytest.raises(ConfigError, match=r"set trainer.eval_steps=.* and \+trainer.extra_args.metric_for_best_model"):
+        validate_config(compose(EARLY_STOP))
+    # Evaluated every 20 steps, stopped at the first evaluation whose eval_loss is not 0.5 below the best.
+    done = run_sft(*EARLY_STOP, "trainer.eval_steps=20", "+trainer.extra_args.metric_for_best_model=eval_loss",
+                   "trainer.max_steps=200", "logger=none", "evals=none", f"hydra.run.dir={tmp_path}", timeout=300)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    steps = json.loads((tmp_path / "summary.json").read_text())["global_step"]
+    assert 20 <= steps < 200 and steps % 20 == 0, steps
+
+
 def test_a_plus_key_on_a_component_is_refused_before_anything_loads():
     from sft_exp.preflight import validate_config
 
