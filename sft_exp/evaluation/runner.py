@@ -57,8 +57,9 @@ def tokenize_prompts(task: GenerationTask, tokenizer, model) -> List[List[int]]:
         if context is not None and len(row) + max_new > context:
             raise DataError(
                 f"evals.{task.name} ({task.source}), row {index}: the prompt is {len(row)} tokens, and with "
-                f"max_new_tokens={max_new} that exceeds the model's context of {context} tokens; shorten the prompt, "
-                f"lower evals.{task.name}.max_new_tokens or drop the row"
+                f"max_new_tokens={max_new} that exceeds the model's context of {context} tokens; use a model with a "
+                f"longer context, lower evals.{task.name}.max_new_tokens, or shorten the prompt "
+                f"(evals.{task.name}.prompt_template, or remove the row from the file)"
             )
         ids.append(row)
     return ids
