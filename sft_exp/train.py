@@ -5,6 +5,7 @@ builds takes plain objects, so the same pieces work from Python without Hydra.
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -14,7 +15,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from sft_exp import compat
-from sft_exp.errors import TrainingInterrupted
+from sft_exp.errors import ConfigError, TrainingInterrupted
 from sft_exp.preflight import plain, validate_config
 from sft_exp.run import hydra_job
 
@@ -44,6 +45,9 @@ def run(cfg: DictConfig) -> float:
     run_dir = distributed.shared_run_dir(Path(cfg.run_dir))
     run_dir.mkdir(parents=True, exist_ok=True)
     resume = resolve_resume(cfg.resume_from_checkpoint, run_dir)  # a missing checkpoint fails here
+    done = _already_trained(resume, cfg, run_dir)
+    if done is not None:
+        return done
     if resume and cfg.resume_from_checkpoint is None:  # a requeued SLURM job resumes by itself
         cfg.resume_from_checkpoint = resume  # what it resumed from, for the callbacks and resolved_config.yaml
     is_main = distributed.rank() == 0
@@ -98,6 +102,25 @@ def run(cfg: DictConfig) -> float:
         if is_main:
             run_folder.finish_run(run_dir, summary, loggers)
     return float(summary.get(cfg.objective, math.nan))
+
+
+def _already_trained(resume: str | None, cfg: DictConfig, run_dir: Path) -> float | None:
+    """Resuming a checkpoint at trainer.max_steps: the run's objective if its folder is complete (nothing
+    is trained or written), else an error saying how to train on."""
+    from sft_exp.training.checkpoints import finished_at
+
+    step = finished_at(resume, cfg.trainer.get("max_steps"))
+    if step is None:
+        return None
+    more = f"to train on, raise trainer.max_steps (e.g. trainer.max_steps={2 * step}) with resume_from_checkpoint"
+    summary_file = run_dir / "summary.json"
+    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+    if summary.get("status") == "completed" and summary.get("global_step") == step:
+        log.info("%s is at step %s (trainer.max_steps=%s) and the run is complete (summary.json): nothing to "
+                 "train; %s", resume, step, cfg.trainer.max_steps, more)
+        return float(summary.get(cfg.objective, math.nan))
+    raise ConfigError(f"{resume} is at step {step}, trainer.max_steps={cfg.trainer.max_steps}: nothing is left to "
+                      f"train (its weights are the final ones); {more}.")
 
 
 def default_evals_off_demo(cfg: DictConfig, data_settings) -> None:

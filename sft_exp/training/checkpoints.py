@@ -148,6 +148,21 @@ def resolve_resume(value: Any, run_dir: Path) -> Optional[str]:
     return _resolve_path(Path(os.path.expanduser(str(value))))
 
 
+def finished_at(checkpoint: Optional[str], max_steps: Optional[int]) -> Optional[int]:
+    """The step of a checkpoint already at trainer.max_steps (nothing left to train), else None.
+
+    transformers resumes from such a checkpoint by training one step past max_steps, so train.run does not
+    hand it over: a complete run stays as it is, and anything else is a clear error."""
+    if not checkpoint or not max_steps or max_steps <= 0:
+        return None  # an epoch-based run (max_steps -1): transformers counts its steps itself
+    state = Path(checkpoint) / "trainer_state.json"
+    try:
+        step = int(json.loads(state.read_text())["global_step"])
+    except (OSError, ValueError, KeyError):
+        return None
+    return step if step >= max_steps else None
+
+
 def requeued_job() -> bool:
     """A SLURM job on its second or later attempt (SLURM sets SLURM_RESTART_COUNT when it requeues a job)."""
     return int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0

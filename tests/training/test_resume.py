@@ -47,10 +47,10 @@ main()
 """
 
 
-def train(run_dir: Path, *overrides: str) -> None:
+def train(run_dir: Path, *overrides: str) -> float:
     from sft_exp.train import run
 
-    run(compose([*TINY, f"run_dir={run_dir}", *overrides]))
+    return run(compose([*TINY, f"run_dir={run_dir}", *overrides]))
 
 
 def comparable_rows(run_dir: Path) -> list:
@@ -72,6 +72,22 @@ def straight(tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("straight")
     train(run_dir)
     return run_dir
+
+
+def test_resuming_a_complete_run_trains_nothing_and_writes_nothing(tmp_path, straight):
+    # transformers would train a step past max_steps from the last checkpoint (step 5 of 4).
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(straight, run_dir)
+    before = {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()}
+    objective = train(run_dir, RESUME)
+    assert objective == json.loads((run_dir / "summary.json").read_text())["eval_loss"]
+    assert {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()} == before
+    (run_dir / "summary.json").unlink()  # the final checkpoint saved, the run killed before its summary
+    with pytest.raises(ConfigError, match=rf"checkpoint-{STEPS} is at step {STEPS}, trainer.max_steps={STEPS}: "
+                                          rf"nothing is left to train .* trainer.max_steps={2 * STEPS}"):
+        train(run_dir, RESUME)
 
 
 def test_resume_after_a_kill_mid_save_skips_the_partial_checkpoint(tmp_path, straight, caplog):
