@@ -76,7 +76,7 @@ def run(cfg: DictConfig) -> float:
         evaluator.use_heldout(data.heldout_examples)
     if is_main:
         data.stats["end_of_turn"] = end_of_turn_stats(data.train, tokenizer, tokenizer.chat_template)
-        _write_run_files(cfg, run_dir, data, loggers, resumed=resume is not None)
+        _write_run_files(cfg, run_dir, data, loggers, resume)
     status, summary = "failed", {}
     try:
         trainer = trainer_factory(
@@ -211,16 +211,21 @@ def _instantiate_each(group: DictConfig) -> list:
     return [instantiate(node, _convert_="all") for node in (group or {}).values() if node is not None]
 
 
-def _write_run_files(cfg: DictConfig, run_dir: Path, data, loggers: list, resumed: bool) -> None:
-    """resolved_config.yaml and run_info.json, then start the trackers (rank 0)."""
+def _write_run_files(cfg: DictConfig, run_dir: Path, data, loggers: list, resume: str | None) -> None:
+    """resolved_config.yaml and run_info.json (with every resume and what it changed), then start the
+    trackers (rank 0)."""
     from sft_exp.run import folder as run_folder
     from sft_exp.loggers import RunDescription
 
     resolved = plain(cfg)
+    resumes = run_folder.resume_record(run_dir, resolved, resume) if resume else []
+    if resumes and resumes[-1]["changed"]:
+        log.warning("resumed with changed settings (%s): a straight run of the new settings may not reproduce this run",
+                    ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in resumes[-1]["changed"].items()))
     run_folder.write_resolved_config(resolved, run_dir)
     run_folder.write_run_info(run_dir, seed=cfg.seed, data_fingerprint=data.fingerprint, data_stats=data.stats,
-                              overrides=hydra_job.overrides())
+                              overrides=hydra_job.overrides(), extra={"resumes": resumes} if resumes else None)
     description = RunDescription(run_dir, resolved, name=hydra_job.job_name(), group=hydra_job.sweep_group(),
-                                 resumed=resumed)
+                                 resumed=resume is not None)
     for logger in loggers:
         logger.start(description)

@@ -25,6 +25,31 @@ def write_resolved_config(resolved: dict, run_dir: Path) -> None:
     OmegaConf.save(OmegaConf.create(resolved), run_dir / "resolved_config.yaml")
 
 
+# Settings that differ between a run and its resume by design (the run recorder's `resume` follows it).
+_RESUME_KEYS = ("resume_from_checkpoint", "callbacks.run_recorder.resume")
+
+
+def resume_record(run_dir: Path, resolved: dict, resumed_from: str) -> list:
+    """run_info.json's `resumes` with this resume added: its checkpoint and the settings it changed against
+    the run folder's resolved_config.yaml (read before it is rewritten). A resume that changes settings
+    may make a run that no straight run reproduces; reproduce --verify says so."""
+    def flat(node, prefix=""):
+        if isinstance(node, dict):
+            return {k: v for key, value in node.items() for k, v in flat(value, f"{prefix}{key}.").items()}
+        return {prefix[:-1]: node}
+
+    info_file, config_file = run_dir / "run_info.json", run_dir / "resolved_config.yaml"
+    earlier = json.loads(info_file.read_text()).get("resumes", []) if info_file.is_file() else []
+    before = flat(OmegaConf.to_container(OmegaConf.load(config_file))) if config_file.is_file() else {}
+    after = flat(resolved)
+    moved_from, moved_to = before.get("run_dir"), after.get("run_dir")
+    if isinstance(moved_from, str) and isinstance(moved_to, str):  # a run folder moved before its resume
+        before = {k: v.replace(moved_from, moved_to) if isinstance(v, str) else v for k, v in before.items()}
+    changed = {key: [before.get(key), after.get(key)] for key in sorted(set(before) | set(after))
+               if before.get(key) != after.get(key) and key not in _RESUME_KEYS}
+    return [*earlier, {"from": resumed_from, "changed": changed}]
+
+
 def package_versions() -> dict:
     versions = {"python": platform.python_version()}
     for name in PACKAGES:

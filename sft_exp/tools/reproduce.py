@@ -147,10 +147,20 @@ def verify(old_run: Path, new_run: Path) -> bool:
     print(f"  metrics.jsonl: identical ({rows} rows)" if not metric_problems
           else "  metrics.jsonl differs:\n    " + "\n    ".join(metric_problems))
     print("  final weights: byte-identical" if weights is None else f"  {weights}")
+    for resume in _changed_resumes(old_run):
+        changes = ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in resume["changed"].items())
+        print(f"  {old_run} was resumed from {resume['from']} with changed settings ({changes}): "
+              "a straight run of its last config may differ from it")
     notes = compare_run_info(old_run, new_run)
     print("  run_info.json: " + ("same versions, commit, data and machine" if not notes
                                  else "differs:\n    " + "\n    ".join(notes)))
     return not problems
+
+
+def _changed_resumes(run: Path) -> list:
+    info = run / "run_info.json"
+    resumes = json.loads(info.read_text()).get("resumes", []) if info.is_file() else []
+    return [resume for resume in resumes if resume.get("changed")]
 
 
 def default_run_dir() -> Path:

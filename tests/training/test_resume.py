@@ -90,6 +90,20 @@ def test_resuming_a_complete_run_trains_nothing_and_writes_nothing(tmp_path, str
         train(run_dir, RESUME)
 
 
+def test_a_resume_with_changed_settings_is_recorded_and_reproduce_says_so(tmp_path, straight):
+    import shutil
+
+    from sft_exp.tools.reproduce import _changed_resumes
+
+    run_dir = tmp_path / "moved"  # a run folder moved before its resume: its paths are not a change
+    shutil.copytree(straight, run_dir)
+    train(run_dir, RESUME, f"trainer.max_steps={STEPS + 2}")
+    (resume,) = json.loads((run_dir / "run_info.json").read_text())["resumes"]
+    assert resume == {"from": str(run_dir / "checkpoints" / f"checkpoint-{STEPS}"),
+                      "changed": {"trainer.max_steps": [STEPS, STEPS + 2]}}
+    assert _changed_resumes(run_dir) == [resume] and _changed_resumes(straight) == []
+
+
 def test_resume_after_a_kill_mid_save_skips_the_partial_checkpoint(tmp_path, straight, caplog):
     run_dir = tmp_path / "run"
     job = subprocess.run([sys.executable, "-c", KILL_MID_SAVE, *TINY, f"hydra.run.dir={run_dir}"],
@@ -161,6 +175,10 @@ def test_a_signal_saves_at_the_end_of_that_step_and_resume_is_exact(tmp_path, st
 
     train(run_dir, RESUME)
     assert_same_run(run_dir, straight)
+    # What the resume changed is recorded (scheduled saves, which leave the run as it is).
+    resumes = json.loads((run_dir / "run_info.json").read_text())["resumes"]
+    assert resumes == [{"from": str(run_dir / "checkpoints" / f"checkpoint-{at_step}"),
+                        "changed": {"trainer.save_steps": [1000, 2]}}]
 
 
 def test_slurms_preemption_signal_saves_that_step_before_submitit_requeues(tmp_path, straight, monkeypatch):
