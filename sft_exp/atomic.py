@@ -17,5 +17,11 @@ def write_json(path: Path, value: Any) -> None:
     write_atomically(path, json.dumps(value, indent=2, default=str) + "\n")
 
 
+def read_json(path: Path) -> dict:
+    """A JSON file written by write_json, or {} where there is none yet."""
+    path = Path(path)
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def write_jsonl(path: Path, rows: Iterable[dict], **dumps: Any) -> None:
     write_atomically(path, "".join(json.dumps(row, **dumps) + "\n" for row in rows))

@@ -5,7 +5,6 @@ builds takes plain objects, so the same pieces work from Python without Hydra.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -15,6 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from sft_exp import compat
+from sft_exp.atomic import read_json
 from sft_exp.errors import ConfigError, TrainingInterrupted
 from sft_exp.preflight import plain, validate_config
 from sft_exp.run import hydra_job
@@ -113,8 +113,7 @@ def _already_trained(resume: str | None, cfg: DictConfig, run_dir: Path) -> floa
     if step is None:
         return None
     more = f"to train on, raise trainer.max_steps (e.g. trainer.max_steps={2 * step}) with resume_from_checkpoint"
-    summary_file = run_dir / "summary.json"
-    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+    summary = read_json(run_dir / "summary.json")
     if summary.get("status") == "completed" and summary.get("global_step") == step:
         log.info("%s is at step %s (trainer.max_steps=%s) and the run is complete (summary.json): nothing to "
                  "train; %s", resume, step, cfg.trainer.max_steps, more)

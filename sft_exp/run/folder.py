@@ -1,7 +1,6 @@
 """The files that make a run folder self-describing: resolved_config.yaml, run_info.json, summary.json."""
 from __future__ import annotations
 
-import json
 import platform
 import socket
 import subprocess
@@ -13,7 +12,7 @@ from typing import Optional
 
 from omegaconf import OmegaConf
 
-from sft_exp.atomic import write_json
+from sft_exp.atomic import read_json, write_json
 
 PACKAGES = ("sft_exp", "torch", "transformers", "datasets", "accelerate", "tokenizers", "peft", "trl",
             "hydra-core", "omegaconf", "wandb", "numpy")
@@ -39,7 +38,7 @@ def resume_record(run_dir: Path, resolved: dict, resumed_from: str) -> list:
         return {prefix[:-1]: node}
 
     info_file, config_file = run_dir / "run_info.json", run_dir / "resolved_config.yaml"
-    earlier = json.loads(info_file.read_text()).get("resumes", []) if info_file.is_file() else []
+    earlier = read_json(info_file).get("resumes", [])
     before = flat(OmegaConf.to_container(OmegaConf.load(config_file))) if config_file.is_file() else {}
     after = flat(resolved)
     moved_from, moved_to = before.get("run_dir"), after.get("run_dir")
@@ -119,7 +118,7 @@ def peak_memory_mb() -> dict:
 def mark_failed(run_dir: Path, error: BaseException) -> None:
     """Record a job's failure in its summary.json (merged into what train.run wrote), so a sweep report shows it."""
     path = Path(run_dir) / "summary.json"
-    summary = json.loads(path.read_text()) if path.is_file() else {}
+    summary = read_json(path)
     summary.update(status="failed", error=f"{type(error).__name__}: {error}")
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, summary)

@@ -7,15 +7,12 @@ scores before and after training, where generation stops, and the versions of th
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
+from sft_exp.atomic import read_json
+
 CARD_FILE = "README.md"
-
-
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def _base_model(model_cfg: dict) -> tuple:
@@ -52,8 +49,8 @@ def card_text(run_dir: Path, stop_ids: Optional[list] = None, summary: Optional[
 
     run_dir = Path(run_dir)
     config = OmegaConf.to_container(OmegaConf.load(run_dir / "resolved_config.yaml"), resolve=True)
-    info = _read_json(run_dir / "run_info.json")
-    summary = summary if summary is not None else _read_json(run_dir / "summary.json")
+    info = read_json(run_dir / "run_info.json")
+    summary = summary if summary is not None else read_json(run_dir / "summary.json")
     stats = info.get("data_stats") or {}
     base_text, base_id = _base_model(config.get("model") or {})
     peft = config.get("peft")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import re
 import subprocess
 import sys
@@ -23,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
+from sft_exp.atomic import read_json
 from sft_exp.errors import UserError
 from sft_exp.run.recorder import read_rows
 
@@ -112,11 +112,7 @@ def compare_weights(old_run: Path, new_run: Path) -> Optional[str]:
 
 def compare_run_info(old_run: Path, new_run: Path) -> list:
     """What differs in run_info.json: package versions, git commit and dirty flag, data fingerprint, machine."""
-    def load(run: Path) -> dict:
-        path = run / "run_info.json"
-        return json.loads(path.read_text()) if path.is_file() else {}
-
-    old, new = load(old_run), load(new_run)
+    old, new = read_json(old_run / "run_info.json"), read_json(new_run / "run_info.json")
     notes = []
     for package in sorted(set(old.get("versions", {})) | set(new.get("versions", {}))):
         a, b = old.get("versions", {}).get(package), new.get("versions", {}).get(package)
@@ -158,9 +154,7 @@ def verify(old_run: Path, new_run: Path) -> bool:
 
 
 def _changed_resumes(run: Path) -> list:
-    info = run / "run_info.json"
-    resumes = json.loads(info.read_text()).get("resumes", []) if info.is_file() else []
-    return [resume for resume in resumes if resume.get("changed")]
+    return [resume for resume in read_json(run / "run_info.json").get("resumes", []) if resume.get("changed")]
 
 
 def default_run_dir() -> Path:

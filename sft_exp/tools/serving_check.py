@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
+from sft_exp.atomic import read_json
+
 
 @dataclass
 class Check:
@@ -24,13 +26,9 @@ class Check:
     ok: bool
 
 
-def _read_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
 def _end_of_turn(run_dir: Path, folder: Path) -> dict:
     """What the run recorded about its end-of-turn token; found anew from the saved template for older runs."""
-    recorded = (_read_json(run_dir / "run_info.json").get("data_stats") or {}).get("end_of_turn")
+    recorded = (read_json(run_dir / "run_info.json").get("data_stats") or {}).get("end_of_turn")
     if recorded:
         return recorded
     from transformers import AutoTokenizer
@@ -60,7 +58,7 @@ def check_folder(run_dir: Path, folder: Path, scratch: Path) -> List[Check]:
         share = end.get("share")
         got = "not recorded (older run)" if share is None else f"{end['trained']} tokens, {100 * share:.2f}%"
         checks.append(Check(f"{token} trained", "> 0 of the supervised tokens", got, share is None or share > 0))
-        stops = (_read_json(folder / "generation_config.json")).get("eos_token_id")
+        stops = (read_json(folder / "generation_config.json")).get("eos_token_id")
         stops = stops if isinstance(stops, list) else [] if stops is None else [stops]
         checks.append(Check(f"{token} stops generation", f"id {end['id']} in generation_config eos_token_id",
                             str(stops), end["id"] in stops))
@@ -77,7 +75,7 @@ def _task_scores(run_dir: Path, folder: Path, scratch: Path) -> List[Check]:
     evals = OmegaConf.select(SavedRun.open(run_dir).config, "evals")
     if not evals:
         return [Check("task scores", "the run's evals", "the run has none (evals=none): not re-run", True)]
-    logged = _read_json(run_dir / "summary.json")
+    logged = read_json(run_dir / "summary.json")
     scores = evaluate_saved(folder, [], out=scratch, print_examples=0, run=run_dir)["scores"]
     checks = []
     for key, value in scores.items():
