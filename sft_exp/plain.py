@@ -11,3 +11,16 @@ def plain(value: Any) -> Any:
     if isinstance(value, (DictConfig, ListConfig)):
         return OmegaConf.to_container(value, resolve=True)
     return value
+
+
+def dotted(config: dict, prefix: str = "") -> dict:
+    """A nested dict as one level of dotted keys ({"trainer": {"max_steps": 3}} -> {"trainer.max_steps": 3});
+    an empty dict stays a value."""
+    flat = {}
+    for key, value in (config or {}).items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            flat.update(dotted(value, name + "."))
+        else:
+            flat[name] = value
+    return flat

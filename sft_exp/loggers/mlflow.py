@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Dict, Optional
 
 from sft_exp.loggers.base import Logger, RunDescription
+from sft_exp.plain import dotted
 
 RUN_ID_FILE = "sft_exp_run_id"
 MAX_PARAM_LENGTH = 500  # MLflow rejects longer parameter values
@@ -40,7 +41,7 @@ class MLflowLogger(Logger):
         created = self.client.create_run(experiment_id, run_name=self.run_name or run.name, tags=tags)
         self.run_id = created.info.run_id
         id_file.write_text(self.run_id + "\n")
-        params = [(key, str(value)[:MAX_PARAM_LENGTH]) for key, value in _flatten(run.config).items()]
+        params = [(key, str(value)[:MAX_PARAM_LENGTH]) for key, value in dotted(run.config).items()]
         from mlflow.entities import Param
 
         for start in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
@@ -65,14 +66,3 @@ class MLflowLogger(Logger):
 def _key(name: str) -> str:
     """MLflow keys allow letters, digits, _ - . space and /; anything else becomes _."""
     return "".join(c if c.isalnum() or c in "_-. /" else "_" for c in name)
-
-
-def _flatten(config: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in (config or {}).items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(_flatten(value, name + "."))
-        else:
-            flat[name] = value
-    return flat

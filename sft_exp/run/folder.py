@@ -13,6 +13,7 @@ from typing import Optional
 from omegaconf import OmegaConf
 
 from sft_exp.atomic import read_json, write_json
+from sft_exp.plain import dotted
 
 PACKAGES = ("sft_exp", "torch", "transformers", "datasets", "accelerate", "tokenizers", "peft", "trl",
             "hydra-core", "omegaconf", "wandb", "numpy")
@@ -32,15 +33,10 @@ def resume_record(run_dir: Path, resolved: dict, resumed_from: str) -> list:
     """run_info.json's `resumes` with this resume added: its checkpoint and the settings it changed against
     the run folder's resolved_config.yaml (read before it is rewritten). A resume that changes settings
     may make a run that no straight run reproduces; reproduce --verify says so."""
-    def flat(node, prefix=""):
-        if isinstance(node, dict):
-            return {k: v for key, value in node.items() for k, v in flat(value, f"{prefix}{key}.").items()}
-        return {prefix[:-1]: node}
-
-    info_file, config_file = run_dir / "run_info.json", run_dir / "resolved_config.yaml"
-    earlier = read_json(info_file).get("resumes", [])
-    before = flat(OmegaConf.to_container(OmegaConf.load(config_file))) if config_file.is_file() else {}
-    after = flat(resolved)
+    config_file = run_dir / "resolved_config.yaml"
+    earlier = read_json(run_dir / "run_info.json").get("resumes", [])
+    before = dotted(OmegaConf.to_container(OmegaConf.load(config_file))) if config_file.is_file() else {}
+    after = dotted(resolved)
     moved_from, moved_to = before.get("run_dir"), after.get("run_dir")
     if isinstance(moved_from, str) and isinstance(moved_to, str):  # a run folder moved before its resume
         before = {k: v.replace(moved_from, moved_to) if isinstance(v, str) else v for k, v in before.items()}
