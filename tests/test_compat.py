@@ -115,3 +115,15 @@ def test_wrap_hydra_job_runner_runs_what_hydra_main_runs_through_the_wrapper(mon
     compat.wrap_hydra_job_runner(lambda func: lambda: seen.append("twice") or func())  # idempotent
     assert hydra_utils.run_and_report(lambda: 7) == 7
     assert seen == ["wrapped"]
+
+
+def test_hydra_writes_a_jobs_files_through_save_config_before_the_task_runs():
+    """sft_exp.run.relaunch holds back Hydra's .hydra/ writes of a folder that holds a run: through
+    `hydra.core.utils._save_config(cfg, filename, output_dir)`, which run_job calls before the task function."""
+    import inspect
+
+    import hydra.core.utils as hydra_core_utils
+
+    assert list(inspect.signature(hydra_core_utils._save_config).parameters) == ["cfg", "filename", "output_dir"]
+    source = inspect.getsource(hydra_core_utils.run_job)
+    assert source.index('_save_config(task_cfg, "config.yaml"') < source.index("task_function(task_cfg)")
