@@ -26,16 +26,16 @@ log = logging.getLogger(__name__)
 def run(cfg: DictConfig) -> float:
     """Train one job. Returns the final value of `cfg.objective` (what a sweep optimizes; NaN without it)."""
     started = time.monotonic()
+    from sft_exp.run import distributed
+    distributed.export_slurm_environment()  # a multi-task SLURM job becomes torchrun-style ranks
+    distributed.quiet_non_main_rank()  # first: the run folder's log is rank 0's alone
     validate_config(cfg)  # seconds, before torch or any model loads
     data_settings = instantiate(cfg.data)  # checks sources and settings, still before torch
     if not on_demo_data(data_settings):  # the defaults a user's data trains with, where TRL's differ
         log.info(data_defaults(data_settings, cfg.trainer, hydra_job.overrides()))
     from sft_exp import threads
     n_threads = threads.prepare(cfg.trainer.get("threads"))  # passive waiting: must precede torch's OpenMP
-    from sft_exp.run import distributed
     from sft_exp.run import folder as run_folder
-    distributed.export_slurm_environment()  # a multi-task SLURM job becomes torchrun-style ranks
-    distributed.quiet_non_main_rank()
     run_dir, relaunch = _claim_run_folder(cfg, data_settings)  # in one process, still before torch
     if relaunch.objective is not None:
         return relaunch.objective

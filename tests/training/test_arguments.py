@@ -232,3 +232,37 @@ def test_a_setting_whose_package_is_missing_fails_before_anything_loads(override
         pytest.skip(f"{package} is installed")
     with pytest.raises(ConfigError, match=f"needs the {package} package, which is not installed"):
         validate_config(compose(overrides))
+
+
+# ----------------------------------------------------------------------------- what a recipe says about saving
+def saved_steps(run_dir: Path) -> list:
+    return sorted(int(p.name.split("-")[1]) for p in (run_dir / "checkpoints").glob("checkpoint-*"))
+
+
+@pytest.mark.parametrize("saving, steps", [
+    (["trainer.save_strategy=no", "trainer.save_steps=1"], []),
+    (["trainer.save_steps=3"], [3]),  # transformers would add checkpoint-4 (weights + optimizer) at the end
+    (["trainer.save_steps=3", "trainer.save_final_checkpoint=true"], [3, 4]),
+    (["trainer.save_steps=1", "trainer.save_total_limit=1"], [4]),
+])
+def test_checkpoints_are_the_ones_the_settings_ask_for(tmp_path, saving, steps):
+    train(tmp_path, "trainer.max_steps=4", *saving)
+    assert saved_steps(tmp_path) == steps
+    assert (tmp_path / "model" / "model.safetensors").is_file()  # the final weights, always
+    assert not list((tmp_path / "model").glob("optimizer.pt"))
+
+
+def test_env_set_reaches_the_run_and_an_env_block_is_refused(tmp_path):
+    from sft_exp.preflight import validate_config
+
+    with pytest.raises(ConfigError, match=r"env.OMP_NUM_THREADS: sft_exp has no env block .* "
+                                          r"\+hydra.job.env_set.OMP_NUM_THREADS=1 on the command line"):
+        validate_config(compose(["+env.OMP_NUM_THREADS=1"]))
+    # Hydra sets hydra.job.env_set's variables before the job runs: the thread count follows (3 is what no
+    # machine's free-CPU count here gives).
+    done = run_sft(*TINY, "trainer.max_steps=1", "+hydra.job.env_set.OMP_NUM_THREADS=3", f"hydra.run.dir={tmp_path}",
+                   timeout=300)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    assert "cpu threads: 3 (OMP_NUM_THREADS" in output
+    assert json.loads((tmp_path / "run_info.json").read_text())["device"].endswith(", 3 threads")
