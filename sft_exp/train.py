@@ -53,7 +53,9 @@ def run(cfg: DictConfig) -> float:
     set_seed(cfg.seed)
     # Cheap objects first: a bad _target_ or argument fails here, before data and model load.
     loss, memory, optimizer = instantiate(cfg.loss), instantiate(cfg.memory), instantiate(cfg.optimizer)
-    args = training_arguments(cfg, run_dir)  # TrainingArguments' own checks fail here too
+    # TrainingArguments' own checks fail here, before the data; built again for the trainer, after the model
+    # loads: under ZeRO-3 the arguments alive while a model is built make transformers partition it (zero.Init).
+    trained_with = recorded(training_arguments(cfg, run_dir), optimizer)
     peft_config = instantiate(cfg.peft, _convert_="all") if cfg.peft else None
     loggers = _instantiate_each(cfg.logger) if is_main else []  # rank 0 alone logs
     callbacks = _instantiate_each(cfg.callbacks)
@@ -75,11 +77,11 @@ def run(cfg: DictConfig) -> float:
         evaluator.use_heldout(data.heldout_examples)
     if is_main:
         data.stats["end_of_turn"] = end_of_turn_stats(data.train, tokenizer, tokenizer.chat_template)
-        _write_run_files(cfg, run_dir, data, loggers, resume, trained_with=recorded(args, optimizer))
+        _write_run_files(cfg, run_dir, data, loggers, resume, trained_with=trained_with)
     status, summary = "failed", {}
     try:
         trainer = trainer_factory.func(  # the trainer group's keys are in `args` (training_arguments)
-            model=model, args=args, loss=loss, memory=memory, optimizer_factory=optimizer,
+            model=model, args=training_arguments(cfg, run_dir), loss=loss, memory=memory, optimizer_factory=optimizer,
             source_names=data.source_names, train_dataset=data.train, eval_dataset=data.eval,
             processing_class=tokenizer, callbacks=[*callbacks, *loggers], evaluators=evaluators,
             data_collator=collator_for(tokenizer.pad_token_id, packing=data_settings.packing,
@@ -221,7 +223,8 @@ def training_arguments(cfg: DictConfig, run_dir: Path | None = None):
     """The TrainingArguments a run trains with (its training_args.bin), from the composed config alone: no
     model, no data. The trainer group's keys; what the other groups set (the optimizer's learning rate, weight
     decay and betas, the memory strategy's checkpointing, the loggers as report_to, the seed, the run folder);
-    the distributed strategy's fields; then trainer.extra_args, which may set none of those."""
+    the distributed strategy's fields; then trainer.extra_args, which may set none of those. `run_dir`: the run
+    folder (default cfg.run_dir, Hydra's output dir; give it where Hydra's runtime is not set)."""
     from hydra.utils import get_class
 
     from sft_exp.run import distributed

@@ -76,7 +76,8 @@ class PushToHub(TrainerCallback):
         """Push the final model (and wait for every push); what summary.json records of the pushes."""
         self._collect(wait=True)
         by_hand = f"hf upload {self.repo_id} {model_dir}" + self._revision_flag()
-        self._pending.append((str(model_dir), by_hand, self._worker.submit(self._upload, model_dir, None, [], "final model")))
+        job = self._worker.submit(self._upload, model_dir, None, [], "final model")
+        self._pending.append((str(model_dir), by_hand, job))
         self._collect(wait=True)
         if self.failed:
             log.error("push to %s: %d of %d pushes failed (each named above); the files are in the run folder",

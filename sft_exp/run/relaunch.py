@@ -1,6 +1,6 @@
 """A launch into a folder that already holds a run never destroys it.
 
-`python -m sft_exp ... hydra.run.dir=DIR` into a DIR with a run (its resolved_config.yaml or checkpoints):
+`python -m sft_exp ... hydra.run.dir=DIR` into a DIR with a run (a complete checkpoint, or a finished run):
 - the same settings: the run continues from its last complete checkpoint (or, complete, trains nothing);
 - other settings: the launch stops (exit 2) naming what differs, and DIR is left as it was: its checkpoints,
   resolved_config.yaml, Hydra's .hydra/ files and its log. Hydra rewrites .hydra/ at every launch, before
@@ -66,6 +66,14 @@ def _decide(cfg, run_dir: Path) -> Relaunch:
     asked = cfg.get("resume_from_checkpoint")
     if not holds_run(run_dir) or asked not in (None, False) or (asked is None and requeued_job()):
         return Relaunch()  # a fresh folder, or a resume as asked
+    summary = read_json(run_dir / "summary.json")
+    finished = summary.get("status") in ("completed", "pruned")
+    saved = any((run_dir / "checkpoints").glob("checkpoint-*/trainer_state.json"))
+    if not finished and not saved:
+        # An earlier start that saved nothing to continue from (a crash before the first checkpoint, a sweep
+        # trial its sweeper runs again): nothing there is lost by starting afresh.
+        log.info("%s holds an earlier start that saved no checkpoint: this launch starts afresh there", run_dir)
+        return Relaunch()
     folder_key = "hydra.sweep.dir" if multirun_hydra_config() is not None else "hydra.run.dir"
     afresh = f"To start afresh, launch into a new folder (leave out {folder_key}, or {folder_key}=<new folder>)"
     if asked is False:
@@ -76,22 +84,21 @@ def _decide(cfg, run_dir: Path) -> Relaunch:
                                 f"there was changed. {afresh}; to continue it, add resume_from_checkpoint=true.")
     changes = config_changes(run_dir, plain(cfg))
     if changes:
-        shown = "; ".join(f"{key}: {before} -> {after}" for key, (before, after) in list(changes.items())[:SHOWN_CHANGES])
+        shown = "; ".join(f"{key}: {was} -> {now}" for key, (was, now) in list(changes.items())[:SHOWN_CHANGES])
         more = f" and {len(changes) - SHOWN_CHANGES} more" if len(changes) > SHOWN_CHANGES else ""
+        go_on = "; to continue that run with these settings, add resume_from_checkpoint=true" if saved else ""
         return Relaunch(refusal=f"{run_dir} holds a run with other settings ({shown}{more}); nothing there was "
-                                f"changed. {afresh}; to continue that run with these settings, add "
-                                "resume_from_checkpoint=true.")
-    summary = read_json(run_dir / "summary.json")
-    if summary.get("status") in ("completed", "pruned"):
+                                f"changed. {afresh}{go_on}.")
+    if finished:
         log.info("%s holds this run (same settings), %s: nothing to train (%s)", run_dir, summary["status"],
                  afresh.lower().rstrip("."))
         return Relaunch(objective=float(summary.get(cfg.objective, math.nan)))
     from sft_exp.training.checkpoints import latest_complete_checkpoint  # loads torch: only here
 
     checkpoint = latest_complete_checkpoint(run_dir / "checkpoints")
-    if checkpoint is None:
-        log.info("%s holds this run (same settings) without a complete checkpoint: it starts again", run_dir)
-        return Relaunch()
+    if checkpoint is None:  # each one named in a warning above
+        return Relaunch(refusal=f"{run_dir} holds checkpoints, none of them complete; nothing there was changed. "
+                                f"{afresh}.")
     log.info("%s holds this run (same settings): resuming from %s (%s)", run_dir, checkpoint, afresh.lower())
     return Relaunch(resume_from=str(checkpoint))
 

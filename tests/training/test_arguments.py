@@ -101,7 +101,8 @@ def test_the_loggers_are_report_to_and_transformers_adds_none_of_its_own(tmp_pat
 def test_extra_args_refuse_what_a_group_sets_naming_that_key(field, value, key):
     from sft_exp.preflight import validate_config
 
-    with pytest.raises(ConfigError, match=rf"trainer.extra_args.{field}: sft_exp sets {field} .*{key}".replace("[", r"\[")):
+    message = rf"trainer.extra_args.{field}: sft_exp sets {field} .*{key}".replace("[", r"\[")
+    with pytest.raises(ConfigError, match=message):
         validate_config(compose([f"+trainer.extra_args.{field}={value}"]))
 
 
@@ -124,13 +125,15 @@ def test_every_trl_training_field_typed_under_trainer_is_answered():
 
     trl = pytest.importorskip("trl")
     ours = {f.name for f in dataclasses.fields(TrainerConfig)}
-    for field in {f.name for f in dataclasses.fields(TrainingArguments)} | {f.name for f in dataclasses.fields(trl.SFTConfig)}:
+    trl_fields = {f.name for f in dataclasses.fields(TrainingArguments)} | {f.name for f in dataclasses.fields(trl.SFTConfig)}
+    for field in trl_fields:
         if field not in ours and field not in UNREACHABLE:
             assert moved_key(f"trainer.{field}", [f"trainer.{field}=1"]), field
 
 
-# SFTConfig fields sft_exp has no form for yet (each a different data pipeline choice); named in docs/coming-from-trl.md.
-UNREACHABLE = {"dataset_kwargs", "truncation_mode", "shuffle_dataset", "pad_to_multiple_of", "eval_packing", "pad_token"}
+# SFTConfig fields with no sft_exp form yet (each a choice of TRL's data pipeline); docs/coming-from-trl.md names them.
+UNREACHABLE = {"dataset_kwargs", "truncation_mode", "shuffle_dataset", "pad_to_multiple_of", "eval_packing",
+               "pad_token"}
 
 
 def test_the_homes_named_are_keys_of_the_composed_config():

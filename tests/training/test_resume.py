@@ -292,3 +292,18 @@ def test_a_relaunch_with_the_same_settings_resumes_and_says_so(tmp_path, interru
     again = relaunch(run_dir)  # complete: nothing to train, nothing written
     assert again.returncode == 0 and "completed: nothing to train" in again.stdout + again.stderr
     assert folder_bytes(run_dir) == done
+
+
+def test_a_folder_whose_run_saved_nothing_is_started_afresh_whatever_its_settings(tmp_path, interrupted):
+    """A start that saved no checkpoint (a crash before the first save, a sweep trial its sweeper runs again) has
+    nothing to continue from: a launch with any settings starts afresh there, and says so."""
+    import shutil
+
+    from sft_exp.run.relaunch import Relaunch, _decide
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(interrupted, run_dir)
+    cfg = compose([*TINY, NO_SCHEDULED_SAVES, "trainer.max_steps=6", f"run_dir={run_dir}"])
+    assert "other settings" in _decide(cfg, run_dir).refusal  # while it holds checkpoint-2
+    shutil.rmtree(run_dir / "checkpoints" / "checkpoint-2")
+    assert _decide(cfg, run_dir) == Relaunch()
