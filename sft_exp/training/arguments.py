@@ -116,6 +116,7 @@ def shown(value: Any) -> str:
 def refuse_owned_extra_args(extra_args: dict, trainer_keys, distributed_args: dict) -> None:
     """`trainer.extra_args` passes fields to TrainingArguments that no group sets; a field a group, a `trainer`
     key or the distributed strategy sets is refused, naming that key (it would be dropped or fight it)."""
+    refused = []
     for name, value in (extra_args or {}).items():
         instead = None
         if name in trainer_keys:
@@ -125,7 +126,9 @@ def refuse_owned_extra_args(extra_args: dict, trainer_keys, distributed_args: di
         elif name in OWNED_BY_GROUPS or name in RECIPE_HOMES:
             instead = home(name, value)
         if instead is not None:
-            raise ConfigError(_elsewhere(f"trainer.extra_args.{name}", name, instead))
+            refused.append(_elsewhere(f"trainer.extra_args.{name}", name, instead))
+    if refused:
+        raise ConfigError("; ".join(refused))
 
 
 def moved_key_message(key: str, value: Any = "<value>", transformers_fields=()) -> Optional[str]:

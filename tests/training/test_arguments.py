@@ -112,6 +112,7 @@ def test_extra_args_refused_on_the_command_line_before_anything_loads():
     output = done.stdout + done.stderr
     assert done.returncode == 2, output[-2000:]
     assert "trainer.extra_args.learning_rate: sft_exp sets learning_rate with another key: optimizer.lr=4e-05" in output
+    assert "; trainer.extra_args.optim: sft_exp sets optim with another key: optimizer=adamw" in output  # each one
     assert "Tokenizing" not in output and "Traceback" not in output
 
 
