@@ -182,6 +182,7 @@ def test_the_defaults_a_users_data_trains_with_come_first_with_their_keys(tmp_pa
     taken = tmp_path / "run"  # a folder holding a run: this launch stops there, before torch loads
     taken.mkdir()
     (taken / "resolved_config.yaml").write_text("seed: 1\n")
+    (taken / "summary.json").write_text('{"status": "completed"}\n')
     with caplog.at_level(logging.INFO), pytest.raises(RunFolderTaken):
         run(compose([f"data.sources=[{{path:{data}}}]", f"run_dir={taken}", "resume_from_checkpoint=false"]))
     first = caplog.records[0].getMessage()
