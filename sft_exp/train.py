@@ -18,6 +18,7 @@ from sft_exp.atomic import read_json
 from sft_exp.errors import ConfigError, TrainingInterrupted
 from sft_exp.preflight import plain, validate_config
 from sft_exp.run import hydra_job
+from sft_exp.run.defaults_note import data_defaults
 
 log = logging.getLogger(__name__)
 
@@ -25,38 +26,38 @@ log = logging.getLogger(__name__)
 def run(cfg: DictConfig) -> float:
     """Train one job. Returns the final value of `cfg.objective` (what a sweep optimizes; NaN without it)."""
     started = time.monotonic()
-    validate_config(cfg)  # seconds, before torch or any model loads
-    data_settings = instantiate(cfg.data)  # checks sources and settings, still before torch
+    data_settings, n_threads, run_dir, relaunch = _before_torch(cfg)
+    if relaunch.objective is not None:  # the folder holds this run, complete
+        return relaunch.objective
+    from transformers import set_seed  # torch loads here, after every check
     from sft_exp import threads
-    n_threads = threads.prepare(cfg.trainer.get("threads"))  # passive waiting: must precede torch's OpenMP
-    from sft_exp.run import distributed
-    from sft_exp.run import folder as run_folder
-    distributed.export_slurm_environment()  # a multi-task SLURM job becomes torchrun-style ranks
-    distributed.quiet_non_main_rank()
-    from transformers import set_seed  # torch loads here, after every check above
     threads.apply(n_threads)
 
+    from sft_exp.run import distributed
+    from sft_exp.run import folder as run_folder
     from sft_exp.models.adapters import parameter_counts, save_base_for_export, wrap_with_adapter
     from sft_exp.training.checkpoints import resolve_resume
     from sft_exp.data import collator_for, describe, prepare_datasets
     from sft_exp.models.stop_tokens import end_of_turn_stats
+    from sft_exp.run import hub_push
     from sft_exp.run.model_card import save_serving_files
+    from sft_exp.training.arguments import recorded
 
-    run_dir = distributed.shared_run_dir(Path(cfg.run_dir))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    resume = resolve_resume(cfg.resume_from_checkpoint, run_dir)  # a missing checkpoint fails here
+    resume = resolve_resume(relaunch.resume_from or cfg.resume_from_checkpoint, run_dir)  # a missing one fails here
     done = _already_trained(resume, cfg, run_dir)
     if done is not None:
         return done
-    if resume and cfg.resume_from_checkpoint is None:  # a requeued SLURM job resumes by itself
+    if resume and cfg.resume_from_checkpoint is None:  # a relaunch, or a requeued SLURM job, resumes by itself
         cfg.resume_from_checkpoint = resume  # what it resumed from, for the callbacks and resolved_config.yaml
     is_main = distributed.rank() == 0
     set_seed(cfg.seed)
     # Cheap objects first: a bad _target_ or argument fails here, before data and model load.
     loss, memory, optimizer = instantiate(cfg.loss), instantiate(cfg.memory), instantiate(cfg.optimizer)
+    # TrainingArguments' own checks fail here, before the data; built again for the trainer, after the model
+    # loads: under ZeRO-3 the arguments alive while a model is built make transformers partition it (zero.Init).
+    trained_with = recorded(training_arguments(cfg, run_dir), optimizer)
     peft_config = instantiate(cfg.peft, _convert_="all") if cfg.peft else None
     loggers = _instantiate_each(cfg.logger) if is_main else []  # rank 0 alone logs
-    default_evals_off_demo(cfg, data_settings)
     callbacks = _instantiate_each(cfg.callbacks)
     evaluators = _instantiate_each(cfg.evaluators)  # task evaluation: tasks built and checked here
     model_loader = instantiate(cfg.model, _convert_="all")
@@ -76,16 +77,15 @@ def run(cfg: DictConfig) -> float:
         evaluator.use_heldout(data.heldout_examples)
     if is_main:
         data.stats["end_of_turn"] = end_of_turn_stats(data.train, tokenizer, tokenizer.chat_template)
-        _write_run_files(cfg, run_dir, data, loggers, resume)
+        _write_run_files(cfg, run_dir, data, loggers, resume, trained_with=trained_with)
     status, summary = "failed", {}
     try:
-        trainer = trainer_factory(
-            model=model, loss=loss, memory=memory, optimizer_factory=optimizer, source_names=data.source_names,
-            train_dataset=data.train, eval_dataset=data.eval, processing_class=tokenizer,
+        trainer = trainer_factory.func(  # the trainer group's keys are in `args` (training_arguments)
+            model=model, args=training_arguments(cfg, run_dir), loss=loss, memory=memory, optimizer_factory=optimizer,
+            source_names=data.source_names, train_dataset=data.train, eval_dataset=data.eval,
+            processing_class=tokenizer, callbacks=[*callbacks, *loggers], evaluators=evaluators,
             data_collator=collator_for(tokenizer.pad_token_id, packing=data_settings.packing,
                                        padding_free=data_settings.padding_free, attn_implementation=attention),
-            callbacks=[*callbacks, *loggers], evaluators=evaluators, output_dir=str(run_dir / "checkpoints"),
-            seed=cfg.seed, data_seed=cfg.seed, extra_args=_extra_training_arguments(cfg),
         )
         summary = {**parameter_counts(model), **train_and_evaluate(trainer, resume)}
         trainer.save_model(str(run_dir / "model"))
@@ -94,6 +94,7 @@ def run(cfg: DictConfig) -> float:
         status = "pruned" if _was_pruned(callbacks) else "completed"  # a sweep's pruner may stop a trial early
         if is_main:
             save_serving_files(model, run_dir, {**summary, "status": status})
+            summary.update(hub_push.push_final(callbacks, run_dir / "model"))
     except TrainingInterrupted:
         status = "interrupted"
         raise
@@ -102,6 +103,28 @@ def run(cfg: DictConfig) -> float:
         if is_main:
             run_folder.finish_run(run_dir, summary, loggers)
     return float(summary.get(cfg.objective, math.nan))
+
+
+def _before_torch(cfg: DictConfig):
+    """What is checked and decided in seconds, before torch loads (in one process): the config, the data
+    settings, the CPU threads, the run folder (rank 0's, on every rank) and what this launch does with a run
+    the folder already holds: continue it (the same settings) or stop and leave it as it was; never overwrite it."""
+    from sft_exp import threads
+    from sft_exp.run import distributed
+    from sft_exp.run.relaunch import decide
+
+    distributed.export_slurm_environment()  # a multi-task SLURM job becomes torchrun-style ranks
+    distributed.quiet_non_main_rank()  # first: the run folder's log is rank 0's alone
+    validate_config(cfg)
+    data_settings = instantiate(cfg.data)  # checks sources and settings
+    said = "" if on_demo_data(data_settings) else data_defaults(data_settings, cfg.trainer, hydra_job.overrides())
+    if said:  # the defaults a user's data trains with, where TRL's differ
+        log.info(said)
+    n_threads = threads.prepare(cfg.trainer.get("threads"))  # passive waiting: must precede torch's OpenMP
+    run_dir = distributed.shared_run_dir(Path(cfg.run_dir))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    default_evals_off_demo(cfg, data_settings)  # before the config is compared with the folder's
+    return data_settings, n_threads, run_dir, decide(cfg, run_dir)
 
 
 def _already_trained(resume: str | None, cfg: DictConfig, run_dir: Path) -> float | None:
@@ -128,18 +151,22 @@ def default_evals_off_demo(cfg: DictConfig, data_settings) -> None:
     loss and token accuracy) and a task only when asked (`evals=heldout`, `evals=[heldout,gsm8k]`)."""
     from omegaconf import open_dict
 
-    from sft_exp.paths import asset_path
-
     overrides = hydra_job.overrides()
     asked = any(o.lstrip("+~").startswith("evals") for o in overrides) or not _hydra_chose("evals", "heldout")
-    demo = {str(asset_path("demo/train.jsonl"))}
-    on_demo = {str(Path(source.path).resolve()) for source in data_settings.sources} <= demo
-    if asked or on_demo or not cfg.get("evals"):
+    if asked or on_demo_data(data_settings) or not cfg.get("evals"):
         return
     log.info("evals: eval loss and token accuracy (the heldout task is the demo's default; on your data ask "
              "for it with evals=heldout)")
     with open_dict(cfg):
         cfg.evals = {}
+
+
+def on_demo_data(data_settings) -> bool:
+    """Whether a run trains on the demo data alone (the embedded default's)."""
+    from sft_exp.paths import asset_path
+
+    demo = {str(asset_path("demo/train.jsonl"))}
+    return {str(Path(source.path).resolve()) for source in data_settings.sources} <= demo
 
 
 def _hydra_chose(group: str, option: str) -> bool:
@@ -192,11 +219,32 @@ def train_and_evaluate(trainer, resume) -> dict:
     return summary
 
 
-def _extra_training_arguments(cfg: DictConfig) -> dict:
-    """TrainingArguments fields of the distributed strategy (fsdp, deepspeed, gloo on CPU), then the user's."""
-    from sft_exp.run import distributed
+def training_arguments(cfg: DictConfig, run_dir: Path | None = None):
+    """The TrainingArguments a run trains with (its training_args.bin), from the composed config alone: no
+    model, no data. The trainer group's keys; what the other groups set (the optimizer's learning rate, weight
+    decay and betas, the memory strategy's checkpointing, the loggers as report_to, the seed, the run folder);
+    the distributed strategy's fields; then trainer.extra_args, which may set none of those. `run_dir`: the run
+    folder (default cfg.run_dir, Hydra's output dir; give it where Hydra's runtime is not set)."""
+    from hydra.utils import get_class
 
-    return {**distributed.training_arguments(plain(cfg.distributed.training_args)), **plain(cfg.trainer.extra_args)}
+    from sft_exp.run import distributed
+    from sft_exp.training import arguments
+    from sft_exp.training.trainer import build_training_arguments
+
+    keywords = dict(instantiate(cfg.trainer, _convert_="all").keywords)
+    extra_args = keywords.pop("extra_args", None) or {}
+    strategy_args = distributed.training_arguments(plain(cfg.distributed.training_args))
+    arguments.refuse_owned_extra_args(extra_args, keywords, strategy_args)
+    memory = instantiate(cfg.memory)
+    loggers = [get_class(node._target_).name for node in (cfg.logger or {}).values() if node is not None]
+    try:
+        return build_training_arguments(
+            output_dir=str(Path(run_dir or cfg.run_dir) / "checkpoints"), seed=cfg.seed, data_seed=cfg.seed,
+            report_to=arguments.report_to(loggers), **arguments.optimizer_arguments(instantiate(cfg.optimizer)),
+            **getattr(memory, "training_arguments", dict)(), **keywords, extra_args={**strategy_args, **extra_args},
+        )
+    except ValueError as err:  # TrainingArguments' own checks, e.g. load_best_model_at_end without evaluations
+        raise ConfigError(f"the trainer settings (trainer.*, trainer.extra_args) do not go together: {err}") from None
 
 
 def _was_pruned(callbacks: list) -> bool:
@@ -210,7 +258,8 @@ def _instantiate_each(group: DictConfig) -> list:
     return [instantiate(node, _convert_="all") for node in (group or {}).values() if node is not None]
 
 
-def _write_run_files(cfg: DictConfig, run_dir: Path, data, loggers: list, resume: str | None) -> None:
+def _write_run_files(cfg: DictConfig, run_dir: Path, data, loggers: list, resume: str | None,
+                     trained_with: dict) -> None:
     """resolved_config.yaml and run_info.json (with every resume and what it changed), then start the
     trackers (rank 0)."""
     from sft_exp.run import folder as run_folder
@@ -223,7 +272,8 @@ def _write_run_files(cfg: DictConfig, run_dir: Path, data, loggers: list, resume
                     ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in resumes[-1]["changed"].items()))
     run_folder.write_resolved_config(resolved, run_dir)
     run_folder.write_run_info(run_dir, seed=cfg.seed, data_fingerprint=data.fingerprint, data_stats=data.stats,
-                              overrides=hydra_job.overrides(), extra={"resumes": resumes} if resumes else None)
+                              overrides=hydra_job.overrides(),
+                              extra={"trained_with": trained_with, **({"resumes": resumes} if resumes else {})})
     description = RunDescription(run_dir, resolved, name=hydra_job.job_name(), group=hydra_job.sweep_group(),
                                  resumed=resume is not None)
     for logger in loggers:

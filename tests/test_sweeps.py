@@ -87,3 +87,64 @@ def test_every_shipped_sweep_composes_and_sweeps_existing_keys(name):
     assert params
     for key in params:
         assert OmegaConf.select(cfg, key, throw_on_missing=False) is not None, f"{name}: {key} is not a config key"
+
+
+@pytest.mark.parametrize("sweeper, command", [
+    ("hydra._internal.core_plugins.basic_sweeper.BasicSweeper", "python -m sft_exp -m optimizer.lr=1e-3,2e-3 "
+                                                                "hydra.sweep.dir={sweep_dir}"),
+    ("hydra_plugins.sft_exp_sweeper.sft_optuna.SftOptunaSweeper", None),  # its sweeper prints its own
+])
+def test_a_job_stopped_in_a_sweep_prints_only_the_sweeps_resume_command(tmp_path, monkeypatch, sweeper, command):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import open_dict
+
+    import sft_exp.config  # noqa: F401  registers the schemas
+    from sft_exp.errors import TrainingInterrupted, resume_command
+    from sft_exp.paths import config_dir
+    from tests.conftest import compose as compose_a_run
+
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        job = compose("config", return_hydra_config=True)
+    with open_dict(job):  # Hydra's config of one job of a sweep
+        job.hydra.mode, job.hydra.sweep.dir = RunMode.MULTIRUN, str(tmp_path)
+        job.hydra.sweeper = {"_target_": sweeper}
+    HydraConfig.instance().set_config(job)
+    monkeypatch.setattr("sys.argv", ["sft_exp", "-m", "optimizer.lr=1e-3,2e-3", "hydra.sweep.dir=elsewhere"])
+    try:
+        job_dir = tmp_path / "0"
+        assert resume_command(job_dir) == (command and command.format(sweep_dir=tmp_path))
+        message = str(TrainingInterrupted(15, 2, job_dir))
+        assert "resume_from_checkpoint" not in message and "hydra.run.dir" not in message
+        assert ("Resume with: " in message) == (command is not None)
+    finally:
+        compose_a_run([])  # a single run's Hydra config again, for the tests that follow
+
+
+@pytest.mark.slow  # 30 s; the test above checks the command it prints
+def test_a_stopped_sweep_prints_the_sweeps_own_command_which_continues_it(tmp_path):
+    """Ctrl-C / SIGTERM in a basic sweep: the job saves its checkpoint, and the one command printed is the sweep's,
+    with its folder: run again, the stopped job resumes, the finished ones are kept, the rest run."""
+    import shlex
+    import subprocess
+    import sys
+
+    from tests.conftest import TEST_ENV
+    from tests.training.test_resume import SIGNAL_DURING_STEP
+
+    steps = ["trainer.max_steps=4", "trainer.save_steps=1000"]
+    command = [sys.executable, "-c", SIGNAL_DURING_STEP, "2", "SIGTERM", "-m", "optimizer.lr=1e-3,2e-3",
+               *tiny_run(steps=4, train_rows=16, save_steps=1000), *steps, f"hydra.sweep.dir={tmp_path}"]
+    stopped = subprocess.run(command, cwd=REPO, env=TEST_ENV, capture_output=True, text=True, timeout=300)
+    output = stopped.stdout + stopped.stderr
+    assert stopped.returncode == 143, output[-3000:]
+    resume = [line.split("Resume with: ", 1)[1] for line in output.splitlines() if "Resume with: " in line]
+    assert len(resume) == 1 and "resume_from_checkpoint" not in resume[0] and "hydra.run.dir" not in resume[0]
+    assert resume[0].startswith("python -m sft_exp -m optimizer.lr=1e-3,2e-3 ")
+    assert resume[0].endswith(f"hydra.sweep.dir={tmp_path}")
+    again = run_sft(*shlex.split(resume[0])[3:], timeout=300)
+    output = again.stdout + again.stderr
+    assert again.returncode == 0, output[-3000:]
+    assert f"{tmp_path / '0'} holds this run (same settings): resuming from" in output
+    assert {name: s["global_step"] for name, s in summaries(tmp_path).items()} == {"0": 4, "1": 4}

@@ -25,6 +25,7 @@ from transformers import TrainerCallback
 
 # TrainingInterrupted lives in sft_exp.errors so the CLI can catch it without importing transformers.
 from sft_exp.errors import ConfigError, TrainingInterrupted
+from sft_exp.run.distributed import requeued_job
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,21 @@ class AtomicCheckpoints:
             rotate_checkpoints(output_dir=str(root), save_total_limit=self.args.save_total_limit,
                                best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
         self.accelerator.wait_for_everyone()
+
+
+class SavesAsAsked(TrainerCallback):
+    """Checkpoints only where the settings ask for them: transformers' DefaultFlowCallback also saves one at
+    the last step whenever save_strategy is "steps" (a full copy of the weights and the optimizer state, twice
+    the model's size for AdamW), although the run saves its final weights to model/ anyway. That save is
+    kept when save_steps falls on the last step or trainer.save_final_checkpoint is true. Placed before
+    StopOnSignal, whose save at a signal it never undoes."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        last = state.max_steps > 0 and state.global_step >= state.max_steps
+        scheduled = args.save_strategy == "steps" and state.save_steps > 0 and state.global_step % state.save_steps == 0
+        if last and control.should_save and not scheduled and not getattr(args, "save_final_checkpoint", False):
+            control.should_save = False
+        return control
 
 
 def publish(staged: Path, final: Path) -> None:
@@ -161,11 +177,6 @@ def finished_at(checkpoint: Optional[str], max_steps: Optional[int]) -> Optional
     except (OSError, ValueError, KeyError):
         return None
     return step if step >= max_steps else None
-
-
-def requeued_job() -> bool:
-    """A SLURM job on its second or later attempt (SLURM sets SLURM_RESTART_COUNT when it requeues a job)."""
-    return int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
 
 
 def _resolve_path(path: Path) -> str:
