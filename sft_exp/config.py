@@ -121,12 +121,16 @@ class TrainingArgumentsFields:
     per_device_eval_batch_size: int = 16
     gradient_accumulation_steps: int = 1
     lr_scheduler_type: str = "linear"
+    # The scheduler's own arguments, e.g. {min_lr_rate: 0.1} for cosine_with_min_lr (which needs min_lr or min_lr_rate).
+    lr_scheduler_kwargs: Dict[str, Any] = field(default_factory=dict)
     # Linear warmup: a number of steps (>= 1) or a fraction of all steps (< 1).
     warmup_steps: float = 0.0
     max_grad_norm: float = 1.0
     logging_steps: int = 10
     # Evaluate (eval loss and every task of `evals`) every eval_steps; 0 or null: only before and after training.
     eval_steps: Optional[int] = None
+    # steps (every save_steps), epoch, best (needs extra_args.metric_for_best_model) or "no" (no checkpoint at all).
+    save_strategy: str = "steps"
     save_steps: int = 500
     save_total_limit: Optional[int] = 2
     # auto: bf16 on CUDA, fp32 on CPU. Or fp32 / bf16 / fp16.

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from sft_exp.training.arguments import check_scheduler, refuse_owned_extra_args
 from sft_exp.training.choices import check_trainer_choices
 from sft_exp.errors import ConfigError
 from sft_exp.plain import plain  # noqa: F401 (train.run's too)
@@ -26,8 +27,12 @@ def validate_config(cfg: DictConfig) -> None:
             "required config value(s) not set: " + ", ".join(missing)
             + ". Set them on the command line, e.g. `python -m sft_exp " + missing[0] + "=...`."
         )
+    refuse_env_block(cfg)
     check_known_keys(cfg)
     _check_trainer(cfg.trainer)
+    refuse_owned_extra_args(plain(cfg.trainer.extra_args), list(cfg.trainer.keys()),
+                            plain(cfg.distributed.training_args) or {})
+    check_packages(cfg)
     _check_early_stopping(cfg)
     from sft_exp.models.adapters import check_adapter_config
     from sft_exp.run.distributed import check_distributed_config
@@ -210,3 +215,44 @@ def _check_trainer(trainer) -> None:
     if trainer.max_steps == 0 or (trainer.max_steps < 0 and trainer.num_train_epochs <= 0):
         raise ConfigError("nothing to train: set trainer.max_steps > 0 or trainer.num_train_epochs > 0.")
     check_trainer_choices(precision=trainer.precision, nonfinite_loss=trainer.nonfinite_loss)
+    if trainer.save_strategy not in SAVE_STRATEGIES:
+        unquoted = ' (YAML reads an unquoted no as false: write save_strategy: "no")' \
+            if trainer.save_strategy in ("False", "false") else ""
+        raise ConfigError(f"trainer.save_strategy={trainer.save_strategy} is not one of {', '.join(SAVE_STRATEGIES)}"
+                          f"{unquoted}.")
+    check_scheduler(trainer.lr_scheduler_type, plain(trainer.lr_scheduler_kwargs))
+
+
+SAVE_STRATEGIES = ("steps", "epoch", "best", "no")
+# What a setting needs installed: (setting, value that needs it, its package's module, how to install it).
+NEEDS_PACKAGE = (
+    ("model.attn_implementation", "flash_attention_2", "flash_attn",
+     "pip install flash-attn --no-build-isolation (CUDA only), or model.attn_implementation=sdpa"),
+    ("model.attn_implementation", "flash_attention_3", "flash_attn_interface",
+     "install FlashAttention 3 from its hopper/ folder (H100), or model.attn_implementation=sdpa"),
+    ("trainer.extra_args.use_liger_kernel", True, "liger_kernel", "pip install liger-kernel, or leave it out"),
+)
+
+
+def check_packages(cfg: DictConfig) -> None:
+    """A setting whose package is not installed fails now, not in a traceback after the data is prepared."""
+    from importlib.util import find_spec
+
+    for key, value, module, install in NEEDS_PACKAGE:
+        if OmegaConf.select(cfg, key, default=None) == value and find_spec(module) is None:
+            raise ConfigError(f"{key}={str(value).lower() if isinstance(value, bool) else value} needs the "
+                              f"{module} package, which is not installed: {install}.")
+    attention = OmegaConf.select(cfg, "model.attn_implementation", default=None) or ""
+    if "/" in attention and find_spec("kernels") is None:  # a Hub kernel, e.g. kernels-community/flash-attn
+        raise ConfigError(f"model.attn_implementation={attention} is a Hub kernel, which needs the kernels package: "
+                          "pip install kernels, or model.attn_implementation=sdpa.")
+
+
+def refuse_env_block(cfg: DictConfig) -> None:
+    """TRL's `env:` block has no sft_exp key: `+env.X=1` would be saved and never applied."""
+    if "env" in cfg:
+        name, value = next(iter((cfg.env or {"OMP_NUM_THREADS": 1}).items()))
+        raise ConfigError(f"env.{name}: sft_exp has no env block (it would be saved and never applied). Set "
+                          f"environment variables with Hydra's env_set: +hydra.job.env_set.{name}={value} on the "
+                          "command line, or `hydra: {job: {env_set: {" + f"{name}: {value}" + "}}}` in an "
+                          "experiment file; or export it before the command.")

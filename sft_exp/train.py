@@ -41,6 +41,7 @@ def run(cfg: DictConfig) -> float:
     from sft_exp.data import collator_for, describe, prepare_datasets
     from sft_exp.models.stop_tokens import end_of_turn_stats
     from sft_exp.run.model_card import save_serving_files
+    from sft_exp.training.arguments import recorded
 
     run_dir = distributed.shared_run_dir(Path(cfg.run_dir))
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -54,6 +55,7 @@ def run(cfg: DictConfig) -> float:
     set_seed(cfg.seed)
     # Cheap objects first: a bad _target_ or argument fails here, before data and model load.
     loss, memory, optimizer = instantiate(cfg.loss), instantiate(cfg.memory), instantiate(cfg.optimizer)
+    args = training_arguments(cfg, run_dir)  # TrainingArguments' own checks fail here too
     peft_config = instantiate(cfg.peft, _convert_="all") if cfg.peft else None
     loggers = _instantiate_each(cfg.logger) if is_main else []  # rank 0 alone logs
     default_evals_off_demo(cfg, data_settings)
@@ -76,16 +78,15 @@ def run(cfg: DictConfig) -> float:
         evaluator.use_heldout(data.heldout_examples)
     if is_main:
         data.stats["end_of_turn"] = end_of_turn_stats(data.train, tokenizer, tokenizer.chat_template)
-        _write_run_files(cfg, run_dir, data, loggers, resume)
+        _write_run_files(cfg, run_dir, data, loggers, resume, trained_with=recorded(args, optimizer))
     status, summary = "failed", {}
     try:
-        trainer = trainer_factory(
-            model=model, loss=loss, memory=memory, optimizer_factory=optimizer, source_names=data.source_names,
-            train_dataset=data.train, eval_dataset=data.eval, processing_class=tokenizer,
+        trainer = trainer_factory.func(  # the trainer group's keys are in `args` (training_arguments)
+            model=model, args=args, loss=loss, memory=memory, optimizer_factory=optimizer,
+            source_names=data.source_names, train_dataset=data.train, eval_dataset=data.eval,
+            processing_class=tokenizer, callbacks=[*callbacks, *loggers], evaluators=evaluators,
             data_collator=collator_for(tokenizer.pad_token_id, packing=data_settings.packing,
                                        padding_free=data_settings.padding_free, attn_implementation=attention),
-            callbacks=[*callbacks, *loggers], evaluators=evaluators, output_dir=str(run_dir / "checkpoints"),
-            seed=cfg.seed, data_seed=cfg.seed, extra_args=_extra_training_arguments(cfg),
         )
         summary = {**parameter_counts(model), **train_and_evaluate(trainer, resume)}
         trainer.save_model(str(run_dir / "model"))
@@ -192,11 +193,31 @@ def train_and_evaluate(trainer, resume) -> dict:
     return summary
 
 
-def _extra_training_arguments(cfg: DictConfig) -> dict:
-    """TrainingArguments fields of the distributed strategy (fsdp, deepspeed, gloo on CPU), then the user's."""
-    from sft_exp.run import distributed
+def training_arguments(cfg: DictConfig, run_dir: Path | None = None):
+    """The TrainingArguments a run trains with (its training_args.bin), from the composed config alone: no
+    model, no data. The trainer group's keys; what the other groups set (the optimizer's learning rate, weight
+    decay and betas, the memory strategy's checkpointing, the loggers as report_to, the seed, the run folder);
+    the distributed strategy's fields; then trainer.extra_args, which may set none of those."""
+    from hydra.utils import get_class
 
-    return {**distributed.training_arguments(plain(cfg.distributed.training_args)), **plain(cfg.trainer.extra_args)}
+    from sft_exp.run import distributed
+    from sft_exp.training import arguments
+    from sft_exp.training.trainer import build_training_arguments
+
+    keywords = dict(instantiate(cfg.trainer, _convert_="all").keywords)
+    extra_args = keywords.pop("extra_args", None) or {}
+    strategy_args = distributed.training_arguments(plain(cfg.distributed.training_args))
+    arguments.refuse_owned_extra_args(extra_args, keywords, strategy_args)
+    memory = instantiate(cfg.memory)
+    loggers = [get_class(node._target_).name for node in (cfg.logger or {}).values() if node is not None]
+    try:
+        return build_training_arguments(
+            output_dir=str(Path(run_dir or cfg.run_dir) / "checkpoints"), seed=cfg.seed, data_seed=cfg.seed,
+            report_to=arguments.report_to(loggers), **arguments.optimizer_arguments(instantiate(cfg.optimizer)),
+            **getattr(memory, "training_arguments", dict)(), **keywords, extra_args={**strategy_args, **extra_args},
+        )
+    except ValueError as err:  # TrainingArguments' own checks, e.g. load_best_model_at_end without evaluations
+        raise ConfigError(f"the trainer settings (trainer.*, trainer.extra_args) do not go together: {err}") from None
 
 
 def _was_pruned(callbacks: list) -> bool:
@@ -210,7 +231,8 @@ def _instantiate_each(group: DictConfig) -> list:
     return [instantiate(node, _convert_="all") for node in (group or {}).values() if node is not None]
 
 
-def _write_run_files(cfg: DictConfig, run_dir: Path, data, loggers: list, resume: str | None) -> None:
+def _write_run_files(cfg: DictConfig, run_dir: Path, data, loggers: list, resume: str | None,
+                     trained_with: dict) -> None:
     """resolved_config.yaml and run_info.json (with every resume and what it changed), then start the
     trackers (rank 0)."""
     from sft_exp.run import folder as run_folder
@@ -223,7 +245,8 @@ def _write_run_files(cfg: DictConfig, run_dir: Path, data, loggers: list, resume
                     ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in resumes[-1]["changed"].items()))
     run_folder.write_resolved_config(resolved, run_dir)
     run_folder.write_run_info(run_dir, seed=cfg.seed, data_fingerprint=data.fingerprint, data_stats=data.stats,
-                              overrides=hydra_job.overrides(), extra={"resumes": resumes} if resumes else None)
+                              overrides=hydra_job.overrides(),
+                              extra={"trained_with": trained_with, **({"resumes": resumes} if resumes else {})})
     description = RunDescription(run_dir, resolved, name=hydra_job.job_name(), group=hydra_job.sweep_group(),
                                  resumed=resume is not None)
     for logger in loggers:

@@ -71,6 +71,21 @@ class AtomicCheckpoints:
         self.accelerator.wait_for_everyone()
 
 
+class SavesAsAsked(TrainerCallback):
+    """Checkpoints only where the settings ask for them: transformers' DefaultFlowCallback also saves one at
+    the last step whenever save_strategy is "steps" (a full copy of the weights and the optimizer state, twice
+    the model's size for AdamW), although the run saves its final weights to model/ anyway. That save is
+    kept when save_steps falls on the last step or trainer.save_final_checkpoint is true. Placed before
+    StopOnSignal, whose save at a signal it never undoes."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        last = state.max_steps > 0 and state.global_step >= state.max_steps
+        scheduled = args.save_strategy == "steps" and state.save_steps > 0 and state.global_step % state.save_steps == 0
+        if last and control.should_save and not scheduled and not getattr(args, "save_final_checkpoint", False):
+            control.should_save = False
+        return control
+
+
 def publish(staged: Path, final: Path) -> None:
     """Rename a finished checkpoint into place; an older one with the same step is replaced."""
     replaced = None

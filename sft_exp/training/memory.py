@@ -33,6 +33,10 @@ class NoMemoryStrategy:
     def forward_context(self):
         return contextlib.nullcontext()
 
+    def training_arguments(self) -> dict:
+        """The TrainingArguments fields that say what this strategy does (training_args.bin records them)."""
+        return {"activation_checkpointing": False}
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
@@ -51,6 +55,10 @@ class GradientCheckpointing(NoMemoryStrategy):
         else:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         model.config.use_cache = False
+
+    def training_arguments(self) -> dict:
+        # The Trainer enables checkpointing again from these: the same kwargs, so the same checkpointing.
+        return {"activation_checkpointing": True, "activation_checkpointing_kwargs": {"use_reentrant": False}}
 
 
 class ActivationOffloading(NoMemoryStrategy):
@@ -78,6 +86,9 @@ class ActivationOffloading(NoMemoryStrategy):
         if not torch.cuda.is_available():
             return contextlib.nullcontext()
         return OffloadHooks(self.min_offload_bytes, self.use_streams, _storage_ptrs(self._model))
+
+    def training_arguments(self) -> dict:
+        return (GradientCheckpointing() if self.with_checkpointing else NoMemoryStrategy()).training_arguments()
 
     def __repr__(self) -> str:
         return (f"ActivationOffloading(min_offload_bytes={self.min_offload_bytes}, use_streams={self.use_streams}, "

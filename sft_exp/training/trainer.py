@@ -18,7 +18,8 @@ from sft_exp.compat import set_loss_shifts_labels
 from sft_exp.errors import ConfigError
 from sft_exp.evaluation.callback import Evaluator
 from sft_exp.run import distributed
-from sft_exp.training.checkpoints import AtomicCheckpoints
+from sft_exp.loggers.base import Logger
+from sft_exp.training.checkpoints import AtomicCheckpoints, SavesAsAsked
 from sft_exp.training.choices import check_trainer_choices
 from sft_exp.training.forward import sft_forward, weighted_count
 from sft_exp.training.guards import (  # noqa: F401 (NonFiniteLossError: re-exported)
@@ -41,6 +42,10 @@ class SFTTrainingArguments(TrainingArguments):
     # Write <run>/examples.parquet: each example's loss and token accuracy per epoch and evaluation step
     # (data maps). Off by default: it costs a little every step (the README has the figures).
     example_ledger: bool = field(default=False)
+    # Also keep a checkpoint (weights, optimizer and scheduler state: to train on later) at the last step when
+    # save_steps does not fall on it. Off: the final weights are the run's model/ folder, and the checkpoints
+    # are the ones save_strategy / save_steps asked for (transformers would add one at the end).
+    save_final_checkpoint: bool = field(default=False)
 
     def __post_init__(self):
         check_trainer_choices(nonfinite_loss=self.nonfinite_loss)
@@ -62,17 +67,29 @@ def cpu_has_fast(precision: str) -> bool:
 
 
 def precision_flags(precision: str) -> dict:
-    """Map trainer.precision to TrainingArguments flags: bf16 on CUDA by default, fp32 on CPU."""
+    """Map trainer.precision to TrainingArguments flags: bf16 on CUDA by default, fp32 on CPU.
+
+    bf16 without a GPU that has it trains on the CPU, and transformers must be told so (`use_cpu`): it
+    refuses bf16 otherwise ("Your setup doesn't support bf16/gpu"). A GPU without bf16 is refused by name.
+    """
+    from transformers.utils import is_torch_bf16_gpu_available, is_torch_xla_available
+
     check_trainer_choices(precision=precision)
     if precision == "auto":
-        precision = "bf16" if torch.cuda.is_available() else "fp32"
+        precision = "bf16" if is_torch_bf16_gpu_available() and torch.cuda.is_available() else "fp32"
+    flags = {"bf16": precision == "bf16", "fp16": precision == "fp16"}
+    if precision == "bf16" and not (is_torch_bf16_gpu_available() or is_torch_xla_available()):
+        if torch.cuda.is_available():
+            raise ConfigError(f"trainer.precision=bf16: {torch.cuda.get_device_name(0)} has no bfloat16 (Ampere "
+                              "and newer GPUs have it); use trainer.precision=fp16 or fp32.")
+        flags["use_cpu"] = True
     if precision in ("bf16", "fp16") and not torch.cuda.is_available() and not cpu_has_fast(precision):
         log.warning(
             "trainer.precision=%s on CPU: this CPU has no %s matrix instructions (AVX512-BF16/AMX), so autocast "
             "to %s is likely slower than fp32; trainer.precision=fp32 is the CPU default.",
             precision, precision, precision,
         )
-    return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
+    return flags
 
 
 def build_training_arguments(
@@ -150,11 +167,16 @@ class SFTTrainer(AtomicCheckpoints, Trainer):
                     "(data.eval_split_size, a source's eval_path, data.eval_sources) and no task in `evals`."
                 )
             args.eval_strategy = "no"
+        # report_to names the trackers; those an sft_exp logger among the callbacks records are not added twice.
+        reporting = args.report_to
+        covered = {cb.name for cb in callbacks or [] if isinstance(cb, Logger)}
+        args.report_to = [name for name in reporting or [] if name not in covered]
         super().__init__(
             model=model, args=args, data_collator=data_collator, train_dataset=train_dataset,
-            eval_dataset=eval_dataset, processing_class=processing_class, callbacks=callbacks,
+            eval_dataset=eval_dataset, processing_class=processing_class,
+            callbacks=[SavesAsAsked(), *(callbacks or [])],  # before StopOnSignal, which may ask for a save
         )
-        args.eval_strategy = eval_strategy
+        args.eval_strategy, args.report_to = eval_strategy, reporting
         # Our loss is normalized by the supervised tokens of the whole accumulated batch (num_items_in_batch),
         # so the Trainer must count them and must not divide by the accumulation steps again.
         self.model_accepts_loss_kwargs = True
