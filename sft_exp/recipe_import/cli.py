@@ -68,7 +68,7 @@ def import_recipe(recipe_path: Path, accelerate: Path | None = None, output: str
                           "such fields")
     path = output_path(recipe_path, output)
     command = f"{launch_prefix(launch)} -m sft_exp --config-dir {path.parent.parent} experiment={path.stem}"
-    header = [f"{MARKER} from {recipe_path.name}" + (f" and {accelerate.name}" if accelerate else "") + f" ({kind}).",
+    header = [f"{MARKER} from {recipe_path.name}" + (f" and {accelerate.name}" if accelerate else "") + f" (a {kind}).",
               f"# Run: {command}",
               "# Each value names the recipe field it came from; `(TRL default)` fields are TRL's defaults, written out",
               "# where the recipe is silent, so this trains what `trl sft` would."]
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     where = imported.path.relative_to(Path.cwd()) if imported.path.is_relative_to(Path.cwd()) else imported.path
     differ = sum(bool(row.note) for row in imported.rows)
-    print(f"{args.recipe} ({imported.kind} recipe) -> {where}: {len(imported.rows)} fields, {differ} marked * where "
+    print(f"{args.recipe} ({imported.kind}) -> {where}: {len(imported.rows)} fields, {differ} marked * where "
           f"sft_exp's meaning differs" + (f", {len(imported.skipped)} SKIPPED" if imported.skipped else ""))
     print()
     print("\n".join(table_lines(imported.rows, imported.skipped)))

@@ -41,7 +41,7 @@ STALE = {
 # from its own groups: written into an imported experiment wherever the recipe leaves them, so it trains what
 # `trl sft` would. tests/recipes/test_known.py checks each against the installed TRL.
 TRL_DEFAULTS = {
-    "dtype": "float32", "attn_implementation": None,
+    "model_revision": "main", "dtype": "float32", "attn_implementation": None,
     "dataset_train_split": "train", "dataset_test_split": "test",
     "max_length": 1024, "packing": False, "packing_strategy": "bfd", "padding_free": False,
     "assistant_only_loss": False, "completion_only_loss": None, "loss_type": "nll", "activation_offloading": False,
@@ -51,7 +51,6 @@ TRL_DEFAULTS = {
     "gradient_accumulation_steps": 1, "gradient_checkpointing": True, "bf16": None, "fp16": False,
     "logging_steps": 10, "eval_strategy": "no", "save_strategy": "steps", "save_steps": 500,
     "save_total_limit": None, "seed": 42, "report_to": "none", "dataloader_num_workers": 0,
-    "output_dir": "trainer_output",
 }  # fmt: skip
 
 

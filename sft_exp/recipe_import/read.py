@@ -24,6 +24,9 @@ OPEN_R1_KEYS = ("dataset_mixture", "benchmarks", "callbacks", "chat_template", "
                 "wandb_entity", "wandb_project", "wandb_run_group", "push_to_hub_revision", "overwrite_hub_revision")
 
 
+TRL, OPEN_R1 = "TRL recipe", "open-r1 recipe"
+
+
 class RecipeError(UserError):
     """A recipe that cannot be imported as it is: the message names the file, the field and what to do."""
 
@@ -51,4 +54,4 @@ def recipe_kind(data: dict[str, Any], path: Path) -> str:
             raise RecipeError(f"{path} is {kind}, not a recipe; {READS}")
     if not any(key in data for key in RECIPE_KEYS):
         raise RecipeError(f"{path} is not a recipe: it names no model or data ({', '.join(RECIPE_KEYS)}); {READS}")
-    return "open-r1" if any(key in data for key in OPEN_R1_KEYS) else "trl"
+    return OPEN_R1 if any(key in data for key in OPEN_R1_KEYS) else TRL

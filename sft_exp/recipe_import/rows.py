@@ -55,10 +55,6 @@ class Recipe:
         return TRL_DEFAULTS.get(name, default)
 
     @property
-    def open_r1(self) -> bool:
-        return self.kind == "open-r1"
-
-    @property
     def evaluates(self) -> bool:
         """Whether TRL / open-r1 evaluate during training (they do only when eval_strategy says so)."""
         return str(self.get("eval_strategy")) != "no"

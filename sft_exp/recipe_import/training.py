@@ -129,12 +129,6 @@ def logging_strategy(r: Recipe, value) -> Row:
     return one("trainer.extra_args.logging_strategy", value)
 
 
-def save_strategy(r: Recipe, value) -> Row:
-    if value == "steps":
-        return Row("", info="saves every trainer.save_steps")
-    return one("trainer.extra_args.save_strategy", value)
-
-
 def eval_strategy(r: Recipe, value) -> Row:
     """TRL evaluates only when eval_strategy says so; sft_exp evaluates whenever it has held-out rows or tasks
     (before and after training too), so "no" leaves it none, unless the mixture holds rows out anyway."""
@@ -154,7 +148,7 @@ def eval_strategy(r: Recipe, value) -> Row:
     note = "sft_exp also evaluates before training and after the last step"
     if value == "steps":
         return Row("", [*settings, Setting("trainer.eval_steps", r.get("eval_steps") or r.get("logging_steps"))], note)
-    return Row("", [*settings, Setting("trainer.eval_steps", None), Setting("trainer.extra_args.eval_strategy", value)], note)
+    return Row("", [*settings, Setting("trainer.eval_steps", None), Setting("trainer.eval_strategy", value)], note)
 
 
 def eval_steps(r: Recipe, value) -> Row:
