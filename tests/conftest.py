@@ -137,14 +137,14 @@ def shared_data() -> Path:
 
 
 def write_base_model(folder: Path) -> Path:
-    """A pretrained-model folder as a base model has it, offline: a tiny random Qwen2 with the demo tokenizer
-    (ChatML tokens, no chat template) whose EOS is <|endoftext|>, as Qwen2.5 base models' is."""
+    """A pretrained-model folder, offline: a tiny random Qwen2 with the demo tokenizer (ChatML and its chat
+    template) whose EOS is <|endoftext|>, as Qwen2.5's is."""
     from transformers import AutoTokenizer
 
     from sft_exp.paths import asset_path
 
     tokenizer = AutoTokenizer.from_pretrained(str(asset_path("tokenizer")))
-    tokenizer.eos_token, tokenizer.chat_template = "<|endoftext|>", None
+    tokenizer.eos_token = "<|endoftext|>"
     model = tiny_causal_lm(vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id,
                            pad_token_id=tokenizer.pad_token_id, max_position_embeddings=512)
     model.generation_config.eos_token_id = tokenizer.eos_token_id

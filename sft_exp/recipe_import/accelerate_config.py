@@ -33,50 +33,43 @@ def _launcher(name: str, value) -> Row:
     raise Unmapped(f"{name}: {value!r} has no sft_exp form (accelerate launcher setting)")
 
 
-def _deepspeed(config: dict) -> list[Row]:
-    rows = []
-    for name, value in config.items():
-        if name == "zero_stage":
-            rows.append(Row(name, [Setting(f"{DS}.zero_optimization.stage", value)]))
-        elif name in ("offload_optimizer_device", "offload_param_device"):
-            key = name.rsplit("_", 1)[0]
-            settings = [] if value == "none" else [Setting(f"{DS}.zero_optimization.{key}.device", value)]
-            rows.append(Row(name, settings, info="none: nothing offloaded, as the preset" if value == "none" else ""))
-        elif name == "zero3_save_16bit_model":
-            rows.append(Row(name, [Setting(f"{DS}.zero_optimization.stage3_gather_16bit_weights_on_model_save", value)]))
-        elif name == "zero3_init_flag":
-            rows.append(Row(name, info="transformers builds the model partitioned under ZeRO-3 by itself"))
-        elif name in ("gradient_accumulation_steps", "gradient_clipping", "deepspeed_config_file"):
-            rows.append(Row(name, info="checked against the recipe's batch settings"))
-        elif name == "seq_parallel_communication_data_type":
-            rows.append(Row(name, info="read with parallelism_config"))
-        else:
-            rows.append(_launcher(name, value))
-    return rows
+def _deepspeed(name: str, value) -> Row:
+    if name == "zero_stage":
+        return Row(name, [Setting(f"{DS}.zero_optimization.stage", value)])
+    if name in ("offload_optimizer_device", "offload_param_device"):
+        if value == "none":
+            return Row(name, info="none: nothing offloaded, as the preset")
+        return Row(name, [Setting(f"{DS}.zero_optimization.{name.rsplit('_', 1)[0]}.device", value)])
+    if name == "zero3_save_16bit_model":
+        return Row(name, [Setting(f"{DS}.zero_optimization.stage3_gather_16bit_weights_on_model_save", value)])
+    if name == "zero3_init_flag":
+        return Row(name, info="transformers builds the model partitioned under ZeRO-3 by itself")
+    if name in ("gradient_accumulation_steps", "gradient_clipping", "deepspeed_config_file"):
+        return Row(name, info="checked against the recipe's batch settings")
+    if name == "seq_parallel_communication_data_type":
+        return Row(name, info="read with parallelism_config")
+    return _launcher(name, value)
 
 
-def _fsdp(config: dict) -> list[Row]:
-    rows = []
-    for name, value in config.items():
-        short = name.removeprefix("fsdp_")
-        if short == "version" and value != 2 or short == "sharding_strategy" and value not in SHARDING:
-            raise Unmapped(f"fsdp_config.{name}: {value!r}: sft_exp shards with FSDP2 (full or grad-op sharding)")
-        if short == "sharding_strategy":
-            rows.append(Row(name, [Setting(f"{FSDP}.reshard_after_forward", SHARDING[value])],
-                            "FSDP1's strategy as FSDP2's reshard_after_forward (sft_exp shards with FSDP2)"))
-        elif short in ("auto_wrap_policy", "cpu_ram_efficient_loading", "state_dict_type", "reshard_after_forward",
-                       "transformer_layer_cls_to_wrap", "version"):
-            rows.append(Row(name, [Setting(f"{FSDP}.{short}", value)]))
-        elif short in ("backward_prefetch", "forward_prefetch", "sync_module_states", "use_orig_params"):
-            rows.append(Row(name, note="an FSDP1 setting; FSDP2 prefetches and keeps original parameters itself"))
-        elif short == "activation_checkpointing":
-            rows.append(Row(name, [Setting(f"{GROUP}memory", "checkpointing")] if value else [],
-                            info="sft_exp's memory=checkpointing" if value else ""))
-        elif short == "offload_params" and not value:
-            rows.append(Row(name))
-        else:
-            raise Unmapped(f"fsdp_config.{name}: {value!r} has no sft_exp form")
-    return rows
+def _fsdp(name: str, value) -> Row:
+    short = name.removeprefix("fsdp_")
+    if short == "version" and value != 2 or short == "sharding_strategy" and value not in SHARDING:
+        raise Unmapped(f"fsdp_config.{name}: {value!r}: sft_exp shards with FSDP2 (full or grad-op sharding)")
+    if short == "sharding_strategy":
+        return Row(name, [Setting(f"{FSDP}.reshard_after_forward", SHARDING[value])],
+                   "FSDP1's strategy as FSDP2's reshard_after_forward (sft_exp shards with FSDP2)")
+    if short in ("auto_wrap_policy", "cpu_ram_efficient_loading", "state_dict_type", "reshard_after_forward",
+                 "transformer_layer_cls_to_wrap", "version"):
+        return Row(name, [Setting(f"{FSDP}.{short}", value)])
+    if short in ("backward_prefetch", "forward_prefetch", "sync_module_states", "use_orig_params"):
+        return Row(name, note="an FSDP1 setting; FSDP2 prefetches and keeps original parameters itself")
+    if short == "activation_checkpointing":
+        if value:
+            return Row(name, [Setting(f"{GROUP}memory", "checkpointing")], info="sft_exp's memory=checkpointing")
+        return Row(name, info="off: checkpointing is the recipe's gradient_checkpointing (memory=)")
+    if short == "offload_params" and not value:
+        return Row(name, info="off, as the preset")
+    raise Unmapped(f"fsdp_config.{name}: {value!r} has no sft_exp form")
 
 
 def _parallelism(config: dict, processes: int) -> Row:
@@ -85,9 +78,10 @@ def _parallelism(config: dict, processes: int) -> Row:
     if product != processes:
         raise RecipeError(f"parallelism_config: dp_replicate x dp_shard x tp x cp x sp = {product}, but num_processes is "
                           f"{processes}: the world size disagrees; make them equal")
-    for kind in ("tp_size", "cp_size", "sp_size"):
+    for kind, what in (("tp_size", "tensor"), ("cp_size", "context"), ("sp_size", "sequence")):
         if int(sizes.get(kind, 1)) > 1:
-            raise Unmapped(f"parallelism_config.{kind}={sizes[kind]}: sft_exp has no {kind[:2]}-parallel form yet")
+            raise Unmapped(f"parallelism_config.{kind}={sizes[kind]}: sft_exp has no {what} parallelism yet (data "
+                           "parallel, FSDP2 and ZeRO only)")
     return Row("parallelism_config", info="data parallel only: what the distributed strategy does")
 
 
@@ -105,8 +99,8 @@ def _check_batch(r: Recipe, ds: dict, processes: int, where: str) -> None:
                 f"{name}={value}: the world size disagrees with the batch settings; make them agree")
 
 
-def convert_accelerate(config: dict, r: Recipe, path: Path) -> tuple[list[Row], dict]:
-    """(rows, launch) of an accelerate config; launch: processes, machines, main address and port."""
+def convert_accelerate(config: dict, r: Recipe, path: Path) -> tuple[list[Row], list[tuple[str, str]], dict]:
+    """(rows, unmapped (field, why), launch) of an accelerate config; launch: processes, machines, address."""
     kind = config.get("distributed_type", "NO")
     if kind not in STRATEGIES:
         raise RecipeError(f"{path}: distributed_type {kind!r}: sft_exp runs {', '.join(STRATEGIES)}")
@@ -118,17 +112,20 @@ def convert_accelerate(config: dict, r: Recipe, path: Path) -> tuple[list[Row], 
     if ds.get("deepspeed_config_file"):
         ds.update(json.loads(Path(ds["deepspeed_config_file"]).expanduser().read_text()))
     _check_batch(r, ds, processes, f"{path}: deepspeed_config")
+    unmapped = []
     for name, value in config.items():
-        if name in ("distributed_type", "mixed_precision"):
-            continue
-        if name == "deepspeed_config":
-            rows += _deepspeed(value or {})
-        elif name == "fsdp_config":
-            rows += _fsdp(value or {})
-        elif name == "parallelism_config":
-            rows.append(_parallelism(value or {}, processes))
-        else:
-            rows.append(_launcher(name, value))
+        nested = {"deepspeed_config": _deepspeed, "fsdp_config": _fsdp}.get(name)
+        items = (value or {}).items() if nested else [(name, value)]
+        for field, field_value in items:
+            try:
+                if nested:
+                    rows.append(nested(field, field_value))
+                elif name == "parallelism_config":
+                    rows.append(_parallelism(value or {}, processes))
+                elif name not in ("distributed_type", "mixed_precision"):
+                    rows.append(_launcher(name, value))
+            except Unmapped as missing:
+                unmapped.append((f"{path.name}: {name}" + (f".{field}" if nested else ""), missing.why))
     launch = {"processes": processes, "machines": int(config.get("num_machines", 1) or 1),
               "address": config.get("main_process_ip"), "port": config.get("main_process_port"),
               "gpu_ids": config.get("gpu_ids", "all")}  # fmt: skip
@@ -138,7 +135,7 @@ def convert_accelerate(config: dict, r: Recipe, path: Path) -> tuple[list[Row], 
         rows.append(Row(f"{len(quiet)} launcher settings", info=f"{', '.join(quiet)}: {AT_DEFAULT}"))
     for row in rows:
         row.field = f"accelerate: {row.field}"
-    return rows, launch
+    return rows, unmapped, launch
 
 
 def _precision(value: str, r: Recipe, path: Path) -> Row:

@@ -52,19 +52,17 @@ def import_recipe(recipe_path: Path, accelerate: Path | None = None, output: str
     rows, skipped = convert(recipe)
     launch = None
     if accelerate is not None:
-        config, _ = load_mapping(accelerate, "accelerate config")
-        try:
-            extra, launch = convert_accelerate(config, recipe, accelerate)
-        except Exception as err:
-            if type(err).__name__ != "Unmapped":
-                raise
-            extra, skipped = [], [*skipped, (f"accelerate: {accelerate.name}", err.why)]
-        rows += extra
+        config, accelerate_lines = load_mapping(accelerate, "accelerate config")
+        extra, missing, launch = convert_accelerate(config, recipe, accelerate)
+        rows, skipped = rows + extra, skipped + missing
+        lines.update({f"{accelerate.name}: {k}": v for k, v in accelerate_lines.items()})
     if skipped and not allow_unmapped:
         name, why = skipped[0]
-        line = f", line {lines[name]}" if name in lines else ""
+        where = accelerate if name.startswith(f"{getattr(accelerate, 'name', None)}: ") else recipe_path
+        key = name if name in lines else name.rsplit(".", 1)[0]  # a field inside deepspeed_config: that block's line
+        line = f", line {lines[key]}" if key in lines else ""
         more = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
-        raise RecipeError(f"{recipe_path}{line}: {why}{more}; nothing was written. --allow-unmapped lists and skips "
+        raise RecipeError(f"{where}{line}: {why}{more}; nothing was written. --allow-unmapped lists and skips "
                           "such fields")
     path = output_path(recipe_path, output)
     command = f"{launch_prefix(launch)} -m sft_exp --config-dir {path.parent.parent} experiment={path.stem}"
