@@ -66,7 +66,7 @@ def import_recipe(recipe_path: Path, accelerate: Path | None = None, output: str
                           "such fields")
     path = output_path(recipe_path, output)
     command = f"{launch_prefix(launch)} -m sft_exp --config-dir {path.parent.parent} experiment={path.stem}"
-    header = [f"{MARKER} from {recipe_path.name}" + (f" and {accelerate.name}" if accelerate else "") + f" (a {kind}).",
+    header = [f"{MARKER} from {recipe_path.name}" + (f" and {accelerate.name}" if accelerate else "") + f" ({kind}).",
               f"# Run: {command}",
               "# Each value names the recipe field it came from; `(TRL default)` fields are TRL's defaults, written out",
               "# where the recipe is silent, so this trains what `trl sft` would."]

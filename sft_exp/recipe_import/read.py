@@ -24,7 +24,7 @@ OPEN_R1_KEYS = ("dataset_mixture", "benchmarks", "callbacks", "chat_template", "
                 "wandb_entity", "wandb_project", "wandb_run_group", "push_to_hub_revision", "overwrite_hub_revision")
 
 
-TRL, OPEN_R1 = "TRL recipe", "open-r1 recipe"
+TRL, OPEN_R1 = "a TRL recipe", "an open-r1 recipe"
 
 
 class RecipeError(UserError):
