@@ -2,7 +2,6 @@
 reference TRL parse of each, and sft_exp's side: the imported experiment, composed."""
 from __future__ import annotations
 
-import dataclasses
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import yaml
+from omegaconf import OmegaConf
 from recipes import ACCELERATE, RECIPES, RECIPES_DIR, compose_experiment
 
 from tests.conftest import TEST_ENV
@@ -154,3 +155,39 @@ def test_the_import_never_overwrites_a_file_it_did_not_write_nor_shadows_a_shipp
                                                                     cwd=tmp_path))
     assert "<config dir>/experiment/<name>.yaml" in _one_line_error(
         run_import(write_recipe(tmp_path), "-o", tmp_path / "x.yaml", cwd=tmp_path))
+
+
+# ----------------------------------------------------------------------------- what lands where
+def test_an_open_r1_dataset_mixture_keeps_open_r1s_meaning(tmp_path):
+    """Weights are fractions of each dataset's rows, the test split comes from the mixed rows, with the mixture's
+    own seed (tests/data/test_data_open_r1_homes.py checks the rows are open-r1's own)."""
+    from hydra.utils import instantiate
+
+    mixture = {"datasets": [{"id": "org/a", "config": "all", "columns": ["messages"], "weight": 0.5},
+                            {"id": "org/b", "split": "train", "columns": ["messages"], "weight": 0.3}],
+               "seed": 0, "test_split_size": 0.1}  # fmt: skip
+    recipe = tmp_path / "mix.yaml"
+    recipe.write_text(yaml.safe_dump({"model_name_or_path": "m/m", "dataset_mixture": mixture, "eval_strategy": "steps",
+                                      "eval_steps": 50}))
+    assert run_import(recipe, cwd=tmp_path).returncode == 0
+    cfg, _ = compose_experiment(tmp_path / "conf", "mix")
+    settings = instantiate(cfg.data)
+    assert [(s.path, s.subset, s.split, s.weight, s.kept_columns) for s in settings.sources] == [
+        ("org/a", "all", "train", 0.5, ["messages"]), ("org/b", None, "train", 0.3, ["messages"])]
+    assert (settings.eval_split_from, settings.eval_split_size, settings.seed) == ("mixture", 0.1, 0)
+    assert cfg.seed == 42 and cfg.trainer.eval_steps == 50
+
+
+@pytest.mark.parametrize("config, expected", [
+    ("zero3", {"strategy": "deepspeed", "training_args.deepspeed.zero_optimization.stage": 3}),
+    ("fsdp", {"strategy": "fsdp", "training_args.fsdp_config.reshard_after_forward": True,
+              "training_args.fsdp_config.version": 2}),
+    ("ddp", {"strategy": "ddp"}),
+])  # fmt: skip
+def test_accelerate_configs_land_in_the_distributed_group(tmp_path, config, expected):
+    done = run_import(DISTILL, "--accelerate-config", ACCELERATE[config], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().splitlines()[-1].strip().startswith("torchrun --nproc_per_node 8 -m sft_exp")
+    cfg, _ = compose_experiment(tmp_path / "conf", DISTILL.stem)
+    assert {key: OmegaConf.select(cfg.distributed, key) for key in expected} == expected
+    assert cfg.trainer.precision == "bf16"
