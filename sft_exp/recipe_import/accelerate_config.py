@@ -74,7 +74,8 @@ def _fsdp(name: str, value) -> Row:
 
 def _parallelism(config: dict, processes: int) -> Row:
     sizes = {name.removeprefix("parallelism_config_"): value for name, value in config.items()}
-    product = math.prod(int(sizes.get(k, 1)) for k in ("dp_replicate_size", "dp_shard_size", "tp_size", "cp_size", "sp_size"))
+    kinds = ("dp_replicate_size", "dp_shard_size", "tp_size", "cp_size", "sp_size")
+    product = math.prod(int(sizes.get(kind, 1)) for kind in kinds)
     if product != processes:
         raise RecipeError(f"parallelism_config: dp_replicate x dp_shard x tp x cp x sp = {product}, but num_processes is "
                           f"{processes}: the world size disagrees; make them equal")

@@ -32,7 +32,7 @@ def collect(rows: list[Row]) -> tuple[dict[str, Any], dict[str, Any], dict[str, 
                                f"set it to {target[key]!r}")
             target[key] = setting.value
             if row.default:
-                origin.setdefault(setting.key, row.field)
+                origin.setdefault(setting.key, f"{row.field} (TRL default)")
             elif setting.key not in explicit:
                 origin[setting.key] = row.field
                 explicit.add(setting.key)
@@ -100,8 +100,7 @@ def _field_under(dotted: str, origin: dict[str, str]) -> str:
 
 def experiment_text(rows: list[Row], header_lines: list[str]) -> str:
     groups, values, origin = collect(rows)
-    overrides = [f"  - override /{group}: {_scalar(option)}" + (f"  # {origin[GROUP + group]}" if origin.get(GROUP + group) else "")
-                 for group, option in groups.items()]
+    overrides = [f"  - override /{group}: {_scalar(option)}  # {origin[GROUP + group]}" for group, option in groups.items()]
     body = _lines(nest(values), origin)
     return "".join(f"{line}\n" for line in [HEADER.rstrip(), *header_lines, "defaults:", *overrides, "  - _self_", "",
                                            *body])

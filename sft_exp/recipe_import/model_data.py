@@ -112,7 +112,8 @@ def _mixture_source(entry: dict, i: int) -> dict:
     if entry.get("columns") is not None:
         source["columns"] = list(entry["columns"])
     if not 0 < source["weight"] <= 1:
-        raise Unmapped(f"{where}.weight={source['weight']}: open-r1 takes that fraction of the rows, so it must be in (0, 1]")
+        raise Unmapped(f"{where}.weight={source['weight']}: open-r1 takes that fraction of the rows, so it must be "
+                       "in (0, 1]")
     return source
 
 

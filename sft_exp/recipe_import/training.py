@@ -78,7 +78,8 @@ def gradient_checkpointing(r: Recipe, value) -> Row:
 def activation_offloading(r: Recipe, value) -> Row:
     if not value:
         return Row("", info="off, as sft_exp's memory group without offload")
-    return Row("", [Setting(f"{GROUP}memory", "offload"), Setting("memory.with_checkpointing", bool(r.get("gradient_checkpointing")))])
+    checkpointing = bool(r.get("gradient_checkpointing"))
+    return Row("", [Setting(f"{GROUP}memory", "offload"), Setting("memory.with_checkpointing", checkpointing)])
 
 
 def gradient_checkpointing_kwargs(r: Recipe, value) -> Row:

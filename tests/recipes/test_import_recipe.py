@@ -63,8 +63,7 @@ def test_the_experiment_says_where_each_value_came_from(tmp_path):
     assert text.startswith("# @package _global_\n")
     assert "  - override /distributed: deepspeed  # accelerate: distributed_type\n" in text
     assert "  lr: 4.0e-05  # learning_rate\n" in text and "  eos_token: <|im_end|>  # eos_token\n" in text
-    assert "  assistant_only_loss: false  # assistant_only_loss (TRL default)\n" not in text  # comments name the field
-    assert "  assistant_only_loss: false  # assistant_only_loss\n" in text
+    assert "  assistant_only_loss: false  # assistant_only_loss (TRL default)\n" in text
     assert done.stdout.strip().splitlines()[-1].strip().startswith("torchrun --nproc_per_node 8 -m sft_exp --config-dir ")
     table = done.stdout
     assert "assistant_only_loss (TRL default)" in table and "torch_dtype (now dtype)" in table
@@ -125,6 +124,17 @@ def test_mixed_precision_that_disagrees_with_the_recipe_is_named(tmp_path):
     path.write_text(yaml.safe_dump(accelerate))
     line = _one_line_error(run_import(DISTILL, "--accelerate-config", path, cwd=tmp_path))
     assert "mixed_precision 'fp16' disagrees with the recipe's bf16=True" in line
+
+
+def test_two_fields_that_say_different_things_are_named(tmp_path):
+    accelerate = yaml.safe_load(ACCELERATE["fsdp"].read_text())
+    accelerate["fsdp_config"]["fsdp_activation_checkpointing"] = True
+    path = tmp_path / "fsdp.yaml"
+    path.write_text(yaml.safe_dump(accelerate))
+    line = _one_line_error(run_import(write_recipe(tmp_path, gradient_checkpointing=False), "--accelerate-config",
+                                      path, cwd=tmp_path))
+    assert ("accelerate: fsdp_activation_checkpointing sets /memory='checkpointing', but gradient_checkpointing set it "
+            "to 'none'") in line
 
 
 def test_a_chat_template_that_does_not_parse_names_the_field_and_line(tmp_path):
