@@ -30,6 +30,9 @@ def unknown_key_message(key: str, known) -> str:
 def explain(error: BaseException, overrides: list[str] | None = None) -> str:
     """A readable one-paragraph message for an error Hydra raised while composing the config."""
     text = "\n".join(str(e) for e in (error, error.__cause__) if e is not None)
+    split = split_by_the_shell(text, overrides or [])
+    if split:
+        return split
     unknown, full_key = _UNKNOWN_KEY.search(text), _FULL_KEY.search(text)
     if unknown:
         key = unknown.group(1)
@@ -41,11 +44,17 @@ def explain(error: BaseException, overrides: list[str] | None = None) -> str:
 
             return unknown_key_message(f"data.sources[].{key}", [f.name for f in dataclasses.fields(Source)])
         path = full_key.group(1) if full_key else key
+        moved = moved_key(path, overrides or [])
+        if moved:
+            return moved
         known, free_form = _keys_beside(path, overrides or [])
         if free_form:  # a dict of any keys (trainer.extra_args, model.load_kwargs): Hydra adds new ones with `+`
             value = next((o.split("=", 1)[1] for o in overrides or [] if o.split("=", 1)[0] == path), "...")
-            return (f"{path}: {path.rpartition('.')[0]} takes any key, and Hydra adds a new one with a `+` "
-                    f"in front: +{path}={value}")
+            task = task_key_message(path, value)
+            if task:
+                return task
+            return (f"{path}: {closest(path.rpartition('.')[2], known or [])}{path.rpartition('.')[0]} takes any "
+                    f"key, and Hydra adds a new one with a `+` in front: +{path}={value}")
         if known is not None:
             return unknown_key_message(path, known)
         return f"{path}: unknown key. Check its spelling against `python -m sft_exp --cfg job`."
@@ -53,6 +62,60 @@ def explain(error: BaseException, overrides: list[str] | None = None) -> str:
     first_line = text.strip().splitlines()[0] if text.strip() else type(error).__name__
     rest = [line.strip() for line in text.strip().splitlines()[1:] if line.strip()]
     return " ".join([first_line, *rest]).replace("To append to your config use", "(to add a new key use")
+
+
+def task_key_message(path: str, value: str) -> str | None:
+    """evals.<task>.<key> the task's preset does not set: a `+` adds a key its task type has; any other key
+    is a misspelling, told with "did you mean" (a `+` would only move the failure to when the task is built)."""
+    import dataclasses
+
+    from sft_exp.evaluation.tasks import TASK_TYPES
+
+    parts = path.split(".")
+    if len(parts) != 3 or parts[0] != "evals":
+        return None
+    known = [f.name for settings in TASK_TYPES.values() for f in dataclasses.fields(settings.settings)]
+    if parts[2] in known:
+        return f"{path}: the preset evals.{parts[1]} does not set it; add it with a `+` in front: +{path}={value}"
+    return (f"{path}: unknown key; {closest(parts[2], dict.fromkeys(known))}a task's keys are "
+            f"{', '.join(dict.fromkeys(known))}.")
+
+
+# `data.sources=[{path:a.jsonl,name:b}]` unquoted: bash's brace expansion makes it two arguments,
+# `data.sources=[path:a.jsonl]` and `data.sources=[name:b]`, and OmegaConf sees strings where mappings go.
+_EXPANDED = re.compile(r"^([\w.]+)=\[(\w+):(.*)\]$")
+
+
+def split_by_the_shell(text: str, overrides: list[str]) -> str | None:
+    """The one-line fix for an override the shell's brace expansion split: quote it."""
+    split = [m for m in map(_EXPANDED.match, overrides) if m]
+    if not split or "is not a subclass of" not in text:
+        return None
+    key = split[0].group(1)
+    fields = ",".join(f"{m.group(2)}:{m.group(3)}" for m in split if m.group(1) == key)
+    return (f"{key}: the shell split the mapping in it into separate arguments ({{a,b}} is brace expansion); "
+            f"quote the whole override: '{key}=[{{{fields}}}]'")
+
+
+def moved_key(path: str, overrides: list[str]) -> str | None:
+    """A TRL name typed under `trainer.` that lives elsewhere in sft_exp (trainer.learning_rate -> optimizer.lr),
+    or a TrainingArguments field sft_exp passes through (+trainer.extra_args.<name>): where it goes."""
+    from sft_exp.training.arguments import home, moved_key_message
+
+    value = next((o.split("=", 1)[1] for o in overrides if o.lstrip("+~").split("=", 1)[0] == path), "<value>")
+    name = path.rpartition(".")[2]
+    if not path.startswith("trainer.") or path.count(".") != 1:
+        return None
+    return moved_key_message(path, value, () if home(name) else training_arguments_fields())
+
+
+def training_arguments_fields() -> list[str]:
+    """transformers.TrainingArguments' field names (imports torch: only on the way to an error message)."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    return [f.name for f in dataclasses.fields(TrainingArguments)]
 
 
 def composed(overrides: list[str], config_name: str | None = "config"):

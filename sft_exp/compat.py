@@ -111,3 +111,16 @@ def wrap_hydra_job_runner(wrap) -> None:
 
     run_and_report._sft_exp = True
     hydra_utils.run_and_report = run_and_report
+
+
+def wrap_hydra_save_config(wrap) -> None:
+    """Route Hydra's writes of a job's .hydra/ files (`hydra.core.utils._save_config(cfg, filename, output_dir)`,
+    which run_job calls before the task function, at every launch) through `wrap(original)`. Idempotent."""
+    import hydra.core.utils as hydra_core_utils
+
+    original = hydra_core_utils._save_config
+    if getattr(original, "_sft_exp", False):
+        return
+    wrapped = wrap(original)
+    wrapped._sft_exp = True
+    hydra_core_utils._save_config = wrapped

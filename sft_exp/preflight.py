@@ -51,7 +51,8 @@ def check_known_keys(cfg: DictConfig) -> None:
     here with "did you mean", not by the component's constructor after data and model load."""
     import dataclasses
 
-    from sft_exp.cli_errors import unknown_key_message
+    from sft_exp.cli_errors import moved_key, unknown_key_message
+    from sft_exp.training.arguments import shown
 
     for group in ("model", "data", "trainer", "loss", "memory", "optimizer", "peft", "distributed"):
         node = cfg.get(group)
@@ -61,7 +62,9 @@ def check_known_keys(cfg: DictConfig) -> None:
         known = [f.name for f in dataclasses.fields(schema)]
         for key in node.keys():
             if key not in known and not str(key).startswith("_"):
-                raise ConfigError(unknown_key_message(f"{group}.{key}", [k for k in known if not k.startswith("_")]))
+                moved = moved_key(f"{group}.{key}", [f"{group}.{key}={shown(node[key])}"])
+                raise ConfigError(moved or unknown_key_message(f"{group}.{key}",
+                                                               [k for k in known if not k.startswith("_")]))
 
 
 def _check_early_stopping(cfg: DictConfig) -> None:

@@ -18,6 +18,7 @@ from sft_exp.atomic import read_json
 from sft_exp.errors import ConfigError, TrainingInterrupted
 from sft_exp.preflight import plain, validate_config
 from sft_exp.run import hydra_job
+from sft_exp.run.defaults_note import data_defaults
 
 log = logging.getLogger(__name__)
 
@@ -25,14 +26,19 @@ log = logging.getLogger(__name__)
 def run(cfg: DictConfig) -> float:
     """Train one job. Returns the final value of `cfg.objective` (what a sweep optimizes; NaN without it)."""
     started = time.monotonic()
+    from sft_exp.run import distributed
+    distributed.export_slurm_environment()  # a multi-task SLURM job becomes torchrun-style ranks
+    distributed.quiet_non_main_rank()  # first: the run folder's log is rank 0's alone
     validate_config(cfg)  # seconds, before torch or any model loads
     data_settings = instantiate(cfg.data)  # checks sources and settings, still before torch
+    if not on_demo_data(data_settings):  # the defaults a user's data trains with, where TRL's differ
+        log.info(data_defaults(data_settings, cfg.trainer, hydra_job.overrides()))
     from sft_exp import threads
     n_threads = threads.prepare(cfg.trainer.get("threads"))  # passive waiting: must precede torch's OpenMP
-    from sft_exp.run import distributed
     from sft_exp.run import folder as run_folder
-    distributed.export_slurm_environment()  # a multi-task SLURM job becomes torchrun-style ranks
-    distributed.quiet_non_main_rank()
+    run_dir, relaunch = _claim_run_folder(cfg, data_settings)  # in one process, still before torch
+    if relaunch.objective is not None:
+        return relaunch.objective
     from transformers import set_seed  # torch loads here, after every check above
     threads.apply(n_threads)
 
@@ -40,16 +46,15 @@ def run(cfg: DictConfig) -> float:
     from sft_exp.training.checkpoints import resolve_resume
     from sft_exp.data import collator_for, describe, prepare_datasets
     from sft_exp.models.stop_tokens import end_of_turn_stats
+    from sft_exp.run import hub_push
     from sft_exp.run.model_card import save_serving_files
     from sft_exp.training.arguments import recorded
 
-    run_dir = distributed.shared_run_dir(Path(cfg.run_dir))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    resume = resolve_resume(cfg.resume_from_checkpoint, run_dir)  # a missing checkpoint fails here
+    resume = resolve_resume(relaunch.resume_from or cfg.resume_from_checkpoint, run_dir)  # a missing one fails here
     done = _already_trained(resume, cfg, run_dir)
     if done is not None:
         return done
-    if resume and cfg.resume_from_checkpoint is None:  # a requeued SLURM job resumes by itself
+    if resume and cfg.resume_from_checkpoint is None:  # a relaunch, or a requeued SLURM job, resumes by itself
         cfg.resume_from_checkpoint = resume  # what it resumed from, for the callbacks and resolved_config.yaml
     is_main = distributed.rank() == 0
     set_seed(cfg.seed)
@@ -58,7 +63,6 @@ def run(cfg: DictConfig) -> float:
     args = training_arguments(cfg, run_dir)  # TrainingArguments' own checks fail here too
     peft_config = instantiate(cfg.peft, _convert_="all") if cfg.peft else None
     loggers = _instantiate_each(cfg.logger) if is_main else []  # rank 0 alone logs
-    default_evals_off_demo(cfg, data_settings)
     callbacks = _instantiate_each(cfg.callbacks)
     evaluators = _instantiate_each(cfg.evaluators)  # task evaluation: tasks built and checked here
     model_loader = instantiate(cfg.model, _convert_="all")
@@ -95,6 +99,7 @@ def run(cfg: DictConfig) -> float:
         status = "pruned" if _was_pruned(callbacks) else "completed"  # a sweep's pruner may stop a trial early
         if is_main:
             save_serving_files(model, run_dir, {**summary, "status": status})
+            summary.update(hub_push.push_final(callbacks, run_dir / "model"))
     except TrainingInterrupted:
         status = "interrupted"
         raise
@@ -103,6 +108,18 @@ def run(cfg: DictConfig) -> float:
         if is_main:
             run_folder.finish_run(run_dir, summary, loggers)
     return float(summary.get(cfg.objective, math.nan))
+
+
+def _claim_run_folder(cfg: DictConfig, data_settings):
+    """The run folder (rank 0's, on every rank) and what this launch does with a run it already holds:
+    continue it (the same settings) or stop and leave it as it was (sft_exp.run.relaunch); never overwrite it."""
+    from sft_exp.run import distributed
+    from sft_exp.run.relaunch import decide
+
+    run_dir = distributed.shared_run_dir(Path(cfg.run_dir))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    default_evals_off_demo(cfg, data_settings)  # before the config is compared with the folder's
+    return run_dir, decide(cfg, run_dir)
 
 
 def _already_trained(resume: str | None, cfg: DictConfig, run_dir: Path) -> float | None:
@@ -129,18 +146,22 @@ def default_evals_off_demo(cfg: DictConfig, data_settings) -> None:
     loss and token accuracy) and a task only when asked (`evals=heldout`, `evals=[heldout,gsm8k]`)."""
     from omegaconf import open_dict
 
-    from sft_exp.paths import asset_path
-
     overrides = hydra_job.overrides()
     asked = any(o.lstrip("+~").startswith("evals") for o in overrides) or not _hydra_chose("evals", "heldout")
-    demo = {str(asset_path("demo/train.jsonl"))}
-    on_demo = {str(Path(source.path).resolve()) for source in data_settings.sources} <= demo
-    if asked or on_demo or not cfg.get("evals"):
+    if asked or on_demo_data(data_settings) or not cfg.get("evals"):
         return
     log.info("evals: eval loss and token accuracy (the heldout task is the demo's default; on your data ask "
              "for it with evals=heldout)")
     with open_dict(cfg):
         cfg.evals = {}
+
+
+def on_demo_data(data_settings) -> bool:
+    """Whether a run trains on the demo data alone (the embedded default's)."""
+    from sft_exp.paths import asset_path
+
+    demo = {str(asset_path("demo/train.jsonl"))}
+    return {str(Path(source.path).resolve()) for source in data_settings.sources} <= demo
 
 
 def _hydra_chose(group: str, option: str) -> bool:

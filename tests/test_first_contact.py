@@ -134,3 +134,51 @@ def test_counts_print_as_counts_and_the_resume_hint_is_a_command(monkeypatch, tm
     hint = str(TrainingInterrupted(2, 5, tmp_path))
     assert hint.endswith(f"Resume with: python -m sft_exp trainer.max_steps=3 hydra.run.dir={tmp_path} "
                          "resume_from_checkpoint=true")
+
+
+def test_a_misspelled_task_key_is_did_you_mean_and_a_new_one_takes_a_plus():
+    from sft_exp.cli_errors import composed
+
+    with pytest.raises(ConfigError, match=r"^evals.heldout.limt: unknown key; did you mean `limit`\?") as error:
+        composed(["evals.heldout.limt=8"])
+    assert "+" not in str(error.value)  # a `+` would only move the failure to when the task is built
+    with pytest.raises(ConfigError, match=r"add it with a `\+` in front: \+evals.heldout.temperature=0.7$"):
+        composed(["evals.heldout.temperature=0.7"])
+
+
+def test_an_unquoted_source_mapping_split_by_the_shell_is_told_to_quote_it():
+    # bash turns data.sources=[{path:a.jsonl,name:mine}] into two arguments (brace expansion), as here.
+    done = run_sft("data.sources=[path:a.jsonl]", "data.sources=[name:mine]", timeout=120)
+    output = done.stdout + done.stderr
+    assert done.returncode == 2, output[-2000:]
+    assert "quote the whole override: 'data.sources=[{path:a.jsonl,name:mine}]'" in output
+
+
+def test_a_columns_mapping_names_the_users_column_and_its_direction(tmp_path):
+    from sft_exp.data.formats import detect_format
+    from sft_exp.data.settings import DataSettings
+    from sft_exp.errors import DataError
+
+    columns = ["question", "answer"]
+    with pytest.raises(DataError, match=r"columns.prompt=query: the file has no column 'query'; its columns"):
+        detect_format("prompt_completion", columns, {"prompt": "query", "completion": "answer"}, "qa.jsonl")
+    with pytest.raises(DataError, match=r"reads its `prompt` field from a column named 'prompt', which the file does "
+                                        r"not have .* columns=\{prompt: question\}"):
+        detect_format("prompt_completion", columns, {}, "qa.jsonl")
+    data = tmp_path / "qa.jsonl"
+    data.write_text('{"question": "1+1?", "answer": "2"}\n')
+    with pytest.raises(ConfigError, match=r"columns.question: .* so this is columns.prompt=question"):
+        DataSettings(sources=[{"path": str(data), "columns": {"question": "prompt"}}], seed=0)
+
+
+def test_the_defaults_a_users_data_trains_with_come_first_with_their_keys(tmp_path):
+    data = tmp_path / "chat.jsonl"
+    data.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n' * 20)
+    done = run_sft(f"data.sources=[{{path:{data}}}]", "trainer.max_steps=1", "logger=none", "model.init_config.num_hidden_layers=1",
+                   "trainer.per_device_train_batch_size=4", f"hydra.run.dir={tmp_path / 'run'}", timeout=300)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
+    first = next(line for line in output.splitlines() if "[INFO]" in line)
+    assert "your data trains with: loss on assistant replies only of conversations (data.assistant_only_loss=true; " \
+           "TRL: false, every token)" in first
+    assert "5% of each source's rows held out and evaluated before and after training (data.eval_split_size=0" in first

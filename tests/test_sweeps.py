@@ -87,3 +87,30 @@ def test_every_shipped_sweep_composes_and_sweeps_existing_keys(name):
     assert params
     for key in params:
         assert OmegaConf.select(cfg, key, throw_on_missing=False) is not None, f"{name}: {key} is not a config key"
+
+
+def test_a_stopped_sweep_prints_the_sweeps_own_command_which_continues_it(tmp_path):
+    """Ctrl-C / SIGTERM in a basic sweep: the job saves its checkpoint, and the one command printed is the sweep's,
+    with its folder: run again, the stopped job resumes, the finished ones are kept, the rest run."""
+    import shlex
+    import subprocess
+    import sys
+
+    from tests.conftest import TEST_ENV
+    from tests.training.test_resume import SIGNAL_DURING_STEP
+
+    steps = ["trainer.max_steps=4", "trainer.save_steps=1000"]
+    command = [sys.executable, "-c", SIGNAL_DURING_STEP, "2", "SIGTERM", "-m", "optimizer.lr=1e-3,2e-3",
+               *tiny_run(steps=4, train_rows=16, save_steps=1000), *steps, f"hydra.sweep.dir={tmp_path}"]
+    stopped = subprocess.run(command, cwd=REPO, env=TEST_ENV, capture_output=True, text=True, timeout=300)
+    output = stopped.stdout + stopped.stderr
+    assert stopped.returncode == 143, output[-3000:]
+    resume = [line.split("Resume with: ", 1)[1] for line in output.splitlines() if "Resume with: " in line]
+    assert len(resume) == 1 and "resume_from_checkpoint" not in resume[0] and "hydra.run.dir" not in resume[0]
+    assert resume[0].startswith("python -m sft_exp -m optimizer.lr=1e-3,2e-3 ")
+    assert resume[0].endswith(f"hydra.sweep.dir={tmp_path}")
+    again = run_sft(*shlex.split(resume[0])[3:], timeout=300)
+    output = again.stdout + again.stderr
+    assert again.returncode == 0, output[-3000:]
+    assert f"{tmp_path / '0'} holds this run (same settings): resuming from" in output
+    assert {name: s["global_step"] for name, s in summaries(tmp_path).items()} == {"0": 4, "1": 4}

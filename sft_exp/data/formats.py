@@ -138,16 +138,27 @@ def detect_format(fmt: str, column_names: list[str], columns: dict, where: str) 
         if not absent:
             return candidate
         if fmt != "auto":
-            missing = [mapping[f] for f in absent]
-            raise DataError(
-                f"{where}: format '{fmt}' needs the column(s) {missing}, but the file has {column_names}; "
-                f"map them with `columns` (e.g. columns={{{absent[0]}: <one of the file's columns>}}; a field "
-                "inside nested rows by its path, e.g. instances.0.output)"
-            )
+            raise DataError(f"{where}: {absent_field_message(fmt, absent[0], columns, column_names)}")
     raise DataError(
         f"{where}: cannot tell the format from the columns {column_names}; set `format` to one of "
         f"{', '.join(FORMATS)} and, if the names differ, `columns` (e.g. {{prompt: question, completion: answer}})"
     )
+
+
+def absent_field_message(fmt: str, field: str, columns: dict, column_names: list[str]) -> str:
+    """A format field the file has no column for: the user's own mapping that names no column, or the field
+    to map to one of the file's columns (`columns` goes from the format's field to the file's column)."""
+    import difflib
+
+    if field in columns:
+        close = difflib.get_close_matches(str(columns[field]), column_names, n=1)
+        hint = f"did you mean columns.{field}={close[0]}? " if close else ""
+        return (f"columns.{field}={columns[field]}: the file has no column {columns[field]!r}; {hint}its columns "
+                f"are {column_names}")
+    example = next((c for c in column_names if c not in columns.values()), "<your column>")
+    return (f"format '{fmt}' reads its `{field}` field from a column named {field!r}, which the file does not have "
+            f"(its columns are {column_names}); name your column for it: columns.{field}=<your column> "
+            f"(e.g. columns={{{field}: {example}}}; a field inside nested rows by its path, e.g. instances.0.output)")
 
 
 def field_values(row: dict, mapping: dict) -> dict:

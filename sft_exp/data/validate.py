@@ -30,11 +30,12 @@ def _check_source(source, key: str) -> None:
         raise ConfigError(f"{key}.format={source.format!r}: unknown format; use auto or one of {', '.join(FORMATS)}")
     chosen = [FORMATS[source.format]] if source.format in FORMATS else FORMATS.values()
     allowed = {field for fmt in chosen for field in fmt.fields}
-    for field in source.column_mapping:
+    for field, column in source.column_mapping.items():
         if field not in allowed:
-            raise ConfigError(
-                f"{key}.columns.{field}: not a field of format {source.format}; map these: {', '.join(sorted(allowed))}"
-            )
+            reversed_hint = (f"`columns` maps a format field to your column, so this is columns.{column}={field}; "
+                             if column in allowed else "")
+            raise ConfigError(f"{key}.columns.{field}: not a field of format {source.format}; {reversed_hint}"
+                              f"map these: {', '.join(sorted(allowed))}")
     if not (isinstance(source.weight, (int, float)) and math.isfinite(source.weight) and source.weight > 0):
         raise ConfigError(f"{key}.weight={source.weight}: must be a number > 0 (above 1 oversamples)")
     for name in ("max_samples", "eval_max_samples"):

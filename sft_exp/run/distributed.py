@@ -37,6 +37,11 @@ def world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def requeued_job() -> bool:
+    """A SLURM job on its second or later attempt (SLURM sets SLURM_RESTART_COUNT when it requeues a job)."""
+    return int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
+
+
 # ----------------------------------------------------------------------------- presets
 def check_distributed_config(strategy: str) -> None:
     """A strategy the installed packages or this machine cannot run fails before anything loads."""
@@ -159,6 +164,18 @@ def shared_run_dir(run_dir: Path) -> Path:
         _remove_hydra_folder(run_dir)
         log.warning("rank %d uses rank 0's run folder %s; fix it with hydra.run.dir=... to avoid this", rank(), shared)
     return shared
+
+
+def decided_on_rank_zero(decide):
+    """`decide()` on rank 0, its result on every rank: a choice read from the run folder's files (which rank 0
+    may be writing) must be the same everywhere. Call after shared_run_dir (the process group exists)."""
+    if world_size() <= 1:
+        return decide()
+    import torch.distributed as dist
+
+    result = [decide() if rank() == 0 else None]
+    dist.broadcast_object_list(result, src=0)
+    return result[0]
 
 
 def leave_process_group() -> None:

@@ -33,16 +33,21 @@ def resume_record(run_dir: Path, resolved: dict, resumed_from: str) -> list:
     """run_info.json's `resumes` with this resume added: its checkpoint and the settings it changed against
     the run folder's resolved_config.yaml (read before it is rewritten). A resume that changes settings
     may make a run that no straight run reproduces; reproduce --verify says so."""
-    config_file = run_dir / "resolved_config.yaml"
     earlier = read_json(run_dir / "run_info.json").get("resumes", [])
+    return [*earlier, {"from": resumed_from, "changed": config_changes(run_dir, resolved)}]
+
+
+def config_changes(run_dir: Path, resolved: dict) -> dict:
+    """dotted key -> [the run folder's value, `resolved`'s] for every setting that differs from the folder's
+    resolved_config.yaml, but those a resume changes by design; the folder's own path where it moved."""
+    config_file = run_dir / "resolved_config.yaml"
     before = dotted(OmegaConf.to_container(OmegaConf.load(config_file))) if config_file.is_file() else {}
     after = dotted(resolved)
     moved_from, moved_to = before.get("run_dir"), after.get("run_dir")
     if isinstance(moved_from, str) and isinstance(moved_to, str):  # a run folder moved before its resume
         before = {k: v.replace(moved_from, moved_to) if isinstance(v, str) else v for k, v in before.items()}
-    changed = {key: [before.get(key), after.get(key)] for key in sorted(set(before) | set(after))
-               if before.get(key) != after.get(key) and key not in _RESUME_KEYS}
-    return [*earlier, {"from": resumed_from, "changed": changed}]
+    return {key: [before.get(key), after.get(key)] for key in sorted(set(before) | set(after))
+            if before.get(key) != after.get(key) and key not in _RESUME_KEYS}
 
 
 def package_versions() -> dict:

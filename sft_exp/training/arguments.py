@@ -102,14 +102,14 @@ RECIPE_HOMES = {
 def home(name: str, value: Any = "<value>") -> Optional[str]:
     """The sft_exp override for a TrainingArguments / SFTConfig / ModelConfig field a group or another key owns."""
     template = OWNED_BY_GROUPS.get(name) or RECIPE_HOMES.get(name)
-    return None if template is None else template.format(value=_shown(value))
+    return None if template is None else template.format(value=shown(value))
 
 
-def _shown(value: Any) -> str:
+def shown(value: Any) -> str:
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, (list, tuple)):
-        return "[" + ",".join(_shown(v) for v in value) + "]"
+        return "[" + ",".join(shown(v) for v in value) + "]"
     return "null" if value is None else str(value)
 
 
@@ -119,14 +119,13 @@ def refuse_owned_extra_args(extra_args: dict, trainer_keys, distributed_args: di
     for name, value in (extra_args or {}).items():
         instead = None
         if name in trainer_keys:
-            instead = f"trainer.{name}={_shown(value)}"
+            instead = f"trainer.{name}={shown(value)}"
         elif name in distributed_args:
-            instead = f"distributed.training_args.{name}={_shown(value)} (the distributed strategy sets it)"
+            instead = f"distributed.training_args.{name}={shown(value)} (the distributed strategy sets it)"
         elif name in OWNED_BY_GROUPS or name in RECIPE_HOMES:
             instead = home(name, value)
         if instead is not None:
-            raise ConfigError(f"trainer.extra_args.{name}: sft_exp sets {name} itself, from another key; set "
-                              f"{instead} instead.")
+            raise ConfigError(_elsewhere(f"trainer.extra_args.{name}", name, instead))
 
 
 def moved_key_message(key: str, value: Any = "<value>", transformers_fields=()) -> Optional[str]:
@@ -136,11 +135,17 @@ def moved_key_message(key: str, value: Any = "<value>", transformers_fields=()) 
         return None
     where = home(name, value)
     if where is not None:
-        return f"{key}: in sft_exp, {name} is set by another key: {where}"
+        return _elsewhere(key, name, where)
     if name in transformers_fields:
         return (f"{key}: a TrainingArguments field sft_exp passes through unchanged: "
-                f"+trainer.extra_args.{name}={_shown(value)}")
+                f"+trainer.extra_args.{name}={shown(value)}")
     return None
+
+
+def _elsewhere(key: str, name: str, where: str) -> str:
+    if where.startswith("nothing: "):
+        return f"{key}: leave it out; {where[len('nothing: '):]}."
+    return f"{key}: sft_exp sets {name} with another key: {where}"
 
 
 # ----------------------------------------------------------------------------- the values a run trains with
@@ -166,7 +171,7 @@ def optimizer_arguments(optimizer_factory) -> dict:
         fields["optim"] = name
     keywords = {k: v for k, v in keywords.items() if v is not None}
     if keywords:
-        fields["optim_args"] = ",".join(f"{k}={_shown(v)}" for k, v in sorted(keywords.items()))
+        fields["optim_args"] = ",".join(f"{k}={shown(v)}" for k, v in sorted(keywords.items()))
     return fields
 
 

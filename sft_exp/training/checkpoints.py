@@ -25,6 +25,7 @@ from transformers import TrainerCallback
 
 # TrainingInterrupted lives in sft_exp.errors so the CLI can catch it without importing transformers.
 from sft_exp.errors import ConfigError, TrainingInterrupted
+from sft_exp.run.distributed import requeued_job
 
 log = logging.getLogger(__name__)
 
@@ -176,11 +177,6 @@ def finished_at(checkpoint: Optional[str], max_steps: Optional[int]) -> Optional
     except (OSError, ValueError, KeyError):
         return None
     return step if step >= max_steps else None
-
-
-def requeued_job() -> bool:
-    """A SLURM job on its second or later attempt (SLURM sets SLURM_RESTART_COUNT when it requeues a job)."""
-    return int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
 
 
 def _resolve_path(path: Path) -> str:

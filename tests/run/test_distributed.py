@@ -150,6 +150,25 @@ def test_skip_on_a_nan_loss_of_one_rank_keeps_every_replica_identical(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
+def test_a_relaunch_into_a_run_folder_is_decided_once_for_every_rank(tmp_path):
+    """Both ranks relaunched into a folder holding a finished 2-rank run: with other settings both stop and the
+    folder (its .hydra/ and log included) is as it was; with the same settings both train nothing."""
+    def folder_bytes():
+        return {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+
+    first = _torchrun(*SHORT, *PER_RANK, f"hydra.run.dir={tmp_path}")
+    assert first.returncode == 0, first.stderr[-3000:]
+    before = folder_bytes()
+    other = _torchrun(*SHORT, *PER_RANK, "optimizer.lr=1e-3", f"hydra.run.dir={tmp_path}")
+    output = other.stdout + other.stderr
+    assert other.returncode != 0 and output.count("holds a run with other settings (optimizer.lr: 0.002 -> 0.001)") == 2
+    assert folder_bytes() == before
+    same = _torchrun(*SHORT, *PER_RANK, f"hydra.run.dir={tmp_path}")
+    assert same.returncode == 0 and "completed: nothing to train" in same.stdout + same.stderr, same.stderr[-3000:]
+    assert folder_bytes() == before
+
+
+@pytest.mark.multiprocess
 def test_accelerate_launch_runs_the_same_job(tmp_path):
     # `--multi_gpu` is accelerate's torchrun launcher; on a CPU-only machine sft_exp picks gloo.
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",

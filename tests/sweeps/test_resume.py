@@ -63,7 +63,8 @@ def test_a_stopped_sweep_continues_its_trial_from_the_checkpoint_the_signal_save
     one = ["hydra.sweeper.n_trials=1", "trainer.max_steps=400", "trainer.save_steps=1000"]
     command = [sys.executable, "-m", "sft_exp", "-m", "--config-dir", str(REPO / "sweeps"), "--config-name",
                "optuna_lr", *TINY, *one, f"hydra.sweep.dir={tmp_path}"]
-    proc = subprocess.Popen(command, cwd=REPO, env=TEST_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    log_file = open(tmp_path.parent / f"{tmp_path.name}.log", "w")
+    proc = subprocess.Popen(command, cwd=REPO, env=TEST_ENV, stdout=log_file, stderr=subprocess.STDOUT,
                             start_new_session=True)
     metrics = tmp_path / "0" / "metrics.jsonl"
     try:
@@ -76,6 +77,11 @@ def test_a_stopped_sweep_continues_its_trial_from_the_checkpoint_the_signal_save
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+    log_file.close()
+    stopped = (tmp_path.parent / f"{tmp_path.name}.log").read_text()
+    # One resume command, the sweeper's (the job's own would run a job, not the sweep).
+    assert "the sweep says how to resume it" in stopped and "Resume with" not in stopped, stopped[-3000:]
+    assert "will run again, from their last checkpoint, when the same command runs again" in stopped
     saved = sorted((tmp_path / "0" / "checkpoints").glob("checkpoint-*"))
     assert len(saved) == 1, "the signal saves one checkpoint"
     at_step = int(saved[0].name.split("-")[1])

@@ -237,3 +237,58 @@ def _rows_so_far(run_dir: Path) -> list:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
+
+
+# ----------------------------------------------------------------------------- a relaunch into a run's folder
+def relaunch(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
+    """The interrupted job's command again (as a user repeats it), into the same folder."""
+    return subprocess.run([sys.executable, "-m", "sft_exp", *TINY, NO_SCHEDULED_SAVES, *overrides,
+                           f"hydra.run.dir={run_dir}"], cwd=REPO, env=TEST_ENV, capture_output=True, text=True,
+                          timeout=300)
+
+
+def folder_bytes(run_dir: Path) -> dict:
+    return {path.relative_to(run_dir): path.read_bytes() for path in run_dir.rglob("*") if path.is_file()}
+
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory) -> Path:
+    """A CLI run stopped by SIGTERM in step 2: its checkpoint-2, Hydra's .hydra/ and log, its resolved config."""
+    run_dir = tmp_path_factory.mktemp("interrupted") / "run"
+    job = signalled_job(run_dir, 2, "SIGTERM")
+    assert job.returncode == 143, (job.stdout + job.stderr)[-3000:]
+    return run_dir
+
+
+def test_a_relaunch_with_other_settings_stops_and_leaves_the_folder_as_it_was(tmp_path, interrupted):
+    import shutil
+
+    run_dir = tmp_path / "run"  # a copy: a folder that moved is the same run (its own paths are no change)
+    shutil.copytree(interrupted, run_dir)
+    before = folder_bytes(run_dir)
+    assert {Path(".hydra/config.yaml"), Path("resolved_config.yaml"), Path("__main__.log")} <= set(before)
+    job = relaunch(run_dir, "trainer.max_steps=6", "optimizer.lr=1e-3")
+    output = job.stdout + job.stderr
+    assert job.returncode == 2, output[-3000:]
+    assert (f"{run_dir} holds a run with other settings (optimizer.lr: 0.002 -> 0.001; trainer.max_steps: 4 -> 6); "
+            "nothing there was changed. To start afresh, launch into a new folder") in output
+    assert "resume_from_checkpoint=true" in output and "Traceback" not in output
+    refused = relaunch(run_dir, f"{RESUME_KEY}=false")
+    assert refused.returncode == 2 and "sft_exp never overwrites one" in refused.stdout + refused.stderr
+    assert folder_bytes(run_dir) == before  # checkpoints, resolved_config.yaml, .hydra/, the log: as they were
+
+
+def test_a_relaunch_with_the_same_settings_resumes_and_says_so(tmp_path, interrupted, straight):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(interrupted, run_dir)
+    job = relaunch(run_dir)
+    output = job.stdout + job.stderr
+    assert job.returncode == 0, output[-3000:]
+    assert f"{run_dir} holds this run (same settings): resuming from {run_dir}/checkpoints/checkpoint-2" in output
+    assert_same_run(run_dir, straight)
+    done = folder_bytes(run_dir)
+    again = relaunch(run_dir)  # complete: nothing to train, nothing written
+    assert again.returncode == 0 and "completed: nothing to train" in again.stdout + again.stderr
+    assert folder_bytes(run_dir) == done
