@@ -56,7 +56,7 @@ HANDLERS: dict[str, Handler] = {
     "gradient_checkpointing": tr.gradient_checkpointing,
     "gradient_checkpointing_kwargs": tr.gradient_checkpointing_kwargs, "seed": tr.seed, "data_seed": tr.data_seed,
     "output_dir": tr.output_dir, "overwrite_output_dir": tr.overwrite_output_dir, "report_to": tr.report_to,
-    "logging_strategy": tr.logging_strategy, "eval_strategy": tr.eval_strategy,
+    "logging_strategy": tr.logging_strategy, "save_strategy": tr.save_strategy, "eval_strategy": tr.eval_strategy,
     "eval_steps": tr.eval_steps, "resume_from_checkpoint": tr.resume_from_checkpoint,
     "use_liger_kernel": tr.use_liger_kernel, "env": tr.env,
     "do_train": tr.not_read("read only by scripts: sft_exp trains"),

@@ -130,6 +130,14 @@ def logging_strategy(r: Recipe, value) -> Row:
     return one("trainer.extra_args.logging_strategy", value)
 
 
+def save_strategy(r: Recipe, value) -> Row:
+    """TRL (transformers' DefaultFlowCallback) also saves a checkpoint at the last step with save_strategy steps;
+    sft_exp does that only when trainer.save_final_checkpoint says so."""
+    row = training_argument("save_strategy")(r, value)
+    row.settings.append(Setting("trainer.save_final_checkpoint", value == "steps"))
+    return row
+
+
 def eval_strategy(r: Recipe, value) -> Row:
     """TRL evaluates only when eval_strategy says so; sft_exp evaluates whenever it has held-out rows or tasks
     (before and after training too), so "no" leaves it none, unless the mixture holds rows out anyway."""

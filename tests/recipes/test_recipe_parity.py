@@ -74,6 +74,8 @@ def test_the_differences_by_design_are_what_they_say(both):
     assert trl_args.data_seed is None and ours.data_seed == ours.seed == trl_args.seed
     assert ours.ddp_find_unused_parameters is False and (trl_args.gradient_checkpointing or
                                                          cfg.memory._target_.endswith("NoMemoryStrategy"))
+    # transformers saves a checkpoint at the last step with save_strategy steps: sft_exp when asked to
+    assert cfg.trainer.save_final_checkpoint == (_plain(trl_args.save_strategy) == "steps")
     push = OmegaConf.to_container(cfg.callbacks).get("push_to_hub")
     if trl_args.push_to_hub:
         assert push["repo_id"] == trl_args.hub_model_id and push["strategy"] == _plain(trl_args.hub_strategy)
