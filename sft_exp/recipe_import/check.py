@@ -17,15 +17,20 @@ def refuse_shadowed(name: str) -> None:
                           "another name with -o conf/experiment/<name>.yaml")
 
 
-def check_composes(path: Path, rows: list[Row]) -> None:
-    """Compose sft_exp's config with the experiment; a key or value it refuses names the recipe field it came from."""
+def check_composes(path: Path, rows: list[Row], recipe: Path) -> None:
+    """Compose sft_exp's config with the experiment, and pass its trainer.extra_args through the check a run makes
+    (a field another key sets is refused there); what fails names the recipe field it came from."""
+    from omegaconf import OmegaConf
+
     from sft_exp.cli_errors import composed
     from sft_exp.errors import ConfigError
+    from sft_exp.training.arguments import refuse_owned_extra_args
 
     try:
-        composed([f"hydra.searchpath=[file://{path.parent.parent}]", f"experiment={path.stem}"])
+        cfg = composed([f"hydra.searchpath=[file://{path.parent.parent}]", f"experiment={path.stem}"])
+        trainer = OmegaConf.to_container(cfg.trainer)
+        refuse_owned_extra_args(trainer.pop("extra_args", {}), trainer, OmegaConf.to_container(cfg.distributed.training_args))
     except ConfigError as err:
-        key = re.search(r"([\w.]+(?:\.\w+)+)", str(err))
-        field = next((row.field for row in rows for s in row.settings if key and s.key.lstrip("/") == key.group(1)), None)
-        where = f"{field}: " if field else ""
-        raise RecipeError(f"{where}the experiment does not compose with sft_exp's config: {err}") from None
+        keys = set(re.findall(r"[\w.]+", str(err)))  # the dotted key the message names, e.g. trainer.logging_steps
+        field = next((row.field for row in rows for s in row.settings if s.key.lstrip("/") in keys), None)
+        raise RecipeError(f"{recipe}: {field or path.name}: sft_exp refuses the imported value: {err}") from None

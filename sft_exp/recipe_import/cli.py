@@ -28,6 +28,7 @@ class Imported:
     path: Path
     command: str
     kind: str
+    recipe: Path
 
 
 def experiment_name(path: Path) -> str:
@@ -76,7 +77,7 @@ def import_recipe(recipe_path: Path, accelerate: Path | None = None, output: str
         text = experiment_text(rows, header)
     except Conflict as err:
         raise RecipeError(f"{recipe_path}: {err}; make the recipe say one thing") from None
-    return Imported(rows, skipped, text, path, command, kind)
+    return Imported(rows, skipped, text, path, command, kind, recipe_path)
 
 
 def write(imported: Imported) -> None:
@@ -92,7 +93,7 @@ def write(imported: Imported) -> None:
     previous = path.read_text() if path.exists() else None
     path.write_text(imported.text)
     try:
-        check_composes(path, imported.rows)
+        check_composes(path, imported.rows, imported.recipe)
     except UserError:
         if previous is None:
             path.unlink()

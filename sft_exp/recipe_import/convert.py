@@ -21,14 +21,14 @@ HANDLERS: dict[str, Handler] = {
     "attn_implementation": md.attn_implementation, "trust_remote_code": md.trust_remote_code,
     "use_peft": md.use_peft, **{name: md.lora_field(name) for name in (*md.LORA_KEYS, "lora_task_type", "use_dora",
                                                                      "load_in_4bit")},
-    "load_in_8bit": tr.only_default(False, "load_in_8bit: sft_exp quantizes in 4 bit only (peft=qlora)"),
-    "lora_target_parameters": tr.only_default(None, "lora_target_parameters: no sft_exp form (LoRA on parameters)"),
+    "load_in_8bit": tr.only_default("load_in_8bit: sft_exp quantizes in 4 bit only (peft=qlora)", False),
+    "lora_target_parameters": tr.only_default("lora_target_parameters: no sft_exp form (LoRA on parameters)", None),
     # ScriptArguments, open-r1's dataset_mixture
     "dataset_name": md.dataset_name, "dataset_config": md.dataset_config, "dataset_train_split": md.dataset_train_split,
     "dataset_test_split": md.dataset_test_split, "dataset_mixture": md.dataset_mixture,
-    "dataset_streaming": tr.only_default(False, "dataset_streaming: sft_exp tokenizes a source once into the "
-                                                "datasets cache instead of streaming it (set max_samples for a part)"),
-    "ignore_bias_buffers": tr.only_default(False, "ignore_bias_buffers: no sft_exp form"),
+    "dataset_streaming": tr.only_default("dataset_streaming: sft_exp tokenizes a source once into the "
+                                                "datasets cache instead of streaming it (set max_samples for a part)", False),
+    "ignore_bias_buffers": tr.only_default("ignore_bias_buffers: no sft_exp form", False),
     # SFTConfig: data
     "max_length": md.max_length, "packing": md.packing, "packing_strategy": md.packing_strategy,
     "padding_free": md.padding_free, "assistant_only_loss": md.assistant_only_loss,
@@ -36,10 +36,10 @@ HANDLERS: dict[str, Handler] = {
     "dataset_text_field": md.dataset_text_field, "eos_token": md.eos_token, "chat_template_path": md.chat_template_path,
     "truncation_mode": md.truncation_mode, "loss_type": md.loss_type, "model_init_kwargs": md.model_init_kwargs,
     "activation_offloading": tr.activation_offloading,
-    "dataset_kwargs": tr.only_default(None, "dataset_kwargs: no sft_exp form (sft_exp always prepares the data)"),
-    "pad_token": tr.only_default(None, "pad_token: no sft_exp form (the tokenizer's pad token, else its EOS)"),
-    "pad_to_multiple_of": tr.only_default(None, "pad_to_multiple_of: no sft_exp form"),
-    "eval_packing": tr.only_default(None, "eval_packing: sft_exp does not pack eval rows"),
+    "dataset_kwargs": tr.only_default("dataset_kwargs: no sft_exp form (sft_exp always prepares the data)", None),
+    "pad_token": tr.only_default("pad_token: no sft_exp form (the tokenizer's pad token, else its EOS)", None),
+    "pad_to_multiple_of": tr.only_default("pad_to_multiple_of: no sft_exp form", None, "auto"),
+    "eval_packing": tr.only_default("eval_packing: sft_exp does not pack eval rows", None),
     "shuffle_dataset": tr.not_read("sft_exp shuffles the mixed rows before packing, and the sampler every epoch"),
     # open-r1's SFTConfig
     "chat_template": md.chat_template, "system_prompt": md.system_prompt, "callbacks": hub.callbacks,
@@ -51,7 +51,7 @@ HANDLERS: dict[str, Handler] = {
     # TrainingArguments fields sft_exp sets from its own groups
     "learning_rate": tr.learning_rate, "weight_decay": tr.weight_decay, "adam_beta1": tr.adam_beta,
     "adam_beta2": tr.adam_beta, "adam_epsilon": tr.adam_epsilon, "optim": tr.optim,
-    "optim_args": tr.only_default(None, "optim_args: set the optimizer group's fields (optimizer.<field>)"),
+    "optim_args": tr.only_default("optim_args: set the optimizer group's fields (optimizer.<field>)", None),
     "warmup_steps": tr.warmup_steps, "bf16": tr.precision, "fp16": tr.precision,
     "gradient_checkpointing": tr.gradient_checkpointing,
     "gradient_checkpointing_kwargs": tr.gradient_checkpointing_kwargs, "seed": tr.seed, "data_seed": tr.data_seed,
@@ -62,12 +62,12 @@ HANDLERS: dict[str, Handler] = {
     "do_train": tr.not_read("read only by scripts: sft_exp trains"),
     "do_eval": tr.not_read("read only by scripts (open-r1's evaluates once after training): sft_exp evaluates "
                            "after training whenever it has held-out rows"),
-    "do_predict": tr.only_default(False, "do_predict: no sft_exp form"),
+    "do_predict": tr.only_default("do_predict: no sft_exp form", False),
     "push_to_hub": hub.push_to_hub, "hub_model_id": hub.hub_field("repo_id"), "hub_strategy": hub.hub_field("strategy"),
     "hub_private_repo": hub.hub_field("private"), "hub_token": hub.hub_token,
-    "deepspeed": tr.only_default(None, "deepspeed: give the DeepSpeed settings with --accelerate-config or "
-                                       "distributed=deepspeed distributed.training_args.deepspeed..."),
-    "fsdp": tr.only_default(None, "fsdp: give it with --accelerate-config or distributed=fsdp"),
+    "deepspeed": tr.only_default("deepspeed: give the DeepSpeed settings with --accelerate-config or "
+                                       "distributed=deepspeed distributed.training_args.deepspeed...", None),
+    "fsdp": tr.only_default("fsdp: give it with --accelerate-config or distributed=fsdp", None),
 }  # fmt: skip
 
 # TRL defaults that are not written out: where sft_exp's own choice is the way to get TRL's behaviour.

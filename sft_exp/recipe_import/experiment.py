@@ -80,17 +80,13 @@ def _lines(node: dict, origin: dict[str, str], prefix: str = "", indent: int = 0
     for key, value in node.items():
         dotted = f"{prefix}{key}"
         pad = " " * indent
-        if isinstance(value, dict) and value and not _from_one_field(dotted, origin):
+        if isinstance(value, dict) and value and dotted not in origin:  # a mapping several fields fill
             lines.append(f"{pad}{key}:")
             lines += _lines(value, origin, f"{dotted}.", indent + 2)
             continue
         field = origin.get(dotted) or _field_under(dotted, origin)
         lines.append(f"{pad}{key}: {_scalar(value)}" + (f"  # {field}" if field else ""))
     return lines
-
-
-def _from_one_field(dotted: str, origin: dict[str, str]) -> bool:
-    return dotted in origin
 
 
 def _field_under(dotted: str, origin: dict[str, str]) -> str:

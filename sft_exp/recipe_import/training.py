@@ -115,11 +115,11 @@ def not_read(why: str):
     return handler
 
 
-def only_default(default, why: str):
-    """A field sft_exp has no setting for, fine at `default` (what sft_exp does), refused otherwise."""
+def only_default(why: str, *same):
+    """A field sft_exp has no setting for: fine at the values in `same` (what sft_exp does), refused otherwise."""
     def handler(r: Recipe, value) -> Row:
-        if value != default and not (default is None and value in ("auto",)):
-            raise Unmapped(f"{why}")
+        if value not in same:
+            raise Unmapped(why)
         return Row("", info="sft_exp does the same")
     return handler
 
@@ -127,7 +127,7 @@ def only_default(default, why: str):
 def logging_strategy(r: Recipe, value) -> Row:
     if value == "steps":
         return Row("", info="sft_exp logs every trainer.logging_steps")
-    return one("trainer.extra_args.logging_strategy", value)
+    return training_argument("logging_strategy")(r, value)
 
 
 def save_strategy(r: Recipe, value) -> Row:

@@ -201,3 +201,12 @@ def test_accelerate_configs_land_in_the_distributed_group(tmp_path, config, expe
     cfg, _ = compose_experiment(tmp_path / "conf", DISTILL.stem)
     assert {key: OmegaConf.select(cfg.distributed, key) for key in expected} == expected
     assert cfg.trainer.precision == "bf16"
+
+
+@pytest.mark.parametrize("field, value, says", [
+    ("logging_steps", 0.5, "logging_steps: sft_exp refuses the imported value: "),  # TRL's ratio; sft_exp: steps
+    ("prediction_loss_only", True, "prediction_loss_only: sft_exp refuses the imported value: trainer.extra_args."),
+])  # fmt: skip
+def test_a_value_sft_exp_refuses_names_the_recipe_field_and_leaves_no_file(tmp_path, field, value, says):
+    line = _one_line_error(run_import(write_recipe(tmp_path, **{field: value}), cwd=tmp_path))
+    assert f"mine.yaml: {says}" in line and not list((tmp_path / "conf" / "experiment").glob("*.yaml"))
