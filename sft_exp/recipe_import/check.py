@@ -9,11 +9,14 @@ from sft_exp.recipe_import.read import RecipeError
 from sft_exp.recipe_import.rows import Row
 
 
-def refuse_shadowed(name: str) -> None:
+def refuse_shadowed(path: Path) -> None:
+    """An experiment named as one sft_exp ships would never run from another config dir: Hydra finds sft_exp's first.
+    (Importing into sft_exp's own conf/, from a checkout's top folder, is fine.)"""
     from sft_exp.paths import config_dir
 
-    if (config_dir() / "experiment" / f"{name}.yaml").is_file():
-        raise RecipeError(f"experiment={name} is an experiment sft_exp ships, which Hydra would find first; choose "
+    shipped = config_dir() / "experiment" / path.name
+    if shipped.is_file() and shipped.resolve() != path.resolve():
+        raise RecipeError(f"experiment={path.stem} is an experiment sft_exp ships, which Hydra would find first; choose "
                           "another name with -o conf/experiment/<name>.yaml")
 
 

@@ -86,7 +86,7 @@ def write(imported: Imported) -> None:
     from sft_exp.recipe_import.check import check_composes, refuse_shadowed
 
     path = imported.path
-    refuse_shadowed(path.stem)
+    refuse_shadowed(path)
     if path.exists() and MARKER not in path.read_text():
         raise RecipeError(f"{path} exists and was not written by an import; move it, or choose another -o")
     path.parent.mkdir(parents=True, exist_ok=True)

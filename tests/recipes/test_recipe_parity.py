@@ -69,7 +69,10 @@ def test_training_arguments_equal_trl_field_by_field(both):
 
 def test_the_differences_by_design_are_what_they_say(both):
     script, trl_args, model, cfg, ours, run_dir = both
-    assert run_dir == trl_args.output_dir or trl_args.output_dir == "trainer_output"  # TRL's default: ours
+    if trl_args.output_dir == "trainer_output":  # TRL's default folder: sft_exp's default run folder
+        assert run_dir.startswith("outputs/runs/")
+    else:
+        assert run_dir == trl_args.output_dir
     assert ours.output_dir.endswith("/checkpoints")
     assert trl_args.data_seed is None and ours.data_seed == ours.seed == trl_args.seed
     assert ours.ddp_find_unused_parameters is False and (trl_args.gradient_checkpointing or
