@@ -26,22 +26,15 @@ log = logging.getLogger(__name__)
 def run(cfg: DictConfig) -> float:
     """Train one job. Returns the final value of `cfg.objective` (what a sweep optimizes; NaN without it)."""
     started = time.monotonic()
-    from sft_exp.run import distributed
-    distributed.export_slurm_environment()  # a multi-task SLURM job becomes torchrun-style ranks
-    distributed.quiet_non_main_rank()  # first: the run folder's log is rank 0's alone
-    validate_config(cfg)  # seconds, before torch or any model loads
-    data_settings = instantiate(cfg.data)  # checks sources and settings, still before torch
-    if not on_demo_data(data_settings):  # the defaults a user's data trains with, where TRL's differ
-        log.info(data_defaults(data_settings, cfg.trainer, hydra_job.overrides()))
-    from sft_exp import threads
-    n_threads = threads.prepare(cfg.trainer.get("threads"))  # passive waiting: must precede torch's OpenMP
-    from sft_exp.run import folder as run_folder
-    run_dir, relaunch = _claim_run_folder(cfg, data_settings)  # in one process, still before torch
-    if relaunch.objective is not None:
+    data_settings, n_threads, run_dir, relaunch = _before_torch(cfg)
+    if relaunch.objective is not None:  # the folder holds this run, complete
         return relaunch.objective
-    from transformers import set_seed  # torch loads here, after every check above
+    from transformers import set_seed  # torch loads here, after every check
+    from sft_exp import threads
     threads.apply(n_threads)
 
+    from sft_exp.run import distributed
+    from sft_exp.run import folder as run_folder
     from sft_exp.models.adapters import parameter_counts, save_base_for_export, wrap_with_adapter
     from sft_exp.training.checkpoints import resolve_resume
     from sft_exp.data import collator_for, describe, prepare_datasets
@@ -110,16 +103,26 @@ def run(cfg: DictConfig) -> float:
     return float(summary.get(cfg.objective, math.nan))
 
 
-def _claim_run_folder(cfg: DictConfig, data_settings):
-    """The run folder (rank 0's, on every rank) and what this launch does with a run it already holds:
-    continue it (the same settings) or stop and leave it as it was (sft_exp.run.relaunch); never overwrite it."""
+def _before_torch(cfg: DictConfig):
+    """What is checked and decided in seconds, before torch loads (in one process): the config, the data
+    settings, the CPU threads, the run folder (rank 0's, on every rank) and what this launch does with a run
+    the folder already holds: continue it (the same settings) or stop and leave it as it was; never overwrite it."""
+    from sft_exp import threads
     from sft_exp.run import distributed
     from sft_exp.run.relaunch import decide
 
+    distributed.export_slurm_environment()  # a multi-task SLURM job becomes torchrun-style ranks
+    distributed.quiet_non_main_rank()  # first: the run folder's log is rank 0's alone
+    validate_config(cfg)
+    data_settings = instantiate(cfg.data)  # checks sources and settings
+    said = "" if on_demo_data(data_settings) else data_defaults(data_settings, cfg.trainer, hydra_job.overrides())
+    if said:  # the defaults a user's data trains with, where TRL's differ
+        log.info(said)
+    n_threads = threads.prepare(cfg.trainer.get("threads"))  # passive waiting: must precede torch's OpenMP
     run_dir = distributed.shared_run_dir(Path(cfg.run_dir))
     run_dir.mkdir(parents=True, exist_ok=True)
     default_evals_off_demo(cfg, data_settings)  # before the config is compared with the folder's
-    return run_dir, decide(cfg, run_dir)
+    return data_settings, n_threads, run_dir, decide(cfg, run_dir)
 
 
 def _already_trained(resume: str | None, cfg: DictConfig, run_dir: Path) -> float | None:

@@ -163,7 +163,7 @@ def test_a_columns_mapping_names_the_users_column_and_its_direction(tmp_path):
     with pytest.raises(DataError, match=r"columns.prompt=query: the file has no column 'query'; its columns"):
         detect_format("prompt_completion", columns, {"prompt": "query", "completion": "answer"}, "qa.jsonl")
     with pytest.raises(DataError, match=r"reads its `prompt` field from a column named 'prompt', which the file does "
-                                        r"not have .* columns=\{prompt: question\}"):
+                                        r"not have .* name the column of yours that holds it: columns=\{prompt: <one"):
         detect_format("prompt_completion", columns, {}, "qa.jsonl")
     data = tmp_path / "qa.jsonl"
     data.write_text('{"question": "1+1?", "answer": "2"}\n')
@@ -171,14 +171,21 @@ def test_a_columns_mapping_names_the_users_column_and_its_direction(tmp_path):
         DataSettings(sources=[{"path": str(data), "columns": {"question": "prompt"}}], seed=0)
 
 
-def test_the_defaults_a_users_data_trains_with_come_first_with_their_keys(tmp_path):
+def test_the_defaults_a_users_data_trains_with_come_first_with_their_keys(tmp_path, caplog):
+    import logging
+
+    from sft_exp.run.relaunch import RunFolderTaken
+    from sft_exp.train import run
+
     data = tmp_path / "chat.jsonl"
     data.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n' * 20)
-    done = run_sft(f"data.sources=[{{path:{data}}}]", "trainer.max_steps=1", "logger=none", "model.init_config.num_hidden_layers=1",
-                   "trainer.per_device_train_batch_size=4", f"hydra.run.dir={tmp_path / 'run'}", timeout=300)
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, output[-3000:]
-    first = next(line for line in output.splitlines() if "[INFO]" in line)
-    assert "your data trains with: loss on assistant replies only of conversations (data.assistant_only_loss=true; " \
-           "TRL: false, every token)" in first
+    taken = tmp_path / "run"  # a folder holding a run: this launch stops there, before torch loads
+    taken.mkdir()
+    (taken / "resolved_config.yaml").write_text("seed: 1\n")
+    with caplog.at_level(logging.INFO), pytest.raises(RunFolderTaken):
+        run(compose([f"data.sources=[{{path:{data}}}]", f"run_dir={taken}", "resume_from_checkpoint=false"]))
+    first = caplog.records[0].getMessage()
+    assert first.startswith("your data trains with: loss on assistant replies only of conversations "
+                            "(data.assistant_only_loss=true; TRL: false, every token)")
     assert "5% of each source's rows held out and evaluated before and after training (data.eval_split_size=0" in first
+    assert "1500 steps (trainer.max_steps)" in first  # the tiny demo's recipe; on model=hf: 1 epoch (TRL: 3)

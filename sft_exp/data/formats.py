@@ -155,10 +155,11 @@ def absent_field_message(fmt: str, field: str, columns: dict, column_names: list
         hint = f"did you mean columns.{field}={close[0]}? " if close else ""
         return (f"columns.{field}={columns[field]}: the file has no column {columns[field]!r}; {hint}its columns "
                 f"are {column_names}")
-    example = next((c for c in column_names if c not in columns.values()), "<your column>")
+    close = difflib.get_close_matches(field, column_names, n=1, cutoff=0.5)
+    example = close[0] if close else "<one of the file's columns>"
     return (f"format '{fmt}' reads its `{field}` field from a column named {field!r}, which the file does not have "
-            f"(its columns are {column_names}); name your column for it: columns.{field}=<your column> "
-            f"(e.g. columns={{{field}: {example}}}; a field inside nested rows by its path, e.g. instances.0.output)")
+            f"(its columns are {column_names}); name the column of yours that holds it: columns={{{field}: {example}}} "
+            "(a field inside nested rows by its path, e.g. instances.0.output)")
 
 
 def field_values(row: dict, mapping: dict) -> dict:

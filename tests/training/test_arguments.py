@@ -163,13 +163,27 @@ def _keys_of(cfg, key: str):
     return node.keys() if node is not None else ()
 
 
-def test_bf16_on_cpu_trains_through_the_command_line(tmp_path):
+def test_bf16_on_cpu_and_hydras_env_set_through_the_command_line(tmp_path):
+    """trainer.precision=bf16 trains on a CPU (transformers is told use_cpu), and hydra.job.env_set's variables
+    are set before the run sizes its threads (3: what no machine's free-CPU count here gives)."""
     if torch.cuda.is_available():
         pytest.skip("on a GPU machine bf16 is the GPU's")
-    done = run_sft(*TINY, "trainer.max_steps=1", "trainer.precision=bf16", f"hydra.run.dir={tmp_path}", timeout=300)
-    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    done = run_sft(*TINY, "trainer.max_steps=1", "trainer.precision=bf16", "+hydra.job.env_set.OMP_NUM_THREADS=3",
+                   f"hydra.run.dir={tmp_path}", timeout=300)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-3000:]
     args = saved_arguments(tmp_path / "model")
     assert args.bf16 and args.use_cpu
+    assert "cpu threads: 3 (OMP_NUM_THREADS" in output
+    assert json.loads((tmp_path / "run_info.json").read_text())["device"].endswith(", 3 threads")
+
+
+def test_an_env_block_is_refused_naming_hydras_env_set():
+    from sft_exp.preflight import validate_config
+
+    with pytest.raises(ConfigError, match=r"env.OMP_NUM_THREADS: sft_exp has no env block .* "
+                                          r"\+hydra.job.env_set.OMP_NUM_THREADS=1 on the command line"):
+        validate_config(compose(["+env.OMP_NUM_THREADS=1"]))
 
 
 def test_the_scheduler_kwargs_take_effect(tmp_path):
@@ -250,19 +264,3 @@ def test_checkpoints_are_the_ones_the_settings_ask_for(tmp_path, saving, steps):
     assert saved_steps(tmp_path) == steps
     assert (tmp_path / "model" / "model.safetensors").is_file()  # the final weights, always
     assert not list((tmp_path / "model").glob("optimizer.pt"))
-
-
-def test_env_set_reaches_the_run_and_an_env_block_is_refused(tmp_path):
-    from sft_exp.preflight import validate_config
-
-    with pytest.raises(ConfigError, match=r"env.OMP_NUM_THREADS: sft_exp has no env block .* "
-                                          r"\+hydra.job.env_set.OMP_NUM_THREADS=1 on the command line"):
-        validate_config(compose(["+env.OMP_NUM_THREADS=1"]))
-    # Hydra sets hydra.job.env_set's variables before the job runs: the thread count follows (3 is what no
-    # machine's free-CPU count here gives).
-    done = run_sft(*TINY, "trainer.max_steps=1", "+hydra.job.env_set.OMP_NUM_THREADS=3", f"hydra.run.dir={tmp_path}",
-                   timeout=300)
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, output[-3000:]
-    assert "cpu threads: 3 (OMP_NUM_THREADS" in output
-    assert json.loads((tmp_path / "run_info.json").read_text())["device"].endswith(", 3 threads")
