@@ -129,6 +129,8 @@ class TrainingArgumentsFields:
     logging_steps: int = 10
     # Evaluate (eval loss and every task of `evals`) every eval_steps; 0 or null: only before and after training.
     eval_steps: Optional[int] = None
+    # null: every eval_steps when they are set, else only before and after training; or epoch (each epoch's end).
+    eval_strategy: Optional[str] = None
     # steps (every save_steps), epoch, best (needs extra_args.metric_for_best_model) or "no" (no checkpoint at all).
     save_strategy: str = "steps"
     save_steps: int = 500

@@ -134,3 +134,20 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is absent (a fresh clone has none)")
     return SHARED_DATA
+
+
+def write_base_model(folder: Path) -> Path:
+    """A pretrained-model folder, offline: a tiny random Qwen2 with the demo tokenizer (ChatML and its chat
+    template) whose EOS is <|endoftext|>, as Qwen2.5's is."""
+    from transformers import AutoTokenizer
+
+    from sft_exp.paths import asset_path
+
+    tokenizer = AutoTokenizer.from_pretrained(str(asset_path("tokenizer")))
+    tokenizer.eos_token = "<|endoftext|>"
+    model = tiny_causal_lm(vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id,
+                           pad_token_id=tokenizer.pad_token_id, max_position_embeddings=512)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

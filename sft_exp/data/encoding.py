@@ -21,7 +21,8 @@ import pyarrow as pa
 
 from sft_exp.constants import IGNORE_INDEX
 from sft_exp.data.nested import top_column
-from sft_exp.data.formats import RAW_JSON_COLUMN, BadRow, Conversation, PromptCompletion, Text, field_values, normalize_row
+from sft_exp.data.formats import (RAW_JSON_COLUMN, BadRow, Conversation, PromptCompletion, Text, field_values,
+                                  normalize_row, with_system_prompt)
 from sft_exp.data.mapped_pages import release_arrow_pages_now_and_then
 from sft_exp.data.masks import conversation_spans, trained_token_ranges
 from sft_exp.data.reasoning_turns import dropped_reasoning_turns, turn_example
@@ -53,6 +54,8 @@ class EncodeSpec:
     policy: LossPolicy = DEFAULT_POLICY  # which turns teach, and how much (turn_policy.py)
     # Turns whose reasoning the template drops in the whole conversation get an example of their own (reasoning_turns.py).
     split_reasoning_turns: bool = True
+    # data.system_prompt: put first in every conversation that has no system message.
+    system_prompt: str | None = None
 
 
 def _backend(tokenizer):
@@ -136,7 +139,7 @@ def _render_rows(columns: dict, rows: range, indices: list[int], spec: EncodeSpe
     for row in rows:
         try:
             values = field_values({column: values[row] for column, values in columns.items()}, spec.columns)
-            item = normalize_row(spec.fmt, values)
+            item = with_system_prompt(normalize_row(spec.fmt, values), spec.system_prompt)
             examples = _render_row(item, spec)
         except BadRow as bad:
             _reject(spec, indices[row], bad)

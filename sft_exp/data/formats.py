@@ -101,6 +101,20 @@ class Conversation(NamedTuple):
     message_losses: list | None = None
 
 
+def with_system_prompt(item, system_prompt: str | None):
+    """`data.system_prompt`: a conversation without a system message gets one, first; other rows (text,
+    string prompt-completion, conversations with their own system message) stay as they are."""
+    if not system_prompt or not isinstance(item, Conversation):
+        return item
+    if item.messages and item.messages[0].get("role") == "system":
+        return item
+    return item._replace(
+        messages=[{"role": "system", "content": system_prompt}, *item.messages],
+        n_prompt=None if item.n_prompt is None else item.n_prompt + 1,
+        message_losses=None if item.message_losses is None else [None, *item.message_losses],
+    )
+
+
 def column_map(fmt: str, columns: dict) -> dict:
     """Format field -> column name in the file, for every field of `fmt`; turn tags the source sets
     ride along under TURN_TAGS_FIELD as sorted (tag, name) pairs."""

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from sft_exp.data.formats import BadRow, Conversation, PromptCompletion, column_map, field_values, normalize_row
+from sft_exp.data.formats import (BadRow, Conversation, PromptCompletion, column_map, field_values, normalize_row,
+                                  with_system_prompt)
 
 # Every held-out row becomes an example, up to this many (generation is slow; they are picked evenly
 # across each group and interleaved across groups, so a task's `limit` still sees every source).
@@ -25,9 +26,10 @@ def as_example(item) -> dict | None:
     return {"prompt": messages[:last], "reference": messages[last].get("content") or ""}
 
 
-def _example(part, mapping, raw_index: int) -> dict | None:
+def _example(part, mapping, raw_index: int, system_prompt: str | None) -> dict | None:
     try:
-        example = as_example(normalize_row(part.fmt, field_values(part.raw[int(raw_index)], mapping)))
+        item = normalize_row(part.fmt, field_values(part.raw[int(raw_index)], mapping))
+        example = as_example(with_system_prompt(item, system_prompt))
     except BadRow:  # kept by on_bad_row=drop's tokenization, so not expected; counted as without a prompt
         return None
     return example if example is not None and example["prompt"] else None
@@ -50,8 +52,9 @@ def _quotas(sizes: list[int], total: int) -> list[int]:
     return quotas
 
 
-def heldout_examples(groups: list[tuple]) -> tuple[list[dict], dict]:
-    """(examples, counts) from `groups`: (encoded part, raw indices of its held-out rows) each.
+def heldout_examples(groups: list[tuple], system_prompt: str | None = None) -> tuple[list[dict], dict]:
+    """(examples, counts) from `groups`: (encoded part, raw indices of its held-out rows) each; conversations
+    get `system_prompt` as training gave it to them (data.system_prompt).
 
     counts: rows held out, examples made, rows without a prompt (plain text), rows left out by the cap.
     """
@@ -60,7 +63,7 @@ def heldout_examples(groups: list[tuple]) -> tuple[list[dict], dict]:
     per_group, without_prompt = [], 0
     for (part, raw_rows), quota in zip(groups, quotas):
         mapping = column_map(part.fmt, part.columns)
-        examples = [_example(part, mapping, raw_rows[i]) for i in _pick(len(raw_rows), quota)]
+        examples = [_example(part, mapping, raw_rows[i], system_prompt) for i in _pick(len(raw_rows), quota)]
         without_prompt += sum(example is None for example in examples)
         per_group.append([example for example in examples if example is not None])
     interleaved = [group[i] for i in range(max(map(len, per_group), default=0)) for group in per_group if i < len(group)]

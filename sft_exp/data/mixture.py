@@ -1,7 +1,12 @@
 """Which rows of each source go to training and evaluation, and how often: seeded, deterministic."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
+
+# data.eval_split_from: where held-out rows are taken (see DataSettings).
+EVAL_SPLIT_FROM = ("source", "mixture")
 
 
 # A fraction holds out at least one row of a source this large (below it, a fraction rounds down to 0 rows).
@@ -52,3 +57,46 @@ def weighted_rows(rows: np.ndarray, weight: float, rng: np.random.Generator) -> 
     extra = int(round(fraction * len(rows)))
     sampled = rng.choice(rows, size=extra, replace=False) if extra else np.empty(0, dtype=rows.dtype)
     return np.concatenate([rows] * whole + [np.sort(sampled)])
+
+
+def _permutation(n: int, seed: int) -> np.ndarray:
+    """datasets' `shuffle(seed=...)` and `train_test_split(seed=...)` order: a fresh generator each time."""
+    return np.random.default_rng(seed).permutation(n)
+
+
+def mixture_split(row_counts: list[int], weights: list[float], eval_split_size: float, seed: int
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """open-r1's dataset_mixture (open_r1.utils.data.get_dataset), on row positions: each source's rows
+    shuffled and the first int(rows x weight) taken, the pieces concatenated and shuffled, then
+    `eval_split_size` of the mixed rows held out as datasets' train_test_split does (a fraction: ceil(size x
+    rows); a number >= 1: that many). Every shuffle is datasets' own with `seed`, so the same rows come out.
+
+    Returns (source of each mixed row, its row position in that source, whether it is held out), in the
+    order of the mixed training rows followed by the held-out rows.
+    """
+    pieces = [(np.full(int(n * w), k), _permutation(n, seed)[: int(n * w)])
+              for k, (n, w) in enumerate(zip(row_counts, weights))]
+    source = np.concatenate([p[0] for p in pieces]).astype(int) if pieces else np.empty(0, dtype=int)
+    row = np.concatenate([p[1] for p in pieces]).astype(int) if pieces else np.empty(0, dtype=int)
+    mixed = _permutation(len(source), seed)
+    source, row = source[mixed], row[mixed]
+    n_eval = 0
+    if eval_split_size > 0:
+        n_eval = math.ceil(eval_split_size * len(source)) if eval_split_size < 1 else int(eval_split_size)
+    split = _permutation(len(source), seed)
+    order = np.concatenate([split[n_eval:], split[:n_eval]])
+    return source[order], row[order], np.arange(len(order)) >= len(order) - n_eval
+
+
+def rows_to_examples(kept: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Example positions of source rows `rows` (positions into np.unique(kept)), in that order: the examples
+    a row was expanded into (per-turn reasoning examples) stay together. One example per row: `rows` itself."""
+    ids, group = np.unique(kept, return_inverse=True)
+    if len(ids) == len(kept):
+        return rows.astype(int)
+    by_row = np.argsort(group, kind="stable")
+    counts = np.bincount(group, minlength=len(ids))
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    per_pair = counts[rows]
+    offsets = np.arange(per_pair.sum()) - np.repeat(np.cumsum(per_pair) - per_pair, per_pair)
+    return by_row[np.repeat(starts[rows], per_pair) + offsets]

@@ -19,7 +19,7 @@ from sft_exp.compat import dataset_fingerprint
 from sft_exp.data.fingerprint import data_fingerprint, encode_fingerprint, tokenizer_hash
 from sft_exp.data.formats import column_map, detect_format
 from sft_exp.data.masks import check_template_can_mask
-from sft_exp.data.mixture import split_by_source_row, split_counts, weighted_rows
+from sft_exp.data.mixture import mixture_split, rows_to_examples, split_by_source_row, split_counts, weighted_rows
 from sft_exp.data.packing import pack_bfd, pack_wrapped
 from sft_exp.data.heldout import heldout_examples
 from sft_exp.data.scan import scan_encoded
@@ -67,15 +67,15 @@ class EncodedSource:
 def _encode_source(source, index: int, settings, tokenizer, template, cache_dir, truncate: bool) -> EncodedSource:
     label = source_label(source)
     raw = load_source(source, cache_dir)
-    fmt = detect_format(source.format, source_columns(raw), source.columns, label)
+    fmt = detect_format(source.format, source_columns(raw), source.column_mapping, label)
     completion_only = settings.completion_only_loss is not False  # default: on for prompt-completion rows
     spec = EncodeSpec(
-        tokenizer=tokenizer, fmt=fmt, columns=column_map(fmt, source.columns), template=template,
+        tokenizer=tokenizer, fmt=fmt, columns=column_map(fmt, source.column_mapping), template=template,
         template_variables=template_variables(tokenizer), markers=bool(template) and has_generation_markers(template),
         assistant_only=settings.assistant_only_loss, completion_only=completion_only,
         max_length=settings.max_length if truncate else None, source_index=index, source_file=label,
         drop_bad_rows=settings.on_bad_row == "drop", policy=loss_policy(settings),
-        split_reasoning_turns=settings.split_reasoning_turns,
+        split_reasoning_turns=settings.split_reasoning_turns, system_prompt=settings.system_prompt,
     )  # fmt: skip
     spec_values = {k: v for k, v in vars(spec).items() if k != "tokenizer"}
     encoded = raw.map(
@@ -94,7 +94,7 @@ def _encode_source(source, index: int, settings, tokenizer, template, cache_dir,
              "rows_split": scan.rows_split, "split_examples": scan.split_examples}  # fmt: skip
     rows = encoded.remove_columns(["drop_reason", "truncated", "flaw", "trained_tokens", "row_id", "split_turn"])
     rows = rows.select(scan.positions) if scan.dropped else rows
-    return EncodedSource(source_name(source), raw, fmt, source.columns, rows, kept, scan.row_tokens, scan.row_trained,
+    return EncodedSource(source_name(source), raw, fmt, source.column_mapping, rows, kept, scan.row_tokens, scan.row_trained,
                          scan.digest, stats)  # fmt: skip
 
 
@@ -118,6 +118,8 @@ def _splits(settings: DataSettings, source) -> bool:
 
 def _split_and_mix(settings, sources, parts: list[EncodedSource], rng) -> tuple[datasets.Dataset, list, list, np.ndarray]:
     """(mixed training rows, per-part eval row indices, per-part training row indices, the shuffle order)."""
+    if settings.eval_split_from == "mixture":
+        return _mix_then_split(settings, sources, parts)
     sizes = [len(np.unique(part.kept)) if _splits(settings, source) else 0 for source, part in zip(sources, parts)]
     eval_counts = split_counts(sizes, settings.eval_split_size)
     train_pieces, eval_rows, train_rows = [], [], []
@@ -132,6 +134,32 @@ def _split_and_mix(settings, sources, parts: list[EncodedSource], rng) -> tuple[
     mixed = datasets.concatenate_datasets(train_pieces)
     order = rng.permutation(len(mixed))
     return mixed.select(order), eval_rows, train_rows, order
+
+
+def _mix_then_split(settings, sources, parts: list[EncodedSource]) -> tuple[datasets.Dataset, list, list, np.ndarray]:
+    """data.eval_split_from=mixture: open-r1's order (mixture.mixture_split): each source's weight is the fraction
+    of its rows taken, then the held-out rows come from the mixed rows (none with data.eval_sources)."""
+    held_out = 0 if settings.eval_sources else settings.eval_split_size
+    counts = [len(np.unique(part.kept)) for part in parts]
+    source, row, is_eval = mixture_split(counts, [s.weight for s in sources], held_out, settings.seed)
+    train_source, train_row = source[~is_eval], row[~is_eval]
+    if len(train_source) == 0:
+        raise DataError(f"data.eval_split_from=mixture: data.eval_split_size={settings.eval_split_size} of the "
+                        f"{len(source)} mixed rows leaves no training rows")
+    examples = np.zeros(len(train_source), dtype=int)  # examples per training row (a split row has several)
+    eval_rows, train_rows = [], []
+    for k, part in enumerate(parts):
+        mine = source == k
+        eval_rows.append(np.sort(rows_to_examples(part.kept, row[mine & is_eval])))
+        train_rows.append(rows_to_examples(part.kept, row[mine & ~is_eval]))
+        examples[train_source == k] = np.unique(part.kept, return_counts=True)[1][train_row[train_source == k]]
+    example_source = np.repeat(train_source, examples)
+    offsets = np.cumsum([0, *map(len, train_rows)])
+    order = np.empty(offsets[-1], dtype=int)  # each example's place in the concatenated pieces, in mixed order
+    for k in range(len(parts)):
+        order[example_source == k] = offsets[k] + np.arange(offsets[k + 1] - offsets[k])
+    pieces = [part.rows.select(rows) for part, rows in zip(parts, train_rows)]
+    return datasets.concatenate_datasets(pieces).select(order), eval_rows, train_rows, order
 
 
 def _truncate(batch: dict, max_length: int) -> dict:
@@ -156,6 +184,12 @@ def _eval_from(settings, sources, parts, eval_parts, eval_rows) -> list[dict]:
             origins.append({"source": part.name, "from": "eval_path", "path": part.stats["path"], "rows": len(part.rows)})
     origins += [{"source": part.name, "from": "eval_sources", "path": part.stats["path"], "rows": len(part.rows)}
                 for part in from_file]  # fmt: skip
+    if settings.eval_split_from == "mixture":
+        if not settings.eval_sources and settings.eval_split_size:
+            origins.append({"source": "mixture", "from": "mixture", "eval_split_size": settings.eval_split_size,
+                            "rows": sum(map(len, eval_rows)),
+                            "per_source": {part.name: len(rows) for part, rows in zip(parts, eval_rows)}})
+        return origins
     for source, part, rows in zip(sources, parts, eval_rows):
         if _splits(settings, source):
             origins.append({"source": part.name, "from": "eval_split_size", "path": part.stats["path"],
@@ -227,7 +261,7 @@ def prepare_datasets(
     stats["eval_from"] = _eval_from(settings, settings.sources, parts, eval_parts, eval_rows)
     heldout_groups = [(part, part.kept) for part in eval_parts]
     heldout_groups += [(part, part.kept[rows]) for part, rows in zip(parts, eval_rows) if len(rows)]
-    examples, stats["heldout_examples"] = heldout_examples(heldout_groups)
+    examples, stats["heldout_examples"] = heldout_examples(heldout_groups, settings.system_prompt)
     layout = {"names": names, "packing": settings.packing, "strategy": settings.packing_strategy, "max_length": settings.max_length}
     return PreparedData(
         train=train,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
 from sft_exp.errors import ConfigError
 
@@ -34,7 +34,8 @@ class Source:
     # Mapping from the format's field names to this file's column names. Conversation formats also
     # take the names inside turns (LLaMA-Factory's tags): role_tag, content_tag, user_tag,
     # assistant_tag, system_tag, function_tag (tool-call turns), observation_tag (tool results).
-    columns: dict[str, str] = field(default_factory=dict)
+    # Or a list of the columns to keep (open-r1's form, e.g. [messages]): the others are dropped on loading.
+    columns: dict[str, str] | list[str] | None = None
     # A column holding a list of objects (self-instruct's `instances`): one row per element, the other
     # columns repeated; map the element's fields with paths, e.g. columns: {input: instances.input}.
     # A `columns` value may be a path into nested fields in any case: instances.0.output.
@@ -45,6 +46,19 @@ class Source:
     # This source's own held-out file; without one, `eval_split_size` of its rows are held out.
     eval_path: Optional[str] = None
     eval_max_samples: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        self.columns = _columns(self.columns, "columns")  # null (the schema's default: a list may replace it) is {}
+
+    @property
+    def column_mapping(self) -> dict[str, str]:
+        """`columns` as a mapping (format field -> column name); {} for a keep-list."""
+        return self.columns if isinstance(self.columns, dict) else {}
+
+    @property
+    def kept_columns(self) -> Optional[list[str]]:
+        """`columns` given as a keep-list, else None."""
+        return list(self.columns) if isinstance(self.columns, list) else None
 
     def heldout_file(self) -> "Source":
         """The source of this source's held-out rows: its `eval_path`, read like `path`, under its name."""
@@ -66,8 +80,16 @@ class DataSettings:
     eval_sources: list[Source] = field(default_factory=list)
     # Fraction (<1) or number (>=1) of the rows of each source without an `eval_path` held out; 0 for none.
     eval_split_size: float = 0.05
+    # Where held-out rows come from. source: eval_split_size of each source's rows, before weights apply (a
+    # weight above 1 oversamples, below 1 samples the rest). mixture: open-r1's dataset_mixture order: each
+    # source's weight (at most 1) is the fraction of its rows taken, and eval_split_size of the mixed rows is
+    # held out (a fraction rounds up, as datasets' train_test_split does).
+    eval_split_from: str = "source"
     # None: the tokenizer's own; a built-in name (chatml, zephyr); or a path to a .jinja file.
     chat_template: Optional[str] = None
+    # A system message put first in every conversation that has none (training and the held-out prompts);
+    # rows with their own system message keep it. None: rows as they are.
+    system_prompt: Optional[str] = None
     # Tokens per row; longer rows are cut (and counted). None: DEFAULT_MAX_LENGTH, or the model's context
     # if that is smaller (the data line says which).
     max_length: Optional[int] = None
@@ -127,10 +149,21 @@ def as_sources(entries: Any, key: str) -> list[Source]:
         refuse_streaming(entry, f"{key}[{i}]")  # not an unknown key: a refusal with the way out
         entry = {k: v for k, v in entry.items() if not k.startswith("_")}  # Hydra's _target_ and friends
         try:
-            sources.append(Source(**{**entry, "columns": dict(entry.get("columns") or {})}))
+            sources.append(Source(**{**entry, "columns": _columns(entry.get("columns"), f"{key}[{i}].columns")}))
         except TypeError as err:  # a key Source has no field for (Hydra's schema says so earlier)
             raise ConfigError(f"{key}[{i}].{unknown_key_message(err, Source)}") from None
     return sources
+
+
+def _columns(value: Any, key: str) -> dict | list:
+    """A source's `columns`: a mapping (format field -> column name) or a keep-list of column names."""
+    if isinstance(value, (list, tuple)):
+        if not all(isinstance(name, str) and name for name in value):
+            raise ConfigError(f"{key}={list(value)!r}: a keep-list names columns, e.g. [messages]")
+        return list(value)
+    if value is not None and not isinstance(value, Mapping):
+        raise ConfigError(f"{key}={value!r}: give a mapping {{field: column}} or a list of the columns to keep")
+    return dict(value or {})
 
 
 def unknown_key_message(error: TypeError, component: type) -> str:

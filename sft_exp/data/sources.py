@@ -93,11 +93,28 @@ def load_source(source, cache_dir: str | None = None) -> datasets.Dataset:
         if path.suffix not in (".json", ".jsonl") or not path.is_file():
             raise _unreadable(source, err) from err
         dataset = _load_json_rows(path)  # mixed types across rows: check them row by row instead
+    if getattr(source, "kept_columns", None):
+        dataset = _keep_columns(dataset, source)
     if source.max_samples is not None:
         dataset = dataset.select(range(min(len(dataset), source.max_samples)))
     if getattr(source, "expand", None):
         dataset = _expanded(dataset, source)
     return dataset
+
+
+def _keep_columns(dataset: datasets.Dataset, source) -> datasets.Dataset:
+    """`columns` as a keep-list (open-r1's `select_columns`): only those columns are read; one that is absent
+    is an error naming the columns there are."""
+    kept = source.kept_columns
+    present = source_columns(dataset)
+    absent = [name for name in kept if name not in present]
+    if absent:
+        raise DataError(f"{source_label(source)}: columns={kept} keeps {absent}, which the data does not have (its "
+                        f"columns: {present}); list the columns to keep, or map format fields with {{field: column}}")
+    if RAW_JSON_COLUMN not in dataset.column_names:
+        return dataset.select_columns(kept)
+    keep = lambda raw: json.dumps({k: v for k, v in json.loads(raw).items() if k in kept})  # noqa: E731
+    return dataset.map(lambda row: {RAW_JSON_COLUMN: keep(row[RAW_JSON_COLUMN])}, desc="Keeping columns")
 
 
 def _expanded(dataset: datasets.Dataset, source) -> datasets.Dataset:

@@ -27,6 +27,11 @@ def describe_eval(stats: dict) -> str:
                 pieces.append(f"{_percent(size)} of {path} held out ({rows} rows)")
             else:
                 pieces.append(f"{_percent(size)} of {path} is 0 rows")
+        elif origin["from"] == "mixture":
+            size = origin["eval_split_size"]
+            share = f"{_percent(size)} of the mixed rows" if size < 1 else f"{size:g} of the mixed rows"
+            parts = ", ".join(f"{name} {rows}" for name, rows in origin["per_source"].items())
+            pieces.append(f"{share} held out ({origin['rows']} rows: {parts})")
         else:
             pieces.append(f"{origin['rows']} rows from {_short(origin['path'])}")
     if not stats.get("eval_rows"):

@@ -12,6 +12,7 @@ from pathlib import Path
 from transformers.utils.chat_template_utils import render_jinja_template
 
 from sft_exp.compat import compile_jinja_template
+from sft_exp.data.template_syntax import check_template_syntax
 from sft_exp.errors import ConfigError
 
 # ChatML with `{% generation %}` around what the assistant writes, its <|im_end|> included, so the
@@ -56,8 +57,11 @@ def is_template_text(value: str) -> bool:
 
 
 def check_chat_template_setting(value: str | None) -> None:
-    """Cheap config-time check of `data.chat_template` (no tokenizer needed)."""
-    if value is None or value in BUILTIN_TEMPLATES or is_template_text(value):
+    """Cheap config-time check of `data.chat_template` (no tokenizer needed): a name, a file, Jinja that parses."""
+    if value is None or value in BUILTIN_TEMPLATES:
+        return
+    if is_template_text(value):
+        check_template_syntax(value, "data.chat_template")
         return
     path = Path(value).expanduser()
     if path.suffix != ".jinja":
@@ -67,6 +71,7 @@ def check_chat_template_setting(value: str | None) -> None:
         )
     if not path.is_file():
         raise ConfigError(f"data.chat_template: the template file {path} does not exist; check the path")
+    check_template_syntax(path.read_text(), f"data.chat_template={value}")
 
 
 def resolve_chat_template(value: str | None, tokenizer) -> str | None:

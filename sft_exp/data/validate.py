@@ -6,6 +6,7 @@ from pathlib import Path
 
 from sft_exp.constants import SEPARATING_ATTENTION
 from sft_exp.data.formats import FORMATS
+from sft_exp.data.mixture import EVAL_SPLIT_FROM
 from sft_exp.data.sources import looks_local, source_name
 from sft_exp.data.templates import check_chat_template_setting
 from sft_exp.errors import ConfigError
@@ -29,7 +30,7 @@ def _check_source(source, key: str) -> None:
         raise ConfigError(f"{key}.format={source.format!r}: unknown format; use auto or one of {', '.join(FORMATS)}")
     chosen = [FORMATS[source.format]] if source.format in FORMATS else FORMATS.values()
     allowed = {field for fmt in chosen for field in fmt.fields}
-    for field, column in source.columns.items():
+    for field, column in source.column_mapping.items():
         if field not in allowed:
             reversed_hint = (f"`columns` maps a format field to your column, so this is columns.{column}={field}; "
                              if column in allowed else "")
@@ -84,7 +85,26 @@ def check_settings(settings) -> None:
     if isinstance(settings.eval_split_size, bool) or not isinstance(settings.eval_split_size, (int, float)) \
             or not settings.eval_split_size >= 0:
         raise ConfigError(f"data.eval_split_size={settings.eval_split_size}: must be >= 0 (a fraction <1 or a row count)")
+    _check_mixture(settings)
     _check_combinations(settings)
+
+
+def _check_mixture(settings) -> None:
+    """data.eval_split_from: source or mixture; a mixture's weights are fractions of each source's rows."""
+    if settings.eval_split_from not in EVAL_SPLIT_FROM:
+        raise ConfigError(f"data.eval_split_from={settings.eval_split_from!r}: use one of {', '.join(EVAL_SPLIT_FROM)}")
+    if settings.eval_split_from != "mixture":
+        return
+    for i, source in enumerate(settings.sources):
+        if source.weight > 1:
+            raise ConfigError(
+                f"data.sources[{i}].weight={source.weight} with data.eval_split_from=mixture: there a weight is the "
+                "fraction of the source's rows taken (open-r1's dataset_mixture), at most 1; to oversample use "
+                "data.eval_split_from=source")
+        if source.eval_path is not None:
+            raise ConfigError(
+                f"data.sources[{i}].eval_path with data.eval_split_from=mixture: the held-out rows come from the "
+                "mixed rows; remove eval_path, or use data.eval_split_from=source")
 
 
 def check_packing_attention(settings, attn_implementation: str | None) -> None:

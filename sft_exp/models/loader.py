@@ -57,6 +57,10 @@ class ModelLoader:
     # The tokenizer has more tokens than the model has embedding rows (you added tokens): resize (true) or
     # refuse before training (false).
     resize_embeddings: bool = False
+    # The tokenizer's end-of-sequence token becomes this one (it must be in the vocabulary), as TRL's and
+    # open-r1's `eos_token` do: what training appends to text and completions, config.json's eos_token_id,
+    # the saved tokenizer's eos, and the first of the generation config's stop ids. None: the tokenizer's own.
+    eos_token: Optional[str] = None
     # Modules a LoRA adapter wraps (peft.target_modules defaults to `${model.lora_target_modules}`): a name
     # list or "all-linear". Kept here so the preset is one object.
     lora_target_modules: Any = "all-linear"
@@ -84,6 +88,8 @@ class ModelLoader:
         tokenizer = AutoTokenizer.from_pretrained(
             source, revision=self.revision, trust_remote_code=self.trust_remote_code, **kwargs
         )
+        if self.eos_token is not None:
+            set_eos_token(tokenizer, self.eos_token, source)
         if tokenizer.pad_token is None:
             # Padding positions are masked out of attention and loss, so any token serves; EOS is the convention.
             tokenizer.pad_token = tokenizer.eos_token
@@ -171,6 +177,20 @@ class ModelLoader:
         model.resize_token_embeddings(needed)
         log.warning("model.resize_embeddings=true: resized the embeddings from %d to %d rows for the tokenizer's "
                     "%d added token(s); the new rows start untrained", rows, needed, needed - rows)
+
+
+def set_eos_token(tokenizer, eos_token: str, source: str) -> None:
+    """model.eos_token: the tokenizer's EOS becomes this token, which must already be one of its tokens (a new
+    token would have no trained embedding; TRL refuses it too)."""
+    if eos_token not in tokenizer.get_vocab():
+        raise ConfigError(
+            f"model.eos_token={eos_token!r} is not a token of the tokenizer of {source}; use one of its tokens "
+            f"(its EOS is {tokenizer.eos_token!r}), or null to keep the tokenizer's own"
+        )
+    if tokenizer.eos_token != eos_token:
+        log.info("model.eos_token: the tokenizer's EOS %r becomes %r (appended to text and completions, "
+                 "config.json's eos_token_id, the saved tokenizer, the first stop id)", tokenizer.eos_token, eos_token)
+    tokenizer.eos_token = eos_token
 
 
 def _drop_gguf_quantization(model) -> None:

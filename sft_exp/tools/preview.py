@@ -37,9 +37,14 @@ def load_tokenizer(model_cfg):
     source = model_cfg.tokenizer or model_cfg.name_or_path
     if not source:
         raise UserError("model.tokenizer and model.name_or_path are both null; set one so the tokenizer can load")
-    return AutoTokenizer.from_pretrained(
+    tokenizer = AutoTokenizer.from_pretrained(
         source, revision=model_cfg.get("revision"), trust_remote_code=bool(model_cfg.get("trust_remote_code"))
     )
+    if model_cfg.get("eos_token"):  # what training appends: as the run's ModelLoader sets it
+        from sft_exp.models.loader import set_eos_token
+
+        set_eos_token(tokenizer, model_cfg.eos_token, source)
+    return tokenizer
 
 
 def _runs(row: dict):

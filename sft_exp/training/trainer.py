@@ -94,7 +94,7 @@ def precision_flags(precision: str) -> dict:
 
 def build_training_arguments(
     output_dir: str, precision: str = "auto", extra_args: Optional[dict] = None, eval_steps: Optional[int] = None,
-    **kwargs: Any,
+    eval_strategy: Optional[str] = None, **kwargs: Any,
 ) -> SFTTrainingArguments:
     """SFTTrainingArguments from the flat `trainer.*` config: sft_exp's defaults, then the user's."""
     defaults = dict(
@@ -104,7 +104,7 @@ def build_training_arguments(
         prediction_loss_only=True,
         remove_unused_columns=False,
         save_strategy="steps",
-        eval_strategy="steps" if eval_steps else "no",
+        eval_strategy=eval_strategy or ("steps" if eval_steps else "no"),
         eval_steps=eval_steps or None,
         average_tokens_across_devices=True,
         dataloader_pin_memory=torch.cuda.is_available(),
