@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -56,13 +57,25 @@ def test_the_docs_show_commands_for_every_page():
     assert {"README.md", "docs/data.md", "docs/sweeps.md", "docs/distributed.md"} <= pages, pages
 
 
+@pytest.fixture(scope="module")
+def documented_imports():
+    """The docs' recipe imports (in code blocks) run first, about a second each: the commands after them use
+    what they write."""
+    for command in doc_commands():
+        if command.module == "sft_exp.import_recipe" and "--help" not in command.args:
+            done = subprocess.run([sys.executable, *command.argv[1:]], capture_output=True, text=True, cwd=REPO,
+                                  timeout=120)
+            assert done.returncode == 0, f"{command.where}: {done.stdout[-1500:]}{done.stderr[-1500:]}"
+
+
 @pytest.mark.parametrize("command", TRAIN_COMMANDS, ids=lambda c: c.where)
-def test_every_documented_training_command_composes(command):
+def test_every_documented_training_command_composes(command, documented_imports):
     name, search, overrides = composable(command.args)
     primary = str(config_dir())
-    if search:  # --config-dir: Hydra looks there first and keeps conf/ on the path (a sweep's `defaults: [config]`)
-        primary = search[-1]
-        overrides.append(f"hydra.searchpath=[file://{config_dir()}]")
+    for folder in search:  # --config-dir: one more folder on Hydra's search path
+        if (Path(folder) / f"{name}.yaml").is_file():  # it holds the primary config (a sweep YAML)
+            primary, folder = folder, str(config_dir())
+        overrides.append(f"hydra.searchpath=[file://{folder}]")
     GlobalHydra.instance().clear()
     with initialize_config_dir(primary, version_base="1.3"):
         cfg = compose(config_name=name, overrides=overrides, return_hydra_config=True)
