@@ -38,9 +38,10 @@ def run(cfg: DictConfig) -> float:
 
     from sft_exp.models.adapters import parameter_counts, save_base_for_export, wrap_with_adapter
     from sft_exp.training.checkpoints import resolve_resume
-    from sft_exp.data import collator_for, describe, prepare_datasets
+    from sft_exp.data import describe, prepare_datasets
     from sft_exp.models.stop_tokens import end_of_turn_stats
     from sft_exp.run.model_card import save_serving_files
+    from sft_exp.run import sequence_parallel
 
     run_dir = distributed.shared_run_dir(Path(cfg.run_dir))
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -67,6 +68,7 @@ def run(cfg: DictConfig) -> float:
     tokenizer.chat_template = data.chat_template or tokenizer.chat_template  # saved and used as trained
     log.info(describe(data))
     model = model_loader.load_model(tokenizer)
+    sequence_parallel.use_engine_attention(model, cfg.distributed.strategy)
     attention = compat.attn_implementation(model)  # sdpa becomes sdpa_varlen where the model allows it
     memory.apply(model)
     if peft_config is not None and not model_loader.name_or_path and is_main:
@@ -82,10 +84,9 @@ def run(cfg: DictConfig) -> float:
         trainer = trainer_factory(
             model=model, loss=loss, memory=memory, optimizer_factory=optimizer, source_names=data.source_names,
             train_dataset=data.train, eval_dataset=data.eval, processing_class=tokenizer,
-            data_collator=collator_for(tokenizer.pad_token_id, packing=data_settings.packing,
-                                       padding_free=data_settings.padding_free, attn_implementation=attention),
+            data_collator=_collator(cfg, data_settings, tokenizer.pad_token_id, attention),
             callbacks=[*callbacks, *loggers], evaluators=evaluators, output_dir=str(run_dir / "checkpoints"),
-            seed=cfg.seed, data_seed=cfg.seed, extra_args=_extra_training_arguments(cfg),
+            seed=cfg.seed, data_seed=cfg.seed, extra_args=_extra_training_arguments(cfg, attention),
         )
         summary = {**parameter_counts(model), **train_and_evaluate(trainer, resume)}
         trainer.save_model(str(run_dir / "model"))
@@ -192,11 +193,32 @@ def train_and_evaluate(trainer, resume) -> dict:
     return summary
 
 
-def _extra_training_arguments(cfg: DictConfig) -> dict:
-    """TrainingArguments fields of the distributed strategy (fsdp, deepspeed, gloo on CPU), then the user's."""
+def _split(cfg: DictConfig) -> int:
+    """How many ranks split each row (sequence parallelism); 1: none."""
+    from sft_exp.run.sequence_parallel import ranks_per_row
+
+    return ranks_per_row(cfg.distributed.strategy, {k: cfg.distributed.get(k) for k in ("sp_size", "cp_size")})
+
+
+def _collator(cfg: DictConfig, data_settings, pad_token_id: int, attention: str | None):
+    """The batches: as data.packing / data.padding_free say, or as the sequence-parallel engine needs them."""
+    from sft_exp.data import collator_for
+    from sft_exp.run.sequence_parallel import split_collator
+
+    if _split(cfg) > 1:
+        return split_collator(cfg.distributed.strategy, _split(cfg), pad_token_id)
+    return collator_for(pad_token_id, packing=data_settings.packing, padding_free=data_settings.padding_free,
+                        attn_implementation=attention)
+
+
+def _extra_training_arguments(cfg: DictConfig, attention: str | None) -> dict:
+    """TrainingArguments fields of the distributed strategy (fsdp, deepspeed, gloo on CPU, parallelism_config),
+    then the user's."""
     from sft_exp.run import distributed
 
-    return {**distributed.training_arguments(plain(cfg.distributed.training_args)), **plain(cfg.trainer.extra_args)}
+    strategy_args = distributed.training_arguments(plain(cfg.distributed.training_args), cfg.distributed.strategy,
+                                                   split=_split(cfg), attention=attention)
+    return {**strategy_args, **plain(cfg.trainer.extra_args)}
 
 
 def _was_pruned(callbacks: list) -> bool:
