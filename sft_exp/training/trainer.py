@@ -320,9 +320,9 @@ class SFTTrainer(AtomicCheckpoints, Trainer):
         Under Ulysses each rank evaluates whole rows (no gradients, so no split needed) with the model's own attention.
         """
         with sequence_parallel.unsplit_attention(self.accelerator.unwrap_model(self.model)):
-            return self._evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+            return self._evaluate_sets_and_tasks(eval_dataset, ignore_keys, metric_key_prefix)
 
-    def _evaluate(self, eval_dataset, ignore_keys, metric_key_prefix: str) -> dict:
+    def _evaluate_sets_and_tasks(self, eval_dataset, ignore_keys, metric_key_prefix: str) -> dict:
         if eval_dataset is not None or self.eval_dataset is not None:
             return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
         metrics = self._task_metrics()  # no eval set: the task scores alone
