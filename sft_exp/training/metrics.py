@@ -40,16 +40,15 @@ class SFTMetrics:
     def end_step(self) -> None:
         self.steps += 1
 
-    def window_loss(self, accelerator, loss_scale: int | None = None) -> float:
-        """Mean training loss per optimizer step over the window (the Trainer's `loss`): every rank's losses summed,
-        divided by `loss_scale`, what each was multiplied by for the gradient mean (default: the process count)."""
+    def window_loss(self, accelerator) -> float:
+        """Mean training loss per optimizer step over the window, averaged over ranks (the Trainer's `loss`)."""
         if self.loss_sum is None or not self.steps:
             return float("nan")
         total = self.loss_sum
         ranks = accelerator.num_processes if accelerator is not None else 1
         if ranks > 1:
             total = accelerator.reduce(total, "sum")
-        value = total.item() / (loss_scale or ranks) / self.steps
+        value = total.item() / ranks / self.steps
         self.reset_loss()
         return value
 

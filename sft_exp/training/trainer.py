@@ -235,10 +235,11 @@ class SFTTrainer(AtomicCheckpoints, Trainer):
         # The wrapped module's flag: DeepSpeedEngine.eval() switches its module, not the engine's own `training`.
         mode = "train" if self.accelerator.unwrap_model(model).training else "eval"
         # num_items_in_batch counts every rank's tokens and DDP averages gradients across ranks: scale the
-        # token loss up by the number of processes (sequence_parallel.loss_scale: the ranks the engine averages
-        # over). The MoE router loss is a per-micro-batch mean: scale it so that it is averaged over the
-        # accumulation steps and not multiplied by the process count (as TRL).
-        ranks = self.loss_scale if num_items_in_batch is not None else 1  # eval counts every rank's too
+        # token loss up by the number of processes (in training: the ranks the engine averages gradients over,
+        # sequence_parallel.loss_scale; in evaluation the Trainer averages the ranks' losses). The MoE router loss
+        # is a per-micro-batch mean: scale it so that it is averaged over the accumulation steps and not
+        # multiplied by the process count (as TRL).
+        ranks = 1 if num_items_in_batch is None else self.loss_scale if mode == "train" else self.accelerator.num_processes
         steps = self.current_gradient_accumulation_steps if (mode == "train" and num_items_in_batch is not None) else 1
         out = sft_forward(
             model, inputs, self.loss_fn, num_items_in_batch=num_items_in_batch,
@@ -256,8 +257,8 @@ class SFTTrainer(AtomicCheckpoints, Trainer):
 
     @property
     def loss_scale(self) -> int:
-        """What the loss over every rank's tokens is multiplied by for the gradient mean (the process count, or
-        the data-parallel groups where DeepSpeed sums a Ulysses group's gradients)."""
+        """What a training loss over every rank's tokens is multiplied by for the gradient mean (the process count,
+        or the data-parallel groups where DeepSpeed sums a Ulysses group's gradients)."""
         return sequence_parallel.loss_scale(self)
 
     def _get_num_items_in_batch(self, batch_samples: list, device):
@@ -295,6 +296,8 @@ class SFTTrainer(AtomicCheckpoints, Trainer):
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
+        if num_items_in_batch is not None and self.loss_scale != self.accelerator.num_processes:
+            loss = loss * (self.accelerator.num_processes / self.loss_scale)  # reported as DDP's: ranks' mean = loss
         self.metrics["train"].add_loss(loss)
         self.nonfinite.record(loss)  # acted on before the optimizer step, jointly with the other ranks
         return loss
@@ -306,7 +309,7 @@ class SFTTrainer(AtomicCheckpoints, Trainer):
             logs.update(self._task_metrics())
         else:
             if "loss" in logs:  # the Trainer's mean step loss, over the window as a resume keeps it
-                logs["loss"] = self.metrics["train"].window_loss(self.accelerator, self.loss_scale)
+                logs["loss"] = self.metrics["train"].window_loss(self.accelerator)
             logs.update(self.metrics["train"].compute_and_reset(self.accelerator, self.source_names))
             logs["num_tokens"] = self.num_tokens_seen()
             if self.nonfinite.skipped_steps:

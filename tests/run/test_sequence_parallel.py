@@ -121,3 +121,39 @@ def test_ulysses_resumes_from_a_checkpoint_bitwise(runs, long_data, tmp_path):
     assert_same_metrics(resumed, straight, tolerance=0.0)
     got, expected = _weights(resumed), _weights(straight)
     assert all(got[k].equal(expected[k]) for k in expected)  # bitwise
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["dft", "lora", "zero2"])
+def test_ulysses_variants_train_as_one_process(variant, long_data, tmp_path):
+    extra = {"dft": ["loss=dft", "loss.chunk_size=64"],  # several head chunks per shard
+             "lora": ["peft=lora", "peft.lora_dropout=0.0"],  # dropout draws differ with the batch layout
+             "zero2": []}[variant]
+    engine = ["distributed.training_args.deepspeed.zero_optimization.stage=2"] if variant == "zero2" else []
+    args = [LLAMA, *long_data, *STEPS, *extra]
+    single = _single([*args, *SINGLE], tmp_path / "single")
+    split = _split([*args, *SPLIT, *engine], tmp_path / "split")
+    assert_same_metrics(split, single, tolerance=1e-5)
+    assert_same_weights(split, single, 1e-5, "adapter_model.safetensors" if variant == "lora" else "model.safetensors")
+
+
+@pytest.mark.slow
+def test_ulysses_groups_with_data_parallelism_train_as_one_process(long_data, tmp_path):
+    """4 processes, sp_size=2: 2 Ulysses groups, each splitting its rows. Per optimizer step each group trains 2
+    micro-batches (gradient accumulation 2) of 1 row: the 4 rows one process trains with accumulation 4."""
+    import subprocess
+    import sys
+
+    from tests.run.test_distributed import PROCESS_ENV, REPO
+
+    args = [LLAMA, *long_data, "trainer.max_steps=3", "trainer.logging_steps=1", "evals=none", "logger=none",
+            "trainer.per_device_train_batch_size=1", "optimizer.lr=1e-3"]
+    single = _single([*args, "trainer.gradient_accumulation_steps=4", "trainer.per_device_eval_batch_size=4"],
+                     tmp_path / "single")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "4", "-m", "sft_exp",
+           *args, "trainer.gradient_accumulation_steps=2", "trainer.per_device_eval_batch_size=1",
+           "distributed=ulysses", "distributed.sp_size=2", f"hydra.run.dir={tmp_path / 'split'}"]
+    proc = subprocess.run(cmd, cwd=REPO, env=PROCESS_ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert_same_metrics(tmp_path / "split", single, tolerance=1e-5)
+    assert_same_weights(tmp_path / "split", single, tolerance=1e-5)
