@@ -115,3 +115,32 @@ def test_wrap_hydra_job_runner_runs_what_hydra_main_runs_through_the_wrapper(mon
     compat.wrap_hydra_job_runner(lambda func: lambda: seen.append("twice") or func())  # idempotent
     assert hydra_utils.run_and_report(lambda: 7) == 7
     assert seen == ["wrapped"]
+
+
+def test_ulysses_handler_names_the_models_own_attention():
+    handler = compat.ulysses_handler("sdpa_varlen")
+    assert handler.sp_attn_implementation == "sdpa_varlen" and handler.sp_seq_length_is_variable
+    assert handler.sp_disable_in_eval  # evaluation runs unsplit
+
+
+def test_trainer_shards_context_parallel_buffers_in_a_method_sft_exp_extends():
+    import inspect
+
+    from transformers import Trainer
+
+    # SFTTrainer._prepare_context_parallel_inputs adds sft_exp's per-token columns to the Trainer's buffers.
+    parameters = list(inspect.signature(Trainer._prepare_context_parallel_inputs).parameters)
+    assert parameters == ["self", "model", "inputs"]
+
+
+def test_ulysses_loader_adapter_keeps_what_a_resume_rebuilds_it_from():
+    import pytest
+
+    pytest.importorskip("deepspeed")
+    from deepspeed.runtime.sequence_parallel.ulysses_sp import UlyssesSPDataLoaderAdapter
+
+    loader = [{"input_ids": None}]
+    adapter = UlyssesSPDataLoaderAdapter(loader, sp_rank=1, sp_group=None, sp_world_size=2, device="cpu")
+    # sft_exp.run.sequence_parallel.resumed_dataloader reads these (public attributes, no accessor).
+    assert (adapter.dl, adapter.sp_rank, adapter.sp_group, adapter.sp_world_size, adapter.device) == \
+        (loader, 1, None, 2, "cpu")

@@ -53,7 +53,7 @@ def ranks_per_row(strategy: str, sizes: dict) -> int:
 
 
 # ----------------------------------------------------------------------------- before anything loads
-def check_sequence_parallel(strategy: str, sizes: dict, model_cfg, data_cfg) -> None:
+def check_sequence_parallel(strategy: str, sizes: dict, model_cfg, data_cfg, trainer_cfg) -> None:
     """The sizes, the model's heads, its attention and the batch layout against the engine: one error each."""
     for other, key in SIZE_KEYS.items():
         if other != strategy and sizes.get(key) is not None:
@@ -71,6 +71,7 @@ def check_sequence_parallel(strategy: str, sizes: dict, model_cfg, data_cfg) -> 
                           f"groups = world size): set distributed.{key} to one of {divisors}.")
     if strategy == "ulysses":
         _check_ulysses(size, model_cfg, data_cfg, split=world > 1)
+        _check_loader_workers(trainer_cfg, split=world > 1 and size > 1)
     else:
         _check_ring(model_cfg, data_cfg, split=world > 1 and size > 1)
 
@@ -108,6 +109,20 @@ def _check_ulysses(size: int, model_cfg, data_cfg, split: bool) -> None:
             "distributed=ulysses with a mixture-of-experts model that trains its router's load-balancing loss "
             "(output_router_logits): each rank would balance the experts over its own part of the row only, "
             "which is not the loss one process computes. Use distributed=deepspeed or distributed=fsdp for it."
+        )
+
+
+def _check_loader_workers(trainer_cfg, split: bool) -> None:
+    """On CPU every rank pads its batch to the widest rank's (SplitBatches): a collective the loader's workers
+    cannot take part in."""
+    import torch
+
+    workers = trainer_cfg.get("dataloader_num_workers") or 0
+    if split and workers and not torch.cuda.is_available():
+        raise ConfigError(
+            f"distributed=ulysses on CPU with trainer.dataloader_num_workers={workers}: over gloo every rank's batch "
+            "must be as wide as the others' (DeepSpeed gathers them), which the training process settles as it "
+            "collates; set trainer.dataloader_num_workers=0."
         )
 
 
