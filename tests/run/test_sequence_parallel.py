@@ -7,8 +7,8 @@ per_device_train_batch_size rows per step, as one process). Compared within 1e-5
 and evaluation metric (loss, nll, token accuracy, entropy, per-source losses, token counts, the task
 evaluation's score) and the final weights; a resume from a checkpoint is bitwise the straight split run.
 
-    python -m pytest -m multiprocess tests/run/test_sequence_parallel.py            # ~1 min
-    python -m pytest -m "multiprocess and slow" tests/run/test_sequence_parallel.py # + dft, LoRA, ZeRO-2, sp x dp
+    python -m pytest -m "multiprocess and not slow" tests/run/test_sequence_parallel.py  # ~1.5 min
+    python -m pytest -m "multiprocess and slow" tests/run/test_sequence_parallel.py      # dft, LoRA, ZeRO-2, sp x dp
 """
 from __future__ import annotations
 
@@ -123,10 +123,10 @@ def test_ulysses_resumes_from_a_checkpoint_bitwise(runs, long_data, tmp_path):
     assert all(got[k].equal(expected[k]) for k in expected)  # bitwise
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("variant", ["dft", "lora", "zero2"])
+@pytest.mark.parametrize("variant", ["packing", *(pytest.param(v, marks=pytest.mark.slow) for v in ("dft", "lora", "zero2"))])
 def test_ulysses_variants_train_as_one_process(variant, long_data, tmp_path):
-    extra = {"dft": ["loss=dft", "loss.chunk_size=64"],  # several head chunks per shard
+    extra = {"packing": ["data.packing=true"],  # several examples in a split row, apart by position_ids
+             "dft": ["loss=dft", "loss.chunk_size=64"],  # several head chunks per shard
              "lora": ["peft=lora", "peft.lora_dropout=0.0"],  # dropout draws differ with the batch layout
              "zero2": []}[variant]
     engine = ["distributed.training_args.deepspeed.zero_optimization.stage=2"] if variant == "zero2" else []
@@ -157,3 +157,17 @@ def test_ulysses_groups_with_data_parallelism_train_as_one_process(long_data, tm
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert_same_metrics(tmp_path / "split", single, tolerance=1e-5)
     assert_same_weights(tmp_path / "split", single, tolerance=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.device_count() >= 2, reason="needs 2 CUDA GPUs (ring attention has "
+                    "no CPU kernel; on CPU distributed=ring is refused, tests/run/test_sequence_parallel_config.py)")
+def test_ring_splits_rows_on_two_gpus_and_trains_as_one_process(long_data, tmp_path):
+    # Both ranks of the ring hold the same batch (accelerate gives a context-parallel group one), each half of it.
+    args = [LLAMA, *long_data, *STEPS, "trainer.precision=fp32", "data.padding_free=false",
+            "trainer.per_device_eval_batch_size=2"]
+    single = _single([*args, "model.attn_implementation=sdpa"], tmp_path / "single")
+    split = _split([*args, "distributed=ring"], tmp_path / "split")
+    assert "each row split across 2 ranks (distributed=ring)" in (split / "__main__.log").read_text()
+    assert_same_metrics(split, single, tolerance=1e-4)  # CUDA's SDPA kernels against the ring's merged blocks
+    assert_same_weights(split, single, tolerance=1e-4)
