@@ -1,6 +1,6 @@
 """Sequence parallelism's memory: one process vs distributed=ulysses at sp_size=2, side by side, on CPU (gloo).
 
-    python benchmarks/bench_sequence_parallel.py                   # ~6 min on 2 busy cores, < 3 GB in all
+    python benchmarks/bench_sequence_parallel.py                   # ~8 min on 2 busy cores, < 3 GB in all
     python benchmarks/bench_sequence_parallel.py --row 8192 --cap-mb 200 --lengths 1024 2048 3072 ...
 
 Two figures, each from real training steps of sft_exp's SFTTrainer (chunked head, fp32, AdamW, ZeRO-3 under
@@ -28,12 +28,13 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "MALLOC_MMAP_THRESHOLD_": "65536",
+ENV = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "MALLOC_MMAP_THRESHOLD_": "65536",
        "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 
@@ -49,7 +50,7 @@ def step_memory_callback(folder: Path):
         """Each step's activation memory and the row width this rank's decoder saw, to `folder`/rank<N>.json."""
 
         def __init__(self):
-            self.steps, self.width, self.start = [], None, 0
+            self.steps, self.width, self.start, self.started = [], None, 0, 0.0
 
         def on_train_begin(self, args, state, control, model=None, **kwargs):
             def width(module, args_, kwargs_):
@@ -59,10 +60,11 @@ def step_memory_callback(folder: Path):
 
         def on_step_begin(self, args, state, control, **kwargs):
             Path("/proc/self/clear_refs").write_text("5")  # the peak (VmHWM) starts again from here
-            self.start = _memory_kb("VmRSS")
+            self.start, self.started = _memory_kb("VmRSS"), time.perf_counter()
 
         def on_step_end(self, args, state, control, **kwargs):
-            self.steps.append({"width": self.width, "activation_mb": (_memory_kb("VmHWM") - self.start) / 1024})
+            self.steps.append({"width": self.width, "activation_mb": (_memory_kb("VmHWM") - self.start) / 1024,
+                               "seconds": time.perf_counter() - self.started})
 
         def on_train_end(self, args, state, control, **kwargs):
             rank = int(os.environ.get("RANK", "0"))
@@ -97,6 +99,8 @@ def worker(args) -> None:
     from sft_exp.run import distributed, sequence_parallel
     from sft_exp.training.trainer import SFTTrainer
 
+    split = distributed.world_size()
+    torch.set_num_threads(max(1, args.cores // split))
     torch.manual_seed(0)
     config = AutoConfig.for_model("llama", vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=4 * args.hidden,
                                   num_hidden_layers=args.layers, num_attention_heads=4, num_key_value_heads=2,
@@ -104,7 +108,6 @@ def worker(args) -> None:
     model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=torch.float32)
     use_varlen_sdpa(model)  # as sft_exp loads sdpa
     attention = compat.attn_implementation(model)
-    split = distributed.world_size()
     lengths = [n for n in args.lengths for _ in range(split)]  # under Ulysses each rank's batch, in turn
     if split > 1:
         preset = OmegaConf.to_container(OmegaConf.load(config_dir() / "distributed" / "deepspeed.yaml"))
@@ -116,7 +119,7 @@ def worker(args) -> None:
         model=model, train_dataset=datasets.Dataset.from_list(rows_of(lengths, args.vocab)), data_collator=collator,
         callbacks=[step_memory_callback(Path(args.out))], output_dir=str(Path(args.out) / "checkpoints"),
         max_steps=len(lengths), per_device_train_batch_size=1, logging_steps=1000, save_strategy="no",
-        precision="fp32", threads=1, extra_args={**extra, "train_sampling_strategy": "sequential"},
+        precision="fp32", extra_args={**extra, "train_sampling_strategy": "sequential"},
     )
     trainer.train()
 
@@ -126,7 +129,7 @@ def measure(split: int, args, lengths: list[int]) -> list[dict]:
     """Each length's activation memory per rank: [{"width": tokens, "activation_mb": [rank 0, rank 1, ...]}]."""
     out = Path(tempfile.mkdtemp(prefix=f"bench_sp{split}_"))
     worker_args = ["--worker", "--out", str(out), "--hidden", str(args.hidden), "--layers", str(args.layers),
-                   "--vocab", str(args.vocab), "--lengths", *map(str, lengths)]
+                   "--vocab", str(args.vocab), "--cores", str(args.cores), "--lengths", *map(str, lengths)]
     script = [str(Path(__file__).resolve()), *worker_args]
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(split)] \
         if split > 1 else [sys.executable]
@@ -136,9 +139,10 @@ def measure(split: int, args, lengths: list[int]) -> list[dict]:
     ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(split)]
     by_width: dict = {}  # under Ulysses each row length is trained twice (each rank's batch): the larger peak
     for steps in zip(*ranks):
-        peaks = by_width.setdefault(steps[0]["width"] * split, [0.0] * split)
-        by_width[steps[0]["width"] * split] = [max(a, s["activation_mb"]) for a, s in zip(peaks, steps)]
-    return [{"width": width, "activation_mb": peaks} for width, peaks in sorted(by_width.items())]
+        point = by_width.setdefault(steps[0]["width"] * split, {"activation_mb": [0.0] * split, "seconds": 0.0})
+        point["activation_mb"] = [max(a, s["activation_mb"]) for a, s in zip(point["activation_mb"], steps)]
+        point["seconds"] = max(point["seconds"], *(s["seconds"] for s in steps))
+    return [{"width": width, **point} for width, point in sorted(by_width.items())]
 
 
 def longest_under(cap_mb: float, points: list[dict]) -> int:
@@ -158,11 +162,11 @@ def crossing(cap_mb: float, points: list[dict], multiple: int = 64) -> int | Non
 
 
 def longest_trained(split: int, args, points: list[dict]) -> int:
-    """The longest row that trained under the cap: the measured rows, then the estimated crossing and one
-    `multiple` past it, each trained for real."""
+    """The longest row that trained under the cap: the measured rows, then around the estimated crossing (2%
+    short of it, at it, 64 tokens past it: a step's peak varies by ~1% from run to run), each trained for real."""
     estimate = crossing(args.cap_mb, points)
     if estimate is not None and estimate > longest_under(args.cap_mb, points):
-        points = points + measure(split, args, [estimate, estimate + 64])
+        points = points + measure(split, args, [int(estimate * 0.98) // 64 * 64, estimate, estimate + 64])
     return longest_under(args.cap_mb, points)
 
 
@@ -189,6 +193,8 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--layers", type=int, default=6)
     parser.add_argument("--vocab", type=int, default=512)
+    parser.add_argument("--cores", type=int, default=2, help="CPU threads in all: one process uses them all, "
+                        "each of the 2 ranks half")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -198,14 +204,16 @@ def main() -> None:
     single = measure(1, args, sorted({*args.lengths, args.row}))
     split = measure(2, args, sorted({*(2 * n for n in args.lengths), args.row}))
     longest = longest_trained(1, args, single), longest_trained(2, args, split)
-    one = next(p for p in single if p["width"] == args.row)["activation_mb"][0]
-    per_rank = max(next(p for p in split if p["width"] == args.row)["activation_mb"])
+    at_row = [next(p for p in points if p["width"] == args.row) for points in (single, split)]
+    one, per_rank = at_row[0]["activation_mb"][0], max(at_row[1]["activation_mb"])
     print(f"\nLlama hidden {args.hidden}, {args.layers} layers, 4 heads / 2 KV heads, fp32; sp_size=2: 2 CPU processes "
           f"over gloo, distributed=ulysses (ZeRO-3); load average {os.getloadavg()[0]:.2f}")
     print("\nactivation memory per process (MB), by row length")
     table(single, split)
     print(f"\n1. a row of {args.row} tokens: one process {one:.1f} MB, sp_size=2 {per_rank:.1f} MB per rank: "
           f"{per_rank / one:.2f}x (target <= 0.6x)")
+    print(f"   time per step at that row, {args.cores} cores either way: one process {at_row[0]['seconds']:.1f} s, "
+          f"sp_size=2 {at_row[1]['seconds']:.1f} s ({at_row[1]['seconds'] / at_row[0]['seconds']:.2f}x)")
     ratio = longest[1] / longest[0] if longest[0] else float("nan")
     print(f"2. longest row trained under {args.cap_mb:.0f} MB of activations per process: one process {longest[0]} "
           f"tokens, sp_size=2 {longest[1]} tokens: {ratio:.2f}x (target >= 1.8x)")
