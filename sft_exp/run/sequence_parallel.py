@@ -91,25 +91,31 @@ def _check_ulysses(size: int, model_cfg, data_cfg, split: bool) -> None:
             "(the default is padding-free rows under Ulysses) or set it to true."
         )
     config = text_config(model_cfg)
-    if config is None or not split:
+    if config is None:
         return
-    heads = config.num_attention_heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    where = "model.init_config" if model_cfg.get("init_config") else f"the config of {model_cfg.get('name_or_path')}"
-    fits = [d for d in range(1, heads + 1) if heads % d == 0 and (kv_heads % d == 0 or d % kv_heads == 0)]
-    if heads % size or not (kv_heads % size == 0 or size % kv_heads == 0):
-        raise ConfigError(
-            f"distributed.sp_size={size}: Ulysses gives each rank num_attention_heads / sp_size heads, and the "
-            f"model has {heads} attention heads and {kv_heads} key/value heads ({where}); sp_size must divide the "
-            f"heads, and divide or be a multiple of the key/value heads: set distributed.sp_size to one of {fits} "
-            "(more processes than that form data-parallel groups: world size = sp_size x groups)."
-        )
     if getattr(config, "output_router_logits", False):
         raise ConfigError(
             "distributed=ulysses with a mixture-of-experts model that trains its router's load-balancing loss "
             "(output_router_logits): each rank would balance the experts over its own part of the row only, "
             "which is not the loss one process computes. Use distributed=deepspeed or distributed=fsdp for it."
         )
+    if split:
+        _check_heads(size, config, model_cfg)
+
+
+def _check_heads(size: int, config, model_cfg) -> None:
+    heads = config.num_attention_heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    if heads % size == 0 and (kv_heads % size == 0 or size % kv_heads == 0):
+        return
+    where = "model.init_config" if model_cfg.get("init_config") else f"the config of {model_cfg.get('name_or_path')}"
+    fits = [d for d in range(1, heads + 1) if heads % d == 0 and (kv_heads % d == 0 or d % kv_heads == 0)]
+    raise ConfigError(
+        f"distributed.sp_size={size}: Ulysses gives each rank num_attention_heads / sp_size heads, and the "
+        f"model has {heads} attention heads and {kv_heads} key/value heads ({where}); sp_size must divide the "
+        f"heads, and divide or be a multiple of the key/value heads: set distributed.sp_size to one of {fits} "
+        "(more processes than that form data-parallel groups: world size = sp_size x groups)."
+    )
 
 
 def _check_loader_workers(trainer_cfg, split: bool) -> None:
@@ -327,7 +333,9 @@ def unsplit_attention(model):
 def resumed_dataloader(dataloader, num_batches: int, skip_first_batches):
     """Ulysses' adapter without the `num_batches` micro-batches already trained: each of its micro-batches is
     one rank's batch split, so the wrapped loader skips num_batches // sp_size of its own batches."""
-    from deepspeed.runtime.sequence_parallel.ulysses_sp import UlyssesSPDataLoaderAdapter
+    from deepspeed.runtime.sequence_parallel.ulysses_sp import (
+        UlyssesSPDataLoaderAdapter,
+    )
 
     whole, part = divmod(num_batches, dataloader.sp_world_size)
     adapter = UlyssesSPDataLoaderAdapter(skip_first_batches(dataloader.dl, whole), sp_rank=dataloader.sp_rank,

@@ -5,7 +5,8 @@ assistant-only with per-message weights, from two sources; the model a tiny Llam
 heads). One process trains the same global batch (Ulysses' 2 ranks train one rank's batch at a time, split:
 per_device_train_batch_size rows per step, as one process). Compared within 1e-5: every logged training
 and evaluation metric (loss, nll, token accuracy, entropy, per-source losses, token counts, the task
-evaluation's score) and the final weights; a resume from a checkpoint is bitwise the straight split run.
+evaluation's score), each example's loss (trainer.example_ledger) and the final weights; a resume from a
+checkpoint is bitwise the straight split run.
 
     python -m pytest -m "multiprocess and not slow" tests/run/test_sequence_parallel.py  # ~1.5 min
     python -m pytest -m "multiprocess and slow" tests/run/test_sequence_parallel.py      # dft, LoRA, ZeRO-2, sp x dp
@@ -19,6 +20,7 @@ import pytest
 
 from tests.run.long_rows import LLAMA, write_sources
 from tests.run.test_distributed import _torchrun
+from tests.run.test_sharded import EXIT_ABORT, _completed
 
 pytestmark = pytest.mark.multiprocess
 
@@ -46,6 +48,8 @@ def _single(args, folder):
 
 def _split(args, folder):
     proc = _torchrun(*args, f"hydra.run.dir={folder}")
+    if proc.returncode != 0 and EXIT_ABORT in proc.stderr and _completed(folder):
+        pytest.xfail(f"known: a rank aborted at exit after the run completed ({EXIT_ABORT!r}); see test_sharded.py")
     assert proc.returncode == 0, proc.stderr[-4000:]
     return folder
 
@@ -54,7 +58,7 @@ def _split(args, folder):
 def runs(long_data, tmp_path_factory):
     """One process and the same run split by Ulysses across 2 processes (with the split probe)."""
     base = tmp_path_factory.mktemp("ulysses")
-    args = [LLAMA, *long_data, *STEPS]
+    args = [LLAMA, *long_data, *STEPS, "trainer.example_ledger=true"]
     single = _single([*args, *SINGLE], base / "single")
     split = _split([*args, *SPLIT, PROBE, f"+callbacks.split.folder={base / 'probe'}"], base / "split")
     return single, split, base / "probe"
@@ -108,6 +112,16 @@ def test_ulysses_splits_each_row_and_trains_as_one_process(runs):
     assert first_row[:length] == list(range(length)) and length > len(seen[0]["position_ids"][0]) >= 256
     assert first_row[length:] == list(range(len(first_row) - length))  # the padding: one example, not trained
     assert "each row split across 2 ranks" in (split / "__main__.log").read_text()
+    # Each example's loss and accuracy (trainer.example_ledger; 8 rows trained, 8 held out at 3 evaluations):
+    # the parts of an example on the two ranks add up.
+    import pandas as pd
+
+    keys = ["split", "epoch", "step", "source", "row_id"]
+    ledgers = [pd.read_parquet(folder / "examples.parquet").sort_values(keys).reset_index(drop=True)
+               for folder in (split, single)]
+    assert ledgers[0][keys + ["tokens"]].equals(ledgers[1][keys + ["tokens"]]) and len(ledgers[0]) == 8 + 3 * 8
+    assert (ledgers[0]["loss"] - ledgers[1]["loss"]).abs().max() <= 1e-5
+    assert ledgers[0]["token_accuracy"].equals(ledgers[1]["token_accuracy"])
 
 
 def test_ulysses_resumes_from_a_checkpoint_bitwise(runs, long_data, tmp_path):
@@ -153,7 +167,7 @@ def test_ulysses_groups_with_data_parallelism_train_as_one_process(long_data, tm
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "4", "-m", "sft_exp",
            *args, "trainer.gradient_accumulation_steps=2", "trainer.per_device_eval_batch_size=1",
            "distributed=ulysses", "distributed.sp_size=2", f"hydra.run.dir={tmp_path / 'split'}"]
-    proc = subprocess.run(cmd, cwd=REPO, env=PROCESS_ENV, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, cwd=REPO, env=PROCESS_ENV, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert_same_metrics(tmp_path / "split", single, tolerance=1e-5)
     assert_same_weights(tmp_path / "split", single, tolerance=1e-5)
