@@ -14,7 +14,7 @@ Activation memory of a step = the process's peak resident memory during the step
 step's start through /proc/self/clear_refs) minus its resident memory at the start: what the step adds to
 the model, optimizer state and batch already there. glibc is told to map every block of 64 KiB or more on its
 own (MALLOC_MMAP_THRESHOLD_), so a freed activation goes back to the system and the next step's peak is its
-own. Rows: random token ids, the first quarter a prompt (not trained), one example per row; each row length is
+own. Rows: random token ids, the first third a prompt (not trained), one example per row; each row length is
 trained in ascending order (under Ulysses twice in a row: each of the two ranks' batches, split in turn).
 The model: a Llama of --hidden width (4 heads, 2 key/value heads), wide enough that activations, not weights,
 are what grows (its weights and Adam state are a few MB).
@@ -73,18 +73,6 @@ def step_memory_callback(folder: Path):
     return StepMemory()
 
 
-def rows_of(lengths: list[int], vocab: int) -> list[dict]:
-    import torch
-
-    g = torch.Generator().manual_seed(0)
-    rows = []
-    for length in lengths:
-        ids = torch.randint(4, vocab, (length,), generator=g).tolist()
-        labels = [-100 if t < length // 4 else token for t, token in enumerate(ids)]
-        rows.append({"input_ids": ids, "labels": labels, "position_ids": list(range(length)), "source_ids": [0] * length})
-    return rows
-
-
 def worker(args) -> None:
     """One configuration, all its row lengths in ascending order: one process, or a rank of `torchrun`."""
     import datasets
@@ -98,6 +86,7 @@ def worker(args) -> None:
     from sft_exp.paths import config_dir
     from sft_exp.run import distributed, sequence_parallel
     from sft_exp.training.trainer import SFTTrainer
+    from tests.conftest import prepared_rows  # random tokens, the first third a prompt
 
     split = distributed.world_size()
     torch.set_num_threads(max(1, args.cores // split))
@@ -116,7 +105,7 @@ def worker(args) -> None:
     else:
         extra, collator = {}, collator_for(0, packing=False, padding_free=None, attn_implementation=attention)
     trainer = SFTTrainer(
-        model=model, train_dataset=datasets.Dataset.from_list(rows_of(lengths, args.vocab)), data_collator=collator,
+        model=model, train_dataset=datasets.Dataset.from_list(prepared_rows(lengths, args.vocab)), data_collator=collator,
         callbacks=[step_memory_callback(Path(args.out))], output_dir=str(Path(args.out) / "checkpoints"),
         max_steps=len(lengths), per_device_train_batch_size=1, logging_steps=1000, save_strategy="no",
         precision="fp32", extra_args={**extra, "train_sampling_strategy": "sequential"},
