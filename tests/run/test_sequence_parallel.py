@@ -140,7 +140,8 @@ def test_ulysses_resumes_from_a_checkpoint_bitwise(runs, long_data, tmp_path):
 @pytest.mark.parametrize("variant", ["packing", *(pytest.param(v, marks=pytest.mark.slow) for v in ("dft", "lora", "zero2"))])
 def test_ulysses_variants_train_as_one_process(variant, long_data, tmp_path):
     extra = {"packing": ["data.packing=true"],  # several examples in a split row, apart by position_ids
-             "dft": ["loss=dft", "loss.chunk_size=64"],  # several head chunks per shard
+             "dft": ["loss=dft", "loss.chunk_size=64", "memory=checkpointing"],  # several head chunks per shard;
+             # each layer's forward, all-to-alls included, run again in the backward
              "lora": ["peft=lora", "peft.lora_dropout=0.0"],  # dropout draws differ with the batch layout
              "zero2": []}[variant]
     engine = ["distributed.training_args.deepspeed.zero_optimization.stage=2"] if variant == "zero2" else []
