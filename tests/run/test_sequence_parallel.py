@@ -46,12 +46,26 @@ def _single(args, folder):
     return folder
 
 
+ABORTED_AT_EXIT = set()  # run folders whose run completed before a rank aborted in interpreter shutdown
+
+
 def _split(args, folder):
-    proc = _torchrun(*args, f"hydra.run.dir={folder}")
+    return _finished(_torchrun(*args, f"hydra.run.dir={folder}"), folder)
+
+
+def _finished(proc, folder):
     if proc.returncode != 0 and EXIT_ABORT in proc.stderr and _completed(folder):
-        pytest.xfail(f"known: a rank aborted at exit after the run completed ({EXIT_ABORT!r}); see test_sharded.py")
+        ABORTED_AT_EXIT.add(folder)  # compared all the same; reported by report_exit_aborts
+        return folder
     assert proc.returncode == 0, proc.stderr[-4000:]
     return folder
+
+
+def report_exit_aborts(*folders):
+    """After a test's comparisons passed: the known abort at exit (test_sharded.py), reported, not hidden."""
+    if ABORTED_AT_EXIT.intersection(folders):
+        pytest.xfail(f"compared equal, but a rank aborted at exit after the run completed ({EXIT_ABORT!r}); "
+                     "see test_sharded.py")
 
 
 @pytest.fixture(scope="module")
@@ -122,6 +136,7 @@ def test_ulysses_splits_each_row_and_trains_as_one_process(runs):
     assert ledgers[0][keys + ["tokens"]].equals(ledgers[1][keys + ["tokens"]]) and len(ledgers[0]) == 8 + 3 * 8
     assert (ledgers[0]["loss"] - ledgers[1]["loss"]).abs().max() <= 1e-5
     assert ledgers[0]["token_accuracy"].equals(ledgers[1]["token_accuracy"])
+    report_exit_aborts(split)
 
 
 def test_ulysses_resumes_from_a_checkpoint_bitwise(runs, long_data, tmp_path):
@@ -135,6 +150,7 @@ def test_ulysses_resumes_from_a_checkpoint_bitwise(runs, long_data, tmp_path):
     assert_same_metrics(resumed, straight, tolerance=0.0)
     got, expected = _weights(resumed), _weights(straight)
     assert all(got[k].equal(expected[k]) for k in expected)  # bitwise
+    report_exit_aborts(straight, resumed)
 
 
 @pytest.mark.parametrize("variant", ["packing", *(pytest.param(v, marks=pytest.mark.slow) for v in ("dft", "lora", "zero2"))])
@@ -150,6 +166,7 @@ def test_ulysses_variants_train_as_one_process(variant, long_data, tmp_path):
     split = _split([*args, *SPLIT, *engine], tmp_path / "split")
     assert_same_metrics(split, single, tolerance=1e-5)
     assert_same_weights(split, single, 1e-5, "adapter_model.safetensors" if variant == "lora" else "model.safetensors")
+    report_exit_aborts(split)
 
 
 @pytest.mark.slow
@@ -169,9 +186,10 @@ def test_ulysses_groups_with_data_parallelism_train_as_one_process(long_data, tm
            *args, "trainer.gradient_accumulation_steps=2", "trainer.per_device_eval_batch_size=1",
            "distributed=ulysses", "distributed.sp_size=2", f"hydra.run.dir={tmp_path / 'split'}"]
     proc = subprocess.run(cmd, cwd=REPO, env=PROCESS_ENV, capture_output=True, text=True, timeout=600, check=False)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    assert_same_metrics(tmp_path / "split", single, tolerance=1e-5)
-    assert_same_weights(tmp_path / "split", single, tolerance=1e-5)
+    split = _finished(proc, tmp_path / "split")
+    assert_same_metrics(split, single, tolerance=1e-5)
+    assert_same_weights(split, single, tolerance=1e-5)
+    report_exit_aborts(split)
 
 
 @pytest.mark.gpu
@@ -186,3 +204,4 @@ def test_ring_splits_rows_on_two_gpus_and_trains_as_one_process(long_data, tmp_p
     assert "each row split across 2 ranks (distributed=ring)" in (split / "__main__.log").read_text()
     assert_same_metrics(split, single, tolerance=1e-4)  # CUDA's SDPA kernels against the ring's merged blocks
     assert_same_weights(split, single, tolerance=1e-4)
+    report_exit_aborts(split)
