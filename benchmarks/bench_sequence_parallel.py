@@ -100,7 +100,7 @@ def worker(args) -> None:
     lengths = [n for n in args.lengths for _ in range(split)]  # under Ulysses each rank's batch, in turn
     if split > 1:
         preset = OmegaConf.to_container(OmegaConf.load(config_dir() / "distributed" / "deepspeed.yaml"))
-        extra = distributed.training_arguments(preset["training_args"], "ulysses", split=split, attention=attention)
+        extra = distributed.training_arguments(preset["training_args"], "ulysses", split=split)
         collator = sequence_parallel.split_collator("ulysses", split, pad_token_id=0)
     else:
         extra, collator = {}, collator_for(0, packing=False, padding_free=None, attn_implementation=attention)

@@ -79,20 +79,15 @@ def forget_accelerate_preparation(model) -> bool:
     return True
 
 
-def ulysses_handler(attention: str):
-    """accelerate's DeepSpeedSequenceParallelConfig for Ulysses around `attention`, the model's implementation.
+def name_ulysses_attention(handler, attention: str) -> None:
+    """Name the model's attention implementation in accelerate's DeepSpeedSequenceParallelConfig.
 
     Its constructor accepts only transformers' own names (sdpa, flash_attention_2/3, hub flash kernels); a
     model on sft_exp's `sdpa_varlen` (sdpa per example, registered in transformers' attention registry where
     DeepSpeed looks it up, and what keeps packed examples apart once Ulysses drops the mask) is set after it.
     DeepSpeed itself requires the name to equal the model's own attention implementation.
     """
-    from accelerate.utils import DeepSpeedSequenceParallelConfig
-
-    handler = DeepSpeedSequenceParallelConfig(sp_seq_length_is_variable=True, sp_attn_implementation="sdpa",
-                                              sp_disable_in_eval=True)
     handler.sp_attn_implementation = attention
-    return handler
 
 
 # ----------------------------------------------------------------------------- Optuna and Hydra

@@ -86,7 +86,7 @@ def run(cfg: DictConfig) -> float:
             train_dataset=data.train, eval_dataset=data.eval, processing_class=tokenizer,
             data_collator=_collator(cfg, data_settings, tokenizer.pad_token_id, attention),
             callbacks=[*callbacks, *loggers], evaluators=evaluators, output_dir=str(run_dir / "checkpoints"),
-            seed=cfg.seed, data_seed=cfg.seed, extra_args=_extra_training_arguments(cfg, attention),
+            seed=cfg.seed, data_seed=cfg.seed, extra_args=_extra_training_arguments(cfg),
         )
         summary = {**parameter_counts(model), **train_and_evaluate(trainer, resume)}
         trainer.save_model(str(run_dir / "model"))
@@ -211,13 +211,13 @@ def _collator(cfg: DictConfig, data_settings, pad_token_id: int, attention: str 
                         attn_implementation=attention)
 
 
-def _extra_training_arguments(cfg: DictConfig, attention: str | None) -> dict:
+def _extra_training_arguments(cfg: DictConfig) -> dict:
     """TrainingArguments fields of the distributed strategy (fsdp, deepspeed, gloo on CPU, parallelism_config),
     then the user's."""
     from sft_exp.run import distributed
 
     strategy_args = distributed.training_arguments(plain(cfg.distributed.training_args), cfg.distributed.strategy,
-                                                   split=_split(cfg), attention=attention)
+                                                   split=_split(cfg))
     return {**strategy_args, **plain(cfg.trainer.extra_args)}
 
 

@@ -117,10 +117,12 @@ def test_wrap_hydra_job_runner_runs_what_hydra_main_runs_through_the_wrapper(mon
     assert seen == ["wrapped"]
 
 
-def test_ulysses_handler_names_the_models_own_attention():
-    handler = compat.ulysses_handler("sdpa_varlen")
-    assert handler.sp_attn_implementation == "sdpa_varlen" and handler.sp_seq_length_is_variable
-    assert handler.sp_disable_in_eval  # evaluation runs unsplit
+def test_ulysses_handler_takes_the_models_own_attention_by_name():
+    from accelerate.utils import DeepSpeedSequenceParallelConfig
+
+    handler = DeepSpeedSequenceParallelConfig(sp_seq_length_is_variable=True, sp_attn_implementation="sdpa")
+    compat.name_ulysses_attention(handler, "sdpa_varlen")
+    assert handler.sp_attn_implementation == "sdpa_varlen"  # what accelerate hands DeepSpeed at prepare
 
 
 def test_trainer_shards_context_parallel_buffers_in_a_method_sft_exp_extends():

@@ -95,7 +95,7 @@ def explain_single_process(strategy: str) -> None:
                 "distributed=%s ...`.", strategy, what, strategy)
 
 
-def training_arguments(strategy_args: dict, strategy: str = "ddp", split: int = 1, attention: str | None = None) -> dict:
+def training_arguments(strategy_args: dict, strategy: str = "ddp", split: int = 1) -> dict:
     """The TrainingArguments fields a strategy sets (distributed.training_args), for this machine; with
     sequence parallelism (`split` ranks per row) accelerate's `parallelism_config` too."""
     import torch
@@ -109,7 +109,7 @@ def training_arguments(strategy_args: dict, strategy: str = "ddp", split: int = 
     if strategy in ENGINE_OF:
         from sft_exp.run.sequence_parallel import parallelism_arguments
 
-        args.update(parallelism_arguments(strategy, split, attention))
+        args.update(parallelism_arguments(strategy, split))
     return args
 
 

@@ -175,8 +175,9 @@ def text_config(model_cfg):
 
 
 # ----------------------------------------------------------------------------- the run's pieces
-def parallelism_arguments(strategy: str, size: int, attention: str | None) -> dict:
-    """TrainingArguments' `parallelism_config` for `size` ranks per row (world size already > 1), or {} at size 1."""
+def parallelism_arguments(strategy: str, size: int) -> dict:
+    """TrainingArguments' `parallelism_config` for `size` ranks per row (world size already > 1), or {} at size 1.
+    SFTTrainer completes it with the model (`ready_engine`)."""
     from accelerate.utils import ParallelismConfig
 
     world = launched_world()[0]
@@ -189,18 +190,36 @@ def parallelism_arguments(strategy: str, size: int, attention: str | None) -> di
 
         return {"parallelism_config": ParallelismConfig(cp_size=size, dp_shard_size=world // size, cp_backend="torch",
                                                         cp_handler=TorchContextParallelConfig())}
+    from accelerate.utils import DeepSpeedSequenceParallelConfig
+
+    # Evaluation runs unsplit (SFTTrainer.evaluate); the attention is the model's own, named by ready_engine.
+    handler = DeepSpeedSequenceParallelConfig(sp_seq_length_is_variable=True, sp_attn_implementation="sdpa",
+                                              sp_disable_in_eval=True)
+    return {"parallelism_config": ParallelismConfig(sp_size=size, sp_backend="deepspeed", dp_replicate_size=world // size,
+                                                    sp_handler=handler)}
+
+
+def ready_engine(args, model) -> None:
+    """Ulysses, before the Trainer starts: DeepSpeed wraps the model's own attention implementation (it must
+    be the model's: sft_exp's sdpa_varlen where the model loaded sdpa), and on CPU DeepSpeed's comm is started
+    (its sequence-parallel groups need it; only its GPU path starts it by itself)."""
+    config = getattr(args, "parallelism_config", None)
+    if config is None or not (config.sp_enabled and config.sp_backend == "deepspeed"):
+        return
     import torch
 
+    from sft_exp import compat
+
+    compat.name_ulysses_attention(config.sp_handler, compat.attn_implementation(unwrap_peft(model)))
     if not torch.cuda.is_available():
         import deepspeed
 
-        # DeepSpeed's sequence-parallel groups need its own comm, which only its GPU path starts by itself.
         deepspeed.init_distributed(dist_backend="gloo")
-    from sft_exp import compat
 
-    handler = compat.ulysses_handler(attention)
-    return {"parallelism_config": ParallelismConfig(sp_size=size, sp_backend="deepspeed", dp_replicate_size=world // size,
-                                                    sp_handler=handler)}
+
+def unwrap_peft(model):
+    """The transformers model under a PEFT wrapper (its config is the base model's either way)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def use_engine_attention(model, strategy: str) -> None:

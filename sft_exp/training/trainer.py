@@ -132,6 +132,7 @@ class SFTTrainer(AtomicCheckpoints, Trainer):
             args = build_training_arguments(output_dir=output_dir, **training_arguments)
         elif training_arguments:
             raise TypeError(f"pass either args= or training-argument keywords, not both: {sorted(training_arguments)}")
+        sequence_parallel.ready_engine(args, model)  # Ulysses: the model's attention, DeepSpeed's comm on CPU
         self.loss_fn = loss if loss is not None else NLLLoss()
         self.memory = memory if memory is not None else NoMemoryStrategy()
         self.optimizer_factory = optimizer_factory
