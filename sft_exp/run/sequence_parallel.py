@@ -337,16 +337,16 @@ def unsplit_attention(model):
     from sft_exp import compat
 
     name = compat.attn_implementation(model)
-    split = registry.get(name) if name else None
     try:
+        split = registry[name]
         del registry[name]
-    except KeyError:  # nothing in its place: attention is not split
-        yield
-        return
+    except KeyError:  # nothing in its place (or no name): attention is not split
+        split = None
     try:
         yield
     finally:
-        registry[name] = split
+        if split is not None:
+            registry[name] = split
 
 
 def resumed_dataloader(dataloader, num_batches: int, skip_first_batches):
