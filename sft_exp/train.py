@@ -70,6 +70,7 @@ def run(cfg: DictConfig) -> float:
     model = model_loader.load_model(tokenizer)
     sequence_parallel.use_engine_attention(model, cfg.distributed.strategy)
     attention = compat.attn_implementation(model)  # sdpa becomes sdpa_varlen where the model allows it
+    sequence_parallel.refuse_mixed_examples(cfg.distributed.strategy, data_settings.packing, attention)
     memory.apply(model)
     if peft_config is not None and not model_loader.name_or_path and is_main:
         save_base_for_export(model, tokenizer, run_dir)  # a base built from config exists nowhere else

@@ -93,6 +93,12 @@ def _check_ulysses(size: int, model_cfg, data_cfg, split: bool) -> None:
     config = text_config(model_cfg)
     if config is None:
         return
+    if attention == "sdpa":  # sft_exp loads it as sdpa_varlen where the model's code takes registered attention
+        from transformers import MODEL_FOR_CAUSAL_LM_MAPPING
+
+        model_class = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(config), None)
+        if model_class is not None and not getattr(model_class, "_supports_attention_backend", False):
+            refuse_mixed_examples("ulysses", bool(data_cfg.get("packing")), "sdpa")
     if getattr(config, "output_router_logits", False):
         raise ConfigError(
             "distributed=ulysses with a mixture-of-experts model that trains its router's load-balancing loss "
@@ -116,6 +122,18 @@ def _check_heads(size: int, config, model_cfg) -> None:
         f"heads, and divide or be a multiple of the key/value heads: set distributed.sp_size to one of {fits} "
         "(more processes than that form data-parallel groups: world size = sp_size x groups)."
     )
+
+
+def refuse_mixed_examples(strategy: str, packing: bool, attention: str | None) -> None:
+    """Ulysses drops the attention mask: packed examples stay apart only where attention reads position_ids
+    (sdpa_varlen, flash-attention). Checked before loading where the model class tells, and after loading."""
+    if strategy == "ulysses" and packing and attention == "sdpa":
+        raise ConfigError(
+            "distributed=ulysses with data.packing=true on a model that keeps plain sdpa (its code does not take "
+            "registered attention functions, so sft_exp cannot load it as sdpa_varlen): Ulysses drops the attention "
+            "mask and packed examples would attend to each other. Set data.packing=false (one example per row), "
+            "or model.attn_implementation=flash_attention_2 (GPUs)."
+        )
 
 
 def _check_loader_workers(trainer_cfg, split: bool) -> None:

@@ -61,6 +61,15 @@ def test_ulysses_refuses_padded_batches(monkeypatch):
     validate_config(compose(["distributed=ulysses", "data.packing=true"]))  # packed rows: apart by position_ids
 
 
+def test_ulysses_refuses_packed_rows_where_attention_cannot_keep_them_apart():
+    from sft_exp.run.sequence_parallel import refuse_mixed_examples
+
+    with pytest.raises(ConfigError, match="packed examples would attend to each other"):
+        refuse_mixed_examples("ulysses", packing=True, attention="sdpa")  # a model left on plain sdpa
+    refuse_mixed_examples("ulysses", packing=True, attention="sdpa_varlen")
+    refuse_mixed_examples("ulysses", packing=False, attention="sdpa")  # one example per row: causal is enough
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU case")
 def test_ulysses_on_cpu_collates_in_the_training_process(monkeypatch):
     _launched(monkeypatch, 2)
