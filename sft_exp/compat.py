@@ -79,6 +79,17 @@ def forget_accelerate_preparation(model) -> bool:
     return True
 
 
+def name_ulysses_attention(handler, attention: str) -> None:
+    """Name the model's attention implementation in accelerate's DeepSpeedSequenceParallelConfig.
+
+    Its constructor accepts only transformers' own names (sdpa, flash_attention_2/3, hub flash kernels); a
+    model on sft_exp's `sdpa_varlen` (sdpa per example, registered in transformers' attention registry where
+    DeepSpeed looks it up, and what keeps packed examples apart once Ulysses drops the mask) is set after it.
+    DeepSpeed itself requires the name to equal the model's own attention implementation.
+    """
+    handler.sp_attn_implementation = attention
+
+
 # ----------------------------------------------------------------------------- Optuna and Hydra
 def trial_id(trial) -> int:
     """The storage id of an Optuna trial (`Trial._trial_id` / `FrozenTrial._trial_id`): storage calls take it,

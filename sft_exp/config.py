@@ -97,8 +97,13 @@ class LoraAdapterConfig:
 class DistributedConfig:
     """How several processes share the work; the launcher (torchrun, accelerate launch) starts them."""
 
-    # ddp: data parallel over however many processes were launched (one is fine); fsdp; deepspeed.
+    # ddp: data parallel over however many processes were launched (one is fine); fsdp; deepspeed;
+    # ulysses / ring: each row's tokens split across ranks (docs/sequence-parallel.md).
     strategy: str = "ddp"
+    # distributed=ulysses: ranks that split one row (DeepSpeed Ulysses); null: every process of a node.
+    sp_size: Optional[int] = None
+    # distributed=ring: ranks that split one row (torch ring attention, GPUs); null: every process of a node.
+    cp_size: Optional[int] = None
     # transformers.TrainingArguments fields the strategy sets (fsdp, fsdp_config, deepspeed, ddp_*).
     training_args: Dict[str, Any] = field(default_factory=dict)
 

@@ -42,6 +42,10 @@ def validate_config(cfg: DictConfig) -> None:
     check_distributed_config(cfg.distributed.strategy)
     check_adapter_config(plain(cfg.model), plain(cfg.peft) if cfg.peft else None)
     _check_model(cfg.model)
+    from sft_exp.run.sequence_parallel import check_sequence_parallel
+
+    sizes = {key: cfg.distributed.get(key) for key in ("sp_size", "cp_size")}
+    check_sequence_parallel(cfg.distributed.strategy, sizes, cfg.model, cfg.data, cfg.trainer)
     # The data settings check themselves when train.run builds them (sft_exp.data.DataSettings), still
     # before torch or any model loads.
 

@@ -37,11 +37,12 @@ def run(cfg: DictConfig) -> float:
     from sft_exp.run import folder as run_folder
     from sft_exp.models.adapters import parameter_counts, save_base_for_export, wrap_with_adapter
     from sft_exp.training.checkpoints import resolve_resume
-    from sft_exp.data import collator_for, describe, prepare_datasets
+    from sft_exp.data import describe, prepare_datasets
     from sft_exp.models.stop_tokens import end_of_turn_stats
     from sft_exp.run import hub_push
     from sft_exp.run.model_card import save_serving_files
     from sft_exp.training.arguments import recorded
+    from sft_exp.run import sequence_parallel
 
     resume = resolve_resume(relaunch.resume_from or cfg.resume_from_checkpoint, run_dir)  # a missing one fails here
     done = _already_trained(resume, cfg, run_dir)
@@ -68,7 +69,9 @@ def run(cfg: DictConfig) -> float:
     tokenizer.chat_template = data.chat_template or tokenizer.chat_template  # saved and used as trained
     log.info(describe(data))
     model = model_loader.load_model(tokenizer)
+    sequence_parallel.use_engine_attention(model, cfg.distributed.strategy)
     attention = compat.attn_implementation(model)  # sdpa becomes sdpa_varlen where the model allows it
+    sequence_parallel.refuse_mixed_examples(cfg.distributed.strategy, data_settings.packing, attention)
     memory.apply(model)
     if peft_config is not None and not model_loader.name_or_path and is_main:
         save_base_for_export(model, tokenizer, run_dir)  # a base built from config exists nowhere else
@@ -84,8 +87,7 @@ def run(cfg: DictConfig) -> float:
             model=model, args=training_arguments(cfg, run_dir), loss=loss, memory=memory, optimizer_factory=optimizer,
             source_names=data.source_names, train_dataset=data.train, eval_dataset=data.eval,
             processing_class=tokenizer, callbacks=[*callbacks, *loggers], evaluators=evaluators,
-            data_collator=collator_for(tokenizer.pad_token_id, packing=data_settings.packing,
-                                       padding_free=data_settings.padding_free, attn_implementation=attention),
+            data_collator=_collator(cfg, data_settings, tokenizer.pad_token_id, attention),
         )
         summary = {**parameter_counts(model), **train_and_evaluate(trainer, resume)}
         trainer.save_model(str(run_dir / "model"))
@@ -233,7 +235,8 @@ def training_arguments(cfg: DictConfig, run_dir: Path | None = None):
 
     keywords = dict(instantiate(cfg.trainer, _convert_="all").keywords)
     extra_args = keywords.pop("extra_args", None) or {}
-    strategy_args = distributed.training_arguments(plain(cfg.distributed.training_args))
+    strategy_args = distributed.training_arguments(plain(cfg.distributed.training_args), cfg.distributed.strategy,
+                                                   split=_split(cfg))
     arguments.refuse_owned_extra_args(extra_args, keywords, strategy_args)
     memory = instantiate(cfg.memory)
     loggers = [get_class(node._target_).name for node in (cfg.logger or {}).values() if node is not None]
@@ -245,6 +248,24 @@ def training_arguments(cfg: DictConfig, run_dir: Path | None = None):
         )
     except ValueError as err:  # TrainingArguments' own checks, e.g. load_best_model_at_end without evaluations
         raise ConfigError(f"the trainer settings (trainer.*, trainer.extra_args) do not go together: {err}") from None
+
+
+def _split(cfg: DictConfig) -> int:
+    """How many ranks split each row (sequence parallelism); 1: none."""
+    from sft_exp.run.sequence_parallel import ranks_per_row
+
+    return ranks_per_row(cfg.distributed.strategy, {k: cfg.distributed.get(k) for k in ("sp_size", "cp_size")})
+
+
+def _collator(cfg: DictConfig, data_settings, pad_token_id: int, attention: str | None):
+    """The batches: as data.packing / data.padding_free say, or as the sequence-parallel engine needs them."""
+    from sft_exp.data import collator_for
+    from sft_exp.run.sequence_parallel import split_collator
+
+    if _split(cfg) > 1:
+        return split_collator(cfg.distributed.strategy, _split(cfg), pad_token_id)
+    return collator_for(pad_token_id, packing=data_settings.packing, padding_free=data_settings.padding_free,
+                        attn_implementation=attention)
 
 
 def _was_pruned(callbacks: list) -> bool:

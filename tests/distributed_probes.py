@@ -104,3 +104,23 @@ class KillSelfAtStep(TrainerCallback):
             import signal
 
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+class SplitProbe(TrainerCallback):
+    """The position ids each rank's decoder saw in its first training forward, in `folder`/rank<N>.json: under
+    sequence parallelism each rank's are its part of the row (rank 0 the start, rank 1 the rest)."""
+
+    def __init__(self, folder: str):
+        self.folder, self.handle = Path(folder), None
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        def record(module, args_, kwargs_):
+            if module.training and self.handle is not None:
+                positions = kwargs_.get("position_ids")
+                record = {"position_ids": positions.tolist(), "input_ids_shape": list(kwargs_["input_ids"].shape)}
+                self.folder.mkdir(parents=True, exist_ok=True)
+                (self.folder / f"rank{_rank()}.json").write_text(json.dumps(record))
+                self.handle.remove()
+                self.handle = None
+
+        self.handle = model.get_decoder().register_forward_pre_hook(record, with_kwargs=True)

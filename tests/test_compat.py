@@ -127,3 +127,34 @@ def test_hydra_writes_a_jobs_files_through_save_config_before_the_task_runs():
     assert list(inspect.signature(hydra_core_utils._save_config).parameters) == ["cfg", "filename", "output_dir"]
     source = inspect.getsource(hydra_core_utils.run_job)
     assert source.index('_save_config(task_cfg, "config.yaml"') < source.index("task_function(task_cfg)")
+
+
+def test_ulysses_handler_takes_the_models_own_attention_by_name():
+    from accelerate.utils import DeepSpeedSequenceParallelConfig
+
+    handler = DeepSpeedSequenceParallelConfig(sp_seq_length_is_variable=True, sp_attn_implementation="sdpa")
+    compat.name_ulysses_attention(handler, "sdpa_varlen")
+    assert handler.sp_attn_implementation == "sdpa_varlen"  # what accelerate hands DeepSpeed at prepare
+
+
+def test_trainer_shards_context_parallel_buffers_in_a_method_sft_exp_extends():
+    import inspect
+
+    from transformers import Trainer
+
+    # SFTTrainer._prepare_context_parallel_inputs adds sft_exp's per-token columns to the Trainer's buffers.
+    parameters = list(inspect.signature(Trainer._prepare_context_parallel_inputs).parameters)
+    assert parameters == ["self", "model", "inputs"]
+
+
+def test_ulysses_loader_adapter_keeps_what_a_resume_rebuilds_it_from():
+    import pytest
+
+    pytest.importorskip("deepspeed")
+    from deepspeed.runtime.sequence_parallel.ulysses_sp import UlyssesSPDataLoaderAdapter
+
+    loader = [{"input_ids": None}]
+    adapter = UlyssesSPDataLoaderAdapter(loader, sp_rank=1, sp_group=None, sp_world_size=2, device="cpu")
+    # sft_exp.run.sequence_parallel.resumed_dataloader reads these (public attributes, no accessor).
+    assert (adapter.dl, adapter.sp_rank, adapter.sp_group, adapter.sp_world_size, adapter.device) == \
+        (loader, 1, None, 2, "cpu")

@@ -49,17 +49,22 @@ class SFTCollator:
         multiple = self.pad_to_multiple_of
         return length if not multiple else -(-length // multiple) * multiple
 
-    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+    def width(self, rows: list[dict]) -> int:
+        """The length of the batch's rows: its longest row (or, one row padding-free, all its tokens), rounded up."""
+        lengths = [len(row["input_ids"]) for row in rows]
+        return self._padded_length(sum(lengths) if self.padding_free and not self.separate_rows else max(lengths))
+
+    def __call__(self, rows: list[dict], width: int | None = None) -> dict[str, torch.Tensor]:
+        """The batch of `rows`, padded to `width` (at least `self.width(rows)`, which is the default)."""
+        width = self.width(rows) if width is None else width
         if not self.padding_free:
-            return self._padded(rows)
+            return self._padded(rows, width)
         if self.separate_rows:
-            width = self._padded_length(max(len(row["input_ids"]) for row in rows))
             parts = [self._padding_free([row], width) for row in rows]
             return {key: torch.cat([part[key] for part in parts]) for key in parts[0]}
-        return self._padding_free(rows, self._padded_length(sum(len(row["input_ids"]) for row in rows)))
+        return self._padding_free(rows, width)
 
-    def _padded(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        width = self._padded_length(max(len(row["input_ids"]) for row in rows))
+    def _padded(self, rows: list[dict], width: int) -> dict[str, torch.Tensor]:
         fills = {"input_ids": self.pad_token_id, "labels": IGNORE_INDEX, "position_ids": 0, "source_ids": -1}
         fills.update({key: fill for key, fill in OPTIONAL_COLUMNS.items() if key in rows[0]})
         batch = {key: torch.full((len(rows), width), fill, dtype=_dtype(key)) for key, fill in fills.items()}

@@ -21,7 +21,9 @@ from sft_exp.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("ddp", "fsdp", "deepspeed")
+STRATEGIES = ("ddp", "fsdp", "deepspeed", "ulysses", "ring")
+# Sequence parallelism (sft_exp.run.sequence_parallel) runs on the engine of a sharding strategy.
+ENGINE_OF = {"ulysses": "deepspeed", "ring": "fsdp"}
 
 
 def rank() -> int:
@@ -47,25 +49,27 @@ def check_distributed_config(strategy: str) -> None:
     """A strategy the installed packages or this machine cannot run fails before anything loads."""
     if strategy not in STRATEGIES:
         raise ConfigError(f"distributed.strategy={strategy!r} is not one of {', '.join(STRATEGIES)}.")
-    if strategy == "deepspeed":
-        _check_deepspeed()
-    elif strategy == "fsdp":
-        _check_fsdp2()
+    engine = ENGINE_OF.get(strategy, strategy)
+    if engine == "deepspeed":
+        _check_deepspeed(strategy)
+    elif engine == "fsdp":
+        _check_fsdp2(strategy)
     explain_single_process(strategy)
 
 
-def _check_deepspeed() -> None:
+def _check_deepspeed(strategy: str) -> None:
     from importlib.util import find_spec
 
     if find_spec("deepspeed") is None:  # not imported here: importing deepspeed takes seconds
+        instead = "distributed=fsdp (no extra package)" if strategy == "deepspeed" else \
+            "distributed=ring on GPUs (torch's own ring attention)"
         raise ConfigError(
-            "distributed=deepspeed needs the deepspeed package, which is not installed: "
-            "`pip install 'sft_exp[deepspeed]'` (or `pip install deepspeed`), or use distributed=fsdp "
-            "(no extra package)."
+            f"distributed={strategy} needs the deepspeed package, which is not installed: "
+            f"`pip install 'sft_exp[deepspeed]'` (or `pip install deepspeed`), or use {instead}."
         )
 
 
-def _check_fsdp2() -> None:
+def _check_fsdp2(strategy: str) -> None:
     from importlib.metadata import version
 
     import torch
@@ -75,27 +79,30 @@ def _check_fsdp2() -> None:
         from torch.distributed.fsdp import fully_shard  # noqa: F401
     except ImportError:
         raise ConfigError(
-            f"distributed=fsdp uses FSDP2 (torch.distributed.fsdp.fully_shard), which torch {torch.__version__} "
+            f"distributed={strategy} uses FSDP2 (torch.distributed.fsdp.fully_shard), which torch {torch.__version__} "
             "lacks: `pip install -U 'torch>=2.6'`, or use distributed=ddp."
         ) from None
-    if Version(version("accelerate")) < Version("1.6"):
-        raise ConfigError("distributed=fsdp (FSDP2) needs accelerate>=1.6: `pip install -U accelerate`.")
+    needed = "1.6" if strategy == "fsdp" else "1.10"  # accelerate's ParallelismConfig(cp_size=) came in 1.10
+    if Version(version("accelerate")) < Version(needed):
+        raise ConfigError(f"distributed={strategy} (FSDP2) needs accelerate>={needed}: `pip install -U accelerate`.")
 
 
 SHARDING_ARGUMENTS = ("fsdp", "fsdp_config", "deepspeed")
 
 
 def explain_single_process(strategy: str) -> None:
-    """fsdp/deepspeed started as one process: nothing to shard across, so it trains as plain training."""
+    """fsdp/deepspeed/ulysses/ring started as one process: nothing to shard or split, so it trains plainly."""
     if strategy == "ddp" or world_size() > 1:
         return
-    log.warning("distributed=%s in one process: there is no other rank to shard across, so this trains as one "
-                "plain process (same result). Start several with `torchrun --nproc_per_node N -m sft_exp "
-                "distributed=%s ...`.", strategy, strategy)
+    what = "split each row across" if strategy in ENGINE_OF else "shard across"
+    log.warning("distributed=%s in one process: there is no other rank to %s, so this trains as one plain "
+                "process (same result). Start several with `torchrun --nproc_per_node N -m sft_exp "
+                "distributed=%s ...`.", strategy, what, strategy)
 
 
-def training_arguments(strategy_args: dict) -> dict:
-    """The TrainingArguments fields a strategy sets (distributed.training_args), for this machine."""
+def training_arguments(strategy_args: dict, strategy: str = "ddp", split: int = 1) -> dict:
+    """The TrainingArguments fields a strategy sets (distributed.training_args), for this machine; with
+    sequence parallelism (`split` ranks per row) accelerate's `parallelism_config` too."""
     import torch
 
     args = dict(strategy_args or {})
@@ -104,6 +111,10 @@ def training_arguments(strategy_args: dict) -> dict:
     if not torch.cuda.is_available():
         # accelerate treats several CPU processes as one job only when told it runs on CPU (gloo).
         args = {"use_cpu": True, "ddp_backend": "gloo", **args}
+    if strategy in ENGINE_OF:
+        from sft_exp.run.sequence_parallel import parallelism_arguments
+
+        args.update(parallelism_arguments(strategy, split))
     return args
 
 

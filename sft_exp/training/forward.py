@@ -19,7 +19,8 @@ from sft_exp.training.memory import no_offload
 from sft_exp.models.attention import documents_from_positions
 
 # Batch keys that are ours, not the model's.
-_NOT_MODEL_INPUTS = ("labels", "source_ids", "loss_weights", "example_ids")
+_NOT_MODEL_INPUTS = ("labels", "source_ids", "loss_weights", "example_ids", "shift_labels", "shift_loss_weights",
+                     "shift_source_ids", "shift_example_ids")
 
 
 @dataclass
@@ -77,26 +78,52 @@ def decoder_hidden(model, batch: dict):
     return captured[0], out
 
 
-def supervised_mask(batch: dict) -> Tensor:
-    """(B, L-1): position t is trained to predict labels[t+1]; never across a packed sequence start."""
-    mask = batch["labels"][:, 1:] != IGNORE_INDEX
+# Per-token columns whose value at position t+1 is what position t is trained on, with their fill where
+# nothing is (the last position, padding). `shift_<key>` holds them moved one position left.
+TARGET_COLUMNS = {"labels": IGNORE_INDEX, "loss_weights": 0.0, "source_ids": -1, "example_ids": -1}
+_SHIFTED = tuple(f"shift_{key}" for key in TARGET_COLUMNS)
+
+
+def shift_targets(batch: dict) -> dict:
+    """`shift_<key>` for each target column: position t's label (never across an example start, where the
+    position id is 0), loss weight, source and source row, each the length of the batch's rows.
+
+    Shifting before a sequence-parallel split keeps each shard's last position predicting the next shard's
+    first token; `sft_forward` shifts a batch without them itself.
+    """
+    labels = batch["labels"]
     position_ids = batch.get("position_ids")
-    if position_ids is not None:
-        # A position id of 0 starts a sequence (padding-free packing): nothing before it may predict it.
-        mask &= position_ids[:, 1:] != 0
-    return mask
+    if position_ids is not None:  # a position id of 0 starts a sequence: nothing before it may predict it
+        labels = labels.masked_fill(position_ids == 0, IGNORE_INDEX)
+    shifted = {}
+    for key, fill in TARGET_COLUMNS.items():
+        column = labels if key == "labels" else batch.get(key)
+        if column is not None:
+            shifted[f"shift_{key}"] = torch.cat([column[:, 1:], column.new_full((column.shape[0], 1), fill)], dim=1)
+    return shifted
 
 
-def supervised_weights(batch: dict, mask: Tensor) -> Optional[Tensor]:
+def targets(batch: dict) -> dict:
+    """The shifted target columns of `batch` (see shift_targets): carried by a split batch, else computed."""
+    return {key: batch[key] for key in _SHIFTED if key in batch} if "shift_labels" in batch else shift_targets(batch)
+
+
+def supervised_mask(shifted: dict) -> Tensor:
+    """(B, L): position t is trained to predict the next token (shift_labels of `targets`)."""
+    return shifted["shift_labels"] != IGNORE_INDEX
+
+
+def supervised_weights(shifted: dict, mask: Tensor) -> Optional[Tensor]:
     """The loss weight of each supervised position's target (1-D, as `mask` selects), or None without weights."""
-    weights = batch.get("loss_weights")
-    return None if weights is None else weights[:, 1:][mask]
+    weights = shifted.get("shift_loss_weights")
+    return None if weights is None else weights[mask]
 
 
 def weighted_count(batch: dict) -> Tensor:
-    """The supervised targets of a batch, each counted by its loss weight: the divisor of the loss."""
-    mask = supervised_mask(batch)
-    weights = supervised_weights(batch, mask)
+    """The supervised targets of a batch (or of its shard), each counted by its loss weight: the loss's divisor."""
+    shifted = targets(batch)
+    mask = supervised_mask(shifted)
+    weights = supervised_weights(shifted, mask)
     return mask.sum() if weights is None else weights.float().sum()
 
 
@@ -111,15 +138,16 @@ def sft_forward(
 ) -> SFTOutput:
     """Loss and metrics of one (micro-)batch; see SFTOutput. `router_aux_loss_coef` None: the config's own."""
     hidden, out = decoder_hidden(model, batch)
-    mask = supervised_mask(batch)
+    shifted = targets(batch)
+    mask = supervised_mask(shifted)
     spec = head_spec(unwrap_parallel(model))
-    targets = batch["labels"][:, 1:][mask].to(spec.weight.device)
+    labels = shifted["shift_labels"][mask].to(spec.weight.device)
     with no_offload():  # backward needs the head's inputs first: moving them to CPU would only cost time
-        log_probs, entropy, is_top1 = chunked_head(hidden[:, :-1][mask], targets, spec, loss_fn.chunk_size)
+        log_probs, entropy, is_top1 = chunked_head(hidden[mask], labels, spec, loss_fn.chunk_size)
 
     count = mask.sum()
     per_token = loss_fn.per_token(log_probs)
-    weights = supervised_weights(batch, mask)
+    weights = supervised_weights(shifted, mask)
     if weights is not None:  # per-message weights: a token of weight 2 counts as two tokens, in the sum and the divisor
         weights = weights.to(per_token.device, per_token.dtype)
         per_token = per_token * weights
@@ -136,7 +164,7 @@ def sft_forward(
         aux_loss = aux_loss.detach()
 
     nll = -log_probs.detach()
-    source_loss_sum, source_count = _per_source(batch, mask, nll, num_sources)
+    source_loss_sum, source_count = _per_source(shifted, mask, nll, num_sources)
     return SFTOutput(
         loss=loss,
         num_supervised=count.detach(),
@@ -146,17 +174,17 @@ def sft_forward(
         aux_loss=aux_loss,
         source_loss_sum=source_loss_sum,
         source_count=source_count,
-        examples=_per_example(batch, mask, nll, is_top1) if per_example else None,
+        examples=_per_example(shifted, mask, nll, is_top1) if per_example else None,
     )
 
 
-def _per_example(batch: dict, mask: Tensor, nll: Tensor, is_top1: Tensor) -> Optional[tuple]:
+def _per_example(shifted: dict, mask: Tensor, nll: Tensor, is_top1: Tensor) -> Optional[tuple]:
     """Sums per (source, source row) over the supervised tokens: what examples.parquet records."""
-    example_ids = batch.get("example_ids")
+    example_ids = shifted.get("shift_example_ids")
     if example_ids is None:
         return None
-    sources = batch["source_ids"][:, 1:][mask].to(nll.device).long()
-    rows = example_ids[:, 1:][mask].to(nll.device).long()
+    sources = shifted["shift_source_ids"][mask].to(nll.device).long()
+    rows = example_ids[mask].to(nll.device).long()
     keys, inverse = torch.unique(sources * (1 << 32) + rows, return_inverse=True)
     sums = nll.new_zeros((3, len(keys))).float()
     sums[0].index_add_(0, inverse, nll.float())
@@ -165,14 +193,14 @@ def _per_example(batch: dict, mask: Tensor, nll: Tensor, is_top1: Tensor) -> Opt
     return keys >> 32, keys & ((1 << 32) - 1), sums[0], sums[1], sums[2]
 
 
-def _per_source(batch: dict, mask: Tensor, nll: Tensor, num_sources: int):
+def _per_source(shifted: dict, mask: Tensor, nll: Tensor, num_sources: int):
     sums = nll.new_zeros(num_sources)
     counts = torch.zeros(num_sources, dtype=torch.long, device=nll.device)
-    source_ids = batch.get("source_ids")
+    source_ids = shifted.get("shift_source_ids")
     if source_ids is None:
         sums[0], counts[0] = nll.sum(), nll.numel()
         return sums, counts
-    src = source_ids[:, 1:][mask].to(nll.device)
+    src = source_ids[mask].to(nll.device)
     if src.numel() and (src.min() < 0 or src.max() >= num_sources):
         raise ValueError(f"source_ids on supervised tokens must be in [0, {num_sources}), got {src.unique().tolist()}")
     sums.index_add_(0, src, nll)

@@ -74,7 +74,10 @@ class TokenCount(TrainerCallback):
         self.since_sync = 0  # this rank's, since then
 
     def add(self, inputs) -> None:
+        """A micro-batch's input tokens (or its shard's, split across ranks): not its padding."""
         mask = inputs.get("attention_mask")
+        if mask is None and "source_ids" in inputs:  # padding-free: the padding is the one "example" of source -1
+            mask = inputs["source_ids"] >= 0
         self.since_sync += int(mask.sum()) if mask is not None else int(inputs["input_ids"].numel())
 
     def seen(self) -> int:

@@ -17,7 +17,7 @@ from transformers import PrinterCallback, Trainer, TrainingArguments
 from sft_exp.compat import set_loss_shifts_labels
 from sft_exp.errors import ConfigError
 from sft_exp.evaluation.callback import Evaluator
-from sft_exp.run import distributed
+from sft_exp.run import distributed, sequence_parallel
 from sft_exp.loggers.base import Logger
 from sft_exp.training.checkpoints import AtomicCheckpoints, SavesAsAsked
 from sft_exp.training.choices import check_trainer_choices
@@ -149,6 +149,7 @@ class SFTTrainer(AtomicCheckpoints, Trainer):
             args = build_training_arguments(output_dir=output_dir, **training_arguments)
         elif training_arguments:
             raise TypeError(f"pass either args= or training-argument keywords, not both: {sorted(training_arguments)}")
+        sequence_parallel.ready_engine(args, model)  # Ulysses: the model's attention, DeepSpeed's comm on CPU
         self.loss_fn = loss if loss is not None else NLLLoss()
         self.memory = memory if memory is not None else NoMemoryStrategy()
         self.optimizer_factory = optimizer_factory
@@ -257,9 +258,11 @@ class SFTTrainer(AtomicCheckpoints, Trainer):
         # The wrapped module's flag: DeepSpeedEngine.eval() switches its module, not the engine's own `training`.
         mode = "train" if self.accelerator.unwrap_model(model).training else "eval"
         # num_items_in_batch counts every rank's tokens and DDP averages gradients across ranks: scale the
-        # token loss up by the number of processes. The MoE router loss is a per-micro-batch mean: scale it
-        # so that it is averaged over the accumulation steps and not multiplied by the process count (as TRL).
-        ranks = self.accelerator.num_processes if num_items_in_batch is not None else 1  # eval counts every rank's too
+        # token loss up by the number of processes (in training: the ranks the engine averages gradients over,
+        # sequence_parallel.loss_scale; in evaluation the Trainer averages the ranks' losses). The MoE router loss
+        # is a per-micro-batch mean: scale it so that it is averaged over the accumulation steps and not
+        # multiplied by the process count (as TRL).
+        ranks = 1 if num_items_in_batch is None else self.loss_scale if mode == "train" else self.accelerator.num_processes
         steps = self.current_gradient_accumulation_steps if (mode == "train" and num_items_in_batch is not None) else 1
         out = sft_forward(
             model, inputs, self.loss_fn, num_items_in_batch=num_items_in_batch,
@@ -275,15 +278,38 @@ class SFTTrainer(AtomicCheckpoints, Trainer):
         loss = out.loss * ranks
         return (loss, {}) if return_outputs else loss  # prediction_loss_only: no logits kept
 
+    @property
+    def loss_scale(self) -> int:
+        """What a training loss over every rank's tokens is multiplied by for the gradient mean (the process count,
+        or the data-parallel groups where DeepSpeed sums a Ulysses group's gradients)."""
+        return sequence_parallel.loss_scale(self)
+
     def _get_num_items_in_batch(self, batch_samples: list, device):
-        """The Trainer's count of supervised tokens, with per-message loss weights: their sum instead."""
+        """The Trainer's count of supervised tokens; with per-message loss weights their sum; under sequence
+        parallelism ours (the Trainer counts nothing of Ulysses' shards, and a ring group's batch once per rank)."""
         count = super()._get_num_items_in_batch(batch_samples, device)
-        if count is None or not batch_samples or "loss_weights" not in batch_samples[0]:
+        split = sequence_parallel.engine(self.accelerator) is not None
+        if not batch_samples or (not split and (count is None or "loss_weights" not in batch_samples[0])):
             return count
         weighted = sum(weighted_count(batch) for batch in batch_samples).to(device)
         if self.args.average_tokens_across_devices and self.args.world_size > 1:
             weighted = self.accelerator.gather(weighted).sum()  # every rank takes part, as the Trainer's own count
-        return weighted
+        return sequence_parallel.counted_once(weighted, self.accelerator)
+
+    def _prepare_context_parallel_inputs(self, model, inputs):
+        """Ring: torch shards the batch's per-token tensors in place as a step starts; the Trainer names its own
+        (input_ids, labels, masks, positions), and ours (source ids, loss weights, shifted targets) go with them.
+        (A private Trainer method: tests/test_compat.py checks it.)"""
+        context, inputs = super()._prepare_context_parallel_inputs(model, inputs)
+        if sequence_parallel.engine(self.accelerator) == "ring":
+            context = sequence_parallel.ring_context(self.accelerator, inputs)
+        return context, inputs
+
+    def get_resumed_dataloader(self, dataloader, num_batches: int):
+        """A resume skips the batches already trained; Ulysses' micro-batches are split batches of its loader's."""
+        if sequence_parallel.engine(self.accelerator) == "ulysses":
+            return sequence_parallel.resumed_dataloader(dataloader, num_batches, super().get_resumed_dataloader)
+        return super().get_resumed_dataloader(dataloader, num_batches)
 
     def _router_aux_loss_coef(self, model) -> float:
         if self.args.router_aux_loss_coef is not None:
@@ -293,6 +319,8 @@ class SFTTrainer(AtomicCheckpoints, Trainer):
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
+        if num_items_in_batch is not None and self.loss_scale != self.accelerator.num_processes:
+            loss = loss * (self.accelerator.num_processes / self.loss_scale)  # reported as DDP's: ranks' mean = loss
         self.metrics["train"].add_loss(loss)
         self.nonfinite.record(loss)  # acted on before the optimizer step, jointly with the other ranks
         return loss
@@ -313,7 +341,14 @@ class SFTTrainer(AtomicCheckpoints, Trainer):
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict:
-        """Eval loss and metrics on the eval set (when there is one) and every evaluator's scores."""
+        """Eval loss and metrics on the eval set (when there is one) and every evaluator's scores.
+
+        Under Ulysses each rank evaluates whole rows (no gradients, so no split needed) with the model's own attention.
+        """
+        with sequence_parallel.unsplit_attention(self.accelerator.unwrap_model(self.model)):
+            return self._evaluate_sets_and_tasks(eval_dataset, ignore_keys, metric_key_prefix)
+
+    def _evaluate_sets_and_tasks(self, eval_dataset, ignore_keys, metric_key_prefix: str) -> dict:
         if eval_dataset is not None or self.eval_dataset is not None:
             return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
         metrics = self._task_metrics()  # no eval set: the task scores alone
