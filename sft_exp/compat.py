@@ -8,6 +8,22 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+# Private methods of dependency classes that sft_exp's subclasses override or call through super(). A subclass
+# may only override (or call) a private method listed here; tests/test_compat.py checks that each still exists
+# on the installed version, and that no sft_exp class overrides a private method that is not listed.
+PRIVATE_OVERRIDES = {
+    "transformers.Trainer": (
+        "_save_checkpoint",  # training/checkpoints.py: into a temporary folder, renamed when complete
+        "_get_output_dir",  # training/checkpoints.py: where that folder goes
+        "_get_num_items_in_batch",  # training/trainer.py: the supervised tokens, over a split sequence too
+        "_issue_warnings_after_load",  # training/trainer.py: tied weights are not "missing" on resume
+        "_prepare_context_parallel_inputs",  # training/trainer.py: ring attention shards sft_exp's columns too
+    ),
+    "submitit.slurm.slurm.SlurmInfoWatcher": (
+        "_make_command",  # run/slurm.py: squeue where the cluster has no accounting for sacct
+    ),
+}
+
 if TYPE_CHECKING:  # imported where used: the sweeper and the launcher-side code do not load datasets
     import datasets
     import pyarrow as pa
@@ -52,6 +68,13 @@ def set_loss_shifts_labels(trainer) -> None:
     trainer._loss_shifts_labels = True
 
 
+# ----------------------------------------------------------------------------- torch
+def tensor_version(tensor) -> int:
+    """A tensor's in-place modification counter (`Tensor._version`): a cached reading of it stays valid while
+    this does not change."""
+    return tensor._version
+
+
 # ----------------------------------------------------------------------------- transformers
 def attn_implementation(model) -> str | None:
     """The attention a loaded model runs (`config._attn_implementation`; public only as a constructor argument)."""
@@ -71,6 +94,14 @@ def keep_generation_config(config) -> None:
 
 
 # ----------------------------------------------------------------------------- accelerate
+def set_distributed_type(state, distributed_type) -> None:
+    """Switch accelerate's shared state to another DistributedType (`PartialState._shared_state`): the attribute
+    alone is per instance, and every later AcceleratorState / PartialState reads the shared dict."""
+    from accelerate.state import PartialState
+
+    state.distributed_type = PartialState._shared_state["distributed_type"] = distributed_type
+
+
 def forget_accelerate_preparation(model) -> bool:
     """Undo `accelerator.prepare`'s mark on a bare model (`_is_accelerate_prepared`); True when it was marked."""
     if not getattr(model, "_is_accelerate_prepared", False):

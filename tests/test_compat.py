@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datasets
 import pyarrow as pa
+import pytest
 from transformers.utils.chat_template_utils import render_jinja_template
 
 from sft_exp import compat
@@ -158,3 +159,13 @@ def test_ulysses_loader_adapter_keeps_what_a_resume_rebuilds_it_from():
     # sft_exp.run.sequence_parallel.resumed_dataloader reads these (public attributes, no accessor).
     assert (adapter.dl, adapter.sp_rank, adapter.sp_group, adapter.sp_world_size, adapter.device) == \
         (loader, 1, None, 2, "cpu")
+
+
+@pytest.mark.parametrize("owner", sorted(compat.PRIVATE_OVERRIDES))
+def test_every_private_method_sft_exp_overrides_still_exists(owner):
+    import importlib
+
+    module, _, name = owner.rpartition(".")
+    cls = getattr(importlib.import_module(module), name)
+    missing = [method for method in compat.PRIVATE_OVERRIDES[owner] if not callable(getattr(cls, method, None))]
+    assert not missing, f"{owner} no longer has {missing}: sft_exp's override of it is dead code now"

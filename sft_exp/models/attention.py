@@ -54,13 +54,13 @@ _last_spans: dict = {}
 def _example_spans(position_ids: torch.Tensor, rows: int) -> list[list[tuple[int, int]]]:
     """Per batch row, the (start, end) of each example: a new one starts wherever the position is 0."""
     cached = _last_spans.get("tensor")
-    if cached is not None and cached() is position_ids and _last_spans["key"] == (position_ids._version, rows):
+    if cached is not None and cached() is position_ids and _last_spans["key"] == (compat.tensor_version(position_ids), rows):
         return _last_spans["spans"]
     spans = []
     for row in position_ids.expand(rows, -1).tolist():
         starts = [0] + [i for i, p in enumerate(row) if p == 0 and i > 0]
         spans.append(list(zip(starts, starts[1:] + [len(row)])))
-    _last_spans.update(tensor=weakref.ref(position_ids), key=(position_ids._version, rows), spans=spans)
+    _last_spans.update(tensor=weakref.ref(position_ids), key=(compat.tensor_version(position_ids), rows), spans=spans)
     return spans
 
 

@@ -15,6 +15,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from sft_exp import compat
 from sft_exp.errors import ConfigError
 
 # torch is imported where used: config validation runs before it loads.
@@ -126,7 +127,7 @@ def shard_on_cpu(accelerator, training_args) -> bool:
     Trainer built from `fsdp`/`fsdp_config` is installed as accelerate would on GPUs, so prepare()
     calls fully_shard and saving gathers full weights as usual. Returns whether it switched.
     """
-    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.state import AcceleratorState
     from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
 
     if training_args.fsdp_plugin_args is None or accelerator.distributed_type != DistributedType.MULTI_CPU:
@@ -136,7 +137,7 @@ def shard_on_cpu(accelerator, training_args) -> bool:
     if state.mixed_precision != "no":
         plugin.set_mixed_precision(state.mixed_precision)
     state.fsdp_plugin = plugin
-    state.distributed_type = PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+    compat.set_distributed_type(state, DistributedType.FSDP)
     return True
 
 
@@ -260,8 +261,6 @@ def forget_evaluation_only_preparation(trainer) -> None:
         # DeepSpeed: SFTTrainer.evaluate_before_training evaluates inside train(), in the training engine.
         return
     model = trainer.model
-    from sft_exp import compat
-
     if trainer.model_wrapped is not model or not compat.forget_accelerate_preparation(model):
         return
     extract_model_from_parallel(model, keep_fp32_wrapper=False)  # restores the model's own forward

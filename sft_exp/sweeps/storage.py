@@ -45,7 +45,7 @@ def open_storage(url: str):
     except Exception as e:  # noqa: BLE001  sqlalchemy, psycopg2, OSError...: all mean "cannot open"
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(
-            f"hydra.sweeper.storage={_redacted(url)} cannot be opened: {type(e).__name__}: {first}. Give a "
+            f"hydra.sweeper.storage={redacted(url)} cannot be opened: {type(e).__name__}: {first}. Give a "
             "writable journal file path (or null for <sweep folder>/optuna.journal) or a reachable database URL "
             "(sqlite:///study.db, postgresql://user@host:5432/db; the driver must be installed, e.g. pip install 'psycopg[binary]')."
         ) from None
@@ -69,7 +69,7 @@ def _open_rdb(url: str, attempts: int = 5):
             time.sleep(0.5 + attempt)
 
 
-def _redacted(url: str) -> str:
+def redacted(url: str) -> str:
     """A database URL without its password (it ends up in logs and error messages)."""
     import re
 
@@ -78,4 +78,4 @@ def _redacted(url: str) -> str:
 
 def dashboard_argument(url: str) -> str:
     """What `optuna-dashboard <argument>` takes for this storage."""
-    return url[len("journal:"):] if url.startswith("journal:") else _redacted(url)
+    return url[len("journal:"):] if url.startswith("journal:") else redacted(url)

@@ -75,7 +75,7 @@ class StudySweep:
         OmegaConf.save(self.config, self.sweep_dir / "multirun.yaml")
         self._write_study_file()
         log.info("study %s in %s (look at it: optuna-dashboard %s)", self.study.study_name,
-                 storage_lib._redacted(self.url), storage_lib.dashboard_argument(self.url))
+                 storage_lib.redacted(self.url), storage_lib.dashboard_argument(self.url))
         returns = []
         taken_over = self._take_over_interrupted()
         for start in range(0, len(taken_over), int(s.get("n_jobs") or 1)):
@@ -140,7 +140,7 @@ class StudySweep:
                                     load_if_exists=True)
         found = [d.name.lower() for d in study.directions]
         if found != self.directions:
-            raise ConfigError(f"study {name} in {storage_lib._redacted(self.url)} was created with direction {found}, "
+            raise ConfigError(f"study {name} in {storage_lib.redacted(self.url)} was created with direction {found}, "
                               f"this sweep says {self.directions}: use another hydra.sweeper.study_name")
         study.sampler = build_sampler(self.settings.get("sampler"), grid=self.grid, seed_offset=len(study.trials))
         return study
@@ -280,7 +280,7 @@ class StudySweep:
 
     # ------------------------------------------------------------------ files
     def _write_study_file(self) -> None:
-        info = {"study_name": self.study.study_name, "storage": storage_lib._redacted(self.url),
+        info = {"study_name": self.study.study_name, "storage": storage_lib.redacted(self.url),
                 "objectives": self.objectives, "directions": self.directions, "n_trials": self.n_trials,
                 "seeds": self.seeds or None, "dashboard": f"optuna-dashboard {storage_lib.dashboard_argument(self.url)}"}
         OmegaConf.save(OmegaConf.create(info), self.sweep_dir / STUDY_FILE)
