@@ -16,6 +16,7 @@ from typing import Optional
 from transformers import TrainerCallback
 
 from sft_exp import compat
+from sft_exp.sweeps.samplers import prunes
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class TrialPruning(TrainerCallback):
 
         hydra_cfg = multirun_hydra_config()
         sweeper = hydra_cfg.sweeper if hydra_cfg is not None else {}
-        if sweeper.get("trial") is None or not _prunes(sweeper.get("pruner")):
+        if sweeper.get("trial") is None or not prunes(sweeper.get("pruner")):
             return False
         objectives = list(sweeper.get("objectives") or [])
         self.objective = objectives[0] if objectives else self.objective
@@ -60,7 +61,7 @@ class TrialPruning(TrainerCallback):
             import optuna
             from omegaconf import OmegaConf
 
-            from sft_exp.sweeps.optuna_parts import build_pruner
+            from sft_exp.sweeps.samplers import build_pruner
             from sft_exp.sweeps.storage import open_storage
 
             storage = open_storage(str(sweeper.storage))
@@ -83,7 +84,3 @@ def _broadcast(flag: bool) -> bool:
     tensor = torch.tensor([float(flag)], device=device)
     dist.broadcast(tensor, src=0)
     return bool(tensor.item())
-
-
-def _prunes(spec) -> bool:
-    return bool(spec) and dict(spec).get("type") not in (None, "none")

@@ -26,7 +26,7 @@ from sft_exp import compat
 from sft_exp.errors import ConfigError, UserError
 from sft_exp.sweeps import space, storage as storage_lib
 from sft_exp.sweeps.resume import HEARTBEAT, INTERRUPTED, OWNER, SURPLUS, Heartbeat, abandoned, claim, counts, owner
-from sft_exp.sweeps.optuna_parts import build_pruner, build_sampler
+from sft_exp.sweeps.samplers import build_pruner, build_sampler, prunes
 
 log = logging.getLogger("sft_exp.sweeps")
 
@@ -101,10 +101,10 @@ class StudySweep:
                 f"hydra.sweeper.direction has {len(self.directions)} directions but there are "
                 f"{len(self.objectives)} objectives ({', '.join(self.objectives)}): give one direction per "
                 "objective (hydra.sweeper.objectives lists them; default: the config's `objective`)")
-        if _prunes(s.get("pruner")) and len(self.objectives) > 1:
+        if prunes(s.get("pruner")) and len(self.objectives) > 1:
             raise ConfigError("hydra.sweeper.pruner works with one objective only (Optuna cannot prune a "
                               "multi-objective study): set hydra.sweeper.pruner=null or one objective")
-        if _prunes(s.get("pruner")) and self.seeds:
+        if prunes(s.get("pruner")) and self.seeds:
             raise ConfigError("hydra.sweeper.pruner and hydra.sweeper.seeds together are not supported: a trial's "
                               "seeds would report to one trial. Prune without replicates, or replicate without a pruner")
         if s.get("seed_objective", "mean") not in AGGREGATES:
@@ -345,7 +345,3 @@ def trial_number() -> Optional[int]:
     if hydra_cfg is None:
         return None
     return hydra_cfg.sweeper.get("trial")
-
-
-def _prunes(spec) -> bool:
-    return bool(spec) and dict(spec).get("type") not in (None, "none")

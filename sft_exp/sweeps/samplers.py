@@ -1,4 +1,4 @@
-"""Samplers and pruners by name, as `hydra.sweeper.sampler` / `hydra.sweeper.pruner` give them:
+"""Optuna's samplers and pruners by name, as `hydra.sweeper.sampler` / `hydra.sweeper.pruner` give them:
 {type: <name>, <keyword arguments of the Optuna class>...}. Built by the sweeper and, for the pruner, by
 each job (which asks its trial whether to stop)."""
 from __future__ import annotations
@@ -72,11 +72,16 @@ def _applicable(kind: str, kwargs: dict) -> dict:
     return {k: v for k, v in kwargs.items() if k in own}
 
 
+def prunes(spec) -> bool:
+    """Whether `hydra.sweeper.pruner` asks for a pruner (`null` and `{type: null}` do not)."""
+    return bool(spec) and dict(spec).get("type") not in (None, "none")
+
+
 def build_pruner(spec):
     """The pruner, or None for `pruner: null` / `pruner: {type: null}`."""
     import optuna
 
-    if not spec or dict(spec).get("type") in (None, "none"):
+    if not prunes(spec):
         return None
     kind, kwargs = _kind_and_kwargs(spec, "hydra.sweeper.pruner", PRUNERS)
     try:

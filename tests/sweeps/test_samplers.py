@@ -5,7 +5,7 @@ import optuna
 import pytest
 
 from sft_exp.errors import ConfigError
-from sft_exp.sweeps.optuna_parts import PRUNERS, SAMPLERS, build_pruner, build_sampler
+from sft_exp.sweeps.samplers import PRUNERS, SAMPLERS, build_pruner, build_sampler
 
 
 @pytest.mark.parametrize("kind", sorted(SAMPLERS))
