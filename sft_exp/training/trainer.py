@@ -22,7 +22,7 @@ from sft_exp.loggers.base import Logger
 from sft_exp.training.checkpoints import AtomicCheckpoints, SavesAsAsked
 from sft_exp.training.choices import check_trainer_choices
 from sft_exp.training.forward import sft_forward, weighted_count
-from sft_exp.training.guards import (  # noqa: F401 (NonFiniteLossError: re-exported)
+from sft_exp.training.state_callbacks import (  # noqa: F401 (NonFiniteLossError: re-exported)
     EvaluationBeforeTraining, LoggingWindow, NonFiniteLossError, NonFiniteLossGuard, TokenCount)
 from sft_exp.training.metrics import SFTMetrics
 from sft_exp.training.ledger import ExampleLedger, ledger_path
@@ -184,7 +184,7 @@ class SFTTrainer(AtomicCheckpoints, Trainer):
         self.loss_is_scaled_for_ga = True
         set_loss_shifts_labels(self)
         self.metrics = {mode: SFTMetrics(len(self.source_names)) for mode in ("train", "eval")}
-        # The state these keep is theirs (sft_exp.training.guards), not private fields of the trainer.
+        # The state these keep is theirs (sft_exp.training.state_callbacks), not private fields of the trainer.
         self.tokens = TokenCount(self.accelerator, args.device)
         self.nonfinite = NonFiniteLossGuard(args.nonfinite_loss, self.accelerator, args.device)
         self.baseline = EvaluationBeforeTraining(self)
