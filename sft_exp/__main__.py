@@ -1,5 +1,8 @@
 """`python -m sft_exp [overrides]`: compose the config with Hydra and run one training job.
 
+`python -m sft_exp <tool> ...` runs one of the tools instead (evaluate, export, preview, report, reproduce,
+import_recipe; sft_exp.tools.TOOLS); the `sft-exp` console script is the same command.
+
 `python -m sft_exp -m ...` runs a sweep: there a failed job is logged, marked failed in its
 summary.json, and the sweep goes on (the basic sweeper gets NaN; Optuna records a failed trial).
 """
@@ -88,6 +91,15 @@ def _failed_sweep_job(cfg: DictConfig, error: Exception) -> float:
     return math.nan
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """`python -m sft_exp` and the `sft-exp` console script: a tool by its name, else training (or a sweep)."""
+    from sft_exp.tools import TOOLS, run_tool
+
+    if len(sys.argv) > 1 and sys.argv[1] in TOOLS:
+        sys.exit(run_tool(sys.argv[1], sys.argv[2:]))
     install_for_hydra_main()  # Hydra's composition errors: one message, "did you mean", exit code 2
     main()
+
+
+if __name__ == "__main__":
+    cli()

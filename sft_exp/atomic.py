@@ -1,4 +1,6 @@
-"""Write then rename: a reader (a resumed run, a report, a sweep) never sees half a file."""
+"""The one reader and writer of JSON and JSONL files (run folders, evaluations, held-out rows): written then
+renamed, so a reader (a resumed run, a report, a sweep) never sees half a file; read as {} / [] where there is
+none yet."""
 from __future__ import annotations
 
 import json
@@ -25,3 +27,11 @@ def read_json(path: Path) -> dict:
 
 def write_jsonl(path: Path, rows: Iterable[dict], **dumps: Any) -> None:
     write_atomically(path, "".join(json.dumps(row, **dumps) + "\n" for row in rows))
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """The rows of a JSONL file (metrics.jsonl, an evaluation's examples), or [] where there is none yet."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

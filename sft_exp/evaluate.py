@@ -1,7 +1,7 @@
-"""`python -m sft_exp.evaluate`: the command line of sft_exp.tools.evaluate (the tools live in sft_exp/tools/)."""
+"""`python -m sft_exp.evaluate`: the same command as `python -m sft_exp evaluate` (sft_exp/tools/evaluate.py)."""
 import sys
 
-from sft_exp.tools.evaluate import main
+from sft_exp.tools import run_tool
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool("evaluate"))

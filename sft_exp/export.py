@@ -1,7 +1,7 @@
-"""`python -m sft_exp.export`: the command line of sft_exp.tools.export (the tools live in sft_exp/tools/)."""
+"""`python -m sft_exp.export`: the same command as `python -m sft_exp export` (sft_exp/tools/export.py)."""
 import sys
 
-from sft_exp.tools.export import main
+from sft_exp.tools import run_tool
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool("export"))

@@ -1,8 +1,8 @@
 """`python -m sft_exp.import_recipe RECIPE.yaml [--accelerate-config FILE] [-o conf/experiment/NAME.yaml]
-[--allow-unmapped]`: a TRL or open-r1 recipe as an sft_exp experiment (the code: sft_exp/recipe_import/)."""
+[--allow-unmapped]`: the same command as `python -m sft_exp import_recipe ...` (sft_exp/recipe_import/)."""
 import sys
 
-from sft_exp.recipe_import.cli import main
+from sft_exp.tools import run_tool
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool("import_recipe"))

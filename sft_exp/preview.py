@@ -1,7 +1,7 @@
-"""`python -m sft_exp.preview`: the command line of sft_exp.tools.preview (the tools live in sft_exp/tools/)."""
+"""`python -m sft_exp.preview`: the same command as `python -m sft_exp preview` (sft_exp/tools/preview.py)."""
 import sys
 
-from sft_exp.tools.preview import main
+from sft_exp.tools import run_tool
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool("preview"))

@@ -1,7 +1,7 @@
-"""`python -m sft_exp.report`: the command line of sft_exp.tools.report (the tools live in sft_exp/tools/)."""
+"""`python -m sft_exp.report`: the same command as `python -m sft_exp report` (sft_exp/tools/report.py)."""
 import sys
 
-from sft_exp.tools.report import main
+from sft_exp.tools import run_tool
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool("report"))

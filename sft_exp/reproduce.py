@@ -1,7 +1,7 @@
-"""`python -m sft_exp.reproduce`: the command line of sft_exp.tools.reproduce (the tools live in sft_exp/tools/)."""
+"""`python -m sft_exp.reproduce`: the same command as `python -m sft_exp reproduce` (sft_exp/tools/reproduce.py)."""
 import sys
 
-from sft_exp.tools.reproduce import main
+from sft_exp.tools import run_tool
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_tool("reproduce"))

@@ -1,11 +1,11 @@
 """What changed between two evaluations of a run: the examples whose score moved (for the report)."""
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Dict, List, Tuple
 
+from sft_exp.atomic import read_jsonl
 from sft_exp.evaluation.runner import prompt_text
 
 STEP_FILE = re.compile(r"step-(\d+)\.jsonl$")
@@ -23,7 +23,7 @@ def evaluation_files(run: Path) -> Dict[str, List[Tuple[int, Path]]]:
 
 
 def _rows(path: Path) -> Dict[int, dict]:
-    return {row["index"]: row for row in map(json.loads, path.read_text().splitlines()) if row}
+    return {row["index"]: row for row in read_jsonl(path)}
 
 
 def changed_examples(run: Path) -> Dict[str, dict]:

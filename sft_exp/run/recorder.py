@@ -15,7 +15,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from sft_exp.atomic import write_jsonl
+from sft_exp.atomic import read_jsonl, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -75,19 +75,12 @@ class RunRecorder(TrainerCallback):
         return " | ".join(parts)
 
 
-def read_rows(path: Path) -> list:
-    """The rows of a metrics.jsonl (empty when it does not exist)."""
-    if not Path(path).is_file():
-        return []
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-
-
 def truncate_rows(path: Path, after_step: int) -> int:
     """Drop the rows logged after `after_step`, and end-of-training rows (the resumed run writes its own).
 
     Rewritten atomically; returns how many rows were dropped.
     """
-    rows = read_rows(path)
+    rows = read_jsonl(path)
     kept = [row for row in rows if row.get("step", 0) <= after_step and "train_runtime" not in row]
     if len(kept) < len(rows):
         write_jsonl(Path(path), kept)

@@ -22,6 +22,7 @@ from typing import Any, List, Optional
 
 from omegaconf import OmegaConf
 
+from sft_exp.atomic import read_json
 from sft_exp import compat
 from sft_exp.errors import ConfigError, UserError
 from sft_exp.sweeps import space, storage as storage_lib
@@ -311,12 +312,9 @@ def optuna_trial(study, trial_id: int):
 
 
 def read_summary(folder: Path) -> dict:
-    import json
-
-    path = folder / "summary.json"
     try:
-        return json.loads(path.read_text()) if path.is_file() else {}
-    except ValueError:
+        return read_json(folder / "summary.json")
+    except ValueError:  # a job writing it right now
         return {}
 
 

@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+from sft_exp.atomic import read_jsonl
 from sft_exp.errors import ConfigError, UserError
 from sft_exp.tools.saved_run import SavedRun, load_saved_model
 
@@ -93,7 +94,7 @@ def evaluate_saved(target: Path, overrides: list, out: Optional[Path] = None, pr
         if heldout_file is None or not heldout_file.is_file():
             raise ConfigError("path: heldout needs a run folder whose run saved its held-out rows "
                               f"(evals/{HELDOUT_FILE}); give a prompts file instead")
-        evaluation.use_heldout([json.loads(line) for line in heldout_file.read_text().splitlines() if line.strip()])
+        evaluation.use_heldout(read_jsonl(heldout_file))
     summary = run.read_json("summary.json") if run is not None else {}
     model, tokenizer = load_saved_model(model_path, run)
     scores = evaluation.evaluate(model, tokenizer, step=int(summary.get("global_step") or 0), final=True)

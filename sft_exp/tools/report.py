@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import math
 import re
 import sys
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import Optional
 
 from sft_exp.errors import UserError
-from sft_exp.run.recorder import read_rows
+from sft_exp.atomic import read_json, read_jsonl
 
 COLUMNS = ("job", "overrides", "status", "steps", "train_loss", "eval_loss", "eval_nll", "mean_token_accuracy",
            "eval_mean_token_accuracy", "entropy", "train_tokens_per_s", "peak_memory_mb", "wall_time_s")
@@ -62,7 +61,7 @@ def _is_run(path: Path) -> bool:
 def job_row(run: Path, root: Optional[Path] = None) -> dict:
     """One table row from a run folder's files (`job`: its path under the sweep folder, e.g. 3 or 3/seed-1)."""
     summary = _read_json(run / "summary.json")
-    rows = read_rows(run / "metrics.jsonl")
+    rows = read_jsonl(run / "metrics.jsonl")
     train = [r for r in rows if _number(r.get("loss")) is not None]
     evals = [r for r in rows if _number(r.get("eval_loss")) is not None]
     last_train, last_eval = (train[-1] if train else {}), (evals[-1] if evals else {})
@@ -158,7 +157,7 @@ def plot_curves(runs: list, labels: list, out: Path) -> list:
     for name, key in (("loss", "loss"), ("nll", "nll"), ("accuracy", "mean_token_accuracy")):
         fig, ax = plt.subplots(figsize=(8, 5))
         for i, (run, label) in enumerate(zip(runs, labels)):
-            rows = read_rows(run / "metrics.jsonl")
+            rows = read_jsonl(run / "metrics.jsonl")
             for prefix, style in (("", "-"), ("eval_", "--")):
                 points = [(r["step"], _number(r.get(prefix + key))) for r in rows]
                 points = [(s, v) for s, v in points if v is not None and not math.isnan(v)]
@@ -185,7 +184,7 @@ def plot_task_metrics(runs: list, labels: list, keys: list, out: Path) -> list:
     for key in keys:
         fig, ax = plt.subplots(figsize=(8, 5))
         for i, (run, label) in enumerate(zip(runs, labels)):
-            points = [(r["step"], _number(r.get(key))) for r in read_rows(run / "metrics.jsonl")]
+            points = [(r["step"], _number(r.get(key))) for r in read_jsonl(run / "metrics.jsonl")]
             points = [(s, v) for s, v in points if v is not None and not math.isnan(v)]
             if points:
                 ax.plot(*zip(*points), "o-", color=f"C{i % 10}", label=label)
@@ -347,7 +346,7 @@ def optuna_plots(study: dict, out: Path, storage: Optional[str] = None) -> str:
 
 def _read_json(path: Path) -> dict:
     try:
-        return json.loads(path.read_text()) if path.is_file() else {}
+        return read_json(path)
     except ValueError:
         return {}
 

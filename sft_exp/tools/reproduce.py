@@ -24,7 +24,7 @@ from typing import Optional
 
 from sft_exp.atomic import read_json
 from sft_exp.errors import UserError
-from sft_exp.run.recorder import read_rows
+from sft_exp.atomic import read_jsonl
 
 WALL_CLOCK = re.compile(r"runtime|per_second|_per_s$|_time(_s)?$|timestamp")  # differ run to run by nature
 GROUPS = ("model", "data", "optimizer", "loss", "memory", "peft", "logger", "trainer", "distributed", "experiment")
@@ -133,11 +133,11 @@ def _get(info: dict, dotted: str):
 
 def verify(old_run: Path, new_run: Path) -> bool:
     """Print the comparison; True when metrics and final weights are identical (both runs must have model/)."""
-    problems = compare_metrics(read_rows(old_run / "metrics.jsonl"), read_rows(new_run / "metrics.jsonl"))
+    problems = compare_metrics(read_jsonl(old_run / "metrics.jsonl"), read_jsonl(new_run / "metrics.jsonl"))
     weights = compare_weights(old_run, new_run)
     if weights:
         problems.append(weights)
-    rows = len(read_rows(new_run / "metrics.jsonl"))
+    rows = len(read_jsonl(new_run / "metrics.jsonl"))
     print(f"\nverify {new_run} against {old_run}:")
     metric_problems = [p for p in problems if p != weights]
     print(f"  metrics.jsonl: identical ({rows} rows)" if not metric_problems

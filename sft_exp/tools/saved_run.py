@@ -10,6 +10,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Optional
 
+from sft_exp.atomic import read_json
 from sft_exp.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -45,8 +46,7 @@ class SavedRun:
         return OmegaConf.load(self.path / "resolved_config.yaml")
 
     def read_json(self, name: str) -> dict:
-        path = self.path / name
-        return json.loads(path.read_text()) if path.is_file() else {}
+        return read_json(self.path / name)
 
     @property
     def model_dir(self) -> Path:

@@ -9,12 +9,12 @@
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
+from sft_exp.atomic import read_jsonl
 from sft_exp.atomic import read_json
 
 
@@ -94,8 +94,7 @@ def _same_outputs(run_dir: Path, scratch: Path, step) -> List[Check]:
         logged = run_dir / "evals" / rerun.parent.name / rerun.name  # where the run's task evaluation wrote
         if not logged.is_file():
             continue
-        before, after = ([json.loads(line)["output"] for line in path.read_text().splitlines() if line.strip()]
-                         for path in (logged, rerun))
+        before, after = ([row["output"] for row in read_jsonl(path)] for path in (logged, rerun))
         same = sum(a == b for a, b in zip(before, after))
         checks.append(Check(f"eval_{rerun.parent.name} outputs", f"{len(before)} identical to the run's",
                             f"{same} of {len(after)} identical", same == len(before) == len(after)))

@@ -6,7 +6,7 @@ import csv
 
 import pytest
 
-from sft_exp.run.recorder import read_rows
+from sft_exp.atomic import read_jsonl
 from tests.sweeps.helpers import summary, sweep, trials
 
 # 6 steps, eval every 2; a threshold pruner that stops any trial whose eval loss is above 0: every trial,
@@ -28,7 +28,7 @@ def test_a_pruned_trial_stops_at_an_evaluation_step_with_its_folder_complete_to_
         done = summary(run)
         assert done["status"] == "pruned" and done["global_step"] == 2
         assert abs(trial.intermediate_values[2] - done["eval_loss"]) < 1e-6
-        assert max(row["step"] for row in read_rows(run / "metrics.jsonl")) == 2
+        assert max(row["step"] for row in read_jsonl(run / "metrics.jsonl")) == 2
         assert (run / "model").is_dir()
     assert main([str(tmp_path)]) == 0
     assert {row["status"] for row in csv.DictReader((tmp_path / "report.csv").open())} == {"pruned"}
