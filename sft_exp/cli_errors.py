@@ -3,28 +3,15 @@ message naming the key with "did you mean", no "use +key=..." advice that only m
 instantiate, and exit code 2 like every other user mistake in every command."""
 from __future__ import annotations
 
-import difflib
 import re
 import sys
+
+from sft_exp.errors import did_you_mean, unknown_key_message
 
 # "Key 'max_stepz' not in 'TrainerConfig'" / "Key 'max_stepz' is not in struct", then "full_key: trainer.max_stepz"
 _UNKNOWN_KEY = re.compile(r"Key '([^']+)' (?:is )?not in")
 _FULL_KEY = re.compile(r"full_key: (\S+)")
 _OBJECT_TYPE = re.compile(r"object_type=(\w+)")
-
-
-def closest(name: str, known) -> str:
-    """ "did you mean `x`? " for the nearest known name, else ""."""
-    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
-    return f"did you mean `{close[0]}`? " if close else ""
-
-
-def unknown_key_message(key: str, known) -> str:
-    """The one message for a key a component has no setting for."""
-    name = key.rsplit(".", 1)[-1]
-    known = sorted(str(k) for k in known)
-    return (f"{key}: unknown key; {closest(name, known)}the keys there are: {', '.join(known)}. "
-            "Fix the spelling (a `+` in front only makes the component refuse it later).")
 
 
 def explain(error: BaseException, overrides: list[str] | None = None) -> str:
@@ -53,7 +40,7 @@ def explain(error: BaseException, overrides: list[str] | None = None) -> str:
             task = task_key_message(path, value)
             if task:
                 return task
-            return (f"{path}: {closest(path.rpartition('.')[2], known or [])}{path.rpartition('.')[0]} takes any "
+            return (f"{path}: {did_you_mean(path.rpartition('.')[2], known or [])}{path.rpartition('.')[0]} takes any "
                     f"key, and Hydra adds a new one with a `+` in front: +{path}={value}")
         if known is not None:
             return unknown_key_message(path, known)
@@ -77,7 +64,7 @@ def task_key_message(path: str, value: str) -> str | None:
     known = [f.name for settings in TASK_TYPES.values() for f in dataclasses.fields(settings.settings)]
     if parts[2] in known:
         return f"{path}: the preset evals.{parts[1]} does not set it; add it with a `+` in front: +{path}={value}"
-    return (f"{path}: unknown key; {closest(parts[2], dict.fromkeys(known))}a task's keys are "
+    return (f"{path}: unknown key; {did_you_mean(parts[2], dict.fromkeys(known))}a task's keys are "
             f"{', '.join(dict.fromkeys(known))}.")
 
 

@@ -4,6 +4,28 @@ import signal
 from pathlib import Path
 
 
+def closest_name(name: str, known, cutoff: float = 0.6):
+    """The known name nearest to a misspelled one, or None."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name), [str(k) for k in known], n=1, cutoff=cutoff)
+    return close[0] if close else None
+
+
+def did_you_mean(name: str, known, cutoff: float = 0.6) -> str:
+    """ "did you mean `x`? " for the nearest known name, else "": the one wording of every such hint."""
+    close = closest_name(name, known, cutoff)
+    return f"did you mean `{close}`? " if close else ""
+
+
+def unknown_key_message(key: str, known) -> str:
+    """The one message for a key a component has no setting for."""
+    name = key.rsplit(".", 1)[-1]
+    known = sorted(str(k) for k in known)
+    return (f"{key}: unknown key; {did_you_mean(name, known)}the keys there are: {', '.join(known)}. "
+            "Fix the spelling (a `+` in front only makes the component refuse it later).")
+
+
 class UserError(Exception):
     """A mistake in the config, the data or the command line. The message says what, where and what to do."""
 

@@ -55,7 +55,8 @@ def check_known_keys(cfg: DictConfig) -> None:
     here with "did you mean", not by the component's constructor after data and model load."""
     import dataclasses
 
-    from sft_exp.cli_errors import moved_key, unknown_key_message
+    from sft_exp.cli_errors import moved_key
+    from sft_exp.errors import unknown_key_message
     from sft_exp.training.arguments import shown
 
     for group in ("model", "data", "trainer", "loss", "memory", "optimizer", "peft", "distributed"):

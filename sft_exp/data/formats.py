@@ -21,7 +21,7 @@ from sft_exp.data.nested import lookup, top_column
 from sft_exp.data.message_loss import MESSAGE_LOSS_TAGS, loss_keys, message_loss_weights
 from sft_exp.data.bad_row import BadRow  # noqa: F401 (the formats' error; re-exported)
 from sft_exp.data.tool_calls import legacy_function_call, structured_calls, structured_tools
-from sft_exp.errors import DataError
+from sft_exp.errors import DataError, closest_name
 
 # Names inside the turns of a conversation, set in `columns` beside the columns (LLaMA-Factory's
 # dataset_info `tags`, same names): the keys holding speaker and text, and a speaker name of the
@@ -148,15 +148,12 @@ def detect_format(fmt: str, column_names: list[str], columns: dict, where: str) 
 def absent_field_message(fmt: str, field: str, columns: dict, column_names: list[str]) -> str:
     """A format field the file has no column for: the user's own mapping that names no column, or the field
     to map to one of the file's columns (`columns` goes from the format's field to the file's column)."""
-    import difflib
-
     if field in columns:
-        close = difflib.get_close_matches(str(columns[field]), column_names, n=1)
-        hint = f"did you mean columns.{field}={close[0]}? " if close else ""
+        close = closest_name(columns[field], column_names)
+        hint = f"did you mean columns.{field}={close}? " if close else ""
         return (f"columns.{field}={columns[field]}: the file has no column {columns[field]!r}; {hint}its columns "
                 f"are {column_names}")
-    close = difflib.get_close_matches(field, column_names, n=1, cutoff=0.5)
-    example = close[0] if close else "<one of the file's columns>"
+    example = closest_name(field, column_names, cutoff=0.5) or "<one of the file's columns>"
     return (f"format '{fmt}' reads its `{field}` field from a column named {field!r}, which the file does not have "
             f"(its columns are {column_names}); name the column of yours that holds it: columns={{{field}: {example}}} "
             "(a field inside nested rows by its path, e.g. instances.0.output)")

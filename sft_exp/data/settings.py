@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional
 
-from sft_exp.errors import ConfigError
+from sft_exp.errors import ConfigError, unknown_key_message
 
 
 # data.max_length when it is not set and the model's context is not smaller (TRL's SFTConfig default).
@@ -151,7 +151,7 @@ def as_sources(entries: Any, key: str) -> list[Source]:
         try:
             sources.append(Source(**{**entry, "columns": _columns(entry.get("columns"), f"{key}[{i}].columns")}))
         except TypeError as err:  # a key Source has no field for (Hydra's schema says so earlier)
-            raise ConfigError(f"{key}[{i}].{unknown_key_message(err, Source)}") from None
+            raise ConfigError(f"{key}[{i}].{unknown_field_message(err, Source)}") from None
     return sources
 
 
@@ -166,19 +166,15 @@ def _columns(value: Any, key: str) -> dict | list:
     return dict(value or {})
 
 
-def unknown_key_message(error: TypeError, component: type) -> str:
+def unknown_field_message(error: TypeError, component: type) -> str:
     """`Source(**entry)`'s TypeError for a key it has no field for, as "<key>: unknown key; did you mean ...":
     the closest field and the fields there are, read from the dataclass, not a list kept beside it."""
-    import difflib
     import re
 
-    known = [f.name for f in dataclasses.fields(component)]
     match = re.search(r"unexpected keyword argument '(\w+)'", str(error))
     if match is None:
         raise error
-    close = difflib.get_close_matches(match.group(1), known, n=1)
-    hint = f"did you mean `{close[0]}`? " if close else ""
-    return f"{match.group(1)}: unknown key; {hint}the keys are {', '.join(known)}"
+    return unknown_key_message(match.group(1), [f.name for f in dataclasses.fields(component)])
 
 
 def resolve_max_length(settings: DataSettings, model_context: Optional[int]) -> tuple[DataSettings, str]:

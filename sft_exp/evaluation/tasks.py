@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, NamedTuple, Optional
 
-from sft_exp.errors import ConfigError, DataError
+from sft_exp.errors import ConfigError, DataError, did_you_mean
 from sft_exp.evaluation.lmeval import LMEvalTaskSettings
 from sft_exp.evaluation.scorers import build_scorer, scorer_name
 
@@ -118,9 +118,8 @@ def task_settings(name: str, spec: Any):
     known = [f.name for f in dataclasses.fields(settings_type)]
     unknown = sorted(set(spec) - set(known))
     if unknown:
-        close = difflib.get_close_matches(unknown[0], known, n=1)
-        hint = f"did you mean `{close[0]}`? " if close else ""
-        raise ConfigError(f"evals.{name}.{unknown[0]}: a `{kind}` task has no such key; {hint}its keys: {', '.join(known)}")
+        raise ConfigError(f"evals.{name}.{unknown[0]}: a `{kind}` task has no such key; "
+                          f"{did_you_mean(unknown[0], known)}its keys: {', '.join(known)}")
     missing = [key for key, value in spec.items() if value == "???"]
     if missing:
         raise ConfigError(f"evals.{name}.{missing[0]} is required; set it, e.g. evals.{name}.{missing[0]}=/path/to/file.jsonl")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from sft_exp.errors import ConfigError
+from sft_exp.errors import ConfigError, did_you_mean
 
 # TrainingArguments fields a group sets -> the override that sets it ({value}: the value the user gave).
 OWNED_BY_GROUPS = {
@@ -224,17 +224,16 @@ SCHEDULERS = {
 
 def check_scheduler(scheduler: str, kwargs: dict) -> None:
     """trainer.lr_scheduler_type and its trainer.lr_scheduler_kwargs, before anything loads."""
-    from sft_exp.cli_errors import closest
 
     if scheduler not in SCHEDULERS:
-        raise ConfigError(f"trainer.lr_scheduler_type={scheduler}: {closest(scheduler, SCHEDULERS)}transformers' "
+        raise ConfigError(f"trainer.lr_scheduler_type={scheduler}: {did_you_mean(scheduler, SCHEDULERS)}transformers' "
                           f"schedulers are {', '.join(SCHEDULERS)}.")
     accepted, needed = SCHEDULERS[scheduler]
     for name in kwargs or {}:
         if accepted is not ANY and name not in accepted:
             takes = f"it takes {', '.join(accepted)}" if accepted else "it takes none"
             raise ConfigError(f"trainer.lr_scheduler_kwargs.{name}: {scheduler} has no such argument; "
-                              f"{closest(name, accepted)}{takes}.")
+                              f"{did_you_mean(name, accepted)}{takes}.")
     for group in needed:
         if not any(name in (kwargs or {}) for name in group):
             example = f"+trainer.lr_scheduler_kwargs.{group[-1]}=0.1" if "rate" in group[-1] else \
