@@ -92,7 +92,9 @@ def _dataclass_fields_of(module: str, name: str, overrides: dict) -> list:
     for spec in _fields(_classes(_source_file(module)), name, module):
         annotation = _omegaconf_type(spec, module)
         default = overrides.get(spec.name, spec.default)
-        if isinstance(default, (list, dict)):
+        if spec.nested is not None and default == {}:  # a dataclass field whose default is its own defaults
+            fields.append((spec.name, annotation, dataclasses.field(default_factory=_schema(module, spec.nested, None, (), ()))))
+        elif isinstance(default, (list, dict)):
             fields.append((spec.name, annotation, dataclasses.field(default_factory=functools.partial(_copy, default))))
         else:
             fields.append((spec.name, annotation, dataclasses.field(default=default)))

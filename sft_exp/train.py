@@ -63,7 +63,7 @@ def run(cfg: DictConfig) -> float:
     trainer_factory = instantiate(cfg.trainer, _convert_="all")  # a _partial_ of SFTTrainer
     tokenizer, attention = model_loader.load_tokenizer(), model_loader.attn_implementation
     data = prepare_datasets(data_settings, tokenizer, attn_implementation=attention,
-                            model_context=model_context(model_loader))
+                            model_context=model_context(model_loader), eval_texts=_eval_texts(data_settings, evaluators))
     tokenizer.chat_template = data.chat_template or tokenizer.chat_template  # saved and used as trained
     log.info(describe(data))
     model = model_loader.load_model(tokenizer)
@@ -102,6 +102,13 @@ def run(cfg: DictConfig) -> float:
         if is_main:
             run_folder.finish_run(run_dir, summary, loggers)
     return float(summary.get(cfg.objective, math.nan))
+
+
+def _eval_texts(data_settings, evaluators: list) -> list:
+    """What the run's evaluations score, for data.decontamination (nothing to read when the check is off)."""
+    from sft_exp.evaluation.texts import evaluation_texts
+
+    return evaluation_texts(evaluators) if data_settings.decontamination.mode != "off" else []
 
 
 def _already_trained(resume: str | None, cfg: DictConfig, run_dir: Path) -> float | None:
@@ -222,6 +229,7 @@ def _write_run_files(cfg: DictConfig, run_dir: Path, data, loggers: list, resume
         log.warning("resumed with changed settings (%s): a straight run of the new settings may not reproduce this run",
                     ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in resumes[-1]["changed"].items()))
     run_folder.write_resolved_config(resolved, run_dir)
+    run_folder.write_contamination(run_dir, data.contamination)
     run_folder.write_run_info(run_dir, seed=cfg.seed, data_fingerprint=data.fingerprint, data_stats=data.stats,
                               overrides=hydra_job.overrides(), extra={"resumes": resumes} if resumes else None)
     description = RunDescription(run_dir, resolved, name=hydra_job.job_name(), group=hydra_job.sweep_group(),

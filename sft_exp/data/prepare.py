@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import datasets
 import numpy as np
 
+from sft_exp.data.contamination import against_groups, check_training_rows
 from sft_exp.data.encoding import EncodeSpec, encode_batch
 from sft_exp.compat import dataset_fingerprint
 from sft_exp.data.fingerprint import data_fingerprint, encode_fingerprint, tokenizer_hash
@@ -46,6 +48,8 @@ class PreparedData:
     heldout_examples: list[dict] = field(default_factory=list)
     # The chat template the rows were rendered with (None for plain text): the run saves it with the tokenizer.
     chat_template: str | None = None
+    # Training rows matching an evaluation text, described (sft_exp.data.contamination; counts in stats).
+    contamination: list[dict] = field(default_factory=list)
 
 
 @dataclass
@@ -116,22 +120,25 @@ def _splits(settings: DataSettings, source) -> bool:
     return source.eval_path is None and not settings.eval_sources
 
 
-def _split_and_mix(settings, sources, parts: list[EncodedSource], rng) -> tuple[datasets.Dataset, list, list, np.ndarray]:
-    """(mixed training rows, per-part eval row indices, per-part training row indices, the shuffle order)."""
+def _split(settings, sources, parts: list[EncodedSource], rng) -> tuple[list, list]:
+    """(per-part eval row indices, per-part training row indices: weighted, in the order they are mixed)."""
     sizes = [len(np.unique(part.kept)) if _splits(settings, source) else 0 for source, part in zip(sources, parts)]
     eval_counts = split_counts(sizes, settings.eval_split_size)
-    train_pieces, eval_rows, train_rows = [], [], []
+    eval_rows, train_rows = [], []
     for source, part, n_eval in zip(sources, parts, eval_counts):
         train_idx, eval_idx = split_by_source_row(part.kept, n_eval, rng)
         if len(train_idx) == 0:
             raise DataError(f"{part.stats['path']}: data.eval_split_size={settings.eval_split_size} leaves no training rows")
-        chosen = weighted_rows(train_idx, source.weight, rng)
-        train_pieces.append(part.rows.select(chosen))
         eval_rows.append(eval_idx)
-        train_rows.append(chosen)
-    mixed = datasets.concatenate_datasets(train_pieces)
+        train_rows.append(weighted_rows(train_idx, source.weight, rng))
+    return eval_rows, train_rows
+
+
+def _mix(parts: list[EncodedSource], train_rows: list, rng) -> tuple[datasets.Dataset, np.ndarray]:
+    """(the training rows of every source, shuffled together; the shuffle order)."""
+    mixed = datasets.concatenate_datasets([part.rows.select(rows) for part, rows in zip(parts, train_rows)])
     order = rng.permutation(len(mixed))
-    return mixed.select(order), eval_rows, train_rows, order
+    return mixed.select(order), order
 
 
 def _truncate(batch: dict, max_length: int) -> dict:
@@ -188,10 +195,12 @@ def warn_cut_answers(stats: dict) -> None:
 
 def prepare_datasets(
     settings: DataSettings, tokenizer, *, attn_implementation: str | None = None, cache_dir: str | None = None,
-    model_context: int | None = None,
+    model_context: int | None = None, eval_texts: Sequence = (),
 ) -> PreparedData:
     """`settings`: a DataSettings (Hydra builds it from `data.*`: `hydra.utils.instantiate(cfg.data)`).
-    `model_context`: the model's max_position_embeddings, the bound of an unset data.max_length."""
+    `model_context`: the model's max_position_embeddings, the bound of an unset data.max_length.
+    `eval_texts`: the texts of the run's evaluations (sft_exp.data.contamination.EvalTexts, or NotChecked for one
+    that cannot be read), checked against the training rows with the held-out rows (data.decontamination)."""
     if not isinstance(settings, DataSettings):
         raise TypeError(
             f"prepare_datasets: expected sft_exp.data.DataSettings, got {type(settings).__name__}; "
@@ -203,13 +212,17 @@ def prepare_datasets(
     warn_if_no_end_of_turn(template, tokenizer, settings.chat_template)  # the saved model would not stop
     if settings.assistant_only_loss and template is not None:
         check_template_can_mask(template, template_variables(tokenizer))
+    against = against_groups(settings.decontamination, cache_dir) if settings.decontamination.mode != "off" else []
     names = list(dict.fromkeys(source_name(s) for s in [*settings.sources, *settings.eval_sources]))
     truncate = not (settings.packing and settings.packing_strategy == "wrapped")
     parts = _encode_all(settings.sources, settings, tokenizer, template, names, cache_dir, truncate, "training")
     heldout_files = [source.heldout_file() for source in settings.sources if source.eval_path is not None]
     eval_parts = _encode_all([*heldout_files, *settings.eval_sources], settings, tokenizer, template, names, cache_dir, True, "eval")
     rng = np.random.default_rng(settings.seed)
-    train, eval_rows, train_rows, order = _split_and_mix(settings, settings.sources, parts, rng)
+    eval_rows, train_rows = _split(settings, settings.sources, parts, rng)
+    check = check_training_rows(settings, parts, eval_parts, eval_rows, train_rows, eval_texts, against, cache_dir)
+    train_rows = check.apply(parts, train_rows)  # what data.decontamination.mode / data.deduplicate drop
+    train, order = _mix(parts, train_rows, rng)
     eval_set = _eval_dataset(parts, eval_parts, eval_rows, settings.max_length)
     if settings.packing:
         pack = pack_bfd if settings.packing_strategy == "bfd" else pack_wrapped
@@ -223,12 +236,15 @@ def prepare_datasets(
     mixture_rows = {part.name: len(rows) for part, rows in zip(parts, train_rows)}
     stats = dataset_statistics(settings, parts, eval_parts, counts, len(train), eval_set, names, mixture_rows)
     stats["max_length_from"] = max_length_from
+    stats["contamination"] = check.stats
     warn_cut_answers(stats)
     stats["eval_from"] = _eval_from(settings, settings.sources, parts, eval_parts, eval_rows)
     heldout_groups = [(part, part.kept) for part in eval_parts]
     heldout_groups += [(part, part.kept[rows]) for part, rows in zip(parts, eval_rows) if len(rows)]
     examples, stats["heldout_examples"] = heldout_examples(heldout_groups)
     layout = {"names": names, "packing": settings.packing, "strategy": settings.packing_strategy, "max_length": settings.max_length}
+    if check.digest != "off":  # a changed evaluation text is another check of the same rows
+        layout["decontamination"] = check.digest
     return PreparedData(
         train=train,
         eval=eval_set,
@@ -237,4 +253,5 @@ def prepare_datasets(
         fingerprint=data_fingerprint([part.digest for part in parts], [*train_rows, order], layout),
         heldout_examples=examples,
         chat_template=template,
+        contamination=check.found.matches if check.found else [],
     )
