@@ -115,3 +115,18 @@ def test_wrap_hydra_job_runner_runs_what_hydra_main_runs_through_the_wrapper(mon
     compat.wrap_hydra_job_runner(lambda func: lambda: seen.append("twice") or func())  # idempotent
     assert hydra_utils.run_and_report(lambda: 7) == 7
     assert seen == ["wrapped"]
+
+
+def test_datasets_offline_fails_at_once_for_data_not_on_this_machine():
+    import time
+
+    import pytest
+    from huggingface_hub import constants
+
+    before, start = (datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE), time.monotonic()
+    with compat.datasets_offline():
+        assert datasets.config.HF_HUB_OFFLINE and constants.HF_HUB_OFFLINE
+        with pytest.raises(Exception, match="(?i)offline"):
+            datasets.load_dataset("no-such-org/no-such-dataset", split="test")
+    assert time.monotonic() - start < 30  # no network retries
+    assert (datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE) == before  # restored

@@ -94,9 +94,10 @@ def held_out_group(parts, eval_parts, eval_rows, covers: tuple) -> EvalGroup | N
 class _Scan:
     """What one source's training rows left after the streaming pass."""
 
+    rows: np.ndarray  # the training rows read, ascending
+    exact: np.ndarray  # uint64 per row: its whole text as written (whitespace aside), for duplicates; 0: no text
     ngram_hits: list = field(default_factory=list)  # (raw rows, n-gram hashes) found in the eval side
     equal_hits: list = field(default_factory=list)  # (raw rows, whole-text hashes) equal to a held-out row
-    exact: list = field(default_factory=list)  # (whole-text hashes as written, raw rows): for duplicates
 
     def joined(self, name: str, dtypes) -> tuple:
         pairs = getattr(self, name)
@@ -109,7 +110,7 @@ def _scan(part, columns: list, rows: np.ndarray, index: EvalIndex | None) -> _Sc
 
     wanted = np.zeros(len(part.raw), bool)
     wanted[rows] = True
-    found, start = _Scan(), 0
+    found, start, done = _Scan(rows, np.zeros(len(rows), np.uint64)), 0, 0
     for batch in record_batches(part.raw, ngrams.stored_columns(columns)):
         span = np.arange(start, start + batch.num_rows, dtype=np.int64)
         start += batch.num_rows
@@ -128,27 +129,37 @@ def _scan(part, columns: list, rows: np.ndarray, index: EvalIndex | None) -> _Sc
             equal = index.contains(lower, whole=True) & (counts > 0)
             found.equal_hits.append((span[equal], lower[equal]))
         exact, _ = ngrams.row_hashes(words, words.exact, batch.num_rows)
-        has_text = counts > 0
-        found.exact.append((exact[has_text], span[has_text].astype(np.uint32)))
+        found.exact[done : done + len(span)] = np.where(counts > 0, exact | np.uint64(1), np.uint64(0))
+        done += len(span)
     return found
+
+
+def _repeated_values(hashes: list) -> np.ndarray:
+    """The hash values (not 0: no text) that occur more than once, sorted; one sorted copy of the hashes at a time."""
+    ordered = np.sort(hashes[0] if len(hashes) == 1 else np.concatenate(hashes))
+    repeated = np.unique(ordered[1:][(ordered[1:] == ordered[:-1]) & (ordered[1:] != 0)])
+    return repeated
 
 
 def _duplicates(scans: list[_Scan]) -> list[np.ndarray]:
     """Per source: its training rows whose text (whitespace aside) repeats an earlier training row's, in source
-    order, then row order (so the first of each set of equal rows is kept)."""
-    joined = [scan.joined("exact", (np.uint64, np.uint32)) for scan in scans]
-    hashes = np.concatenate([h for h, _ in joined]) if joined else np.zeros(0, np.uint64)
-    if not len(hashes):
+    order, then row order (so the first of each set of equal rows is kept). Memory: the rows' hashes and one
+    sorted copy (16 bytes a row), then only the rows whose hash repeats."""
+    repeated = _repeated_values([scan.exact for scan in scans]) if scans else np.zeros(0, np.uint64)
+    if not len(repeated):
         return [np.zeros(0, np.int64) for _ in scans]
-    order = np.argsort(hashes, kind="stable")
-    ordered = hashes[order]
-    repeat = np.zeros(len(hashes), bool)
-    repeat[order[1:][ordered[1:] == ordered[:-1]]] = True
-    out, at = [], 0
-    for _, rows in joined:
-        out.append(np.sort(rows[repeat[at : at + len(rows)]].astype(np.int64)))
-        at += len(rows)
-    return out
+    where, values = [], []  # (source, raw row) and hash of every row whose hash repeats, in source then row order
+    for p, scan in enumerate(scans):
+        for at in range(0, len(scan.exact), 1 << 16):  # a chunk at a time: no row-sized temporary
+            chunk = scan.exact[at : at + (1 << 16)]
+            slot = np.minimum(np.searchsorted(repeated, chunk), len(repeated) - 1)
+            hit = np.flatnonzero(repeated[slot] == chunk)
+            where.append(np.stack([np.full(len(hit), p), scan.rows[at + hit]], axis=1))
+            values.append(chunk[hit])
+    where, values = np.concatenate(where), np.concatenate(values)
+    repeats = np.ones(len(values), bool)
+    repeats[np.unique(values, return_index=True)[1]] = False  # the first of each value is kept
+    return [np.sort(where[repeats & (where[:, 0] == p), 1]) for p in range(len(scans))]
 
 
 def _hits_by_row(scan: _Scan) -> dict:
