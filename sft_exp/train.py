@@ -76,7 +76,7 @@ def run(cfg: DictConfig) -> float:
         evaluator.use_heldout(data.heldout_examples)
     if is_main:
         data.stats["end_of_turn"] = end_of_turn_stats(data.train, tokenizer, tokenizer.chat_template)
-        _write_run_files(cfg, run_dir, data, loggers, resume)
+        _write_run_files(cfg, run_dir, data, loggers, resume, evaluators)
     status, summary = "failed", {}
     try:
         trainer = trainer_factory(
@@ -217,10 +217,11 @@ def _instantiate_each(group: DictConfig) -> list:
     return [instantiate(node, _convert_="all") for node in (group or {}).values() if node is not None]
 
 
-def _write_run_files(cfg: DictConfig, run_dir: Path, data, loggers: list, resume: str | None) -> None:
-    """resolved_config.yaml and run_info.json (with every resume and what it changed), then start the
-    trackers (rank 0)."""
+def _write_run_files(cfg: DictConfig, run_dir: Path, data, loggers: list, resume: str | None, evaluators: list) -> None:
+    """resolved_config.yaml and run_info.json (with every resume and what it changed, and what each score rests
+    on), then start the trackers (rank 0)."""
     from sft_exp.run import folder as run_folder
+    from sft_exp.run.scores import evaluation_record
     from sft_exp.loggers import RunDescription
 
     resolved = plain(cfg)
@@ -231,7 +232,9 @@ def _write_run_files(cfg: DictConfig, run_dir: Path, data, loggers: list, resume
     run_folder.write_resolved_config(resolved, run_dir)
     run_folder.write_contamination(run_dir, data.contamination)
     run_folder.write_run_info(run_dir, seed=cfg.seed, data_fingerprint=data.fingerprint, data_stats=data.stats,
-                              overrides=hydra_job.overrides(), extra={"resumes": resumes} if resumes else None)
+                              overrides=hydra_job.overrides(),
+                              extra={"evaluations": evaluation_record(evaluators, data.stats),
+                                     **({"resumes": resumes} if resumes else {})})
     description = RunDescription(run_dir, resolved, name=hydra_job.job_name(), group=hydra_job.sweep_group(),
                                  resumed=resume is not None)
     for logger in loggers:

@@ -35,12 +35,13 @@ def describe_eval(stats: dict) -> str:
 
 
 def summary_counts(contamination: dict) -> str:
-    """"gsm8k 5 rows (4 of 100 items), held-out rows 0 rows": matching training rows per eval group."""
+    """"gsm8k: 5 rows, 4 of 100 items; held-out rows (task heldout): 0 rows": matching rows per eval group."""
     parts = []
     for name, group in contamination.get("per_eval", {}).items():
-        items = f" ({group['items_matched']} of {group['items_checked']} items)" if group.get("rows") else ""
-        parts.append(f"{name} {group.get('rows', 0)} rows{items}")
-    return ", ".join(parts)
+        covers = f" (task {', '.join(group['covers'])})" if group.get("covers") else ""
+        items = f", {group['items_matched']} of {group['items_checked']} items" if group.get("rows") else ""
+        parts.append(f"{name}{covers}: {group.get('rows', 0)} rows{items}")
+    return "; ".join(parts)
 
 
 def describe_contamination(stats: dict) -> str:
@@ -53,9 +54,9 @@ def describe_contamination(stats: dict) -> str:
         per_source = found.get("per_source", {})
         by_source = ", ".join(f"{name} {counts['rows']}" for name, counts in per_source.items())
         sources = f"; by source: {by_source}" if len(per_source) > 1 else ""
-        pieces.append(f"contamination check ({found['ngram']}-word n-grams, {found['mode']}): {found['rows']} of "
-                      f"{found['rows_checked']} training rows match an eval text ({summary_counts(found) or 'nothing to check against'}"
-                      f"{sources})")
+        pieces.append(f"contamination check ({found['ngram']}-word n-grams, mode {found['mode']}): {found['rows']} of "
+                      f"{found['rows_checked']} training rows match an eval text "
+                      f"[{summary_counts(found) or 'nothing to check against'}{sources}]")
         if found.get("not_checked"):
             pieces.append("not checked: " + ", ".join(x["name"] for x in found["not_checked"]))
     if "duplicates" in found:

@@ -63,6 +63,19 @@ class TaskEvaluation(Evaluator):
                 for example in examples:
                     f.write(json.dumps({"prompt": example["prompt"], "reference": example["reference"]}) + "\n")
 
+    def describe_tasks(self) -> Dict[str, dict]:
+        """Per task: how many prompts it scores and from where (run_info.json `evaluations`)."""
+        out = {}
+        for task in self.tasks.values():
+            if isinstance(task, GenerationTask):
+                samples = {"samples_per_prompt": task.settings.num_samples} if task.settings.num_samples > 1 else {}
+                source = task.source if task.source == HELDOUT else str(Path(task.source).expanduser())
+                out[task.name] = {"n": len(task.examples or []), "unit": "prompts", "source": source, **samples}
+            else:
+                out[task.name] = {"n": task.settings.limit, "unit": "documents per harness task",
+                                  "source": "lm-eval " + ", ".join(task.settings.lm_eval_tasks)}
+        return out
+
     def eval_texts(self) -> list:
         from sft_exp.evaluation.texts import task_texts
 

@@ -61,8 +61,8 @@ def test_report_counts_per_source_and_per_eval_and_trains_on_them(tmp_path):
     assert by_row[2]["item_source"] == f"row 0 of {tmp_path / 'eval.jsonl'}"
     assert len(data.train) == 5  # report: nothing dropped
     line = describe(data)
-    assert "contamination check (8-word n-grams, report): 2 of 5 training rows match an eval text (quiz 1 rows " \
-           "(1 of 2 items), held-out rows 1 rows (1 of 2 items)); 1 exact duplicate training rows" in line
+    assert "contamination check (8-word n-grams, mode report): 2 of 5 training rows match an eval text [quiz: 1 rows, " \
+           "1 of 2 items; held-out rows: 1 rows, 1 of 2 items]; 1 exact duplicate training rows" in line
 
 
 def test_drop_removes_them_and_counts_them_as_drops(tmp_path):
