@@ -77,7 +77,7 @@ def run(cfg: DictConfig) -> float:
     if is_main:
         data.stats["end_of_turn"] = end_of_turn_stats(data.train, tokenizer, tokenizer.chat_template)
         _write_run_files(cfg, run_dir, data, loggers, resume, evaluators)
-    status, summary = "failed", {}
+    status, summary, trainer = "failed", {}, None
     try:
         trainer = trainer_factory(
             model=model, loss=loss, memory=memory, optimizer_factory=optimizer, source_names=data.source_names,
@@ -85,7 +85,7 @@ def run(cfg: DictConfig) -> float:
             data_collator=collator_for(tokenizer.pad_token_id, packing=data_settings.packing,
                                        padding_free=data_settings.padding_free, attn_implementation=attention),
             callbacks=[*callbacks, *loggers], evaluators=evaluators, output_dir=str(run_dir / "checkpoints"),
-            seed=cfg.seed, data_seed=cfg.seed, extra_args=_extra_training_arguments(cfg),
+            seed=cfg.seed, data_seed=cfg.seed, extra_args=_extra_training_arguments(cfg), run_started=started,
         )
         summary = {**parameter_counts(model), **train_and_evaluate(trainer, resume)}
         trainer.save_model(str(run_dir / "model"))
@@ -94,11 +94,16 @@ def run(cfg: DictConfig) -> float:
         status = "pruned" if _was_pruned(callbacks) else "completed"  # a sweep's pruner may stop a trial early
         if is_main:
             save_serving_files(model, run_dir, {**summary, "status": status})
-    except TrainingInterrupted:
+    except TrainingInterrupted as stop:
         status = "interrupted"
+        if is_main and trainer is not None:  # its checkpoint's record of this segment: the whole process's time
+            from sft_exp.training.segments import record_interrupted_wall
+
+            record_interrupted_wall(run_dir / "checkpoints" / f"checkpoint-{stop.step}", time.monotonic() - started)
         raise
     finally:
-        summary.update(status=status, wall_time_s=round(time.monotonic() - started, 2), **run_folder.peak_memory_mb())
+        earlier = trainer.segments.earlier_wall_s() if trainer is not None else 0.0  # a resumed run's earlier segments
+        summary.update(status=status, wall_time_s=round(earlier + time.monotonic() - started, 2), **run_folder.peak_memory_mb())
         if is_main:
             run_folder.finish_run(run_dir, summary, loggers)
     return float(summary.get(cfg.objective, math.nan))
@@ -181,22 +186,42 @@ def train_and_evaluate(trainer, resume) -> dict:
     summary = {}
     if not resume:
         trainer.evaluate_before_training()  # now, or (DeepSpeed) as train() starts
-    result = trainer.train(resume_from_checkpoint=resume)
-    summary.update({f"{k}_before": v for k, v in trainer.metrics_before_training.items() if k.startswith("eval_")})
-    runtime = result.metrics.get("train_runtime") or math.nan
-    num_tokens = trainer.num_tokens_seen()  # all ranks, as in metrics.jsonl
-    summary.update(global_step=trainer.state.global_step, train_loss=result.metrics.get("train_loss"),
-                   train_runtime_s=runtime, num_tokens=num_tokens,
-                   train_tokens_per_s=num_tokens / runtime if runtime else None)
+    trainer.train(resume_from_checkpoint=resume)
+    from sft_exp.training.segments import whole_run_loss
+
     rows = trainer.state.log_history
-    last_train = next((row for row in reversed(rows) if "mean_token_accuracy" in row), {})
-    summary.update({k: last_train[k] for k in ("mean_token_accuracy", "entropy", "nll") if k in last_train})
+    before = trainer.metrics_before_training or _baseline_row(Path(trainer.args.output_dir).parent)
+    summary.update({f"{k}_before": v for k, v in before.items() if k.startswith("eval_")})
+    num_tokens = trainer.num_tokens_seen()  # all ranks, as in metrics.jsonl
+    summary.update(global_step=trainer.state.global_step, train_loss=whole_run_loss(rows), num_tokens=num_tokens)
+    # Over every segment of a resumed run: its tokens over its training time, not over the last segment's.
+    summary.update(trainer.segments.whole_run(trainer.state.global_step, num_tokens))
+    summary.update(last_window(rows))
     last_eval = next((row for row in reversed(rows) if any(k.startswith("eval_") for k in row)), None)
     if last_eval is not None and last_eval.get("step") == trainer.state.global_step:
         summary.update({k: v for k, v in last_eval.items() if k.startswith("eval_")})
     else:
         summary.update(trainer.evaluate())
     return summary
+
+
+def _baseline_row(run_dir: Path) -> dict:
+    """A resumed run's evaluation before training, done by its first segment: metrics.jsonl's step-0 row."""
+    from sft_exp.run.recorder import METRICS_FILE, read_rows
+
+    rows = read_rows(run_dir / METRICS_FILE)
+    return next((row for row in rows if row.get("step") == 0 and any(k.startswith("eval_") for k in row)), {})
+
+
+def last_window(rows: list) -> dict:
+    """The last logging window's token metrics, named as such (summary.json's train_loss is the whole run's)."""
+    windows = [row for row in rows if "mean_token_accuracy" in row and "loss" in row]
+    if not windows:
+        return {}
+    earlier = [row["step"] for row in rows if "loss" in row and row["step"] < windows[-1]["step"]]
+    figures = {f"last_window_{k}": windows[-1][k] for k in ("loss", "mean_token_accuracy", "entropy", "nll")
+               if k in windows[-1]}
+    return {**figures, "last_window_steps": [(max(earlier) if earlier else 0) + 1, windows[-1]["step"]]}
 
 
 def _extra_training_arguments(cfg: DictConfig) -> dict:
