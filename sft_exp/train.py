@@ -187,7 +187,7 @@ def train_and_evaluate(trainer, resume) -> dict:
     if not resume:
         trainer.evaluate_before_training()  # now, or (DeepSpeed) as train() starts
     trainer.train(resume_from_checkpoint=resume)
-    from sft_exp.training.segments import whole_run_loss
+    from sft_exp.run.scores import whole_run_loss
 
     rows = trainer.state.log_history
     before = trainer.metrics_before_training or _baseline_row(Path(trainer.args.output_dir).parent)

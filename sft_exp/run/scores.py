@@ -32,10 +32,26 @@ def basis(key: str, evaluations: dict) -> Optional[dict]:
     return evaluations.get(name)
 
 
-def basis_cells(key: str, evaluations: dict) -> tuple[str, str]:
+def record_cells(record: Optional[dict]) -> tuple[str, str]:
     """("64 prompts", "/data/gsm8k_test.jsonl") for a table; ("", "") when the run did not record it."""
-    found = basis(key, evaluations)
-    if not found:
+    if not record:
         return "", ""
-    n = "?" if found.get("n") is None else f"{found['n']:,}"
-    return f"{n} {found.get('unit', '')}".strip(), str(found.get("source", ""))
+    n = "?" if record.get("n") is None else f"{record['n']:,}"
+    return f"{n} {record.get('unit', '')}".strip(), str(record.get("source", ""))
+
+
+def basis_cells(key: str, evaluations: dict) -> tuple[str, str]:
+    """record_cells of what metric `key` rests on."""
+    return record_cells(basis(key, evaluations))
+
+
+def whole_run_loss(log_history: list) -> Optional[float]:
+    """Mean training loss per optimizer step over the whole run: each logged window's mean `loss` weighted by
+    its steps (what the Trainer's train_loss is for a run that never stopped)."""
+    total, steps, last = 0.0, 0, 0
+    for row in log_history:
+        if "loss" in row and "step" in row and row["step"] > last:
+            total += float(row["loss"]) * (row["step"] - last)
+            steps += row["step"] - last
+            last = row["step"]
+    return total / steps if steps else None

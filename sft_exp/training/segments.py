@@ -22,18 +22,6 @@ from transformers import TrainerCallback
 SEGMENTS_STATE_KEY = "sft_exp_segments"  # in trainer_state.json's stateful_callbacks
 
 
-def whole_run_loss(log_history: list) -> Optional[float]:
-    """Mean training loss per optimizer step over the whole run: each logged window's mean `loss` weighted by
-    its steps (what the Trainer's train_loss is for a run that never stopped)."""
-    total, steps, last = 0.0, 0, 0
-    for row in log_history:
-        if "loss" in row and "step" in row and row["step"] > last:
-            total += float(row["loss"]) * (row["step"] - last)
-            steps += row["step"] - last
-            last = row["step"]
-    return total / steps if steps else None
-
-
 class RunSegments(TrainerCallback):
     """The segments of a run, kept in each checkpoint (see the module's docstring)."""
 

@@ -25,7 +25,8 @@ from sft_exp.training.guards import (  # noqa: F401 (NonFiniteLossError: re-expo
     EvaluationBeforeTraining, LoggingWindow, NonFiniteLossError, NonFiniteLossGuard, TokenCount)
 from sft_exp.training.metrics import SFTMetrics
 from sft_exp.training.ledger import ExampleLedger, ledger_path
-from sft_exp.training.segments import RunSegments, whole_run_loss
+from sft_exp.run.scores import whole_run_loss
+from sft_exp.training.segments import RunSegments
 
 log = logging.getLogger(__name__)
 
