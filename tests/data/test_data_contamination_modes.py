@@ -161,3 +161,21 @@ def test_the_result_is_cached_and_a_changed_eval_text_checks_again(tmp_path, mon
     off = _prepare(tmp_path, ROWS, [TASK], decontamination={"mode": "off"})
     assert off.stats["contamination"] == {"mode": "off"}
     assert "contamination check off (data.decontamination.mode=off)" in describe(off)
+
+
+def test_on_the_command_line_a_bad_against_file_and_mode_error_stop_before_the_model_loads():
+    from sft_exp.paths import asset_path
+    from tests.conftest import run_sft
+
+    demo, quiz = asset_path("demo/train.jsonl"), "tests/assets/eval/gsm8k_test_first50.jsonl"
+    job = run_sft(f"data.decontamination.against=[{{path:{quiz},column:problem}}]", "logger=none")
+    said = job.stdout + job.stderr
+    assert job.returncode == 2 and "built a fresh" not in said
+    assert f"data.decontamination.against[0].column='problem': {quiz} has no column 'problem'" in said
+    # The demo's own training file as an eval text: every training row is in it.
+    job = run_sft("data.decontamination.mode=error", f"data.decontamination.against=[{{path:{demo},name:copy}}]",
+                  "data.sources.0.max_samples=40", "logger=none")
+    said = job.stdout + job.stderr
+    assert job.returncode == 2 and "built a fresh" not in said
+    assert f"{demo}, row 0, the whole row: the training text is the same text" in said
+    assert "with eval 'copy' item 0 (row 0 of" in said and "data.decontamination.mode=drop" in said
