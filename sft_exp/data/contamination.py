@@ -197,11 +197,21 @@ class _Found:
     per_eval: dict  # group -> {"rows", "items_matched"}
 
 
+def _best_items(owner_rows: np.ndarray, groups: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """(row, group, item) once per row and group: the item of that group sharing the most n-grams with the row
+    (a common phrase shared with other items does not count them as matched)."""
+    triples, counts = np.unique(np.stack([owner_rows, groups, items]), axis=1, return_counts=True)
+    ordered = triples[:, np.lexsort((triples[2], -counts, triples[1], triples[0]))]
+    first = np.ones(ordered.shape[1], bool)
+    first[1:] = (ordered[0, 1:] != ordered[0, :-1]) | (ordered[1, 1:] != ordered[1, :-1])
+    return ordered[:, first]
+
+
 def _find(parts, columns: list, rows: list, index: EvalIndex | None) -> _Found:
     scans = [_scan(part, cols, part_rows, index) for part, cols, part_rows in zip(parts, columns, rows)]
     duplicates = _duplicates(scans)
     flagged, matches, described = [], [], 0
-    per_eval = {g: {"rows": set(), "items_matched": set()} for g in range(len(index.groups) if index else 0)}
+    per_eval = {g: {"rows": 0, "items_matched": set()} for g in range(len(index.groups) if index else 0)}
     for p, (part, scan) in enumerate(zip(parts, scans)):
         hits = _hits_by_row(scan)
         candidates = np.unique(np.concatenate([hits["ngram_hits"][0], hits["equal_hits"][0]]))
@@ -217,10 +227,12 @@ def _find(parts, columns: list, rows: list, index: EvalIndex | None) -> _Found:
         if index is not None and len(candidates):
             owner_rows, groups, items = _owners(index, hits)
             real = ~np.isin(owner_rows, false_hits)
-            for row, g, item in zip(owner_rows[real].tolist(), groups[real].tolist(), items[real].tolist()):
-                per_eval[g]["rows"].add((p, row))
-                per_eval[g]["items_matched"].add(item)
-    counts = {index.groups[g].name: {k: len(v) for k, v in found.items()} for g, found in per_eval.items()}
+            _, best_groups, best_items = _best_items(owner_rows[real], groups[real], items[real])
+            for g in np.unique(best_groups).tolist():
+                per_eval[g]["rows"] += int((best_groups == g).sum())
+                per_eval[g]["items_matched"].update(best_items[best_groups == g].tolist())
+    counts = {index.groups[g].name: {"rows": found["rows"], "items_matched": len(found["items_matched"])}
+              for g, found in per_eval.items()}
     return _Found(flagged, duplicates, matches, counts)
 
 

@@ -114,7 +114,7 @@ def test_every_planted_problem_is_found_and_attributed_and_no_clean_row_is_flagg
     found = data.stats["contamination"]
     assert found["rows_checked"] == 520
     assert found["rows"] == 20 and found["per_eval"]["gsm8k"]["rows"] == 20
-    assert found["per_eval"]["gsm8k"]["items_checked"] == 1319
+    assert found["per_eval"]["gsm8k"]["items_checked"] == 1319 and found["per_eval"]["gsm8k"]["items_matched"] == 20
     by_row = {match["row"]: match for match in data.contamination}
     assert set(by_row) == set(truth)  # all 20 and nothing else: 0 of the 500 clean rows
     for row, item in truth.items():
