@@ -97,13 +97,11 @@ def run(cfg: DictConfig) -> float:
     except TrainingInterrupted as stop:
         status = "interrupted"
         if is_main and trainer is not None:  # its checkpoint's record of this segment: the whole process's time
-            from sft_exp.training.segments import record_interrupted_wall
-
-            record_interrupted_wall(run_dir / "checkpoints" / f"checkpoint-{stop.step}", time.monotonic() - started)
+            trainer.segments.record_stop(run_dir / "checkpoints" / f"checkpoint-{stop.step}")
         raise
-    finally:
-        earlier = trainer.segments.earlier_wall_s() if trainer is not None else 0.0  # a resumed run's earlier segments
-        summary.update(status=status, wall_time_s=round(earlier + time.monotonic() - started, 2), **run_folder.peak_memory_mb())
+    finally:  # a resumed run's wall time: its earlier segments' too
+        wall = trainer.segments.whole_wall_s() if trainer is not None else time.monotonic() - started
+        summary.update(status=status, wall_time_s=round(wall, 2), **run_folder.peak_memory_mb())
         if is_main:
             run_folder.finish_run(run_dir, summary, loggers)
     return float(summary.get(cfg.objective, math.nan))

@@ -49,8 +49,15 @@ class RunSegments(TrainerCallback):
         return {"steps": [self._from_step, int(step)], "tokens": int(tokens or 0) - self._tokens_from,
                 "train_runtime_s": round(seconds, 3), "wall_time_s": round(now - (self.run_started or now), 3)}
 
-    def earlier_wall_s(self) -> float:
-        return sum(segment["wall_time_s"] for segment in self.earlier)
+    def whole_wall_s(self) -> float:
+        """The run's wall time so far: its earlier segments' and this process's since the run began."""
+        now = time.monotonic()
+        return sum(segment["wall_time_s"] for segment in self.earlier) + now - (self.run_started or now)
+
+    def record_stop(self, checkpoint: Path) -> None:
+        """A segment stopped by a signal ends just after its checkpoint: put its whole wall time (the save, the
+        shutdown) into that checkpoint's record, which the next segment reads."""
+        record_interrupted_wall(checkpoint, time.monotonic() - self.run_started)
 
     def earlier_train_s(self) -> float:
         return sum(segment["train_runtime_s"] for segment in self.earlier)
@@ -79,8 +86,7 @@ class RunSegments(TrainerCallback):
 
 
 def record_interrupted_wall(checkpoint: Path, wall_time_s: float) -> None:
-    """A segment stopped by a signal ends just after its checkpoint: put its whole wall time (the save, the
-    shutdown) into that checkpoint's record, which the next segment reads."""
+    """`wall_time_s` as the last segment's in the record `checkpoint` carries (trainer_state.json, rewritten whole)."""
     from transformers import TrainerState
 
     path = Path(checkpoint) / "trainer_state.json"

@@ -4,7 +4,6 @@ cannot be read, a name and a reason."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -12,19 +11,7 @@ from sft_exp.data.contamination import EvalTexts, NotChecked
 from sft_exp.evaluation import TaskEvaluation
 from sft_exp.evaluation.texts import evaluation_texts
 
-DATA = Path(__file__).parent / "data" / "toy_choice.jsonl"
-TASK_YAML = """\
-task: {name}
-dataset_path: {path}
-{kwargs}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "{{{{question}}}}"
-doc_to_choice: "{{{{choices}}}}"
-doc_to_target: "{{{{answer}}}}"
-metric_list:
-  - metric: acc
-"""
+from tests.evaluation.test_lmeval import DATA, TASK_YAML  # toy_choice: a local task over a file shipped here
 
 
 def test_a_generation_task_gives_its_items_without_its_template_and_system_prompt(tmp_path):
@@ -51,15 +38,16 @@ def test_lm_eval_documents_are_read_offline_or_named_as_not_checked(tmp_path):
     pytest.importorskip("lm_eval")
     tasks_dir = tmp_path / "tasks"
     tasks_dir.mkdir()
-    local = "dataset_kwargs:\n  data_files:\n    test: " + str(DATA)
-    (tasks_dir / "toy.yaml").write_text(TASK_YAML.format(name="toy", path="json", kwargs=local))
-    (tasks_dir / "far.yaml").write_text(TASK_YAML.format(name="far", path="no-such-org/no-such-dataset", kwargs=""))
+    local = TASK_YAML.format(data=DATA)
+    (tasks_dir / "toy.yaml").write_text(local)
+    far = local.replace("task: toy_choice", "task: far").replace("dataset_path: json", "dataset_path: no-such-org/no-such")
+    (tasks_dir / "far.yaml").write_text(far)  # its documents are on the hub: not readable offline
     evaluation = TaskEvaluation({
-        "local": {"type": "lm_eval", "lm_eval_tasks": ["toy"], "include_path": str(tasks_dir), "limit": 2},
+        "local": {"type": "lm_eval", "lm_eval_tasks": ["toy_choice"], "include_path": str(tasks_dir), "limit": 2},
         "hub": {"type": "lm_eval", "lm_eval_tasks": ["far"], "include_path": str(tasks_dir)},
     }, output_dir=str(tmp_path / "evals"))  # fmt: skip
     local, hub = evaluation.eval_texts()
-    assert local == EvalTexts("local/toy", "lm-eval task toy", [["The color of the sky on a clear day is", "blue"],
-                                                               ["Two plus two equals", "four"]])
+    assert local == EvalTexts("local/toy_choice", "lm-eval task toy_choice",
+                              [["The color of the sky on a clear day is", "blue"], ["Two plus two equals", "four"]])
     assert isinstance(hub, NotChecked) and hub.name == "hub"
     assert hub.reason.startswith("lm-eval could not load its documents offline (")
