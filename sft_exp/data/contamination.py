@@ -27,7 +27,7 @@ import pyarrow as pa
 
 from sft_exp.data import ngrams
 from sft_exp.data.contamination_index import (HELD_OUT, EvalGroup, EvalIndex, EvalTexts, NotChecked, dataset_piece,
-                                              text_group)
+                                              row_batches, text_group)
 from sft_exp.data.contamination_matches import describe_row
 from sft_exp.data.fingerprint import code_hash
 from sft_exp.data.formats import RAW_JSON_COLUMN, column_map
@@ -105,33 +105,27 @@ class _Scan:
 
 
 def _scan(part, columns: list, rows: np.ndarray, index: EvalIndex | None) -> _Scan:
-    """One pass over a source's rows, a record batch at a time; only `rows` (its training rows) are read."""
-    from sft_exp.data.scan import record_batches
-
-    wanted = np.zeros(len(part.raw), bool)
-    wanted[rows] = True
-    found, start, done = _Scan(rows, np.zeros(len(rows), np.uint64)), 0, 0
-    for batch in record_batches(part.raw, ngrams.stored_columns(columns)):
-        span = np.arange(start, start + batch.num_rows, dtype=np.int64)
-        start += batch.num_rows
-        keep = wanted[span]
-        if not keep.any():
-            continue
-        if not keep.all():
-            batch, span = batch.filter(pa.array(keep)), span[keep]
-        words = ngrams.split_words(*ngrams.text_segments(batch, columns))
-        if index is not None and len(index.ngrams[0]):
-            hashes, segment = ngrams.ngram_hashes(words, index.n)
-            hit = index.contains(hashes)
-            found.ngram_hits.append((span[words.seg_row[segment[hit]]], hashes[hit]))
-        lower, counts = ngrams.row_hashes(words, words.lower, batch.num_rows)
-        if index is not None and len(index.whole[0]):
-            equal = index.contains(lower, whole=True) & (counts > 0)
-            found.equal_hits.append((span[equal], lower[equal]))
-        exact, _ = ngrams.row_hashes(words, words.exact, batch.num_rows)
-        found.exact[done : done + len(span)] = np.where(counts > 0, exact | np.uint64(1), np.uint64(0))
-        done += len(span)
+    """One pass over a source's training rows (`rows`, sorted), a record batch at a time."""
+    found = _Scan(rows, np.zeros(len(rows), np.uint64))
+    for batch, span in row_batches(part.raw, columns, rows):
+        for offset, piece in ngrams.slices(batch):
+            _scan_slice(found, piece, span[offset : offset + piece.num_rows], columns, index)
     return found
+
+
+def _scan_slice(found: _Scan, batch, span: np.ndarray, columns: list, index: EvalIndex | None) -> None:
+    """One slice of training rows (raw rows `span`): its matches and its rows' hashes."""
+    words = ngrams.split_words(*ngrams.text_segments(batch, columns))
+    if index is not None and len(index.ngrams[0]):
+        hashes, segment = ngrams.ngram_hashes(words, index.n)
+        hit = index.contains(hashes)
+        found.ngram_hits.append((span[words.seg_row[segment[hit]]], hashes[hit]))
+    lower, counts = ngrams.row_hashes(words, words.lower, batch.num_rows)
+    if index is not None and len(index.whole[0]):
+        equal = index.contains(lower, whole=True) & (counts > 0)
+        found.equal_hits.append((span[equal], lower[equal]))
+    exact, _ = ngrams.row_hashes(words, words.exact, batch.num_rows)
+    found.exact[np.searchsorted(found.rows, span)] = np.where(counts > 0, exact | np.uint64(1), np.uint64(0))
 
 
 def _repeated_values(hashes: list) -> np.ndarray:

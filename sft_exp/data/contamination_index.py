@@ -81,22 +81,36 @@ def text_group(texts: EvalTexts, kind: str = "task") -> EvalGroup:
     return EvalGroup(texts.name, texts.source, kind, [piece], tuple(texts.covers))
 
 
-def _batches(piece: Piece):
-    """(record batch, each row's position in piece.rows) over the piece's items."""
-    if isinstance(piece.rows, pa.Table):
-        table = piece.rows.select(ngrams.stored_columns(piece.columns)).take(pa.array(piece.positions))
-        start = 0
-        for batch in table.to_batches(max_chunksize=4096):
-            yield batch, piece.positions[start : start + batch.num_rows]
-            start += batch.num_rows
-        return
+def row_batches(rows, columns: list, positions: np.ndarray):
+    """(record batch, each of its rows' position) of the rows of `rows` (a datasets.Dataset or a pyarrow Table)
+    at `positions` (sorted), a batch at a time. Never a whole column at once: Arrow's `take` over a chunked
+    nested column concatenates every chunk first (a million raw rows: a gigabyte), so rows are taken batch by
+    batch; a dataset's own cache files are read with plain reads (sft_exp.data.scan)."""
+    from sft_exp.compat import row_indices
+    from sft_exp.data.mapped_pages import release_arrow_pages_now_and_then
     from sft_exp.data.scan import record_batches
 
-    selected = piece.rows.select(piece.positions) if len(piece.positions) != len(piece.rows) else piece.rows
-    start = 0
-    for batch in record_batches(selected, ngrams.stored_columns(piece.columns)):
-        yield batch, piece.positions[start : start + batch.num_rows]
+    stored, positions = ngrams.stored_columns(columns), np.asarray(positions, np.int64)
+    indices = None if isinstance(rows, pa.Table) else row_indices(rows)
+    if not isinstance(rows, pa.Table) and indices is None:
+        wanted, start = np.zeros(len(rows), bool), 0
+        wanted[positions] = True
+        for batch in record_batches(rows, stored):
+            span, start = np.arange(start, start + batch.num_rows, dtype=np.int64), start + batch.num_rows
+            keep = wanted[span]
+            if keep.any():
+                yield (batch if keep.all() else batch.filter(pa.array(keep))), span[keep]
+        return
+    table = rows.select(stored) if isinstance(rows, pa.Table) else rows.data.table.select(stored)
+    at = positions if indices is None else indices.take(pa.array(positions)).to_numpy().astype(np.int64)
+    order = np.argsort(at, kind="stable")
+    at, positions, start = at[order], positions[order], 0
+    for batch in table.to_batches():
+        low, high = np.searchsorted(at, [start, start + batch.num_rows])
+        if high > low:
+            yield batch.take(pa.array(at[low:high] - start)), positions[low:high]
         start += batch.num_rows
+        release_arrow_pages_now_and_then()  # the mapped pages the takes touched
 
 
 class EvalIndex:
@@ -109,9 +123,10 @@ class EvalIndex:
             offset = 0
             for piece in group.pieces:
                 piece.offset = offset
-                for batch, positions in _batches(piece):
+                for batch, positions in row_batches(piece.rows, piece.columns, piece.positions):
                     items = offset + np.searchsorted(piece.positions, positions)  # item number within the group
-                    self._add(batch, piece, g, items, ngram_parts, whole_parts)
+                    for at, part in ngrams.slices(batch):
+                        self._add(part, piece, g, items[at : at + part.num_rows], ngram_parts, whole_parts)
                 offset += len(piece.positions)
         self.ngrams = _sorted_entries(ngram_parts)
         self.whole = _sorted_entries(whole_parts)
