@@ -7,8 +7,8 @@ whole text equals a held-out row (a duplicate in the user's file, split across t
 however short. Exact duplicates among the training rows are counted (`data.deduplicate=exact` drops them).
 
 The evaluation side is a set of hashed n-grams (contamination_index.py); the training rows stream from the
-sources' Arrow cache a record batch at a time, so memory does not grow with them (but for 12 bytes a row
-for the duplicate count). Matches are confirmed on the words and described (file, row, turn, eval item,
+sources' Arrow cache a record batch at a time, so memory does not grow with them (but for 16 bytes a row,
+its number and its hash, for the duplicate count). Matches are confirmed on the words and described (file, row, turn, eval item,
 the shared n-gram) for the first MAX_DETAILED rows; every matching row is counted. The result is cached
 beside datasets' cache, keyed by the training rows, the evaluation texts and this code.
 """
@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
-import pyarrow as pa
 
 from sft_exp.data import ngrams
 from sft_exp.data.contamination_index import (HELD_OUT, EvalGroup, EvalIndex, EvalTexts, NotChecked, dataset_piece,
@@ -35,14 +33,11 @@ from sft_exp.data.summary import summary_counts
 from sft_exp.data.nested import top_column
 from sft_exp.errors import ConfigError, DataError
 
-log = logging.getLogger(__name__)
-
 __all__ = ["EvalTexts", "NotChecked", "Contamination", "against_groups", "check_training_rows"]
 
 MAX_DETAILED = 1000  # matching rows described in full; every one is counted
 CONTAMINATED, DUPLICATE = "contaminated", "duplicate"
-_CODE = ("ngrams.py", "contamination.py", "contamination_index.py")
-
+_CODE = ("ngrams.py", "contamination.py", "contamination_index.py", "contamination_matches.py")
 
 
 def text_columns(dataset, fmt: str, columns: dict) -> list[str]:
@@ -211,22 +206,24 @@ def _find(parts, columns: list, rows: list, index: EvalIndex | None) -> _Found:
         candidates = np.unique(np.concatenate([hits["ngram_hits"][0], hits["equal_hits"][0]]))
         false_hits = []
         for row in candidates[: max(0, MAX_DETAILED - described)]:
-            found = describe_row(part, columns[p], int(row), index, _of_row(hits["ngram_hits"], row),
-                                 _of_row(hits["equal_hits"], row))
-            matches += found
-            if not found:
+            row_matches = describe_row(part, columns[p], int(row), index, _of_row(hits["ngram_hits"], row),
+                                       _of_row(hits["equal_hits"], row))
+            matches += row_matches
+            if not row_matches:
                 false_hits.append(row)  # the words share nothing: a hash collision
         described += min(len(candidates), max(0, MAX_DETAILED - described))
         flagged.append(np.setdiff1d(candidates, false_hits))
         if index is not None and len(candidates):
             owner_rows, groups, items = _owners(index, hits)
             real = ~np.isin(owner_rows, false_hits)
+            if not real.any():
+                continue
             _, best_groups, best_items = _best_items(owner_rows[real], groups[real], items[real])
             for g in np.unique(best_groups).tolist():
                 per_eval[g]["rows"] += int((best_groups == g).sum())
                 per_eval[g]["items_matched"].update(best_items[best_groups == g].tolist())
-    counts = {index.groups[g].name: {"rows": found["rows"], "items_matched": len(found["items_matched"])}
-              for g, found in per_eval.items()}
+    counts = {index.groups[g].name: {"rows": group["rows"], "items_matched": len(group["items_matched"])}
+              for g, group in per_eval.items()}
     return _Found(flagged, duplicates, matches, counts)
 
 
@@ -265,7 +262,7 @@ def _key(parts, columns: list, rows: list, index: EvalIndex | None) -> str:
     digest = hashlib.sha256(code_hash(_CODE).encode() + (index.digest() if index else "no eval side").encode())
     for part, cols, part_rows in zip(parts, columns, rows):
         digest.update(f"{dataset_fingerprint(part.raw)}|{cols}|".encode())
-        digest.update(np.asarray(part_rows, np.int64).tobytes())
+        digest.update(np.ascontiguousarray(part_rows, np.int64))  # the array's own bytes, not a copy
     return digest.hexdigest()[:32]
 
 
@@ -321,6 +318,14 @@ def error_message(stats: dict, matches: list) -> str:
             "report the count.")
 
 
+def _training_rows(part, chosen: np.ndarray) -> np.ndarray:
+    """The raw rows a source trains on (each once, sorted), without a row-sized sort: a mask, filled in chunks."""
+    trains = np.zeros(len(part.raw), bool)
+    for start in range(0, len(chosen), 1 << 16):
+        trains[part.kept[chosen[start : start + (1 << 16)]]] = True
+    return np.flatnonzero(trains)
+
+
 def check_training_rows(settings, parts, eval_parts, eval_rows: list, chosen: list, eval_texts=(),
                         against: list = (), cache_dir=None) -> Contamination:
     """The training rows (`chosen` of each source) against the run's evaluation texts: `eval_texts` (EvalTexts of
@@ -337,7 +342,7 @@ def check_training_rows(settings, parts, eval_parts, eval_rows: list, chosen: li
         groups += [held_out] if held_out is not None else []
         index = EvalIndex(options.ngram, groups, [t for t in eval_texts if isinstance(t, NotChecked)])
     columns = [text_columns(part.raw, part.fmt, part.columns) for part in parts]
-    rows = [np.unique(part.kept[part_chosen]) for part, part_chosen in zip(parts, chosen)]
+    rows = [_training_rows(part, part_chosen) for part, part_chosen in zip(parts, chosen)]
     found = _cached(_key(parts, columns, rows, index), cache_dir, lambda: _find(parts, columns, rows, index))
     stats = _stats(options, settings.deduplicate, parts, rows, found, index)
     return Contamination(options.mode, settings.deduplicate, found, stats, index.digest() if index else "off")

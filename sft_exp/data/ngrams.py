@@ -126,7 +126,7 @@ def split_words(texts: pa.Array, seg_row: np.ndarray) -> Words:
     nonempty = pc.greater(pc.binary_length(flat), 0)  # Arrow keeps "" around leading/trailing whitespace
     flat, parents = flat.filter(nonempty), parents[nonempty.to_numpy(zero_copy_only=False)]
     seg_length = np.bincount(parents, minlength=len(texts)).astype(np.int64)
-    seg_start = np.concatenate([[0], np.cumsum(seg_length)[:-1]]).astype(np.int64)
+    seg_start = np.cumsum(seg_length) - seg_length
     encoded = pc.dictionary_encode(flat)
     distinct = encoded.dictionary.to_pylist()
     lower = np.fromiter((hash(word.lower()) for word in distinct), np.int64, len(distinct)).view(np.uint64)
@@ -175,7 +175,7 @@ def row_hashes(words: Words, word_hashes: np.ndarray, n_rows: int) -> tuple[np.n
     positioned = word_hashes * _powers(int(at.max(initial=0)) + 1)[at]
     segments = _mix(_sums(positioned, words.seg_start, words.seg_length) + words.seg_length.astype(np.uint64))
     per_row = np.bincount(words.seg_row, minlength=n_rows).astype(np.int64)
-    row_start = np.concatenate([[0], np.cumsum(per_row)[:-1]]).astype(np.int64)
+    row_start = np.cumsum(per_row) - per_row
     index = np.arange(len(segments), dtype=np.int64) - np.repeat(row_start, per_row)
     rows = _mix(_sums(segments * _powers(int(index.max(initial=0)) + 1)[index], row_start, per_row) + per_row.astype(np.uint64))
     word_count = np.bincount(words.seg_row, weights=words.seg_length, minlength=n_rows).astype(np.int64)

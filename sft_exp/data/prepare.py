@@ -145,11 +145,15 @@ def _truncate(batch: dict, max_length: int) -> dict:
     return {key: [values[:max_length] for values in batch[key]] for key in batch}
 
 
-def _eval_dataset(parts, eval_parts, eval_rows, max_length: int) -> datasets.Dataset | None:
+def _eval_dataset(parts, eval_parts, eval_rows, max_length: int | None) -> datasets.Dataset | None:
+    """`max_length`: cut the rows held out of training rows to it (wrapped packing left them whole); None: they
+    are cut already. (A map over a selection reads every page of the source's cache file: 0.7 GB of RSS at a
+    million rows for 64 held-out rows. So no map where it would change nothing.)"""
     pieces = [part.rows for part in eval_parts]
     held_out = [part.rows.select(rows) for part, rows in zip(parts, eval_rows) if len(rows)]
-    # Wrapped packing leaves training rows whole; rows held out of them are cut here like eval rows.
-    pieces += [piece.map(_truncate, batched=True, fn_kwargs={"max_length": max_length}) for piece in held_out]
+    if max_length is not None:
+        held_out = [piece.map(_truncate, batched=True, fn_kwargs={"max_length": max_length}) for piece in held_out]
+    pieces += held_out
     return datasets.concatenate_datasets(pieces) if pieces else None
 
 
@@ -223,7 +227,7 @@ def prepare_datasets(
     check = check_training_rows(settings, parts, eval_parts, eval_rows, train_rows, eval_texts, against, cache_dir)
     train_rows = check.apply(parts, train_rows)  # what data.decontamination.mode / data.deduplicate drop
     train, order = _mix(parts, train_rows, rng)
-    eval_set = _eval_dataset(parts, eval_parts, eval_rows, settings.max_length)
+    eval_set = _eval_dataset(parts, eval_parts, eval_rows, None if truncate else settings.max_length)
     if settings.packing:
         pack = pack_bfd if settings.packing_strategy == "bfd" else pack_wrapped
         train = pack(train, settings.max_length)

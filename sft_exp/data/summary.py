@@ -83,4 +83,4 @@ def describe(data) -> str:
                  "(the template drops earlier turns' reasoning)")
     if packing:
         line += f"; packed into {packing['packed_rows']} rows, {100 * packing['fill_rate']:.1f}% full"
-    return f"{line}; {describe_eval(stats)}; {describe_contamination(stats)}"
+    return f"{line}; {describe_contamination(stats)}; {describe_eval(stats)}"

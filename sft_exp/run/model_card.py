@@ -59,7 +59,9 @@ def _evaluation_lines(summary: dict, evaluations: dict) -> list:
 
 def contamination_lines(found: dict) -> list:
     """The contamination check of the training rows against what the scores were measured on."""
-    if not found or found.get("mode") == "off":
+    if not found:  # a run folder from before the check
+        return []
+    if found.get("mode") == "off":
         return ["", "## Contamination", "", "Not checked (`data.decontamination.mode=off`)."]
     lines = ["", "## Contamination", "",
              f"Training rows checked against every evaluation text of the run ({found['ngram']}-word n-grams, "

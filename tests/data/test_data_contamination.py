@@ -138,3 +138,24 @@ def test_open_r1s_method_finds_the_same_rows(planted):
             flagged[i] = docs
     assert set(flagged) == {match["row"] for match in data.contamination} == set(truth)
     assert all(truth[row] in docs for row, docs in flagged.items())
+
+
+def test_hashed_ngrams_are_open_r1s_ngrams_whatever_the_whitespace():
+    import numpy as np
+    import pyarrow as pa
+
+    from sft_exp.data import ngrams
+
+    texts = ["  The quick\tbrown fox\n\njumps over the lazy dog  ", "", None, "THE QUICK BROWN FOX JUMPS OVER THE LAZY",
+             "one two three", "\u00a0non-breaking\u00a0space counts as whitespace too in both splits, it does"]
+    rows = np.array([0, 0, 1, 2, 2, 4])  # row 3 has no text at all
+    words = ngrams.split_words(pa.array(texts, pa.large_string()), rows)
+    hashes, segment = ngrams.ngram_hashes(words, 4)
+    expected = [(i, gram) for i, text in enumerate(texts) for gram in word_ngrams(normalize_string(text or ""), 4)]
+    assert segment.tolist() == [i for i, _ in expected]
+    by_gram = {}
+    for (_, gram), value in zip(expected, hashes.tolist()):
+        assert by_gram.setdefault(gram, value) == value  # the same n-gram, the same hash
+    assert len(set(by_gram.values())) == len(by_gram)  # different n-grams, different hashes
+    whole, counts = ngrams.row_hashes(words, words.lower, 5)
+    assert counts.tolist() == [sum(len((texts[i] or "").split()) for i in np.flatnonzero(rows == row)) for row in range(5)]

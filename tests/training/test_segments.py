@@ -16,7 +16,7 @@ import pytest
 from sft_exp.errors import TrainingInterrupted
 from tests.conftest import RESUME, compose
 
-STEPS, STOP_AT = 160, 120  # stopped at 3/4: last-segment figures would be 4x off
+STEPS, STOP_AT = 120, 90  # stopped at 3/4: last-segment figures would be 4x off
 RUN = [f"trainer.max_steps={STEPS}", "trainer.logging_steps=10", "trainer.save_steps=1000", "evals=none",
        "trainer.per_device_train_batch_size=8", "data.sources.0.max_samples=400", "data.sources.0.eval_max_samples=8",
        "data.max_length=64", "logger=none", "trainer.threads=1"]  # fmt: skip
