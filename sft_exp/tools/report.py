@@ -196,6 +196,9 @@ def compare(folders: list, out: Path) -> str:
     rows = [job_row(run.resolve(), root) for run in runs]
     names = [row["job"] for row in rows]
     differences = config_differences(runs)
+    common = shared_overrides(rows)
+    for row in rows:
+        row["overrides"] = " ".join(o for o in row["overrides"].split() if o not in common)
     parts = [f"# {len(runs)} runs compared\n", "| job | folder |\n|---|---|"]
     parts += [f"| {name} | `{run}` |" for name, run in zip(names, runs)]
     parts += ["\n## Configs that differ\n"]

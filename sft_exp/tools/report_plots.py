@@ -2,7 +2,7 @@
 
 A training curve is a line (it is logged every few steps). An evaluation is a measurement at a few steps:
 drawn as points with markers, joined by a line only when there are more than two (two points joined by a
-line read as a trajectory that was never measured).
+line read as a trajectory that was never measured); so is a training curve of two logged windows or fewer.
 """
 from __future__ import annotations
 
@@ -53,11 +53,12 @@ def curve_figure(runs: list, labels: list, key: str):
     for i, (run, label) in enumerate(zip(runs, labels)):
         rows, color = read_rows(run / "metrics.jsonl"), f"C{i % 10}"  # one color per job: train and eval together
         train, evals = _points(rows, key), _points(rows, "eval_" + key)
-        if train:
-            ax.plot(*zip(*train), "-", marker="o" if len(train) <= 2 else None, color=color, label=f"{label} (train)")
+        if train:  # logged every few steps: a line; two or fewer logged windows: points, as evaluations
+            ax.plot(*zip(*train), linestyle="-" if len(train) > 2 else "none", marker="s" if len(train) <= 2 else None,
+                    color=color, label=f"{label} (train)")
         if evals:
             draw_measured(ax, evals, color, f"{label} (eval)")
-    ax.set(xlabel="step", ylabel=key, title=f"{key} per job (line: train, logged per window; markers: evaluations)")
+    ax.set(xlabel="step", ylabel=key, title=f"{key} per job (train: line, or squares for two windows; evaluations: circles)")
     if ax.lines:
         ax.legend(fontsize=7)
     return fig
