@@ -124,7 +124,7 @@ class DataSettings:
     on_bad_row: str = "error"
     num_proc: Optional[int] = None
     # The check of the training rows against the run's evaluation texts (mode, ngram, against files).
-    decontamination: Decontamination = field(default_factory=lambda: {})
+    decontamination: Decontamination = field(default_factory=Decontamination)
     # off: exact duplicates among the training rows are counted; exact: they are dropped, keeping the first.
     deduplicate: str = "off"
     seed: int  # required: the same seed as the run's, so the split and mixture follow it
