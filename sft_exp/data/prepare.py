@@ -135,10 +135,12 @@ def _split(settings, sources, parts: list[EncodedSource], rng) -> tuple[list, li
 
 
 def _mix(parts: list[EncodedSource], train_rows: list, rng) -> tuple[datasets.Dataset, np.ndarray]:
-    """(the training rows of every source, shuffled together; the shuffle order)."""
-    mixed = datasets.concatenate_datasets([part.rows.select(rows) for part, rows in zip(parts, train_rows)])
-    order = rng.permutation(len(mixed))
-    return mixed.select(order), order
+    """(the training rows of every source, shuffled together; the shuffle order). One selection of the sources'
+    rows, in the shuffled order: a selection per source then one of their concatenation would hold both."""
+    offsets = np.cumsum([0] + [len(part.rows) for part in parts[:-1]])
+    chosen = np.concatenate([offset + np.asarray(rows, np.int64) for offset, rows in zip(offsets, train_rows)])
+    order = rng.permutation(len(chosen))
+    return datasets.concatenate_datasets([part.rows for part in parts]).select(chosen[order]), order
 
 
 def _truncate(batch: dict, max_length: int) -> dict:
