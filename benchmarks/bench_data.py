@@ -9,11 +9,16 @@ costs; the figure is about 50,000.
 
     python benchmarks/bench_data.py [--rows 50000] [--num-proc 2] [--repeats 3] [--tokenizer PATH]
     python benchmarks/bench_data.py --memory --rows 100000,400000,1600000   # sft_exp alone: peak RSS vs rows
+    python benchmarks/bench_data.py --contamination --rows 1000000 --repeats 2  # the contamination check's cost
 
 It prints a speed-up only when both pipelines produced the same rows (token ids and labels, in any
 order) in every run; otherwise it prints the mismatch and exits 1. `--memory` runs sft_exp alone at
 each row count, each in a fresh process, and prints seconds, rows/s and peak RSS (ru_maxrss, and
-its anonymous and file-backed parts) with their ratios against the smallest count.
+its anonymous and file-backed parts) with their ratios against the smallest count; there the rows are
+prepared as a run prepares them: 64 held out, and checked against them and the 1,319 GSM8K test problems
+(`--check off`: data.decontamination.mode=off). `--contamination` prepares the same rows with the check
+and without it, alternating, each in a fresh process: the check's share of data preparation, and what it
+found (10 GSM8K test problems are planted among the synthetic rows; it must find those 10).
     python benchmarks/bench_data.py --conversations tests/assets/conversations/fastchat_dummy_conversation.sharegpt.json \
         --tokenizer tests/assets/tokenizers/phi-3-mini --chat-template chatml   # real rows and a real 32k tokenizer
 """
@@ -40,18 +45,30 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
+REPO = Path(__file__).resolve().parents[1]
+GSM8K = REPO / "tests" / "assets" / "eval" / "gsm8k_test.jsonl"  # the 1,319 test problems (MIT, tests/assets/README.md)
+HELD_OUT_ROWS = 64
+PLANTED = 10  # GSM8K test problems planted among the synthetic rows of the contamination runs
+
 WORDS = ("cat dog bird tree moon sun river stone red blue green small large quick slow count sort reverse "
          "repeat first last word number letter apple bread water fire wind cloud rain snow").split()  # fmt: skip
 
 
-def write_conversations(path: Path, n_rows: int, seed: int = 0) -> None:
+def write_conversations(path: Path, n_rows: int, seed: int = 0, planted: int = 0) -> None:
+    """Synthetic 3-exchange conversations; `planted` GSM8K test problems (question, worked answer) spread among them."""
     rng = random.Random(seed)
+    problems = [json.loads(line) for line in GSM8K.read_text().splitlines()][::131][:planted]
+    at = {round(i * n_rows / max(planted, 1)): problem for i, problem in enumerate(problems)}
 
     def sentence(low: int, high: int) -> str:
         return " ".join(rng.choice(WORDS) for _ in range(rng.randint(low, high)))
 
     with path.open("w") as out:
-        for _ in range(n_rows):
+        for row in range(n_rows):
+            if row in at:
+                messages = [{"role": "user", "content": at[row]["question"]}, {"role": "assistant", "content": at[row]["answer"]}]
+                out.write(json.dumps({"messages": messages}) + "\n")
+                continue
             messages = []
             for _ in range(3):
                 messages.append({"role": "user", "content": sentence(4, 20)})
@@ -98,13 +115,30 @@ def time_sft_exp(path: Path, tokenizer, max_length: int, num_proc: int | None) -
     return elapsed, data.stats["supervised_tokens"], digest
 
 
-def _prepare(path: Path, tokenizer, max_length: int, num_proc: int | None, cache: str):
+def gsm8k_texts() -> list:
+    """The gsm8k task of conf/evals/gsm8k.yaml over the whole test split, as a run hands it to the check."""
+    from omegaconf import OmegaConf
+
+    from sft_exp.evaluation.tasks import GenerationTask, GenerationTaskSettings
+    from sft_exp.evaluation.texts import task_texts
+    from sft_exp.paths import config_dir
+
+    preset = OmegaConf.to_container(OmegaConf.load(config_dir() / "evals" / "gsm8k.yaml"))["gsm8k"]
+    preset.update(path=str(GSM8K), limit=None)
+    return task_texts(GenerationTask.build("gsm8k", GenerationTaskSettings(**preset)))
+
+
+def _prepare(path: Path, tokenizer, max_length: int, num_proc: int | None, cache: str, check: str | None = None):
+    """`check` None: every row trains (no held-out split), as in TRL, so both pipelines' rows can be compared.
+    "on" / "off": 64 rows held out, and the contamination check against them and GSM8K's test split, or off."""
     from sft_exp.data import DataSettings, prepare_datasets
 
-    # Every row trains (no held-out split), as in TRL, so both pipelines' rows can be compared.
+    split = {"eval_split_size": 0} if check is None else {"eval_split_size": HELD_OUT_ROWS,
+                                                          "decontamination": {"mode": "report" if check == "on" else "off"}}
     settings = DataSettings(sources=[{"path": str(path)}], max_length=max_length, assistant_only_loss=True,
-                            num_proc=num_proc, seed=0, eval_split_size=0)  # fmt: skip
-    return prepare_datasets(settings, tokenizer, cache_dir=cache)
+                            num_proc=num_proc, seed=0, **split)  # fmt: skip
+    texts = gsm8k_texts() if check == "on" else ()
+    return prepare_datasets(settings, tokenizer, cache_dir=cache, eval_texts=texts)
 
 
 def time_trl(path: Path, tokenizer, max_length: int, num_proc: int | None) -> tuple[float, int, str]:
@@ -189,10 +223,12 @@ def _memory_one(path: Path, args) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer or str(asset_path("tokenizer")))
     with tempfile.TemporaryDirectory() as cache, PeakMemory() as memory:
         start, cpu_start = time.perf_counter(), _cpu_seconds()
-        data = _prepare(path, tokenizer, args.max_length, args.num_proc, cache)
+        data = _prepare(path, tokenizer, args.max_length, args.num_proc, cache, args.check)
         seconds, cpu = time.perf_counter() - start, _cpu_seconds() - cpu_start
+    found = data.stats["contamination"]
     return {"seconds": seconds, "cpu": cpu, "rows": data.stats["rows_read"], "train_rows": len(data.train),
-            "max_rss": PeakMemory.max_rss(), "anon": memory.peak["RssAnon"], "file": memory.peak["RssFile"]}  # fmt: skip
+            "max_rss": PeakMemory.max_rss(), "anon": memory.peak["RssAnon"], "file": memory.peak["RssFile"],
+            "found": found.get("rows"), "checked": found.get("rows_checked"), "duplicates": found.get("duplicates")}  # fmt: skip
 
 
 def _cpu_seconds() -> float:
@@ -205,14 +241,15 @@ def _cpu_seconds() -> float:
 def memory_scaling(sizes: list[int], args) -> int:
     """Peak memory and speed of sft_exp's preparation at each row count, each in a fresh process."""
     print(f"sft_exp prepare_datasets, synthetic 3-exchange conversations, max_length={args.max_length}, "
-          f"num_proc={args.num_proc}; each row count in a fresh process; ratios against {sizes[0]:,} rows")  # fmt: skip
+          f"num_proc={args.num_proc}, {HELD_OUT_ROWS} rows held out, contamination check {args.check} (GSM8K test "
+          f"split + held-out rows); each row count in a fresh process; ratios against {sizes[0]:,} rows")  # fmt: skip
     print(f"{'rows':>10}{'seconds':>10}{'rows/s':>9}{'CPU s':>8}{'peak RSS MB':>13}{'anon MB':>9}{'file MB':>9}"
           f"{'rows/s ratio':>14}{'rows/CPU-s ratio':>18}{'RSS ratio':>11}")  # fmt: skip
     first = None
     for n_rows in sizes:
         with tempfile.TemporaryDirectory() as folder:
             path = Path(folder) / "conversations.jsonl"
-            write_conversations(path, n_rows)
+            write_conversations(path, n_rows, planted=PLANTED)
             result = _run_in_fresh_process("sft_exp", path, args, memory=True)
         if result["rows"] != n_rows:
             raise SystemExit(f"prepared {result['rows']} rows of {n_rows}")
@@ -225,10 +262,39 @@ def memory_scaling(sizes: list[int], args) -> int:
     return 0
 
 
+def contamination_cost(n_rows: int, args) -> int:
+    """Preparation of the same rows with the contamination check and without, alternating, fresh processes."""
+    runs = {"on": [], "off": []}
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "conversations.jsonl"
+        write_conversations(path, n_rows, planted=PLANTED)
+        for _ in range(args.repeats):
+            for check in ("off", "on"):
+                args.check = check
+                runs[check].append(_run_in_fresh_process("sft_exp", path, args, memory=True))
+                print(f"  check {check}: {runs[check][-1]['seconds']:.1f} s, {runs[check][-1]['cpu']:.1f} CPU s, "
+                      f"peak RSS {runs[check][-1]['max_rss'] / 2**20:.0f} MB", flush=True)
+    median = {check: {key: statistics.median(r[key] for r in results) for key in ("seconds", "cpu", "max_rss")}
+              for check, results in runs.items()}  # fmt: skip
+    found = runs["on"][-1]
+    print(f"\n{n_rows:,} synthetic 3-exchange conversations ({PLANTED} of them GSM8K test problems), {HELD_OUT_ROWS} held "
+          f"out, checked against the 1,319 GSM8K test problems and the held-out rows; median of {args.repeats} run(s)")
+    print(f"{'':<26}{'seconds':>10}{'CPU s':>10}{'peak RSS MB':>13}")
+    for check in ("off", "on"):
+        m = median[check]
+        print(f"{'check ' + check:<26}{m['seconds']:>10.1f}{m['cpu']:>10.1f}{m['max_rss'] / 2**20:>13.0f}")
+    print(f"the check adds {100 * (median['on']['seconds'] / median['off']['seconds'] - 1):+.1f}% wall time, "
+          f"{100 * (median['on']['cpu'] / median['off']['cpu'] - 1):+.1f}% CPU time, "
+          f"{100 * (median['on']['max_rss'] / median['off']['max_rss'] - 1):+.1f}% peak RSS")
+    print(f"found: {found['found']} of {found['checked']:,} training rows match an eval text ({PLANTED} planted); "
+          f"{found['duplicates']} exact duplicates")
+    return 0 if found["found"] == PLANTED else 1
+
+
 def _run_in_fresh_process(pipeline: str, path: Path, args, memory: bool = False) -> dict:
     """Each pipeline runs in its own new interpreter: neither inherits the other's warm heap or caches."""
     command = [sys.executable, __file__, "--only", pipeline, "--data", str(path), "--max-length", str(args.max_length)]
-    command += ["--memory"] if memory else []
+    command += ["--memory", "--check", args.check] if memory else []
     command += ["--num-proc", str(args.num_proc)] if args.num_proc else []
     command += ["--tokenizer", args.tokenizer] if args.tokenizer else []
     command += ["--chat-template", args.chat_template] if args.chat_template else []
@@ -243,6 +309,10 @@ def main() -> None:
     parser.add_argument("--rows", default="50000", help="rows; with --memory, a comma-separated list like 100000,400000")
     parser.add_argument("--memory", action="store_true",
                         help="sft_exp only: seconds, rows/s and peak RSS at each --rows, against the smallest")  # fmt: skip
+    parser.add_argument("--contamination", action="store_true",
+                        help="sft_exp only: preparation with the contamination check and without it, alternating")
+    parser.add_argument("--check", choices=("on", "off"), default="on",
+                        help="with --memory: the contamination check on (as a run) or off")
     parser.add_argument("--max-length", type=int, default=1024)
     parser.add_argument("--num-proc", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=1, help="runs of each pipeline, alternating; the median counts")
@@ -260,6 +330,8 @@ def main() -> None:
     sizes = sorted(int(n) for n in args.rows.split(","))
     if args.memory:
         raise SystemExit(memory_scaling(sizes, args))
+    if args.contamination:
+        raise SystemExit(contamination_cost(sizes[-1], args))
     if len(sizes) > 1:
         raise SystemExit("--rows takes one row count without --memory")
     args.rows = sizes[0]

@@ -19,10 +19,16 @@ def write_json(path: Path, value: Any) -> None:
     write_atomically(path, json.dumps(value, indent=2, default=str) + "\n")
 
 
-def read_json(path: Path) -> dict:
-    """A JSON file written by write_json, or {} where there is none yet."""
+def read_json(path: Path, *, invalid_ok: bool = False) -> dict:
+    """A JSON file written by write_json, or {} where there is none yet (and, with `invalid_ok`, where another
+    writer left something that does not parse: a report reading a sweep's jobs while they run)."""
     path = Path(path)
-    return json.loads(path.read_text()) if path.is_file() else {}
+    try:
+        return json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:
+        if invalid_ok:
+            return {}
+        raise
 
 
 def write_jsonl(path: Path, rows: Iterable[dict], **dumps: Any) -> None:

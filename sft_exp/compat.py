@@ -6,6 +6,7 @@ one fails there, by name, instead of somewhere deep in data preparation.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 # Private methods of dependency classes that sft_exp's subclasses override or call through super(). A subclass
@@ -46,6 +47,22 @@ def row_indices(dataset: "datasets.Dataset") -> "pa.ChunkedArray | None":
     """
     indices = dataset._indices
     return None if indices is None else indices.column(0)
+
+
+@contextmanager
+def datasets_offline():
+    """datasets and huggingface_hub offline for the block: both read HF_HUB_OFFLINE once, at import
+    (`datasets.config.HF_HUB_OFFLINE`, `huggingface_hub.constants.HF_HUB_OFFLINE`), so the environment
+    variable cannot switch them now. Used to read evaluation documents that are on this machine, or fail at once."""
+    import datasets
+    from huggingface_hub import constants
+
+    saved = datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE
+    datasets.config.HF_HUB_OFFLINE = constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE = saved
 
 
 def compile_jinja_template():

@@ -92,7 +92,9 @@ def _dataclass_fields_of(module: str, name: str, overrides: dict) -> list:
     for spec in _fields(_classes(_source_file(module)), name, module):
         annotation = _omegaconf_type(spec, module)
         default = overrides.get(spec.name, spec.default)
-        if isinstance(default, (list, dict)):
+        if spec.nested is not None and default == {}:  # a dataclass field whose default is its own defaults
+            fields.append((spec.name, annotation, dataclasses.field(default_factory=_schema(module, spec.nested, None, (), ()))))
+        elif isinstance(default, (list, dict)):
             fields.append((spec.name, annotation, dataclasses.field(default_factory=functools.partial(_copy, default))))
         else:
             fields.append((spec.name, annotation, dataclasses.field(default=default)))
@@ -154,8 +156,18 @@ def _dataclass_fields(node: ast.ClassDef, classes: dict) -> list[_Field]:
         annotation = ast.unparse(item.annotation)
         if annotation.startswith(("ClassVar", "typing.ClassVar")):
             continue
-        fields.append(_Field(item.target.id, annotation, _default(item.value), _nested(item.annotation, classes)))
+        nested = _nested(item.annotation, classes)
+        own = nested is not None and _factory_name(item.value) == nested  # field(default_factory=Nested): its defaults
+        fields.append(_Field(item.target.id, annotation, {} if own else _default(item.value), nested))
     return fields
+
+
+def _factory_name(node: ast.expr | None) -> str | None:
+    """`X` of `field(default_factory=X)`, else None."""
+    if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "field":
+        factory = {k.arg: k.value for k in node.keywords}.get("default_factory")
+        return factory.id if isinstance(factory, ast.Name) else None
+    return None
 
 
 def _init_fields(init: ast.FunctionDef, classes: dict) -> list[_Field]:

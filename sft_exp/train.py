@@ -65,7 +65,7 @@ def run(cfg: DictConfig) -> float:
     trainer_factory = instantiate(cfg.trainer, _convert_="all")  # a _partial_ of SFTTrainer
     tokenizer, attention = model_loader.load_tokenizer(), model_loader.attn_implementation
     data = prepare_datasets(data_settings, tokenizer, attn_implementation=attention,
-                            model_context=model_context(model_loader))
+                            model_context=model_context(model_loader), eval_texts=_eval_texts(data_settings, evaluators))
     tokenizer.chat_template = data.chat_template or tokenizer.chat_template  # saved and used as trained
     log.info(describe(data))
     model = model_loader.load_model(tokenizer)
@@ -80,14 +80,14 @@ def run(cfg: DictConfig) -> float:
         evaluator.use_heldout(data.heldout_examples)
     if is_main:
         data.stats["end_of_turn"] = end_of_turn_stats(data.train, tokenizer, tokenizer.chat_template)
-        _write_run_files(cfg, run_dir, data, loggers, resume, trained_with=trained_with)
-    status, summary = "failed", {}
+        _write_run_files(cfg, run_dir, data, loggers, resume, evaluators, trained_with=trained_with)
+    status, summary, trainer = "failed", {}, None
     try:
         trainer = trainer_factory.func(  # the trainer group's keys are in `args` (training_arguments)
             model=model, args=training_arguments(cfg, run_dir), loss=loss, memory=memory, optimizer_factory=optimizer,
             source_names=data.source_names, train_dataset=data.train, eval_dataset=data.eval,
             processing_class=tokenizer, callbacks=[*callbacks, *loggers], evaluators=evaluators,
-            data_collator=_collator(cfg, data_settings, tokenizer.pad_token_id, attention),
+            data_collator=_collator(cfg, data_settings, tokenizer.pad_token_id, attention), run_started=started,
         )
         summary = {**parameter_counts(model), **train_and_evaluate(trainer, resume)}
         trainer.save_model(str(run_dir / "model"))
@@ -97,11 +97,14 @@ def run(cfg: DictConfig) -> float:
         if is_main:
             save_serving_files(model, run_dir, {**summary, "status": status})
             summary.update(hub_push.push_final(callbacks, run_dir / "model"))
-    except TrainingInterrupted:
+    except TrainingInterrupted as stop:
         status = "interrupted"
+        if is_main and trainer is not None:  # its checkpoint's record of this segment: the whole process's time
+            trainer.segments.record_stop(run_dir / "checkpoints" / f"checkpoint-{stop.step}")
         raise
-    finally:
-        summary.update(status=status, wall_time_s=round(time.monotonic() - started, 2), **run_folder.peak_memory_mb())
+    finally:  # a resumed run's wall time: its earlier segments' too
+        wall = trainer.segments.whole_wall_s() if trainer is not None else time.monotonic() - started
+        summary.update(status=status, wall_time_s=round(wall, 2), **run_folder.peak_memory_mb())
         if is_main:
             run_folder.finish_run(run_dir, summary, loggers)
     return float(summary.get(cfg.objective, math.nan))
@@ -127,6 +130,13 @@ def _before_torch(cfg: DictConfig):
     run_dir.mkdir(parents=True, exist_ok=True)
     default_evals_off_demo(cfg, data_settings)  # before the config is compared with the folder's
     return data_settings, n_threads, run_dir, decide(cfg, run_dir)
+
+
+def _eval_texts(data_settings, evaluators: list) -> list:
+    """What the run's evaluations score, for data.decontamination (nothing to read when the check is off)."""
+    from sft_exp.evaluation.texts import evaluation_texts
+
+    return evaluation_texts(evaluators) if data_settings.decontamination.mode != "off" else []
 
 
 def _already_trained(resume: str | None, cfg: DictConfig, run_dir: Path) -> float | None:
@@ -203,22 +213,43 @@ def train_and_evaluate(trainer, resume) -> dict:
     summary = {}
     if not resume:
         trainer.evaluate_before_training()  # now, or (DeepSpeed) as train() starts
-    result = trainer.train(resume_from_checkpoint=resume)
-    summary.update({f"{k}_before": v for k, v in trainer.metrics_before_training.items() if k.startswith("eval_")})
-    runtime = result.metrics.get("train_runtime") or math.nan
-    num_tokens = trainer.num_tokens_seen()  # all ranks, as in metrics.jsonl
-    summary.update(global_step=trainer.state.global_step, train_loss=result.metrics.get("train_loss"),
-                   train_runtime_s=runtime, num_tokens=num_tokens,
-                   train_tokens_per_s=num_tokens / runtime if runtime else None)
+    trainer.train(resume_from_checkpoint=resume)
+    from sft_exp.run.scores import whole_run_loss
+
     rows = trainer.state.log_history
-    last_train = next((row for row in reversed(rows) if "mean_token_accuracy" in row), {})
-    summary.update({k: last_train[k] for k in ("mean_token_accuracy", "entropy", "nll") if k in last_train})
+    before = trainer.metrics_before_training or _baseline_row(Path(trainer.args.output_dir).parent)
+    summary.update({f"{k}_before": v for k, v in before.items() if k.startswith("eval_")})
+    num_tokens = trainer.num_tokens_seen()  # all ranks, as in metrics.jsonl
+    summary.update(global_step=trainer.state.global_step, train_loss=whole_run_loss(rows), num_tokens=num_tokens)
+    # Over every segment of a resumed run: its tokens over its training time, not over the last segment's.
+    summary.update(trainer.segments.whole_run(trainer.state.global_step, num_tokens))
+    summary.update(last_window(rows))
     last_eval = next((row for row in reversed(rows) if any(k.startswith("eval_") for k in row)), None)
     if last_eval is not None and last_eval.get("step") == trainer.state.global_step:
         summary.update({k: v for k, v in last_eval.items() if k.startswith("eval_")})
     else:
         summary.update(trainer.evaluate())
     return summary
+
+
+def _baseline_row(run_dir: Path) -> dict:
+    """A resumed run's evaluation before training, done by its first segment: metrics.jsonl's step-0 row."""
+    from sft_exp.atomic import read_jsonl
+    from sft_exp.run.recorder import METRICS_FILE
+
+    rows = read_jsonl(run_dir / METRICS_FILE)
+    return next((row for row in rows if row.get("step") == 0 and any(k.startswith("eval_") for k in row)), {})
+
+
+def last_window(rows: list) -> dict:
+    """The last logging window's token metrics, named as such (summary.json's train_loss is the whole run's)."""
+    windows = [row for row in rows if "mean_token_accuracy" in row and "loss" in row]
+    if not windows:
+        return {}
+    earlier = [row["step"] for row in rows if "loss" in row and row["step"] < windows[-1]["step"]]
+    figures = {f"last_window_{k}": windows[-1][k] for k in ("loss", "mean_token_accuracy", "entropy", "nll")
+               if k in windows[-1]}
+    return {**figures, "last_window_steps": [(max(earlier) if earlier else 0) + 1, windows[-1]["step"]]}
 
 
 def training_arguments(cfg: DictConfig, run_dir: Path | None = None):
@@ -279,11 +310,12 @@ def _instantiate_each(group: DictConfig) -> list:
     return [instantiate(node, _convert_="all") for node in (group or {}).values() if node is not None]
 
 
-def _write_run_files(cfg: DictConfig, run_dir: Path, data, loggers: list, resume: str | None,
+def _write_run_files(cfg: DictConfig, run_dir: Path, data, loggers: list, resume: str | None, evaluators: list,
                      trained_with: dict) -> None:
-    """resolved_config.yaml and run_info.json (with every resume and what it changed), then start the
-    trackers (rank 0)."""
+    """resolved_config.yaml and run_info.json (with every resume and what it changed, what each score rests on
+    and the arguments it trains with), then start the trackers (rank 0)."""
     from sft_exp.run import folder as run_folder
+    from sft_exp.run.scores import evaluation_record
     from sft_exp.loggers import RunDescription
 
     resolved = plain(cfg)
@@ -292,9 +324,11 @@ def _write_run_files(cfg: DictConfig, run_dir: Path, data, loggers: list, resume
         log.warning("resumed with changed settings (%s): a straight run of the new settings may not reproduce this run",
                     ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in resumes[-1]["changed"].items()))
     run_folder.write_resolved_config(resolved, run_dir)
+    run_folder.write_contamination(run_dir, data.contamination)
     run_folder.write_run_info(run_dir, seed=cfg.seed, data_fingerprint=data.fingerprint, data_stats=data.stats,
                               overrides=hydra_job.overrides(),
-                              extra={"trained_with": trained_with, **({"resumes": resumes} if resumes else {})})
+                              extra={"trained_with": trained_with, "evaluations": evaluation_record(evaluators, data.stats),
+                                     **({"resumes": resumes} if resumes else {})})
     description = RunDescription(run_dir, resolved, name=hydra_job.job_name(), group=hydra_job.sweep_group(),
                                  resumed=resume is not None)
     for logger in loggers:

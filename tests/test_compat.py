@@ -169,3 +169,18 @@ def test_every_private_method_sft_exp_overrides_still_exists(owner):
     cls = getattr(importlib.import_module(module), name)
     missing = [method for method in compat.PRIVATE_OVERRIDES[owner] if not callable(getattr(cls, method, None))]
     assert not missing, f"{owner} no longer has {missing}: sft_exp's override of it is dead code now"
+
+
+def test_datasets_offline_fails_at_once_for_data_not_on_this_machine():
+    import time
+
+    import pytest
+    from huggingface_hub import constants
+
+    before, start = (datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE), time.monotonic()
+    with compat.datasets_offline():
+        assert datasets.config.HF_HUB_OFFLINE and constants.HF_HUB_OFFLINE
+        with pytest.raises(Exception, match="(?i)offline"):
+            datasets.load_dataset("no-such-org/no-such-dataset", split="test")
+    assert time.monotonic() - start < 30  # no network retries
+    assert (datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE) == before  # restored

@@ -70,6 +70,33 @@ class Source:
         )  # fmt: skip
 
 
+@dataclass
+class AgainstFile:
+    """One `data.decontamination.against[]` entry: a file of evaluation texts to check the training rows against,
+    read like a source (.jsonl/.json/.parquet/.csv file or folder, or a hub dataset id)."""
+
+    path: str
+    # The column holding the texts (a dotted path reads its top column); null: every text field of each row.
+    column: Optional[str] = None
+    # How the report names it; default: the file name.
+    name: Optional[str] = None
+    split: str = "train"
+
+
+@dataclass
+class Decontamination:
+    """`data.decontamination`: every training row checked against the texts the run is evaluated on
+    (docs/contamination.md)."""
+
+    # report: count and name matching training rows; drop: also drop them (counted per source, reason
+    # `contaminated`); error: stop before the model loads, naming the first; off: no check.
+    mode: str = "report"
+    # Words per n-gram (s1 and open-r1 use 8). Below 4 nearly any two texts share one.
+    ngram: int = 8
+    # Files of evaluation texts besides the run's own (the tasks of `evals` and the held-out rows, always checked).
+    against: list[AgainstFile] = field(default_factory=list)
+
+
 @dataclass(kw_only=True)
 class DataSettings:
     """Everything `prepare_datasets` needs besides the tokenizer: what `data.*` configures. Its fields are
@@ -118,9 +145,14 @@ class DataSettings:
     # error: stop at the first bad row with its file and index; drop: drop and count bad rows.
     on_bad_row: str = "error"
     num_proc: Optional[int] = None
+    # The check of the training rows against the run's evaluation texts (mode, ngram, against files).
+    decontamination: Decontamination = field(default_factory=Decontamination)
+    # off: exact duplicates among the training rows are counted; exact: they are dropped, keeping the first.
+    deduplicate: str = "off"
     seed: int  # required: the same seed as the run's, so the split and mixture follow it
 
     def __post_init__(self) -> None:
+        from sft_exp.data.contamination_settings import as_decontamination
         from sft_exp.data.turn_settings import check_turn_settings
         from sft_exp.data.validate import check_settings
 
@@ -128,6 +160,7 @@ class DataSettings:
             raise ConfigError(f"data.seed={self.seed!r}: must be an integer (the run's `seed`)")
         self.sources = as_sources(self.sources, "data.sources")
         self.eval_sources = as_sources(self.eval_sources or [], "data.eval_sources")
+        self.decontamination = as_decontamination(self.decontamination, self.deduplicate)
         check_settings(self)
         check_turn_settings(self)
 

@@ -39,6 +39,37 @@ def describe_eval(stats: dict) -> str:
     return "eval: " + "; ".join(pieces)
 
 
+def summary_counts(contamination: dict) -> str:
+    """"gsm8k: 5 rows, 4 of 100 items; held-out rows (task heldout): 0 rows": matching rows per eval group."""
+    parts = []
+    for name, group in contamination.get("per_eval", {}).items():
+        covers = f" (task {', '.join(group['covers'])})" if group.get("covers") else ""
+        items = f", {group['items_matched']} of {group['items_checked']} items" if group.get("rows") else ""
+        parts.append(f"{name}{covers}: {group.get('rows', 0)} rows{items}")
+    return "; ".join(parts)
+
+
+def describe_contamination(stats: dict) -> str:
+    """The contamination check's counts (sft_exp.data.contamination), per eval group and per source."""
+    found = stats.get("contamination") or {"mode": "off"}
+    pieces = []
+    if found["mode"] == "off":
+        pieces.append("contamination check off (data.decontamination.mode=off)")
+    else:
+        per_source = found.get("per_source", {})
+        by_source = ", ".join(f"{name} {counts['rows']}" for name, counts in per_source.items())
+        sources = f"; by source: {by_source}" if len(per_source) > 1 else ""
+        pieces.append(f"contamination check ({found['ngram']}-word n-grams, mode {found['mode']}): {found['rows']} of "
+                      f"{found['rows_checked']} training rows match an eval text "
+                      f"[{summary_counts(found) or 'nothing to check against'}{sources}]")
+        if found.get("not_checked"):
+            pieces.append("not checked: " + ", ".join(x["name"] for x in found["not_checked"]))
+    if "duplicates" in found:
+        dropped = " (dropped)" if found.get("deduplicate") == "exact" else ""
+        pieces.append(f"{found['duplicates']} exact duplicate training rows{dropped}")
+    return "; ".join(pieces)
+
+
 def describe(data) -> str:
     """One readable line about a PreparedData: rows, tokens, supervision, drops, packing, the eval set."""
     stats = data.stats
@@ -57,4 +88,4 @@ def describe(data) -> str:
                  "(the template drops earlier turns' reasoning)")
     if packing:
         line += f"; packed into {packing['packed_rows']} rows, {100 * packing['fill_rate']:.1f}% full"
-    return f"{line}; {describe_eval(stats)}"
+    return f"{line}; {describe_contamination(stats)}; {describe_eval(stats)}"

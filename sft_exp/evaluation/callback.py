@@ -27,6 +27,11 @@ class Evaluator:
     def use_heldout(self, examples: List[dict]) -> None:
         return None
 
+    def eval_texts(self) -> Optional[list]:
+        """The texts it scores (sft_exp.data.contamination.EvalTexts), for the training rows' contamination
+        check; None: unknown (the run's report names it as not checked)."""
+        return None
+
     def evaluate(self, model, tokenizer, *, step: int, final: bool = False, accelerator=None) -> Dict[str, float]:
         raise NotImplementedError
 
@@ -57,6 +62,24 @@ class TaskEvaluation(Evaluator):
             with (self.output_dir / HELDOUT_FILE).open("w") as f:
                 for example in examples:
                     f.write(json.dumps({"prompt": example["prompt"], "reference": example["reference"]}) + "\n")
+
+    def describe_tasks(self) -> Dict[str, dict]:
+        """Per task: how many prompts it scores and from where (run_info.json `evaluations`)."""
+        out = {}
+        for task in self.tasks.values():
+            if isinstance(task, GenerationTask):
+                samples = {"samples_per_prompt": task.settings.num_samples} if task.settings.num_samples > 1 else {}
+                source = task.source if task.source == HELDOUT else str(Path(task.source).expanduser())
+                out[task.name] = {"n": len(task.examples or []), "unit": "prompts", "source": source, **samples}
+            else:
+                out[task.name] = {"n": task.settings.limit, "unit": "documents per harness task",
+                                  "source": "lm-eval " + ", ".join(task.settings.lm_eval_tasks)}
+        return out
+
+    def eval_texts(self) -> list:
+        from sft_exp.evaluation.texts import task_texts
+
+        return [texts for task in self.tasks.values() for texts in task_texts(task)]
 
     def evaluate(self, model, tokenizer, *, step: int, final: bool = False, accelerator=None) -> Dict[str, float]:
         """Every task's metrics, `eval_<task>/<metric>`; call on every rank. The model's train/eval mode is kept."""

@@ -50,6 +50,21 @@ def config_changes(run_dir: Path, resolved: dict) -> dict:
             if before.get(key) != after.get(key) and key not in _RESUME_KEYS}
 
 
+CONTAMINATION_FILE = "contamination.jsonl"
+
+
+def write_contamination(run_dir: Path, matches: list) -> None:
+    """contamination.jsonl: each training row found in an evaluation text (file, row, turn, eval item, n-gram);
+    run_info.json's data_stats.contamination has the counts. No file when there is nothing to list."""
+    from sft_exp.atomic import write_jsonl
+
+    path = run_dir / CONTAMINATION_FILE
+    if matches:
+        write_jsonl(path, matches, ensure_ascii=False)
+    elif path.is_file():
+        path.unlink()  # an earlier run in this folder
+
+
 def package_versions() -> dict:
     versions = {"python": platform.python_version()}
     for name in PACKAGES:

@@ -43,6 +43,39 @@ def _number(value) -> str:
     return "" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def _evaluation_lines(summary: dict, evaluations: dict) -> list:
+    """Every score before and after training, with the n it was measured on and its source."""
+    from sft_exp.run.scores import basis_cells
+
+    scores = _scores(summary)
+    if not scores:
+        return []
+    lines = ["", "## Evaluation", "", "| metric | n | source | before training | after training |", "|---|---|---|---|---|"]
+    for key, before, after in scores:
+        n, source = basis_cells(key, evaluations)
+        lines.append(f"| {key} | {n} | {f'`{source}`' if source else ''} | {_number(before)} | {_number(after)} |")
+    return lines
+
+
+def contamination_lines(found: dict) -> list:
+    """The contamination check of the training rows against what the scores were measured on."""
+    if not found:  # a run folder from before the check
+        return []
+    if found.get("mode") == "off":
+        return ["", "## Contamination", "", "Not checked (`data.decontamination.mode=off`)."]
+    lines = ["", "## Contamination", "",
+             f"Training rows checked against every evaluation text of the run ({found['ngram']}-word n-grams, "
+             f"lower-cased, as s1 and open-r1; held-out rows also whole): {found['rows']} of {found['rows_checked']} "
+             f"match (mode `{found['mode']}`); {found['duplicates']} exact duplicate training rows "
+             f"(`data.deduplicate={found['deduplicate']}`)."
+             + (" The matching rows are listed in `contamination.jsonl` in the run folder." if found["rows"] else ""),
+             "", "| evaluation | source | items | training rows matching | items matched |", "|---|---|---|---|---|"]
+    for name, group in (found.get("per_eval") or {}).items():
+        lines.append(f"| {name} | `{group['source']}` | {group['items_checked']} | {group['rows']} | {group['items_matched']} |")
+    lines += [f"| {item['name']} | not checked: {item['reason']} | | | |" for item in found.get("not_checked") or []]
+    return lines
+
+
 def card_text(run_dir: Path, stop_ids: Optional[list] = None, summary: Optional[dict] = None) -> tuple:
     """(metadata dict, markdown body) of the run's card; `summary`: the run's, before summary.json is written."""
     from omegaconf import OmegaConf
@@ -80,10 +113,8 @@ def card_text(run_dir: Path, stop_ids: Optional[list] = None, summary: Optional[
         for name, source in group.items():
             lines.append(f"| {name} | {role} | `{source.get('path')}` | {source.get('format')} | {source.get('rows_read')} "
                          f"| {source.get('rows_kept')} | {source.get('rows_dropped') or 0} |")
-    scores = _scores(summary)
-    if scores:
-        lines += ["", "## Evaluation", "", "| metric | before training | after training |", "|---|---|---|"]
-        lines += [f"| {key} | {_number(before)} | {_number(after)} |" for key, before, after in scores]
+    lines += _evaluation_lines(summary, info.get("evaluations") or {})
+    lines += contamination_lines(stats.get("contamination") or {})
     versions = info.get("versions") or {}
     lines += ["", "## Framework versions", "", *[f"- {name}: {version}" for name, version in versions.items() if version]]
     if (info.get("git") or {}).get("commit"):

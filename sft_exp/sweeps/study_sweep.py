@@ -312,10 +312,7 @@ def optuna_trial(study, trial_id: int):
 
 
 def read_summary(folder: Path) -> dict:
-    try:
-        return read_json(folder / "summary.json")
-    except ValueError:  # a job writing it right now
-        return {}
+    return read_json(folder / "summary.json", invalid_ok=True)  # a job may be writing it right now
 
 
 def _some_value(distribution):

@@ -1,10 +1,12 @@
-"""`python -m sft_exp.report <multirun folder>`: one table and one picture for a sweep.
+"""`python -m sft_exp.report <multirun folder>`: one table and one picture for a sweep;
+`python -m sft_exp.report RUN_A RUN_B ...`: runs side by side (the configs that differ, metrics, plots).
 
-Reads the run folders alone (metrics.jsonl, summary.json, .hydra/overrides.yaml): no W&B needed.
-Writes into the multirun folder (or --out):
-  report.md, report.csv   one row per job: overrides, final train/eval loss, accuracy, entropy,
-                          tokens/s, peak memory, wall time, status
-  loss.png, nll.png, accuracy.png   train (solid) and eval (dashed) curves of every job
+Reads the run folders alone (metrics.jsonl, summary.json, run_info.json, .hydra/overrides.yaml): no W&B needed.
+Writes into the multirun folder (or --out; several folders: outputs/reports/<date>/<time>):
+  report.md, report.csv   one row per job: overrides, whole-run train loss, eval loss, accuracy, the last logging
+                          window's values, tokens/s, peak memory, wall time, the contamination count, status;
+                          what each score rests on (n, file)
+  loss.png, nll.png, accuracy.png   train curves (lines) and evaluations (markers) of every job
   eval_<task>_<metric>.png          each task score (evals) of every job across steps
   replicates.csv, and in report.md   configs run under several seeds (jobs that differ only in `seed`):
                           mean, std, n and 95% interval of every metric, and whether the best config's
@@ -17,19 +19,31 @@ from __future__ import annotations
 
 import argparse
 import csv
-import math
+import json
+import os
 import re
 import sys
-import warnings
+import time
 from pathlib import Path
 from typing import Optional
 
 from sft_exp.errors import UserError
-from sft_exp.atomic import read_json, read_jsonl
+from sft_exp.tools.report_plots import optuna_plots, plot_curves, plot_task_metrics
+from sft_exp.tools.report_rows import cell as _cell
+from sft_exp.tools.report_rows import is_task_metric as _is_task_metric
+from sft_exp.tools.report_rows import job_row, read_json
 
-COLUMNS = ("job", "overrides", "status", "steps", "train_loss", "eval_loss", "eval_nll", "mean_token_accuracy",
-           "eval_mean_token_accuracy", "entropy", "train_tokens_per_s", "peak_memory_mb", "wall_time_s")
+COLUMNS = ("job", "overrides", "status", "steps", "train_loss", "eval_loss", "eval_nll", "eval_mean_token_accuracy",
+           "last_window", "last_window_loss", "last_window_mean_token_accuracy", "last_window_entropy",
+           "train_tokens_per_s", "peak_memory_mb", "wall_time_s", "contaminated_rows", "contamination")
 RUN_MARKERS = ("metrics.jsonl", "summary.json", "resolved_config.yaml", ".hydra/config.yaml")
+LEGEND = """What the columns mean:
+- train_loss: the mean training loss per optimizer step over the whole run (every segment of a resumed run)
+- last_window_*: the last logging window's values (its steps: last_window), as metrics.jsonl logs each window
+- eval_*: the last evaluation; before training: summary.json's *_before
+- train_tokens_per_s, wall_time_s: over every segment of a resumed run (its tokens over its training time)
+- contaminated_rows, contamination: training rows sharing an n-gram with an evaluation text, or equal to a held-out
+  row, per evaluation (run_info.json data_stats.contamination; the rows: contamination.jsonl)"""
 
 
 def find_runs(folder: Path) -> list:
@@ -58,37 +72,6 @@ def _is_run(path: Path) -> bool:
     return any((path / marker).is_file() for marker in RUN_MARKERS)
 
 
-def job_row(run: Path, root: Optional[Path] = None) -> dict:
-    """One table row from a run folder's files (`job`: its path under the sweep folder, e.g. 3 or 3/seed-1)."""
-    summary = _read_json(run / "summary.json")
-    rows = read_jsonl(run / "metrics.jsonl")
-    train = [r for r in rows if _number(r.get("loss")) is not None]
-    evals = [r for r in rows if _number(r.get("eval_loss")) is not None]
-    last_train, last_eval = (train[-1] if train else {}), (evals[-1] if evals else {})
-    peak = summary.get("cuda_peak_allocated_mb", summary.get("cpu_peak_rss_mb"))
-    tasks = {k: _number(v) for row in evals for k, v in row.items() if _is_task_metric(k)}
-    tasks.update({k: _number(v) for k, v in summary.items() if _is_task_metric(k)})
-    return {
-        **tasks,
-        "job": run.relative_to(root).as_posix() if root is not None and run != root else run.name,
-        "overrides": " ".join(job_overrides(run)),
-        "status": summary.get("status", "running or killed" if rows else "not started"),
-        "steps": summary.get("global_step", rows[-1].get("step") if rows else None),
-        "train_loss": _number(last_train.get("loss")),
-        "eval_loss": _number(summary.get("eval_loss", last_eval.get("eval_loss"))),
-        # NLL is comparable across loss functions (a DFT loss is not on the NLL scale).
-        "eval_nll": _number(summary.get("eval_nll", last_eval.get("eval_nll"))),
-        "mean_token_accuracy": _number(last_train.get("mean_token_accuracy")),
-        "eval_mean_token_accuracy": _number(summary.get("eval_mean_token_accuracy",
-                                                        last_eval.get("eval_mean_token_accuracy"))),
-        "entropy": _number(last_train.get("entropy")),
-        "train_tokens_per_s": _number(summary.get("train_tokens_per_s")),
-        "peak_memory_mb": _number(peak),
-        "wall_time_s": _number(summary.get("wall_time_s")),
-        "error": summary.get("error"),
-    }
-
-
 def mixed_losses(runs: list) -> list:
     """The loss classes of the jobs (from resolved_config.yaml) when they are not all the same, else []."""
     from omegaconf import OmegaConf
@@ -103,24 +86,9 @@ def mixed_losses(runs: list) -> list:
     return sorted(found) if len(found) > 1 else []
 
 
-def _is_task_metric(key: str) -> bool:
-    """A task score, eval_<task>/<metric> (the final one; `_before` values are in summary.json)."""
-    return key.startswith("eval_") and "/" in key and not key.endswith("_before")
-
-
 def task_columns(rows: list) -> list:
     """Every task metric any job has, in first-seen order."""
     return list(dict.fromkeys(k for row in rows for k in row if _is_task_metric(k)))
-
-
-def job_overrides(run: Path) -> list:
-    """The command-line overrides that made this job (Hydra's record, else run_info.json's)."""
-    hydra_file = run / ".hydra" / "overrides.yaml"
-    if hydra_file.is_file():
-        from omegaconf import OmegaConf
-
-        return [str(o) for o in OmegaConf.load(hydra_file)]
-    return list(_read_json(run / "run_info.json").get("overrides", []))
 
 
 def shared_overrides(rows: list) -> list:
@@ -132,7 +100,7 @@ def shared_overrides(rows: list) -> list:
 
 
 def write_table(rows: list, out: Path) -> str:
-    """report.csv and report.md (a column per task metric after the fixed ones); returns the markdown."""
+    """report.csv (a column per task metric after the fixed ones); returns the same table in markdown."""
     columns = [*COLUMNS, *task_columns(rows)]
     with (out / "report.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=[*columns, "error"], restval="")
@@ -141,61 +109,31 @@ def write_table(rows: list, out: Path) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(_cell(row.get(c)) for c in columns) + " |" for row in rows]
     failures = [f"- job {row['job']}: {row['error']}" for row in rows if row.get("error")]
-    markdown = "\n".join(lines) + ("\n\nFailed jobs:\n" + "\n".join(failures) if failures else "") + "\n"
-    (out / "report.md").write_text(markdown)
-    return markdown
+    return "\n".join(lines) + ("\n\nFailed jobs:\n" + "\n".join(failures) if failures else "") + "\n"
 
 
-def plot_curves(runs: list, labels: list, out: Path) -> list:
-    """loss.png, nll.png and accuracy.png: every job's train (solid) and eval (dashed) curves."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    written = []
-    for name, key in (("loss", "loss"), ("nll", "nll"), ("accuracy", "mean_token_accuracy")):
-        fig, ax = plt.subplots(figsize=(8, 5))
-        for i, (run, label) in enumerate(zip(runs, labels)):
-            rows = read_jsonl(run / "metrics.jsonl")
-            for prefix, style in (("", "-"), ("eval_", "--")):
-                points = [(r["step"], _number(r.get(prefix + key))) for r in rows]
-                points = [(s, v) for s, v in points if v is not None and not math.isnan(v)]
-                if points:  # one color per job: its train and eval curves belong together
-                    ax.plot(*zip(*points), style, color=f"C{i % 10}", label=f"{label} ({'eval' if prefix else 'train'})")
-        ax.set(xlabel="step", ylabel=key, title=f"{key} per job (solid: train, dashed: eval)")
-        if ax.lines:
-            ax.legend(fontsize=7)
-        path = out / f"{name}.png"
-        fig.savefig(path, dpi=100, bbox_inches="tight")
-        plt.close(fig)
-        written.append(path)
-    return written
+def plot_labels(rows: list) -> list:
+    """Each job's legend in the plots: its name and what makes it differ (never how it was launched)."""
+    return [f"{row['job']}: {row['overrides'] or '(defaults)'}" for row in rows]
 
 
-def plot_task_metrics(runs: list, labels: list, keys: list, out: Path) -> list:
-    """eval_<task>_<metric>.png per task metric: every job's score at every evaluation."""
-    import matplotlib
+def basis_section(runs: list, rows: list) -> str:
+    """What each score rests on (run_info.json `evaluations`): n and source, once when every job shares them."""
+    from sft_exp.run.scores import EVAL_SET, record_cells
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    written = []
-    for key in keys:
-        fig, ax = plt.subplots(figsize=(8, 5))
-        for i, (run, label) in enumerate(zip(runs, labels)):
-            points = [(r["step"], _number(r.get(key))) for r in read_jsonl(run / "metrics.jsonl")]
-            points = [(s, v) for s, v in points if v is not None and not math.isnan(v)]
-            if points:
-                ax.plot(*zip(*points), "o-", color=f"C{i % 10}", label=label)
-        ax.set(xlabel="step", ylabel=key, title=f"{key} per job")
-        if ax.lines:
-            ax.legend(fontsize=7)
-        path = out / (re.sub(r"[^A-Za-z0-9_.@-]+", "_", key) + ".png")
-        fig.savefig(path, dpi=100, bbox_inches="tight")
-        plt.close(fig)
-        written.append(path)
-    return written
+    found: dict = {}  # evaluation -> {(n, source): [jobs]}
+    for run, row in zip(runs, rows):
+        for name, record in (read_json(run / "run_info.json").get("evaluations") or {}).items():
+            found.setdefault(name, {}).setdefault(record_cells(record), []).append(row["job"])
+    if not found:
+        return ""
+    lines = ["## What the scores rest on", "", "| scores | n | source | jobs |", "|---|---|---|---|"]
+    for name, by_basis in found.items():
+        scores = "eval_loss, eval_nll, eval_mean_token_accuracy, eval_entropy" if name == EVAL_SET else f"eval_{name}/*"
+        for (n, source), jobs in by_basis.items():
+            who = "all" if len(jobs) == len(rows) else ", ".join(jobs)
+            lines.append(f"| {scores} | {n} | `{source}` | {who} |")
+    return "\n".join(lines) + "\n"
 
 
 def report(folder: Path, out: Optional[Path] = None, storage: Optional[str] = None) -> str:
@@ -206,35 +144,77 @@ def report(folder: Path, out: Optional[Path] = None, storage: Optional[str] = No
     common = shared_overrides(rows)
     for row in rows:  # the table shows what varies; what every job shares is said once, above it
         row["overrides"] = " ".join(o for o in row["overrides"].split() if o not in common)
-    markdown = write_table(rows, out)
+    parts = [f"Every job: `{' '.join(common)}`\n"] if common else []
     mixed = mixed_losses(runs)
     if mixed:  # a DFT loss is not on the NLL scale: the eval_loss column does not compare across them
-        markdown = (f"Jobs train different losses ({', '.join(mixed)}): each eval_loss is its job's own loss; "
-                    "compare them by eval_nll.\n\n" + markdown)
-        (out / "report.md").write_text(markdown)
-    if common:
-        markdown = f"Every job: `{' '.join(common)}`\n\n" + markdown
-        (out / "report.md").write_text(markdown)
-    labels = [f"{row['job']}: {row['overrides'] or '(defaults)'}" for row in rows]
+        parts.append(f"Jobs train different losses ({', '.join(mixed)}): each eval_loss is its job's own loss; "
+                     "compare them by eval_nll.\n")
+    parts += [write_table(rows, out), LEGEND + "\n", basis_section(runs, rows)]
+    labels = plot_labels(rows)
     plot_curves(runs, labels, out)
     plot_task_metrics(runs, labels, task_columns(rows), out)
     if len(runs) == 1 and runs[0] == folder:  # one run: what the fine-tune changed, example by example
         from sft_exp.evaluation.compare import changed_markdown
 
         changed = changed_markdown(folder)
-        if changed:
-            markdown += "\n## Task examples whose score changed\n\n" + changed + "\n"
-            (out / "report.md").write_text(markdown)
+        parts.append("## Task examples whose score changed\n\n" + changed + "\n" if changed else "")
     study = _study_info(folder)
-    replicates = replicate_section(rows, folder, out, study)
-    if replicates:
-        markdown += "\n" + replicates
-        (out / "report.md").write_text(markdown)
+    parts.append(replicate_section(rows, folder, out, study))
     best = folder / "optimization_results.yaml"  # written by the sft_optuna sweeper
     if best.is_file():
-        markdown += "\nOptuna:\n```\n" + best.read_text() + "```\n"
-        markdown += optuna_plots(study, out, storage)
-        (out / "report.md").write_text(markdown)
+        parts.append("Optuna:\n```\n" + best.read_text() + "```\n" + optuna_plots(study, out, storage))
+    markdown = "\n".join(part for part in parts if part)
+    (out / "report.md").write_text(markdown)
+    return markdown
+
+
+def config_differences(runs: list) -> dict:
+    """{dotted key: [each run's value]} for every resolved_config.yaml value that is not the same in all runs
+    (where a run was launched from is not a difference: its folder, a resume)."""
+    from omegaconf import OmegaConf
+
+    from sft_exp.plain import dotted
+    from sft_exp.tools.report_rows import is_configuration
+
+    configs = []
+    for run in runs:
+        path = run / "resolved_config.yaml"
+        flat = dotted(OmegaConf.to_container(OmegaConf.load(path))) if path.is_file() else {}
+        home = flat.get("run_dir")
+        configs.append({k: v.replace(home, "<run folder>") if isinstance(v, str) and home else v
+                        for k, v in flat.items() if is_configuration(k)})
+    keys = sorted(set().union(*configs)) if configs else []
+    same = lambda key: len({json.dumps(c.get(key, "(unset)"), sort_keys=True, default=str) for c in configs}) == 1  # noqa: E731
+    return {key: [c.get(key, "(unset)") for c in configs] for key in keys if not same(key)}
+
+
+def compare(folders: list, out: Path) -> str:
+    """Runs side by side: the configs that differ, the metrics table, what the scores rest on, the plots."""
+    runs = [run for folder in folders for run in find_runs(folder)]
+    root = Path(os.path.commonpath([str(run.resolve()) for run in runs]))
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [job_row(run.resolve(), root) for run in runs]
+    names = [row["job"] for row in rows]
+    differences = config_differences(runs)
+    common = shared_overrides(rows)
+    for row in rows:
+        row["overrides"] = " ".join(o for o in row["overrides"].split() if o not in common)
+    parts = [f"# {len(runs)} runs compared\n", "| job | folder |\n|---|---|"]
+    parts += [f"| {name} | `{run}` |" for name, run in zip(names, runs)]
+    parts += ["\n## Configs that differ\n"]
+    if differences:
+        parts += ["| key | " + " | ".join(names) + " |", "|" + "---|" * (len(names) + 1)]
+        parts += [f"| {key} | " + " | ".join(_cell(v) for v in values) + " |" for key, values in differences.items()]
+    else:
+        parts.append("None: the resolved configs are the same (the runs differ in code, data or machine).")
+    parts += ["\n## Metrics\n", write_table(rows, out), LEGEND + "\n", basis_section(runs, rows)]
+    labels = [name + ": " + " ".join(f"{k.rsplit('.', 1)[-1]}={values[i]}" for k, values in list(differences.items())[:3])
+              for i, name in enumerate(names)]  # fmt: skip
+    plot_curves(runs, labels, out)
+    plot_task_metrics(runs, labels, task_columns(rows), out)
+    markdown = "\n".join(part for part in parts if part) + "\nPlots: loss.png, nll.png, accuracy.png" + "".join(
+        f", {re.sub(r'[^A-Za-z0-9_.@-]+', '_', key)}.png" for key in task_columns(rows)) + "\n"
+    (out / "report.md").write_text(markdown)
     return markdown
 
 
@@ -308,80 +288,26 @@ def _interval_cell(stats: dict) -> str:
     return f"{stats['mean']:.4g} ± {stats['std']:.2g} [{stats['ci_low']:.4g}, {stats['ci_high']:.4g}]"
 
 
-def optuna_plots(study: dict, out: Path, storage: Optional[str] = None) -> str:
-    """optuna_history.png and optuna_importances.png from the study itself; a line saying why when not."""
-    if not study:
-        return ""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        import optuna
-        from optuna.visualization import matplotlib as optuna_plots_lib
-
-        from sft_exp.sweeps.storage import open_storage
-
-        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-        loaded = optuna.load_study(study_name=study["study_name"], storage=open_storage(storage or study["storage"]))
-    except Exception as e:  # noqa: BLE001  optuna missing, or a database with a password: say so, keep the report
-        return f"\nOptuna plots skipped: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} " \
-               "(give the storage with --storage)\n"
-    lines = []
-    for name, plot in (("optuna_history", optuna_plots_lib.plot_optimization_history),
-                       ("optuna_importances", optuna_plots_lib.plot_param_importances)):
-        try:
-            kwargs = {"target_name": study["objectives"][0]} if len(study.get("directions", [])) == 1 else {
-                "target": lambda t: t.values[0], "target_name": study["objectives"][0]}
-            with warnings.catch_warnings():  # matplotlib's "no artists with labels" for a study without a legend
-                warnings.simplefilter("ignore", UserWarning)
-                ax = plot(loaded, **kwargs)
-            ax.figure.savefig(out / f"{name}.png", dpi=100, bbox_inches="tight")
-            plt.close(ax.figure)
-            lines.append(f"![{name}]({name}.png)")
-        except Exception as e:  # noqa: BLE001  e.g. importances need two completed trials
-            lines.append(f"{name}.png skipped: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
-    return "\n" + "\n".join(lines) + "\n"
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return read_json(path)
-    except ValueError:
-        return {}
-
-
-def _number(value) -> Optional[float]:
-    """Numbers as floats; None for missing and non-numeric values ("nan" strings stay NaN)."""
-    if isinstance(value, bool) or value is None:
-        return None
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _cell(value) -> str:
-    if isinstance(value, float):
-        return "nan" if math.isnan(value) else f"{value:.4g}"
-    text = "" if value is None else str(value)
-    return re.sub(r"\|", r"\\|", text)
-
-
 def main(argv: Optional[list] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sft_exp.report", description=__doc__.split("\n")[0])
-    parser.add_argument("folder", type=Path, help="a multirun folder (outputs/multiruns/<date>/<time>) or a run folder")
-    parser.add_argument("--out", type=Path, default=None, help="where to write the report (default: the folder)")
+    parser.add_argument("folders", type=Path, nargs="+", metavar="folder",
+                        help="a multirun folder (outputs/multiruns/<date>/<time>) or a run folder; several: compared")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="where to write the report (default: the folder; several: outputs/reports/<date>/<time>)")
     parser.add_argument("--storage", default=None,
                         help="the study's storage URL for the Optuna plots when study.yaml's (password removed) cannot open it")
     args = parser.parse_args(argv)
+    out = args.out or (args.folders[0] if len(args.folders) == 1 else Path("outputs/reports") / time.strftime("%Y-%m-%d/%H-%M-%S"))
     try:
-        markdown = report(args.folder, args.out, args.storage)
+        if len(args.folders) == 1:
+            markdown = report(args.folders[0], args.out, args.storage)
+        else:
+            markdown = compare(args.folders, out)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(markdown)
-    print(f"wrote report.md, report.csv and the plots (loss, nll, accuracy, one per task metric) to {args.out or args.folder}")
+    print(f"wrote report.md, report.csv and the plots (loss, nll, accuracy, one per task metric) to {out}")
     return 0
 
 

@@ -26,6 +26,8 @@ from sft_exp.training.state_callbacks import (  # noqa: F401 (NonFiniteLossError
     EvaluationBeforeTraining, LoggingWindow, NonFiniteLossError, NonFiniteLossGuard, TokenCount)
 from sft_exp.training.metrics import SFTMetrics
 from sft_exp.training.ledger import ExampleLedger, ledger_path
+from sft_exp.run.scores import whole_run_loss
+from sft_exp.training.segments import RunSegments
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +142,7 @@ class SFTTrainer(AtomicCheckpoints, Trainer):
         processing_class=None,
         callbacks: Optional[list] = None,
         output_dir: str = "sft_exp_output",
+        run_started: Optional[float] = None,
         **training_arguments: Any,
     ):
         from sft_exp.training.losses import NLLLoss
@@ -192,7 +195,10 @@ class SFTTrainer(AtomicCheckpoints, Trainer):
         # trainer.example_ledger: each example's loss and accuracy, written at every evaluation and at the end.
         self.ledger = ExampleLedger(ledger_path(args.output_dir), self.source_names, self.accelerator) \
             if args.example_ledger else None
-        for callback in (self.tokens, self.nonfinite, LoggingWindow(self), self.baseline, self.ledger):
+        # A resumed run's speed, times and mean loss over all its segments (`run_started`: time.monotonic() when
+        # the run began, for its wall time).
+        self.segments = RunSegments(run_started)
+        for callback in (self.tokens, self.nonfinite, LoggingWindow(self), self.segments, self.baseline, self.ledger):
             if callback is not None:
                 self.add_callback(callback)
         self.remove_callback(PrinterCallback)  # sft_exp.run.recorder prints one readable line per log instead
@@ -335,6 +341,9 @@ class SFTTrainer(AtomicCheckpoints, Trainer):
                 logs["loss"] = self.metrics["train"].window_loss(self.accelerator)
             logs.update(self.metrics["train"].compute_and_reset(self.accelerator, self.source_names))
             logs["num_tokens"] = self.num_tokens_seen()
+            if "train_loss" in logs:  # the end-of-training row: the whole run's figures, whatever stopped it
+                logs["train_loss"] = whole_run_loss(self.state.log_history)
+                self.segments.whole_run_log(logs, self.state.global_step)
             if self.nonfinite.skipped_steps:
                 logs["skipped_steps"] = self.nonfinite.skipped_steps
         super().log(logs, start_time)

@@ -57,7 +57,11 @@ def test_merge_passes_the_serving_check_and_writes_a_model_card(lora_run, capsys
     text = card.text
     assert info["data_fingerprint"] in text and "| demo | train |" in text and "| 48 | 48 | 0 |" in text
     before, after = summary["eval_heldout/truncated_before"], summary["eval_heldout/truncated"]
-    assert f"| eval_heldout/truncated | {before:.4g} | {after:.4g} |" in text
+    held_out = info["evaluations"]["eval set"]["source"]  # every score with its n and source
+    assert f"| eval_heldout/truncated | 8 prompts | `held-out rows ({held_out})` | {before:.4g} | {after:.4g} |" in text
+    assert f"| eval_loss | 8 rows | `{held_out}` |" in text
+    found = info["data_stats"]["contamination"]
+    assert f"{found['rows']} of 48 match (mode `report`)" in text and "| held-out rows |" in text
     assert f"transformers: {info['versions']['transformers']}" in text and "peft.r" not in text  # yaml, not dotted
     assert "```yaml" in text and "_target_: peft.LoraConfig" in text
     assert "Generation stops at token ids [2]" in text
