@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -331,7 +330,7 @@ def check_training_rows(settings, parts, eval_parts, eval_rows: list, chosen: li
                         against: list = (), cache_dir=None) -> Contamination:
     """The training rows (`chosen` of each source) against the run's evaluation texts: `eval_texts` (EvalTexts of
     the tasks, NotChecked for those unreadable), the held-out rows, the `against` files (against_groups)."""
-    options, started = settings.decontamination, time.monotonic()
+    options = settings.decontamination
     if options.mode == "off" and settings.deduplicate == "off":
         return Contamination("off", "off", None, {"mode": "off"}, "off")
     index = None
@@ -346,7 +345,6 @@ def check_training_rows(settings, parts, eval_parts, eval_rows: list, chosen: li
     rows = [_training_rows(part, part_chosen) for part, part_chosen in zip(parts, chosen)]
     found = _cached(_key(parts, columns, rows, index), cache_dir, lambda: _find(parts, columns, rows, index))
     stats = _stats(options, settings.deduplicate, parts, rows, found, index)
-    stats["seconds"] = round(time.monotonic() - started, 2)  # the check's own time (read from the cache: that)
     return Contamination(options.mode, settings.deduplicate, found, stats, index.digest() if index else "off")
 
 
