@@ -228,8 +228,7 @@ def _memory_one(path: Path, args) -> dict:
     found = data.stats["contamination"]
     return {"seconds": seconds, "cpu": cpu, "rows": data.stats["rows_read"], "train_rows": len(data.train),
             "max_rss": PeakMemory.max_rss(), "anon": memory.peak["RssAnon"], "file": memory.peak["RssFile"],
-            "found": found.get("rows"), "checked": found.get("rows_checked"), "duplicates": found.get("duplicates"),
-            "check_seconds": found.get("seconds")}  # fmt: skip
+            "found": found.get("rows"), "checked": found.get("rows_checked"), "duplicates": found.get("duplicates")}  # fmt: skip
 
 
 def _cpu_seconds() -> float:
@@ -287,9 +286,6 @@ def contamination_cost(n_rows: int, args) -> int:
     print(f"the check adds {100 * (median['on']['seconds'] / median['off']['seconds'] - 1):+.1f}% wall time, "
           f"{100 * (median['on']['cpu'] / median['off']['cpu'] - 1):+.1f}% CPU time, "
           f"{100 * (median['on']['max_rss'] / median['off']['max_rss'] - 1):+.1f}% peak RSS")
-    own = statistics.median(r["check_seconds"] for r in runs["on"])
-    print(f"the check itself (timed inside the run): {own:.1f} s of {median['on']['seconds']:.1f} s, "
-          f"{100 * own / median['on']['seconds']:.1f}% of data preparation")
     print(f"found: {found['found']} of {found['checked']:,} training rows match an eval text ({PLANTED} planted); "
           f"{found['duplicates']} exact duplicates")
     return 0 if found["found"] == PLANTED else 1
