@@ -38,6 +38,15 @@ class DataError(UserError):
     """A data source or row that cannot be used (names the file and row)."""
 
 
+class BadRow(Exception):
+    """A row that cannot be used; `reason` is the key it is counted under."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
 class TrainingInterrupted(Exception):
     """Training stopped on a signal after saving a checkpoint; the message says how to resume.
 

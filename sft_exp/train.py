@@ -30,15 +30,16 @@ def run(cfg: DictConfig) -> float:
     if relaunch.objective is not None:  # the folder holds this run, complete
         return relaunch.objective
     from transformers import set_seed  # torch loads here, after every check
-    from sft_exp import threads
-    threads.apply(n_threads)
+    from sft_exp import system
+    system.apply(n_threads)
 
     from sft_exp.run import distributed
     from sft_exp.run import folder as run_folder
     from sft_exp.models.adapters import parameter_counts, save_base_for_export, wrap_with_adapter
     from sft_exp.training.checkpoints import resolve_resume
     from sft_exp.data import describe, prepare_datasets
-    from sft_exp.models.stop_tokens import end_of_turn_stats
+    from sft_exp.data.statistics import end_of_turn_stats
+    from sft_exp.data.templates import end_of_turn_token
     from sft_exp.run import hub_push
     from sft_exp.run.model_card import save_serving_files
     from sft_exp.training.arguments import recorded
@@ -79,7 +80,7 @@ def run(cfg: DictConfig) -> float:
     for evaluator in evaluators:
         evaluator.use_heldout(data.heldout_examples)
     if is_main:
-        data.stats["end_of_turn"] = end_of_turn_stats(data.train, tokenizer, tokenizer.chat_template)
+        data.stats["end_of_turn"] = end_of_turn_stats(data.train, end_of_turn_token(tokenizer.chat_template, tokenizer))
         _write_run_files(cfg, run_dir, data, loggers, resume, evaluators, trained_with=trained_with)
     status, summary, trainer = "failed", {}, None
     try:
@@ -114,7 +115,7 @@ def _before_torch(cfg: DictConfig):
     """What is checked and decided in seconds, before torch loads (in one process): the config, the data
     settings, the CPU threads, the run folder (rank 0's, on every rank) and what this launch does with a run
     the folder already holds: continue it (the same settings) or stop and leave it as it was; never overwrite it."""
-    from sft_exp import threads
+    from sft_exp import system
     from sft_exp.run import distributed
     from sft_exp.run.relaunch import decide
 
@@ -125,7 +126,7 @@ def _before_torch(cfg: DictConfig):
     said = "" if on_demo_data(data_settings) else data_defaults(data_settings, cfg.trainer, hydra_job.overrides())
     if said:  # the defaults a user's data trains with, where TRL's differ
         log.info(said)
-    n_threads = threads.prepare(cfg.trainer.get("threads"))  # passive waiting: must precede torch's OpenMP
+    n_threads = system.prepare(cfg.trainer.get("threads"))  # passive waiting: must precede torch's OpenMP
     run_dir = distributed.shared_run_dir(Path(cfg.run_dir))
     run_dir.mkdir(parents=True, exist_ok=True)
     default_evals_off_demo(cfg, data_settings)  # before the config is compared with the folder's

@@ -105,22 +105,22 @@ def test_off_the_demo_the_default_evaluation_is_eval_loss_and_accuracy(tmp_path)
 
 
 def test_threads_follow_the_request_the_environment_or_the_free_cpus(monkeypatch):
-    from sft_exp import threads
+    from sft_exp import system
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    assert threads.choose_threads(3) == (3, "trainer.threads")
-    count, why = threads.choose_threads(None)
-    assert 1 <= count <= threads.usable_cpus() and "busy with other processes" in why
+    assert system.choose_threads(3) == (3, "trainer.threads")
+    count, why = system.choose_threads(None)
+    assert 1 <= count <= system.usable_cpus() and "busy with other processes" in why
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    assert threads.choose_threads(None) == (1, "OMP_NUM_THREADS")
+    assert system.choose_threads(None) == (1, "OMP_NUM_THREADS")
     monkeypatch.setenv("MKL_NUM_THREADS", "1")
     import os
 
     for busy, policy in ((1, "PASSIVE"), (0, None)):  # sleep on a shared machine; spin a while on an idle one
         monkeypatch.setenv("OMP_WAIT_POLICY", "unset")
         monkeypatch.delenv("OMP_WAIT_POLICY")  # restored (removed) after the test, as prepare sets it
-        monkeypatch.setattr(threads, "busy_cpus", lambda: busy)
-        threads.prepare(None)
+        monkeypatch.setattr(system, "busy_cpus", lambda: busy)
+        system.prepare(None)
         assert os.environ.get("OMP_WAIT_POLICY") == policy
 
 

@@ -10,7 +10,7 @@ import importlib
 
 _WHERE = {
     "DataSettings": "settings", "Source": "settings", "PreparedData": "prepare", "prepare_datasets": "prepare",
-    "SFTCollator": "collator", "collator_for": "collator", "describe": "summary",
+    "SFTCollator": "collator", "collator_for": "collator", "describe": "statistics",
 }  # fmt: skip
 __all__ = sorted(_WHERE)
 

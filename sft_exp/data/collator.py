@@ -17,6 +17,7 @@ import torch
 from sft_exp.constants import IGNORE_INDEX, SEPARATING_ATTENTION, VARLEN_ATTENTION
 from sft_exp.errors import ConfigError
 
+
 log = logging.getLogger(__name__)
 
 

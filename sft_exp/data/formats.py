@@ -1,27 +1,149 @@
-"""Dataset formats, each normalized to one of three internal forms.
+"""Dataset formats, each normalized to one of three internal forms, and nested column paths.
 
 - `Text`: language modeling, every token trained, EOS appended.
 - `PromptCompletion`: two strings; the completion (EOS appended) is what `completion_only_loss` trains.
 - `Conversation`: chat messages (+ tools) rendered by the chat template. `n_prompt` is set for
   conversational prompt-completion rows (and Alpaca): the first `n_prompt` messages are the prompt.
-  Messages come out as transformers' chat format: roles system/user/assistant/tool, tool calls as
-  structured `tool_calls` (tool_calls.py); other speaker names are mapped (SPEAKER_ROLES, or the
-  `*_tag` keys of a source's `columns`).
+  Messages come out as transformers' chat format: roles system/user/assistant/tool, tool calls
+  structured (below), other speaker names mapped (SPEAKER_ROLES, or the `*_tag` keys of `columns`).
 
-A row that cannot be normalized raises `BadRow` with a reason key (counted when rows are dropped).
+`FORMATS` is the one registry of formats (the settings' checks read it). A `columns` value may be a path
+into a row (`instances.0.output`), and `expand` turns a column holding a list of objects into one row
+per element. A row that cannot be normalized raises `BadRow` with a reason key (counted when dropped).
+
+What one message may carry. Tool calls: templates render a call with `tojson` (Qwen2.5, Llama 3.1, Mistral) and expect
+`{"type": "function", "function": {"name": str, "arguments": dict}}`: OpenAI's format carries
+`arguments` as a JSON *string*, which those templates would encode a second time. ShareGPT data in
+LLaMA-Factory's convention writes the call(s) as the JSON text of a `function_call` turn. Both become
+the structured form here; a bad one is a bad row (`bad_tool_call` / `bad_tools`).
+
+Per-message loss: a `weight` (float >= 0; 0 = not trained, 2 = its tokens count twice) and a `train`
+flag (`train: true` trains the message even when its role is not in `data.roles_to_train`); a source
+names other keys for them in `columns` (`weight_tag`, `train_tag`). They are taken off the messages
+here, so chat templates never see them; masks.py applies them with the run's settings.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import NamedTuple, Callable
 import functools
 import json
-from dataclasses import dataclass
-from typing import Callable, NamedTuple
+import math
 
-from sft_exp.data.nested import lookup, top_column
-from sft_exp.data.message_loss import MESSAGE_LOSS_TAGS, loss_keys, message_loss_weights
-from sft_exp.data.bad_row import BadRow  # noqa: F401 (the formats' error; re-exported)
-from sft_exp.data.tool_calls import legacy_function_call, structured_calls, structured_tools
-from sft_exp.errors import DataError, closest_name
+from sft_exp.errors import BadRow, DataError, closest_name
+
+
+def _json(value, where: str):
+    """`value` decoded if it is a JSON string, else as given."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{where} is not valid JSON ({err}): {value[:60]!r}") from None
+
+
+def structured_call(call, where: str) -> dict:
+    """One call, OpenAI-shaped (`{id?, type, function: {name, arguments}}`) or bare (`{name, arguments}`)."""
+    call = _json(call, where)
+    if not isinstance(call, dict):
+        raise ValueError(f"{where} is a {type(call).__name__}, not a {{name, arguments}} object")
+    function = call.get("function")
+    body = function if isinstance(function, dict) else call
+    name = body.get("name")
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{where} has no function 'name'")
+    # Llama 3.1 writes its calls with "parameters"; a call without either takes no arguments.
+    arguments = body.get("arguments", body.get("parameters"))
+    at = f"{where}.function.arguments" if body is function else f"{where}.arguments"
+    arguments = {} if arguments is None else _json(arguments, at)
+    if not isinstance(arguments, dict):
+        raise ValueError(f"{at} is a JSON {type(arguments).__name__}, not an object of named arguments")
+    structured = {"type": "function", "function": {"name": name, "arguments": arguments}}
+    if call.get("id") is not None:
+        structured["id"] = call["id"]
+    return structured
+
+
+def structured_calls(calls, where: str) -> list[dict]:
+    """A list of calls, a single call, or the JSON text of either (a `function_call` turn's content)."""
+    calls = _json(calls, where)
+    if isinstance(calls, dict):
+        return [structured_call(calls, where)]
+    if not isinstance(calls, list) or not calls:
+        raise ValueError(f"{where} must be a tool call object or a non-empty list of them")
+    return [structured_call(call, f"{where}[{i}]") for i, call in enumerate(calls)]
+
+
+def legacy_function_call(message: dict, where: str) -> dict:
+    """OpenAI's older `{"role": "assistant", "function_call": {name, arguments}}` as `tool_calls`."""
+    message = dict(message)
+    message["tool_calls"] = [structured_call(message.pop("function_call"), f"{where}.function_call")]
+    return message
+
+
+def structured_tools(tools: list) -> list:
+    """Bare function schemas (`{name, description, parameters}`, LLaMA-Factory's `tools`) wrapped as
+    `{"type": "function", "function": ...}`, which transformers, OpenAI clients and templates use."""
+    return [{"type": "function", "function": tool} if "name" in tool and "function" not in tool else tool for tool in tools]
+
+
+# `columns` keys naming the message keys that hold a message's weight and train flag.
+MESSAGE_LOSS_TAGS = ("weight_tag", "train_tag")
+
+
+class MessageLoss(NamedTuple):
+    weight: float | None  # None: the row sets none
+    train: bool | None
+    where: str  # e.g. messages[3], for errors
+
+
+def _keys(tags: tuple | None) -> tuple[str, str]:
+    tags = dict(tags or ())
+    return str(tags.get("weight_tag", "weight")), str(tags.get("train_tag", "train"))
+
+
+def loss_keys(turn: dict, tags: tuple | None) -> dict:
+    """The weight / train entries of a turn (ShareGPT turns are rebuilt key by key: keep these)."""
+    if not isinstance(turn, dict):
+        return {}
+    return {key: turn[key] for key in _keys(tags) if turn.get(key) is not None}
+
+
+def _bad(where: str, detail: str):
+
+    return BadRow("bad_weight", f"{where}: {detail}")
+
+
+def _weight(value, where: str, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise _bad(where, f"'{key}' is {value!r}; a message's weight must be a number >= 0 "
+                          "(0: not trained, 1: as usual, 2: counts twice)")
+    return float(value)
+
+
+def _train(value, where: str, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise _bad(where, f"'{key}' is {value!r}; a message's train flag must be true or false")
+    return value
+
+
+def message_loss_weights(messages: list[dict], tags: tuple | None, wheres: list[str] | None) -> list | None:
+    """Per message its MessageLoss, taking the keys off the messages; None when no message sets one."""
+    weight_key, train_key = _keys(tags)
+    if not any(weight_key in message or train_key in message for message in messages):
+        return None
+    wheres = wheres or [f"messages[{i}]" for i in range(len(messages))]
+    losses = []
+    for message, where in zip(messages, wheres):
+        weight, train = message.pop(weight_key, None), message.pop(train_key, None)
+        losses.append(MessageLoss(
+            None if weight is None else _weight(weight, where, weight_key),
+            None if train is None else _train(train, where, train_key),
+            where,
+        ))  # fmt: skip
+    return losses
+
 
 # Names inside the turns of a conversation, set in `columns` beside the columns (LLaMA-Factory's
 # dataset_info `tags`, same names): the keys holding speaker and text, and a speaker name of the
@@ -361,3 +483,42 @@ def _alpaca(row: dict) -> Conversation:
 @data_format("text", required=("text",))
 def _text(row: dict) -> Text:
     return Text(_string_field(row, "text"))
+
+
+def top_column(name: str, present) -> str:
+    """The file column a (possibly dotted) name reads: the name itself if the file has it, else its first part."""
+    return name if name in present or "." not in name else name.split(".", 1)[0]
+
+
+def lookup(row: dict, name: str):
+    """The value at `name` in `row`: a column, else a dotted path (numbers index lists); None when absent."""
+    if name in row or "." not in name:
+        return row.get(name)
+    value = row
+    for part in name.split("."):
+        if isinstance(value, dict):
+            value = value.get(part)
+        elif isinstance(value, list) and part.lstrip("-").isdigit() and -len(value) <= int(part) < len(value):
+            value = value[int(part)]
+        else:
+            return None
+    return value
+
+
+def expand_rows(batch: dict, column: str, raw_json_column: str) -> dict:
+    """A map batch with each row repeated once per element of its `column` list, that element in its place
+    (rows whose list is empty or missing are left out: they hold nothing to train)."""
+    out = {key: [] for key in batch}
+    size = len(next(iter(batch.values()))) if batch else 0
+    for i in range(size):
+        if raw_json_column in batch:
+            row = json.loads(batch[raw_json_column][i])
+            items = row.get(column) if isinstance(row, dict) else None
+            for item in items if isinstance(items, list) else []:
+                out[raw_json_column].append(json.dumps({**row, column: item}))
+            continue
+        items = batch[column][i]
+        for item in items if isinstance(items, list) else []:
+            for key in batch:
+                out[key].append(item if key == column else batch[key][i])
+    return out

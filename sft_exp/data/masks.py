@@ -16,17 +16,19 @@ from __future__ import annotations
 import functools
 import json
 
-from sft_exp.data.formats import BadRow, Conversation
+from sft_exp.data.formats import Conversation
+from sft_exp.errors import BadRow
 from sft_exp.data.templates import has_generation_markers, render_conversation
-from sft_exp.data.turn_policy import DEFAULT_POLICY, LossPolicy, Turn, has_reasoning, weighted_spans
+from sft_exp.data.turns import DEFAULT_POLICY, LossPolicy, Turn, has_reasoning, weighted_spans
 from sft_exp.errors import ConfigError
+
 
 Span = tuple[int, int]
 WeightedSpan = tuple[int, int, float]
 
 
 def _render(template: str, messages, tools, variables, **kwargs) -> tuple[str, list[Span]]:
-    from sft_exp.data.template_fit import mismatch
+    from sft_exp.data.templates import mismatch
 
     try:
         return render_conversation(template, messages, tools, variables, **kwargs)
@@ -210,7 +212,7 @@ def conversation_spans(
     policy: LossPolicy = DEFAULT_POLICY,
 ) -> tuple[str, list[WeightedSpan] | None]:
     """The rendered conversation and the weighted character spans to train (None: train every token)."""
-    from sft_exp.data.template_fit import check_calls_rendered, mismatch
+    from sft_exp.data.templates import check_calls_rendered, mismatch
 
     unfit = mismatch(template, conv.messages, conv.tools)  # its source never mentions tool calls, images, ...
     if unfit is not None:

@@ -8,10 +8,10 @@ In both, position_ids restart at 0 at every example start, and the label there i
 """
 from __future__ import annotations
 
-import hashlib
-import os
 from pathlib import Path
 from typing import Iterator
+import hashlib
+import os
 
 import datasets
 import numpy as np
@@ -20,7 +20,8 @@ import pyarrow.compute as pc
 
 from sft_exp.compat import dataset_fingerprint, row_indices
 from sft_exp.constants import IGNORE_INDEX
-from sft_exp.data.mapped_pages import release_arrow_pages
+from sft_exp.system import release_arrow_pages
+
 
 TOKEN_COLUMNS = ("input_ids", "labels", "position_ids", "source_ids", "loss_weights", "example_ids")
 

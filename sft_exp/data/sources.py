@@ -1,13 +1,19 @@
-"""Loading one `data.sources[]` entry with `datasets.load_dataset`: a local file or folder, or a hub id."""
+"""Loading one `data.sources[]` entry with `datasets.load_dataset`: a local file or folder, or a hub id.
+
+`datasets` loads on first use: the settings' checks (looks_local, source_name) need none of it.
+"""
 from __future__ import annotations
 
 import json
 from pathlib import Path
-
-import datasets
+from typing import TYPE_CHECKING
 
 from sft_exp.data.formats import RAW_JSON_COLUMN
 from sft_exp.errors import ConfigError, DataError
+
+if TYPE_CHECKING:  # datasets loads on first use: the settings' checks import this module
+    import datasets
+
 
 # File suffix -> datasets builder.
 BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".arrow": "arrow"}
@@ -49,6 +55,8 @@ def source_name(source) -> str:
 
 def _load_json_rows(path: Path) -> datasets.Dataset:
     """Rows Arrow cannot type as one table, kept as JSON strings so each row is checked on its own."""
+    import datasets
+
     text = path.read_text()
     if path.suffix == ".json" and text.lstrip().startswith("["):
         rows = json.loads(text)
@@ -76,6 +84,8 @@ def source_columns(dataset: datasets.Dataset) -> list[str]:
 
 
 def load_source(source, cache_dir: str | None = None) -> datasets.Dataset:
+    import datasets
+
     path = Path(source.path).expanduser()
     try:
         if looks_local(source.path) and path.is_file():
@@ -118,9 +128,9 @@ def _keep_columns(dataset: datasets.Dataset, source) -> datasets.Dataset:
 
 
 def _expanded(dataset: datasets.Dataset, source) -> datasets.Dataset:
-    """`expand`: one row per element of the list column (sft_exp.data.nested)."""
+    """`expand`: one row per element of the list column (sft_exp.data.formats)."""
     from sft_exp.data.formats import RAW_JSON_COLUMN
-    from sft_exp.data.nested import expand_rows
+    from sft_exp.data.formats import expand_rows
 
     if RAW_JSON_COLUMN not in dataset.column_names and source.expand not in dataset.column_names:
         raise DataError(f"{source_label(source)}: expand={source.expand!r} is not a column (it has "

@@ -1,19 +1,30 @@
-"""Chat templates: resolve `data.chat_template` to Jinja text, and render conversations with it.
+"""Chat templates: resolve `data.chat_template` to Jinja text, check it, render conversations with it,
+and find the token it ends an assistant turn with.
 
-Rendering goes through transformers' own `render_jinja_template`, so a conversation renders here
-byte for byte as `tokenizer.apply_chat_template(..., tokenize=False)` renders it at inference.
+Rendering goes through transformers' own `render_jinja_template` (imported on first render), so a
+conversation renders here byte for byte as `tokenizer.apply_chat_template(..., tokenize=False)` renders
+it at inference. A template's Jinja syntax is checked when the config is read (jinja2 only), and whether
+it can render what a row holds (tool calls, images, unusual roles) is a `template_mismatch` naming the
+built-in templates that can. The end-of-turn token is what generation stops at (models/stop_tokens.py).
 """
 from __future__ import annotations
 
 import functools
+import logging
 import re
 from pathlib import Path
+from typing import Optional
 
-from transformers.utils.chat_template_utils import render_jinja_template
+from jinja2 import nodes
+from jinja2.ext import Extension, loopcontrols
+import jinja2
 
 from sft_exp.compat import compile_jinja_template
-from sft_exp.data.template_syntax import check_template_syntax
+from sft_exp.errors import BadRow
 from sft_exp.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
 
 # ChatML with `{% generation %}` around what the assistant writes, its <|im_end|> included, so the
 # model learns to stop. Tool calls go inside the assistant turn; tool results get their own role.
@@ -127,6 +138,8 @@ _PROBES = (
 
 def _sentinels_agree(template: str, compiled) -> bool:
     """Whether sentinel rendering gives transformers' text and spans on the probe conversations."""
+    from transformers.utils.chat_template_utils import render_jinja_template  # (settings' checks need no transformers)
+
     variables = {"bos_token": "<s>", "eos_token": "</s>"}
     for messages in _PROBES:
         try:
@@ -206,6 +219,7 @@ def render_conversation(
     fast = _fast_render(template, messages, tools, variables, add_generation_prompt, with_generation_spans)
     if fast is not None:
         return fast
+    from transformers.utils.chat_template_utils import render_jinja_template
     rendered, spans = render_jinja_template(
         conversations=[messages],
         tools=tools,
@@ -215,3 +229,167 @@ def render_conversation(
         **variables,
     )
     return rendered[0], [tuple(span) for span in spans[0]] if with_generation_spans else []
+
+
+# What a template's source must mention to render a conversation feature.
+_NEEDS = {
+    "tool calls": ("tool_calls",),
+    "tool results (role tool)": ("tool",),
+    "a tools list": ("tools",),
+    "images": ("image",),
+}
+
+
+def features(messages: list, tools) -> list[str]:
+    """The features of a conversation a template must render, in _NEEDS's words (plus unusual roles)."""
+    found = []
+    if any(isinstance(m, dict) and m.get("tool_calls") for m in messages):
+        found.append("tool calls")
+    if any(isinstance(m, dict) and m.get("role") == "tool" for m in messages):
+        found.append("tool results (role tool)")
+    if tools:
+        found.append("a tools list")
+    if any(isinstance(m, dict) and isinstance(m.get("content"), list)
+           and any(isinstance(p, dict) and p.get("type") == "image" for p in m["content"]) for m in messages):
+        found.append("images")
+    roles = {m.get("role") for m in messages if isinstance(m, dict)} - {"system", "user", "assistant", "tool"}
+    found += [f"role {role}" for role in sorted(r for r in roles if r)]
+    return found
+
+
+def unsupported(template: str, wanted: list[str]) -> list[str]:
+    """The features in `wanted` that `template`'s source never mentions."""
+    missing = []
+    for feature in wanted:
+        needles = _NEEDS.get(feature) or (feature.removeprefix("role "),)
+        if not any(needle in template for needle in needles):
+            missing.append(feature)
+    return missing
+
+
+def templates_that_render(missing: list[str]) -> list[str]:
+
+    return [name for name, text in BUILTIN_TEMPLATES.items() if not unsupported(text, missing)]
+
+
+def mismatch(template: str, messages: list, tools, error: Exception | None = None) -> BadRow | None:
+    """A `template_mismatch` when the template cannot render one of the conversation's features, else None."""
+    missing = unsupported(template, features(messages, tools))
+    if not missing:
+        return None
+    able = templates_that_render(missing)
+    fix = (f"set data.chat_template to one that can ({', '.join(able)}: e.g. data.chat_template={able[0]}) "
+           "or to a .jinja file" if able else "set data.chat_template to a .jinja template that renders them")
+    why = f" (it raised: {error})" if error is not None else ""
+    return BadRow("template_mismatch", f"the chat template cannot render this row's {', '.join(missing)}{why}; "
+                                       f"the row is fine: {fix}")
+
+
+def check_calls_rendered(template: str, text: str, messages: list, tools) -> None:
+    """A template that renders without error but leaves the tool calls out would train answers without them."""
+    for message in messages:
+        for call in (message.get("tool_calls") or []) if isinstance(message, dict) else []:
+            name = (call.get("function") or call).get("name") if isinstance(call, dict) else None
+            if name and name not in text:
+                bad = mismatch(template, messages, tools) or BadRow(
+                    "template_mismatch", f"the chat template renders no trace of the tool call {name!r}; "
+                    "set data.chat_template=chatml (it renders <tool_call>) or a .jinja template that renders calls")
+                raise bad
+
+
+class _GenerationBlock(Extension):
+    """`{% generation %}...{% endgeneration %}`, parsed as transformers' own extension parses it."""
+
+    tags = {"generation"}
+
+    def parse(self, parser):
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+        return nodes.Scope(body).set_lineno(lineno)
+
+
+# The options transformers compiles chat templates with (chat_template_utils._compile_jinja_template).
+_ENVIRONMENT = jinja2.Environment(trim_blocks=True, lstrip_blocks=True, extensions=[_GenerationBlock, loopcontrols])
+
+
+def syntax_error(template: str) -> tuple[int, str] | None:
+    """(line, message) of the first Jinja syntax error in `template`; None when it parses."""
+    try:
+        _ENVIRONMENT.parse(template)
+    except jinja2.TemplateSyntaxError as err:
+        return err.lineno, err.message or "syntax error"
+    return None
+
+
+def describe_syntax_error(template: str, line: int, message: str) -> str:
+    """ "line 3 of the template: unexpected '}' in `{%- if x }}`" """
+    lines = template.splitlines()
+    text = lines[line - 1].strip() if 0 < line <= len(lines) else ""
+    shown = f" in `{text[:120]}`" if text else ""
+    return f"line {line} of the template: {message}{shown}"
+
+
+def check_template_syntax(template: str, where: str) -> None:
+    """ConfigError naming `where` (the setting or file the template came from) and the line that does not parse."""
+    error = syntax_error(template)
+    if error is not None:
+        raise ConfigError(f"{where}: the chat template is not valid Jinja, {describe_syntax_error(template, *error)}; "
+                          "fix the template")
+
+
+# The end of an assistant turn: what generation stops at (models/stop_tokens.py) and what data preparation
+# warns about when a template has none.
+_REPLY = "SFTEXPREPLY7"  # an answer no template rewrites; what follows it in the rendering ends the turn
+_TURN = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": _REPLY}]
+
+
+def _marker_tokens(tokenizer) -> dict:
+    """Added and special tokens (text -> id): the only tokens that can mark an end of turn."""
+    tokens = {t.content: i for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items()}
+    for text in getattr(tokenizer, "all_special_tokens", []):
+        token_id = tokenizer.convert_tokens_to_ids(text)
+        if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:
+            tokens.setdefault(text, token_id)
+    return tokens
+
+
+def end_of_turn_token(template: Optional[str], tokenizer) -> Optional[tuple]:
+    """(text, id) of the token that follows the assistant's content when `template` renders one turn.
+
+    None when nothing marks the end (the content is followed by plain text or nothing), the template
+    cannot render a user-assistant turn, or there is no template (plain text: the tokenizer's EOS).
+    """
+    if not template:
+        return None
+    try:
+        text, _ = render_conversation(template, _TURN, None, template_variables(tokenizer))
+    except Exception as err:  # a template that refuses this turn: no end of turn to find
+        log.debug("the chat template does not render a user/assistant turn: %s", err)
+        return None
+    at = text.rfind(_REPLY)
+    if at < 0:
+        return None
+    after = text[at + len(_REPLY):].lstrip(" \t")  # Llama-2 style templates put a space before EOS
+    candidates = [(t, i) for t, i in _marker_tokens(tokenizer).items() if t and after.startswith(t)]
+    return max(candidates, key=lambda item: len(item[0])) if candidates else None
+
+
+def template_name(setting: Optional[str], template: Optional[str], tokenizer=None) -> str:
+    """How a warning names the template: the data.chat_template setting, or the tokenizer's own."""
+    if setting and len(setting) < 200 and "\n" not in setting:
+        return f"data.chat_template={setting}"
+    if setting is None:
+        return f"the chat template of {getattr(tokenizer, 'name_or_path', None) or 'the tokenizer'} (data.chat_template=null)"
+    return f"data.chat_template ({(template or '')[:60]!r}...)"
+
+
+def warn_if_no_end_of_turn(template: Optional[str], tokenizer, setting: Optional[str]) -> None:
+    """Data preparation: a template with no end-of-turn token teaches no stop, and the saved model runs on."""
+    if template and end_of_turn_token(template, tokenizer) is None:
+        log.warning(
+            "%s ends an assistant turn with no special token (nothing special follows the assistant's content in "
+            "a one-turn user/assistant conversation), so the "
+            "model is not taught where to stop and the saved generation config can only stop at the tokenizer's "
+            "EOS %r; use a template that closes each turn with a token (e.g. data.chat_template=chatml)",
+            template_name(setting, template, tokenizer), tokenizer.eos_token,
+        )

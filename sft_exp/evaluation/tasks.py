@@ -141,8 +141,9 @@ def _file_source(settings: GenerationTaskSettings):
 
 def load_examples(name: str, settings: GenerationTaskSettings) -> List[dict]:
     """The task's prompts and references from its file (the first `limit`)."""
-    from sft_exp.data.formats import BadRow, column_map, detect_format, field_values, normalize_row
-    from sft_exp.data.heldout import as_example
+    from sft_exp.data.formats import column_map, detect_format, field_values, normalize_row
+    from sft_exp.errors import BadRow
+    from sft_exp.data.splits import as_example
     from sft_exp.data.sources import load_source, source_columns
 
     path = Path(settings.path).expanduser()

@@ -13,7 +13,7 @@ import itertools
 from pathlib import Path
 from typing import Iterator
 
-from sft_exp.data.contamination_index import HELD_OUT, EvalTexts, NotChecked
+from sft_exp.data.ngrams import HELD_OUT, EvalTexts, NotChecked
 from sft_exp.evaluation.tasks import HELDOUT, GenerationTask
 
 

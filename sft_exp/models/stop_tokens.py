@@ -12,72 +12,15 @@ import logging
 from typing import Iterable, List, Optional
 
 from sft_exp import compat
+from sft_exp.data.templates import end_of_turn_token
 
 log = logging.getLogger(__name__)
-
-_REPLY = "SFTEXPREPLY7"  # an answer no template rewrites; what follows it in the rendering ends the turn
-_TURN = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": _REPLY}]
-
 
 def as_ids(value) -> List[int]:
     """An eos_token_id field (None, an id or a list) as a list of ids."""
     if value is None:
         return []
     return [int(v) for v in value] if isinstance(value, (list, tuple)) else [int(value)]
-
-
-def _marker_tokens(tokenizer) -> dict:
-    """Added and special tokens (text -> id): the only tokens that can mark an end of turn."""
-    tokens = {t.content: i for i, t in getattr(tokenizer, "added_tokens_decoder", {}).items()}
-    for text in getattr(tokenizer, "all_special_tokens", []):
-        token_id = tokenizer.convert_tokens_to_ids(text)
-        if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:
-            tokens.setdefault(text, token_id)
-    return tokens
-
-
-def end_of_turn_token(template: Optional[str], tokenizer) -> Optional[tuple]:
-    """(text, id) of the token that follows the assistant's content when `template` renders one turn.
-
-    None when nothing marks the end (the content is followed by plain text or nothing), the template
-    cannot render a user-assistant turn, or there is no template (plain text: the tokenizer's EOS).
-    """
-    if not template:
-        return None
-    from sft_exp.data.templates import render_conversation, template_variables  # (data imports this module)
-
-    try:
-        text, _ = render_conversation(template, _TURN, None, template_variables(tokenizer))
-    except Exception as err:  # a template that refuses this turn: no end of turn to find
-        log.debug("the chat template does not render a user/assistant turn: %s", err)
-        return None
-    at = text.rfind(_REPLY)
-    if at < 0:
-        return None
-    after = text[at + len(_REPLY):].lstrip(" \t")  # Llama-2 style templates put a space before EOS
-    candidates = [(t, i) for t, i in _marker_tokens(tokenizer).items() if t and after.startswith(t)]
-    return max(candidates, key=lambda item: len(item[0])) if candidates else None
-
-
-def template_name(setting: Optional[str], template: Optional[str], tokenizer=None) -> str:
-    """How a warning names the template: the data.chat_template setting, or the tokenizer's own."""
-    if setting and len(setting) < 200 and "\n" not in setting:
-        return f"data.chat_template={setting}"
-    if setting is None:
-        return f"the chat template of {getattr(tokenizer, 'name_or_path', None) or 'the tokenizer'} (data.chat_template=null)"
-    return f"data.chat_template ({(template or '')[:60]!r}...)"
-
-
-def warn_if_no_end_of_turn(template: Optional[str], tokenizer, setting: Optional[str]) -> None:
-    """Data preparation: a template with no end-of-turn token teaches no stop, and the saved model runs on."""
-    if template and end_of_turn_token(template, tokenizer) is None:
-        log.warning(
-            "%s ends an assistant turn with no special token (nothing special follows the assistant's content in "
-            "a one-turn user/assistant conversation), so the "
-            "model is not taught where to stop and the saved generation config can only stop at the tokenizer's "
-            "EOS %r; use a template that closes each turn with a token (e.g. data.chat_template=chatml)",
-            template_name(setting, template, tokenizer), tokenizer.eos_token,
-        )
 
 
 def stop_ids(own: Iterable[int], tokenizer, template: Optional[str]) -> List[int]:
@@ -111,31 +54,6 @@ def set_generation_stops(model, tokenizer, template: Optional[str], *, own_confi
 def generation_stop_ids(model) -> List[int]:
     """The eos_token_id list of a model's generation config."""
     return as_ids(getattr(getattr(model, "generation_config", None), "eos_token_id", None))
-
-
-def end_of_turn_stats(train, tokenizer, template: Optional[str]) -> dict:
-    """The end-of-turn token and how much of the training signal it is: {token, id, trained, supervised, share}.
-
-    `trained`: training targets equal to it; `supervised`: every training target (labels != -100, the
-    first token of an example excluded). share 0 means the model was never taught to stop there.
-    """
-    import numpy as np
-    import pyarrow.compute as pc
-
-    from sft_exp.constants import IGNORE_INDEX
-    from sft_exp.data.scan import record_batches
-
-    end = end_of_turn_token(template, tokenizer)
-    if end is None:
-        return {"token": None, "id": None, "trained": 0, "supervised": None, "share": None}
-    trained = supervised = 0
-    for batch in record_batches(train, ["labels", "position_ids"]):
-        labels, positions = (pc.list_flatten(batch.column(name)).to_numpy() for name in ("labels", "position_ids"))
-        targets = (labels != IGNORE_INDEX) & (positions != 0)
-        supervised += int(targets.sum())
-        trained += int(np.count_nonzero(labels[targets] == end[1]))
-    return {"token": end[0], "id": end[1], "trained": trained, "supervised": supervised,
-            "share": round(trained / supervised, 6) if supervised else 0.0}
 
 
 def save_generation_config(model, folder) -> None:

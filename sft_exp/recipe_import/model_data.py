@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sft_exp.data.template_syntax import describe_syntax_error, syntax_error
+from sft_exp.data.templates import describe_syntax_error, syntax_error
 from sft_exp.recipe_import.read import RecipeError
 from sft_exp.recipe_import.rows import GROUP, Recipe, Row, Setting
 

@@ -22,7 +22,7 @@ TOOLS = {
 
 def run_tool(name: str, argv: list[str] | None = None) -> int:
     """Run tool `name` with its arguments; returns its exit code."""
-    from sft_exp import threads
+    from sft_exp import system
 
-    threads.prepare(None)  # before torch loads (a tool imports it lazily): OMP_NUM_THREADS, passive waiting
+    system.prepare(None)  # before torch loads (a tool imports it lazily): OMP_NUM_THREADS, passive waiting
     return importlib.import_module(TOOLS[name]).main(argv)

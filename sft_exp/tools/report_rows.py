@@ -71,7 +71,7 @@ def last_window(summary: dict, rows: list) -> dict:
 
 def contamination_cells(info: dict) -> dict:
     """contaminated_rows (a number) and contamination (per eval group) from run_info.json."""
-    from sft_exp.data.summary import summary_counts
+    from sft_exp.data.statistics import summary_counts
 
     found = (info.get("data_stats") or {}).get("contamination")
     if not found:

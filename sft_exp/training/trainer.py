@@ -39,7 +39,7 @@ class SFTTrainingArguments(TrainingArguments):
     # Router load-balancing loss coefficient for MoE models (None: the model config's own).
     router_aux_loss_coef: Optional[float] = field(default=None)
     # CPU threads for torch. None: the CPUs this process may use minus those busy at start (at least 1),
-    # waiting passively (sft_exp.threads): a busy core then costs a share, not the whole run.
+    # waiting passively (sft_exp.system): a busy core then costs a share, not the whole run.
     threads: Optional[int] = field(default=None)
     # Write <run>/examples.parquet: each example's loss and token accuracy per epoch and evaluation step
     # (data maps). Off by default: it costs a little every step (the README has the figures).

@@ -7,7 +7,7 @@ import shutil
 import pytest
 from builders import conversation, make_word_tokenizer, settings, write_jsonl
 
-import sft_exp.data.fingerprint as fingerprint
+import sft_exp.data.cache as fingerprint
 import sft_exp.data.prepare as prepare
 from sft_exp.data import prepare_datasets
 

@@ -11,8 +11,8 @@ from builders import conversation, settings, write_jsonl
 from transformers import AutoTokenizer
 
 from sft_exp.data import DataSettings, Source, describe, prepare_datasets
-from sft_exp.data.heldout import MAX_HELDOUT_EXAMPLES
-from sft_exp.data.mixture import held_out_count
+from sft_exp.data.splits import MAX_HELDOUT_EXAMPLES
+from sft_exp.data.splits import held_out_count
 from sft_exp.data.templates import CHATML
 from sft_exp.errors import ConfigError
 from sft_exp.paths import asset_path
@@ -117,12 +117,12 @@ def test_a_source_without_eval_path_is_split_beside_one_with_it(word_tokenizer, 
 
 def test_heldout_examples_are_capped_evenly_and_the_cap_is_counted(word_tokenizer, tmp_path, monkeypatch):
     assert MAX_HELDOUT_EXAMPLES == 1000
-    monkeypatch.setattr("sft_exp.data.heldout.MAX_HELDOUT_EXAMPLES", 7)
+    monkeypatch.setattr("sft_exp.data.splits.MAX_HELDOUT_EXAMPLES", 7)
     user = write_jsonl(tmp_path / "chat.jsonl", _user_rows(60))
     data = prepare_datasets(settings(sources=[str(user)], eval_split_size=0.5, chat_template="chatml"), word_tokenizer)
     assert len(data.eval) == 30 and len(data.heldout_examples) == 7
     assert data.stats["heldout_examples"] == {"rows": 30, "examples": 7, "without_prompt": 0, "left_out_by_cap": 23}
-    monkeypatch.setattr("sft_exp.data.heldout.MAX_HELDOUT_EXAMPLES", 1000)
+    monkeypatch.setattr("sft_exp.data.splits.MAX_HELDOUT_EXAMPLES", 1000)
     every = prepare_datasets(settings(sources=[str(user)], eval_split_size=0.5, chat_template="chatml"), word_tokenizer)
     assert len(every.heldout_examples) == 30
     picked = [every.heldout_examples.index(example) for example in data.heldout_examples]

@@ -13,11 +13,11 @@ import pytest
 from builders import REPO_ROOT, conversation, settings, write_jsonl
 
 from sft_exp.data import DataSettings, prepare_datasets
-from sft_exp.data.fingerprint import TokenDigest, token_digest
-from sft_exp.data.mapped_pages import release_arrow_pages
+from sft_exp.data.cache import TokenDigest, token_digest
+from sft_exp.system import release_arrow_pages
 from sft_exp.data import packing
 from sft_exp.data.packing import pack_bfd, pack_wrapped, token_table
-from sft_exp.data.scan import record_batches, scan_encoded
+from sft_exp.data.cache import record_batches, scan_encoded
 from sft_exp.data.statistics import token_counts
 from sft_exp.errors import ConfigError
 

@@ -8,7 +8,7 @@ import pytest
 from builders import conversation, settings, write_jsonl
 
 from sft_exp.data import prepare_datasets
-from sft_exp.data.mixture import split_counts, weighted_rows
+from sft_exp.data.splits import split_counts, weighted_rows
 
 
 def _sources(tmp_path, sizes: dict[str, int]) -> list[dict]:
@@ -117,7 +117,7 @@ def test_the_examples_of_one_source_row_are_held_out_together():
     conversation with a prefix in training would be a leak); one example per row draws as before."""
     import numpy as np
 
-    from sft_exp.data.mixture import split_by_source_row, split_rows
+    from sft_exp.data.splits import split_by_source_row, split_rows
 
     kept = np.array([0, 0, 1, 2, 2, 2, 3, 4, 5, 5])
     for seed in range(20):

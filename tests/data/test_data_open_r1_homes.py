@@ -7,7 +7,7 @@ import pytest
 from builders import conversation, settings, write_jsonl
 
 from sft_exp.data import prepare_datasets
-from sft_exp.data.summary import describe_eval
+from sft_exp.data.statistics import describe_eval
 from sft_exp.errors import ConfigError, DataError
 from tests.conftest import compose
 

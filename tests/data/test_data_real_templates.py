@@ -17,7 +17,8 @@ import pytest
 from builders import conversation, trained_runs
 
 from sft_exp.data.encoding import EncodeSpec, encode_batch
-from sft_exp.data.formats import BadRow, Conversation
+from sft_exp.data.formats import Conversation
+from sft_exp.errors import BadRow
 from sft_exp.data.masks import conversation_spans
 from sft_exp.data.templates import CHATML, template_variables
 

@@ -10,7 +10,7 @@ from builders import conversation, make_word_tokenizer, settings, write_jsonl
 
 from sft_exp.constants import IGNORE_INDEX
 from sft_exp.data import prepare_datasets
-from sft_exp.data.summary import describe
+from sft_exp.data.statistics import describe
 
 QWEN3 = json.loads((Path(__file__).resolve().parents[1] / "assets/chat_templates/qwen3_tokenizer_config.json")
                    .read_text())["chat_template"]

@@ -12,7 +12,8 @@ import pytest
 from builders import settings, write_jsonl
 
 from sft_exp.data import prepare_datasets
-from sft_exp.data.formats import BadRow, column_map, field_values, normalize_row
+from sft_exp.data.formats import column_map, field_values, normalize_row
+from sft_exp.errors import BadRow
 from sft_exp.errors import ConfigError, DataError
 
 # Qwen2.5's tool-call layout, cut down (no generation markers: masks come from prefix renders).

@@ -3,14 +3,25 @@
 Per run (`data.*`): `roles_to_train` (default assistant), `train_on_eot` (all | turn | last | none:
 whose end-of-turn tokens are trained), `last_turn_only` (only the last trained turn teaches,
 LLaMA-Factory's mask_history), `train_reasoning` (an assistant turn's reasoning trained or masked).
-Per message (message_loss.py): `weight` and `train`. The result is weighted character spans
+Per message (messages.py): `weight` and `train`. The result is weighted character spans
 (start, end, weight); the loss divides by the summed weights of its tokens.
+
+Templates that drop earlier turns' reasoning (Qwen3 renders the thinking of assistant turns after the
+last user message only): rendered whole, such a conversation shows an earlier turn without its reasoning,
+so the whole-conversation example masks it, and with `data.split_reasoning_turns=true` (the default) each
+such turn also gets an example of its own (the conversation up to that turn, only that turn supervised).
+Whether a turn is dropped is found by rendering, never by the template's name.
 """
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple
+import re
+
+from sft_exp.data.formats import Conversation
+from sft_exp.data.formats import MessageLoss
+from sft_exp.data.templates import render_conversation
+
 
 EOT_POLICIES = ("all", "turn", "last", "none")
 TRAINABLE_ROLES = ("system", "user", "assistant", "tool")
@@ -42,7 +53,7 @@ class Turn(NamedTuple):
 
 
 def _bad(reason: str, detail: str):
-    from sft_exp.data.formats import BadRow
+    from sft_exp.errors import BadRow
 
     return BadRow(reason, detail)
 
@@ -156,3 +167,46 @@ def _merged(spans: list[tuple[int, int, float]]) -> list[tuple[int, int, float]]
         else:
             out.append(span)
     return out
+
+
+def _dropped(full: str, upto: str, reasoning: str) -> bool:
+    """Whether the whole conversation renders the turn differently, through its reasoning, than the
+    conversation up to the turn does (the rendering the model sees when it writes it)."""
+    found = upto.find(reasoning)
+    if found < 0:
+        return False  # the template renders no reasoning even at the turn: today's rules apply (masks.py)
+    through = found + len(reasoning)
+    return full[:through] != upto[:through]
+
+
+def dropped_reasoning_turns(conv: Conversation, full: str, template: str, variables: dict, policy: LossPolicy,
+                            completion_only: bool) -> list[int]:
+    """Indices of the trained assistant turns with reasoning that `full` (the whole render) does not show as at their turn."""
+    weights = message_weights(conv, policy)
+    first = conv.n_prompt if completion_only and conv.n_prompt is not None else 0
+    last = len(conv.messages) - 1
+    turns = []
+    for i, message in enumerate(conv.messages):
+        if message["role"] != "assistant" or i < first or i == last or weights[i] <= 0:
+            continue
+        reasoning = reasoning_text(message)
+        if not reasoning:
+            continue
+        upto, _ = render_conversation(template, conv.messages[: i + 1], conv.tools, variables)
+        if _dropped(full, upto, reasoning):
+            turns.append(i)
+    return turns
+
+
+def turn_example(conv: Conversation, index: int, policy: LossPolicy) -> tuple[Conversation, LossPolicy]:
+    """The conversation through message `index`, with only that message supervised (its own weight kept)."""
+    losses = conv.message_losses or [None] * len(conv.messages)
+    own = losses[index] or MessageLoss(None, None, f"messages[{index}]")
+    kept = [
+        own if i == index else MessageLoss(None, False, loss.where if loss else f"messages[{i}]")
+        for i, loss in enumerate(losses[: index + 1])
+    ]
+    # Other turns' end of turn is not this example's to train: `all` and `last` come down to the turn's own.
+    eot = "none" if policy.train_on_eot == "none" else "turn"
+    n_prompt = conv.n_prompt if conv.n_prompt is not None and conv.n_prompt <= index else None
+    return Conversation(conv.messages[: index + 1], conv.tools, n_prompt, kept), replace(policy, train_on_eot=eot)
