@@ -1,5 +1,5 @@
 """Task evaluation: generate from prompts, score the outputs, compare before and after training."""
-from sft_exp.evaluation.callback import Evaluator, TaskEvaluation
+from sft_exp.evaluation.evaluator import Evaluator, TaskEvaluation
 from sft_exp.evaluation.scorers import (SCORERS, ExactMatch, MathVerify, NumericAnswer, RegexMatch, build_scorer,
                                         exact_match, pass_at_k, substring, token_f1)
 from sft_exp.evaluation.tasks import TASK_TYPES, GenerationTaskSettings, build_tasks

@@ -81,7 +81,7 @@ def evaluate_saved(target: Path, overrides: list, out: Optional[Path] = None, pr
                    run: Optional[Path] = None) -> dict:
     """`run`: the run whose tasks and held-out rows score `target` (default: the run folder `target` is in)."""
     from sft_exp.evaluation import TaskEvaluation
-    from sft_exp.evaluation.callback import HELDOUT_FILE
+    from sft_exp.evaluation.evaluator import HELDOUT_FILE
     from sft_exp.evaluation.tasks import HELDOUT
 
     found, model_path = find_model(target)
