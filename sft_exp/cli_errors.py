@@ -16,6 +16,10 @@ _OBJECT_TYPE = re.compile(r"object_type=(\w+)")
 
 def explain(error: BaseException, overrides: list[str] | None = None) -> str:
     """A readable one-paragraph message for an error Hydra raised while composing the config."""
+    merged = next(filter(None, (merged_key_message(o.lstrip("+~").split("=", 1)[0], overrides or [])
+                                for o in overrides or [])), None)
+    if merged:  # evaluators=none: whatever Hydra says about a group that is gone, the answer is its new name
+        return merged
     text = "\n".join(str(e) for e in (error, error.__cause__) if e is not None)
     split = split_by_the_shell(text, overrides or [])
     if split:
@@ -84,11 +88,45 @@ def split_by_the_shell(text: str, overrides: list[str]) -> str | None:
             f"quote the whole override: '{key}=[{{{fields}}}]'")
 
 
+# Top-level keys and groups that became part of another: the old name -> (the new one, what changed). An
+# override of the old name is answered with the same override under the new one.
+MERGED_KEYS = {
+    "evaluators": ("evals", "the `evaluators` group is part of `evals` now: an entry of `evals` with a `_target_` "
+                            "is an evaluator of your own, every other entry a task"),
+}
+
+
+def merged_key_message(path: str, overrides: list[str]) -> str | None:
+    """`evaluators=none`, `+evaluators.mine._target_=...` (a key of MERGED_KEYS, or under one): the same
+    overrides under the new name, e.g. evals=none, +evals.mine._target_=..."""
+    old = path.split(".", 1)[0]
+    if old not in MERGED_KEYS:
+        return None
+    new, why = MERGED_KEYS[old]
+    typed = [o for o in overrides if o.lstrip("+~").split("=", 1)[0].split(".", 1)[0] == old] or [path]
+    fixes = []
+    for override in typed:
+        deleted, rest = override.startswith("~"), override.lstrip("+~")[len(old):]
+        if rest == "=default":  # the old default scored the tasks of `evals`, as every run does now
+            fixes.append(f"leave {override} out")
+            continue
+        if rest.startswith("."):  # a new entry of `evals` is added with a `+`
+            instead = f"{'~' if deleted else '+'}{new}{rest}"
+        else:  # a choice of the old group, or ~evaluators (nothing scored)
+            instead = f"{new}=none" if deleted or not rest else f"{new}{rest}"
+        fixes.append(f"use {instead} instead of {override}")
+    return f"{old}: {why}; {'; '.join(fixes)}."
+
+
 def moved_key(path: str, overrides: list[str]) -> str | None:
     """A TRL name typed under `trainer.` that lives elsewhere in sft_exp (trainer.learning_rate -> optimizer.lr),
-    or a TrainingArguments field sft_exp passes through (+trainer.extra_args.<name>): where it goes."""
+    or a TrainingArguments field sft_exp passes through (+trainer.extra_args.<name>): where it goes; or a
+    key of a group merged into another (MERGED_KEYS: evaluators -> evals)."""
     from sft_exp.training.arguments import home, moved_key_message
 
+    merged = merged_key_message(path, overrides)
+    if merged:
+        return merged
     value = next((o.split("=", 1)[1] for o in overrides if o.lstrip("+~").split("=", 1)[0] == path), "<value>")
     name = path.rpartition(".")[2]
     if not path.startswith("trainer.") or path.count(".") != 1:
@@ -172,4 +210,4 @@ def install_for_hydra_main() -> None:
 
 
 def _command_line_overrides() -> list[str]:
-    return [arg for arg in sys.argv[1:] if "=" in arg and not arg.startswith("-")]
+    return [arg for arg in sys.argv[1:] if ("=" in arg or arg.startswith("~")) and not arg.startswith("-")]

@@ -167,11 +167,11 @@ class SFTConfig:
     peft: Any = None
     distributed: Any = field(default_factory=DistributedConfig)
     # Dicts of `_target_`s, several at once: logger=[wandb,tensorboard]; callbacks (run recorder, stop on
-    # signal, trial pruning, yours: +callbacks.mine._target_=pkg.MyCallback); evals=[heldout,gsm8k].
+    # signal, trial pruning, yours: +callbacks.mine._target_=pkg.MyCallback).
     logger: Dict[str, Any] = field(default_factory=dict)
     callbacks: Dict[str, Any] = field(default_factory=dict)
-    # Dict of `_target_`s the trainer asks for scores whenever it evaluates (SFTTrainer's `evaluators`).
-    evaluators: Dict[str, Any] = field(default_factory=dict)
+    # What the trainer scores whenever it evaluates: tasks (evals=[heldout,gsm8k]) and, as entries with a
+    # top-level `_target_`, evaluators of your own (+evals.mine._target_=pkg.MyEvaluator); evals=none: neither.
     evals: Dict[str, Any] = field(default_factory=dict)
     # true: continue from the latest complete checkpoint of this run folder; or a checkpoint path.
     resume_from_checkpoint: Optional[Any] = None

@@ -52,13 +52,18 @@ def validate_config(cfg: DictConfig) -> None:
 
 def check_known_keys(cfg: DictConfig) -> None:
     """A key added with `+` (Hydra's advice for a misspelled one) to a component with a schema: refused
-    here with "did you mean", not by the component's constructor after data and model load."""
+    here with "did you mean", not by the component's constructor after data and model load; a group that
+    became part of another (cli_errors.MERGED_KEYS), named with its new name."""
     import dataclasses
 
-    from sft_exp.cli_errors import moved_key
+    from sft_exp.cli_errors import MERGED_KEYS, moved_key
     from sft_exp.errors import unknown_key_message
+    from sft_exp.run import hydra_job
     from sft_exp.training.arguments import shown
 
+    for key in cfg.keys():  # `+evaluators.mine._target_=...` composes (a new top-level key): answered here
+        if key in MERGED_KEYS:
+            raise ConfigError(moved_key(str(key), hydra_job.overrides() or [f"+{key}={shown(plain(cfg[key]))}"]))
     for group in ("model", "data", "trainer", "loss", "memory", "optimizer", "peft", "distributed"):
         node = cfg.get(group)
         schema = OmegaConf.get_type(node) if isinstance(node, DictConfig) else None

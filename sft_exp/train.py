@@ -44,6 +44,7 @@ def run(cfg: DictConfig) -> float:
     from sft_exp.run.model_card import save_serving_files
     from sft_exp.training.arguments import recorded
     from sft_exp.run import sequence_parallel
+    from sft_exp.evaluation import build_evaluators
 
     resume = resolve_resume(relaunch.resume_from or cfg.resume_from_checkpoint, run_dir)  # a missing one fails here
     done = _already_trained(resume, cfg, run_dir)
@@ -61,7 +62,7 @@ def run(cfg: DictConfig) -> float:
     peft_config = instantiate(cfg.peft, _convert_="all") if cfg.peft else None
     loggers = _instantiate_each(cfg.logger) if is_main else []  # rank 0 alone logs
     callbacks = _instantiate_each(cfg.callbacks)
-    evaluators = _instantiate_each(cfg.evaluators)  # task evaluation: tasks built and checked here
+    evaluators = build_evaluators(cfg.evals, run_dir / "evals")  # tasks built and checked here, then yours
     model_loader = instantiate(cfg.model, _convert_="all")
     trainer_factory = instantiate(cfg.trainer, _convert_="all")  # a _partial_ of SFTTrainer
     tokenizer, attention = model_loader.load_tokenizer(), model_loader.attn_implementation

@@ -11,7 +11,8 @@ go to <out>/<task>/step-<N>.jsonl (N: the run's last step, else 0) with the scor
 A run folder gives the model (<run>/model, a full model or a LoRA adapter), its tokenizer and chat
 template, its tasks and its held-out rows. `evals=<option>[,...]` picks tasks from conf/evals instead;
 `evals.<task>.<key>=value` changes one setting. An adapter's base is its adapter_config's
-base_model_name_or_path, else the run's base_model/ folder.
+base_model_name_or_path, else the run's base_model/ folder. Only tasks run here: an entry of `evals` with a
+`_target_` (an evaluator of your own) is left out, named in the log.
 """
 from __future__ import annotations
 
@@ -66,14 +67,24 @@ def task_config(run: Optional[SavedRun], overrides: list) -> dict:
         dotlist = [o.lstrip("+").split(".", 1)[1] for o in settings]
         evals = OmegaConf.merge(OmegaConf.create(OmegaConf.to_container(cfg.get("evals") or {})),
                                 OmegaConf.from_dotlist(dotlist))
-        return OmegaConf.to_container(evals, resolve=True) or {}
+        return _tasks_alone(evals)
     if run is None:
         raise ConfigError("a model folder has no tasks of its own: choose some, e.g. evals=gsm8k evals.gsm8k.path=...")
     evals = run.config.get("evals") or OmegaConf.create({})
     evals = OmegaConf.merge(evals, OmegaConf.from_dotlist([o.lstrip("+").split(".", 1)[1] for o in settings]))
-    tasks = OmegaConf.to_container(evals, resolve=True)
+    tasks = _tasks_alone(evals)
     if not tasks:
         raise ConfigError(f"{run.path} ran without task evaluation (evals=none); choose tasks, e.g. evals=heldout")
+    return tasks
+
+
+def _tasks_alone(evals) -> dict:
+    """The tasks of an `evals` config; its evaluators of your own (a `_target_`) are left out, named in the log."""
+    from sft_exp.evaluation.evaluator import split_evals
+
+    tasks, own = split_evals(evals)
+    if own:
+        log.info("not run here (evaluators of your own, not tasks): %s", ", ".join(f"evals.{name}" for name in own))
     return tasks
 
 
@@ -81,7 +92,7 @@ def evaluate_saved(target: Path, overrides: list, out: Optional[Path] = None, pr
                    run: Optional[Path] = None) -> dict:
     """`run`: the run whose tasks and held-out rows score `target` (default: the run folder `target` is in)."""
     from sft_exp.evaluation import TaskEvaluation
-    from sft_exp.evaluation.callback import HELDOUT_FILE
+    from sft_exp.evaluation.evaluator import HELDOUT_FILE
     from sft_exp.evaluation.tasks import HELDOUT
 
     found, model_path = find_model(target)

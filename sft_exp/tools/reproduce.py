@@ -38,12 +38,24 @@ def load_run_config(run: Path) -> dict:
     from sft_exp.tools.saved_run import SavedRun
 
     config = OmegaConf.to_container(SavedRun.open(run).config, resolve=False)
+    _evaluators_into_evals(config)
     old_run_dir = config.pop("run_dir", None)  # the new run writes to its own folder
     config["resume_from_checkpoint"] = None  # a reproduction starts from step 0
     for callback in (config.get("callbacks") or {}).values():
         if isinstance(callback, dict) and "resume" in callback:
             callback["resume"] = "${resume_from_checkpoint}"
     return _relocate(config, str(old_run_dir)) if old_run_dir else config
+
+
+def _evaluators_into_evals(config: dict) -> None:
+    """A run saved while `evaluators` was a group of its own (its task_evaluation scored `evals`; evaluators=none
+    scored nothing): the same evaluations in `evals`, where evaluators of your own are entries with a `_target_`."""
+    if "evaluators" not in config:
+        return
+    evaluators = {name: spec for name, spec in (config.pop("evaluators") or {}).items() if spec is not None}
+    scored_tasks = any(spec.get("_target_") == "sft_exp.evaluation.TaskEvaluation" for spec in evaluators.values())
+    own = {name: spec for name, spec in evaluators.items() if spec.get("_target_") != "sft_exp.evaluation.TaskEvaluation"}
+    config["evals"] = {**((config.get("evals") or {}) if scored_tasks else {}), **own}
 
 
 def _relocate(value, old_run_dir: str):

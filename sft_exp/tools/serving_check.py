@@ -69,11 +69,12 @@ def check_folder(run_dir: Path, folder: Path, scratch: Path) -> List[Check]:
 def _task_scores(run_dir: Path, folder: Path, scratch: Path) -> List[Check]:
     from omegaconf import OmegaConf
 
+    from sft_exp.evaluation.evaluator import split_evals
     from sft_exp.tools.evaluate import evaluate_saved
     from sft_exp.tools.saved_run import SavedRun
 
-    evals = OmegaConf.select(SavedRun.open(run_dir).config, "evals")
-    if not evals:
+    tasks, _ = split_evals(OmegaConf.select(SavedRun.open(run_dir).config, "evals"))  # evaluators of yours: not re-run
+    if not tasks:
         return [Check("task scores", "the run's evals", "the run has none (evals=none): not re-run", True)]
     logged = read_json(run_dir / "summary.json")
     scores = evaluate_saved(folder, [], out=scratch, print_examples=0, run=run_dir)["scores"]

@@ -16,7 +16,7 @@ from transformers import PrinterCallback, Trainer, TrainingArguments
 
 from sft_exp.compat import set_loss_shifts_labels
 from sft_exp.errors import ConfigError
-from sft_exp.evaluation.callback import Evaluator
+from sft_exp.evaluation.evaluator import Evaluator
 from sft_exp.run import distributed, sequence_parallel
 from sft_exp.loggers.base import Logger
 from sft_exp.training.checkpoints import AtomicCheckpoints, SavesAsAsked

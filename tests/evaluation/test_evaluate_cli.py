@@ -75,3 +75,13 @@ def test_bad_command_lines_are_one_clear_error(tmp_path, tokenizer, capsys, args
     args = [a.format(tmp=tmp_path, run=run, model=tmp_path / "model") for a in args]
     assert main(args) == 2
     assert message in capsys.readouterr().err
+
+
+def test_an_evaluator_of_your_own_is_not_a_task_to_score_here(caplog):
+    """An entry of `evals` with a `_target_` is the run's own evaluator: evaluate runs the tasks alone."""
+    from sft_exp.tools.evaluate import task_config
+
+    with caplog.at_level("INFO", logger="sft_exp.tools.evaluate"):
+        tasks = task_config(None, ["evals=heldout", "+evals.mine._target_=my_package.MyEvaluator"])
+    assert list(tasks) == ["heldout"]
+    assert "evals.mine" in caplog.text

@@ -1,4 +1,4 @@
-"""Batched generation and the TaskEvaluation callback on a real tiny model: same outputs as one prompt
+"""Batched generation and the TaskEvaluation evaluator on a real tiny model: same outputs as one prompt
 at a time, stop strings, truncation counted, per-example jsonl, errors naming task and row."""
 from __future__ import annotations
 

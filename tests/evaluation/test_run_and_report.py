@@ -1,4 +1,4 @@
-"""A real run folder: sft_exp's trainer trains a tiny model with TaskEvaluation as a callback (scored
+"""A real run folder: sft_exp's trainer trains a tiny model with TaskEvaluation as an evaluator (scored
 before, during and after training), then the report shows the task columns, plots and changed examples."""
 from __future__ import annotations
 

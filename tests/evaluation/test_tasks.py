@@ -112,14 +112,14 @@ def test_no_tasks_is_a_no_op(tmp_path, model, tokenizer):
     assert not any(tmp_path.iterdir())
 
 
-def test_the_callbacks_entry_builds_function_scorers_without_calling_them():
-    """Hydra must hand the scorer's `_target_` to TaskEvaluation (`_recursive_: false`), not call it."""
-    from hydra.utils import instantiate
-
+def test_a_scorers_target_is_handed_to_the_task_not_called(tmp_path):
+    """A `_target_` under `scorer:` keeps the entry a task: TaskEvaluation imports the function, never calls it."""
+    from sft_exp.evaluation import build_evaluators
     from sft_exp.evaluation.scorers import token_f1
     from tests.conftest import compose
 
     cfg = compose(["evals.heldout.scorer={_target_:sft_exp.evaluation.scorers.token_f1}", "logger=none"])
-    evaluation = instantiate(cfg.evaluators.task_evaluation, _convert_="all")
+    [evaluation] = build_evaluators(cfg.evals, tmp_path / "evals")
+    assert isinstance(evaluation, TaskEvaluation) and evaluation.output_dir == tmp_path / "evals"
     assert evaluation.tasks["heldout"].scorer is token_f1
     assert evaluation.tasks["heldout"].metric == "token_f1"

@@ -1,4 +1,7 @@
-"""TaskEvaluation: the run's evaluation tasks, scored whenever the Trainer evaluates.
+"""The run's evaluators, scored whenever the Trainer evaluates: TaskEvaluation (the tasks of `evals`) and yours.
+
+`evals` holds both: an entry with a top-level `_target_` is an evaluator of your own (built by Hydra), any
+other entry is a task (tasks have no `_target_` key of their own; a scorer's `_target_` sits under `scorer`).
 
 An evaluator, not a callback: SFTTrainer receives it as `evaluators=[...]` and calls `evaluate(model, tokenizer, step=..., final=..., accelerator=...)` on every rank
 (before training, every trainer.eval_steps, at the end) and merges the returned
@@ -10,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 from sft_exp.errors import ConfigError
 from sft_exp.evaluation.tasks import HELDOUT, GenerationTask, build_tasks
@@ -113,3 +116,39 @@ class TaskEvaluation(Evaluator):
         finally:
             model.train(was_training)
         return metrics
+
+
+def is_evaluator(spec: Any) -> bool:
+    """Whether an entry of `evals` is an evaluator of your own (a top-level `_target_`), not a task."""
+    return isinstance(spec, Mapping) and "_target_" in spec
+
+
+def split_evals(evals: Any) -> tuple[dict, dict]:
+    """`evals` (a DictConfig or dict; None: nothing) as (tasks, evaluators of your own), each name -> entry;
+    entries set to null are switched off. The tasks are plain and resolved; the evaluators stay as given."""
+    from omegaconf import DictConfig, OmegaConf
+
+    if evals is None:
+        return {}, {}
+    if not isinstance(evals, Mapping):
+        raise ConfigError(f"evals: expected a mapping of name -> task or evaluator, got {evals!r}")
+    tasks, own = {}, {}
+    for name, spec in evals.items():
+        if spec is None:
+            continue
+        if is_evaluator(spec):
+            own[name] = spec
+        else:
+            tasks[name] = OmegaConf.to_container(spec, resolve=True) if isinstance(spec, DictConfig) else spec
+    return tasks, own
+
+
+def build_evaluators(evals: Any, output_dir: str | Path) -> list:
+    """The run's evaluators from its `evals` config: a TaskEvaluation of its tasks (every task built and
+    checked here, before the model loads; writing under `output_dir`), then each evaluator of your own,
+    built from its `_target_` (`+evals.mine._target_=my_package.MyEvaluator`), in the order given."""
+    from hydra.utils import instantiate
+
+    tasks, own = split_evals(evals)
+    return [TaskEvaluation(tasks, output_dir=str(output_dir)),
+            *(instantiate(spec, _convert_="all") for spec in own.values())]
