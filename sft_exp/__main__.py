@@ -18,7 +18,7 @@ import sft_exp.config  # noqa: F401  registers the schemas and the ${asset:...} 
 from sft_exp.cli_errors import install_for_hydra_main
 from sft_exp.errors import TrainingInterrupted, UserError
 from sft_exp.paths import config_dir
-from sft_exp.run.relaunch import hold_hydra_records
+from sft_exp.training.relaunch import hold_hydra_records
 
 hold_hydra_records()  # here, not under __main__: a submitit job imports this module to run the task function
 
@@ -81,7 +81,7 @@ def _failed_sweep_job(cfg: DictConfig, error: Exception) -> float:
         log.error("job failed: %s", error)
     else:
         log.exception("job failed")
-    from sft_exp.run.relaunch import RunFolderTaken
+    from sft_exp.training.relaunch import RunFolderTaken
 
     run_dir = Path(cfg.run_dir)
     if not isinstance(error, RunFolderTaken):  # that folder is another run's, left as it was

@@ -50,12 +50,12 @@ class BadRow(Exception):
 class TrainingInterrupted(Exception):
     """Training stopped on a signal after saving a checkpoint; the message says how to resume.
 
-    `then`: the signal's previous handler, to call once the run folder is final (submitit's requeue).
+    `then`: the signal's previous handler, to call once the run folder is final (submitit's requeue);
+    `command`: the command line that resumes it (run.hydra_job.resume_command; None in a sweep that says its own).
     """
 
-    def __init__(self, signum: int, step: int, run_dir: Path, then=None):
+    def __init__(self, signum: int, step: int, run_dir: Path, then=None, command: str | None = None):
         self.signum, self.step, self.run_dir, self.then = signum, step, run_dir, then
-        command = resume_command(run_dir)
         then_what = ("this SLURM job is requeued and resumes from it by itself" if then is not None
                      else f"Resume with: {command}" if command
                      else "the sweep says how to resume it, with its other trials")
@@ -63,22 +63,3 @@ class TrainingInterrupted(Exception):
             f"stopped by {signal.Signals(signum).name} at step {step}; a checkpoint was saved in "
             f"{run_dir / 'checkpoints'}. {then_what}"
         )
-
-
-def resume_command(run_dir: Path):
-    """This process's command line, to paste, with the run folder and resume_from_checkpoint=true. In a sweep
-    (-m), the sweep's command with its folder, which continues every job from where it stopped (a relaunch
-    into a job's folder resumes it); None in an Optuna sweep, whose sweeper prints its own."""
-    import shlex
-    import sys
-
-    from sft_exp.run.hydra_job import multirun_hydra_config
-
-    sweep = multirun_hydra_config()
-    if sweep is None:
-        kept = [arg for arg in sys.argv[1:] if not arg.startswith(("hydra.run.dir=", "resume_from_checkpoint="))]
-        return shlex.join(["python", "-m", "sft_exp", *kept, f"hydra.run.dir={run_dir}", "resume_from_checkpoint=true"])
-    if "sft_exp_sweeper" in str(sweep.sweeper.get("_target_", "")):  # hydra/sweeper=sft_optuna
-        return None
-    kept = [arg for arg in sys.argv[1:] if not arg.startswith("hydra.sweep.dir=")]
-    return shlex.join(["python", "-m", "sft_exp", *kept, f"hydra.sweep.dir={Path(sweep.sweep.dir).resolve()}"])

@@ -118,7 +118,7 @@ def _before_torch(cfg: DictConfig):
     the folder already holds: continue it (the same settings) or stop and leave it as it was; never overwrite it."""
     from sft_exp import system
     from sft_exp.run import distributed
-    from sft_exp.run.relaunch import decide
+    from sft_exp.training.relaunch import decide
 
     distributed.export_slurm_environment()  # a multi-task SLURM job becomes torchrun-style ranks
     distributed.quiet_non_main_rank()  # first: the run folder's log is rank 0's alone

@@ -119,7 +119,7 @@ def test_wrap_hydra_job_runner_runs_what_hydra_main_runs_through_the_wrapper(mon
 
 
 def test_hydra_writes_a_jobs_files_through_save_config_before_the_task_runs():
-    """sft_exp.run.relaunch holds back Hydra's .hydra/ writes of a folder that holds a run: through
+    """sft_exp.training.relaunch holds back Hydra's .hydra/ writes of a folder that holds a run: through
     `hydra.core.utils._save_config(cfg, filename, output_dir)`, which run_job calls before the task function."""
     import inspect
 

@@ -126,12 +126,13 @@ def test_threads_follow_the_request_the_environment_or_the_free_cpus(monkeypatch
 
 def test_counts_print_as_counts_and_the_resume_hint_is_a_command(monkeypatch, tmp_path):
     from sft_exp.errors import TrainingInterrupted
+    from sft_exp.run.hydra_job import resume_command
     from sft_exp.run.recorder import format_score
 
     assert format_score("eval_heldout/truncated", 22.0) == "22"
     assert format_score("eval_heldout/exact_match", 1.0) == "1.0000"
     monkeypatch.setattr("sys.argv", ["sft_exp", "trainer.max_steps=3", "hydra.run.dir=/elsewhere"])
-    hint = str(TrainingInterrupted(2, 5, tmp_path))
+    hint = str(TrainingInterrupted(2, 5, tmp_path, command=resume_command(tmp_path)))
     assert hint.endswith(f"Resume with: python -m sft_exp trainer.max_steps=3 hydra.run.dir={tmp_path} "
                          "resume_from_checkpoint=true")
 
@@ -174,7 +175,7 @@ def test_a_columns_mapping_names_the_users_column_and_its_direction(tmp_path):
 def test_the_defaults_a_users_data_trains_with_come_first_with_their_keys(tmp_path, caplog):
     import logging
 
-    from sft_exp.run.relaunch import RunFolderTaken
+    from sft_exp.training.relaunch import RunFolderTaken
     from sft_exp.train import run
 
     data = tmp_path / "chat.jsonl"

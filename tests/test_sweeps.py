@@ -101,7 +101,8 @@ def test_a_job_stopped_in_a_sweep_prints_only_the_sweeps_resume_command(tmp_path
     from omegaconf import open_dict
 
     import sft_exp.config  # noqa: F401  registers the schemas
-    from sft_exp.errors import TrainingInterrupted, resume_command
+    from sft_exp.errors import TrainingInterrupted
+    from sft_exp.run.hydra_job import resume_command
     from sft_exp.paths import config_dir
     from tests.conftest import compose as compose_a_run
 
@@ -115,7 +116,7 @@ def test_a_job_stopped_in_a_sweep_prints_only_the_sweeps_resume_command(tmp_path
     try:
         job_dir = tmp_path / "0"
         assert resume_command(job_dir) == (command and command.format(sweep_dir=tmp_path))
-        message = str(TrainingInterrupted(15, 2, job_dir))
+        message = str(TrainingInterrupted(15, 2, job_dir, command=resume_command(job_dir)))
         assert "resume_from_checkpoint" not in message and "hydra.run.dir" not in message
         assert ("Resume with: " in message) == (command is not None)
     finally:

@@ -29,3 +29,20 @@ def job_name() -> str | None:
 def sweep_group() -> str | None:
     hydra_cfg = multirun_hydra_config()
     return Path(hydra_cfg.sweep.dir).as_posix() if hydra_cfg is not None else None
+
+
+def resume_command(run_dir: Path):
+    """This process's command line, to paste, with the run folder and resume_from_checkpoint=true. In a sweep
+    (-m), the sweep's command with its folder, which continues every job from where it stopped (a relaunch
+    into a job's folder resumes it); None in an Optuna sweep, whose sweeper prints its own."""
+    import shlex
+    import sys
+
+    sweep = multirun_hydra_config()
+    if sweep is None:
+        kept = [arg for arg in sys.argv[1:] if not arg.startswith(("hydra.run.dir=", "resume_from_checkpoint="))]
+        return shlex.join(["python", "-m", "sft_exp", *kept, f"hydra.run.dir={run_dir}", "resume_from_checkpoint=true"])
+    if "sft_exp_sweeper" in str(sweep.sweeper.get("_target_", "")):  # hydra/sweeper=sft_optuna
+        return None
+    kept = [arg for arg in sys.argv[1:] if not arg.startswith("hydra.sweep.dir=")]
+    return shlex.join(["python", "-m", "sft_exp", *kept, f"hydra.sweep.dir={Path(sweep.sweep.dir).resolve()}"])

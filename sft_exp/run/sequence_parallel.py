@@ -273,7 +273,7 @@ def split_collator(strategy: str, size: int, pad_token_id: int):
 
 class SplitBatches:
     """A collator for batches split along the sequence: each also carries `shift_<target>` columns
-    (sft_exp.training.forward.shift_targets), and with `equal_widths` every rank's batch has the same width.
+    (sft_exp.data.collator.shift_targets), and with `equal_widths` every rank's batch has the same width.
 
     `equal_widths`: each rank pads its batch to the widest of all ranks' (one all-reduce per batch). Every
     rank collates the same number of batches in the same order (the Trainer's loaders are even), so the
@@ -286,7 +286,7 @@ class SplitBatches:
     def __call__(self, rows: list[dict]) -> dict:
         import torch
 
-        from sft_exp.training.forward import shift_targets
+        from sft_exp.data.collator import shift_targets
 
         width = self.collator.width(rows)
         if self.equal_widths and torch.distributed.is_initialized():

@@ -26,6 +26,7 @@ from transformers import TrainerCallback
 # TrainingInterrupted lives in sft_exp.errors so the CLI can catch it without importing transformers.
 from sft_exp.errors import ConfigError, TrainingInterrupted
 from sft_exp.run.distributed import requeued_job
+from sft_exp.run.hydra_job import resume_command
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +231,9 @@ class StopOnSignal(TrainerCallback):
         self.restore()
         if self.received is not None:  # the checkpoint of the stop step is saved: end the run here
             handoff = then if self.received == self.preemption and callable(then) else None
-            raise TrainingInterrupted(self.received, state.global_step, Path(args.output_dir).parent, then=handoff)
+            run_dir = Path(args.output_dir).parent
+            raise TrainingInterrupted(self.received, state.global_step, run_dir, then=handoff,
+                                      command=resume_command(run_dir))
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from sft_exp.constants import IGNORE_INDEX
+from sft_exp.data.collator import TARGET_COLUMNS, shift_targets
 from sft_exp.training.lm_head import chunked_head, head_spec, output_head
 from sft_exp.training.losses import SFTLoss
 from sft_exp.training.memory import no_offload
@@ -78,29 +79,8 @@ def decoder_hidden(model, batch: dict):
     return captured[0], out
 
 
-# Per-token columns whose value at position t+1 is what position t is trained on, with their fill where
-# nothing is (the last position, padding). `shift_<key>` holds them moved one position left.
-TARGET_COLUMNS = {"labels": IGNORE_INDEX, "loss_weights": 0.0, "source_ids": -1, "example_ids": -1}
+# The target columns shifted one position left (data.collator.shift_targets).
 _SHIFTED = tuple(f"shift_{key}" for key in TARGET_COLUMNS)
-
-
-def shift_targets(batch: dict) -> dict:
-    """`shift_<key>` for each target column: position t's label (never across an example start, where the
-    position id is 0), loss weight, source and source row, each the length of the batch's rows.
-
-    Shifting before a sequence-parallel split keeps each shard's last position predicting the next shard's
-    first token; `sft_forward` shifts a batch without them itself.
-    """
-    labels = batch["labels"]
-    position_ids = batch.get("position_ids")
-    if position_ids is not None:  # a position id of 0 starts a sequence: nothing before it may predict it
-        labels = labels.masked_fill(position_ids == 0, IGNORE_INDEX)
-    shifted = {}
-    for key, fill in TARGET_COLUMNS.items():
-        column = labels if key == "labels" else batch.get(key)
-        if column is not None:
-            shifted[f"shift_{key}"] = torch.cat([column[:, 1:], column.new_full((column.shape[0], 1), fill)], dim=1)
-    return shifted
 
 
 def targets(batch: dict) -> dict:

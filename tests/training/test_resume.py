@@ -296,7 +296,7 @@ def test_a_folder_whose_run_saved_nothing_is_started_afresh_whatever_its_setting
     nothing to continue from: a launch with any settings starts afresh there, and says so."""
     import shutil
 
-    from sft_exp.run.relaunch import Relaunch, _decide
+    from sft_exp.training.relaunch import Relaunch, _decide
 
     run_dir = tmp_path / "run"
     shutil.copytree(interrupted, run_dir)
