@@ -155,12 +155,14 @@ TURN_TAGS = ("role_tag", "content_tag", "system_tag", "user_tag", "assistant_tag
 @dataclass(frozen=True)
 class Format:
     """One data format: the fields a row needs and may have (`columns` maps them to a file's columns),
-    and the function that turns a row (field -> value) into Text, PromptCompletion or Conversation."""
+    and the function that turns a row (field -> value) into Text, PromptCompletion or Conversation.
+    `has_prompt`: its rows have a prompt part (what completion_only_loss masks)."""
 
     name: str
     required: tuple
     optional: tuple
     normalize: Callable[[dict], "Text | PromptCompletion | Conversation"]
+    has_prompt: bool = False
 
     @property
     def fields(self) -> tuple:
@@ -172,11 +174,11 @@ class Format:
 FORMATS: dict[str, Format] = {}
 
 
-def data_format(name: str, required: tuple, optional: tuple = ()):
+def data_format(name: str, required: tuple, optional: tuple = (), has_prompt: bool = False):
     """Register the decorated `normalize(row)` as format `name`: one entry is the whole format."""
 
     def register(normalize):
-        FORMATS[name] = Format(name, tuple(required), tuple(optional), normalize)
+        FORMATS[name] = Format(name, tuple(required), tuple(optional), normalize, has_prompt)
         return normalize
 
     return register
@@ -453,7 +455,7 @@ def _sharegpt(row: dict) -> Conversation:
     return _conversation(messages, _tools(row.get("tools")), None, row.get(TURN_TAGS_FIELD), wheres)
 
 
-@data_format("prompt_completion", required=("prompt", "completion"), optional=("tools", *TURN_TAGS))
+@data_format("prompt_completion", required=("prompt", "completion"), optional=("tools", *TURN_TAGS), has_prompt=True)
 def _prompt_completion(row: dict):
     prompt, completion = row.get("prompt"), row.get("completion")
     if isinstance(prompt, list) or isinstance(completion, list):
@@ -467,7 +469,7 @@ def _prompt_completion(row: dict):
     return PromptCompletion(_string_field(row, "prompt"), _string_field(row, "completion"))
 
 
-@data_format("alpaca", required=("instruction", "output"), optional=("input", "system"))
+@data_format("alpaca", required=("instruction", "output"), optional=("input", "system"), has_prompt=True)
 def _alpaca(row: dict) -> Conversation:
     instruction = _string_field(row, "instruction")
     output = _string_field(row, "output")

@@ -362,7 +362,7 @@ def _check_sources(settings) -> None:
 
 def _check_combinations(settings) -> None:
     explicit = {source.format for source in settings.sources}
-    if settings.completion_only_loss and explicit <= {"text", "messages", "sharegpt"}:
+    if settings.completion_only_loss and all(f in FORMATS and not FORMATS[f].has_prompt for f in explicit):
         raise ConfigError(
             "data.completion_only_loss=true, but no source is prompt-completion data (formats: "
             f"{', '.join(sorted(explicit))}); for conversations use data.assistant_only_loss=true"
