@@ -6,7 +6,7 @@ lower-cased, whitespace-split words; a training row matches an evaluation text w
 whole text equals a held-out row (a duplicate in the user's file, split across train and eval) matches too,
 however short. Exact duplicates among the training rows are counted (`data.deduplicate=exact` drops them).
 
-The evaluation side is a set of hashed n-grams (contamination_index.py); the training rows stream from the
+The evaluation side is a set of hashed n-grams (ngrams.py: EvalIndex); the training rows stream from the
 sources' Arrow cache a record batch at a time, so memory does not grow with them (but for 16 bytes a row,
 its number and its hash, for the duplicate count). Matches are confirmed on the words and described (file, row, turn, eval item,
 the shared n-gram) for the first MAX_DETAILED rows; every matching row is counted. The result is cached

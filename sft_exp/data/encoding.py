@@ -50,8 +50,8 @@ class EncodeSpec:
     source_index: int
     source_file: str
     drop_bad_rows: bool
-    policy: LossPolicy = DEFAULT_POLICY  # which turns teach, and how much (turn_policy.py)
-    # Turns whose reasoning the template drops in the whole conversation get an example of their own (reasoning_turns.py).
+    policy: LossPolicy = DEFAULT_POLICY  # which turns teach, and how much (turns.py)
+    # Turns whose reasoning the template drops in the whole conversation get an example of their own (turns.py).
     split_reasoning_turns: bool = True
     # data.system_prompt: put first in every conversation that has no system message.
     system_prompt: str | None = None
@@ -116,7 +116,7 @@ class Rendered(NamedTuple):
     spans: list | None  # trained character spans (start, end, weight); None: all
     append_eos: bool  # text and completions: True (they also get the tokenizer's BOS); conversations: False
     flaw: str = ""  # see FLAWS below: counted and warned, the row still trains
-    split_turn: int = 0  # 1..M: the row's M per-turn examples (reasoning_turns.py); 0: the row is one example
+    split_turn: int = 0  # 1..M: the row's M per-turn examples (turns.py); 0: the row is one example
     reason: str = ""  # a bad row's reason: it comes out empty with it as its drop_reason
 
 

@@ -221,7 +221,7 @@ class Conversation(NamedTuple):
     tools: list | None
     n_prompt: int | None  # prompt-completion rows: number of prompt messages
     # Per message: its loss weight as the row sets it (`weight` / `train`), None where it sets none;
-    # None for the whole row when no message sets one (message_loss.py).
+    # None for the whole row when no message sets one (message_loss_weights, below).
     message_losses: list | None = None
 
 

@@ -67,7 +67,7 @@ def dataset_statistics(
         "rows_dropped": dict(sorted(dropped.items())),
         "rows_truncated": sum(part.stats["rows_truncated"] for part in [*parts, *eval_parts]),
         "rows_flawed": dict(sorted(flawed.items())),
-        # Rows split into one example per turn whose reasoning the template drops later (reasoning_turns.py).
+        # Rows split into one example per turn whose reasoning the template drops later (turns.py).
         "rows_split": sum(part.stats.get("rows_split", 0) for part in [*parts, *eval_parts]),
         "split_examples": sum(part.stats.get("split_examples", 0) for part in [*parts, *eval_parts]),
         "answers_cut": flawed.get("answer_cut", 0),

@@ -3,7 +3,7 @@
 Per run (`data.*`): `roles_to_train` (default assistant), `train_on_eot` (all | turn | last | none:
 whose end-of-turn tokens are trained), `last_turn_only` (only the last trained turn teaches,
 LLaMA-Factory's mask_history), `train_reasoning` (an assistant turn's reasoning trained or masked).
-Per message (messages.py): `weight` and `train`. The result is weighted character spans
+Per message (formats.py: message_loss_weights): `weight` and `train`. The result is weighted character spans
 (start, end, weight); the loss divides by the summed weights of its tokens.
 
 Templates that drop earlier turns' reasoning (Qwen3 renders the thinking of assistant turns after the

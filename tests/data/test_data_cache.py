@@ -59,7 +59,7 @@ def test_a_different_tokenizer_is_tokenized_again(source, tmp_path, tokenize_cal
 def test_changed_tokenizing_code_is_tokenized_again(source, tmp_path, tokenize_calls, monkeypatch):
     code = tmp_path / "code"  # a copy of sft_exp/data to edit, so that the real files stay as they are
     shutil.copytree(fingerprint.__file__.rsplit("/", 1)[0], code, ignore=shutil.ignore_patterns("__pycache__"))
-    monkeypatch.setattr(fingerprint, "__file__", str(code / "fingerprint.py"))
+    monkeypatch.setattr(fingerprint, "__file__", str(code / "cache.py"))
     _prepare(source, make_word_tokenizer(), tmp_path / "cache")
     tokenize_calls.clear()
     _prepare(source, make_word_tokenizer(), tmp_path / "cache")
