@@ -34,6 +34,7 @@ def run(cfg: DictConfig) -> float:
     from transformers import set_seed  # torch loads here, after every check
     from sft_exp import threads
     threads.apply(n_threads)
+    compat.load_engines_only_where_used()  # DeepSpeed and bitsandbytes load in a run that uses them alone
 
     from sft_exp.data import describe, prepare_datasets
     from sft_exp.models.adapters import save_base_for_export, wrap_with_adapter
