@@ -25,6 +25,16 @@ PRIVATE_OVERRIDES = {
     ),
 }
 
+# Availability checks of engines that dependencies call on every run, and that import the engine to compare a
+# model with its classes (module -> (its checks, the engine)). load_engines_only_where_used replaces them there;
+# tests/test_compat.py checks that each is still there and still guards the engine's import.
+ENGINE_CHECKS = {
+    # Trainer.__init__, save_pretrained -> unwrap_model: `if is_deepspeed_available(): from deepspeed import ...`
+    "accelerate.utils.other": (("is_deepspeed_available",), "deepspeed"),
+    # every LoRA/DoRA layer peft creates (training, PeftModel.from_pretrained): the bitsandbytes dispatchers
+    "peft.tuners.lora.model": (("is_bnb_available", "is_bnb_4bit_available"), "bitsandbytes"),
+}
+
 if TYPE_CHECKING:  # imported where used: the sweeper and the launcher-side code do not load datasets
     import datasets
     import pyarrow as pa
@@ -108,6 +118,36 @@ def keep_generation_config(config) -> None:
     """Mark a generation config as the model's own (`GenerationConfig._from_model_config = False`), so
     generate() never rebuilds it from config.json's special tokens."""
     config._from_model_config = False
+
+
+# ----------------------------------------------------------------------------- DeepSpeed and bitsandbytes
+def load_engines_only_where_used() -> None:
+    """DeepSpeed (~2 s) and bitsandbytes (~3 s, and its CPU warnings) load only in a process that uses them.
+
+    accelerate unwraps a model (Trainer.__init__, every save_pretrained) and peft creates a LoRA layer only after
+    asking whether the engine is installed, then import it to compare the model with its classes. Here (in the
+    modules of ENGINE_CHECKS) they ask whether the engine is loaded: a model can be a DeepSpeedEngine, or hold a
+    bitsandbytes layer, only once that engine is loaded (a ZeRO run's accelerator.prepare, a QLoRA model's
+    quantized load), and then the check answers as before. Why not switch the engines off by the config, in a
+    block around training: the answer would rest on reading every way a run may use them (distributed=deepspeed,
+    an accelerate config, a hand-written quantization_config), and a wrong "unused" would make peft wrap a
+    4-bit layer as a plain Linear, silently; and evaluate, export and a trainer used after the block need it too.
+    Process-wide, idempotent."""
+    import importlib
+    import sys
+
+    for module_name, (checks, engine) in ENGINE_CHECKS.items():
+        module = importlib.import_module(module_name)
+        for name in checks:
+            original = getattr(module, name)
+            if getattr(original, "_sft_exp", False):
+                continue
+
+            def check(original=original, engine=engine):
+                return engine in sys.modules and original()
+
+            check._sft_exp = True
+            setattr(module, name, check)
 
 
 # ----------------------------------------------------------------------------- accelerate

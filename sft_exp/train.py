@@ -8,7 +8,9 @@ from __future__ import annotations
 import logging
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig
@@ -32,19 +34,12 @@ def run(cfg: DictConfig) -> float:
     from transformers import set_seed  # torch loads here, after every check
     from sft_exp import system
     system.apply(n_threads)
+    compat.load_engines_only_where_used()  # DeepSpeed and bitsandbytes load in a run that uses them alone
 
-    from sft_exp.run import distributed
-    from sft_exp.run import folder as run_folder
-    from sft_exp.models.adapters import parameter_counts, save_base_for_export, wrap_with_adapter
-    from sft_exp.training.checkpoints import resolve_resume
     from sft_exp.data import describe, prepare_datasets
-    from sft_exp.data.statistics import end_of_turn_stats
-    from sft_exp.data.templates import end_of_turn_token
-    from sft_exp.run import hub_push
-    from sft_exp.run.model_card import save_serving_files
-    from sft_exp.training.arguments import recorded
-    from sft_exp.run import sequence_parallel
-    from sft_exp.evaluation import build_evaluators
+    from sft_exp.models.adapters import save_base_for_export, wrap_with_adapter
+    from sft_exp.run import distributed, sequence_parallel
+    from sft_exp.training.checkpoints import resolve_resume
 
     resume = resolve_resume(relaunch.resume_from or cfg.resume_from_checkpoint, run_dir)  # a missing one fails here
     done = _already_trained(resume, cfg, run_dir)
@@ -54,7 +49,55 @@ def run(cfg: DictConfig) -> float:
         cfg.resume_from_checkpoint = resume  # what it resumed from, for the callbacks and resolved_config.yaml
     is_main = distributed.rank() == 0
     set_seed(cfg.seed)
-    # Cheap objects first: a bad _target_ or argument fails here, before data and model load.
+    built = _components(cfg, run_dir, is_main)  # before data and model load: a bad _target_ fails in seconds
+    tokenizer, attention = built.model_loader.load_tokenizer(), built.model_loader.attn_implementation
+    data = prepare_datasets(data_settings, tokenizer, attn_implementation=attention, model_context=model_context(
+        built.model_loader), eval_texts=_eval_texts(data_settings, built.evaluators))
+    tokenizer.chat_template = data.chat_template or tokenizer.chat_template  # saved and used as trained
+    log.info(describe(data))
+    model = built.model_loader.load_model(tokenizer)
+    sequence_parallel.use_engine_attention(model, cfg.distributed.strategy)
+    attention = compat.attn_implementation(model)  # sdpa becomes sdpa_varlen where the model allows it
+    sequence_parallel.refuse_mixed_examples(cfg.distributed.strategy, data_settings.packing, attention)
+    built.memory.apply(model)
+    if built.peft_config is not None and not built.model_loader.name_or_path and is_main:
+        save_base_for_export(model, tokenizer, run_dir)  # a base built from config exists nowhere else
+    model = wrap_with_adapter(model, built.peft_config)  # logs the trainable parameters
+    for evaluator in built.evaluators:
+        evaluator.use_heldout(data.heldout_examples)
+    if is_main:
+        _write_run_files(cfg, run_dir, data, tokenizer, built, resume)
+    # The trainer is built inside _train_and_save's try, so a failure there is recorded (summary.json) as well.
+    summary = _train_and_save(lambda: built.trainer_factory.func(  # the trainer group's keys are in `args`
+        model=model, args=training_arguments(cfg, run_dir), loss=built.loss, memory=built.memory,
+        optimizer_factory=built.optimizer, source_names=data.source_names, train_dataset=data.train,
+        eval_dataset=data.eval, processing_class=tokenizer, callbacks=[*built.callbacks, *built.loggers],
+        evaluators=built.evaluators, run_started=started,
+        data_collator=_collator(cfg, data_settings, tokenizer.pad_token_id, attention),
+    ), model, tokenizer, built, run_dir, resume, started, is_main)
+    return float(summary.get(cfg.objective, math.nan))
+
+
+@dataclass
+class Components:
+    """What a run builds from its config before any data or weights: each `_target_` instantiated and checked."""
+    loss: Any
+    memory: Any
+    optimizer: Any
+    trained_with: dict  # the arguments it trains with (optimizer, schedule), for run_info.json
+    peft_config: Any
+    loggers: list
+    callbacks: list
+    evaluators: list
+    model_loader: Any
+    trainer_factory: Any  # a _partial_ of SFTTrainer
+
+
+def _components(cfg: DictConfig, run_dir: Path, is_main: bool) -> Components:
+    """The cheap objects, first: a bad _target_ or argument fails here, before data and model load."""
+    from sft_exp.evaluation import build_evaluators
+    from sft_exp.training.arguments import recorded
+
     loss, memory, optimizer = instantiate(cfg.loss), instantiate(cfg.memory), instantiate(cfg.optimizer)
     # TrainingArguments' own checks fail here, before the data; built again for the trainer, after the model
     # loads: under ZeRO-3 the arguments alive while a model is built make transformers partition it (zero.Init).
@@ -65,40 +108,31 @@ def run(cfg: DictConfig) -> float:
     evaluators = build_evaluators(cfg.evals, run_dir / "evals")  # tasks built and checked here, then yours
     model_loader = instantiate(cfg.model, _convert_="all")
     trainer_factory = instantiate(cfg.trainer, _convert_="all")  # a _partial_ of SFTTrainer
-    tokenizer, attention = model_loader.load_tokenizer(), model_loader.attn_implementation
-    data = prepare_datasets(data_settings, tokenizer, attn_implementation=attention,
-                            model_context=model_context(model_loader), eval_texts=_eval_texts(data_settings, evaluators))
-    tokenizer.chat_template = data.chat_template or tokenizer.chat_template  # saved and used as trained
-    log.info(describe(data))
-    model = model_loader.load_model(tokenizer)
-    sequence_parallel.use_engine_attention(model, cfg.distributed.strategy)
-    attention = compat.attn_implementation(model)  # sdpa becomes sdpa_varlen where the model allows it
-    sequence_parallel.refuse_mixed_examples(cfg.distributed.strategy, data_settings.packing, attention)
-    memory.apply(model)
-    if peft_config is not None and not model_loader.name_or_path and is_main:
-        save_base_for_export(model, tokenizer, run_dir)  # a base built from config exists nowhere else
-    model = wrap_with_adapter(model, peft_config)  # logs the trainable parameters
-    for evaluator in evaluators:
-        evaluator.use_heldout(data.heldout_examples)
-    if is_main:
-        data.stats["end_of_turn"] = end_of_turn_stats(data.train, end_of_turn_token(tokenizer.chat_template, tokenizer))
-        _write_run_files(cfg, run_dir, data, loggers, resume, evaluators, trained_with=trained_with)
+    return Components(loss, memory, optimizer, trained_with, peft_config, loggers, callbacks, evaluators,
+                      model_loader, trainer_factory)
+
+
+def _train_and_save(build_trainer, model, tokenizer, built: Components, run_dir: Path, resume: str | None,
+                    started: float, is_main: bool) -> dict:
+    """Build the trainer, train and evaluate (train_and_evaluate), save the model, its tokenizer and serving
+    files (pushed where asked); the summary. Whatever happens, summary.json records how it ended (completed,
+    pruned, interrupted or failed), the wall time and the peak memory (rank 0), and the error is raised."""
+    from sft_exp.models.adapters import parameter_counts
+    from sft_exp.run import folder as run_folder
+    from sft_exp.run import hub_push
+    from sft_exp.run.model_card import save_serving_files
+
     status, summary, trainer = "failed", {}, None
     try:
-        trainer = trainer_factory.func(  # the trainer group's keys are in `args` (training_arguments)
-            model=model, args=training_arguments(cfg, run_dir), loss=loss, memory=memory, optimizer_factory=optimizer,
-            source_names=data.source_names, train_dataset=data.train, eval_dataset=data.eval,
-            processing_class=tokenizer, callbacks=[*callbacks, *loggers], evaluators=evaluators,
-            data_collator=_collator(cfg, data_settings, tokenizer.pad_token_id, attention), run_started=started,
-        )
+        trainer = build_trainer()
         summary = {**parameter_counts(model), **train_and_evaluate(trainer, resume)}
         trainer.save_model(str(run_dir / "model"))
         if is_main:
             tokenizer.save_pretrained(str(run_dir / "model"))
-        status = "pruned" if _was_pruned(callbacks) else "completed"  # a sweep's pruner may stop a trial early
+        status = "pruned" if _was_pruned(built.callbacks) else "completed"  # a sweep's pruner may stop a trial early
         if is_main:
             save_serving_files(model, run_dir, {**summary, "status": status})
-            summary.update(hub_push.push_final(callbacks, run_dir / "model"))
+            summary.update(hub_push.push_final(built.callbacks, run_dir / "model"))
     except TrainingInterrupted as stop:
         status = "interrupted"
         if is_main and trainer is not None:  # its checkpoint's record of this segment: the whole process's time
@@ -108,8 +142,8 @@ def run(cfg: DictConfig) -> float:
         wall = trainer.segments.whole_wall_s() if trainer is not None else time.monotonic() - started
         summary.update(status=status, wall_time_s=round(wall, 2), **run_folder.peak_memory_mb())
         if is_main:
-            run_folder.finish_run(run_dir, summary, loggers)
-    return float(summary.get(cfg.objective, math.nan))
+            run_folder.finish_run(run_dir, summary, built.loggers)
+    return summary
 
 
 def _before_torch(cfg: DictConfig):
@@ -312,14 +346,16 @@ def _instantiate_each(group: DictConfig) -> list:
     return [instantiate(node, _convert_="all") for node in (group or {}).values() if node is not None]
 
 
-def _write_run_files(cfg: DictConfig, run_dir: Path, data, loggers: list, resume: str | None, evaluators: list,
-                     trained_with: dict) -> None:
-    """resolved_config.yaml and run_info.json (with every resume and what it changed, what each score rests on
-    and the arguments it trains with), then start the trackers (rank 0)."""
+def _write_run_files(cfg: DictConfig, run_dir: Path, data, tokenizer, built: Components, resume: str | None) -> None:
+    """resolved_config.yaml and run_info.json (with every resume and what it changed, what each score rests on,
+    the arguments it trains with and how often the data ends a turn), then start the trackers (rank 0)."""
+    from sft_exp.loggers import RunDescription
+    from sft_exp.data.statistics import end_of_turn_stats
+    from sft_exp.data.templates import end_of_turn_token
     from sft_exp.run import folder as run_folder
     from sft_exp.run.scores import evaluation_record
-    from sft_exp.loggers import RunDescription
 
+    data.stats["end_of_turn"] = end_of_turn_stats(data.train, end_of_turn_token(tokenizer.chat_template, tokenizer))
     resolved = plain(cfg)
     resumes = run_folder.resume_record(run_dir, resolved, resume) if resume else []
     if resumes and resumes[-1]["changed"]:
@@ -329,9 +365,10 @@ def _write_run_files(cfg: DictConfig, run_dir: Path, data, loggers: list, resume
     run_folder.write_contamination(run_dir, data.contamination)
     run_folder.write_run_info(run_dir, seed=cfg.seed, data_fingerprint=data.fingerprint, data_stats=data.stats,
                               overrides=hydra_job.overrides(),
-                              extra={"trained_with": trained_with, "evaluations": evaluation_record(evaluators, data.stats),
+                              extra={"trained_with": built.trained_with,
+                                     "evaluations": evaluation_record(built.evaluators, data.stats),
                                      **({"resumes": resumes} if resumes else {})})
     description = RunDescription(run_dir, resolved, name=hydra_job.job_name(), group=hydra_job.sweep_group(),
                                  resumed=resume is not None)
-    for logger in loggers:
+    for logger in built.loggers:
         logger.start(description)

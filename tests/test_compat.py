@@ -184,3 +184,36 @@ def test_datasets_offline_fails_at_once_for_data_not_on_this_machine():
             datasets.load_dataset("no-such-org/no-such-dataset", split="test")
     assert time.monotonic() - start < 30  # no network retries
     assert (datasets.config.HF_HUB_OFFLINE, constants.HF_HUB_OFFLINE) == before  # restored
+
+
+@pytest.mark.parametrize("module_name", sorted(compat.ENGINE_CHECKS))
+def test_each_engine_check_sft_exp_replaces_still_guards_the_engines_import(module_name):
+    import importlib
+    import inspect
+
+    module = importlib.import_module(module_name)
+    checks, _ = compat.ENGINE_CHECKS[module_name]
+    source = inspect.getsource(module)
+    for name in checks:
+        assert callable(getattr(module, name, None)), f"{module_name} no longer has {name}: the patch is dead code now"
+        assert f"if {name}():" in source, f"{module_name} no longer calls {name}: the engine may load elsewhere now"
+
+
+def test_an_engine_check_says_loaded_where_it_said_installed(monkeypatch):
+    import importlib.util
+    import sys
+    import types
+
+    import accelerate.utils.other
+
+    spec = importlib.util.find_spec("deepspeed")  # installed (the real check's answer), without importing it
+    compat.load_engines_only_where_used()
+    check = accelerate.utils.other.is_deepspeed_available
+    compat.load_engines_only_where_used()
+    assert accelerate.utils.other.is_deepspeed_available is check  # idempotent: wrapped once
+    monkeypatch.delitem(sys.modules, "deepspeed", raising=False)
+    assert check() is False and "deepspeed" not in sys.modules  # not loaded: nothing can be a DeepSpeedEngine
+    loaded = types.ModuleType("deepspeed")
+    loaded.__spec__ = spec
+    monkeypatch.setitem(sys.modules, "deepspeed", loaded)  # loaded (a ZeRO run's prepare): as installed
+    assert check() is (spec is not None)

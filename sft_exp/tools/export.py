@@ -37,6 +37,9 @@ def merge(run_dir: Path, out: Optional[Path] = None) -> Path:
     """Write the merged model and the run's tokenizer to `out` (default <run>/merged); return it."""
     from peft import PeftModel
 
+    from sft_exp import compat
+
+    compat.load_engines_only_where_used()  # bitsandbytes (peft's LoRA layers), DeepSpeed (save_pretrained)
     run = SavedRun.open(run_dir)
     adapter_dir = run.adapter_dir()
     out = Path(out) if out is not None else run.path / "merged"

@@ -136,6 +136,9 @@ def load_saved_model(model_path: Path, run: Optional[SavedRun] = None):
     elif (model_path / "adapter_config.json").is_file():
         from peft import PeftModel
 
+        from sft_exp import compat
+
+        compat.load_engines_only_where_used()  # peft's LoRA layers: bitsandbytes only on a quantized base
         tokenizer = AutoTokenizer.from_pretrained(str(model_path))
         model = PeftModel.from_pretrained(_adapter_base(model_path, run, dtype), str(model_path))
     else:

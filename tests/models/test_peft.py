@@ -211,6 +211,35 @@ def test_qlora_base_is_nf4_and_export_merge_matches_base_plus_adapter(qlora_run,
     assert (got - base_only).abs().max() > 1e-4  # the adapter trained: merging changed the model
 
 
+# In a fresh process, as a run loads and wraps it: the engine checks answer "loaded" (compat), and the quantized
+# load is what loads bitsandbytes, so peft must still give each 4-bit layer its bitsandbytes LoRA layer.
+QLORA_LAYERS = """
+import sys
+from hydra.utils import instantiate
+from sft_exp import compat
+from sft_exp.models.adapters import wrap_with_adapter
+from tests.conftest import compose
+
+compat.load_engines_only_where_used()
+cfg = compose(["peft=qlora", "model=qwen2_5_0_5b", f"model.name_or_path={sys.argv[1]}", "model.dtype=float32"])
+model = wrap_with_adapter(instantiate(cfg.model, _convert_="all")._pretrained(), instantiate(cfg.peft, _convert_="all"))
+from peft.tuners.lora.bnb import Linear4bit
+print("4-bit LoRA layers:", sum(isinstance(m, Linear4bit) for m in model.modules()))
+"""
+
+
+def test_qlora_in_a_fresh_process_wraps_its_4bit_layers_in_bitsandbytes_lora_layers(qlora_run):
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, TEST_ENV
+
+    done = subprocess.run([sys.executable, "-c", QLORA_LAYERS, str(qlora_run.parent / "base")], cwd=REPO,
+                          env=TEST_ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert int(done.stdout.split("4-bit LoRA layers:")[1]) > 0, done.stdout
+
+
 def test_wrapping_in_lora_raises_no_future_warning():
     """peft reads a transformers property deprecated for v6: every LoRA run printed a FutureWarning about it."""
     import warnings
