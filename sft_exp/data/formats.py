@@ -326,15 +326,21 @@ def normalize_row(fmt: str, row: dict):
     return FORMATS[fmt].normalize(row)
 
 
-def _string_field(row: dict, field: str) -> str:
-    value = row.get(field)
+def _required(value, field: str, kind: type, wrong_type: tuple[str, str], empty: tuple[str, str]):
+    """`value` when present, a `kind` and not empty; else the BadRow (reason, detail) of what is wrong
+    ("{type}" in wrong_type's detail: the type it is)."""
     if value is None:
         raise BadRow("missing_field", f"the field '{field}' is missing or null")
-    if not isinstance(value, str):
-        raise BadRow("non_string_content", f"the field '{field}' is a {type(value).__name__}, not a string")
+    if not isinstance(value, kind):
+        raise BadRow(wrong_type[0], wrong_type[1].replace("{type}", type(value).__name__))
     if not value:
-        raise BadRow("empty_text", f"the field '{field}' is empty")
+        raise BadRow(*empty)
     return value
+
+
+def _string_field(row: dict, field: str) -> str:
+    return _required(row.get(field), field, str, ("non_string_content", f"the field '{field}' is a {{type}}, not a string"),
+                     ("empty_text", f"the field '{field}' is empty"))
 
 
 def _tools(value) -> list | None:
@@ -400,13 +406,8 @@ def _clean_message(message, where: str, roles: dict = SPEAKER_ROLES) -> dict:
 
 def _turn_list(turns, field: str, what: str) -> list:
     """A conversation field that must be a non-empty list (of messages, or of ShareGPT turns)."""
-    if turns is None:
-        raise BadRow("missing_field", f"the field '{field}' is missing or null")
-    if not isinstance(turns, list):
-        raise BadRow("bad_message", f"'{field}' is a {type(turns).__name__}, not a list of {what}")
-    if not turns:
-        raise BadRow("empty_conversation", f"'{field}' is an empty conversation")
-    return turns
+    return _required(turns, field, list, ("bad_message", f"'{field}' is a {{type}}, not a list of {what}"),
+                     ("empty_conversation", f"'{field}' is an empty conversation"))
 
 
 def _renamed(message, keys: Speakers):
