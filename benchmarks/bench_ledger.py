@@ -24,9 +24,8 @@ sys.path.insert(0, str(REPO / "tests"))
 
 
 def _load(model_name: str):
-    from hydra.utils import instantiate
-
     from conftest import compose
+    from hydra.utils import instantiate
 
     cfg = compose(["logger=none", "evals=none"])
     loader = instantiate(cfg.model, _convert_="all")
@@ -104,7 +103,8 @@ def main() -> None:
     args = parser.parse_args()
     import os
 
-    from sft_exp.training import forward, ledger as ledger_module
+    from sft_exp.training import forward
+    from sft_exp.training import ledger as ledger_module
 
     forward._per_example = _timed(forward._per_example)
     ledger_module.ExampleLedger.add = _timed(ledger_module.ExampleLedger.add)

@@ -283,10 +283,10 @@ def run_sft_exp(model, tokenizer, steps, layout, args, clock, compiled):
     import torch
 
     from sft_exp.data.collator import collator_for
+    from sft_exp.models.attention import use_varlen_sdpa
     from sft_exp.training.losses import NLLLoss
     from sft_exp.training.memory import GradientCheckpointing, NoMemoryStrategy
     from sft_exp.training.trainer import SFTTrainer
-    from sft_exp.models.attention import use_varlen_sdpa
 
     use_varlen_sdpa(model)  # what sft_exp's ModelLoader does with sdpa
     memory = GradientCheckpointing() if args.checkpointing else NoMemoryStrategy()
@@ -322,6 +322,7 @@ def run_trl(model, tokenizer, steps, layout, args, clock, compiled):
     batch = len(steps[0])
     if layout == "packed":  # TRL's own bfd packing over all the examples, spread over the same number of steps
         import datasets as ds
+
         from sft_exp.data.packing import pack_bfd
         batch = math.ceil(len(pack_bfd(ds.Dataset.from_list(args.unpacked_rows), args.max_length)) / len(steps))
     with tempfile.TemporaryDirectory() as out_dir:

@@ -40,7 +40,7 @@ if TYPE_CHECKING:  # imported where used: the sweeper and the launcher-side code
     import pyarrow as pa
 
 
-def dataset_fingerprint(dataset: "datasets.Dataset") -> str:
+def dataset_fingerprint(dataset: datasets.Dataset) -> str:
     """datasets' own hash of a dataset's content and history (`Dataset._fingerprint`).
 
     Used as part of the cache key of a source's tokenized rows: letting `map` hash its arguments
@@ -49,7 +49,7 @@ def dataset_fingerprint(dataset: "datasets.Dataset") -> str:
     return dataset._fingerprint
 
 
-def row_indices(dataset: "datasets.Dataset") -> "pa.ChunkedArray | None":
+def row_indices(dataset: datasets.Dataset) -> pa.ChunkedArray | None:
     """Which rows of `dataset.data` the dataset shows, in order (`Dataset._indices`); None: all, in order.
 
     The public ways to read a selected or shuffled dataset (`[:]`, `flatten_indices`) copy it

@@ -11,10 +11,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from sft_exp.training.arguments import check_scheduler, refuse_owned_extra_args
-from sft_exp.training.choices import check_trainer_choices
 from sft_exp.errors import ConfigError
 from sft_exp.plain import plain  # noqa: F401 (train.run's too)
+from sft_exp.training.arguments import check_scheduler, refuse_owned_extra_args
+from sft_exp.training.choices import check_trainer_choices
 
 # A hub id is `name` or `org/name`; anything else that does not exist on disk is a missing local path.
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -176,17 +176,17 @@ def check_hub_model(key: str, value: str, revision: str | None) -> None:
     try:
         model_info(value, revision=revision, timeout=10)
     except GatedRepoError:
-        raise ConfigError(f"{key}={value}: a gated model; accept its licence on the Hub and log in (`hf auth login`).")
+        raise ConfigError(f"{key}={value}: a gated model; accept its licence on the Hub and log in (`hf auth login`).") from None
     except RevisionNotFoundError:
-        raise ConfigError(f"{key}={value}: the Hub has no revision model.revision={revision}.")
+        raise ConfigError(f"{key}={value}: the Hub has no revision model.revision={revision}.") from None
     except RepositoryNotFoundError:
         raise ConfigError(f"{key}={value}: no such model on the Hub (or private: log in with `hf auth login`). "
-                          "Check the id, or give a local folder.")
+                          "Check the id, or give a local folder.") from None
     except Exception as err:  # no network, DNS, proxy, timeout: the Hub cannot be reached from here
         if "HTTPError" in type(err).__name__:
             return  # the Hub answered; let transformers load it and say what it says
         raise ConfigError(f"{key}={value}: it is not in the local cache and the Hugging Face Hub cannot be reached "
-                          f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). {download}")
+                          f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). {download}") from None
 
 
 # What a local folder must hold to load, by what reads it (transformers' file names).

@@ -52,7 +52,7 @@ def own_fields(target: str) -> list:
     return _dataclass_fields_of(module, name, {})
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _schema(module: str, name: str, target: str | None, defaults: tuple, meta: tuple) -> type:
     fields = [] if target is None else [("_target_", str, dataclasses.field(default=target))]
     fields += [(f"_{key}_", type(value), dataclasses.field(default=value)) for key, value in meta]
@@ -113,7 +113,7 @@ def _source_file(module: str) -> Path:
     return Path(spec.origin)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _classes(path: Path) -> dict[str, ast.ClassDef]:
     tree = ast.parse(path.read_text(), filename=str(path))
     return {node.name: node for node in tree.body if isinstance(node, ast.ClassDef)}

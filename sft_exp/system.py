@@ -39,7 +39,6 @@ import os
 import sys
 import time
 
-
 log = logging.getLogger(__name__)
 
 

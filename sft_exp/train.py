@@ -32,6 +32,7 @@ def run(cfg: DictConfig) -> float:
     if relaunch.objective is not None:  # the folder holds this run, complete
         return relaunch.objective
     from transformers import set_seed  # torch loads here, after every check
+
     from sft_exp import system
     system.apply(n_threads)
     compat.load_engines_only_where_used()  # DeepSpeed and bitsandbytes load in a run that uses them alone
@@ -349,9 +350,9 @@ def _instantiate_each(group: DictConfig) -> list:
 def _write_run_files(cfg: DictConfig, run_dir: Path, data, tokenizer, built: Components, resume: str | None) -> None:
     """resolved_config.yaml and run_info.json (with every resume and what it changed, what each score rests on,
     the arguments it trains with and how often the data ends a turn), then start the trackers (rank 0)."""
-    from sft_exp.loggers import RunDescription
     from sft_exp.data.statistics import end_of_turn_stats
     from sft_exp.data.templates import end_of_turn_token
+    from sft_exp.loggers import RunDescription
     from sft_exp.run import folder as run_folder
     from sft_exp.run.scores import evaluation_record
 

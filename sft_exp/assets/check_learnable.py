@@ -65,10 +65,10 @@ def collate(batch, pad_id: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tenso
     ids = torch.full((len(batch), width), pad_id)
     labels = torch.full((len(batch), width), IGNORE)
     mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for row, (i, l) in enumerate(batch):
-        ids[row, : len(i)] = torch.tensor(i)
-        labels[row, : len(l)] = torch.tensor(l)
-        mask[row, : len(i)] = 1
+    for row, (ids_row, labels_row) in enumerate(batch):
+        ids[row, : len(ids_row)] = torch.tensor(ids_row)
+        labels[row, : len(labels_row)] = torch.tensor(labels_row)
+        mask[row, : len(ids_row)] = 1
     return ids, labels, mask
 
 

@@ -10,12 +10,12 @@ is kept per row is a few numbers in numpy arrays (the kept rows' raw index, toke
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
-import hashlib
-import json
 
 import datasets
 import numpy as np
@@ -24,7 +24,6 @@ import pyarrow.compute as pc
 
 from sft_exp.compat import row_indices
 from sft_exp.system import release_arrow_pages
-
 
 _CODE_FILES = ("formats.py", "templates.py", "masks.py", "turns.py", "encoding.py")
 

@@ -17,7 +17,6 @@ import torch
 from sft_exp.constants import IGNORE_INDEX, SEPARATING_ATTENTION, VARLEN_ATTENTION
 from sft_exp.errors import ConfigError
 
-
 log = logging.getLogger(__name__)
 
 

@@ -17,23 +17,32 @@ they share, confirmed on the words, not only on the hashes.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
-from types import SimpleNamespace
 import hashlib
 import json
 import os
 import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
 from sft_exp.data import ngrams
 from sft_exp.data.cache import code_hash
 from sft_exp.data.formats import RAW_JSON_COLUMN, column_map, top_column
-from sft_exp.data.ngrams import EvalIndex, row_leaves, HELD_OUT, EvalGroup, EvalTexts, NotChecked, dataset_piece, row_batches, text_group
+from sft_exp.data.ngrams import (
+    HELD_OUT,
+    EvalGroup,
+    EvalIndex,
+    EvalTexts,
+    NotChecked,
+    dataset_piece,
+    row_batches,
+    row_leaves,
+    text_group,
+)
 from sft_exp.data.statistics import summary_counts
 from sft_exp.errors import ConfigError, DataError
-
 
 _CANDIDATES = 20  # eval items per group a matching row is compared with word by word (those sharing the most hashes)
 

@@ -9,24 +9,31 @@ and row, or (on_bad_row=drop) come out empty with their reason in `drop_reason`.
 """
 from __future__ import annotations
 
+import copy
+import os
 from array import array
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import NamedTuple
-import copy
-import os
 
 import numpy as np
 import pyarrow as pa
 
 from sft_exp.constants import IGNORE_INDEX
-from sft_exp.data.formats import top_column, RAW_JSON_COLUMN, Conversation, PromptCompletion, Text, field_values, normalize_row, with_system_prompt
-from sft_exp.errors import BadRow
+from sft_exp.data.formats import (
+    RAW_JSON_COLUMN,
+    Conversation,
+    PromptCompletion,
+    Text,
+    field_values,
+    normalize_row,
+    top_column,
+    with_system_prompt,
+)
 from sft_exp.data.masks import conversation_spans, trained_token_ranges
-from sft_exp.data.turns import dropped_reasoning_turns, turn_example, DEFAULT_POLICY, LossPolicy, has_reasoning
-from sft_exp.errors import DataError
+from sft_exp.data.turns import DEFAULT_POLICY, LossPolicy, dropped_reasoning_turns, has_reasoning, turn_example
+from sft_exp.errors import BadRow, DataError
 from sft_exp.system import release_arrow_pages_now_and_then
-
 
 NO_SUPERVISED_TOKENS = "no_supervised_tokens"
 # Rows rendered per tokenizer call: small enough that rendering overlaps tokenizing, large enough

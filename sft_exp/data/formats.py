@@ -24,11 +24,11 @@ here, so chat templates never see them; masks.py applies them with the run's set
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import NamedTuple, Callable
 import functools
 import json
 import math
+from dataclasses import dataclass
+from typing import Callable, NamedTuple
 
 from sft_exp.errors import BadRow, DataError, closest_name
 
@@ -161,7 +161,7 @@ class Format:
     name: str
     required: tuple
     optional: tuple
-    normalize: Callable[[dict], "Text | PromptCompletion | Conversation"]
+    normalize: Callable[[dict], Text | PromptCompletion | Conversation]
     has_prompt: bool = False
 
     @property

@@ -17,11 +17,9 @@ import functools
 import json
 
 from sft_exp.data.formats import Conversation
-from sft_exp.errors import BadRow
 from sft_exp.data.templates import has_generation_markers, render_conversation
 from sft_exp.data.turns import DEFAULT_POLICY, LossPolicy, Turn, has_reasoning, weighted_spans
-from sft_exp.errors import ConfigError
-
+from sft_exp.errors import BadRow, ConfigError
 
 Span = tuple[int, int]
 WeightedSpan = tuple[int, int, float]

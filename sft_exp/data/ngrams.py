@@ -20,18 +20,17 @@ found too.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
-import hashlib
-import json
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from sft_exp.data.formats import RAW_JSON_COLUMN
-
 
 _PRIME = np.uint64(0x100000001B3)
 _MIX = (np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB))
@@ -281,8 +280,8 @@ def row_batches(rows, columns: list, positions: np.ndarray):
     nested column concatenates every chunk first (a million raw rows: a gigabyte), so rows are taken batch by
     batch; a dataset's own cache files are read with plain reads (sft_exp.data.cache)."""
     from sft_exp.compat import row_indices
-    from sft_exp.system import release_arrow_pages_now_and_then
     from sft_exp.data.cache import record_batches
+    from sft_exp.system import release_arrow_pages_now_and_then
 
     stored, positions = stored_columns(columns), np.asarray(positions, np.int64)
     indices = None if isinstance(rows, pa.Table) else row_indices(rows)

@@ -8,10 +8,10 @@ In both, position_ids restart at 0 at every example start, and the label there i
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Iterator
 import hashlib
 import os
+from pathlib import Path
+from typing import Iterator
 
 import datasets
 import numpy as np
@@ -21,7 +21,6 @@ import pyarrow.compute as pc
 from sft_exp.compat import dataset_fingerprint, row_indices
 from sft_exp.constants import IGNORE_INDEX
 from sft_exp.system import release_arrow_pages
-
 
 TOKEN_COLUMNS = ("input_ids", "labels", "position_ids", "source_ids", "loss_weights", "example_ids")
 

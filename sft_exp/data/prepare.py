@@ -8,27 +8,38 @@ is given, `data.eval_split_size` of its own rows. `data.eval_sources` are held o
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Sequence
-import logging
 
 import datasets
 import numpy as np
 
 from sft_exp.compat import dataset_fingerprint
-from sft_exp.data.cache import data_fingerprint, encode_fingerprint, tokenizer_hash, scan_encoded
+from sft_exp.data.cache import data_fingerprint, encode_fingerprint, scan_encoded, tokenizer_hash
 from sft_exp.data.contamination import against_groups, check_training_rows
 from sft_exp.data.encoding import EncodeSpec, encode_batch
 from sft_exp.data.formats import column_map, detect_format
 from sft_exp.data.masks import check_template_can_mask
 from sft_exp.data.packing import pack_bfd, pack_wrapped
-from sft_exp.data.settings import DataSettings, resolve_max_length, loss_policy, check_packing_attention
+from sft_exp.data.settings import DataSettings, check_packing_attention, loss_policy, resolve_max_length
 from sft_exp.data.sources import load_source, source_columns, source_label, source_name
-from sft_exp.data.splits import mixture_split, rows_to_examples, split_by_source_row, split_counts, weighted_rows, heldout_examples
+from sft_exp.data.splits import (
+    heldout_examples,
+    mixture_split,
+    rows_to_examples,
+    split_by_source_row,
+    split_counts,
+    weighted_rows,
+)
 from sft_exp.data.statistics import dataset_statistics, row_counts, token_counts
-from sft_exp.data.templates import has_generation_markers, resolve_chat_template, template_variables, warn_if_no_end_of_turn
+from sft_exp.data.templates import (
+    has_generation_markers,
+    resolve_chat_template,
+    template_variables,
+    warn_if_no_end_of_turn,
+)
 from sft_exp.errors import DataError
-
 
 log = logging.getLogger(__name__)
 

@@ -7,11 +7,11 @@ data loads. Nothing here imports torch or datasets (a subprocess test holds it).
 """
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
-import dataclasses
-import math
 
 from sft_exp.constants import SEPARATING_ATTENTION
 from sft_exp.data.formats import FORMATS
@@ -19,7 +19,6 @@ from sft_exp.data.sources import looks_local, source_name
 from sft_exp.data.templates import check_chat_template_setting
 from sft_exp.data.turns import EOT_POLICIES, TRAINABLE_ROLES, LossPolicy
 from sft_exp.errors import ConfigError, unknown_key_message
-
 
 # data.max_length when it is not set and the model's context is not smaller (TRL's SFTConfig default).
 DEFAULT_MAX_LENGTH = 1024
@@ -68,7 +67,7 @@ class Source:
         """`columns` given as a keep-list, else None."""
         return list(self.columns) if isinstance(self.columns, list) else None
 
-    def heldout_file(self) -> "Source":
+    def heldout_file(self) -> Source:
         """The source of this source's held-out rows: its `eval_path`, read like `path`, under its name."""
         from sft_exp.data.sources import source_name
 

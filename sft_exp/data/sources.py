@@ -129,8 +129,7 @@ def _keep_columns(dataset: datasets.Dataset, source) -> datasets.Dataset:
 
 def _expanded(dataset: datasets.Dataset, source) -> datasets.Dataset:
     """`expand`: one row per element of the list column (sft_exp.data.formats)."""
-    from sft_exp.data.formats import RAW_JSON_COLUMN
-    from sft_exp.data.formats import expand_rows
+    from sft_exp.data.formats import RAW_JSON_COLUMN, expand_rows
 
     if RAW_JSON_COLUMN not in dataset.column_names and source.expand not in dataset.column_names:
         raise DataError(f"{source_label(source)}: expand={source.expand!r} is not a column (it has "

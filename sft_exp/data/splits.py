@@ -7,9 +7,15 @@ import math
 
 import numpy as np
 
-from sft_exp.data.formats import Conversation, PromptCompletion, column_map, field_values, normalize_row, with_system_prompt
+from sft_exp.data.formats import (
+    Conversation,
+    PromptCompletion,
+    column_map,
+    field_values,
+    normalize_row,
+    with_system_prompt,
+)
 from sft_exp.errors import BadRow
-
 
 # A fraction holds out at least one row of a source this large (below it, a fraction rounds down to 0 rows).
 MIN_ROWS_FOR_ONE_HELD_OUT = 20

@@ -15,7 +15,6 @@ import pyarrow.compute as pc
 from sft_exp.constants import IGNORE_INDEX
 from sft_exp.data.cache import record_batches
 
-
 COUNTED = ("source_ids", "labels", "position_ids")
 
 

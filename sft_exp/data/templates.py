@@ -15,13 +15,12 @@ import re
 from pathlib import Path
 from typing import Optional
 
+import jinja2
 from jinja2 import nodes
 from jinja2.ext import Extension, loopcontrols
-import jinja2
 
 from sft_exp.compat import compile_jinja_template
-from sft_exp.errors import BadRow
-from sft_exp.errors import ConfigError
+from sft_exp.errors import BadRow, ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -14,14 +14,12 @@ Whether a turn is dropped is found by rendering, never by the template's name.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, replace
 from typing import NamedTuple
-import re
 
-from sft_exp.data.formats import Conversation
-from sft_exp.data.formats import MessageLoss
+from sft_exp.data.formats import Conversation, MessageLoss
 from sft_exp.data.templates import render_conversation
-
 
 EOT_POLICIES = ("all", "turn", "last", "none")
 TRAINABLE_ROLES = ("system", "user", "assistant", "tool")
@@ -62,7 +60,7 @@ def message_weights(conv, policy: LossPolicy) -> list[float]:
     """Per message its loss weight: its role and the row's `weight` / `train`, then `last_turn_only`."""
     losses = conv.message_losses or [None] * len(conv.messages)
     weights = []
-    for i, (message, loss) in enumerate(zip(conv.messages, losses)):
+    for message, loss in zip(conv.messages, losses):
         in_role = message["role"] in policy.roles_to_train
         if loss is not None and loss.weight is not None and not in_role and loss.train is not True:
             raise _bad(

@@ -149,6 +149,5 @@ def print_examples(task_name: str, rows: list, count: int, printer=None) -> None
     for row in rows[:count]:
         mark = "ok " if row["score"] >= 1 else "   "
         cut = " [truncated]" if row["truncated"] else ""
-        printer("%s %s| %r -> %r%s (reference %r, score %.2f)" % (
-            task_name, mark, prompt_text(row["prompt"])[-200:], row["output"][:300], cut,
-            row["reference"][:200], row["score"]))
+        printer(f"{task_name} {mark}| {prompt_text(row['prompt'])[-200:]!r} -> {row['output'][:300]!r}{cut} "
+                f"(reference {row['reference'][:200]!r}, score {row['score']:.2f})")

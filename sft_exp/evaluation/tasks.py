@@ -72,7 +72,7 @@ class GenerationTask:
         return self.settings.path
 
     @classmethod
-    def build(cls, name: str, settings: GenerationTaskSettings) -> "GenerationTask":
+    def build(cls, name: str, settings: GenerationTaskSettings) -> GenerationTask:
         scorer = build_scorer(settings.scorer, f"evals.{name}.scorer")
         task = cls(name, settings, scorer, scorer_name(scorer))
         if not settings.path:
@@ -142,9 +142,9 @@ def _file_source(settings: GenerationTaskSettings):
 def load_examples(name: str, settings: GenerationTaskSettings) -> List[dict]:
     """The task's prompts and references from its file (the first `limit`)."""
     from sft_exp.data.formats import column_map, detect_format, field_values, normalize_row
-    from sft_exp.errors import BadRow
-    from sft_exp.data.splits import as_example
     from sft_exp.data.sources import load_source, source_columns
+    from sft_exp.data.splits import as_example
+    from sft_exp.errors import BadRow
 
     path = Path(settings.path).expanduser()
     where = f"evals.{name} ({path})"

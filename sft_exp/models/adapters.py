@@ -68,7 +68,7 @@ def _check_bitsandbytes() -> None:
         )
 
 
-def _skeleton(model: Mapping[str, Any]) -> Optional["torch.nn.Module"]:
+def _skeleton(model: Mapping[str, Any]) -> Optional[torch.nn.Module]:
     """The model's modules on the meta device (no weights); None when its config cannot be read yet."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -98,7 +98,7 @@ def _matches(name: str, target: str, key: str) -> bool:
     return name == target or name.endswith("." + target)
 
 
-def linear_module_names(model: "torch.nn.Module") -> List[str]:
+def linear_module_names(model: torch.nn.Module) -> List[str]:
     """Distinct short names of the model's Linear layers (what target_modules usually lists)."""
     import torch
 
@@ -106,7 +106,7 @@ def linear_module_names(model: "torch.nn.Module") -> List[str]:
     return sorted(names)
 
 
-def check_targets(model: "torch.nn.Module", targets: Any, modules_to_save: Optional[Iterable[str]] = None) -> None:
+def check_targets(model: torch.nn.Module, targets: Any, modules_to_save: Optional[Iterable[str]] = None) -> None:
     """Every named target must match a module of `model`; a typo would silently train less."""
     names = [name for name, _ in model.named_modules()]
     kind = type(model).__name__

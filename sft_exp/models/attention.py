@@ -116,7 +116,6 @@ def use_varlen_sdpa(model) -> bool:
 
     False, with the model left on sdpa, where the model's code does not take registered attention functions.
     """
-    config = model.config
     if compat.attn_implementation(model) != "sdpa":
         return False
     if not getattr(model, "_supports_attention_backend", False):

@@ -15,8 +15,9 @@ from typing import Any, Mapping, Optional
 import torch
 
 from sft_exp.errors import ConfigError
+from sft_exp.models.attention import register as register_varlen_sdpa
+from sft_exp.models.attention import use_varlen_sdpa
 from sft_exp.plain import plain
-from sft_exp.models.attention import register as register_varlen_sdpa, use_varlen_sdpa
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ class ModelLoader:
         self.lora_target_modules = plain(self.lora_target_modules)
 
     @classmethod
-    def from_mapping(cls, fields: Mapping[str, Any]) -> "ModelLoader":
+    def from_mapping(cls, fields: Mapping[str, Any]) -> ModelLoader:
         """From a `model:` mapping (e.g. a run's resolved_config.yaml); Hydra's `_target_` and `_convert_` left out."""
         return cls(**{k: v for k, v in dict(plain(fields)).items() if not k.startswith("_")})
 

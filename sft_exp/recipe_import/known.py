@@ -63,7 +63,7 @@ def package_file(package: str, relative: str) -> Path | None:
     return path if path.is_file() else None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def class_fields(package: str, relative: str, name: str) -> frozenset[str]:
     """The annotated fields of dataclass `name` in a package's source file (empty when it cannot be found)."""
     path = package_file(package, relative)

@@ -11,7 +11,7 @@ from sft_exp.recipe_import.rows import GROUP, Recipe, Row, Setting
 ADAMW = {"adamw_torch": False, "adamw_torch_fused": True}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def trainer_keys() -> frozenset[str]:
     """The TrainingArguments fields the `trainer` group sets by name (the rest go through trainer.extra_args)."""
     import dataclasses

@@ -22,10 +22,11 @@ from typing import Any, List, Optional
 
 from omegaconf import OmegaConf
 
-from sft_exp.atomic import read_json
 from sft_exp import compat
+from sft_exp.atomic import read_json
 from sft_exp.errors import ConfigError, UserError
-from sft_exp.sweeps import space, storage as storage_lib
+from sft_exp.sweeps import space
+from sft_exp.sweeps import storage as storage_lib
 from sft_exp.sweeps.resume import HEARTBEAT, INTERRUPTED, OWNER, SURPLUS, Heartbeat, abandoned, claim, counts, owner
 from sft_exp.sweeps.samplers import build_pruner, build_sampler, prunes
 

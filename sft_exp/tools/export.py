@@ -26,7 +26,6 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-
 from sft_exp.errors import UserError
 from sft_exp.tools.saved_run import SavedRun
 
@@ -77,7 +76,7 @@ def check_repo_id(repo: str) -> None:
     try:
         validate_repo_id(repo)
     except HFValidationError as e:
-        raise UserError(f"--push-to-hub {repo!r}: not a Hub repository id ({e}); use owner/name, e.g. me/my-model")
+        raise UserError(f"--push-to-hub {repo!r}: not a Hub repository id ({e}); use owner/name, e.g. me/my-model") from None
 
 
 def push_to_hub(folder: Path, repo: str, private: bool = False) -> str:

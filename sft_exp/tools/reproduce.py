@@ -22,9 +22,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from sft_exp.atomic import read_json
+from sft_exp.atomic import read_json, read_jsonl
 from sft_exp.errors import UserError
-from sft_exp.atomic import read_jsonl
 
 WALL_CLOCK = re.compile(r"runtime|per_second|_per_s$|_time(_s)?$|timestamp")  # differ run to run by nature
 GROUPS = ("model", "data", "optimizer", "loss", "memory", "peft", "logger", "trainer", "distributed", "experiment")

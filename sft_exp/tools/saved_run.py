@@ -23,7 +23,7 @@ class SavedRun:
         self.path = Path(path)
 
     @classmethod
-    def open(cls, path: Path) -> "SavedRun":
+    def open(cls, path: Path) -> SavedRun:
         path = Path(path)
         if not path.is_dir():
             raise UserError(f"{path}: no such folder. Give a run folder such as outputs/runs/<date>/<time>.")

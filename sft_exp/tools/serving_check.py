@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
-from sft_exp.atomic import read_jsonl
-from sft_exp.atomic import read_json
+from sft_exp.atomic import read_json, read_jsonl
 
 
 @dataclass

@@ -14,10 +14,10 @@ from torch import Tensor
 
 from sft_exp.constants import IGNORE_INDEX
 from sft_exp.data.collator import TARGET_COLUMNS, shift_targets
+from sft_exp.models.attention import documents_from_positions
 from sft_exp.training.lm_head import chunked_head, head_spec, output_head
 from sft_exp.training.losses import SFTLoss
 from sft_exp.training.memory import no_offload
-from sft_exp.models.attention import documents_from_positions
 
 # Batch keys that are ours, not the model's.
 _NOT_MODEL_INPUTS = ("labels", "source_ids", "loss_weights", "example_ids", "shift_labels", "shift_loss_weights",

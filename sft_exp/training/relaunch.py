@@ -59,9 +59,9 @@ def decide(cfg, run_dir: Path) -> Relaunch:
 
 def _decide(cfg, run_dir: Path) -> Relaunch:
     from sft_exp.plain import plain
+    from sft_exp.run.distributed import requeued_job
     from sft_exp.run.folder import config_changes
     from sft_exp.run.hydra_job import multirun_hydra_config
-    from sft_exp.run.distributed import requeued_job
 
     asked = cfg.get("resume_from_checkpoint")
     if not holds_run(run_dir) or asked not in (None, False) or (asked is None and requeued_job()):

@@ -17,17 +17,22 @@ from transformers import PrinterCallback, Trainer, TrainingArguments
 from sft_exp.compat import set_loss_shifts_labels
 from sft_exp.errors import ConfigError
 from sft_exp.evaluation.evaluator import Evaluator
-from sft_exp.run import distributed, sequence_parallel
 from sft_exp.loggers.base import Logger
+from sft_exp.run import distributed, sequence_parallel
+from sft_exp.run.scores import whole_run_loss
 from sft_exp.training.checkpoints import AtomicCheckpoints, SavesAsAsked
 from sft_exp.training.choices import check_trainer_choices
 from sft_exp.training.forward import sft_forward, weighted_count
-from sft_exp.training.state_callbacks import (  # noqa: F401 (NonFiniteLossError: re-exported)
-    EvaluationBeforeTraining, LoggingWindow, NonFiniteLossError, NonFiniteLossGuard, TokenCount)
-from sft_exp.training.metrics import SFTMetrics
 from sft_exp.training.ledger import ExampleLedger, ledger_path
-from sft_exp.run.scores import whole_run_loss
+from sft_exp.training.metrics import SFTMetrics
 from sft_exp.training.segments import RunSegments
+from sft_exp.training.state_callbacks import (  # noqa: F401 (NonFiniteLossError: re-exported)
+    EvaluationBeforeTraining,
+    LoggingWindow,
+    NonFiniteLossError,
+    NonFiniteLossGuard,
+    TokenCount,
+)
 
 log = logging.getLogger(__name__)
 
