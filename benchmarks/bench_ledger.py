@@ -26,14 +26,14 @@ sys.path.insert(0, str(REPO / "tests"))
 def _load(model_name: str):
     from hydra.utils import instantiate
 
-    from conftest import compose
+    from tests.helpers import compose
 
     cfg = compose(["logger=none", "evals=none"])
     loader = instantiate(cfg.model, _convert_="all")
     if model_name == "smollm2":
         import importlib.metadata
 
-        from real_model.conftest import COMPLETE, WHEEL, build_folder, cache_root, load_gguf, wheel_gguf
+        from tests.real_model.helpers import COMPLETE, WHEEL, build_folder, cache_root, load_gguf, wheel_gguf
 
         from sft_exp.models.loader import ModelLoader
 

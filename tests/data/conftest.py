@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import pytest
-from builders import make_word_tokenizer
+from tests.data.builders import make_word_tokenizer
 
 
 @pytest.fixture
