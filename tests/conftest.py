@@ -5,8 +5,6 @@ from pathlib import Path
 
 import pytest
 
-# Until every test imports from tests.helpers (the helpers moved there), the old names still resolve here.
-from tests.helpers import *  # noqa: F401,F403  (removed once the imports are rewritten)
 from tests.helpers import SHARED_DATA
 
 

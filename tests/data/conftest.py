@@ -1,7 +1,8 @@
-"""Fixtures for the data tests (the builders themselves live in builders.py)."""
+"""Fixtures for the data tests; the builders themselves live in builders.py (`from tests.data.builders import`)."""
 from __future__ import annotations
 
 import pytest
+
 from tests.data.builders import make_word_tokenizer
 
 

@@ -5,7 +5,6 @@ import pytest
 
 from sft_exp.paths import asset_path
 from tests.evaluation.helpers import tiny_model
-from tests.evaluation.helpers import demo_eval_file, write_jsonl  # noqa: F401  (removed once the imports are rewritten)
 
 
 @pytest.fixture(scope="session")

