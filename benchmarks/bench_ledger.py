@@ -20,19 +20,19 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
 
 
 def _load(model_name: str):
-    from conftest import compose
     from hydra.utils import instantiate
+
+    from tests.helpers import compose
 
     cfg = compose(["logger=none", "evals=none"])
     loader = instantiate(cfg.model, _convert_="all")
     if model_name == "smollm2":
         import importlib.metadata
 
-        from real_model.conftest import COMPLETE, WHEEL, build_folder, cache_root, load_gguf, wheel_gguf
+        from tests.real_model.helpers import COMPLETE, WHEEL, build_folder, cache_root, load_gguf, wheel_gguf
 
         from sft_exp.models.loader import ModelLoader
 
@@ -103,8 +103,7 @@ def main() -> None:
     args = parser.parse_args()
     import os
 
-    from sft_exp.training import forward
-    from sft_exp.training import ledger as ledger_module
+    from sft_exp.training import forward, ledger as ledger_module
 
     forward._per_example = _timed(forward._per_example)
     ledger_module.ExampleLedger.add = _timed(ledger_module.ExampleLedger.add)

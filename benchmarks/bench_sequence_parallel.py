@@ -86,7 +86,7 @@ def worker(args) -> None:
     from sft_exp.paths import config_dir
     from sft_exp.run import distributed, sequence_parallel
     from sft_exp.training.trainer import SFTTrainer
-    from tests.conftest import prepared_rows  # random tokens, the first third a prompt
+    from tests.helpers import prepared_rows  # random tokens, the first third a prompt
 
     split = distributed.world_size()
     torch.set_num_threads(max(1, args.cores // split))

@@ -5,7 +5,7 @@ import torch
 from transformers import TrainingArguments, get_scheduler
 
 from sft_exp.assets.check_learnable import make_scheduler, parse_args
-from tests.conftest import compose
+from tests.helpers import compose
 
 
 def _lrs(scheduler, steps: int) -> list:

@@ -10,7 +10,7 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
 
-from tests.conftest import REPO, TEST_ENV, compose, run_sft
+from tests.helpers import REPO, TEST_ENV, compose, run_sft
 from sft_exp.paths import config_dir
 
 GROUPS = ("model", "data", "optimizer", "loss", "memory", "peft", "distributed", "logger", "trainer", "experiment")

@@ -8,7 +8,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from sft_exp.paths import asset_path
-from tests.conftest import compose, tiny_run
+from tests.helpers import compose, tiny_run
 
 
 def test_the_default_components_build_and_train_from_python_without_hydra(tmp_path):

@@ -7,7 +7,7 @@ import math
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tests.conftest import DEMO_EVAL_ROWS, NO_SAMPLE_GENERATIONS, SAMPLE_GENERATIONS, SHORT_RUN, run_sft
+from tests.helpers import DEMO_EVAL_ROWS, NO_SAMPLE_GENERATIONS, SAMPLE_GENERATIONS, SHORT_RUN, run_sft
 
 
 def read_jsonl(path):

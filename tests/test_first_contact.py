@@ -7,7 +7,7 @@ import json
 import pytest
 
 from sft_exp.errors import ConfigError
-from tests.conftest import compose, run_sft
+from tests.helpers import compose, run_sft
 
 
 def test_a_misspelled_key_is_one_did_you_mean_with_exit_2():

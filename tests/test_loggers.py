@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from sft_exp.loggers import Logger
-from tests.conftest import TEST_ENV, compose, tiny_run
+from tests.helpers import TEST_ENV, compose, tiny_run
 
 ALL_LOGGERS = "logger=[wandb,tensorboard,mlflow]"
 

@@ -15,7 +15,7 @@ from sft_exp.training.losses import NLLLoss
 from sft_exp.paths import asset_path, config_dir
 from sft_exp.training.forward import sft_forward
 from sft_exp.preflight import validate_config
-from tests.conftest import compose, tiny_causal_lm
+from tests.helpers import compose, tiny_causal_lm
 
 SMALL = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True)

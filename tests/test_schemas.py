@@ -10,7 +10,7 @@ from omegaconf import MISSING
 
 from sft_exp.config import TrainerConfig, option_schemas
 from sft_exp.schemas import component_schema
-from tests.conftest import REPO, compose
+from tests.helpers import REPO, compose
 
 OURS = [
     "sft_exp.data.settings.DataSettings", "sft_exp.data.settings.Source", "sft_exp.models.loader.ModelLoader",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, run_sft, tiny_run
+from tests.helpers import REPO, run_sft, tiny_run
 from tests.test_loggers import wandb_records
 
 TINY = tiny_run(steps=2, train_rows=16, save_steps=2, logger="logger.wandb.mode=offline")
@@ -104,7 +104,7 @@ def test_a_job_stopped_in_a_sweep_prints_only_the_sweeps_resume_command(tmp_path
     from sft_exp.errors import TrainingInterrupted
     from sft_exp.run.hydra_job import resume_command
     from sft_exp.paths import config_dir
-    from tests.conftest import compose as compose_a_run
+    from tests.helpers import compose as compose_a_run
 
     with initialize_config_dir(str(config_dir()), version_base="1.3"):
         job = compose("config", return_hydra_config=True)
@@ -131,7 +131,7 @@ def test_a_stopped_sweep_prints_the_sweeps_own_command_which_continues_it(tmp_pa
     import subprocess
     import sys
 
-    from tests.conftest import TEST_ENV
+    from tests.helpers import TEST_ENV
     from tests.training.test_resume import SIGNAL_DURING_STEP
 
     steps = ["trainer.max_steps=4", "trainer.save_steps=1000"]

@@ -1,8 +1,9 @@
-"""Fixtures for the data tests (the builders themselves live in builders.py)."""
+"""Fixtures for the data tests; the builders themselves live in builders.py (`from tests.data.builders import`)."""
 from __future__ import annotations
 
 import pytest
-from builders import make_word_tokenizer
+
+from tests.data.builders import make_word_tokenizer
 
 
 @pytest.fixture

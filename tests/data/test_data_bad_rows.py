@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from builders import conversation, settings, write_jsonl
+from tests.data.builders import conversation, settings, write_jsonl
 
 from sft_exp.data import prepare_datasets
 from sft_exp.data.templates import CHATML

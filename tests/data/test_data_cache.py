@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from builders import conversation, make_word_tokenizer, settings, write_jsonl
+from tests.data.builders import conversation, make_word_tokenizer, settings, write_jsonl
 
 import sft_exp.data.cache as fingerprint
 import sft_exp.data.prepare as prepare

@@ -11,7 +11,7 @@ from sft_exp.errors import ConfigError
 from sft_exp.training.losses import NLLLoss
 from sft_exp.training.forward import sft_forward
 from sft_exp.models.attention import register as register_varlen_sdpa
-from tests.conftest import prepared_rows, sft_loss_and_grads, tiny_causal_lm
+from tests.helpers import prepared_rows, sft_loss_and_grads, tiny_causal_lm
 
 register_varlen_sdpa()
 

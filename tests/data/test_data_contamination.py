@@ -14,7 +14,7 @@ import re
 from collections import defaultdict
 
 import pytest
-from builders import TEST_ASSETS, write_jsonl
+from tests.data.builders import TEST_ASSETS, write_jsonl
 from transformers import AutoTokenizer
 
 from sft_exp.data import DataSettings, prepare_datasets

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from builders import conversation, make_word_tokenizer, settings, write_jsonl
+from tests.data.builders import conversation, make_word_tokenizer, settings, write_jsonl
 
 import sft_exp.data.contamination as contamination
 from sft_exp.data import describe, prepare_datasets
@@ -165,7 +165,7 @@ def test_the_result_is_cached_and_a_changed_eval_text_checks_again(tmp_path, mon
 
 def test_on_the_command_line_a_bad_against_file_and_mode_error_stop_before_the_model_loads():
     from sft_exp.paths import asset_path
-    from tests.conftest import run_sft
+    from tests.helpers import run_sft
 
     demo, quiz = asset_path("demo/train.jsonl"), "tests/assets/eval/gsm8k_test_first50.jsonl"
     job = run_sft(f"data.decontamination.against=[{{path:{quiz},column:problem}}]", "logger=none")

@@ -5,7 +5,7 @@ import json
 
 import pandas as pd
 import pytest
-from builders import conversation, settings, write_jsonl
+from tests.data.builders import conversation, settings, write_jsonl
 
 from sft_exp.data import prepare_datasets
 

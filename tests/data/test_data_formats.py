@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from builders import conversation, settings, supervised_tokens, write_jsonl
+from tests.data.builders import conversation, settings, supervised_tokens, write_jsonl
 
 from sft_exp.data import prepare_datasets
 from sft_exp.data.templates import CHATML
@@ -117,7 +117,7 @@ def test_chat_template_from_a_jinja_file(word_tokenizer, tmp_path):
 
 
 def test_tokenizer_own_template_is_the_default(tmp_path):
-    from builders import make_word_tokenizer
+    from tests.data.builders import make_word_tokenizer
 
     tokenizer = make_word_tokenizer(chat_template=CHATML)
     row = _row(tokenizer, tmp_path, [conversation("Hi", "Bye")], assistant_only_loss=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from builders import conversation, settings, write_jsonl
+from tests.data.builders import conversation, settings, write_jsonl
 from transformers import AutoTokenizer
 
 from sft_exp.data import DataSettings, Source, describe, prepare_datasets
@@ -16,7 +16,7 @@ from sft_exp.data.splits import held_out_count
 from sft_exp.data.templates import CHATML
 from sft_exp.errors import ConfigError
 from sft_exp.paths import asset_path
-from tests.conftest import compose
+from tests.helpers import compose
 
 
 def _digits(i: int) -> str:

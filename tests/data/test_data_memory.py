@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
-from builders import REPO_ROOT, conversation, settings, write_jsonl
+from tests.data.builders import REPO_ROOT, conversation, settings, write_jsonl
 
 from sft_exp.data import DataSettings, prepare_datasets
 from sft_exp.data.cache import TokenDigest, token_digest

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from builders import conversation, settings, supervised_tokens, write_jsonl
+from tests.data.builders import conversation, settings, supervised_tokens, write_jsonl
 
 from sft_exp.data import DataSettings, SFTCollator, prepare_datasets
 from sft_exp.data.templates import CHATML

@@ -5,7 +5,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from builders import conversation, settings, write_jsonl
+from tests.data.builders import conversation, settings, write_jsonl
 
 from sft_exp.data import prepare_datasets
 from sft_exp.data.splits import split_counts, weighted_rows

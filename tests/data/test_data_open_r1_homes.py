@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import datasets
 import pytest
-from builders import conversation, settings, write_jsonl
+from tests.data.builders import conversation, settings, write_jsonl
 
 from sft_exp.data import prepare_datasets
 from sft_exp.data.statistics import describe_eval
 from sft_exp.errors import ConfigError, DataError
-from tests.conftest import compose
+from tests.helpers import compose
 
 
 def _files(tmp_path, sizes: dict[str, int]) -> list[dict]:

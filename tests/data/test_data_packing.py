@@ -9,7 +9,7 @@ import torch
 from sft_exp.data import SFTCollator
 from sft_exp.data.packing import bfd_bins, pack_bfd, pack_wrapped
 from sft_exp.paths import PACKAGE_DIR
-from tests.conftest import tiny_causal_lm
+from tests.helpers import tiny_causal_lm
 
 
 def _examples(lengths: list[int], seed: int = 0) -> datasets.Dataset:

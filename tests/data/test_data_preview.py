@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from builders import conversation, write_jsonl
+from tests.data.builders import conversation, write_jsonl
 
 from sft_exp.tools.preview import main, render_row
 

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 import pytest
-from builders import conversation, trained_runs
+from tests.data.builders import conversation, trained_runs
 
 from sft_exp.data.encoding import EncodeSpec, encode_batch
 from sft_exp.data.formats import Conversation
@@ -56,7 +56,7 @@ def _load_template(path) -> str:
 
 def _template_file(name: str) -> Path:
     """The shipped copy, else ../shared/data's (skips when neither has it)."""
-    from builders import SHARED_DATA
+    from tests.data.builders import SHARED_DATA
 
     for folder in (SHIPPED_TEMPLATES, SHARED_DATA / "chat_templates"):
         if (folder / name).is_file():

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
-from builders import settings, write_jsonl
+from tests.data.builders import settings, write_jsonl
 
 from sft_exp.constants import IGNORE_INDEX
 from sft_exp.data import prepare_datasets

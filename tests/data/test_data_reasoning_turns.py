@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from builders import conversation, make_word_tokenizer, settings, write_jsonl
+from tests.data.builders import conversation, make_word_tokenizer, settings, write_jsonl
 
 from sft_exp.constants import IGNORE_INDEX
 from sft_exp.data import prepare_datasets

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from builders import settings, write_jsonl
+from tests.data.builders import settings, write_jsonl
 
 from sft_exp.data import prepare_datasets
 from sft_exp.data.formats import column_map, field_values, normalize_row

@@ -12,7 +12,7 @@ import json
 import re
 
 import pytest
-from builders import settings, trained_runs, write_jsonl
+from tests.data.builders import settings, trained_runs, write_jsonl
 
 from sft_exp.data import prepare_datasets
 
@@ -82,7 +82,7 @@ def _load_template(path) -> str:
 
 @pytest.fixture(scope="module")
 def phi3_tokenizer():
-    from builders import TEST_ASSETS
+    from tests.data.builders import TEST_ASSETS
     from transformers import AutoTokenizer
 
     folder = TEST_ASSETS / "tokenizers" / "phi-3-mini"  # shipped (tests/assets/README.md)
@@ -94,7 +94,7 @@ def phi3_tokenizer():
 def template_file(name: str):
     """The shipped copy of a real template, else ../shared/data's; the Llama 3.x templates are not shipped
     (their licence), so their cases skip without ../shared."""
-    from builders import SHARED_DATA, TEST_ASSETS
+    from tests.data.builders import SHARED_DATA, TEST_ASSETS
 
     for folder in (TEST_ASSETS / "chat_templates", SHARED_DATA / "chat_templates"):
         if (folder / name).is_file():
@@ -138,7 +138,7 @@ def test_trained_text_is_the_inference_render_and_masks_cover_each_call(phi3_tok
 
 
 def test_openai_tool_rows_with_qwen2_5_have_no_double_encoded_arguments(phi3_tokenizer, tmp_path):
-    from builders import TEST_ASSETS
+    from tests.data.builders import TEST_ASSETS
 
     path = TEST_ASSETS / "conversations" / "foundry_stock_toolcall_training.messages.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines()]

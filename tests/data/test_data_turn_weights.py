@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import pytest
-from builders import conversation, settings, supervised_tokens, write_jsonl
+from tests.data.builders import conversation, settings, supervised_tokens, write_jsonl
 
 from sft_exp.data import prepare_datasets
 from sft_exp.errors import ConfigError, DataError

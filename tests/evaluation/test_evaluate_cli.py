@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from sft_exp.tools.evaluate import main
 from sft_exp.evaluation import TaskEvaluation
 
-from .conftest import demo_eval_file, tiny_model, write_jsonl
+from tests.evaluation.helpers import demo_eval_file, tiny_model, write_jsonl
 
 
 def _run_folder(tmp_path, model, tokenizer, evals: dict):

@@ -13,7 +13,7 @@ from sft_exp.evaluation import TaskEvaluation
 from sft_exp.evaluation.generate import generate, render_prompt
 from sft_exp.evaluation.tasks import load_examples, task_settings
 
-from .conftest import demo_eval_file, tiny_model, write_jsonl
+from tests.evaluation.helpers import demo_eval_file, tiny_model, write_jsonl
 
 
 def _demo_prompt_ids(tokenizer, count):

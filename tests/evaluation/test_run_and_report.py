@@ -10,7 +10,7 @@ import torch
 from sft_exp.evaluation import TaskEvaluation
 from sft_exp.evaluation.generate import render_prompt
 
-from .conftest import write_jsonl
+from tests.evaluation.helpers import write_jsonl
 
 PAIRS = [("Reverse 123", "321"), ("Reverse 45", "54"), ("Sort 312", "123"), ("Max of 719", "9")]
 

@@ -2,7 +2,7 @@
 at every evaluation (what the pruner needs) and sweeps keys that exist."""
 from __future__ import annotations
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def test_the_task_score_sweep_composes():

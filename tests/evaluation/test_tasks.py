@@ -9,7 +9,7 @@ from sft_exp.errors import ConfigError, DataError
 from sft_exp.evaluation import TaskEvaluation, build_tasks
 from sft_exp.paths import config_dir
 
-from .conftest import demo_eval_file, write_jsonl
+from tests.evaluation.helpers import demo_eval_file, write_jsonl
 
 
 def _compose(tmp_path, overrides):
@@ -40,7 +40,7 @@ def test_gsm8k_path_is_required(tmp_path):
 
 
 def test_gsm8k_file_prompts_and_answers(tmp_path):
-    from tests.conftest import TEST_ASSETS
+    from tests.helpers import TEST_ASSETS
 
     tasks = _compose(tmp_path, ["evals=gsm8k", f"evals.gsm8k.path={TEST_ASSETS}/eval/gsm8k_test_first50.jsonl",
                                 "evals.gsm8k.limit=3"])
@@ -116,7 +116,7 @@ def test_a_scorers_target_is_handed_to_the_task_not_called(tmp_path):
     """A `_target_` under `scorer:` keeps the entry a task: TaskEvaluation imports the function, never calls it."""
     from sft_exp.evaluation import build_evaluators
     from sft_exp.evaluation.scorers import token_f1
-    from tests.conftest import compose
+    from tests.helpers import compose
 
     cfg = compose(["evals.heldout.scorer={_target_:sft_exp.evaluation.scorers.token_f1}", "logger=none"])
     [evaluation] = build_evaluators(cfg.evals, tmp_path / "evals")

@@ -11,7 +11,7 @@ import torch.multiprocessing as mp
 
 from sft_exp.evaluation import TaskEvaluation
 
-from .conftest import tiny_model, write_jsonl
+from tests.evaluation.helpers import tiny_model, write_jsonl
 
 
 def _rank(rank: int, world: int, port: int, prompts: str, out: str, queue) -> None:

@@ -10,7 +10,7 @@ from transformers import AutoTokenizer, GenerationConfig
 from sft_exp.data import DataSettings, prepare_datasets
 from sft_exp.errors import ConfigError
 from sft_exp.models.loader import ModelLoader
-from tests.conftest import write_base_model
+from tests.helpers import write_base_model
 
 
 @pytest.fixture(scope="module")

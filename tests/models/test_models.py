@@ -14,7 +14,7 @@ from sft_exp.errors import ConfigError
 from sft_exp.models.loader import ModelLoader
 from sft_exp.paths import asset_path, config_dir
 from sft_exp.preflight import validate_config
-from tests.conftest import compose, run_sft, tiny_causal_lm
+from tests.helpers import compose, run_sft, tiny_causal_lm
 
 PRESETS = sorted(p.stem for p in (config_dir() / "model").glob("*.yaml"))
 BUILT_FROM_CONFIG = ("tiny", "tiny_moe")

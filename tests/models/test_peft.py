@@ -11,7 +11,7 @@ from hydra.utils import instantiate
 
 from sft_exp.errors import ConfigError
 from sft_exp.preflight import validate_config
-from tests.conftest import compose
+from tests.helpers import compose
 
 # A few LoRA steps on a slice of the demo data: the adapter must move, and checkpoints 2 and 4 exist.
 LORA_RUN = [
@@ -158,7 +158,7 @@ def qlora_run(tmp_path_factory):
     from transformers import AutoTokenizer
 
     from sft_exp.paths import asset_path
-    from tests.conftest import tiny_causal_lm
+    from tests.helpers import tiny_causal_lm
 
     folder = tmp_path_factory.mktemp("qlora")
     tokenizer = AutoTokenizer.from_pretrained(asset_path("tokenizer"))
@@ -247,7 +247,7 @@ def test_wrapping_in_lora_raises_no_future_warning():
     from peft import LoraConfig
 
     from sft_exp.models.adapters import wrap_with_adapter
-    from tests.conftest import tiny_causal_lm
+    from tests.helpers import tiny_causal_lm
 
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")

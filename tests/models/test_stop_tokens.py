@@ -20,7 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 from sft_exp.data.templates import CHATML
 from sft_exp.models.stop_tokens import end_of_turn_token, stop_ids
 from sft_exp.paths import asset_path
-from tests.conftest import REPO, run_sft, tiny_causal_lm
+from tests.helpers import REPO, run_sft, tiny_causal_lm
 
 PHI3_TOKENIZER = REPO / "tests" / "assets" / "tokenizers" / "phi-3-mini"
 PAIRS = [("sky", "blue"), ("grass", "green"), ("snow", "white"), ("coal", "black")]

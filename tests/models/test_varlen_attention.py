@@ -8,7 +8,7 @@ from sft_exp.data.collator import SFTCollator
 from sft_exp.training.memory import GradientCheckpointing
 from sft_exp.models.loader import ModelLoader
 from sft_exp.models.attention import register, use_varlen_sdpa
-from tests.conftest import prepared_rows, sft_loss_and_grads, tiny_causal_lm
+from tests.helpers import prepared_rows, sft_loss_and_grads, tiny_causal_lm
 
 VOCAB = 128
 LENGTHS = [23, 9, 31, 1, 17, 12]

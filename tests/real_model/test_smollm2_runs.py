@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from sft_exp.data.templates import CHATML
 from sft_exp.models.stop_tokens import as_ids
-from tests.conftest import TEST_ASSETS, run_sft
+from tests.helpers import TEST_ASSETS, run_sft
 
 pytestmark = pytest.mark.real_model
 

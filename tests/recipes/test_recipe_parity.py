@@ -13,7 +13,7 @@ import dataclasses
 
 import pytest
 from omegaconf import OmegaConf
-from recipes import RECIPES, compose_experiment, imported_experiment, trl_parse
+from tests.recipes.recipes import RECIPES, compose_experiment, imported_experiment, trl_parse
 from transformers import TrainingArguments
 
 from sft_exp.train import training_arguments

@@ -1,7 +1,7 @@
 """Every imported recipe trains: 3 steps on CPU, in this process, with the model and the data swapped for local
 ones (`pytest -m slow tests/recipes`). The overrides, all of them, and why:
 
-- model.name_or_path: a tiny random Qwen2 folder (tests.conftest.write_base_model) for the recipe's hub model;
+- model.name_or_path: a tiny random Qwen2 folder (tests.helpers.write_base_model) for the recipe's hub model;
 - data.sources (and data.eval_sources, where the recipe evaluates): the demo's conversations for its hub dataset;
 - trainer.max_steps=3;
 and what a CPU machine without network cannot do, which the recipe asks of a GPU cluster:
@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from recipes import RECIPES, compose_experiment, imported_experiment, trl_parse
+from tests.recipes.recipes import RECIPES, compose_experiment, imported_experiment, trl_parse
 
 from sft_exp.paths import asset_path
 from sft_exp.train import run
-from tests.conftest import write_base_model
+from tests.helpers import write_base_model
 
 ROWS = 96  # the demo's first rows: enough for 3 steps of the largest recipe batch (16 x 1, 2 x 8, 4 x 4)
 

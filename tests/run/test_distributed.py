@@ -14,7 +14,7 @@ import torch
 from sft_exp.run.distributed import training_arguments
 from sft_exp.errors import ConfigError
 from sft_exp.preflight import plain, validate_config
-from tests.conftest import DEMO_EVAL_ROWS, NO_SAMPLE_GENERATIONS, REPO, TEST_ENV, compose
+from tests.helpers import DEMO_EVAL_ROWS, NO_SAMPLE_GENERATIONS, REPO, TEST_ENV, compose
 
 # Four logged steps over a small slice of the demo data, evaluated before and after on 64 held-out rows:
 # what DDP changes is all here. Task evaluation (generation) is off: its DDP path is tested where it lives.

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from sft_exp.errors import ConfigError
-from tests.conftest import TEST_ENV, compose, run_sft, tiny_run
+from tests.helpers import TEST_ENV, compose, run_sft, tiny_run
 
 PUSH = ["callbacks=[default,push_to_hub]", "callbacks.push_to_hub.repo_id=me/tiny-sft"]
 

@@ -40,7 +40,7 @@ def long_data(tmp_path_factory):
 
 def _single(args, folder):
     from sft_exp.train import run
-    from tests.conftest import compose
+    from tests.helpers import compose
 
     run(compose([*args, f"run_dir={folder}"]))
     return folder

@@ -8,7 +8,7 @@ import torch
 
 from sft_exp.errors import ConfigError
 from sft_exp.preflight import validate_config
-from tests.conftest import REPO, TEST_ENV, compose, prepared_rows
+from tests.helpers import REPO, TEST_ENV, compose, prepared_rows
 
 deepspeed = pytest.importorskip("deepspeed")
 
@@ -135,7 +135,7 @@ def test_a_refusal_on_the_command_line_exits_2_before_anything_loads(tmp_path):
 @pytest.mark.parametrize("strategy", ["ulysses", "ring"])
 def test_one_process_says_there_is_nothing_to_split_and_trains_plainly(strategy, tmp_path, caplog, monkeypatch):
     from sft_exp.train import run
-    from tests.conftest import tiny_run
+    from tests.helpers import tiny_run
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     with caplog.at_level("WARNING", logger="sft_exp"):
@@ -192,7 +192,7 @@ def test_unsplit_attention_puts_the_models_own_attention_back_meanwhile():
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     from sft_exp.run.sequence_parallel import unsplit_attention
-    from tests.conftest import tiny_causal_lm
+    from tests.helpers import tiny_causal_lm
 
     model = tiny_causal_lm("llama")
     own = ALL_ATTENTION_FUNCTIONS["sdpa"]

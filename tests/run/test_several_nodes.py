@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO, compose
+from tests.helpers import REPO, compose
 from tests.run.test_distributed import ONE_PROCESS, PER_RANK, PROCESS_ENV, SHORT, _free_port, _losses
 
 

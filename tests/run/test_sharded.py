@@ -54,7 +54,7 @@ ZERO3 = pytest.param("zero3", marks=pytest.mark.skipif(not _has_deepspeed(), rea
 @pytest.fixture(scope="module")
 def single_process(tmp_path_factory):
     from sft_exp.train import run
-    from tests.conftest import compose
+    from tests.helpers import compose
 
     folder = tmp_path_factory.mktemp("single") / "run"
     run(compose([*EVALUATED, *ONE_PROCESS, f"run_dir={folder}"]))
@@ -114,7 +114,7 @@ def test_two_sharded_processes_equal_one_process(engine, single_process, tmp_pat
 @pytest.mark.parametrize("engine", ["fsdp", ZERO3])
 def test_dft_checkpointing_and_a_chunked_head_under_sharding_equal_one_process(engine, tmp_path):
     from sft_exp.train import run
-    from tests.conftest import compose
+    from tests.helpers import compose
 
     # 16 positions per chunk: several chunks per batch, each gathering the (sharded) head weight again.
     extra = ["loss=dft", "loss.chunk_size=16", "memory=checkpointing"]
@@ -141,7 +141,7 @@ def _adapter(folder):
 @pytest.mark.parametrize("engine", ["fsdp", ZERO3])
 def test_lora_under_sharding_equals_one_process(engine, tmp_path):
     from sft_exp.train import run
-    from tests.conftest import compose
+    from tests.helpers import compose
 
     # No dropout: its masks come from each rank's RNG, so 2 x 4 rows draw other masks than 1 x 8 (DDP too).
     lora = ["peft=lora", "optimizer.lr=1e-2", "peft.lora_dropout=0.0"]

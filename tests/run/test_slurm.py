@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, compose
+from tests.helpers import REPO, compose
 from tests.run.test_distributed import ONE_PROCESS, PER_RANK, PROCESS_ENV, SHORT, _losses
 
 pytestmark = pytest.mark.slurm

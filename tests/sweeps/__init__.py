@@ -1,0 +1,1 @@
+"""Sweeps: search spaces, samplers, the shared study, pruning, replicates, resume, PostgreSQL, hosts that die."""

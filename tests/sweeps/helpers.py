@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.conftest import REPO, TEST_ENV, run_sft, tiny_run
+from tests.helpers import REPO, TEST_ENV, run_sft, tiny_run
 
 # 2 optimizer steps of 4 rows, eval loss only, no logger: about a second a job after the process starts.
 TINY = tiny_run(steps=2, train_rows=16, save_steps=2)

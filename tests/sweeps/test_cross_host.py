@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from tests.conftest import REPO, tiny_run
+from tests.helpers import REPO, tiny_run
 from tests.sweeps.helpers import TEST_ENV, TINY, sweep, trials
 
 pytestmark = pytest.mark.multiprocess

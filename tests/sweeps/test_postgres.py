@@ -10,7 +10,7 @@ import tempfile
 
 import pytest
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 from tests.sweeps.helpers import TEST_ENV, TINY, summary, trials
 
 SCRIPT = REPO / "tests" / "services" / "postgres.sh"

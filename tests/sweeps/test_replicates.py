@@ -8,7 +8,7 @@ import math
 import pytest
 
 from sft_exp.sweeps.replicates import config_key, groups, summarize, verdict
-from tests.conftest import run_sft, tiny_run
+from tests.helpers import run_sft, tiny_run
 from tests.sweeps.helpers import summary, sweep, trials
 
 

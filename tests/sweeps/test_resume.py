@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 from tests.sweeps.helpers import TEST_ENV, TINY, job_folders, sweep, trials
 
 SIX = ["hydra.sweeper.n_trials=6", "hydra.sweeper.sampler.type=random", "hydra.sweeper.sampler.seed=7"]

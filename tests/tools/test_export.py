@@ -8,7 +8,7 @@ import shutil
 import pytest
 from huggingface_hub import ModelCard
 
-from tests.conftest import compose, run_sft
+from tests.helpers import compose, run_sft
 
 # A few steps of the default run (tiny model, demo data) with its held-out task on 8 prompts.
 RUN = [

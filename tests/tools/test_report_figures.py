@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from tests.conftest import RESUME, compose
+from tests.helpers import RESUME, compose
 
 RUN = ["trainer.max_steps=4", "trainer.logging_steps=2", "trainer.save_steps=4", "trainer.per_device_train_batch_size=4",
        "data.sources.0.max_samples=48", "data.sources.0.eval_max_samples=8", "data.max_length=64",

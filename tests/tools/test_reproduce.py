@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import compose, tiny_run
+from tests.helpers import compose, tiny_run
 from sft_exp.tools.reproduce import compare_metrics, main, verify
 
 TINY = tiny_run(steps=3, train_rows=24, save_steps=3)

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from sft_exp.tools import TOOLS
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 @pytest.mark.parametrize("tool", sorted(TOOLS))

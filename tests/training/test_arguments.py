@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from sft_exp.errors import ConfigError
-from tests.conftest import DEMO_EVAL_ROWS, NO_SAMPLE_GENERATIONS, compose, run_sft
+from tests.helpers import DEMO_EVAL_ROWS, NO_SAMPLE_GENERATIONS, compose, run_sft
 
 TINY = [
     "trainer.logging_steps=1", *NO_SAMPLE_GENERATIONS, "trainer.per_device_train_batch_size=4",

@@ -9,7 +9,7 @@ import torch
 
 from sft_exp.data import SFTCollator, prepare_datasets
 from sft_exp.training.trainer import SFTTrainer
-from tests.conftest import sft_loss_and_grads, tiny_causal_lm
+from tests.helpers import sft_loss_and_grads, tiny_causal_lm
 from tests.data.builders import conversation, make_word_tokenizer, settings, write_jsonl
 
 REPLIES = ["Four .", "Six .", "Paris", "Hello there", "Bye", "It s sunny"]
@@ -84,7 +84,7 @@ def test_each_evaluation_adds_its_examples_at_its_step(tmp_path):
 
 
 def test_a_run_with_the_ledger_writes_examples_parquet(tmp_path):
-    from tests.conftest import run_sft, tiny_run
+    from tests.helpers import run_sft, tiny_run
 
     run_dir = tmp_path / "run"
     result = run_sft(*tiny_run(steps=2, train_rows=8, save_steps=100), "evals=none", f"run_dir={run_dir}",

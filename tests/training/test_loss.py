@@ -6,7 +6,7 @@ from sft_exp.data import SFTCollator
 from sft_exp.data.packing import pack_bfd
 from sft_exp.training.losses import DFTLoss, NLLLoss
 from sft_exp.training.forward import sft_forward
-from tests.conftest import tiny_causal_lm
+from tests.helpers import tiny_causal_lm
 
 VOCAB = 96
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from sft_exp.data import SFTCollator, prepare_datasets
-from tests.conftest import sft_loss_and_grads, tiny_causal_lm
+from tests.helpers import sft_loss_and_grads, tiny_causal_lm
 from tests.data.builders import conversation, make_word_tokenizer, settings, write_jsonl
 
 

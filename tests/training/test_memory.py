@@ -7,7 +7,7 @@ import torch
 from sft_exp.training.losses import NLLLoss
 from sft_exp.training.memory import ActivationOffloading, GradientCheckpointing, NoMemoryStrategy, OffloadHooks
 from sft_exp.training.forward import sft_forward
-from tests.conftest import tiny_causal_lm
+from tests.helpers import tiny_causal_lm
 
 
 def tiny_model():

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from tests.conftest import DEMO_EVAL_ROWS, NO_SAMPLE_GENERATIONS, REPO, RESUME, RESUME_KEY, TEST_ENV, compose
+from tests.helpers import DEMO_EVAL_ROWS, NO_SAMPLE_GENERATIONS, REPO, RESUME, RESUME_KEY, TEST_ENV, compose
 from sft_exp.errors import ConfigError
 
 STEPS = 4

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from sft_exp.errors import TrainingInterrupted
-from tests.conftest import RESUME, compose
+from tests.helpers import RESUME, compose
 
 STEPS, STOP_AT = 120, 90  # stopped at 3/4: last-segment figures would be 4x off
 RUN = [f"trainer.max_steps={STEPS}", "trainer.logging_steps=10", "trainer.save_steps=1000", "evals=none",

@@ -11,7 +11,7 @@ from datasets import Dataset
 
 from sft_exp.data import SFTCollator
 from sft_exp.training.trainer import NonFiniteLossError, SFTTrainer
-from tests.conftest import tiny_causal_lm
+from tests.helpers import tiny_causal_lm
 
 
 def tiny_model():
@@ -185,7 +185,7 @@ def two_source_moe_runs(tmp_path_factory):
 
     from sft_exp.paths import asset_path
     from sft_exp.train import run
-    from tests.conftest import NO_SAMPLE_GENERATIONS, compose
+    from tests.helpers import NO_SAMPLE_GENERATIONS, compose
 
     folder = tmp_path_factory.mktemp("moe")
     lines = asset_path("demo/train.jsonl").read_text().splitlines()

@@ -1,0 +1,1 @@
+"""Data preparation: sources and file types, chat templates and masks, packing, mixtures, the cache, contamination."""

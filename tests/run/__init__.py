@@ -1,0 +1,1 @@
+"""Launching: torchrun ranks (DDP, FSDP2, ZeRO), sequence parallelism, several nodes, SLURM, hub pushes."""
