@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 PACKAGE = REPO / "sft_exp"
 # From the ground up; a module may import its own layer and those below, never one above. (The one-line

@@ -7,7 +7,7 @@ import json
 import subprocess
 import sys
 
-from tests.conftest import REPO, SAMPLE_GENERATIONS, TEST_ENV
+from tests.helpers import REPO, SAMPLE_GENERATIONS, TEST_ENV
 
 ENGINES = ("deepspeed", "bitsandbytes")
 # `python -m <module> <args>`, then the engines in sys.modules as the process exits.

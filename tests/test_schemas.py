@@ -91,7 +91,7 @@ def test_typos_and_wrong_types_fail_when_the_config_is_composed(overrides, key):
 
 def test_composing_a_config_and_checking_data_settings_import_neither_torch_nor_datasets():
     """What runs before anything loads (composing, DataSettings' checks of every source and template) stays light."""
-    code = ("import sys; from hydra.utils import instantiate; from tests.conftest import compose; "
+    code = ("import sys; from hydra.utils import instantiate; from tests.helpers import compose; "
             "settings = instantiate(compose(['data.chat_template=chatml']).data); "
             "print(type(settings).__name__, sorted(m for m in ('torch', 'datasets', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)

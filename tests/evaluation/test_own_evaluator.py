@@ -9,7 +9,7 @@ import pytest
 
 from sft_exp.evaluation import Evaluator, TaskEvaluation, build_evaluators
 from sft_exp.errors import ConfigError
-from tests.conftest import SAMPLE_GENERATIONS, compose, run_sft, tiny_run
+from tests.helpers import SAMPLE_GENERATIONS, compose, run_sft, tiny_run
 
 THIS = f"{__name__}.CountingEvaluator"
 

@@ -218,7 +218,7 @@ import sys
 from hydra.utils import instantiate
 from sft_exp import compat
 from sft_exp.models.adapters import wrap_with_adapter
-from tests.conftest import compose
+from tests.helpers import compose
 
 compat.load_engines_only_where_used()
 cfg = compose(["peft=qlora", "model=qwen2_5_0_5b", f"model.name_or_path={sys.argv[1]}", "model.dtype=float32"])
@@ -232,7 +232,7 @@ def test_qlora_in_a_fresh_process_wraps_its_4bit_layers_in_bitsandbytes_lora_lay
     import subprocess
     import sys
 
-    from tests.conftest import REPO, TEST_ENV
+    from tests.helpers import REPO, TEST_ENV
 
     done = subprocess.run([sys.executable, "-c", QLORA_LAYERS, str(qlora_run.parent / "base")], cwd=REPO,
                           env=TEST_ENV, capture_output=True, text=True, timeout=300)
