@@ -32,9 +32,8 @@ def _load(model_name: str):
     if model_name == "smollm2":
         import importlib.metadata
 
-        from tests.real_model.helpers import COMPLETE, WHEEL, build_folder, cache_root, load_gguf, wheel_gguf
-
         from sft_exp.models.loader import ModelLoader
+        from tests.real_model.helpers import COMPLETE, WHEEL, build_folder, cache_root, load_gguf, wheel_gguf
 
         folder = cache_root() / f"smollm2-135m-instruct-{importlib.metadata.version(WHEEL)}"
         if not (folder / COMPLETE).is_file():  # built as the real-model tests build it
@@ -103,7 +102,8 @@ def main() -> None:
     args = parser.parse_args()
     import os
 
-    from sft_exp.training import forward, ledger as ledger_module
+    from sft_exp.training import forward
+    from sft_exp.training import ledger as ledger_module
 
     forward._per_example = _timed(forward._per_example)
     ledger_module.ExampleLedger.add = _timed(ledger_module.ExampleLedger.add)

@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 
-from bench_data import write_conversations  # noqa: E402  (same folder)
+from bench_data import write_conversations
 
 
 def load_formats(path: Path):

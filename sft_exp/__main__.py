@@ -45,7 +45,7 @@ def main(cfg: DictConfig) -> float:
 
             requeue_through(e.then, e.signum)
         sys.exit(128 + e.signum)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         e = _user_error_inside(e)
         if _sweeper() is not None:
             return _failed_sweep_job(cfg, e)

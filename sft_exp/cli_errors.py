@@ -179,7 +179,7 @@ def _keys_beside(path: str, overrides: list[str]):
         if not isinstance(node, DictConfig):
             return None, False
         return [k for k in node.keys() if not str(k).startswith("_")], OmegaConf.get_type(node) is dict
-    except Exception:  # noqa: BLE001  the hint is a courtesy; the message without it still names the key
+    except Exception:
         return None, False
 
 

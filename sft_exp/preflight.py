@@ -12,7 +12,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from sft_exp.errors import ConfigError
-from sft_exp.plain import plain  # noqa: F401 (train.run's too)
+from sft_exp.plain import plain
 from sft_exp.training.arguments import check_scheduler, refuse_owned_extra_args
 from sft_exp.training.choices import check_trainer_choices
 

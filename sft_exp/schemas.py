@@ -206,7 +206,7 @@ def _constant(node: ast.expr) -> Any:
         return ast.literal_eval(node)
     except ValueError:
         if all(isinstance(n, (ast.BinOp, ast.UnaryOp, ast.Constant, ast.operator, ast.unaryop)) for n in ast.walk(node)):
-            return eval(compile(ast.Expression(node), "<default>", "eval"), {"__builtins__": {}})  # noqa: S307
+            return eval(compile(ast.Expression(node), "<default>", "eval"), {"__builtins__": {}})
         raise ValueError(f"line {node.lineno}: the default {ast.unparse(node)} is not a literal") from None
 
 
@@ -227,7 +227,7 @@ def _omegaconf_type(spec: _Field, module: str) -> Any:
     if spec.annotation is None:
         return Any
     try:
-        hint = eval(spec.annotation, {"__builtins__": {}}, _TYPE_NAMES)  # noqa: S307 (names above only)
+        hint = eval(spec.annotation, {"__builtins__": {}}, _TYPE_NAMES)
     except Exception:  # a type this module cannot name (Tensor, Callable, ...)
         return Any
     return _plain_type(hint)

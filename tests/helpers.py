@@ -72,8 +72,8 @@ def prepared_rows(lengths, vocab_size: int = 128, seed: int = 0) -> list:
 
 def sft_loss_and_grads(model, batch, chunk_size: int = 8):
     """sft_forward's output on `batch` and every parameter's gradient after its backward."""
-    from sft_exp.training.losses import NLLLoss
     from sft_exp.training.forward import sft_forward
+    from sft_exp.training.losses import NLLLoss
 
     model.zero_grad(set_to_none=True)
     out = sft_forward(model, batch, NLLLoss(chunk_size=chunk_size))
@@ -85,12 +85,11 @@ def compose(overrides=()):
     """The config `python -m sft_exp <overrides>` would run, composed in-process."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
 
     import sft_exp.config  # noqa: F401  registers schemas and resolvers
     from sft_exp.paths import config_dir
-
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
 
     with initialize_config_dir(str(config_dir()), version_base="1.3"):
         cfg = hydra_compose("config", overrides=list(overrides), return_hydra_config=True)

@@ -10,8 +10,8 @@ from hydra.errors import ConfigCompositionException, MissingConfigException
 from hydra.utils import get_class, instantiate
 from omegaconf import OmegaConf
 
-from tests.helpers import REPO, TEST_ENV, compose, run_sft
 from sft_exp.paths import config_dir
+from tests.helpers import REPO, TEST_ENV, compose, run_sft
 
 GROUPS = ("model", "data", "optimizer", "loss", "memory", "peft", "distributed", "logger", "trainer", "experiment")
 

@@ -14,13 +14,13 @@ from tests.helpers import compose, tiny_run
 def test_the_default_components_build_and_train_from_python_without_hydra(tmp_path):
     import torch
 
-    from sft_exp.training.checkpoints import StopOnSignal
     from sft_exp.data import DataSettings, SFTCollator, prepare_datasets
     from sft_exp.evaluation import TaskEvaluation
-    from sft_exp.training.losses import NLLLoss
-    from sft_exp.training.memory import NoMemoryStrategy
     from sft_exp.models.loader import ModelLoader
     from sft_exp.run.recorder import RunRecorder
+    from sft_exp.training.checkpoints import StopOnSignal
+    from sft_exp.training.losses import NLLLoss
+    from sft_exp.training.memory import NoMemoryStrategy
     from sft_exp.training.trainer import SFTTrainer
 
     loader = ModelLoader(tokenizer=str(asset_path("tokenizer")),

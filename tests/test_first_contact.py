@@ -119,7 +119,7 @@ def test_threads_follow_the_request_the_environment_or_the_free_cpus(monkeypatch
     for busy, policy in ((1, "PASSIVE"), (0, None)):  # sleep on a shared machine; spin a while on an idle one
         monkeypatch.setenv("OMP_WAIT_POLICY", "unset")
         monkeypatch.delenv("OMP_WAIT_POLICY")  # restored (removed) after the test, as prepare sets it
-        monkeypatch.setattr(system, "busy_cpus", lambda: busy)
+        monkeypatch.setattr(system, "busy_cpus", lambda busy=busy: busy)
         system.prepare(None)
         assert os.environ.get("OMP_WAIT_POLICY") == policy
 
@@ -175,8 +175,8 @@ def test_a_columns_mapping_names_the_users_column_and_its_direction(tmp_path):
 def test_the_defaults_a_users_data_trains_with_come_first_with_their_keys(tmp_path, caplog):
     import logging
 
-    from sft_exp.training.relaunch import RunFolderTaken
     from sft_exp.train import run
+    from sft_exp.training.relaunch import RunFolderTaken
 
     data = tmp_path / "chat.jsonl"
     data.write_text('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]}\n' * 20)

@@ -11,10 +11,10 @@ from hydra.utils import instantiate
 from transformers import AutoTokenizer
 
 from sft_exp.models.adapters import wrap_with_adapter
-from sft_exp.training.losses import NLLLoss
 from sft_exp.paths import asset_path, config_dir
-from sft_exp.training.forward import sft_forward
 from sft_exp.preflight import validate_config
+from sft_exp.training.forward import sft_forward
+from sft_exp.training.losses import NLLLoss
 from tests.helpers import compose, tiny_causal_lm
 
 SMALL = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,

@@ -102,8 +102,8 @@ def test_a_job_stopped_in_a_sweep_prints_only_the_sweeps_resume_command(tmp_path
 
     import sft_exp.config  # noqa: F401  registers the schemas
     from sft_exp.errors import TrainingInterrupted
-    from sft_exp.run.hydra_job import resume_command
     from sft_exp.paths import config_dir
+    from sft_exp.run.hydra_job import resume_command
     from tests.helpers import compose as compose_a_run
 
     with initialize_config_dir(str(config_dir()), version_base="1.3"):

@@ -91,7 +91,7 @@ def lm_eval_texts(task) -> list:
 
         with datasets_offline():
             harness_tasks = list(_leaf_tasks(get_task_dict(list(task.settings.lm_eval_tasks), task.task_manager())))
-    except Exception as err:  # noqa: BLE001  the harness raises many kinds for data it cannot reach
+    except Exception as err:
         return [NotChecked(task.name, f"lm-eval could not load its documents offline ({_first_line(err)})")]
     out = []
     for name, harness_task in harness_tasks:
@@ -100,7 +100,7 @@ def lm_eval_texts(task) -> list:
             with datasets_offline():
                 docs = list(itertools.islice(harness_task.eval_docs, task.settings.limit))
             items = [[str(harness_task.doc_to_text(doc)), _target_text(harness_task, doc)] for doc in docs]
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             out.append(NotChecked(label, f"lm-eval could not read its documents offline ({_first_line(err)})"))
             continue
         out.append(EvalTexts(label, f"lm-eval task {name}", items))

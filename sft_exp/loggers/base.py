@@ -60,7 +60,7 @@ class Logger(TrainerCallback):
     def _guard(self, what: str, fn, *args) -> Any:
         try:
             return fn(*args)
-        except Exception as e:  # noqa: BLE001 - a tracker must never stop training
+        except Exception as e:
             log.warning("%s logger: %s failed (%s: %s); training goes on, metrics.jsonl is complete.",
                         self.name, what, type(e).__name__, e)
             return False

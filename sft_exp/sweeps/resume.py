@@ -57,7 +57,7 @@ class Heartbeat:
             for trial in trials:
                 try:
                     storage.set_trial_user_attr(compat.trial_id(trial), HEARTBEAT, time.time())
-                except Exception:  # noqa: BLE001  finished meanwhile, or the storage blinked: next beat
+                except Exception:
                     pass
 
     def stop(self):

@@ -103,5 +103,5 @@ def _ask_and_tell_grid():
     return AskAndTellGrid
 
 
-def _AskAndTellGrid(**kwargs):  # noqa: N802  built on first use: optuna is imported lazily
+def _AskAndTellGrid(**kwargs):
     return _ask_and_tell_grid()(**kwargs)

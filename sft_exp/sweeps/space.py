@@ -60,7 +60,7 @@ def parse_space(params: Dict[str, Any], arguments: List[str]) -> Tuple[dict, lis
 def _parse(parser, key: str, text: str):
     try:
         return parser.parse_overrides([text])[0]
-    except Exception as e:  # noqa: BLE001  Hydra's grammar error, said again with the parameter and the forms
+    except Exception as e:
         raise ConfigError(f"hydra.sweeper.params.{key}: cannot parse {text!r} ({e}); {ACCEPTED}") from None
 
 

@@ -42,7 +42,7 @@ def open_storage(url: str):
             path.parent.mkdir(parents=True, exist_ok=True)
             return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
         return _open_rdb(url)
-    except Exception as e:  # noqa: BLE001  sqlalchemy, psycopg2, OSError...: all mean "cannot open"
+    except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ConfigError(
             f"hydra.sweeper.storage={redacted(url)} cannot be opened: {type(e).__name__}: {first}. Give a "
@@ -63,7 +63,7 @@ def _open_rdb(url: str, attempts: int = 5):
             storage = optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
             storage.get_all_studies()
             return storage
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             if "already exists" not in str(e) or attempt == attempts - 1:
                 raise
             time.sleep(0.5 + attempt)

@@ -129,7 +129,7 @@ class StudySweep:
         sample = [space.override(k, _some_value(d)) for k, d in self.distributions.items()]
         try:
             self.validate_batch_is_legal([[*self.fixed, *sample]])
-        except Exception as e:  # noqa: BLE001  Hydra's composition error names the key
+        except Exception as e:
             raise ConfigError(f"the sweep's overrides do not compose: {e}") from None
 
     def validate_batch_is_legal(self, batch) -> None:

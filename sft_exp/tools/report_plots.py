@@ -110,7 +110,7 @@ def optuna_plots(study: dict, out: Path, storage: Optional[str] = None) -> str:
 
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
         loaded = optuna.load_study(study_name=study["study_name"], storage=open_storage(storage or study["storage"]))
-    except Exception as e:  # noqa: BLE001  optuna missing, or a database with a password: say so, keep the report
+    except Exception as e:
         return f"\nOptuna plots skipped: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} " \
                "(give the storage with --storage)\n"
     completed = len(loaded.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
@@ -131,6 +131,6 @@ def optuna_plots(study: dict, out: Path, storage: Optional[str] = None) -> str:
             ax.figure.savefig(out / f"{name}.png", dpi=100, bbox_inches="tight")
             plt.close(ax.figure)
             lines.append(f"![{name}]({name}.png)" + (f" from {completed} completed trials" if name == "optuna_importances" else ""))
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             lines.append(f"{name}.png skipped: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
     return "\n" + "\n".join(lines) + "\n"

@@ -4,11 +4,11 @@ from __future__ import annotations
 import re
 
 import pytest
-from tests.data.builders import conversation, settings, write_jsonl
 
 from sft_exp.data import prepare_datasets
 from sft_exp.data.templates import CHATML
 from sft_exp.errors import ConfigError, DataError
+from tests.data.builders import conversation, settings, write_jsonl
 
 GOOD = conversation("Hi", "Hello")
 # (bad row, reason it is counted under, words the error message must contain)

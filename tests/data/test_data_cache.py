@@ -5,11 +5,11 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from tests.data.builders import conversation, make_word_tokenizer, settings, write_jsonl
 
 import sft_exp.data.cache as fingerprint
 import sft_exp.data.prepare as prepare
 from sft_exp.data import prepare_datasets
+from tests.data.builders import conversation, make_word_tokenizer, settings, write_jsonl
 
 
 @pytest.fixture

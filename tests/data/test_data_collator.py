@@ -8,9 +8,9 @@ import torch
 from sft_exp.data.collator import SFTCollator, collator_for
 from sft_exp.data.packing import pack_bfd
 from sft_exp.errors import ConfigError
-from sft_exp.training.losses import NLLLoss
-from sft_exp.training.forward import sft_forward
 from sft_exp.models.attention import register as register_varlen_sdpa
+from sft_exp.training.forward import sft_forward
+from sft_exp.training.losses import NLLLoss
 from tests.helpers import prepared_rows, sft_loss_and_grads, tiny_causal_lm
 
 register_varlen_sdpa()

@@ -14,12 +14,12 @@ import re
 from collections import defaultdict
 
 import pytest
-from tests.data.builders import TEST_ASSETS, write_jsonl
 from transformers import AutoTokenizer
 
 from sft_exp.data import DataSettings, prepare_datasets
 from sft_exp.evaluation.tasks import GenerationTask, GenerationTaskSettings
 from sft_exp.evaluation.texts import task_texts
+from tests.data.builders import TEST_ASSETS, write_jsonl
 
 GSM8K = TEST_ASSETS / "eval" / "gsm8k_test.jsonl"
 SHAREGPT = TEST_ASSETS / "conversations" / "fastchat_dummy_conversation.sharegpt.json"

@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
-from tests.data.builders import conversation, make_word_tokenizer, settings, write_jsonl
 
 import sft_exp.data.contamination as contamination
 from sft_exp.data import describe, prepare_datasets
 from sft_exp.data.contamination import EvalTexts, NotChecked
 from sft_exp.errors import ConfigError, DataError
 from sft_exp.evaluation.texts import evaluation_texts
+from tests.data.builders import conversation, make_word_tokenizer, settings, write_jsonl
 
 PROBLEM = "Max bought stamps at the post office and some of them had a snowflake design"
 REWORDED = "Bella bought stamps at the post office and some of them had a snowflake design on them"

@@ -5,9 +5,9 @@ import json
 
 import pandas as pd
 import pytest
-from tests.data.builders import conversation, settings, write_jsonl
 
 from sft_exp.data import prepare_datasets
+from tests.data.builders import conversation, settings, write_jsonl
 
 PAIRS = [{"prompt": "Reverse abc:", "completion": " cba"}, {"prompt": "Translate cat", "completion": " chat"},
          {"prompt": "What is two plus three", "completion": " five"}]

@@ -4,10 +4,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from tests.data.builders import conversation, settings, supervised_tokens, write_jsonl
 
 from sft_exp.data import prepare_datasets
 from sft_exp.data.templates import CHATML
+from tests.data.builders import conversation, settings, supervised_tokens, write_jsonl
 
 EOS = "<|endoftext|>"
 

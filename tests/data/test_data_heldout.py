@@ -7,15 +7,14 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from tests.data.builders import conversation, settings, write_jsonl
 from transformers import AutoTokenizer
 
 from sft_exp.data import DataSettings, Source, describe, prepare_datasets
-from sft_exp.data.splits import MAX_HELDOUT_EXAMPLES
-from sft_exp.data.splits import held_out_count
+from sft_exp.data.splits import MAX_HELDOUT_EXAMPLES, held_out_count
 from sft_exp.data.templates import CHATML
 from sft_exp.errors import ConfigError
 from sft_exp.paths import asset_path
+from tests.data.builders import conversation, settings, write_jsonl
 from tests.helpers import compose
 
 

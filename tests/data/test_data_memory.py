@@ -10,16 +10,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
-from tests.data.builders import REPO_ROOT, conversation, settings, write_jsonl
 
-from sft_exp.data import DataSettings, prepare_datasets
-from sft_exp.data.cache import TokenDigest, token_digest
-from sft_exp.system import release_arrow_pages
-from sft_exp.data import packing
+from sft_exp.data import DataSettings, packing, prepare_datasets
+from sft_exp.data.cache import TokenDigest, record_batches, scan_encoded, token_digest
 from sft_exp.data.packing import pack_bfd, pack_wrapped, token_table
-from sft_exp.data.cache import record_batches, scan_encoded
 from sft_exp.data.statistics import token_counts
 from sft_exp.errors import ConfigError
+from sft_exp.system import release_arrow_pages
+from tests.data.builders import REPO_ROOT, conversation, settings, write_jsonl
 
 N_ROWS = 2_345  # crosses the 1,000-row map batches and the 100-row batches written below
 

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.data.builders import conversation, settings, supervised_tokens, write_jsonl
 
 from sft_exp.data import DataSettings, SFTCollator, prepare_datasets
 from sft_exp.data.templates import CHATML
 from sft_exp.errors import ConfigError
+from tests.data.builders import conversation, settings, supervised_tokens, write_jsonl
 
 
 def _prepare(tokenizer, tmp_path, rows, eval_rows=None, **values):
@@ -124,11 +124,10 @@ def test_validate_names_the_bad_key(tmp_path, override, key):
 
 def test_validate_accepts_the_composed_demo_config():
     from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
 
     import sft_exp.config  # noqa: F401  registers the schemas
     from sft_exp.paths import config_dir
-
-    from hydra.utils import instantiate
 
     with initialize_config_dir(str(config_dir()), version_base="1.3"):
         cfg = compose("config")

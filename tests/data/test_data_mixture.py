@@ -5,10 +5,10 @@ from collections import Counter
 
 import numpy as np
 import pytest
-from tests.data.builders import conversation, settings, write_jsonl
 
 from sft_exp.data import prepare_datasets
 from sft_exp.data.splits import split_counts, weighted_rows
+from tests.data.builders import conversation, settings, write_jsonl
 
 
 def _sources(tmp_path, sizes: dict[str, int]) -> list[dict]:

@@ -27,7 +27,7 @@ def _prepare(word_tokenizer, tmp_path, **source):
 
 
 def _answers(word_tokenizer, data):
-    return sorted(word_tokenizer.decode([t for t, l in zip(row["input_ids"], row["labels"]) if l != -100])
+    return sorted(word_tokenizer.decode([t for t, label in zip(row["input_ids"], row["labels"]) if label != -100])
                   for row in data.train)
 
 

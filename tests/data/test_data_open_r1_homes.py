@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import datasets
 import pytest
-from tests.data.builders import conversation, settings, write_jsonl
 
 from sft_exp.data import prepare_datasets
 from sft_exp.data.statistics import describe_eval
 from sft_exp.errors import ConfigError, DataError
+from tests.data.builders import conversation, settings, write_jsonl
 from tests.helpers import compose
 
 

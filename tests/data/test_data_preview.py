@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import json
 
-from tests.data.builders import conversation, write_jsonl
-
 from sft_exp.tools.preview import main, render_row
+from tests.data.builders import conversation, write_jsonl
 
 
 def test_preview_marks_trained_tokens_and_prints_statistics(tmp_path, capsys):

@@ -14,13 +14,13 @@ import re
 from pathlib import Path
 
 import pytest
-from tests.data.builders import conversation, trained_runs
 
 from sft_exp.data.encoding import EncodeSpec, encode_batch
 from sft_exp.data.formats import Conversation
-from sft_exp.errors import BadRow
 from sft_exp.data.masks import conversation_spans
 from sft_exp.data.templates import CHATML, template_variables
+from sft_exp.errors import BadRow
+from tests.data.builders import conversation, trained_runs
 
 CONTROL_TOKENS = [
     "<|im_start|>", "<|im_end|>", "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>",

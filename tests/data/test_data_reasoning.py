@@ -5,11 +5,11 @@ import json
 from pathlib import Path
 
 import pytest
-from tests.data.builders import conversation, make_word_tokenizer, settings, write_jsonl
 
 from sft_exp.constants import IGNORE_INDEX
 from sft_exp.data import prepare_datasets
 from sft_exp.errors import DataError
+from tests.data.builders import conversation, make_word_tokenizer, settings, write_jsonl
 
 QWEN3 = json.loads((Path(__file__).resolve().parents[1] / "assets/chat_templates/qwen3_tokenizer_config.json")
                    .read_text())["chat_template"]

@@ -10,10 +10,10 @@ import json
 from pathlib import Path
 
 import pytest
-from tests.data.builders import settings, write_jsonl
 
 from sft_exp.constants import IGNORE_INDEX
 from sft_exp.data import prepare_datasets
+from tests.data.builders import settings, write_jsonl
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 PROBLEMS = [json.loads(line) for line in (ASSETS / "eval/gsm8k_test_first50.jsonl").read_text().splitlines()]

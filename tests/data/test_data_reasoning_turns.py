@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 import pytest
-from tests.data.builders import conversation, make_word_tokenizer, settings, write_jsonl
 
 from sft_exp.constants import IGNORE_INDEX
 from sft_exp.data import prepare_datasets
 from sft_exp.data.statistics import describe
+from tests.data.builders import conversation, make_word_tokenizer, settings, write_jsonl
 
 QWEN3 = json.loads((Path(__file__).resolve().parents[1] / "assets/chat_templates/qwen3_tokenizer_config.json")
                    .read_text())["chat_template"]
@@ -40,8 +40,8 @@ def _prepare(tmp_path, template: str, rows=None, **values):
 
 
 def _supervised(tokenizer, example) -> str:
-    return "".join(tokenizer.convert_ids_to_tokens(t) for t, l in zip(example["input_ids"], example["labels"])
-                   if l != IGNORE_INDEX)
+    return "".join(tokenizer.convert_ids_to_tokens(t) for t, label in zip(example["input_ids"], example["labels"])
+                   if label != IGNORE_INDEX)
 
 
 def _text(tokenizer, example) -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from transformers.utils.chat_template_utils import render_jinja_template
 
-from sft_exp.data.templates import CHATML, ZEPHYR, _SPAN_START, _compiled, has_generation_markers, render_conversation
+from sft_exp.data.templates import _SPAN_START, CHATML, ZEPHYR, _compiled, has_generation_markers, render_conversation
 from sft_exp.paths import asset_path
 
 # Whitespace control around the tags matters: each variant strips (or keeps) different newlines

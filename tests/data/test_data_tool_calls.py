@@ -9,12 +9,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from tests.data.builders import settings, write_jsonl
 
 from sft_exp.data import prepare_datasets
 from sft_exp.data.formats import column_map, field_values, normalize_row
-from sft_exp.errors import BadRow
-from sft_exp.errors import ConfigError, DataError
+from sft_exp.errors import BadRow, ConfigError, DataError
+from tests.data.builders import settings, write_jsonl
 
 # Qwen2.5's tool-call layout, cut down (no generation markers: masks come from prefix renders).
 TOOL_TEMPLATE = (

@@ -12,9 +12,9 @@ import json
 import re
 
 import pytest
-from tests.data.builders import settings, trained_runs, write_jsonl
 
 from sft_exp.data import prepare_datasets
+from tests.data.builders import settings, trained_runs, write_jsonl
 
 CONTROL_TOKENS = ["<|im_start|>", "<|im_end|>", "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
                   "<|eot_id|>", "<|eom_id|>", "<|python_tag|>", "[INST]", "[/INST]", "[TOOL_CALLS]",
@@ -82,8 +82,9 @@ def _load_template(path) -> str:
 
 @pytest.fixture(scope="module")
 def phi3_tokenizer():
-    from tests.data.builders import TEST_ASSETS
     from transformers import AutoTokenizer
+
+    from tests.data.builders import TEST_ASSETS
 
     folder = TEST_ASSETS / "tokenizers" / "phi-3-mini"  # shipped (tests/assets/README.md)
     tokenizer = AutoTokenizer.from_pretrained(str(folder))

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import pytest
-from tests.data.builders import conversation, settings, supervised_tokens, write_jsonl
 
 from sft_exp.data import prepare_datasets
 from sft_exp.errors import ConfigError, DataError
+from tests.data.builders import conversation, settings, supervised_tokens, write_jsonl
 
 
 def _prepare(tokenizer, tmp_path, rows, source=None, **values):

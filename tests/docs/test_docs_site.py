@@ -48,7 +48,8 @@ def test_the_start_page_renders_in_headless_chromium(site, tmp_path):
 
 def _distinct_colours(png: bytes) -> int:
     """How many colours a PNG holds: a blank or failed render has one or two."""
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     return len(Image.open(io.BytesIO(png)).convert("RGB").getcolors(maxcolors=1 << 20) or [])

@@ -10,7 +10,6 @@ import pytest
 from sft_exp.data.contamination import EvalTexts, NotChecked
 from sft_exp.evaluation import TaskEvaluation
 from sft_exp.evaluation.texts import evaluation_texts
-
 from tests.evaluation.test_lmeval import DATA, TASK_YAML  # toy_choice: a local task over a file shipped here
 
 

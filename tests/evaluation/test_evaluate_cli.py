@@ -6,9 +6,8 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
-from sft_exp.tools.evaluate import main
 from sft_exp.evaluation import TaskEvaluation
-
+from sft_exp.tools.evaluate import main
 from tests.evaluation.helpers import demo_eval_file, tiny_model, write_jsonl
 
 

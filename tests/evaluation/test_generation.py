@@ -12,7 +12,6 @@ from sft_exp.errors import ConfigError, DataError
 from sft_exp.evaluation import TaskEvaluation
 from sft_exp.evaluation.generate import generate, render_prompt
 from sft_exp.evaluation.tasks import load_examples, task_settings
-
 from tests.evaluation.helpers import demo_eval_file, tiny_model, write_jsonl
 
 

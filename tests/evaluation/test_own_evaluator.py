@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from sft_exp.evaluation import Evaluator, TaskEvaluation, build_evaluators
 from sft_exp.errors import ConfigError
+from sft_exp.evaluation import Evaluator, TaskEvaluation, build_evaluators
 from tests.helpers import SAMPLE_GENERATIONS, compose, run_sft, tiny_run
 
 THIS = f"{__name__}.CountingEvaluator"

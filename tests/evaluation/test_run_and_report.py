@@ -9,7 +9,6 @@ import torch
 
 from sft_exp.evaluation import TaskEvaluation
 from sft_exp.evaluation.generate import render_prompt
-
 from tests.evaluation.helpers import write_jsonl
 
 PAIRS = [("Reverse 123", "321"), ("Reverse 45", "54"), ("Sort 312", "123"), ("Max of 719", "9")]
@@ -31,9 +30,9 @@ def test_run_folder_scores_before_during_after_and_the_report(tmp_path, tokenize
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from sft_exp.data import SFTCollator
-    from sft_exp.tools.report import report
     from sft_exp.run.folder import write_json
     from sft_exp.run.recorder import RunRecorder
+    from sft_exp.tools.report import report
     from sft_exp.train import train_and_evaluate
     from sft_exp.training.trainer import SFTTrainer
 

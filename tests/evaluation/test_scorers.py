@@ -6,8 +6,18 @@ import math
 import pytest
 
 from sft_exp.errors import ConfigError
-from sft_exp.evaluation.scorers import (ExactMatch, NumericAnswer, RegexMatch, build_scorer, exact_match,
-                                        extract_number, pass_at_k, scorer_name, substring, token_f1)
+from sft_exp.evaluation.scorers import (
+    ExactMatch,
+    NumericAnswer,
+    RegexMatch,
+    build_scorer,
+    exact_match,
+    extract_number,
+    pass_at_k,
+    scorer_name,
+    substring,
+    token_f1,
+)
 
 
 def test_exact_match_normalizes_whitespace_and_case_only_by_default():

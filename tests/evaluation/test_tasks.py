@@ -8,7 +8,6 @@ import pytest
 from sft_exp.errors import ConfigError, DataError
 from sft_exp.evaluation import TaskEvaluation, build_tasks
 from sft_exp.paths import config_dir
-
 from tests.evaluation.helpers import demo_eval_file, write_jsonl
 
 

@@ -10,7 +10,6 @@ import pytest
 import torch.multiprocessing as mp
 
 from sft_exp.evaluation import TaskEvaluation
-
 from tests.evaluation.helpers import tiny_model, write_jsonl
 
 

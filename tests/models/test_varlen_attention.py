@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from sft_exp.data.collator import SFTCollator
-from sft_exp.training.memory import GradientCheckpointing
-from sft_exp.models.loader import ModelLoader
 from sft_exp.models.attention import register, use_varlen_sdpa
+from sft_exp.models.loader import ModelLoader
+from sft_exp.training.memory import GradientCheckpointing
 from tests.helpers import prepared_rows, sft_loss_and_grads, tiny_causal_lm
 
 VOCAB = 128

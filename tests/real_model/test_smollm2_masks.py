@@ -50,6 +50,6 @@ def test_assistant_only_masks_match_the_rendered_text_token_by_token(smollm2_tok
         got = [label != -100 for label in labels]
         for i, (token, want, have) in enumerate(zip(ids, trained, got)):
             assert want == have, f"token {i} {tokenizer.decode([token])!r}: expected trained={want}"
-        assert [l for l in labels if l != -100] == [t for t, w in zip(ids, trained) if w]
+        assert [label for label in labels if label != -100] == [t for t, w in zip(ids, trained) if w]
         replies = [m["content"] + "<|im_end|>" for m in messages if m["role"] == "assistant"]
         assert tokenizer.decode([t for t, w in zip(ids, trained) if w]) == "".join(replies)

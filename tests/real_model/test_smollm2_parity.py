@@ -15,8 +15,8 @@ from datasets import Dataset  # noqa: E402
 from transformers import AutoModelForCausalLM  # noqa: E402
 
 from sft_exp.data import DataSettings, SFTCollator, prepare_datasets  # noqa: E402
-from sft_exp.training.losses import NLLLoss  # noqa: E402
 from sft_exp.training.forward import sft_forward  # noqa: E402
+from sft_exp.training.losses import NLLLoss  # noqa: E402
 
 pytestmark = pytest.mark.real_model
 

@@ -8,9 +8,9 @@ import sys
 import pytest
 import yaml
 from omegaconf import OmegaConf
-from tests.recipes.recipes import ACCELERATE, RECIPES, RECIPES_DIR, compose_experiment
 
 from tests.helpers import TEST_ENV
+from tests.recipes.recipes import ACCELERATE, RECIPES, RECIPES_DIR, compose_experiment
 
 DISTILL = RECIPES_DIR / "open-r1" / "OpenR1-Distill-7B__sft__config_distill.yaml"
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 import yaml
 from omegaconf import OmegaConf
-from tests.recipes.recipes import ACCELERATE, RECIPES_DIR, compose_experiment, imported_experiment
 from transformers import AutoTokenizer, GenerationConfig
 
 from sft_exp.paths import asset_path
 from tests.helpers import run_sft, write_base_model
+from tests.recipes.recipes import ACCELERATE, RECIPES_DIR, compose_experiment, imported_experiment
 
 DISTILL = RECIPES_DIR / "open-r1" / "OpenR1-Distill-7B__sft__config_distill.yaml"
 # The miniature's overrides besides the model and the data (docs/recipes.md): CPU stand-ins for CUDA-only kernels.

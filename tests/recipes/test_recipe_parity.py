@@ -13,10 +13,10 @@ import dataclasses
 
 import pytest
 from omegaconf import OmegaConf
-from tests.recipes.recipes import RECIPES, compose_experiment, imported_experiment, trl_parse
 from transformers import TrainingArguments
 
 from sft_exp.train import training_arguments
+from tests.recipes.recipes import RECIPES, compose_experiment, imported_experiment, trl_parse
 
 # TrainingArguments fields whose values differ by design: field -> why. Each is also checked for what it is.
 BY_DESIGN = {

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from tests.recipes.recipes import RECIPES, compose_experiment, imported_experiment, trl_parse
 
 from sft_exp.paths import asset_path
 from sft_exp.train import run
 from tests.helpers import write_base_model
+from tests.recipes.recipes import RECIPES, compose_experiment, imported_experiment, trl_parse
 
 ROWS = 96  # the demo's first rows: enough for 3 steps of the largest recipe batch (16 x 1, 2 x 8, 4 x 4)
 

@@ -11,9 +11,9 @@ import time
 import pytest
 import torch
 
-from sft_exp.run.distributed import training_arguments
 from sft_exp.errors import ConfigError
 from sft_exp.preflight import plain, validate_config
+from sft_exp.run.distributed import training_arguments
 from tests.helpers import DEMO_EVAL_ROWS, NO_SAMPLE_GENERATIONS, REPO, TEST_ENV, compose
 
 # Four logged steps over a small slice of the demo data, evaluated before and after on 64 held-out rows:

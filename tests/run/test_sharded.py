@@ -12,7 +12,7 @@ import json
 import pytest
 import torch
 
-from tests.run.test_distributed import ONE_PROCESS, PER_RANK, SHORT, TASK_ON_7_PROMPTS, _losses, _torchrun, _evals
+from tests.run.test_distributed import ONE_PROCESS, PER_RANK, SHORT, TASK_ON_7_PROMPTS, _evals, _losses, _torchrun
 
 pytestmark = pytest.mark.multiprocess
 

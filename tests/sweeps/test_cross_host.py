@@ -16,7 +16,7 @@ import time
 import pytest
 
 from tests.helpers import REPO, tiny_run
-from tests.sweeps.helpers import TEST_ENV, TINY, sweep, trials
+from tests.sweeps.helpers import TEST_ENV, sweep, trials
 
 pytestmark = pytest.mark.multiprocess
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import compose, tiny_run
 from sft_exp.tools.reproduce import compare_metrics, main, verify
+from tests.helpers import compose, tiny_run
 
 TINY = tiny_run(steps=3, train_rows=24, save_steps=3)
 

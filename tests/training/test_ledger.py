@@ -9,8 +9,8 @@ import torch
 
 from sft_exp.data import SFTCollator, prepare_datasets
 from sft_exp.training.trainer import SFTTrainer
-from tests.helpers import sft_loss_and_grads, tiny_causal_lm
 from tests.data.builders import conversation, make_word_tokenizer, settings, write_jsonl
+from tests.helpers import sft_loss_and_grads, tiny_causal_lm
 
 REPLIES = ["Four .", "Six .", "Paris", "Hello there", "Bye", "It s sunny"]
 

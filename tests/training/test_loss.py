@@ -4,8 +4,8 @@ import torch
 
 from sft_exp.data import SFTCollator
 from sft_exp.data.packing import pack_bfd
-from sft_exp.training.losses import DFTLoss, NLLLoss
 from sft_exp.training.forward import sft_forward
+from sft_exp.training.losses import DFTLoss, NLLLoss
 from tests.helpers import tiny_causal_lm
 
 VOCAB = 96
@@ -126,7 +126,7 @@ def _documents(lengths, seed=0):
     """Fully supervised documents (labels = input_ids), as prepared rows."""
     g = torch.Generator().manual_seed(seed)
     rows = []
-    for i, length in enumerate(lengths):
+    for length in lengths:
         ids = torch.randint(1, VOCAB, (length,), generator=g).tolist()
         labels = [-100 if t < length // 3 else token for t, token in enumerate(ids)]  # a prompt, then a reply
         rows.append({"input_ids": ids, "labels": labels, "position_ids": list(range(length)), "source_ids": [0] * length})

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from sft_exp.data import SFTCollator, prepare_datasets
-from tests.helpers import sft_loss_and_grads, tiny_causal_lm
 from tests.data.builders import conversation, make_word_tokenizer, settings, write_jsonl
+from tests.helpers import sft_loss_and_grads, tiny_causal_lm
 
 
 def _rows(tmp_path, rows, name):

@@ -4,9 +4,9 @@ import logging
 import pytest
 import torch
 
+from sft_exp.training.forward import sft_forward
 from sft_exp.training.losses import NLLLoss
 from sft_exp.training.memory import ActivationOffloading, GradientCheckpointing, NoMemoryStrategy, OffloadHooks
-from sft_exp.training.forward import sft_forward
 from tests.helpers import tiny_causal_lm
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from tests.helpers import DEMO_EVAL_ROWS, NO_SAMPLE_GENERATIONS, REPO, RESUME, RESUME_KEY, TEST_ENV, compose
 from sft_exp.errors import ConfigError
+from tests.helpers import DEMO_EVAL_ROWS, NO_SAMPLE_GENERATIONS, REPO, RESUME, RESUME_KEY, TEST_ENV, compose
 
 STEPS = 4
 TINY = [

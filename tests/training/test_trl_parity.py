@@ -9,8 +9,8 @@ trl = pytest.importorskip("trl")
 from datasets import Dataset  # noqa: E402
 from tokenizers import Tokenizer, models, pre_tokenizers  # noqa: E402
 
-from sft_exp.training.losses import DFTLoss, NLLLoss  # noqa: E402
 from sft_exp.training.forward import sft_forward  # noqa: E402
+from sft_exp.training.losses import DFTLoss, NLLLoss  # noqa: E402
 from tests.helpers import tiny_causal_lm  # noqa: E402
 
 VOCAB = 64
