@@ -22,6 +22,7 @@ found (10 GSM8K test problems are planted among the synthetic rows; it must find
     python benchmarks/bench_data.py --conversations tests/assets/conversations/fastchat_dummy_conversation.sharegpt.json \
         --tokenizer tests/assets/tokenizers/phi-3-mini --chat-template chatml   # real rows and a real 32k tokenizer
 """
+
 from __future__ import annotations
 
 import argparse
@@ -66,7 +67,10 @@ def write_conversations(path: Path, n_rows: int, seed: int = 0, planted: int = 0
     with path.open("w") as out:
         for row in range(n_rows):
             if row in at:
-                messages = [{"role": "user", "content": at[row]["question"]}, {"role": "assistant", "content": at[row]["answer"]}]
+                messages = [
+                    {"role": "user", "content": at[row]["question"]},
+                    {"role": "assistant", "content": at[row]["answer"]},
+                ]
                 out.write(json.dumps({"messages": messages}) + "\n")
                 continue
             messages = []
@@ -82,7 +86,11 @@ SHAREGPT_ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
 def write_real_conversations(path: Path, n_rows: int, source: Path) -> None:
     """Rows of a real ShareGPT or `messages` file (JSON array or JSONL), repeated in order to `n_rows`."""
     text = source.read_text()
-    records = json.loads(text) if text.lstrip().startswith("[") else [json.loads(line) for line in text.splitlines() if line.strip()]
+    records = (
+        json.loads(text)
+        if text.lstrip().startswith("[")
+        else [json.loads(line) for line in text.splitlines() if line.strip()]
+    )
     rows = []
     for record in records:
         messages = record.get("messages") or [
@@ -102,7 +110,9 @@ def rows_digest(dataset) -> str:
     rows = []
     for batch in dataset.select_columns(["input_ids", "labels"]).iter(batch_size=1024):
         for ids, row_labels in zip(batch["input_ids"], batch["labels"]):
-            rows.append(hashlib.sha1(np.asarray(ids, np.int32).tobytes() + np.asarray(row_labels, np.int32).tobytes()).digest())
+            rows.append(
+                hashlib.sha1(np.asarray(ids, np.int32).tobytes() + np.asarray(row_labels, np.int32).tobytes()).digest()
+            )
     return hashlib.sha256(b"".join(sorted(rows))).hexdigest()[:16]
 
 
@@ -133,8 +143,11 @@ def _prepare(path: Path, tokenizer, max_length: int, num_proc: int | None, cache
     "on" / "off": 64 rows held out, and the contamination check against them and GSM8K's test split, or off."""
     from sft_exp.data import DataSettings, prepare_datasets
 
-    split = {"eval_split_size": 0} if check is None else {"eval_split_size": HELD_OUT_ROWS,
-                                                          "decontamination": {"mode": "report" if check == "on" else "off"}}
+    split = (
+        {"eval_split_size": 0}
+        if check is None
+        else {"eval_split_size": HELD_OUT_ROWS, "decontamination": {"mode": "report" if check == "on" else "off"}}
+    )
     settings = DataSettings(sources=[{"path": str(path)}], max_length=max_length, assistant_only_loss=True,
                             num_proc=num_proc, seed=0, **split)  # fmt: skip
     texts = gsm8k_texts() if check == "on" else ()
@@ -272,22 +285,31 @@ def contamination_cost(n_rows: int, args) -> int:
             for check in ("off", "on"):
                 args.check = check
                 runs[check].append(_run_in_fresh_process("sft_exp", path, args, memory=True))
-                print(f"  check {check}: {runs[check][-1]['seconds']:.1f} s, {runs[check][-1]['cpu']:.1f} CPU s, "
-                      f"peak RSS {runs[check][-1]['max_rss'] / 2**20:.0f} MB", flush=True)
+                print(
+                    f"  check {check}: {runs[check][-1]['seconds']:.1f} s, {runs[check][-1]['cpu']:.1f} CPU s, "
+                    f"peak RSS {runs[check][-1]['max_rss'] / 2**20:.0f} MB",
+                    flush=True,
+                )
     median = {check: {key: statistics.median(r[key] for r in results) for key in ("seconds", "cpu", "max_rss")}
               for check, results in runs.items()}  # fmt: skip
     found = runs["on"][-1]
-    print(f"\n{n_rows:,} synthetic 3-exchange conversations ({PLANTED} of them GSM8K test problems), {HELD_OUT_ROWS} held "
-          f"out, checked against the 1,319 GSM8K test problems and the held-out rows; median of {args.repeats} run(s)")
+    print(
+        f"\n{n_rows:,} synthetic 3-exchange conversations ({PLANTED} of them GSM8K test problems), {HELD_OUT_ROWS} held "
+        f"out, checked against the 1,319 GSM8K test problems and the held-out rows; median of {args.repeats} run(s)"
+    )
     print(f"{'':<26}{'seconds':>10}{'CPU s':>10}{'peak RSS MB':>13}")
     for check in ("off", "on"):
         m = median[check]
         print(f"{'check ' + check:<26}{m['seconds']:>10.1f}{m['cpu']:>10.1f}{m['max_rss'] / 2**20:>13.0f}")
-    print(f"the check adds {100 * (median['on']['seconds'] / median['off']['seconds'] - 1):+.1f}% wall time, "
-          f"{100 * (median['on']['cpu'] / median['off']['cpu'] - 1):+.1f}% CPU time, "
-          f"{100 * (median['on']['max_rss'] / median['off']['max_rss'] - 1):+.1f}% peak RSS")
-    print(f"found: {found['found']} of {found['checked']:,} training rows match an eval text ({PLANTED} planted); "
-          f"{found['duplicates']} exact duplicates")
+    print(
+        f"the check adds {100 * (median['on']['seconds'] / median['off']['seconds'] - 1):+.1f}% wall time, "
+        f"{100 * (median['on']['cpu'] / median['off']['cpu'] - 1):+.1f}% CPU time, "
+        f"{100 * (median['on']['max_rss'] / median['off']['max_rss'] - 1):+.1f}% peak RSS"
+    )
+    print(
+        f"found: {found['found']} of {found['checked']:,} training rows match an eval text ({PLANTED} planted); "
+        f"{found['duplicates']} exact duplicates"
+    )
     return 0 if found["found"] == PLANTED else 1
 
 
@@ -306,13 +328,22 @@ def _run_in_fresh_process(pipeline: str, path: Path, args, memory: bool = False)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", default="50000", help="rows; with --memory, a comma-separated list like 100000,400000")
+    parser.add_argument(
+        "--rows", default="50000", help="rows; with --memory, a comma-separated list like 100000,400000"
+    )
     parser.add_argument("--memory", action="store_true",
                         help="sft_exp only: seconds, rows/s and peak RSS at each --rows, against the smallest")  # fmt: skip
-    parser.add_argument("--contamination", action="store_true",
-                        help="sft_exp only: preparation with the contamination check and without it, alternating")
-    parser.add_argument("--check", choices=("on", "off"), default="on",
-                        help="with --memory: the contamination check on (as a run) or off")
+    parser.add_argument(
+        "--contamination",
+        action="store_true",
+        help="sft_exp only: preparation with the contamination check and without it, alternating",
+    )
+    parser.add_argument(
+        "--check",
+        choices=("on", "off"),
+        default="on",
+        help="with --memory: the contamination check on (as a run) or off",
+    )
     parser.add_argument("--max-length", type=int, default=1024)
     parser.add_argument("--num-proc", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=1, help="runs of each pipeline, alternating; the median counts")
@@ -375,7 +406,9 @@ def check_same_rows(supervised: dict[str, set], rows: dict[str, set]) -> None:
                 for what, values in (("rows", rows), ("trained-token counts", supervised))
                 for pipeline in values if len(values[pipeline]) > 1]  # fmt: skip
     if rows["sft_exp"] != rows["trl"]:
-        mismatch.append(f"rows (hash of token ids and labels): sft_exp {sorted(rows['sft_exp'])}, TRL {sorted(rows['trl'])}")
+        mismatch.append(
+            f"rows (hash of token ids and labels): sft_exp {sorted(rows['sft_exp'])}, TRL {sorted(rows['trl'])}"
+        )
     if supervised["sft_exp"] != supervised["trl"]:
         mismatch.append(f"trained tokens: sft_exp {sorted(supervised['sft_exp'])}, TRL {sorted(supervised['trl'])}")
     if mismatch:

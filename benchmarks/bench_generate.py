@@ -8,6 +8,7 @@ max_new_tokens: the comparison is of equal work. The outputs of both must be the
 
     python benchmarks/bench_generate.py [--prompts 64] [--max-new-tokens 32] [--batch-size 64] [--repeats 3] [--threads N]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,7 +35,9 @@ def build(prompts: int):
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").eval()
     model.generation_config.eos_token_id = tokenizer.eos_token_id
-    examples = load_examples("demo", task_settings("demo", {"path": str(asset_path("demo/eval.jsonl")), "limit": prompts}))
+    examples = load_examples(
+        "demo", task_settings("demo", {"path": str(asset_path("demo/eval.jsonl")), "limit": prompts})
+    )
     return model, tokenizer, [render_prompt(tokenizer, e["prompt"]) for e in examples]
 
 
@@ -64,11 +67,15 @@ def main(argv=None) -> int:
             outputs[name] = [g[0].text for g in result]
     tokens = sum(g[0].num_tokens for g in result)
     same = sum(a == b for a, b in zip(outputs["batched"], outputs["one at a time"]))
-    print(f"{len(prompts)} prompts, {tokens} generated tokens per pass, torch threads {torch.get_num_threads()}, "
-          f"median of {args.repeats}")
+    print(
+        f"{len(prompts)} prompts, {tokens} generated tokens per pass, torch threads {torch.get_num_threads()}, "
+        f"median of {args.repeats}"
+    )
     for name in run:
         median = statistics.median(times[name])
-        print(f"  {name:14s} {median:8.2f} s  {tokens / median:9.0f} tokens/s  (runs: {', '.join(f'{t:.2f}' for t in times[name])})")
+        print(
+            f"  {name:14s} {median:8.2f} s  {tokens / median:9.0f} tokens/s  (runs: {', '.join(f'{t:.2f}' for t in times[name])})"
+        )
     ratio = statistics.median(times["one at a time"]) / statistics.median(times["batched"])
     print(f"batched is {ratio:.1f}x faster than one prompt at a time; outputs identical: {same}/{len(prompts)}")
     return 0 if same == len(prompts) else 1

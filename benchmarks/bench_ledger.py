@@ -8,6 +8,7 @@ run's sdpa default) for --steps steps, alternating ON / OFF --repeats times in o
 load hits both alike. Per step: wall time between step begin and end (optimizer included), median over
 the timed steps (the first --warmup of each block skipped); the file writes at the end are not in it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,9 @@ def _load(model_name: str):
 
     data = prepare_datasets(instantiate(cfg.data), tokenizer, attn_implementation=loader.attn_implementation)
     model = loader.load_model(tokenizer)
-    collator = collator_for(tokenizer.pad_token_id, packing=False, padding_free=None,
-                            attn_implementation=model.config._attn_implementation)
+    collator = collator_for(
+        tokenizer.pad_token_id, packing=False, padding_free=None, attn_implementation=model.config._attn_implementation
+    )
     return cfg, model, data, collator
 
 
@@ -111,12 +113,14 @@ def main() -> None:
     batch = args.batch or cfg.trainer.per_device_train_batch_size
     per_step = {False: [], True: []}
     for repeat in range(args.repeats):
-        for ledger in ((False, True) if repeat % 2 == 0 else (True, False)):  # neither always runs first
+        for ledger in (False, True) if repeat % 2 == 0 else (True, False):  # neither always runs first
             per_step[ledger] += _block(model, data, collator, batch, args.steps, ledger)[args.warmup :]
     work_ms = LEDGER_WORK[0] * 1000 / (args.repeats * args.steps)
     off, on = (statistics.median(per_step[flag]) * 1000 for flag in (False, True))
-    print(f"model={args.model} batch={batch} steps={args.steps}x{args.repeats} device="
-          f"{'cuda' if __import__('torch').cuda.is_available() else 'cpu'} load average={os.getloadavg()[0]:.1f}")
+    print(
+        f"model={args.model} batch={batch} steps={args.steps}x{args.repeats} device="
+        f"{'cuda' if __import__('torch').cuda.is_available() else 'cpu'} load average={os.getloadavg()[0]:.1f}"
+    )
     print(f"median ms/step  ledger off {off:.2f}  ledger on {on:.2f}  difference {100 * (on - off) / off:+.1f}%")
     print(f"the ledger's own work: {work_ms:.2f} ms/step = {100 * work_ms / off:.2f}% of a step without it")
 

@@ -19,6 +19,7 @@ trained in ascending order (under Ulysses twice in a row: each of the two ranks'
 The model: a Llama of --hidden width (4 heads, 2 key/value heads), wide enough that activations, not weights,
 are what grows (its weights and Adam state are a few MB).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-ENV = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "MALLOC_MMAP_THRESHOLD_": "65536",
-       "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+ENV = {
+    **os.environ,
+    "TOKENIZERS_PARALLELISM": "false",
+    "MALLOC_MMAP_THRESHOLD_": "65536",
+    "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+}
 
 
 # ----------------------------------------------------------------------------- in each training process
@@ -63,8 +68,13 @@ def step_memory_callback(folder: Path):
             self.start, self.started = _memory_kb("VmRSS"), time.perf_counter()
 
         def on_step_end(self, args, state, control, **kwargs):
-            self.steps.append({"width": self.width, "activation_mb": (_memory_kb("VmHWM") - self.start) / 1024,
-                               "seconds": time.perf_counter() - self.started})
+            self.steps.append(
+                {
+                    "width": self.width,
+                    "activation_mb": (_memory_kb("VmHWM") - self.start) / 1024,
+                    "seconds": time.perf_counter() - self.started,
+                }
+            )
 
         def on_train_end(self, args, state, control, **kwargs):
             rank = int(os.environ.get("RANK", "0"))
@@ -91,9 +101,17 @@ def worker(args) -> None:
     split = distributed.world_size()
     torch.set_num_threads(max(1, args.cores // split))
     torch.manual_seed(0)
-    config = AutoConfig.for_model("llama", vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=4 * args.hidden,
-                                  num_hidden_layers=args.layers, num_attention_heads=4, num_key_value_heads=2,
-                                  max_position_embeddings=2 * max(args.lengths), tie_word_embeddings=False)
+    config = AutoConfig.for_model(
+        "llama",
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        intermediate_size=4 * args.hidden,
+        num_hidden_layers=args.layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2 * max(args.lengths),
+        tie_word_embeddings=False,
+    )
     model = AutoModelForCausalLM.from_config(config, attn_implementation="sdpa", dtype=torch.float32)
     use_varlen_sdpa(model)  # as sft_exp loads sdpa
     attention = compat.attn_implementation(model)
@@ -105,10 +123,17 @@ def worker(args) -> None:
     else:
         extra, collator = {}, collator_for(0, packing=False, padding_free=None, attn_implementation=attention)
     trainer = SFTTrainer(
-        model=model, train_dataset=datasets.Dataset.from_list(prepared_rows(lengths, args.vocab)), data_collator=collator,
-        callbacks=[step_memory_callback(Path(args.out))], output_dir=str(Path(args.out) / "checkpoints"),
-        max_steps=len(lengths), per_device_train_batch_size=1, logging_steps=1000, save_strategy="no",
-        precision="fp32", extra_args={**extra, "train_sampling_strategy": "sequential"},
+        model=model,
+        train_dataset=datasets.Dataset.from_list(prepared_rows(lengths, args.vocab)),
+        data_collator=collator,
+        callbacks=[step_memory_callback(Path(args.out))],
+        output_dir=str(Path(args.out) / "checkpoints"),
+        max_steps=len(lengths),
+        per_device_train_batch_size=1,
+        logging_steps=1000,
+        save_strategy="no",
+        precision="fp32",
+        extra_args={**extra, "train_sampling_strategy": "sequential"},
     )
     trainer.train()
 
@@ -117,11 +142,27 @@ def worker(args) -> None:
 def measure(split: int, args, lengths: list[int]) -> list[dict]:
     """Each length's activation memory per rank: [{"width": tokens, "activation_mb": [rank 0, rank 1, ...]}]."""
     out = Path(tempfile.mkdtemp(prefix=f"bench_sp{split}_"))
-    worker_args = ["--worker", "--out", str(out), "--hidden", str(args.hidden), "--layers", str(args.layers),
-                   "--vocab", str(args.vocab), "--cores", str(args.cores), "--lengths", *map(str, lengths)]
+    worker_args = [
+        "--worker",
+        "--out",
+        str(out),
+        "--hidden",
+        str(args.hidden),
+        "--layers",
+        str(args.layers),
+        "--vocab",
+        str(args.vocab),
+        "--cores",
+        str(args.cores),
+        "--lengths",
+        *map(str, lengths),
+    ]
     script = [str(Path(__file__).resolve()), *worker_args]
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(split)] \
-        if split > 1 else [sys.executable]
+    launch = (
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(split)]
+        if split > 1
+        else [sys.executable]
+    )
     proc = subprocess.run([*launch, *script], cwd=REPO, env=ENV, capture_output=True, text=True, check=False)
     if proc.returncode:
         sys.exit(f"sp_size={split} failed:\n{proc.stderr[-3000:]}")
@@ -146,7 +187,7 @@ def crossing(cap_mb: float, points: list[dict], multiple: int = 64) -> int | Non
     above = next((i for i, p in enumerate(points) if max(p["activation_mb"]) > cap_mb), None)
     if not above:
         return None
-    (w0, m0), (w1, m1) = ((p["width"], max(p["activation_mb"])) for p in points[above - 1:above + 1])
+    (w0, m0), (w1, m1) = ((p["width"], max(p["activation_mb"])) for p in points[above - 1 : above + 1])
     return int(w0 + (cap_mb - m0) * (w1 - w0) / (m1 - m0)) // multiple * multiple
 
 
@@ -164,26 +205,35 @@ def table(single: list[dict], split: list[dict]) -> None:
     by_width = {p["width"]: p["activation_mb"] for p in split}
     for point in single:
         ranks, one = by_width.get(point["width"]), point["activation_mb"][0]
-        cells = (f"{ranks[0]:>11.1f} | {ranks[1]:>11.1f} | {max(ranks) / one:.2f}x" if ranks else
-                 f"{'':>11} | {'':>11} |")
+        cells = (
+            f"{ranks[0]:>11.1f} | {ranks[1]:>11.1f} | {max(ranks) / one:.2f}x" if ranks else f"{'':>11} | {'':>11} |"
+        )
         print(f"{point['width']:>10} | {one:>11.1f} | {cells}")
     for point in split:
         if point["width"] not in {p["width"] for p in single}:
-            print(f"{point['width']:>10} | {'':>11} | {point['activation_mb'][0]:>11.1f} | "
-                  f"{point['activation_mb'][1]:>11.1f} |")
+            print(
+                f"{point['width']:>10} | {'':>11} | {point['activation_mb'][0]:>11.1f} | "
+                f"{point['activation_mb'][1]:>11.1f} |"
+            )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--row", type=int, default=16384, help="tokens of the long row of figure 1")
     parser.add_argument("--cap-mb", type=float, default=400.0, help="activation memory cap per process, figure 2")
-    parser.add_argument("--lengths", type=int, nargs="+", default=[2048, 4096, 6144, 8192],
-                        help="row lengths measured for figure 2 (sp_size=2: twice each)")
+    parser.add_argument(
+        "--lengths",
+        type=int,
+        nargs="+",
+        default=[2048, 4096, 6144, 8192],
+        help="row lengths measured for figure 2 (sp_size=2: twice each)",
+    )
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--layers", type=int, default=6)
     parser.add_argument("--vocab", type=int, default=512)
-    parser.add_argument("--cores", type=int, default=2, help="CPU threads in all: one process uses them all, "
-                        "each of the 2 ranks half")
+    parser.add_argument(
+        "--cores", type=int, default=2, help="CPU threads in all: one process uses them all, each of the 2 ranks half"
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -195,17 +245,25 @@ def main() -> None:
     longest = longest_trained(1, args, single), longest_trained(2, args, split)
     at_row = [next(p for p in points if p["width"] == args.row) for points in (single, split)]
     one, per_rank = at_row[0]["activation_mb"][0], max(at_row[1]["activation_mb"])
-    print(f"\nLlama hidden {args.hidden}, {args.layers} layers, 4 heads / 2 KV heads, fp32; sp_size=2: 2 CPU processes "
-          f"over gloo, distributed=ulysses (ZeRO-3); load average {os.getloadavg()[0]:.2f}")
+    print(
+        f"\nLlama hidden {args.hidden}, {args.layers} layers, 4 heads / 2 KV heads, fp32; sp_size=2: 2 CPU processes "
+        f"over gloo, distributed=ulysses (ZeRO-3); load average {os.getloadavg()[0]:.2f}"
+    )
     print("\nactivation memory per process (MB), by row length")
     table(single, split)
-    print(f"\n1. a row of {args.row} tokens: one process {one:.1f} MB, sp_size=2 {per_rank:.1f} MB per rank: "
-          f"{per_rank / one:.2f}x (target <= 0.6x)")
-    print(f"   time per step at that row, {args.cores} cores either way: one process {at_row[0]['seconds']:.1f} s, "
-          f"sp_size=2 {at_row[1]['seconds']:.1f} s ({at_row[1]['seconds'] / at_row[0]['seconds']:.2f}x)")
+    print(
+        f"\n1. a row of {args.row} tokens: one process {one:.1f} MB, sp_size=2 {per_rank:.1f} MB per rank: "
+        f"{per_rank / one:.2f}x (target <= 0.6x)"
+    )
+    print(
+        f"   time per step at that row, {args.cores} cores either way: one process {at_row[0]['seconds']:.1f} s, "
+        f"sp_size=2 {at_row[1]['seconds']:.1f} s ({at_row[1]['seconds'] / at_row[0]['seconds']:.2f}x)"
+    )
     ratio = longest[1] / longest[0] if longest[0] else float("nan")
-    print(f"2. longest row trained under {args.cap_mb:.0f} MB of activations per process: one process {longest[0]} "
-          f"tokens, sp_size=2 {longest[1]} tokens: {ratio:.2f}x (target >= 1.8x)")
+    print(
+        f"2. longest row trained under {args.cap_mb:.0f} MB of activations per process: one process {longest[0]} "
+        f"tokens, sp_size=2 {longest[1]} tokens: {ratio:.2f}x (target >= 1.8x)"
+    )
 
 
 if __name__ == "__main__":

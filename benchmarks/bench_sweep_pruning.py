@@ -7,6 +7,7 @@ load of the machine hits both alike; the wall time of each and both best values 
 
     python benchmarks/bench_sweep_pruning.py [--trials 8] [--steps 600] [--eval-steps 150] [--out DIR]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,11 +23,24 @@ REPO = Path(__file__).resolve().parents[1]
 
 def command(sweep_dir: Path, args, pruner: bool) -> list:
     return [
-        sys.executable, "-m", "sft_exp", "-m", "--config-dir", str(REPO / "sweeps"), "--config-name", "optuna_task",
-        f"hydra.sweeper.n_trials={args.trials}", f"trainer.max_steps={args.steps}",
-        f"trainer.eval_steps={args.eval_steps}", f"trainer.save_steps={args.steps}", "trainer.logging_steps=50",
-        f"hydra.sweeper.pruner.min_resource={args.eval_steps}", f"evals.heldout.limit={args.prompts}",
-        "logger=none", f"hydra.sweep.dir={sweep_dir}", *([] if pruner else ["hydra.sweeper.pruner=null"]),
+        sys.executable,
+        "-m",
+        "sft_exp",
+        "-m",
+        "--config-dir",
+        str(REPO / "sweeps"),
+        "--config-name",
+        "optuna_task",
+        f"hydra.sweeper.n_trials={args.trials}",
+        f"trainer.max_steps={args.steps}",
+        f"trainer.eval_steps={args.eval_steps}",
+        f"trainer.save_steps={args.steps}",
+        "trainer.logging_steps=50",
+        f"hydra.sweeper.pruner.min_resource={args.eval_steps}",
+        f"evals.heldout.limit={args.prompts}",
+        "logger=none",
+        f"hydra.sweep.dir={sweep_dir}",
+        *([] if pruner else ["hydra.sweeper.pruner=null"]),
     ]
 
 
@@ -40,14 +54,20 @@ def main() -> int:
     args = parser.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="bench_sweep_pruning_"))
     out.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_MODE": "offline",
-           "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "WANDB_MODE": "offline",
+        "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
     print(f"load before: {os.getloadavg()}", flush=True)
     started, procs = time.monotonic(), {}
     for name, pruner in (("pruned", True), ("unpruned", False)):
         log = (out / f"{name}.log").open("w")
-        procs[name] = subprocess.Popen(command(out / name, args, pruner), cwd=REPO, env=env, stdout=log,
-                                       stderr=subprocess.STDOUT)
+        procs[name] = subprocess.Popen(
+            command(out / name, args, pruner), cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
     wall = {}
     while len(wall) < len(procs):
         for name, proc in procs.items():
@@ -64,13 +84,21 @@ def main() -> int:
     print("| study | wall s | ratio | trials | best exact match | best trial |\n|---|---|---|---|---|---|")
     for name in procs:
         result = OmegaConf.load(out / name / "optimization_results.yaml")
-        print(f"| {name} | {wall[name]:.0f} | {wall[name] / wall['unpruned']:.2f} | {dict(result.trials)} | "
-              f"{result.get('best_value')} | {result.get('best_trial')} |")
+        print(
+            f"| {name} | {wall[name]:.0f} | {wall[name] / wall['unpruned']:.2f} | {dict(result.trials)} | "
+            f"{result.get('best_value')} | {result.get('best_trial')} |"
+        )
     print("\n| study | steps trained | trials (number: status at step, exact match) |\n|---|---|---|")
     for name in procs:
-        ends = [_trial_end(job) for job in sorted((p for p in (out / name).iterdir() if p.name.isdigit()), key=lambda p: int(p.name))]
-        print(f"| {name} | {sum(step for _, step, _ in ends)} | "
-              + ", ".join(f"{i}: {status} at {step}, {score}" for i, (status, step, score) in enumerate(ends)) + " |")
+        ends = [
+            _trial_end(job)
+            for job in sorted((p for p in (out / name).iterdir() if p.name.isdigit()), key=lambda p: int(p.name))
+        ]
+        print(
+            f"| {name} | {sum(step for _, step, _ in ends)} | "
+            + ", ".join(f"{i}: {status} at {step}, {score}" for i, (status, step, score) in enumerate(ends))
+            + " |"
+        )
     return 0
 
 

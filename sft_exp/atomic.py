@@ -1,6 +1,7 @@
 """The one reader and writer of JSON and JSONL files (run folders, evaluations, held-out rows): written then
 renamed, so a reader (a resumed run, a report, a sweep) never sees half a file; read as {} / [] where there is
 none yet."""
+
 from __future__ import annotations
 
 import json

@@ -1,6 +1,7 @@
 """Hydra's own errors (a misspelled key, a bad value, an unknown option) as sft_exp's user errors: one
 message naming the key with "did you mean", no "use +key=..." advice that only moves the failure to
 instantiate, and exit code 2 like every other user mistake in every command."""
+
 from __future__ import annotations
 
 import re
@@ -16,8 +17,10 @@ _OBJECT_TYPE = re.compile(r"object_type=(\w+)")
 
 def explain(error: BaseException, overrides: list[str] | None = None) -> str:
     """A readable one-paragraph message for an error Hydra raised while composing the config."""
-    merged = next(filter(None, (merged_key_message(o.lstrip("+~").split("=", 1)[0], overrides or [])
-                                for o in overrides or [])), None)
+    merged = next(
+        filter(None, (merged_key_message(o.lstrip("+~").split("=", 1)[0], overrides or []) for o in overrides or [])),
+        None,
+    )
     if merged:  # evaluators=none: whatever Hydra says about a group that is gone, the answer is its new name
         return merged
     text = "\n".join(str(e) for e in (error, error.__cause__) if e is not None)
@@ -44,8 +47,10 @@ def explain(error: BaseException, overrides: list[str] | None = None) -> str:
             task = task_key_message(path, value)
             if task:
                 return task
-            return (f"{path}: {did_you_mean(path.rpartition('.')[2], known or [])}{path.rpartition('.')[0]} takes any "
-                    f"key, and Hydra adds a new one with a `+` in front: +{path}={value}")
+            return (
+                f"{path}: {did_you_mean(path.rpartition('.')[2], known or [])}{path.rpartition('.')[0]} takes any "
+                f"key, and Hydra adds a new one with a `+` in front: +{path}={value}"
+            )
         if known is not None:
             return unknown_key_message(path, known)
         return f"{path}: unknown key. Check its spelling against `python -m sft_exp --cfg job`."
@@ -68,8 +73,10 @@ def task_key_message(path: str, value: str) -> str | None:
     known = [f.name for settings in TASK_TYPES.values() for f in dataclasses.fields(settings.settings)]
     if parts[2] in known:
         return f"{path}: the preset evals.{parts[1]} does not set it; add it with a `+` in front: +{path}={value}"
-    return (f"{path}: unknown key; {did_you_mean(parts[2], dict.fromkeys(known))}a task's keys are "
-            f"{', '.join(dict.fromkeys(known))}.")
+    return (
+        f"{path}: unknown key; {did_you_mean(parts[2], dict.fromkeys(known))}a task's keys are "
+        f"{', '.join(dict.fromkeys(known))}."
+    )
 
 
 # `data.sources=[{path:a.jsonl,name:b}]` unquoted: bash's brace expansion makes it two arguments,
@@ -84,15 +91,20 @@ def split_by_the_shell(text: str, overrides: list[str]) -> str | None:
         return None
     key = split[0].group(1)
     fields = ",".join(f"{m.group(2)}:{m.group(3)}" for m in split if m.group(1) == key)
-    return (f"{key}: the shell split the mapping in it into separate arguments ({{a,b}} is brace expansion); "
-            f"quote the whole override: '{key}=[{{{fields}}}]'")
+    return (
+        f"{key}: the shell split the mapping in it into separate arguments ({{a,b}} is brace expansion); "
+        f"quote the whole override: '{key}=[{{{fields}}}]'"
+    )
 
 
 # Top-level keys and groups that became part of another: the old name -> (the new one, what changed). An
 # override of the old name is answered with the same override under the new one.
 MERGED_KEYS = {
-    "evaluators": ("evals", "the `evaluators` group is part of `evals` now: an entry of `evals` with a `_target_` "
-                            "is an evaluator of your own, every other entry a task"),
+    "evaluators": (
+        "evals",
+        "the `evaluators` group is part of `evals` now: an entry of `evals` with a `_target_` "
+        "is an evaluator of your own, every other entry a task",
+    ),
 }
 
 
@@ -106,7 +118,7 @@ def merged_key_message(path: str, overrides: list[str]) -> str | None:
     typed = [o for o in overrides if o.lstrip("+~").split("=", 1)[0].split(".", 1)[0] == old] or [path]
     fixes = []
     for override in typed:
-        deleted, rest = override.startswith("~"), override.lstrip("+~")[len(old):]
+        deleted, rest = override.startswith("~"), override.lstrip("+~")[len(old) :]
         if rest == "=default":  # the old default scored the tasks of `evals`, as every run does now
             fixes.append(f"leave {override} out")
             continue

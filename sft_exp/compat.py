@@ -4,6 +4,7 @@ Each has no public equivalent that does the same job without a cost the data pip
 avoid; tests/test_compat.py checks each against the installed version, so an upgrade that changes
 one fails there, by name, instead of somewhere deep in data preparation.
 """
+
 from __future__ import annotations
 
 from contextlib import contextmanager

@@ -12,6 +12,7 @@ defaults list (e.g. `- /schema/loss/dft@_here_`) and sets the `_target_` it is g
 third-party targets (torch optimizers, peft.LoraConfig, the TrainingArguments fields we expose) and
 the run's own top-level keys.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -148,9 +149,11 @@ class TrainingArgumentsFields:
 
 
 # + SFTTrainingArguments' own fields (nonfinite_loss, router_aux_loss_coef), read from its source.
-TrainerConfig = importable(dataclasses.make_dataclass(
-    "TrainerConfig", own_fields("sft_exp.training.trainer.SFTTrainingArguments"), bases=(TrainingArgumentsFields,)
-))
+TrainerConfig = importable(
+    dataclasses.make_dataclass(
+        "TrainerConfig", own_fields("sft_exp.training.trainer.SFTTrainingArguments"), bases=(TrainingArgumentsFields,)
+    )
+)
 
 
 # ----------------------------------------------------------------------------- root
@@ -200,7 +203,7 @@ def option_schemas() -> dict:
             if not (isinstance(entry, str) and entry.startswith("/schema/")):
                 continue
             ref, _, package = entry.partition("@")
-            key = ref[len("/schema/"):]
+            key = ref[len("/schema/") :]
             body = node if package in ("", "_here_") else node.get(package)
             if key not in schemas and isinstance(body, dict) and body.get("_target_"):
                 schemas[key] = component_schema(body["_target_"], **SCHEMA_EXTRAS.get(body["_target_"], {}))

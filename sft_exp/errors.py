@@ -1,5 +1,6 @@
 """Errors that are the user's to fix (the CLI prints their message alone, without a traceback), and
 the clean stop of a preempted job. Kept free of heavy imports: the CLI catches these before torch loads."""
+
 import signal
 from pathlib import Path
 
@@ -22,8 +23,10 @@ def unknown_key_message(key: str, known) -> str:
     """The one message for a key a component has no setting for."""
     name = key.rsplit(".", 1)[-1]
     known = sorted(str(k) for k in known)
-    return (f"{key}: unknown key; {did_you_mean(name, known)}the keys there are: {', '.join(known)}. "
-            "Fix the spelling (a `+` in front only makes the component refuse it later).")
+    return (
+        f"{key}: unknown key; {did_you_mean(name, known)}the keys there are: {', '.join(known)}. "
+        "Fix the spelling (a `+` in front only makes the component refuse it later)."
+    )
 
 
 class UserError(Exception):
@@ -56,9 +59,13 @@ class TrainingInterrupted(Exception):
 
     def __init__(self, signum: int, step: int, run_dir: Path, then=None, command: str | None = None):
         self.signum, self.step, self.run_dir, self.then = signum, step, run_dir, then
-        then_what = ("this SLURM job is requeued and resumes from it by itself" if then is not None
-                     else f"Resume with: {command}" if command
-                     else "the sweep says how to resume it, with its other trials")
+        then_what = (
+            "this SLURM job is requeued and resumes from it by itself"
+            if then is not None
+            else f"Resume with: {command}"
+            if command
+            else "the sweep says how to resume it, with its other trials"
+        )
         super().__init__(
             f"stopped by {signal.Signals(signum).name} at step {step}; a checkpoint was saved in "
             f"{run_dir / 'checkpoints'}. {then_what}"

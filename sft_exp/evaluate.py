@@ -1,4 +1,5 @@
 """`python -m sft_exp.evaluate`: the same command as `python -m sft_exp evaluate` (sft_exp/tools/evaluate.py)."""
+
 import sys
 
 from sft_exp.tools import run_tool

@@ -1,5 +1,6 @@
 """`python -m sft_exp.import_recipe RECIPE.yaml [--accelerate-config FILE] [-o conf/experiment/NAME.yaml]
 [--allow-unmapped]`: the same command as `python -m sft_exp import_recipe ...` (sft_exp/recipe_import/)."""
+
 import sys
 
 from sft_exp.tools import run_tool

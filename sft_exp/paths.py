@@ -1,4 +1,5 @@
 """Where the package's configs and assets live, installed or run from a checkout."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """`python -m sft_exp.preview`: the same command as `python -m sft_exp preview` (sft_exp/tools/preview.py)."""
+
 import sys
 
 from sft_exp.tools import run_tool

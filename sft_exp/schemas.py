@@ -9,6 +9,7 @@ The source is parsed, not imported: composing a config (and `--help`) must not p
 transformers, which most components import at the top. So a default must be a literal (or
 `field(default_factory=list|dict)`), and a type one `typing` understands; anything else is typed Any.
 """
+
 from __future__ import annotations
 
 import ast
@@ -93,7 +94,9 @@ def _dataclass_fields_of(module: str, name: str, overrides: dict) -> list:
         annotation = _omegaconf_type(spec, module)
         default = overrides.get(spec.name, spec.default)
         if spec.nested is not None and default == {}:  # a dataclass field whose default is its own defaults
-            fields.append((spec.name, annotation, dataclasses.field(default_factory=_schema(module, spec.nested, None, (), ()))))
+            fields.append(
+                (spec.name, annotation, dataclasses.field(default_factory=_schema(module, spec.nested, None, (), ())))
+            )
         elif isinstance(default, (list, dict)):
             fields.append((spec.name, annotation, dataclasses.field(default_factory=functools.partial(_copy, default))))
         else:
@@ -205,7 +208,9 @@ def _constant(node: ast.expr) -> Any:
     try:
         return ast.literal_eval(node)
     except ValueError:
-        if all(isinstance(n, (ast.BinOp, ast.UnaryOp, ast.Constant, ast.operator, ast.unaryop)) for n in ast.walk(node)):
+        if all(
+            isinstance(n, (ast.BinOp, ast.UnaryOp, ast.Constant, ast.operator, ast.unaryop)) for n in ast.walk(node)
+        ):
             return eval(compile(ast.Expression(node), "<default>", "eval"), {"__builtins__": {}})
         raise ValueError(f"line {node.lineno}: the default {ast.unparse(node)} is not a literal") from None
 

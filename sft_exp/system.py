@@ -30,6 +30,7 @@ limits). `release_arrow_pages` tells the kernel the process no longer needs them
 the page cache (a read-only file mapping is never written, so nothing is lost). Linux only; a
 no-op elsewhere.
 """
+
 from __future__ import annotations
 
 import ctypes

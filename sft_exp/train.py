@@ -3,8 +3,10 @@
 This is the only module that reads the config and calls hydra.utils.instantiate. Everything it
 builds takes plain objects, so the same pieces work from Python without Hydra.
 """
+
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -34,12 +36,11 @@ def run(cfg: DictConfig) -> float:
     from transformers import set_seed  # torch loads here, after every check
 
     from sft_exp import system
+
     system.apply(n_threads)
     compat.load_engines_only_where_used()  # DeepSpeed and bitsandbytes load in a run that uses them alone
 
-    from sft_exp.data import describe, prepare_datasets
-    from sft_exp.models.adapters import save_base_for_export, wrap_with_adapter
-    from sft_exp.run import distributed, sequence_parallel
+    from sft_exp.run import distributed
     from sft_exp.training.checkpoints import resolve_resume
 
     resume = resolve_resume(relaunch.resume_from or cfg.resume_from_checkpoint, run_dir)  # a missing one fails here
@@ -51,37 +52,74 @@ def run(cfg: DictConfig) -> float:
     is_main = distributed.rank() == 0
     set_seed(cfg.seed)
     built = _components(cfg, run_dir, is_main)  # before data and model load: a bad _target_ fails in seconds
-    tokenizer, attention = built.model_loader.load_tokenizer(), built.model_loader.attn_implementation
-    data = prepare_datasets(data_settings, tokenizer, attn_implementation=attention, model_context=model_context(
-        built.model_loader), eval_texts=_eval_texts(data_settings, built.evaluators))
-    tokenizer.chat_template = data.chat_template or tokenizer.chat_template  # saved and used as trained
-    log.info(describe(data))
-    model = built.model_loader.load_model(tokenizer)
-    sequence_parallel.use_engine_attention(model, cfg.distributed.strategy)
-    attention = compat.attn_implementation(model)  # sdpa becomes sdpa_varlen where the model allows it
-    sequence_parallel.refuse_mixed_examples(cfg.distributed.strategy, data_settings.packing, attention)
-    built.memory.apply(model)
-    if built.peft_config is not None and not built.model_loader.name_or_path and is_main:
-        save_base_for_export(model, tokenizer, run_dir)  # a base built from config exists nowhere else
-    model = wrap_with_adapter(model, built.peft_config)  # logs the trainable parameters
+    tokenizer = built.model_loader.load_tokenizer()
+    data = _prepare_data(data_settings, tokenizer, built)
+    model, attention = _load_model(cfg, built, tokenizer, data_settings.packing, run_dir, is_main)
     for evaluator in built.evaluators:
         evaluator.use_heldout(data.heldout_examples)
     if is_main:
         _write_run_files(cfg, run_dir, data, tokenizer, built, resume)
+    collator = _collator(cfg, data_settings, tokenizer.pad_token_id, attention)
     # The trainer is built inside _train_and_save's try, so a failure there is recorded (summary.json) as well.
-    summary = _train_and_save(lambda: built.trainer_factory.func(  # the trainer group's keys are in `args`
-        model=model, args=training_arguments(cfg, run_dir), loss=built.loss, memory=built.memory,
-        optimizer_factory=built.optimizer, source_names=data.source_names, train_dataset=data.train,
-        eval_dataset=data.eval, processing_class=tokenizer, callbacks=[*built.callbacks, *built.loggers],
-        evaluators=built.evaluators, run_started=started,
-        data_collator=_collator(cfg, data_settings, tokenizer.pad_token_id, attention),
-    ), model, tokenizer, built, run_dir, resume, started, is_main)
+    build = functools.partial(_trainer, cfg, run_dir, built, model, tokenizer, data, collator, started)
+    summary = _train_and_save(build, model, tokenizer, built, run_dir, resume, started, is_main)
     return float(summary.get(cfg.objective, math.nan))
+
+
+def _prepare_data(data_settings, tokenizer, built: Components):
+    """The training and eval rows (sft_exp.data.prepare_datasets), checked against what the run evaluates on."""
+    from sft_exp.data import describe, prepare_datasets
+
+    data = prepare_datasets(
+        data_settings,
+        tokenizer,
+        attn_implementation=built.model_loader.attn_implementation,
+        model_context=model_context(built.model_loader),
+        eval_texts=_eval_texts(data_settings, built.evaluators),
+    )
+    tokenizer.chat_template = data.chat_template or tokenizer.chat_template  # saved and used as trained
+    log.info(describe(data))
+    return data
+
+
+def _load_model(cfg: DictConfig, built: Components, tokenizer, packing: bool, run_dir: Path, is_main: bool):
+    """The model as it trains: its attention, the memory strategy applied, the adapter wrapped; and its attention."""
+    from sft_exp.models.adapters import save_base_for_export, wrap_with_adapter
+    from sft_exp.run import sequence_parallel
+
+    model = built.model_loader.load_model(tokenizer)
+    sequence_parallel.use_engine_attention(model, cfg.distributed.strategy)
+    attention = compat.attn_implementation(model)  # sdpa becomes sdpa_varlen where the model allows it
+    sequence_parallel.refuse_mixed_examples(cfg.distributed.strategy, packing, attention)
+    built.memory.apply(model)
+    if built.peft_config is not None and not built.model_loader.name_or_path and is_main:
+        save_base_for_export(model, tokenizer, run_dir)  # a base built from config exists nowhere else
+    return wrap_with_adapter(model, built.peft_config), attention  # wrapping logs the trainable parameters
+
+
+def _trainer(cfg: DictConfig, run_dir: Path, built: Components, model, tokenizer, data, collator, started: float):
+    """The SFTTrainer of the run (the trainer group's keys are in `args`: training_arguments)."""
+    return built.trainer_factory.func(
+        model=model,
+        args=training_arguments(cfg, run_dir),
+        loss=built.loss,
+        memory=built.memory,
+        optimizer_factory=built.optimizer,
+        source_names=data.source_names,
+        train_dataset=data.train,
+        eval_dataset=data.eval,
+        processing_class=tokenizer,
+        callbacks=[*built.callbacks, *built.loggers],
+        evaluators=built.evaluators,
+        run_started=started,
+        data_collator=collator,
+    )
 
 
 @dataclass
 class Components:
     """What a run builds from its config before any data or weights: each `_target_` instantiated and checked."""
+
     loss: Any
     memory: Any
     optimizer: Any
@@ -109,12 +147,23 @@ def _components(cfg: DictConfig, run_dir: Path, is_main: bool) -> Components:
     evaluators = build_evaluators(cfg.evals, run_dir / "evals")  # tasks built and checked here, then yours
     model_loader = instantiate(cfg.model, _convert_="all")
     trainer_factory = instantiate(cfg.trainer, _convert_="all")  # a _partial_ of SFTTrainer
-    return Components(loss, memory, optimizer, trained_with, peft_config, loggers, callbacks, evaluators,
-                      model_loader, trainer_factory)
+    return Components(
+        loss,
+        memory,
+        optimizer,
+        trained_with,
+        peft_config,
+        loggers,
+        callbacks,
+        evaluators,
+        model_loader,
+        trainer_factory,
+    )
 
 
-def _train_and_save(build_trainer, model, tokenizer, built: Components, run_dir: Path, resume: str | None,
-                    started: float, is_main: bool) -> dict:
+def _train_and_save(
+    build_trainer, model, tokenizer, built: Components, run_dir: Path, resume: str | None, started: float, is_main: bool
+) -> dict:
     """Build the trainer, train and evaluate (train_and_evaluate), save the model, its tokenizer and serving
     files (pushed where asked); the summary. Whatever happens, summary.json records how it ended (completed,
     pruned, interrupted or failed), the wall time and the peak memory (rank 0), and the error is raised."""
@@ -187,11 +236,18 @@ def _already_trained(resume: str | None, cfg: DictConfig, run_dir: Path) -> floa
     more = f"to train on, raise trainer.max_steps (e.g. trainer.max_steps={2 * step}) with resume_from_checkpoint"
     summary = read_json(run_dir / "summary.json")
     if summary.get("status") == "completed" and summary.get("global_step") == step:
-        log.info("%s is at step %s (trainer.max_steps=%s) and the run is complete (summary.json): nothing to "
-                 "train; %s", resume, step, cfg.trainer.max_steps, more)
+        log.info(
+            "%s is at step %s (trainer.max_steps=%s) and the run is complete (summary.json): nothing to train; %s",
+            resume,
+            step,
+            cfg.trainer.max_steps,
+            more,
+        )
         return float(summary.get(cfg.objective, math.nan))
-    raise ConfigError(f"{resume} is at step {step}, trainer.max_steps={cfg.trainer.max_steps}: nothing is left to "
-                      f"train (its weights are the final ones); {more}.")
+    raise ConfigError(
+        f"{resume} is at step {step}, trainer.max_steps={cfg.trainer.max_steps}: nothing is left to "
+        f"train (its weights are the final ones); {more}."
+    )
 
 
 def default_evals_off_demo(cfg: DictConfig, data_settings) -> None:
@@ -204,8 +260,10 @@ def default_evals_off_demo(cfg: DictConfig, data_settings) -> None:
     asked = any(o.lstrip("+~").startswith("evals") for o in overrides) or not _hydra_chose("evals", "heldout")
     if asked or on_demo_data(data_settings) or not cfg.get("evals"):
         return
-    log.info("evals: eval loss and token accuracy (the heldout task is the demo's default; on your data ask "
-             "for it with evals=heldout)")
+    log.info(
+        "evals: eval loss and token accuracy (the heldout task is the demo's default; on your data ask "
+        "for it with evals=heldout)"
+    )
     with open_dict(cfg):
         cfg.evals = {}
 
@@ -234,8 +292,9 @@ def model_context(model_loader) -> int | None:
     try:
         from transformers import AutoConfig
 
-        config = AutoConfig.from_pretrained(model_loader.name_or_path, revision=model_loader.revision,
-                                            trust_remote_code=model_loader.trust_remote_code)
+        config = AutoConfig.from_pretrained(
+            model_loader.name_or_path, revision=model_loader.revision, trust_remote_code=model_loader.trust_remote_code
+        )
     except (OSError, ValueError):
         return None  # the model load that follows reports it
     return getattr(config, "max_position_embeddings", None)
@@ -284,8 +343,11 @@ def last_window(rows: list) -> dict:
     if not windows:
         return {}
     earlier = [row["step"] for row in rows if "loss" in row and row["step"] < windows[-1]["step"]]
-    figures = {f"last_window_{k}": windows[-1][k] for k in ("loss", "mean_token_accuracy", "entropy", "nll")
-               if k in windows[-1]}
+    figures = {
+        f"last_window_{k}": windows[-1][k]
+        for k in ("loss", "mean_token_accuracy", "entropy", "nll")
+        if k in windows[-1]
+    }
     return {**figures, "last_window_steps": [(max(earlier) if earlier else 0) + 1, windows[-1]["step"]]}
 
 
@@ -303,16 +365,22 @@ def training_arguments(cfg: DictConfig, run_dir: Path | None = None):
 
     keywords = dict(instantiate(cfg.trainer, _convert_="all").keywords)
     extra_args = keywords.pop("extra_args", None) or {}
-    strategy_args = distributed.training_arguments(plain(cfg.distributed.training_args), cfg.distributed.strategy,
-                                                   split=_split(cfg))
+    strategy_args = distributed.training_arguments(
+        plain(cfg.distributed.training_args), cfg.distributed.strategy, split=_split(cfg)
+    )
     arguments.refuse_owned_extra_args(extra_args, keywords, strategy_args)
     memory = instantiate(cfg.memory)
     loggers = [get_class(node._target_).name for node in (cfg.logger or {}).values() if node is not None]
     try:
         return build_training_arguments(
-            output_dir=str(Path(run_dir or cfg.run_dir) / "checkpoints"), seed=cfg.seed, data_seed=cfg.seed,
-            report_to=arguments.report_to(loggers), **arguments.optimizer_arguments(instantiate(cfg.optimizer)),
-            **getattr(memory, "training_arguments", dict)(), **keywords, extra_args={**strategy_args, **extra_args},
+            output_dir=str(Path(run_dir or cfg.run_dir) / "checkpoints"),
+            seed=cfg.seed,
+            data_seed=cfg.seed,
+            report_to=arguments.report_to(loggers),
+            **arguments.optimizer_arguments(instantiate(cfg.optimizer)),
+            **getattr(memory, "training_arguments", dict)(),
+            **keywords,
+            extra_args={**strategy_args, **extra_args},
         )
     except ValueError as err:  # TrainingArguments' own checks, e.g. load_best_model_at_end without evaluations
         raise ConfigError(f"the trainer settings (trainer.*, trainer.extra_args) do not go together: {err}") from None
@@ -332,8 +400,12 @@ def _collator(cfg: DictConfig, data_settings, pad_token_id: int, attention: str 
 
     if _split(cfg) > 1:
         return split_collator(cfg.distributed.strategy, _split(cfg), pad_token_id)
-    return collator_for(pad_token_id, packing=data_settings.packing, padding_free=data_settings.padding_free,
-                        attn_implementation=attention)
+    return collator_for(
+        pad_token_id,
+        packing=data_settings.packing,
+        padding_free=data_settings.padding_free,
+        attn_implementation=attention,
+    )
 
 
 def _was_pruned(callbacks: list) -> bool:
@@ -360,16 +432,26 @@ def _write_run_files(cfg: DictConfig, run_dir: Path, data, tokenizer, built: Com
     resolved = plain(cfg)
     resumes = run_folder.resume_record(run_dir, resolved, resume) if resume else []
     if resumes and resumes[-1]["changed"]:
-        log.warning("resumed with changed settings (%s): a straight run of the new settings may not reproduce this run",
-                    ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in resumes[-1]["changed"].items()))
+        log.warning(
+            "resumed with changed settings (%s): a straight run of the new settings may not reproduce this run",
+            ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in resumes[-1]["changed"].items()),
+        )
     run_folder.write_resolved_config(resolved, run_dir)
     run_folder.write_contamination(run_dir, data.contamination)
-    run_folder.write_run_info(run_dir, seed=cfg.seed, data_fingerprint=data.fingerprint, data_stats=data.stats,
-                              overrides=hydra_job.overrides(),
-                              extra={"trained_with": built.trained_with,
-                                     "evaluations": evaluation_record(built.evaluators, data.stats),
-                                     **({"resumes": resumes} if resumes else {})})
-    description = RunDescription(run_dir, resolved, name=hydra_job.job_name(), group=hydra_job.sweep_group(),
-                                 resumed=resume is not None)
+    run_folder.write_run_info(
+        run_dir,
+        seed=cfg.seed,
+        data_fingerprint=data.fingerprint,
+        data_stats=data.stats,
+        overrides=hydra_job.overrides(),
+        extra={
+            "trained_with": built.trained_with,
+            "evaluations": evaluation_record(built.evaluators, data.stats),
+            **({"resumes": resumes} if resumes else {}),
+        },
+    )
+    description = RunDescription(
+        run_dir, resolved, name=hydra_job.job_name(), group=hydra_job.sweep_group(), resumed=resume is not None
+    )
     for logger in built.loggers:
         logger.start(description)

@@ -1,4 +1,5 @@
 """Fixtures shared by every test folder; the helpers the tests import live in tests/helpers.py."""
+
 from __future__ import annotations
 
 from pathlib import Path

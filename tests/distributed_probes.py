@@ -5,6 +5,7 @@
 
 The trainer, DDP and the optimizer run unchanged; these only make one rank's loss NaN and record weights.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -73,7 +74,8 @@ class ShardingProbe(TrainerCallback):
         params = list(model.parameters())
         dtensors = [p for p in params if isinstance(p, DTensor)]
         record = {
-            "dtensor_params": len(dtensors), "params": len(params),
+            "dtensor_params": len(dtensors),
+            "params": len(params),
             "local_numel": sum(_held(p).numel() for p in params),
             "head_weight_numel": model.get_output_embeddings().weight.numel(),  # 0: a ZeRO-3 partition
             "full_numel": sum(getattr(p, "ds_numel", p.numel()) for p in params),

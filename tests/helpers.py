@@ -3,6 +3,7 @@ API, run sft_exp in a subprocess, build tiny models and rows.
 
 Tests never reach a hub: models come from config (`model=tiny`) or from folders saved here.
 """
+
 from __future__ import annotations
 
 import os
@@ -27,19 +28,34 @@ TEST_ENV = {
     "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
 }
 
+
 def tiny_run(steps: int, train_rows: int, save_steps: int, logger: str = "logger=none") -> list[str]:
     """Overrides for a run of a few seconds: `steps` optimizer steps of 4 rows on a slice of the demo data."""
     return [
-        f"trainer.max_steps={steps}", "trainer.logging_steps=1", f"trainer.save_steps={save_steps}",
-        *NO_SAMPLE_GENERATIONS, "trainer.per_device_train_batch_size=4",
-        "trainer.per_device_eval_batch_size=8", f"data.sources.0.max_samples={train_rows}",
-        DEMO_EVAL_ROWS.format(8), "data.max_length=64", logger,
+        f"trainer.max_steps={steps}",
+        "trainer.logging_steps=1",
+        f"trainer.save_steps={save_steps}",
+        *NO_SAMPLE_GENERATIONS,
+        "trainer.per_device_train_batch_size=4",
+        "trainer.per_device_eval_batch_size=8",
+        f"data.sources.0.max_samples={train_rows}",
+        DEMO_EVAL_ROWS.format(8),
+        "data.max_length=64",
+        logger,
     ]
 
 
-def tiny_causal_lm(model_type: str = "qwen2", *, vocab_size: int = 128, hidden_size: int = 64,
-                   num_hidden_layers: int = 2, tie_word_embeddings: bool = False, seed: int = 0,
-                   attn_implementation: str = "sdpa", **config_kwargs):
+def tiny_causal_lm(
+    model_type: str = "qwen2",
+    *,
+    vocab_size: int = 128,
+    hidden_size: int = 64,
+    num_hidden_layers: int = 2,
+    tie_word_embeddings: bool = False,
+    seed: int = 0,
+    attn_implementation: str = "sdpa",
+    **config_kwargs,
+):
     """The one tiny model builder of the suite: a random model of `model_type`, fp32, seeded.
 
     Defaults make a 2-layer Qwen2 of width 64 (4 heads, 2 KV heads); any config field can be overridden.
@@ -47,12 +63,18 @@ def tiny_causal_lm(model_type: str = "qwen2", *, vocab_size: int = 128, hidden_s
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    fields = dict(intermediate_size=2 * hidden_size, num_attention_heads=4, num_key_value_heads=2,
-                  max_position_embeddings=256)
+    fields = dict(
+        intermediate_size=2 * hidden_size, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256
+    )
     fields.update(config_kwargs)
-    config = AutoConfig.for_model(model_type, vocab_size=vocab_size, hidden_size=hidden_size,
-                                  num_hidden_layers=num_hidden_layers, tie_word_embeddings=tie_word_embeddings,
-                                  **fields)
+    config = AutoConfig.for_model(
+        model_type,
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        num_hidden_layers=num_hidden_layers,
+        tie_word_embeddings=tie_word_embeddings,
+        **fields,
+    )
     torch.manual_seed(seed)
     return AutoModelForCausalLM.from_config(config, attn_implementation=attn_implementation, dtype=torch.float32)
 
@@ -66,7 +88,9 @@ def prepared_rows(lengths, vocab_size: int = 128, seed: int = 0) -> list:
     for length in lengths:
         ids = torch.randint(1, vocab_size, (length,), generator=g).tolist()
         labels = [-100 if t < length // 3 else token for t, token in enumerate(ids)]
-        rows.append({"input_ids": ids, "labels": labels, "position_ids": list(range(length)), "source_ids": [0] * length})
+        rows.append(
+            {"input_ids": ids, "labels": labels, "position_ids": list(range(length)), "source_ids": [0] * length}
+        )
     return rows
 
 
@@ -113,16 +137,24 @@ DEMO_EVAL_ROWS = "data.sources.0.eval_max_samples={}"
 
 # A few optimizer steps of the default run: enough to exercise every stage of a run.
 SHORT_RUN = [
-    "trainer.max_steps=4", "trainer.logging_steps=2", "trainer.save_steps=4",
-    "trainer.per_device_train_batch_size=4", "trainer.per_device_eval_batch_size=16",
-    *SAMPLE_GENERATIONS, "logger=none",
+    "trainer.max_steps=4",
+    "trainer.logging_steps=2",
+    "trainer.save_steps=4",
+    "trainer.per_device_train_batch_size=4",
+    "trainer.per_device_eval_batch_size=16",
+    *SAMPLE_GENERATIONS,
+    "logger=none",
 ]
 
 
 def run_sft(*args: str, timeout: float = 300, module: str = "sft_exp") -> subprocess.CompletedProcess:
     """`python -m sft_exp <args>` in a subprocess; returns the completed process (never raises on failure)."""
     return subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=REPO, env=TEST_ENV, capture_output=True, text=True,
+        [sys.executable, "-m", module, *args],
+        cwd=REPO,
+        env=TEST_ENV,
+        capture_output=True,
+        text=True,
         timeout=timeout,
     )
 
@@ -136,8 +168,12 @@ def write_base_model(folder: Path) -> Path:
 
     tokenizer = AutoTokenizer.from_pretrained(str(asset_path("tokenizer")))
     tokenizer.eos_token = "<|endoftext|>"
-    model = tiny_causal_lm(vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id,
-                           pad_token_id=tokenizer.pad_token_id, max_position_embeddings=512)
+    model = tiny_causal_lm(
+        vocab_size=len(tokenizer),
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        max_position_embeddings=512,
+    )
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)

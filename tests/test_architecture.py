@@ -1,5 +1,6 @@
 """The architecture page (docs/architecture.md) kept true: layers that import only downward, a docstring in
 every package's __init__, and each registry the only list of its kind."""
+
 from __future__ import annotations
 
 import ast
@@ -69,8 +70,11 @@ def test_no_module_imports_a_layer_above_its_own():
 
 
 def test_every_package_says_what_it_holds():
-    silent = [str(p.relative_to(REPO)) for p in [*PACKAGE.rglob("__init__.py"), *(REPO / "hydra_plugins").rglob("__init__.py")]
-              if "__pycache__" not in p.parts and not (ast.get_docstring(ast.parse(p.read_text())) or "").strip()]
+    silent = [
+        str(p.relative_to(REPO))
+        for p in [*PACKAGE.rglob("__init__.py"), *(REPO / "hydra_plugins").rglob("__init__.py")]
+        if "__pycache__" not in p.parts and not (ast.get_docstring(ast.parse(p.read_text())) or "").strip()
+    ]
     assert not silent, f"give each a docstring saying what the package holds: {silent}"
 
 
@@ -79,9 +83,11 @@ def _registries():
     from sft_exp.evaluation.tasks import TASK_TYPES
     from sft_exp.tools import TOOLS
 
-    return {"data formats": (set(FORMATS), PACKAGE / "data" / "formats.py"),
-            "task types": (set(TASK_TYPES), PACKAGE / "evaluation" / "tasks.py"),
-            "tools": (set(TOOLS), PACKAGE / "tools" / "__init__.py")}
+    return {
+        "data formats": (set(FORMATS), PACKAGE / "data" / "formats.py"),
+        "task types": (set(TASK_TYPES), PACKAGE / "evaluation" / "tasks.py"),
+        "tools": (set(TOOLS), PACKAGE / "tools" / "__init__.py"),
+    }
 
 
 @pytest.mark.parametrize("kind", ["data formats", "task types", "tools"])
@@ -95,7 +101,9 @@ def test_every_registry_is_the_only_list_of_its_kind(kind):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, (ast.List, ast.Tuple, ast.Set, ast.Dict)):
                 items = node.keys if isinstance(node, ast.Dict) else node.elts
-                strings = {item.value for item in items if isinstance(item, ast.Constant) and isinstance(item.value, str)}
+                strings = {
+                    item.value for item in items if isinstance(item, ast.Constant) and isinstance(item.value, str)
+                }
                 if len(strings & names) >= 3:
                     copies.append(f"{path.relative_to(REPO)}:{node.lineno}: {sorted(strings & names)}")
     assert not copies, f"read the {kind} from their registry ({home.relative_to(REPO)}) instead:\n" + "\n".join(copies)

@@ -1,4 +1,5 @@
 """The embedded default's assets: the shipped tokenizer, its chat template and the demo data."""
+
 from __future__ import annotations
 
 import json

@@ -2,6 +2,7 @@
 
 A failure here after an upgrade names the API that changed; fix sft_exp/compat.py, nothing else.
 """
+
 from __future__ import annotations
 
 import datasets
@@ -53,8 +54,15 @@ def test_compiled_chat_template_renders_like_transformers():
 def test_attn_implementation_is_what_the_model_runs():
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.for_model("llama", vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                  num_attention_heads=2, num_key_value_heads=1)
+    config = AutoConfig.for_model(
+        "llama",
+        vocab_size=32,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    )
     assert compat.attn_implementation(AutoModelForCausalLM.from_config(config, attn_implementation="eager")) == "eager"
     assert compat.attn_implementation(AutoModelForCausalLM.from_config(config, attn_implementation="sdpa")) == "sdpa"
 
@@ -63,8 +71,15 @@ def test_set_name_or_path_is_what_peft_records_as_the_base(tmp_path):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = AutoConfig.for_model("llama", vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                  num_attention_heads=2, num_key_value_heads=1)
+    config = AutoConfig.for_model(
+        "llama",
+        vocab_size=32,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+    )
     model = AutoModelForCausalLM.from_config(config)
     compat.set_name_or_path(model, str(tmp_path / "base"))
     peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"], task_type="CAUSAL_LM"))
@@ -157,8 +172,13 @@ def test_ulysses_loader_adapter_keeps_what_a_resume_rebuilds_it_from():
     loader = [{"input_ids": None}]
     adapter = UlyssesSPDataLoaderAdapter(loader, sp_rank=1, sp_group=None, sp_world_size=2, device="cpu")
     # sft_exp.run.sequence_parallel.resumed_dataloader reads these (public attributes, no accessor).
-    assert (adapter.dl, adapter.sp_rank, adapter.sp_group, adapter.sp_world_size, adapter.device) == \
-        (loader, 1, None, 2, "cpu")
+    assert (adapter.dl, adapter.sp_rank, adapter.sp_group, adapter.sp_world_size, adapter.device) == (
+        loader,
+        1,
+        None,
+        2,
+        "cpu",
+    )
 
 
 @pytest.mark.parametrize("owner", sorted(compat.PRIVATE_OVERRIDES))

@@ -1,4 +1,5 @@
 """Every group option composes and builds what it targets; user mistakes fail fast and clearly."""
+
 from __future__ import annotations
 
 import subprocess
@@ -54,36 +55,52 @@ def test_trainer_target_is_the_sft_trainer():
 
 def test_required_keys_exist_with_their_documented_names():
     cfg = compose()
-    for key in ("seed", "model.name_or_path", "data.max_length", "trainer.max_steps", "trainer.num_train_epochs",
-                "trainer.per_device_train_batch_size", "trainer.gradient_accumulation_steps",
-                "trainer.logging_steps", "trainer.eval_steps", "trainer.save_steps", "optimizer.lr"):
+    for key in (
+        "seed",
+        "model.name_or_path",
+        "data.max_length",
+        "trainer.max_steps",
+        "trainer.num_train_epochs",
+        "trainer.per_device_train_batch_size",
+        "trainer.gradient_accumulation_steps",
+        "trainer.logging_steps",
+        "trainer.eval_steps",
+        "trainer.save_steps",
+        "optimizer.lr",
+    ):
         OmegaConf.select(cfg, key, throw_on_missing=False)  # raises if the key path does not exist
         parent, _, leaf = key.rpartition(".")
         assert leaf in (OmegaConf.select(cfg, parent) if parent else cfg), key
 
 
-@pytest.mark.parametrize("override, error", [
-    (["model=nope"], MissingConfigException),           # unknown group option
-    (["data.max_lenght=3"], ConfigCompositionException),  # misspelled key
-    (["optimizer.lr=fast"], ConfigCompositionException),  # wrong type
-    (["trainer.max_steps=1.5"], ConfigCompositionException),
-    (["loss.chunk_size=x"], ConfigCompositionException),
-])
+@pytest.mark.parametrize(
+    "override, error",
+    [
+        (["model=nope"], MissingConfigException),  # unknown group option
+        (["data.max_lenght=3"], ConfigCompositionException),  # misspelled key
+        (["optimizer.lr=fast"], ConfigCompositionException),  # wrong type
+        (["trainer.max_steps=1.5"], ConfigCompositionException),
+        (["loss.chunk_size=x"], ConfigCompositionException),
+    ],
+)
 def test_bad_overrides_fail_at_compose_time(override, error):
     with pytest.raises(error):
         compose(override)
 
 
-@pytest.mark.parametrize("args, expected", [
-    (["model=nope"], "Could not find 'model/nope'"),
-    (["trainer.max_stepz=3"], "trainer.max_stepz"),
-    (["optimizer.lr=fast"], "optimizer.lr"),
-    (["model=hf", "model.name_or_path=/no/such/model"], "model.name_or_path=/no/such/model: no such folder"),
-    (["model.name_or_path=/no/such/model"], "use `python -m sft_exp model=hf model.name_or_path=/no/such/model"),
-    (["data.sources=[{path:/no/such/file.jsonl}]"], "/no/such/file.jsonl"),
-    (["data.sources=[{name:x}]"], "data.sources"),  # path is required (???)
-    (["model=qwen2_5_0_5b"], "not in the local Hugging Face cache, and HF_HUB_OFFLINE is set"),  # a hub id
-])
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["model=nope"], "Could not find 'model/nope'"),
+        (["trainer.max_stepz=3"], "trainer.max_stepz"),
+        (["optimizer.lr=fast"], "optimizer.lr"),
+        (["model=hf", "model.name_or_path=/no/such/model"], "model.name_or_path=/no/such/model: no such folder"),
+        (["model.name_or_path=/no/such/model"], "use `python -m sft_exp model=hf model.name_or_path=/no/such/model"),
+        (["data.sources=[{path:/no/such/file.jsonl}]"], "/no/such/file.jsonl"),
+        (["data.sources=[{name:x}]"], "data.sources"),  # path is required (???)
+        (["model=qwen2_5_0_5b"], "not in the local Hugging Face cache, and HF_HUB_OFFLINE is set"),  # a hub id
+    ],
+)
 def test_bad_input_exits_nonzero_with_one_clear_message_before_loading(args, expected, tmp_path):
     started = time.monotonic()
     proc = run_sft(*args, f"hydra.run.dir={tmp_path}/run", "logger=none", timeout=120)
@@ -98,12 +115,22 @@ def test_bad_input_exits_nonzero_with_one_clear_message_before_loading(args, exp
 def test_a_hub_model_the_hub_cannot_serve_fails_in_one_line_before_any_data(tmp_path):
     # The Hub at a closed port: what a machine without internet sees (connection refused, no retries).
     env = {**TEST_ENV, "HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HOME": str(tmp_path / "hf")}
-    proc = subprocess.run([sys.executable, "-m", "sft_exp", "model=qwen2_5_0_5b", f"hydra.run.dir={tmp_path}/run"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "sft_exp", "model=qwen2_5_0_5b", f"hydra.run.dir={tmp_path}/run"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 2 and "Traceback" not in output, output
-    assert "model.name_or_path=Qwen/Qwen2.5-0.5B-Instruct: it is not in the local cache and the Hugging Face Hub " \
-           "cannot be reached" in output and "hf download Qwen/Qwen2.5-0.5B-Instruct --local-dir DIR" in output, output
+    assert (
+        "model.name_or_path=Qwen/Qwen2.5-0.5B-Instruct: it is not in the local cache and the Hugging Face Hub "
+        "cannot be reached"
+        in output
+        and "hf download Qwen/Qwen2.5-0.5B-Instruct --local-dir DIR" in output
+    ), output
     assert "Tokenizing" not in output  # before the data
 
 

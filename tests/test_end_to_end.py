@@ -1,4 +1,5 @@
 """The default run end to end in a subprocess, and the run folder it leaves behind."""
+
 from __future__ import annotations
 
 import json
@@ -24,9 +25,18 @@ def default_run(tmp_path_factory):
 
 def test_run_folder_has_everything_a_run_leaves(default_run):
     run_dir, _ = default_run
-    for name in (".hydra/config.yaml", ".hydra/overrides.yaml", ".hydra/hydra.yaml", "resolved_config.yaml",
-                 "run_info.json", "metrics.jsonl", "summary.json", "model/config.json",
-                 "evals/heldout/step-0.jsonl", "evals/heldout/step-4.jsonl"):  # task evaluation before and after
+    for name in (
+        ".hydra/config.yaml",
+        ".hydra/overrides.yaml",
+        ".hydra/hydra.yaml",
+        "resolved_config.yaml",
+        "run_info.json",
+        "metrics.jsonl",
+        "summary.json",
+        "model/config.json",
+        "evals/heldout/step-0.jsonl",
+        "evals/heldout/step-4.jsonl",
+    ):  # task evaluation before and after
         assert (run_dir / name).exists(), name
     resolved = (run_dir / "resolved_config.yaml").read_text()
     assert "${" not in resolved  # every interpolation resolved
@@ -53,8 +63,14 @@ def test_summary_and_final_model_load(default_run):
     run_dir, proc = default_run
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "completed"
-    for key in ("eval_mean_token_accuracy_before", "eval_mean_token_accuracy", "train_tokens_per_s",
-                "wall_time_s", "cpu_peak_rss_mb", "global_step"):
+    for key in (
+        "eval_mean_token_accuracy_before",
+        "eval_mean_token_accuracy",
+        "train_tokens_per_s",
+        "wall_time_s",
+        "cpu_peak_rss_mb",
+        "global_step",
+    ):
         assert key in summary, key
     assert summary["global_step"] == 4
     model = AutoModelForCausalLM.from_pretrained(run_dir / "model")
@@ -67,9 +83,18 @@ def test_dft_with_memory_offload_on_cpu_warns_falls_back_to_checkpointing_and_le
     """Without CUDA offloading saves nothing (it says so) and its checkpointing still runs: DFT must still learn."""
     run_dir = tmp_path / "run"
     overrides = [o for o in SHORT_RUN if o not in SAMPLE_GENERATIONS]
-    proc = run_sft(*overrides, "loss=dft", "memory=offload", "trainer.logging_steps=1", "trainer.max_steps=6",
-                   "data.sources.0.max_samples=64", DEMO_EVAL_ROWS.format(8), "data.max_length=64",
-                   *NO_SAMPLE_GENERATIONS, f"hydra.run.dir={run_dir}")
+    proc = run_sft(
+        *overrides,
+        "loss=dft",
+        "memory=offload",
+        "trainer.logging_steps=1",
+        "trainer.max_steps=6",
+        "data.sources.0.max_samples=64",
+        DEMO_EVAL_ROWS.format(8),
+        "data.max_length=64",
+        *NO_SAMPLE_GENERATIONS,
+        f"hydra.run.dir={run_dir}",
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "saves nothing here" in proc.stdout + proc.stderr
     rows = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "loss" in r]

@@ -1,6 +1,7 @@
 """An engine loads only where it is used (issue 34): a run, report, evaluation or export that uses neither
 DeepSpeed (distributed=deepspeed) nor bitsandbytes (peft=qlora) never imports them: seconds of import each, and
 bitsandbytes' CPU warnings. Each command runs in a fresh process, as a user runs it; sys.modules is read at exit."""
+
 from __future__ import annotations
 
 import json
@@ -17,14 +18,29 @@ AT_EXIT = (
     "sys.argv = sys.argv[1:]\n"
     "runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)\n"
 )
-TINY = ["trainer.max_steps=2", "trainer.logging_steps=1", "trainer.save_steps=2", "trainer.per_device_train_batch_size=4",
-        "trainer.per_device_eval_batch_size=8", "data.sources.0.max_samples=16", "data.sources.0.eval_max_samples=8",
-        "data.max_length=64", "logger=none"]
+TINY = [
+    "trainer.max_steps=2",
+    "trainer.logging_steps=1",
+    "trainer.save_steps=2",
+    "trainer.per_device_train_batch_size=4",
+    "trainer.per_device_eval_batch_size=8",
+    "data.sources.0.max_samples=16",
+    "data.sources.0.eval_max_samples=8",
+    "data.max_length=64",
+    "logger=none",
+]
 
 
 def engines_loaded(module: str, *args: str) -> list:
-    done = subprocess.run([sys.executable, "-c", AT_EXIT, module, *args], cwd=REPO, env=TEST_ENV,
-                          capture_output=True, text=True, timeout=300, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", AT_EXIT, module, *args],
+        cwd=REPO,
+        env=TEST_ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     said = [line for line in done.stdout.splitlines() if line.startswith("engines loaded:")]
     assert said, done.stdout[-2000:]

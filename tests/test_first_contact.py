@@ -1,5 +1,6 @@
 """A user's first mistakes and own files (issue-style first contact): one message naming the key or
 folder and the fix, exit code 2, and nothing of the demo's settings in a run on the user's data."""
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,11 @@ def test_a_new_key_in_a_dict_of_any_keys_is_told_to_take_a_plus():
     assert composed(["+trainer.extra_args.seed=1"]).trainer.extra_args.seed == 1
 
 
-EARLY_STOP = ["+callbacks.early_stop._target_=transformers.EarlyStoppingCallback",
-              "+callbacks.early_stop.early_stopping_patience=1", "+callbacks.early_stop.early_stopping_threshold=0.5"]
+EARLY_STOP = [
+    "+callbacks.early_stop._target_=transformers.EarlyStoppingCallback",
+    "+callbacks.early_stop.early_stopping_patience=1",
+    "+callbacks.early_stop.early_stopping_threshold=0.5",
+]
 
 
 def test_early_stopping_names_the_keys_it_needs_then_stops_the_run(tmp_path):
@@ -45,8 +49,16 @@ def test_early_stopping_names_the_keys_it_needs_then_stops_the_run(tmp_path):
     with pytest.raises(ConfigError, match=r"set trainer.eval_steps=.* and \+trainer.extra_args.metric_for_best_model"):
         validate_config(compose(EARLY_STOP))
     # Evaluated every 20 steps, stopped at the first evaluation whose eval_loss is not 0.5 below the best.
-    done = run_sft(*EARLY_STOP, "trainer.eval_steps=20", "+trainer.extra_args.metric_for_best_model=eval_loss",
-                   "trainer.max_steps=200", "logger=none", "evals=none", f"hydra.run.dir={tmp_path}", timeout=300)
+    done = run_sft(
+        *EARLY_STOP,
+        "trainer.eval_steps=20",
+        "+trainer.extra_args.metric_for_best_model=eval_loss",
+        "trainer.max_steps=200",
+        "logger=none",
+        "evals=none",
+        f"hydra.run.dir={tmp_path}",
+        timeout=300,
+    )
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     steps = json.loads((tmp_path / "summary.json").read_text())["global_step"]
     assert 20 <= steps < 200 and steps % 20 == 0, steps
@@ -96,9 +108,11 @@ def test_off_the_demo_the_default_evaluation_is_eval_loss_and_accuracy(tmp_path)
 
     path = tmp_path / "mine.jsonl"
     path.write_text(json.dumps({"text": "hello"}) + "\n")
-    for overrides, tasks in (([], ["heldout"]),  # the demo keeps its task
-                             ([f"data.sources=[{{path:{path}}}]"], []),  # the user's data: no default task
-                             ([f"data.sources=[{{path:{path}}}]", "evals=heldout"], ["heldout"])):  # asked for
+    for overrides, tasks in (
+        ([], ["heldout"]),  # the demo keeps its task
+        ([f"data.sources=[{{path:{path}}}]"], []),  # the user's data: no default task
+        ([f"data.sources=[{{path:{path}}}]", "evals=heldout"], ["heldout"]),
+    ):  # asked for
         cfg = compose(overrides)
         default_evals_off_demo(cfg, instantiate(cfg.data))
         assert list(cfg.evals or {}) == tasks, overrides
@@ -133,8 +147,9 @@ def test_counts_print_as_counts_and_the_resume_hint_is_a_command(monkeypatch, tm
     assert format_score("eval_heldout/exact_match", 1.0) == "1.0000"
     monkeypatch.setattr("sys.argv", ["sft_exp", "trainer.max_steps=3", "hydra.run.dir=/elsewhere"])
     hint = str(TrainingInterrupted(2, 5, tmp_path, command=resume_command(tmp_path)))
-    assert hint.endswith(f"Resume with: python -m sft_exp trainer.max_steps=3 hydra.run.dir={tmp_path} "
-                         "resume_from_checkpoint=true")
+    assert hint.endswith(
+        f"Resume with: python -m sft_exp trainer.max_steps=3 hydra.run.dir={tmp_path} resume_from_checkpoint=true"
+    )
 
 
 def test_a_misspelled_task_key_is_did_you_mean_and_a_new_one_takes_a_plus():
@@ -163,8 +178,11 @@ def test_a_columns_mapping_names_the_users_column_and_its_direction(tmp_path):
     columns = ["question", "answer"]
     with pytest.raises(DataError, match=r"columns.prompt=query: the file has no column 'query'; its columns"):
         detect_format("prompt_completion", columns, {"prompt": "query", "completion": "answer"}, "qa.jsonl")
-    with pytest.raises(DataError, match=r"reads its `prompt` field from a column named 'prompt', which the file does "
-                                        r"not have .* name the column of yours that holds it: columns=\{prompt: <one"):
+    with pytest.raises(
+        DataError,
+        match=r"reads its `prompt` field from a column named 'prompt', which the file does "
+        r"not have .* name the column of yours that holds it: columns=\{prompt: <one",
+    ):
         detect_format("prompt_completion", columns, {}, "qa.jsonl")
     data = tmp_path / "qa.jsonl"
     data.write_text('{"question": "1+1?", "answer": "2"}\n')
@@ -187,7 +205,9 @@ def test_the_defaults_a_users_data_trains_with_come_first_with_their_keys(tmp_pa
     with caplog.at_level(logging.INFO), pytest.raises(RunFolderTaken):
         run(compose([f"data.sources=[{{path:{data}}}]", f"run_dir={taken}", "resume_from_checkpoint=false"]))
     first = caplog.records[0].getMessage()
-    assert first.startswith("your data trains with: loss on assistant replies only of conversations "
-                            "(data.assistant_only_loss=true; TRL: false, every token)")
+    assert first.startswith(
+        "your data trains with: loss on assistant replies only of conversations "
+        "(data.assistant_only_loss=true; TRL: false, every token)"
+    )
     assert "5% of each source's rows held out and evaluated before and after training (data.eval_split_size=0" in first
     assert "1500 steps (trainer.max_steps)" in first  # the tiny demo's recipe; on model=hf: 1 epoch (TRL: 3)

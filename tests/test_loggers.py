@@ -5,6 +5,7 @@ metric of metrics.jsonl at its step. W&B offline runs are read with wandb's tran
 (`wandb leet inspect --json`: wandb.Api needs a server), TensorBoard's event files with its
 EventAccumulator, MLflow's store with MlflowClient.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,8 +29,17 @@ def logged_run(tmp_path_factory) -> Path:
     from sft_exp.train import run
 
     run_dir = tmp_path_factory.mktemp("loggers")
-    run(compose([*tiny_run(steps=3, train_rows=24, save_steps=3, logger=ALL_LOGGERS), "logger.wandb.mode=offline",
-                 "logger.wandb.tags=[test]", "+logger.mlflow.tags.team=sft", f"run_dir={run_dir}"]))
+    run(
+        compose(
+            [
+                *tiny_run(steps=3, train_rows=24, save_steps=3, logger=ALL_LOGGERS),
+                "logger.wandb.mode=offline",
+                "logger.wandb.tags=[test]",
+                "+logger.mlflow.tags.team=sft",
+                f"run_dir={run_dir}",
+            ]
+        )
+    )
     return run_dir
 
 
@@ -42,8 +52,14 @@ def wandb_records(run_dir: Path) -> list:
     """Every record of the one offline W&B run under <run_dir>/wandb, as wandb's own reader prints them."""
     logs = sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
     assert len(logs) == 1, f"one W&B run per job, inside the run folder: {logs}"
-    out = subprocess.run([sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(logs[0])],
-                         env=TEST_ENV, capture_output=True, text=True, timeout=120, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(logs[0])],
+        env=TEST_ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
 
 
@@ -120,8 +136,10 @@ def test_trackers_that_fail_are_warnings_and_the_run_completes(tmp_path, caplog)
 
     overrides = [*tiny_run(steps=2, train_rows=16, save_steps=5), "evals=none", f"run_dir={tmp_path}"]
     for fail_in in ("start", "log", "finish"):  # one tracker failing at each point, all in one run
-        overrides += [f"+logger.{fail_in}._target_=tests.test_loggers.FailingLogger",
-                      f"+logger.{fail_in}.fail_in={fail_in}"]
+        overrides += [
+            f"+logger.{fail_in}._target_=tests.test_loggers.FailingLogger",
+            f"+logger.{fail_in}.fail_in={fail_in}",
+        ]
     with caplog.at_level(logging.WARNING):
         run(compose(overrides))
     for what in ("start failed", "log at step 1 failed", "finish failed"):

@@ -3,6 +3,7 @@
 No hub access here: a real preset is tested by saving a tiny model of the same architecture (with
 the shipped tokenizer) and pointing `model.name_or_path` at it, as a user with a local copy would.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -17,16 +18,31 @@ from sft_exp.training.forward import sft_forward
 from sft_exp.training.losses import NLLLoss
 from tests.helpers import compose, tiny_causal_lm
 
-SMALL = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-             num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True)
+SMALL = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=256,
+    tie_word_embeddings=True,
+)
 # The hub model each preset names, and its architecture (what the tiny stand-in is built as).
 REAL_PRESETS = {
     "smollm2_135m": ("HuggingFaceTB/SmolLM2-135M-Instruct", "llama", {}),
     "qwen2_5_0_5b": ("Qwen/Qwen2.5-0.5B-Instruct", "qwen2", {}),
     "llama3_2_1b": ("meta-llama/Llama-3.2-1B-Instruct", "llama", {}),
-    "qwen1_5_moe_a2_7b": ("Qwen/Qwen1.5-MoE-A2.7B-Chat", "qwen2_moe", dict(
-        moe_intermediate_size=32, shared_expert_intermediate_size=64, num_experts=4, num_experts_per_tok=2,
-        output_router_logits=True)),
+    "qwen1_5_moe_a2_7b": (
+        "Qwen/Qwen1.5-MoE-A2.7B-Chat",
+        "qwen2_moe",
+        dict(
+            moe_intermediate_size=32,
+            shared_expert_intermediate_size=64,
+            num_experts=4,
+            num_experts_per_tok=2,
+            output_router_logits=True,
+        ),
+    ),
 }
 
 

@@ -3,6 +3,7 @@
 Outside it, the code may neither read a private attribute of a dependency's object or class nor override
 (or call through super()) a private method that compat.PRIVATE_OVERRIDES does not list. tests/test_compat.py
 checks each listed one against the installed versions."""
+
 from __future__ import annotations
 
 import ast
@@ -36,7 +37,12 @@ def _dependency_names(tree: ast.Module) -> set[str]:
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             names |= {a.asname or a.name.split(".")[0] for a in node.names if not a.name.startswith("sft_exp")}
-        elif isinstance(node, ast.ImportFrom) and node.module and not node.module.startswith("sft_exp") and node.level == 0:
+        elif (
+            isinstance(node, ast.ImportFrom)
+            and node.module
+            and not node.module.startswith("sft_exp")
+            and node.level == 0
+        ):
             names |= {a.asname or a.name for a in node.names}
     return names
 
@@ -53,7 +59,9 @@ def test_no_private_attribute_of_a_dependency_is_read_outside_compat():
             on_dependency = isinstance(owner, ast.Name) and owner.id in dependencies
             if (via_super and node.attr not in LISTED) or on_dependency:
                 found.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno}: .{node.attr}")
-    assert not found, "private APIs outside sft_exp/compat.py (move them there, or list an override): " + "; ".join(found)
+    assert not found, "private APIs outside sft_exp/compat.py (move them there, or list an override): " + "; ".join(
+        found
+    )
 
 
 def _sft_exp_classes():
@@ -73,12 +81,15 @@ def test_every_overridden_private_method_of_a_dependency_is_listed_in_compat():
     unlisted = []
     for cls in _sft_exp_classes():
         for name in (n for n, v in vars(cls).items() if _private(n) and inspect.isfunction(v)):
-            owners = [base for base in cls.__mro__[1:] if not base.__module__.startswith("sft_exp") and name in vars(base)]
+            owners = [
+                base for base in cls.__mro__[1:] if not base.__module__.startswith("sft_exp") and name in vars(base)
+            ]
             if owners and name not in compat.PRIVATE_OVERRIDES.get(_qualified(owners[0]), ()):
                 unlisted.append(f"{cls.__module__}.{cls.__qualname__}.{name} overrides {_qualified(owners[0])}.{name}")
     assert not unlisted, "list these in compat.PRIVATE_OVERRIDES: " + "; ".join(unlisted)
 
 
 def _qualified(cls) -> str:
-    return {"transformers.trainer.Trainer": "transformers.Trainer"}.get(f"{cls.__module__}.{cls.__qualname__}",
-                                                                       f"{cls.__module__}.{cls.__qualname__}")
+    return {"transformers.trainer.Trainer": "transformers.Trainer"}.get(
+        f"{cls.__module__}.{cls.__qualname__}", f"{cls.__module__}.{cls.__qualname__}"
+    )

@@ -1,5 +1,6 @@
 """One schema per component: the structured configs Hydra checks are generated from the components' own
 source (sft_exp.schemas), so they must equal what the imported classes really accept."""
+
 import dataclasses
 import inspect
 import subprocess
@@ -34,7 +35,11 @@ def _real_defaults(cls) -> dict:
                 out[f.name] = MISSING
         return out
     params = list(inspect.signature(cls.__init__).parameters.values())[1:]
-    return {p.name: (MISSING if p.default is p.empty else p.default) for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    return {
+        p.name: (MISSING if p.default is p.empty else p.default)
+        for p in params
+        if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)
+    }
 
 
 def _schema_defaults(schema) -> dict:
@@ -71,7 +76,8 @@ def test_trainer_schema_adds_the_trainers_own_fields_from_its_source():
 
     names = {f.name for f in dataclasses.fields(TrainerConfig)}
     own = {f.name for f in dataclasses.fields(SFTTrainingArguments)} - {
-        f.name for f in dataclasses.fields(SFTTrainingArguments.__mro__[1])}
+        f.name for f in dataclasses.fields(SFTTrainingArguments.__mro__[1])
+    }
     assert own and own <= names
 
 
@@ -91,9 +97,11 @@ def test_typos_and_wrong_types_fail_when_the_config_is_composed(overrides, key):
 
 def test_composing_a_config_and_checking_data_settings_import_neither_torch_nor_datasets():
     """What runs before anything loads (composing, DataSettings' checks of every source and template) stays light."""
-    code = ("import sys; from hydra.utils import instantiate; from tests.helpers import compose; "
-            "settings = instantiate(compose(['data.chat_template=chatml']).data); "
-            "print(type(settings).__name__, sorted(m for m in ('torch', 'datasets', 'transformers') if m in sys.modules))")
+    code = (
+        "import sys; from hydra.utils import instantiate; from tests.helpers import compose; "
+        "settings = instantiate(compose(['data.chat_template=chatml']).data); "
+        "print(type(settings).__name__, sorted(m for m in ('torch', 'datasets', 'transformers') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.split("\n")[-2] == "DataSettings []"
 
@@ -106,9 +114,15 @@ def test_a_composed_config_pickles_into_a_fresh_process_as_launchers_send_it():
     from omegaconf import OmegaConf
 
     data = pickle.dumps(compose(["loss=dft", "memory=offload", "logger=[wandb,mlflow]"]))
-    code = ("import pickle, sys; from omegaconf import OmegaConf; cfg = pickle.loads(sys.stdin.buffer.read()); "
-            "print(OmegaConf.get_type(cfg.data.sources[0]).__name__, OmegaConf.get_type(cfg.loss).__name__, "
-            "OmegaConf.to_container(cfg.memory)['_target_'])")
+    code = (
+        "import pickle, sys; from omegaconf import OmegaConf; cfg = pickle.loads(sys.stdin.buffer.read()); "
+        "print(OmegaConf.get_type(cfg.data.sources[0]).__name__, OmegaConf.get_type(cfg.loss).__name__, "
+        "OmegaConf.to_container(cfg.memory)['_target_'])"
+    )
     out = subprocess.run([sys.executable, "-c", code], input=data, cwd=REPO, capture_output=True, check=True)
-    assert out.stdout.decode().split() == ["SourceSchema", "DFTLossSchema", "sft_exp.training.memory.ActivationOffloading"]
+    assert out.stdout.decode().split() == [
+        "SourceSchema",
+        "DFTLossSchema",
+        "sft_exp.training.memory.ActivationOffloading",
+    ]
     assert OmegaConf.get_type(pickle.loads(data).trainer).__name__ == "TrainerConfig"

@@ -4,6 +4,7 @@ One multirun of the loss_x_memory sweep narrowed to 2 real jobs, plus 2 jobs tha
 check: the failures are recorded and the sweep goes on; the 2 real jobs leave run folders and 2
 W&B runs in one group; the report reads it all back.
 """
+
 from __future__ import annotations
 
 import csv
@@ -21,8 +22,17 @@ TINY = tiny_run(steps=2, train_rows=16, save_steps=2, logger="logger.wandb.mode=
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory) -> Path:
     sweep_dir = tmp_path_factory.mktemp("sweep")
-    job = run_sft("-m", "--config-dir", "sweeps", "--config-name", "loss_x_memory", "hydra.sweeper.params.memory=none",
-                  "trainer.precision=fp32,no_such_precision", *TINY, f"hydra.sweep.dir={sweep_dir}")
+    job = run_sft(
+        "-m",
+        "--config-dir",
+        "sweeps",
+        "--config-name",
+        "loss_x_memory",
+        "hydra.sweeper.params.memory=none",
+        "trainer.precision=fp32,no_such_precision",
+        *TINY,
+        f"hydra.sweep.dir={sweep_dir}",
+    )
     assert job.returncode == 0, job.stderr[-3000:]
     return sweep_dir
 
@@ -57,7 +67,10 @@ def test_the_report_tabulates_every_job_and_plots_the_curves(sweep, capsys):
     rows = list(csv.DictReader((sweep / "report.csv").open()))
     assert [row["job"] for row in rows] == ["0", "1", "2", "3"]
     completed = [row for row in rows if row["status"] == "completed"]
-    assert {row["overrides"] for row in completed} == {"loss=nll trainer.precision=fp32", "loss=dft trainer.precision=fp32"}
+    assert {row["overrides"] for row in completed} == {
+        "loss=nll trainer.precision=fp32",
+        "loss=dft trainer.precision=fp32",
+    }
     assert all(float(row["eval_loss"]) > 0 and float(row["train_tokens_per_s"]) > 0 for row in completed)
     markdown = (sweep / "report.md").read_text()
     assert "no_such_precision" in markdown and "Failed jobs" in markdown
@@ -89,11 +102,16 @@ def test_every_shipped_sweep_composes_and_sweeps_existing_keys(name):
         assert OmegaConf.select(cfg, key, throw_on_missing=False) is not None, f"{name}: {key} is not a config key"
 
 
-@pytest.mark.parametrize("sweeper, command", [
-    ("hydra._internal.core_plugins.basic_sweeper.BasicSweeper", "python -m sft_exp -m optimizer.lr=1e-3,2e-3 "
-                                                                "hydra.sweep.dir={sweep_dir}"),
-    ("hydra_plugins.sft_exp_sweeper.sft_optuna.SftOptunaSweeper", None),  # its sweeper prints its own
-])
+@pytest.mark.parametrize(
+    "sweeper, command",
+    [
+        (
+            "hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
+            "python -m sft_exp -m optimizer.lr=1e-3,2e-3 hydra.sweep.dir={sweep_dir}",
+        ),
+        ("hydra_plugins.sft_exp_sweeper.sft_optuna.SftOptunaSweeper", None),  # its sweeper prints its own
+    ],
+)
 def test_a_job_stopped_in_a_sweep_prints_only_the_sweeps_resume_command(tmp_path, monkeypatch, sweeper, command):
     from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
@@ -135,8 +153,18 @@ def test_a_stopped_sweep_prints_the_sweeps_own_command_which_continues_it(tmp_pa
     from tests.training.test_resume import SIGNAL_DURING_STEP
 
     steps = ["trainer.max_steps=4", "trainer.save_steps=1000"]
-    command = [sys.executable, "-c", SIGNAL_DURING_STEP, "2", "SIGTERM", "-m", "optimizer.lr=1e-3,2e-3",
-               *tiny_run(steps=4, train_rows=16, save_steps=1000), *steps, f"hydra.sweep.dir={tmp_path}"]
+    command = [
+        sys.executable,
+        "-c",
+        SIGNAL_DURING_STEP,
+        "2",
+        "SIGTERM",
+        "-m",
+        "optimizer.lr=1e-3,2e-3",
+        *tiny_run(steps=4, train_rows=16, save_steps=1000),
+        *steps,
+        f"hydra.sweep.dir={tmp_path}",
+    ]
     stopped = subprocess.run(command, cwd=REPO, env=TEST_ENV, capture_output=True, text=True, timeout=300)
     output = stopped.stdout + stopped.stderr
     assert stopped.returncode == 143, output[-3000:]

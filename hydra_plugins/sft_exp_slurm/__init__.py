@@ -3,6 +3,7 @@
 A Hydra plugin (Hydra instantiates launchers from the hydra_plugins package only); without
 hydra-submitit-launcher installed there is nothing to extend and this module defines nothing.
 """
+
 try:
     from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as _SubmititSlurmLauncher
 except ImportError:  # pip install 'sft_exp[slurm]'

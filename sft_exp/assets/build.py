@@ -9,6 +9,7 @@ Deterministic (seeded): re-running rewrites byte-identical files. Writes, next t
 The tasks are small, deterministic string and digit puzzles with short answers, so a ~1M-parameter
 model learns them on a CPU in about a minute; eval prompts never occur in the training file.
 """
+
 from __future__ import annotations
 
 import json
@@ -93,7 +94,13 @@ def add_one(rng: random.Random) -> Tuple[str, str]:
 
 
 TASKS: List[Callable[[random.Random], Tuple[str, str]]] = [
-    reverse_digits, sort_digits, repeat_digits, max_digit, min_digit, count_words, add_one,
+    reverse_digits,
+    sort_digits,
+    repeat_digits,
+    max_digit,
+    min_digit,
+    count_words,
+    add_one,
 ]
 
 # The system message picks the task, so the model must read it.
@@ -153,20 +160,20 @@ def write_jsonl(path: Path, rows: List[dict]) -> None:
 # ----------------------------------------------------------------------------- tokenizer
 def render(messages: List[Dict[str, str]]) -> str:
     """The ChatML text of a conversation (what the template produces), to train BPE on."""
-    return "".join(
-        f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages
-    )
+    return "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
 
 
 def train_tokenizer(texts: List[str]) -> Tokenizer:
     tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
-        # "\n" alone, so the "assistant\n" header never merges with the content after it.
-        pre_tokenizers.Split(Regex("\n"), behavior="isolated"),
-        # One token per digit: sorting, reversing and adding see every digit on its own.
-        pre_tokenizers.Digits(individual_digits=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-    ])
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            # "\n" alone, so the "assistant\n" header never merges with the content after it.
+            pre_tokenizers.Split(Regex("\n"), behavior="isolated"),
+            # One token per digit: sorting, reversing and adding see every digit on its own.
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
+    )
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=VOCAB_SIZE,

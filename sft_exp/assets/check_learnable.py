@@ -8,6 +8,7 @@ over assistant tokens (the prediction at t-1 equals the label at t) before and a
 and the training seconds. The defaults are the values conf/model/tiny.yaml and the default
 trainer settings should use; exit status 1 if accuracy or time misses the targets.
 """
+
 from __future__ import annotations
 
 import argparse

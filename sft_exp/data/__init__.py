@@ -6,6 +6,7 @@ A run uses: `DataSettings` (what `data.*` builds; checks itself when built), `pr
 Names are imported on first use: `sft_exp.data.settings` (what composing and checking a config needs)
 must not pull in torch and datasets, which the rest of the pipeline does.
 """
+
 import importlib
 
 _WHERE = {

@@ -8,6 +8,7 @@ but they count in RSS and crowd the page cache; here each cache file is read wit
 instead, one record batch at a time, so peak memory stays flat whatever the number of rows. What
 is kept per row is a few numbers in numpy arrays (the kept rows' raw index, tokens, trained tokens).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -50,7 +51,9 @@ def tokenizer_hash(tokenizer) -> str:
 
 def encode_fingerprint(dataset_fingerprint: str, settings: dict, tokenizer_digest: str) -> str:
     """The datasets cache key of one source's tokenized rows (datasets wants <= 64 hex chars)."""
-    return _sha(dataset_fingerprint, json.dumps(settings, sort_keys=True, default=str), tokenizer_digest, code_hash())[:32]
+    return _sha(dataset_fingerprint, json.dumps(settings, sort_keys=True, default=str), tokenizer_digest, code_hash())[
+        :32
+    ]
 
 
 class TokenDigest:

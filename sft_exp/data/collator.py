@@ -8,6 +8,7 @@ Which layout costs nothing depends on the attention implementation (`collator_fo
   quadratic in the whole batch's tokens (a (T, T) mask for T = every token of the batch), so there
   the padded layout is the default, and packed rows stay separate rows (`separate_rows`).
 """
+
 from __future__ import annotations
 
 import logging
@@ -34,8 +35,13 @@ class SFTCollator:
     predict the next example.
     """
 
-    def __init__(self, pad_token_id: int, padding_free: bool = False, pad_to_multiple_of: int | None = None,
-                 separate_rows: bool = False):
+    def __init__(
+        self,
+        pad_token_id: int,
+        padding_free: bool = False,
+        pad_to_multiple_of: int | None = None,
+        separate_rows: bool = False,
+    ):
         if pad_token_id is None:
             raise ValueError("SFTCollator needs a pad_token_id (set the tokenizer's pad token, or use its EOS)")
         if separate_rows and not padding_free:
@@ -78,7 +84,13 @@ class SFTCollator:
 
     def _padding_free(self, rows: list[dict], width: int) -> dict[str, torch.Tensor]:
         """The rows back to back in one (1, width) row; positions past their tokens are one padding example."""
-        keys = ("input_ids", "labels", "position_ids", "source_ids", *(key for key in OPTIONAL_COLUMNS if key in rows[0]))
+        keys = (
+            "input_ids",
+            "labels",
+            "position_ids",
+            "source_ids",
+            *(key for key in OPTIONAL_COLUMNS if key in rows[0]),
+        )
         columns = {key: [] for key in keys}
         for row in rows:
             for key, values in columns.items():
@@ -108,8 +120,14 @@ def default_padding_free(attn_implementation: str | None) -> bool:
     return attn_implementation in VARLEN_ATTENTION
 
 
-def collator_for(pad_token_id: int, *, packing: bool, padding_free: bool | None,
-                 attn_implementation: str | None, pad_to_multiple_of: int | None = None) -> SFTCollator:
+def collator_for(
+    pad_token_id: int,
+    *,
+    packing: bool,
+    padding_free: bool | None,
+    attn_implementation: str | None,
+    pad_to_multiple_of: int | None = None,
+) -> SFTCollator:
     """The collator a run trains with: `data.packing`, `data.padding_free` (None: the default for the attention).
 
     Packed rows are always padding-free (a padded packed row would let examples see each other);
@@ -117,7 +135,11 @@ def collator_for(pad_token_id: int, *, packing: bool, padding_free: bool | None,
     """
     if padding_free is None:
         padding_free = default_padding_free(attn_implementation)
-    if (packing or padding_free) and attn_implementation is not None and attn_implementation not in SEPARATING_ATTENTION:
+    if (
+        (packing or padding_free)
+        and attn_implementation is not None
+        and attn_implementation not in SEPARATING_ATTENTION
+    ):
         key = "data.packing" if packing else "data.padding_free"
         raise ConfigError(
             f"{key}=true with model.attn_implementation={attn_implementation}: that attention cannot keep examples "
@@ -125,13 +147,18 @@ def collator_for(pad_token_id: int, *, packing: bool, padding_free: bool | None,
         )
     one_row = attn_implementation in VARLEN_ATTENTION
     if packing or padding_free:
-        log.info("batches: %s, %s (attention: %s)", "packed rows" if packing else "padding-free",
-                 "one row per batch" if one_row else "each row masked from its position_ids", attn_implementation)
+        log.info(
+            "batches: %s, %s (attention: %s)",
+            "packed rows" if packing else "padding-free",
+            "one row per batch" if one_row else "each row masked from its position_ids",
+            attn_implementation,
+        )
     else:
         log.info("batches: padded to the longest row of each batch (attention: %s)", attn_implementation)
     if packing:
-        return SFTCollator(pad_token_id, padding_free=True, pad_to_multiple_of=pad_to_multiple_of,
-                           separate_rows=not one_row)
+        return SFTCollator(
+            pad_token_id, padding_free=True, pad_to_multiple_of=pad_to_multiple_of, separate_rows=not one_row
+        )
     return SFTCollator(pad_token_id, padding_free=padding_free, pad_to_multiple_of=pad_to_multiple_of)
 
 

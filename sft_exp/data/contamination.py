@@ -15,6 +15,7 @@ beside datasets' cache, keyed by the training rows, the evaluation texts and thi
 A matching row is described for a person: its file, row and turn, the evaluation item and the n-gram
 they share, confirmed on the words, not only on the hashes.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -87,7 +88,14 @@ def _equal_match(index: EvalIndex, leaves: list, g: int, items: list) -> dict | 
     for item in items:
         if [ngrams.normalized_words(text) for _, text in index.item_leaves(g, item)] == words:
             quote = " ".join(w for row in words for w in row)
-            return {"kind": "equal", "item": item, "field": None, "turn": None, "ngram": quote[:200], "shared_ngrams": None}
+            return {
+                "kind": "equal",
+                "item": item,
+                "field": None,
+                "turn": None,
+                "ngram": quote[:200],
+                "shared_ngrams": None,
+            }
     return None
 
 
@@ -104,9 +112,21 @@ def describe_row(part, columns: list, row: int, index: EvalIndex, ngram_hashes, 
     matches = []
     for g, match in sorted(found.items()):
         number, label = index.item_label(g, match["item"])
-        matches.append({"source": part.name, "file": part.stats["path"], "row": int(row), "turn": match["turn"],
-                        "field": match["field"], "eval": index.groups[g].name, "item": number, "item_source": label,
-                        "kind": match["kind"], "ngram": match["ngram"], "shared_ngrams": match["shared_ngrams"]})
+        matches.append(
+            {
+                "source": part.name,
+                "file": part.stats["path"],
+                "row": int(row),
+                "turn": match["turn"],
+                "field": match["field"],
+                "eval": index.groups[g].name,
+                "item": number,
+                "item_source": label,
+                "kind": match["kind"],
+                "ngram": match["ngram"],
+                "shared_ngrams": match["shared_ngrams"],
+            }
+        )
     return matches
 
 
@@ -132,28 +152,40 @@ def against_groups(settings, cache_dir=None) -> list[EvalGroup]:
 
     groups = []
     for i, entry in enumerate(settings.against):
-        source = SimpleNamespace(path=entry.path, name=None, subset=None, split=entry.split, max_samples=None, expand=None)
+        source = SimpleNamespace(
+            path=entry.path, name=None, subset=None, split=entry.split, max_samples=None, expand=None
+        )
         raw, label = load_source(source, cache_dir), source_label(source)
         present = source_columns(raw)
         raw_json = RAW_JSON_COLUMN in raw.column_names
         if entry.column is not None:
             top = top_column(entry.column, present)
             if top not in present:
-                raise ConfigError(f"data.decontamination.against[{i}].column={entry.column!r}: {label} has no column "
-                                  f"{entry.column!r} (its columns: {', '.join(present)}); name one of them, or null "
-                                  "for every text field of each row")
+                raise ConfigError(
+                    f"data.decontamination.against[{i}].column={entry.column!r}: {label} has no column "
+                    f"{entry.column!r} (its columns: {', '.join(present)}); name one of them, or null "
+                    "for every text field of each row"
+                )
             columns = [RAW_JSON_COLUMN, top] if raw_json else [top]
         else:
             columns = [RAW_JSON_COLUMN] if raw_json else list(raw.column_names)
         name = entry.name or Path(entry.path).name
-        groups.append(EvalGroup(name, label, "file",
-                                [dataset_piece(raw, columns, np.arange(len(raw)), label, whole=entry.column is None)]))
+        groups.append(
+            EvalGroup(
+                name,
+                label,
+                "file",
+                [dataset_piece(raw, columns, np.arange(len(raw)), label, whole=entry.column is None)],
+            )
+        )
     return groups
 
 
 def held_out_group(parts, eval_parts, eval_rows, covers: tuple) -> EvalGroup | None:
     """The run's own held-out rows (eval_path files, eval_sources, the rows split off): whole rows."""
-    pieces = [dataset_piece(p.raw, text_columns(p.raw, p.fmt, p.columns), p.kept, p.stats["path"], True) for p in eval_parts]
+    pieces = [
+        dataset_piece(p.raw, text_columns(p.raw, p.fmt, p.columns), p.kept, p.stats["path"], True) for p in eval_parts
+    ]
     pieces += [dataset_piece(p.raw, text_columns(p.raw, p.fmt, p.columns), p.kept[rows], p.stats["path"], True)
                for p, rows in zip(parts, eval_rows) if len(rows)]  # fmt: skip
     if not pieces:
@@ -173,7 +205,9 @@ class _Scan:
 
     def joined(self, name: str, dtypes) -> tuple:
         pairs = getattr(self, name)
-        return tuple(np.concatenate([p[k] for p in pairs]) if pairs else np.zeros(0, dtype) for k, dtype in enumerate(dtypes))
+        return tuple(
+            np.concatenate([p[k] for p in pairs]) if pairs else np.zeros(0, dtype) for k, dtype in enumerate(dtypes)
+        )
 
 
 def _scan(part, columns: list, rows: np.ndarray, index: EvalIndex | None) -> _Scan:
@@ -283,8 +317,9 @@ def _find(parts, columns: list, rows: list, index: EvalIndex | None) -> _Found:
         candidates = np.unique(np.concatenate([hits["ngram_hits"][0], hits["equal_hits"][0]]))
         false_hits = []
         for row in candidates[: max(0, MAX_DETAILED - described)]:
-            row_matches = describe_row(part, columns[p], int(row), index, _of_row(hits["ngram_hits"], row),
-                                       _of_row(hits["equal_hits"], row))
+            row_matches = describe_row(
+                part, columns[p], int(row), index, _of_row(hits["ngram_hits"], row), _of_row(hits["equal_hits"], row)
+            )
             matches += row_matches
             if not row_matches:
                 false_hits.append(row)  # the words share nothing: a hash collision
@@ -299,8 +334,10 @@ def _find(parts, columns: list, rows: list, index: EvalIndex | None) -> _Found:
             for g in np.unique(best_groups).tolist():
                 per_eval[g]["rows"] += int((best_groups == g).sum())
                 per_eval[g]["items_matched"].update(best_items[best_groups == g].tolist())
-    counts = {index.groups[g].name: {"rows": group["rows"], "items_matched": len(group["items_matched"])}
-              for g, group in per_eval.items()}
+    counts = {
+        index.groups[g].name: {"rows": group["rows"], "items_matched": len(group["items_matched"])}
+        for g, group in per_eval.items()
+    }
     return _Found(flagged, duplicates, matches, counts)
 
 
@@ -328,7 +365,8 @@ def _cached(key: str, cache_dir, compute) -> _Found:
                  **{f"duplicates_{i}": a for i, a in enumerate(found.duplicates)})  # fmt: skip
     arrays.with_name(arrays.name + mine).replace(arrays)
     meta.with_name(meta.name + mine).write_text(
-        json.dumps({"sources": len(found.flagged), "matches": found.matches, "per_eval": found.per_eval}))
+        json.dumps({"sources": len(found.flagged), "matches": found.matches, "per_eval": found.per_eval})
+    )
     meta.with_name(meta.name + mine).replace(meta)
     return found
 
@@ -378,21 +416,28 @@ class Contamination:
             gone = np.concatenate(list(drop.values())) if drop else np.zeros(0, np.int64)
             kept.append(rows[~np.isin(part.kept[rows], gone)] if len(gone) else rows)
             if len(rows) and not len(kept[-1]):
-                raise DataError(f"{part.stats['path']}: every training row was dropped ({part.stats['rows_dropped']}) by "
-                                f"data.decontamination.mode={self.mode} / data.deduplicate={self.deduplicate}")
+                raise DataError(
+                    f"{part.stats['path']}: every training row was dropped ({part.stats['rows_dropped']}) by "
+                    f"data.decontamination.mode={self.mode} / data.deduplicate={self.deduplicate}"
+                )
         return kept
 
 
 def error_message(stats: dict, matches: list) -> str:
     first = matches[0]
     where = f"turn {first['turn']} ({first['field']})" if first["turn"] else (first["field"] or "the whole row")
-    what = (f"shares the {stats['ngram']}-gram \"{first['ngram']}\"" if first["kind"] == "ngram"
-            else f"is the same text (\"{first['ngram'][:80]}\")")
-    return (f"{first['file']}, row {first['row']}, {where}: the training text {what} with eval {first['eval']!r} "
-            f"item {first['item']} ({first['item_source']}); {stats['rows']} of {stats['rows_checked']} training rows "
-            f"match an evaluation text ({summary_counts(stats)}). Remove them from the data, or set "
-            "data.decontamination.mode=drop to train without them (counted), or mode=report to train on them and "
-            "report the count.")
+    what = (
+        f'shares the {stats["ngram"]}-gram "{first["ngram"]}"'
+        if first["kind"] == "ngram"
+        else f'is the same text ("{first["ngram"][:80]}")'
+    )
+    return (
+        f"{first['file']}, row {first['row']}, {where}: the training text {what} with eval {first['eval']!r} "
+        f"item {first['item']} ({first['item_source']}); {stats['rows']} of {stats['rows_checked']} training rows "
+        f"match an evaluation text ({summary_counts(stats)}). Remove them from the data, or set "
+        "data.decontamination.mode=drop to train without them (counted), or mode=report to train on them and "
+        "report the count."
+    )
 
 
 def _training_rows(part, chosen: np.ndarray) -> np.ndarray:
@@ -403,8 +448,9 @@ def _training_rows(part, chosen: np.ndarray) -> np.ndarray:
     return np.flatnonzero(trains)
 
 
-def check_training_rows(settings, parts, eval_parts, eval_rows: list, chosen: list, eval_texts=(),
-                        against: list = (), cache_dir=None) -> Contamination:
+def check_training_rows(
+    settings, parts, eval_parts, eval_rows: list, chosen: list, eval_texts=(), against: list = (), cache_dir=None
+) -> Contamination:
     """The training rows (`chosen` of each source) against the run's evaluation texts: `eval_texts` (EvalTexts of
     the tasks, NotChecked for those unreadable), the held-out rows, the `against` files (against_groups)."""
     options = settings.decontamination

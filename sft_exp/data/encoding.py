@@ -7,6 +7,7 @@ worker thread (it releases the GIL), so chunk k+1 renders while chunk k tokenize
 for the whole batch at once from the ranges, in numpy. Bad rows raise `DataError` naming the file
 and row, or (on_bad_row=drop) come out empty with their reason in `drop_reason`.
 """
+
 from __future__ import annotations
 
 import copy
@@ -91,7 +92,9 @@ def _render_row(item, spec: EncodeSpec) -> list[tuple[str, list | None, bool, in
     text, spans = _conversation(item, spec.policy, spec)
     if not (spec.split_reasoning_turns and spec.assistant_only and has_reasoning(item)):
         return [(text, spans, False, 0)]
-    turns = dropped_reasoning_turns(item, text, spec.template, spec.template_variables, spec.policy, spec.completion_only)
+    turns = dropped_reasoning_turns(
+        item, text, spec.template, spec.template_variables, spec.policy, spec.completion_only
+    )
     if not turns:
         return [(text, spans, False, 0)]
     examples = [_conversation(*turn_example(item, index, spec.policy), spec=spec) for index in turns]
@@ -110,8 +113,11 @@ def _conversation(item, policy: LossPolicy, spec: EncodeSpec) -> tuple[str, list
 def _reject(spec: EncodeSpec, index: int, bad: BadRow) -> None:
     if not spec.drop_bad_rows:
         # A template_mismatch names its own fix (another template); dropping would lose good rows.
-        fix = "" if bad.reason == "template_mismatch" else (
-            " Fix the row, or set data.on_bad_row=drop to drop such rows and count them.")
+        fix = (
+            ""
+            if bad.reason == "template_mismatch"
+            else (" Fix the row, or set data.on_bad_row=drop to drop such rows and count them.")
+        )
         raise DataError(f"{spec.source_file}, row {index}: {bad.detail} [{bad.reason}].{fix}")
 
 
@@ -254,7 +260,11 @@ def _as_table(rows: _Rows, source_index: int, indices: list[int]) -> pa.Table:
     weight_edges = np.bincount(starts, weights, minlength=total + 1) - np.bincount(stops, weights, minlength=total + 1)
     loss_weights = np.where(trained, np.cumsum(weight_edges[:-1]), 0.0).astype(np.float32)
     list_offsets = pa.array(offsets.astype(np.int32))
-    row_ids = np.asarray(indices, dtype=np.int64)[np.asarray(rows.rows, dtype=np.int64)] if rows.rows else np.zeros(0, np.int64)
+    row_ids = (
+        np.asarray(indices, dtype=np.int64)[np.asarray(rows.rows, dtype=np.int64)]
+        if rows.rows
+        else np.zeros(0, np.int64)
+    )
 
     def tokens(flat: np.ndarray, kind=None) -> pa.ListArray:
         return pa.ListArray.from_arrays(list_offsets, pa.array(flat, type=kind or pa.int32()))
@@ -280,8 +290,17 @@ def _as_table(rows: _Rows, source_index: int, indices: list[int]) -> pa.Table:
 def encode_batch(batch, indices: list[int], spec: EncodeSpec) -> pa.Table:
     """One map batch (an Arrow table, or a dict of columns) -> an Arrow table of token columns."""
     present = batch.column_names if isinstance(batch, pa.Table) else list(batch)
-    names = [RAW_JSON_COLUMN] if RAW_JSON_COLUMN in present else list(dict.fromkeys(
-        top_column(c, present) for c in spec.columns.values() if isinstance(c, str) and top_column(c, present) in present))
+    names = (
+        [RAW_JSON_COLUMN]
+        if RAW_JSON_COLUMN in present
+        else list(
+            dict.fromkeys(
+                top_column(c, present)
+                for c in spec.columns.values()
+                if isinstance(c, str) and top_column(c, present) in present
+            )
+        )
+    )
     if isinstance(batch, pa.Table):
         columns = {name: batch.column(name).to_pylist() for name in names}
     else:

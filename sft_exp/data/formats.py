@@ -22,6 +22,7 @@ flag (`train: true` trains the message even when its role is not in `data.roles_
 names other keys for them in `columns` (`weight_tag`, `train_tag`). They are taken off the messages
 here, so chat templates never see them; masks.py applies them with the run's settings.
 """
+
 from __future__ import annotations
 
 import functools
@@ -85,7 +86,9 @@ def legacy_function_call(message: dict, where: str) -> dict:
 def structured_tools(tools: list) -> list:
     """Bare function schemas (`{name, description, parameters}`, LLaMA-Factory's `tools`) wrapped as
     `{"type": "function", "function": ...}`, which transformers, OpenAI clients and templates use."""
-    return [{"type": "function", "function": tool} if "name" in tool and "function" not in tool else tool for tool in tools]
+    return [
+        {"type": "function", "function": tool} if "name" in tool and "function" not in tool else tool for tool in tools
+    ]
 
 
 # `columns` keys naming the message keys that hold a message's weight and train flag.
@@ -117,8 +120,11 @@ def _bad(where: str, detail: str):
 
 def _weight(value, where: str, key: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise _bad(where, f"'{key}' is {value!r}; a message's weight must be a number >= 0 "
-                          "(0: not trained, 1: as usual, 2: counts twice)")
+        raise _bad(
+            where,
+            f"'{key}' is {value!r}; a message's weight must be a number >= 0 "
+            "(0: not trained, 1: as usual, 2: counts twice)",
+        )
     return float(value)
 
 
@@ -148,8 +154,16 @@ def message_loss_weights(messages: list[dict], tags: tuple | None, wheres: list[
 # Names inside the turns of a conversation, set in `columns` beside the columns (LLaMA-Factory's
 # dataset_info `tags`, same names): the keys holding speaker and text, and a speaker name of the
 # file for each kind of turn (added to the built-in names of SPEAKER_ROLES).
-TURN_TAGS = ("role_tag", "content_tag", "system_tag", "user_tag", "assistant_tag", "function_tag", "observation_tag",
-             *MESSAGE_LOSS_TAGS)
+TURN_TAGS = (
+    "role_tag",
+    "content_tag",
+    "system_tag",
+    "user_tag",
+    "assistant_tag",
+    "function_tag",
+    "observation_tag",
+    *MESSAGE_LOSS_TAGS,
+)
 
 
 @dataclass(frozen=True)
@@ -275,12 +289,16 @@ def absent_field_message(fmt: str, field: str, columns: dict, column_names: list
     if field in columns:
         close = closest_name(columns[field], column_names)
         hint = f"did you mean columns.{field}={close}? " if close else ""
-        return (f"columns.{field}={columns[field]}: the file has no column {columns[field]!r}; {hint}its columns "
-                f"are {column_names}")
+        return (
+            f"columns.{field}={columns[field]}: the file has no column {columns[field]!r}; {hint}its columns "
+            f"are {column_names}"
+        )
     example = closest_name(field, column_names, cutoff=0.5) or "<one of the file's columns>"
-    return (f"format '{fmt}' reads its `{field}` field from a column named {field!r}, which the file does not have "
-            f"(its columns are {column_names}); name the column of yours that holds it: columns={{{field}: {example}}} "
-            "(a field inside nested rows by its path, e.g. instances.0.output)")
+    return (
+        f"format '{fmt}' reads its `{field}` field from a column named {field!r}, which the file does not have "
+        f"(its columns are {column_names}); name the column of yours that holds it: columns={{{field}: {example}}} "
+        "(a field inside nested rows by its path, e.g. instances.0.output)"
+    )
 
 
 def field_values(row: dict, mapping: dict) -> dict:
@@ -339,8 +357,13 @@ def _required(value, field: str, kind: type, wrong_type: tuple[str, str], empty:
 
 
 def _string_field(row: dict, field: str) -> str:
-    return _required(row.get(field), field, str, ("non_string_content", f"the field '{field}' is a {{type}}, not a string"),
-                     ("empty_text", f"the field '{field}' is empty"))
+    return _required(
+        row.get(field),
+        field,
+        str,
+        ("non_string_content", f"the field '{field}' is a {{type}}, not a string"),
+        ("empty_text", f"the field '{field}' is empty"),
+    )
 
 
 def _tools(value) -> list | None:
@@ -406,8 +429,13 @@ def _clean_message(message, where: str, roles: dict = SPEAKER_ROLES) -> dict:
 
 def _turn_list(turns, field: str, what: str) -> list:
     """A conversation field that must be a non-empty list (of messages, or of ShareGPT turns)."""
-    return _required(turns, field, list, ("bad_message", f"'{field}' is a {{type}}, not a list of {what}"),
-                     ("empty_conversation", f"'{field}' is an empty conversation"))
+    return _required(
+        turns,
+        field,
+        list,
+        ("bad_message", f"'{field}' is a {{type}}, not a list of {what}"),
+        ("empty_conversation", f"'{field}' is an empty conversation"),
+    )
 
 
 def _renamed(message, keys: Speakers):
@@ -427,8 +455,9 @@ def _clean_messages(messages, field: str, tags: tuple | None = None) -> list[dic
     return [_clean_message(message, f"{field}[{i}]", keys.roles) for i, message in enumerate(messages)]
 
 
-def _conversation(messages: list[dict], tools, n_prompt: int | None, tags: tuple | None = None,
-                  wheres: list[str] | None = None) -> Conversation:
+def _conversation(
+    messages: list[dict], tools, n_prompt: int | None, tags: tuple | None = None, wheres: list[str] | None = None
+) -> Conversation:
     answered = messages[n_prompt or 0 :]
     if not any(message["role"] == "assistant" for message in answered):
         where = "the completion" if n_prompt is not None else "the conversation"
@@ -450,7 +479,11 @@ def _sharegpt(row: dict) -> Conversation:
     for i, turn in enumerate(turns):
         if not isinstance(turn, dict) or turn.get(keys.role_key) is None:
             raise BadRow("missing_field", f"conversations[{i}] has no '{keys.role_key}'")
-        message = {"role": turn[keys.role_key], "content": turn.get(keys.content_key), **loss_keys(turn, row.get(TURN_TAGS_FIELD))}
+        message = {
+            "role": turn[keys.role_key],
+            "content": turn.get(keys.content_key),
+            **loss_keys(turn, row.get(TURN_TAGS_FIELD)),
+        }
         messages.append(_clean_message(message, f"conversations[{i}]", keys.roles))
     wheres = ["system"] * (len(messages) - len(turns)) + [f"conversations[{i}]" for i in range(len(turns))]
     return _conversation(messages, _tools(row.get("tools")), None, row.get(TURN_TAGS_FIELD), wheres)

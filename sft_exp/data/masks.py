@@ -11,6 +11,7 @@ Assistant turns are found one of two exact ways:
 Spans end after the turn's end-of-turn token(s); only tokens wholly inside a span are trained,
 and whitespace-only tokens after the end of turn are not (the model never generates them).
 """
+
 from __future__ import annotations
 
 import functools
@@ -33,7 +34,8 @@ def _render(template: str, messages, tools, variables, **kwargs) -> tuple[str, l
     except Exception as err:  # templates raise on inputs they refuse (roles out of order, system role, ...)
         # A template that cannot render tool calls, images or a role: the template is wrong, not the row.
         raise mismatch(template, messages, tools, err) or BadRow(
-            "template_error", f"the chat template refused the conversation: {err}") from None
+            "template_error", f"the chat template refused the conversation: {err}"
+        ) from None
 
 
 def _common_prefix_length(a: str, b: str) -> int:
@@ -175,14 +177,17 @@ def _turn_from_its_render(index: int, text: str, upto: str, content: str) -> Tur
     found = upto.rfind(content) if content else -1
     end = _common_prefix_length(upto, text)
     if found < 0 or found + len(content) > end:
-        raise _mismatch(f"the chat template renders the conversation before message {index} differently on its own "
-                        "than inside the full conversation")
+        raise _mismatch(
+            f"the chat template renders the conversation before message {index} differently on its own "
+            "than inside the full conversation"
+        )
     content_end = found + len(content)
     return Turn(index, found, content_end, _trim_end(text, content_end, end))
 
 
-def _turns(conv: Conversation, text: str, spans: list[Span], template: str, variables: dict, markers: bool,
-           policy: LossPolicy) -> list[Turn]:
+def _turns(
+    conv: Conversation, text: str, spans: list[Span], template: str, variables: dict, markers: bool, policy: LossPolicy
+) -> list[Turn]:
     """Every turn the policy may train or whose end of turn it may train, in message order."""
     eot = _end_of_turn(template, json.dumps(variables, sort_keys=True, default=str), markers)
     assistants = [i for i, m in enumerate(conv.messages) if m["role"] == "assistant"]
@@ -221,11 +226,17 @@ def conversation_spans(
         if policy.is_default and conv.message_losses is None and not has_reasoning(conv):
             spans = [(s, e, 1.0) for s, e in turn_spans]
         else:
-            spans = weighted_spans(text, _turns(conv, text, turn_spans, template, variables, markers, policy), conv, policy)
+            spans = weighted_spans(
+                text, _turns(conv, text, turn_spans, template, variables, markers, policy), conv, policy
+            )
     else:
         if conv.message_losses is not None:
-            where = next(loss.where for loss in conv.message_losses if loss.weight is not None or loss.train is not None)
-            raise BadRow("bad_weight", f"{where} sets a weight or train flag, which needs data.assistant_only_loss=true")
+            where = next(
+                loss.where for loss in conv.message_losses if loss.weight is not None or loss.train is not None
+            )
+            raise BadRow(
+                "bad_weight", f"{where} sets a weight or train flag, which needs data.assistant_only_loss=true"
+            )
         text, _ = _render(template, conv.messages, conv.tools, variables)
         spans = None
     if completion_only and conv.n_prompt is not None:
@@ -252,7 +263,9 @@ def _token_at(encoding, char: int, step: int, limit: int) -> int | None:
     return None
 
 
-def trained_token_ranges(encoding, spans: list[WeightedSpan] | None, text: str | None = None) -> list[tuple[int, int, float]]:
+def trained_token_ranges(
+    encoding, spans: list[WeightedSpan] | None, text: str | None = None
+) -> list[tuple[int, int, float]]:
     """Token ranges [first, stop) to train, with their weight: the tokens lying wholly inside a trained character span.
 
     A token that straddles a span edge is not trained (it is partly prompt, or partly the next turn).
@@ -293,7 +306,12 @@ def check_template_can_mask(template: str, variables: dict) -> None:
     conv = Conversation(_PROBE, None, None)
     try:
         conversation_spans(
-            conv, template, variables, assistant_only=True, completion_only=False, markers=has_generation_markers(template)
+            conv,
+            template,
+            variables,
+            assistant_only=True,
+            completion_only=False,
+            markers=has_generation_markers(template),
         )
     except BadRow as bad:
         raise ConfigError(

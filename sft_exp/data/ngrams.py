@@ -18,6 +18,7 @@ record batch at a time. What is kept: per n-gram of every item its hash, group a
 files read without a column) also each row's whole-text hash, so a short row equal to a training row is
 found too.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -187,7 +188,9 @@ def row_hashes(words: Words, word_hashes: np.ndarray, n_rows: int) -> tuple[np.n
     per_row = np.bincount(words.seg_row, minlength=n_rows).astype(np.int64)
     row_start = np.cumsum(per_row) - per_row
     index = np.arange(len(segments), dtype=np.int64) - np.repeat(row_start, per_row)
-    rows = _mix(_sums(segments * _powers(int(index.max(initial=0)) + 1)[index], row_start, per_row) + per_row.astype(np.uint64))
+    rows = _mix(
+        _sums(segments * _powers(int(index.max(initial=0)) + 1)[index], row_start, per_row) + per_row.astype(np.uint64)
+    )
     word_count = np.bincount(words.seg_row, weights=words.seg_length, minlength=n_rows).astype(np.int64)
     return rows, word_count
 
@@ -267,7 +270,9 @@ class EvalGroup:
 
 def text_group(texts: EvalTexts, kind: str = "task") -> EvalGroup:
     """A group held in memory: one row per item, its texts in a list column."""
-    table = pa.table({"texts": pa.array([[str(t) for t in item if t] for item in texts.items], pa.list_(pa.large_string()))})
+    table = pa.table(
+        {"texts": pa.array([[str(t) for t in item if t] for item in texts.items], pa.list_(pa.large_string()))}
+    )
     ids = np.asarray(texts.item_ids if texts.item_ids is not None else range(len(texts.items)), np.int64)
     key = hashlib.sha256(json.dumps([texts.items, ids.tolist()], default=str).encode()).hexdigest()
     piece = Piece(table, ["texts"], np.arange(len(texts.items), dtype=np.int64), texts.source, key, item_ids=ids)
@@ -375,8 +380,11 @@ class EvalIndex:
 
     def digest(self) -> str:
         """What the eval side is, stable across processes and machines (the hashes above are not)."""
-        parts = [self.n, [(g.name, g.source, g.kind, [(p.content_key, p.columns, p.whole) for p in g.pieces])
-                          for g in self.groups], [(x.name, x.reason) for x in self.not_checked]]
+        parts = [
+            self.n,
+            [(g.name, g.source, g.kind, [(p.content_key, p.columns, p.whole) for p in g.pieces]) for g in self.groups],
+            [(x.name, x.reason) for x in self.not_checked],
+        ]
         return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()[:16]
 
 
@@ -402,5 +410,7 @@ def dataset_piece(rows, columns: list, positions: np.ndarray, label: str, whole:
     from sft_exp.compat import dataset_fingerprint
 
     positions = np.unique(np.asarray(positions, np.int64))
-    key = hashlib.sha256(dataset_fingerprint(rows).encode() + json.dumps(columns).encode() + positions.tobytes()).hexdigest()
+    key = hashlib.sha256(
+        dataset_fingerprint(rows).encode() + json.dumps(columns).encode() + positions.tobytes()
+    ).hexdigest()
     return Piece(rows, list(columns), positions, str(Path(label)) if label else "", key, whole)

@@ -6,6 +6,7 @@
   continues in the next row with positions from 0 (it cannot see its first part anyway).
 In both, position_ids restart at 0 at every example start, and the label there is -100.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -28,6 +29,8 @@ TOKEN_COLUMNS = ("input_ids", "labels", "position_ids", "source_ids", "loss_weig
 def token_columns(table) -> list[str]:
     """The token columns a table has (loss_weights, example_ids: prepared rows have them, hand-made ones may not)."""
     return [name for name in TOKEN_COLUMNS if name in table.column_names]
+
+
 # Tokens gathered per block of packed rows: bounds the memory packing needs whatever the rows.
 BLOCK_TOKENS = 1 << 19
 

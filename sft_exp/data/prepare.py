@@ -6,6 +6,7 @@ sources -> normalize -> validate rows -> render -> tokenize + masks -> truncate 
 Held-out rows of a source: its `eval_path` file when it has one; else, unless `data.eval_sources`
 is given, `data.eval_split_size` of its own rows. `data.eval_sources` are held out as they are.
 """
+
 from __future__ import annotations
 
 import logging
@@ -112,7 +113,9 @@ def _encode_source(source, index: int, settings, tokenizer, template, cache_dir,
 def _encode_all(sources, settings, tokenizer, template, names, cache_dir, truncate, role) -> list[EncodedSource]:
     encoded = []
     for source in sources:
-        part = _encode_source(source, names.index(source_name(source)), settings, tokenizer, template, cache_dir, truncate)
+        part = _encode_source(
+            source, names.index(source_name(source)), settings, tokenizer, template, cache_dir, truncate
+        )
         if len(part.rows) == 0:
             raise DataError(
                 f"{part.stats['path']}: every one of its {part.stats['rows_read']} {role} rows was dropped "
@@ -135,13 +138,17 @@ def _split(settings, sources, parts: list[EncodedSource], rng) -> tuple[list, li
     for source, part, n_eval in zip(sources, parts, eval_counts):
         train_idx, eval_idx = split_by_source_row(part.kept, n_eval, rng)
         if len(train_idx) == 0:
-            raise DataError(f"{part.stats['path']}: data.eval_split_size={settings.eval_split_size} leaves no training rows")
+            raise DataError(
+                f"{part.stats['path']}: data.eval_split_size={settings.eval_split_size} leaves no training rows"
+            )
         eval_rows.append(eval_idx)
         train_rows.append(weighted_rows(train_idx, source.weight, rng))
     return eval_rows, train_rows
 
 
-def _mix(parts: list[EncodedSource], train_rows: list, rng, ranks: list | None = None) -> tuple[datasets.Dataset, np.ndarray]:
+def _mix(
+    parts: list[EncodedSource], train_rows: list, rng, ranks: list | None = None
+) -> tuple[datasets.Dataset, np.ndarray]:
     """(the training rows of every source, shuffled together; the shuffle order). One selection of the sources'
     rows, in the shuffled order: a selection per source then one of their concatenation would hold both.
     `ranks`: each training row's place in a mixture already ordered (data.eval_split_from=mixture), not shuffled."""
@@ -160,8 +167,10 @@ def _mix_then_split(settings, sources, parts: list[EncodedSource]) -> tuple[list
     source, row, is_eval = mixture_split(counts, [s.weight for s in sources], held_out, settings.seed)
     train_source, train_row = source[~is_eval], row[~is_eval]
     if len(train_source) == 0:
-        raise DataError(f"data.eval_split_from=mixture: data.eval_split_size={settings.eval_split_size} of the "
-                        f"{len(source)} mixed rows leaves no training rows")
+        raise DataError(
+            f"data.eval_split_from=mixture: data.eval_split_size={settings.eval_split_size} of the "
+            f"{len(source)} mixed rows leaves no training rows"
+        )
     examples = np.zeros(len(train_source), dtype=int)  # examples per training row (a split row has several)
     eval_rows, train_rows = [], []
     for k, part in enumerate(parts):
@@ -196,14 +205,22 @@ def _eval_from(settings, sources, parts, eval_parts, eval_rows) -> list[dict]:
     for source in sources:
         if source.eval_path is not None:
             part = next(from_file)
-            origins.append({"source": part.name, "from": "eval_path", "path": part.stats["path"], "rows": len(part.rows)})
+            origins.append(
+                {"source": part.name, "from": "eval_path", "path": part.stats["path"], "rows": len(part.rows)}
+            )
     origins += [{"source": part.name, "from": "eval_sources", "path": part.stats["path"], "rows": len(part.rows)}
                 for part in from_file]  # fmt: skip
     if settings.eval_split_from == "mixture":
         if not settings.eval_sources and settings.eval_split_size:
-            origins.append({"source": "mixture", "from": "mixture", "eval_split_size": settings.eval_split_size,
-                            "rows": sum(map(len, eval_rows)),
-                            "per_source": {part.name: len(rows) for part, rows in zip(parts, eval_rows)}})
+            origins.append(
+                {
+                    "source": "mixture",
+                    "from": "mixture",
+                    "eval_split_size": settings.eval_split_size,
+                    "rows": sum(map(len, eval_rows)),
+                    "per_source": {part.name: len(rows) for part, rows in zip(parts, eval_rows)},
+                }
+            )
         return origins
     for source, part, rows in zip(sources, parts, eval_rows):
         if _splits(settings, source):
@@ -224,20 +241,33 @@ def warn_cut_answers(stats: dict) -> None:
     cut, rows = stats.get("answers_cut", 0), stats.get("rows_read", 0)
     no_user = stats.get("rows_flawed", {}).get("no_user_turn", 0)
     if no_user:
-        log.warning("%d of %d rows (%.1f%%) are conversations with no user turn (assistant replies to nothing); "
-                    "they train as they are: check the file's roles and data.sources[].columns.",
-                    no_user, rows, 100 * no_user / max(rows, 1))
+        log.warning(
+            "%d of %d rows (%.1f%%) are conversations with no user turn (assistant replies to nothing); "
+            "they train as they are: check the file's roles and data.sources[].columns.",
+            no_user,
+            rows,
+            100 * no_user / max(rows, 1),
+        )
     if cut:
         log.warning(
             "%d of %d rows (%.1f%%) lost part of an answer or its end of turn to data.max_length=%d (%s): the model "
             "learns answers that stop mid-way. Raise data.max_length, or drop such rows from the file.",
-            cut, rows, 100 * cut / max(rows, 1), stats["max_length"], stats.get("max_length_from", "data.max_length"),
+            cut,
+            rows,
+            100 * cut / max(rows, 1),
+            stats["max_length"],
+            stats.get("max_length_from", "data.max_length"),
         )
 
 
 def prepare_datasets(
-    settings: DataSettings, tokenizer, *, attn_implementation: str | None = None, cache_dir: str | None = None,
-    model_context: int | None = None, eval_texts: Sequence = (),
+    settings: DataSettings,
+    tokenizer,
+    *,
+    attn_implementation: str | None = None,
+    cache_dir: str | None = None,
+    model_context: int | None = None,
+    eval_texts: Sequence = (),
 ) -> PreparedData:
     """`settings`: a DataSettings (Hydra builds it from `data.*`: `hydra.utils.instantiate(cfg.data)`).
     `model_context`: the model's max_position_embeddings, the bound of an unset data.max_length.
@@ -259,7 +289,9 @@ def prepare_datasets(
     truncate = not (settings.packing and settings.packing_strategy == "wrapped")
     parts = _encode_all(settings.sources, settings, tokenizer, template, names, cache_dir, truncate, "training")
     heldout_files = [source.heldout_file() for source in settings.sources if source.eval_path is not None]
-    eval_parts = _encode_all([*heldout_files, *settings.eval_sources], settings, tokenizer, template, names, cache_dir, True, "eval")
+    eval_parts = _encode_all(
+        [*heldout_files, *settings.eval_sources], settings, tokenizer, template, names, cache_dir, True, "eval"
+    )
     rng = np.random.default_rng(settings.seed)
     if settings.eval_split_from == "mixture":
         eval_rows, train_rows, ranks = _mix_then_split(settings, settings.sources, parts)
@@ -290,7 +322,12 @@ def prepare_datasets(
     heldout_groups = [(part, part.kept) for part in eval_parts]
     heldout_groups += [(part, part.kept[rows]) for part, rows in zip(parts, eval_rows) if len(rows)]
     examples, stats["heldout_examples"] = heldout_examples(heldout_groups, settings.system_prompt)
-    layout = {"names": names, "packing": settings.packing, "strategy": settings.packing_strategy, "max_length": settings.max_length}
+    layout = {
+        "names": names,
+        "packing": settings.packing,
+        "strategy": settings.packing_strategy,
+        "max_length": settings.max_length,
+    }
     if check.digest != "off":  # a changed evaluation text is another check of the same rows
         layout["decontamination"] = check.digest
     return PreparedData(

@@ -5,6 +5,7 @@ builds the same object directly. The checks (formats, strategies, missing files,
 settings, `data.decontamination`) run once, when it is built, so a mistake fails before any model or
 data loads. Nothing here imports torch or datasets (a subprocess test holds it).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -305,8 +306,10 @@ def as_decontamination(value: Any, deduplicate: Any):
         )
     settings.against = _against(settings.against or [])
     if deduplicate not in DEDUPLICATE:
-        raise ConfigError(f"data.deduplicate={deduplicate!r}: use off (count exact duplicates) or exact (drop them, "
-                          "keeping the first)")
+        raise ConfigError(
+            f"data.deduplicate={deduplicate!r}: use off (count exact duplicates) or exact (drop them, "
+            "keeping the first)"
+        )
     return settings
 
 
@@ -332,10 +335,15 @@ def _check_source(source, key: str) -> None:
     allowed = {name for fmt in chosen for name in fmt.fields}
     for name, column in source.column_mapping.items():
         if name not in allowed:
-            reversed_hint = (f"`columns` maps a format field to your column, so this is columns.{column}={name}; "
-                             if column in allowed else "")
-            raise ConfigError(f"{key}.columns.{name}: not a field of format {source.format}; {reversed_hint}"
-                              f"map these: {', '.join(sorted(allowed))}")
+            reversed_hint = (
+                f"`columns` maps a format field to your column, so this is columns.{column}={name}; "
+                if column in allowed
+                else ""
+            )
+            raise ConfigError(
+                f"{key}.columns.{name}: not a field of format {source.format}; {reversed_hint}"
+                f"map these: {', '.join(sorted(allowed))}"
+            )
     if not (isinstance(source.weight, (int, float)) and math.isfinite(source.weight) and source.weight > 0):
         raise ConfigError(f"{key}.weight={source.weight}: must be a number > 0 (above 1 oversamples)")
     for count in ("max_samples", "eval_max_samples"):
@@ -377,14 +385,21 @@ def check_settings(settings) -> None:
     if settings.max_length is not None and (not isinstance(settings.max_length, int) or settings.max_length < 2):
         raise ConfigError(f"data.max_length={settings.max_length}: must be an integer >= 2, or null for the default")
     if settings.packing_strategy not in PACKING_STRATEGIES:
-        raise ConfigError(f"data.packing_strategy={settings.packing_strategy!r}: use one of {', '.join(PACKING_STRATEGIES)}")
+        raise ConfigError(
+            f"data.packing_strategy={settings.packing_strategy!r}: use one of {', '.join(PACKING_STRATEGIES)}"
+        )
     if settings.on_bad_row not in BAD_ROW_POLICIES:
         raise ConfigError(f"data.on_bad_row={settings.on_bad_row!r}: use one of {', '.join(BAD_ROW_POLICIES)}")
     if settings.num_proc is not None and settings.num_proc < 1:
         raise ConfigError(f"data.num_proc={settings.num_proc}: must be >= 1, or null for one process")
-    if isinstance(settings.eval_split_size, bool) or not isinstance(settings.eval_split_size, (int, float)) \
-            or not settings.eval_split_size >= 0:
-        raise ConfigError(f"data.eval_split_size={settings.eval_split_size}: must be >= 0 (a fraction <1 or a row count)")
+    if (
+        isinstance(settings.eval_split_size, bool)
+        or not isinstance(settings.eval_split_size, (int, float))
+        or not settings.eval_split_size >= 0
+    ):
+        raise ConfigError(
+            f"data.eval_split_size={settings.eval_split_size}: must be >= 0 (a fraction <1 or a row count)"
+        )
     _check_mixture(settings)
     _check_combinations(settings)
 
@@ -400,11 +415,13 @@ def _check_mixture(settings) -> None:
             raise ConfigError(
                 f"data.sources[{i}].weight={source.weight} with data.eval_split_from=mixture: there a weight is the "
                 "fraction of the source's rows taken (open-r1's dataset_mixture), at most 1; to oversample use "
-                "data.eval_split_from=source")
+                "data.eval_split_from=source"
+            )
         if source.eval_path is not None:
             raise ConfigError(
                 f"data.sources[{i}].eval_path with data.eval_split_from=mixture: the held-out rows come from the "
-                "mixed rows; remove eval_path, or use data.eval_split_from=source")
+                "mixed rows; remove eval_path, or use data.eval_split_from=source"
+            )
 
 
 def check_packing_attention(settings, attn_implementation: str | None) -> None:

@@ -2,6 +2,7 @@
 
 `datasets` loads on first use: the settings' checks (looks_local, source_name) need none of it.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,11 +22,7 @@ BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "c
 
 def looks_local(path: str) -> bool:
     """A path on this machine (it must then exist), as opposed to a hub dataset id like `org/name`."""
-    return (
-        path.startswith(("/", "./", "../", "~"))
-        or Path(path).suffix in BUILDERS
-        or Path(path).expanduser().exists()
-    )
+    return path.startswith(("/", "./", "../", "~")) or Path(path).suffix in BUILDERS or Path(path).expanduser().exists()
 
 
 def refuse_streaming(entry: dict, key: str) -> None:
@@ -68,7 +65,9 @@ def _load_json_rows(path: Path) -> datasets.Dataset:
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as err:
-                raise DataError(f"{path}, line {line_number + 1}: not valid JSON ({err}); fix or remove the line") from None
+                raise DataError(
+                    f"{path}, line {line_number + 1}: not valid JSON ({err}); fix or remove the line"
+                ) from None
     return datasets.Dataset.from_dict({RAW_JSON_COLUMN: [json.dumps(row) for row in rows]})
 
 
@@ -119,8 +118,10 @@ def _keep_columns(dataset: datasets.Dataset, source) -> datasets.Dataset:
     present = source_columns(dataset)
     absent = [name for name in kept if name not in present]
     if absent:
-        raise DataError(f"{source_label(source)}: columns={kept} keeps {absent}, which the data does not have (its "
-                        f"columns: {present}); list the columns to keep, or map format fields with {{field: column}}")
+        raise DataError(
+            f"{source_label(source)}: columns={kept} keeps {absent}, which the data does not have (its "
+            f"columns: {present}); list the columns to keep, or map format fields with {{field: column}}"
+        )
     if RAW_JSON_COLUMN not in dataset.column_names:
         return dataset.select_columns(kept)
     keep = lambda raw: json.dumps({k: v for k, v in json.loads(raw).items() if k in kept})  # noqa: E731
@@ -132,10 +133,15 @@ def _expanded(dataset: datasets.Dataset, source) -> datasets.Dataset:
     from sft_exp.data.formats import RAW_JSON_COLUMN, expand_rows
 
     if RAW_JSON_COLUMN not in dataset.column_names and source.expand not in dataset.column_names:
-        raise DataError(f"{source_label(source)}: expand={source.expand!r} is not a column (it has "
-                        f"{dataset.column_names})")
-    return dataset.map(expand_rows, batched=True, fn_kwargs={"column": source.expand, "raw_json_column": RAW_JSON_COLUMN},
-                       desc=f"Expanding {source.expand}")
+        raise DataError(
+            f"{source_label(source)}: expand={source.expand!r} is not a column (it has {dataset.column_names})"
+        )
+    return dataset.map(
+        expand_rows,
+        batched=True,
+        fn_kwargs={"column": source.expand, "raw_json_column": RAW_JSON_COLUMN},
+        desc=f"Expanding {source.expand}",
+    )
 
 
 def _unreadable(source, err: Exception) -> DataError:

@@ -1,6 +1,7 @@
 """Which rows of each source go to training and evaluation, and how often (seeded, deterministic), and
 the held-out rows as {"prompt", "reference"} examples for the `heldout` task evaluation.
 """
+
 from __future__ import annotations
 
 import math
@@ -72,8 +73,9 @@ def _permutation(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).permutation(n)
 
 
-def mixture_split(row_counts: list[int], weights: list[float], eval_split_size: float, seed: int
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def mixture_split(
+    row_counts: list[int], weights: list[float], eval_split_size: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """open-r1's dataset_mixture (open_r1.utils.data.get_dataset), on row positions: each source's rows
     shuffled and the first int(rows x weight) taken, the pieces concatenated and shuffled, then
     `eval_split_size` of the mixed rows held out as datasets' train_test_split does (a fraction: ceil(size x
@@ -82,8 +84,10 @@ def mixture_split(row_counts: list[int], weights: list[float], eval_split_size: 
     Returns (source of each mixed row, its row position in that source, whether it is held out), in the
     order of the mixed training rows followed by the held-out rows.
     """
-    pieces = [(np.full(int(n * w), k), _permutation(n, seed)[: int(n * w)])
-              for k, (n, w) in enumerate(zip(row_counts, weights))]
+    pieces = [
+        (np.full(int(n * w), k), _permutation(n, seed)[: int(n * w)])
+        for k, (n, w) in enumerate(zip(row_counts, weights))
+    ]
     source = np.concatenate([p[0] for p in pieces]).astype(int) if pieces else np.empty(0, dtype=int)
     row = np.concatenate([p[1] for p in pieces]).astype(int) if pieces else np.empty(0, dtype=int)
     mixed = _permutation(len(source), seed)
@@ -170,7 +174,9 @@ def heldout_examples(groups: list[tuple], system_prompt: str | None = None) -> t
         examples = [_example(part, mapping, raw_rows[i], system_prompt) for i in _pick(len(raw_rows), quota)]
         without_prompt += sum(example is None for example in examples)
         per_group.append([example for example in examples if example is not None])
-    interleaved = [group[i] for i in range(max(map(len, per_group), default=0)) for group in per_group if i < len(group)]
+    interleaved = [
+        group[i] for i in range(max(map(len, per_group), default=0)) for group in per_group if i < len(group)
+    ]
     counts = {"rows": sum(sizes), "examples": len(interleaved), "without_prompt": without_prompt,
               "left_out_by_cap": sum(sizes) - sum(quotas)}  # fmt: skip
     return interleaved, counts

@@ -2,6 +2,7 @@
 end-of-turn token's share of the targets), and `describe`: the one line a run logs about its data (the
 full statistics go to run_info.json).
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -125,7 +126,7 @@ def describe_eval(stats: dict) -> str:
 
 
 def summary_counts(contamination: dict) -> str:
-    """"gsm8k: 5 rows, 4 of 100 items; held-out rows (task heldout): 0 rows": matching rows per eval group."""
+    """ "gsm8k: 5 rows, 4 of 100 items; held-out rows (task heldout): 0 rows": matching rows per eval group."""
     parts = []
     for name, group in contamination.get("per_eval", {}).items():
         covers = f" (task {', '.join(group['covers'])})" if group.get("covers") else ""
@@ -144,9 +145,11 @@ def describe_contamination(stats: dict) -> str:
         per_source = found.get("per_source", {})
         by_source = ", ".join(f"{name} {counts['rows']}" for name, counts in per_source.items())
         sources = f"; by source: {by_source}" if len(per_source) > 1 else ""
-        pieces.append(f"contamination check ({found['ngram']}-word n-grams, mode {found['mode']}): {found['rows']} of "
-                      f"{found['rows_checked']} training rows match an eval text "
-                      f"[{summary_counts(found) or 'nothing to check against'}{sources}]")
+        pieces.append(
+            f"contamination check ({found['ngram']}-word n-grams, mode {found['mode']}): {found['rows']} of "
+            f"{found['rows_checked']} training rows match an eval text "
+            f"[{summary_counts(found) or 'nothing to check against'}{sources}]"
+        )
         if found.get("not_checked"):
             pieces.append("not checked: " + ", ".join(x["name"] for x in found["not_checked"]))
     if "duplicates" in found:
@@ -169,8 +172,10 @@ def describe(data) -> str:
         + f" at max_length {stats.get('max_length')} (from {stats.get('max_length_from', 'data.max_length')})"
     )
     if stats.get("rows_split"):
-        line += (f"; {stats['rows_split']} rows expanded into {stats['split_examples']} per-turn examples "
-                 "(the template drops earlier turns' reasoning)")
+        line += (
+            f"; {stats['rows_split']} rows expanded into {stats['split_examples']} per-turn examples "
+            "(the template drops earlier turns' reasoning)"
+        )
     if packing:
         line += f"; packed into {packing['packed_rows']} rows, {100 * packing['fill_rate']:.1f}% full"
     return f"{line}; {describe_contamination(stats)}; {describe_eval(stats)}"
@@ -191,5 +196,10 @@ def end_of_turn_stats(train, end: Optional[tuple]) -> dict:
         targets = (labels != IGNORE_INDEX) & (positions != 0)
         supervised += int(targets.sum())
         trained += int(np.count_nonzero(labels[targets] == end[1]))
-    return {"token": end[0], "id": end[1], "trained": trained, "supervised": supervised,
-            "share": round(trained / supervised, 6) if supervised else 0.0}
+    return {
+        "token": end[0],
+        "id": end[1],
+        "trained": trained,
+        "supervised": supervised,
+        "share": round(trained / supervised, 6) if supervised else 0.0,
+    }

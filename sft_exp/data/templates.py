@@ -7,6 +7,7 @@ it at inference. A template's Jinja syntax is checked when the config is read (j
 it can render what a row holds (tool calls, images, unusual roles) is a `template_mismatch` naming the
 built-in templates that can. The end-of-turn token is what generation stops at (models/stop_tokens.py).
 """
+
 from __future__ import annotations
 
 import functools
@@ -219,6 +220,7 @@ def render_conversation(
     if fast is not None:
         return fast
     from transformers.utils.chat_template_utils import render_jinja_template
+
     rendered, spans = render_jinja_template(
         conversations=[messages],
         tools=tools,
@@ -248,8 +250,12 @@ def features(messages: list, tools) -> list[str]:
         found.append("tool results (role tool)")
     if tools:
         found.append("a tools list")
-    if any(isinstance(m, dict) and isinstance(m.get("content"), list)
-           and any(isinstance(p, dict) and p.get("type") == "image" for p in m["content"]) for m in messages):
+    if any(
+        isinstance(m, dict)
+        and isinstance(m.get("content"), list)
+        and any(isinstance(p, dict) and p.get("type") == "image" for p in m["content"])
+        for m in messages
+    ):
         found.append("images")
     roles = {m.get("role") for m in messages if isinstance(m, dict)} - {"system", "user", "assistant", "tool"}
     found += [f"role {role}" for role in sorted(r for r in roles if r)]
@@ -277,11 +283,17 @@ def mismatch(template: str, messages: list, tools, error: Exception | None = Non
     if not missing:
         return None
     able = templates_that_render(missing)
-    fix = (f"set data.chat_template to one that can ({', '.join(able)}: e.g. data.chat_template={able[0]}) "
-           "or to a .jinja file" if able else "set data.chat_template to a .jinja template that renders them")
+    fix = (
+        f"set data.chat_template to one that can ({', '.join(able)}: e.g. data.chat_template={able[0]}) "
+        "or to a .jinja file"
+        if able
+        else "set data.chat_template to a .jinja template that renders them"
+    )
     why = f" (it raised: {error})" if error is not None else ""
-    return BadRow("template_mismatch", f"the chat template cannot render this row's {', '.join(missing)}{why}; "
-                                       f"the row is fine: {fix}")
+    return BadRow(
+        "template_mismatch",
+        f"the chat template cannot render this row's {', '.join(missing)}{why}; the row is fine: {fix}",
+    )
 
 
 def check_calls_rendered(template: str, text: str, messages: list, tools) -> None:
@@ -291,8 +303,10 @@ def check_calls_rendered(template: str, text: str, messages: list, tools) -> Non
             name = (call.get("function") or call).get("name") if isinstance(call, dict) else None
             if name and name not in text:
                 bad = mismatch(template, messages, tools) or BadRow(
-                    "template_mismatch", f"the chat template renders no trace of the tool call {name!r}; "
-                    "set data.chat_template=chatml (it renders <tool_call>) or a .jinja template that renders calls")
+                    "template_mismatch",
+                    f"the chat template renders no trace of the tool call {name!r}; "
+                    "set data.chat_template=chatml (it renders <tool_call>) or a .jinja template that renders calls",
+                )
                 raise bad
 
 
@@ -332,8 +346,10 @@ def check_template_syntax(template: str, where: str) -> None:
     """ConfigError naming `where` (the setting or file the template came from) and the line that does not parse."""
     error = syntax_error(template)
     if error is not None:
-        raise ConfigError(f"{where}: the chat template is not valid Jinja, {describe_syntax_error(template, *error)}; "
-                          "fix the template")
+        raise ConfigError(
+            f"{where}: the chat template is not valid Jinja, {describe_syntax_error(template, *error)}; "
+            "fix the template"
+        )
 
 
 # The end of an assistant turn: what generation stops at (models/stop_tokens.py) and what data preparation
@@ -368,7 +384,7 @@ def end_of_turn_token(template: Optional[str], tokenizer) -> Optional[tuple]:
     at = text.rfind(_REPLY)
     if at < 0:
         return None
-    after = text[at + len(_REPLY):].lstrip(" \t")  # Llama-2 style templates put a space before EOS
+    after = text[at + len(_REPLY) :].lstrip(" \t")  # Llama-2 style templates put a space before EOS
     candidates = [(t, i) for t, i in _marker_tokens(tokenizer).items() if t and after.startswith(t)]
     return max(candidates, key=lambda item: len(item[0])) if candidates else None
 
@@ -390,5 +406,6 @@ def warn_if_no_end_of_turn(template: Optional[str], tokenizer, setting: Optional
             "a one-turn user/assistant conversation), so the "
             "model is not taught where to stop and the saved generation config can only stop at the tokenizer's "
             "EOS %r; use a template that closes each turn with a token (e.g. data.chat_template=chatml)",
-            template_name(setting, template, tokenizer), tokenizer.eos_token,
+            template_name(setting, template, tokenizer),
+            tokenizer.eos_token,
         )

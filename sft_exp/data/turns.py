@@ -12,6 +12,7 @@ so the whole-conversation example masks it, and with `data.split_reasoning_turns
 such turn also gets an example of its own (the conversation up to that turn, only that turn supervised).
 Whether a turn is dropped is found by rendering, never by the template's name.
 """
+
 from __future__ import annotations
 
 import re
@@ -139,7 +140,9 @@ def weighted_spans(text: str, turns: list[Turn], conv, policy: LossPolicy) -> li
         if message["role"] == "assistant" and reasoning_dropped(text, turn, message):
             weight = 0.0  # rendered without its reasoning: not what the model sees when it writes this turn
         if weight > 0:
-            cuts = [] if policy.train_reasoning or message["role"] != "assistant" else _reasoning_cuts(text, turn, message)
+            cuts = (
+                [] if policy.train_reasoning or message["role"] != "assistant" else _reasoning_cuts(text, turn, message)
+            )
             for s, e in _minus(turn.start, turn.content_end, cuts):
                 while cuts and s < e and text[s].isspace():  # the blank lines after a masked </think>
                     s += 1
@@ -177,8 +180,9 @@ def _dropped(full: str, upto: str, reasoning: str) -> bool:
     return full[:through] != upto[:through]
 
 
-def dropped_reasoning_turns(conv: Conversation, full: str, template: str, variables: dict, policy: LossPolicy,
-                            completion_only: bool) -> list[int]:
+def dropped_reasoning_turns(
+    conv: Conversation, full: str, template: str, variables: dict, policy: LossPolicy, completion_only: bool
+) -> list[int]:
     """Indices of the trained assistant turns with reasoning that `full` (the whole render) does not show as at their turn."""
     weights = message_weights(conv, policy)
     first = conv.n_prompt if completion_only and conv.n_prompt is not None else 0

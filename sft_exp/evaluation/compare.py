@@ -1,4 +1,5 @@
 """What changed between two evaluations of a run: the examples whose score moved (for the report)."""
+
 from __future__ import annotations
 
 import re
@@ -32,9 +33,17 @@ def changed_examples(run: Path) -> Dict[str, dict]:
     for task, files in evaluation_files(run).items():
         (first_step, first), (last_step, last) = files[0], files[-1]
         before, after = _rows(first), _rows(last)
-        changed = [(before[i], after[i]) for i in sorted(before) if i in after and before[i]["score"] != after[i]["score"]]
-        result[task] = {"first_step": first_step, "last_step": last_step, "examples": len(after),
-                        "mean_before": _mean(before), "mean_after": _mean(after), "changed": changed}
+        changed = [
+            (before[i], after[i]) for i in sorted(before) if i in after and before[i]["score"] != after[i]["score"]
+        ]
+        result[task] = {
+            "first_step": first_step,
+            "last_step": last_step,
+            "examples": len(after),
+            "mean_before": _mean(before),
+            "mean_after": _mean(after),
+            "changed": changed,
+        }
     return result
 
 
@@ -53,9 +62,11 @@ def changed_markdown(run: Path, limit: int = 20) -> str:
     sections = []
     for task, info in changed_examples(run).items():
         changed = info["changed"]
-        title = (f"### {task}: step {info['first_step']} -> {info['last_step']}, mean score "
-                 f"{info['mean_before']:.4g} -> {info['mean_after']:.4g}; {len(changed)} of {info['examples']} "
-                 "examples changed score")
+        title = (
+            f"### {task}: step {info['first_step']} -> {info['last_step']}, mean score "
+            f"{info['mean_before']:.4g} -> {info['mean_after']:.4g}; {len(changed)} of {info['examples']} "
+            "examples changed score"
+        )
         if info["first_step"] == info["last_step"]:
             sections.append(f"### {task}: evaluated once (step {info['first_step']}), nothing to compare")
             continue
@@ -63,10 +74,14 @@ def changed_markdown(run: Path, limit: int = 20) -> str:
         if changed:
             lines += ["", "| # | prompt | reference | before | after |", "|---|---|---|---|---|"]
             for old, new in changed[:limit]:
-                lines.append(f"| {new['index']} | {_quote(prompt_text(new['prompt']))} | {_quote(new['reference'], 60)} | "
-                             f"{old['score']:.3g}: {_quote(old['output'], 80)} | {new['score']:.3g}: {_quote(new['output'], 80)} |")
+                lines.append(
+                    f"| {new['index']} | {_quote(prompt_text(new['prompt']))} | {_quote(new['reference'], 60)} | "
+                    f"{old['score']:.3g}: {_quote(old['output'], 80)} | {new['score']:.3g}: {_quote(new['output'], 80)} |"
+                )
             if len(changed) > limit:
-                lines.append(f"\n({len(changed) - limit} more changed examples not shown; all are in "
-                             f"evals/{task}/step-{info['first_step']}.jsonl and step-{info['last_step']}.jsonl)")
+                lines.append(
+                    f"\n({len(changed) - limit} more changed examples not shown; all are in "
+                    f"evals/{task}/step-{info['first_step']}.jsonl and step-{info['last_step']}.jsonl)"
+                )
         sections.append("\n".join(lines))
     return "\n\n".join(sections)

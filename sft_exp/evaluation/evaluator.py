@@ -8,6 +8,7 @@ An evaluator, not a callback: SFTTrainer receives it as `evaluators=[...]` and c
 `eval_<task>/<metric>` values into its eval log row. Rank 0 writes each example's prompt, reference,
 output and score to `<output_dir>/<task>/step-<N>.jsonl`.
 """
+
 from __future__ import annotations
 
 import json
@@ -75,8 +76,11 @@ class TaskEvaluation(Evaluator):
                 source = task.source if task.source == HELDOUT else str(Path(task.source).expanduser())
                 out[task.name] = {"n": len(task.examples or []), "unit": "prompts", "source": source, **samples}
             else:
-                out[task.name] = {"n": task.settings.limit, "unit": "documents per harness task",
-                                  "source": "lm-eval " + ", ".join(task.settings.lm_eval_tasks)}
+                out[task.name] = {
+                    "n": task.settings.limit,
+                    "unit": "documents per harness task",
+                    "source": "lm-eval " + ", ".join(task.settings.lm_eval_tasks),
+                }
         return out
 
     def eval_texts(self) -> list:
@@ -103,11 +107,17 @@ class TaskEvaluation(Evaluator):
                     continue
                 settings = task.settings
                 if distributed.rank() == 0:  # generation can take minutes on a CPU: say what is running
-                    log.info("evaluating %s at step %d: %d prompts, batches of %d, up to %d new tokens each",
-                             task.name, step, len(self._prompt_ids[task.name]), settings.batch_size,
-                             settings.max_new_tokens)
-                task_metrics, rows = run_generation_task(task, model, tokenizer, self._prompt_ids[task.name],
-                                                         accelerator=accelerator)
+                    log.info(
+                        "evaluating %s at step %d: %d prompts, batches of %d, up to %d new tokens each",
+                        task.name,
+                        step,
+                        len(self._prompt_ids[task.name]),
+                        settings.batch_size,
+                        settings.max_new_tokens,
+                    )
+                task_metrics, rows = run_generation_task(
+                    task, model, tokenizer, self._prompt_ids[task.name], accelerator=accelerator
+                )
                 metrics.update(task_metrics)
                 if distributed.rank() == 0 and (accelerator is None or accelerator.is_main_process):
                     write_rows(rows, self.output_dir / task.name / f"step-{step}.jsonl")
@@ -150,5 +160,7 @@ def build_evaluators(evals: Any, output_dir: str | Path) -> list:
     from hydra.utils import instantiate
 
     tasks, own = split_evals(evals)
-    return [TaskEvaluation(tasks, output_dir=str(output_dir)),
-            *(instantiate(spec, _convert_="all") for spec in own.values())]
+    return [
+        TaskEvaluation(tasks, output_dir=str(output_dir)),
+        *(instantiate(spec, _convert_="all") for spec in own.values()),
+    ]

@@ -4,6 +4,7 @@ Prompts are padded on the left by hand (the tokenizer's padding side is never to
 length so a batch wastes little on padding, and generated `batch_size` at a time. A generation that
 reaches max_new_tokens without EOS or a stop string is returned whole, marked truncated.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -52,13 +53,14 @@ def _left_pad(batch: Sequence[List[int]], pad_id: int, device) -> tuple:
     input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
     for row, ids in enumerate(batch):
-        input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
-        attention_mask[row, width - len(ids):] = 1
+        input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[row, width - len(ids) :] = 1
     return input_ids.to(device), attention_mask.to(device)
 
 
-def _finish(tokens: List[int], tokenizer, eos_ids: set, stop: Sequence[str], max_new_tokens: int,
-            pad_id: int) -> Generation:
+def _finish(
+    tokens: List[int], tokenizer, eos_ids: set, stop: Sequence[str], max_new_tokens: int, pad_id: int
+) -> Generation:
     """Cut one row's new tokens at EOS or the earliest stop string; otherwise it ran to max_new_tokens."""
     while pad_id not in eos_ids and tokens and tokens[-1] == pad_id:  # a row that stopped early, padded
         tokens = tokens[:-1]
@@ -74,9 +76,18 @@ def _finish(tokens: List[int], tokenizer, eos_ids: set, stop: Sequence[str], max
 
 @torch.no_grad()
 def generate(
-    model, tokenizer, prompts: Sequence[List[int]], *, max_new_tokens: int, batch_size: int = 64,
-    do_sample: bool = False, num_samples: int = 1, temperature: float = 1.0, top_p: float = 1.0,
-    stop: Sequence[str] = (), synced_gpus: bool = False,
+    model,
+    tokenizer,
+    prompts: Sequence[List[int]],
+    *,
+    max_new_tokens: int,
+    batch_size: int = 64,
+    do_sample: bool = False,
+    num_samples: int = 1,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    stop: Sequence[str] = (),
+    synced_gpus: bool = False,
 ) -> List[List[Generation]]:
     """`num_samples` generations per tokenized prompt, in the prompts' order."""
     device = next(model.parameters()).device
@@ -92,11 +103,18 @@ def generate(
         chunk = order[start : start + batch_size]
         input_ids, attention_mask = _left_pad([prompts[i] for i in chunk], pad_id, device)
         out = model.generate(
-            input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens,
-            num_return_sequences=num_samples, pad_token_id=pad_id, eos_token_id=eos_ids, use_cache=True,
-            synced_gpus=synced_gpus, **sampling, **stops,
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            max_new_tokens=max_new_tokens,
+            num_return_sequences=num_samples,
+            pad_token_id=pad_id,
+            eos_token_id=eos_ids,
+            use_cache=True,
+            synced_gpus=synced_gpus,
+            **sampling,
+            **stops,
         )
-        new_tokens = out[:, input_ids.shape[1]:].tolist()
+        new_tokens = out[:, input_ids.shape[1] :].tolist()
         for row, index in enumerate(chunk):
             rows = new_tokens[row * num_samples : (row + 1) * num_samples]
             results[index] = [_finish(tokens, tokenizer, set(eos_ids), stop, max_new_tokens, pad_id) for tokens in rows]

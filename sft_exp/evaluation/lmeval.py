@@ -9,6 +9,7 @@ ranks every rank runs the same whole evaluation (the harness does not split an i
 work), so sharded models stay in step; rank 0's numbers are the ones logged (all are equal).
 Needs the extra: pip install 'sft_exp[lmeval]'.
 """
+
 from __future__ import annotations
 
 import logging
@@ -48,7 +49,9 @@ class LMEvalTask:
         try:
             import lm_eval  # noqa: F401
         except ImportError:
-            raise ConfigError(f"evals.{name}: type lm_eval needs lm-evaluation-harness: pip install 'sft_exp[lmeval]'") from None
+            raise ConfigError(
+                f"evals.{name}: type lm_eval needs lm-evaluation-harness: pip install 'sft_exp[lmeval]'"
+            ) from None
         if not settings.lm_eval_tasks:
             raise ConfigError(f"evals.{name}.lm_eval_tasks is empty: name the harness tasks, e.g. [hellaswag]")
         if settings.include_path and not Path(settings.include_path).expanduser().is_dir():
@@ -66,8 +69,10 @@ class LMEvalTask:
                 manager = TaskManager(include_path=include)  # indexing the harness's own tasks takes a while
             unknown = [t for t in self.settings.lm_eval_tasks if not manager.match_tasks([t])]
             if unknown:
-                raise ConfigError(f"evals.{self.name}.lm_eval_tasks: lm-eval knows no task(s) {unknown}"
-                                  + ("" if include else "; local task YAMLs need evals.<task>.include_path"))
+                raise ConfigError(
+                    f"evals.{self.name}.lm_eval_tasks: lm-eval knows no task(s) {unknown}"
+                    + ("" if include else "; local task YAMLs need evals.<task>.include_path")
+                )
             self._task_manager = manager
         return self._task_manager
 
@@ -76,12 +81,23 @@ class LMEvalTask:
         from lm_eval.models.huggingface import HFLM
 
         settings = self.settings
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=settings.batch_size,
-                  max_length=getattr(model.config, "max_position_embeddings", None))
+        lm = HFLM(
+            pretrained=model,
+            tokenizer=tokenizer,
+            batch_size=settings.batch_size,
+            max_length=getattr(model.config, "max_position_embeddings", None),
+        )
         results = simple_evaluate(
-            model=lm, tasks=list(settings.lm_eval_tasks), num_fewshot=settings.num_fewshot, limit=settings.limit,
-            task_manager=self.task_manager(), random_seed=settings.seed, numpy_random_seed=settings.seed,
-            torch_random_seed=settings.seed, fewshot_random_seed=settings.seed, log_samples=False,
+            model=lm,
+            tasks=list(settings.lm_eval_tasks),
+            num_fewshot=settings.num_fewshot,
+            limit=settings.limit,
+            task_manager=self.task_manager(),
+            random_seed=settings.seed,
+            numpy_random_seed=settings.seed,
+            torch_random_seed=settings.seed,
+            fewshot_random_seed=settings.seed,
+            log_samples=False,
             **dict(settings.lm_eval_args),
         )
         return harness_metrics(self.name, (results or {}).get("results", {}))

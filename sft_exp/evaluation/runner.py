@@ -4,6 +4,7 @@ Every rank runs the same number of generate calls (a rank with fewer prompts rep
 the result), so sharded models (FSDP, ZeRO-3) never wait on a rank that stopped; every rank scores
 the gathered outputs, so every rank decides (and fails) the same way.
 """
+
 from __future__ import annotations
 
 import json
@@ -44,15 +45,19 @@ def gather(items: list, world: int) -> list:
 def tokenize_prompts(task: GenerationTask, tokenizer, model) -> List[List[int]]:
     """Every prompt's token ids; a prompt that leaves no room for max_new_tokens is an error naming its row."""
     if task.examples is None:
-        raise ConfigError(f"evals.{task.name}: path: heldout needs the run's held-out rows (TaskEvaluation.use_heldout "
-                          "was not called); give the task a prompts file instead")
+        raise ConfigError(
+            f"evals.{task.name}: path: heldout needs the run's held-out rows (TaskEvaluation.use_heldout "
+            "was not called); give the task a prompts file instead"
+        )
     context = model_context(model)
     max_new = task.settings.max_new_tokens
     ids = []
     for index, example in enumerate(task.examples):
         if not isinstance(example["prompt"], str) and not getattr(tokenizer, "chat_template", None):
-            raise ConfigError(f"evals.{task.name}: the prompts are chat messages but the tokenizer has no chat template; "
-                              "set data.chat_template (or model.tokenizer) to one that has")
+            raise ConfigError(
+                f"evals.{task.name}: the prompts are chat messages but the tokenizer has no chat template; "
+                "set data.chat_template (or model.tokenizer) to one that has"
+            )
         row = render_prompt(tokenizer, example["prompt"])
         if context is not None and len(row) + max_new > context:
             raise DataError(
@@ -93,11 +98,23 @@ def run_generation_task(task: GenerationTask, model, tokenizer, prompt_ids, *, a
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=devices):  # sampling never moves the training RNG
         torch.manual_seed(settings.seed + rank)
-        generations = generate(
-            model, tokenizer, mine, max_new_tokens=settings.max_new_tokens, batch_size=settings.batch_size,
-            do_sample=settings.do_sample, num_samples=settings.num_samples, temperature=settings.temperature,
-            top_p=settings.top_p, stop=settings.stop, synced_gpus=world > 1,
-        ) if mine else []
+        generations = (
+            generate(
+                model,
+                tokenizer,
+                mine,
+                max_new_tokens=settings.max_new_tokens,
+                batch_size=settings.batch_size,
+                do_sample=settings.do_sample,
+                num_samples=settings.num_samples,
+                temperature=settings.temperature,
+                top_p=settings.top_p,
+                stop=settings.stop,
+                synced_gpus=world > 1,
+            )
+            if mine
+            else []
+        )
     done = gather([(i, g) for i, g in zip(indices, generations) if i >= 0], world)
     by_index = dict(done)
     rows = []
@@ -108,8 +125,10 @@ def run_generation_task(task: GenerationTask, model, tokenizer, prompt_ids, *, a
                "output": samples[0].text, "score": sum(scores) / len(scores),
                "stopped": samples[0].stopped, "truncated": samples[0].truncated}  # fmt: skip
         if len(samples) > 1:
-            row["samples"] = [{"output": g.text, "score": s, "stopped": g.stopped, "truncated": g.truncated}
-                              for g, s in zip(samples, scores)]
+            row["samples"] = [
+                {"output": g.text, "score": s, "stopped": g.stopped, "truncated": g.truncated}
+                for g, s in zip(samples, scores)
+            ]
         rows.append(row)
     return _metrics(task, rows, by_index), rows
 
@@ -125,8 +144,9 @@ def _metrics(task: GenerationTask, rows: list, by_index: dict) -> dict:
     }
     if n > 1:
         for k in sorted({1, n}):
-            passed = [pass_at_k(n, sum(s["score"] >= task.settings.pass_threshold for s in row["samples"]), k)
-                      for row in rows]
+            passed = [
+                pass_at_k(n, sum(s["score"] >= task.settings.pass_threshold for s in row["samples"]), k) for row in rows
+            ]
             metrics[f"{prefix}pass@{k}"] = sum(passed) / len(passed) if passed else math.nan
     return metrics
 
@@ -149,5 +169,7 @@ def print_examples(task_name: str, rows: list, count: int, printer=None) -> None
     for row in rows[:count]:
         mark = "ok " if row["score"] >= 1 else "   "
         cut = " [truncated]" if row["truncated"] else ""
-        printer(f"{task_name} {mark}| {prompt_text(row['prompt'])[-200:]!r} -> {row['output'][:300]!r}{cut} "
-                f"(reference {row['reference'][:200]!r}, score {row['score']:.2f})")
+        printer(
+            f"{task_name} {mark}| {prompt_text(row['prompt'])[-200:]!r} -> {row['output'][:300]!r}{cut} "
+            f"(reference {row['reference'][:200]!r}, score {row['score']:.2f})"
+        )

@@ -4,6 +4,7 @@ A task names its scorer in config by `_target_` (any importable callable or clas
 with the other keys as arguments) or by a short name from SCORERS. pass@k is computed from the
 per-sample scores when a task draws several samples per prompt.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -79,14 +80,15 @@ class NumericAnswer:
 
     name = "accuracy"
 
-    def __init__(self, pattern: Optional[str] = None, reference_pattern: Optional[str] = None,
-                 tolerance: float = 1e-6):
+    def __init__(self, pattern: Optional[str] = None, reference_pattern: Optional[str] = None, tolerance: float = 1e-6):
         for key, value in (("pattern", pattern), ("reference_pattern", reference_pattern)):
             if value is not None:
                 try:
                     re.compile(value)
                 except re.error as err:
-                    raise ConfigError(f"NumericAnswer {key}={value!r} is not a valid regular expression ({err})") from None
+                    raise ConfigError(
+                        f"NumericAnswer {key}={value!r} is not a valid regular expression ({err})"
+                    ) from None
         self.pattern, self.reference_pattern, self.tolerance = pattern, reference_pattern, tolerance
 
     def __call__(self, output: str, reference: str) -> float:
@@ -177,11 +179,15 @@ def scorer_name(scorer: Callable) -> str:
 def _locate(target: str, where: str):
     module_name, _, attr = target.rpartition(".")
     if not module_name:
-        raise ConfigError(f"{where}: `_target_: {target}` is not a dotted path (module.name); or use one of {sorted(SCORERS)}")
+        raise ConfigError(
+            f"{where}: `_target_: {target}` is not a dotted path (module.name); or use one of {sorted(SCORERS)}"
+        )
     try:
         obj = importlib.import_module(module_name)
     except ImportError as err:
-        raise ConfigError(f"{where}: cannot import the scorer module '{module_name}' of `_target_: {target}` ({err})") from None
+        raise ConfigError(
+            f"{where}: cannot import the scorer module '{module_name}' of `_target_: {target}` ({err})"
+        ) from None
     if not hasattr(obj, attr):
         raise ConfigError(f"{where}: module '{module_name}' has no '{attr}' (`_target_: {target}`)")
     return getattr(obj, attr)
@@ -206,9 +212,13 @@ def build_scorer(spec: Any, where: str) -> Callable[[str, str], float]:
     elif name in SCORERS:
         obj = SCORERS[name]
     else:
-        raise ConfigError(f"{where}: unknown scorer {name!r}; use one of {sorted(SCORERS)} or `_target_: module.function`")
+        raise ConfigError(
+            f"{where}: unknown scorer {name!r}; use one of {sorted(SCORERS)} or `_target_: module.function`"
+        )
     if not callable(obj):
-        raise ConfigError(f"{where}: `{target or name}` is a {type(obj).__name__}, not a callable scorer(output, reference)")
+        raise ConfigError(
+            f"{where}: `{target or name}` is a {type(obj).__name__}, not a callable scorer(output, reference)"
+        )
     if isinstance(obj, type):
         try:
             return obj(**kwargs)

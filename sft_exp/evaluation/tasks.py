@@ -5,6 +5,7 @@ reads, or explicit prompt/answer columns) or `path: heldout`, the run's held-out
 that can be checked without a model (scorer imports, file exists, answer column) is checked when
 the task is built, so a mistake stops the run before training.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -56,7 +57,9 @@ class GenerationTaskSettings:
             if getattr(self, key) < 1:
                 raise ConfigError(f"evals.{name}.{key} must be at least 1, not {getattr(self, key)}")
         if self.num_samples > 1 and not self.do_sample:
-            raise ConfigError(f"evals.{name}: num_samples={self.num_samples} needs do_sample=true (greedy samples are all the same)")
+            raise ConfigError(
+                f"evals.{name}: num_samples={self.num_samples} needs do_sample=true (greedy samples are all the same)"
+            )
 
 
 @dataclass
@@ -76,7 +79,9 @@ class GenerationTask:
         scorer = build_scorer(settings.scorer, f"evals.{name}.scorer")
         task = cls(name, settings, scorer, scorer_name(scorer))
         if not settings.path:
-            raise ConfigError(f"evals.{name}.path is required: a prompts file, or `heldout` for the run's held-out rows")
+            raise ConfigError(
+                f"evals.{name}.path is required: a prompts file, or `heldout` for the run's held-out rows"
+            )
         if settings.path != HELDOUT:
             task.examples = load_examples(name, settings)
         return task
@@ -117,11 +122,15 @@ def task_settings(name: str, spec: Any):
     known = [f.name for f in dataclasses.fields(settings_type)]
     unknown = sorted(set(spec) - set(known))
     if unknown:
-        raise ConfigError(f"evals.{name}.{unknown[0]}: a `{kind}` task has no such key; "
-                          f"{did_you_mean(unknown[0], known)}its keys: {', '.join(known)}")
+        raise ConfigError(
+            f"evals.{name}.{unknown[0]}: a `{kind}` task has no such key; "
+            f"{did_you_mean(unknown[0], known)}its keys: {', '.join(known)}"
+        )
     missing = [key for key, value in spec.items() if value == "???"]
     if missing:
-        raise ConfigError(f"evals.{name}.{missing[0]} is required; set it, e.g. evals.{name}.{missing[0]}=/path/to/file.jsonl")
+        raise ConfigError(
+            f"evals.{name}.{missing[0]} is required; set it, e.g. evals.{name}.{missing[0]}=/path/to/file.jsonl"
+        )
     settings = settings_type(**spec)
     settings.check(name)
     return settings
@@ -158,13 +167,17 @@ def load_examples(name: str, settings: GenerationTaskSettings) -> List[dict]:
         mapping = {"prompt": settings.prompt_column or "prompt", "reference": settings.answer_column or "answer"}
         absent = [column for column in mapping.values() if column not in columns]
         if absent:
-            raise DataError(f"{where}: the file has no column(s) {absent} (it has {columns}); "
-                            + _columns_fix(name, settings, columns))
+            raise DataError(
+                f"{where}: the file has no column(s) {absent} (it has {columns}); "
+                + _columns_fix(name, settings, columns)
+            )
         return [_column_example(where, index, field_values(row, mapping), settings) for index, row in enumerate(raw)]
     fmt = detect_format(settings.format, columns, settings.columns, where)
     if fmt == "text":
-        raise DataError(f"{where}: plain text rows have no answer to score; use a format with a prompt and an "
-                        f"answer, or set evals.{name}.prompt_column and answer_column")
+        raise DataError(
+            f"{where}: plain text rows have no answer to score; use a format with a prompt and an "
+            f"answer, or set evals.{name}.prompt_column and answer_column"
+        )
     mapping = column_map(fmt, settings.columns)
     examples = []
     for index, row in enumerate(raw):
@@ -186,8 +199,10 @@ def _columns_fix(name: str, settings: GenerationTaskSettings, columns: list) -> 
     except UserError:
         fmt = None
     if fmt and fmt != "text":
-        return (f"it is a {fmt} file, read without columns: set evals.{name}.prompt_column=null "
-                f"evals.{name}.answer_column=null")
+        return (
+            f"it is a {fmt} file, read without columns: set evals.{name}.prompt_column=null "
+            f"evals.{name}.answer_column=null"
+        )
     return f"set evals.{name}.prompt_column / answer_column to the file's columns"
 
 

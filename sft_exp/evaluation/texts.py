@@ -7,6 +7,7 @@ run's held-out rows, which the check reads itself. An lm-eval task's documents a
 can load them offline (their question and correct answer); one that cannot, and an evaluator sft_exp does
 not know, is named in the report as not checked.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -23,8 +24,13 @@ def evaluation_texts(evaluators) -> list:
     for evaluator in evaluators:
         texts = evaluator.eval_texts() if hasattr(evaluator, "eval_texts") else None
         if texts is None:
-            out.append(NotChecked(type(evaluator).__name__, "an evaluator whose texts sft_exp cannot read; name its "
-                                  "files in data.decontamination.against to check them"))
+            out.append(
+                NotChecked(
+                    type(evaluator).__name__,
+                    "an evaluator whose texts sft_exp cannot read; name its "
+                    "files in data.decontamination.against to check them",
+                )
+            )
         else:
             out += texts
     return out

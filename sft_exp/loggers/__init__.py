@@ -6,6 +6,7 @@ Add a tracker: subclass `Logger` in a module of your own and add a conf/logger/<
 
 Names are imported on first use, so reading a logger's config schema imports no tracker library.
 """
+
 import importlib
 
 _WHERE = {"Logger": "base", "RunDescription": "base", "MLflowLogger": "mlflow", "TensorBoardLogger": "tensorboard",

@@ -1,4 +1,5 @@
 """The logger interface: what train.run and the Trainer's log events call on every experiment tracker."""
+
 from __future__ import annotations
 
 import logging
@@ -61,8 +62,13 @@ class Logger(TrainerCallback):
         try:
             return fn(*args)
         except Exception as e:
-            log.warning("%s logger: %s failed (%s: %s); training goes on, metrics.jsonl is complete.",
-                        self.name, what, type(e).__name__, e)
+            log.warning(
+                "%s logger: %s failed (%s: %s); training goes on, metrics.jsonl is complete.",
+                self.name,
+                what,
+                type(e).__name__,
+                e,
+            )
             return False
 
     # ------------------------------------------------------------------ for subclasses

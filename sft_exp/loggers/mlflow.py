@@ -1,4 +1,5 @@
 """MLflow: a local sqlite store in <run>/mlflow unless a tracking URI is given; params are the config."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,8 +17,13 @@ class MLflowLogger(Logger):
 
     # tracking_uri: None: a local store in <run folder>/mlflow (sqlite); or any MLflow tracking URI (http://...,
     # databricks). run_name: None: the job's overrides in a multirun, MLflow's own name otherwise.
-    def __init__(self, tracking_uri: Optional[str] = None, experiment_name: str = "sft_exp",
-                 run_name: Optional[str] = None, tags: Dict[str, str] = {}):  # noqa: B006 (copied, never mutated)
+    def __init__(
+        self,
+        tracking_uri: Optional[str] = None,
+        experiment_name: str = "sft_exp",
+        run_name: Optional[str] = None,
+        tags: Dict[str, str] = {},  # noqa: B006 (copied, never mutated)
+    ):
         super().__init__()
         self.tracking_uri, self.experiment_name, self.run_name = tracking_uri, experiment_name, run_name
         self.tags = dict(tags or {})
@@ -35,8 +41,13 @@ class MLflowLogger(Logger):
             self.run_id = id_file.read_text().strip()
             return
         experiment = self.client.get_experiment_by_name(self.experiment_name)
-        experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(
-            self.experiment_name, artifact_location=(folder / "artifacts").resolve().as_uri())
+        experiment_id = (
+            experiment.experiment_id
+            if experiment
+            else self.client.create_experiment(
+                self.experiment_name, artifact_location=(folder / "artifacts").resolve().as_uri()
+            )
+        )
         tags = {**self.tags, **({"sweep": run.group} if run.group else {})}
         created = self.client.create_run(experiment_id, run_name=self.run_name or run.name, tags=tags)
         self.run_id = created.info.run_id
@@ -45,7 +56,7 @@ class MLflowLogger(Logger):
         from mlflow.entities import Param
 
         for start in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
-            self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in params[start:start + 100]])
+            self.client.log_batch(self.run_id, params=[Param(k, v) for k, v in params[start : start + 100]])
 
     def _log(self, metrics: dict, step: int) -> None:
         import time

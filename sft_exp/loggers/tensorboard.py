@@ -1,4 +1,5 @@
 """TensorBoard: event files in <run>/tensorboard (torch's SummaryWriter; needs the tensorboard package)."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """W&B: one run per job in <run>/wandb, offline unless an API key is configured."""
+
 from __future__ import annotations
 
 import os
@@ -17,8 +18,13 @@ class WandbLogger(Logger):
     # (W&B's random name otherwise). mode: None: online when an API key is configured, offline otherwise; or
     # online / offline / disabled.
     def __init__(
-        self, project: str = "sft_exp", entity: Optional[str] = None, group: Optional[str] = None,
-        name: Optional[str] = None, tags: Sequence[str] = (), mode: Optional[str] = None,
+        self,
+        project: str = "sft_exp",
+        entity: Optional[str] = None,
+        group: Optional[str] = None,
+        name: Optional[str] = None,
+        tags: Sequence[str] = (),
+        mode: Optional[str] = None,
     ):
         super().__init__()
         self.project, self.entity, self.group, self.run_name = project, entity, group, name
@@ -40,10 +46,17 @@ class WandbLogger(Logger):
         run_id = id_file.read_text().strip() if run.resumed and id_file.is_file() else None
         id_file.parent.mkdir(parents=True, exist_ok=True)
         self.run = wandb.init(
-            project=self.project, entity=self.entity, group=self.group or run.group,
-            name=self.run_name or run.name, tags=self.tags or None, mode=self.resolved_mode(),
-            dir=str(run.run_dir), config=run.config, reinit="finish_previous",
-            id=run_id, resume="allow" if run_id else None,
+            project=self.project,
+            entity=self.entity,
+            group=self.group or run.group,
+            name=self.run_name or run.name,
+            tags=self.tags or None,
+            mode=self.resolved_mode(),
+            dir=str(run.run_dir),
+            config=run.config,
+            reinit="finish_previous",
+            id=run_id,
+            resume="allow" if run_id else None,
         )
         id_file.write_text(self.run.id + "\n")
 

@@ -6,6 +6,7 @@ against the model's skeleton built on the meta device (config.json only, no weig
 `wrap_with_adapter` repeats the target check on the loaded model, wraps it and reports the
 trainable parameters.
 """
+
 from __future__ import annotations
 
 import logging
@@ -76,8 +77,9 @@ def _skeleton(model: Mapping[str, Any]) -> Optional[torch.nn.Module]:
     remote = bool(model.get("trust_remote_code", False))
     try:
         if model.get("name_or_path"):
-            config = AutoConfig.from_pretrained(model["name_or_path"], revision=model.get("revision"),
-                                                trust_remote_code=remote)
+            config = AutoConfig.from_pretrained(
+                model["name_or_path"], revision=model.get("revision"), trust_remote_code=remote
+            )
         else:
             fields = dict(model["init_config"])
             config = AutoConfig.for_model(fields.pop("model_type"), **fields)
@@ -143,8 +145,12 @@ def wrap_with_adapter(model, peft_config):
         warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
         model = get_peft_model(model, peft_config)
     counts = parameter_counts(model)
-    log.info("adapter: %s trainable of %s parameters (%.3f%%)", f"{counts['trainable_params']:,}",
-             f"{counts['total_params']:,}", counts["trainable_percent"])
+    log.info(
+        "adapter: %s trainable of %s parameters (%.3f%%)",
+        f"{counts['trainable_params']:,}",
+        f"{counts['total_params']:,}",
+        counts["trainable_percent"],
+    )
     return model
 
 
@@ -164,8 +170,11 @@ def parameter_counts(model) -> dict:
     else:
         total = sum(p.numel() for p in model.parameters())
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"trainable_params": trainable, "total_params": total,
-            "trainable_percent": round(100.0 * trainable / max(total, 1), 4)}
+    return {
+        "trainable_params": trainable,
+        "total_params": total,
+        "trainable_percent": round(100.0 * trainable / max(total, 1), 4),
+    }
 
 
 def save_base_for_export(model, tokenizer, run_dir: Path) -> Optional[Path]:

@@ -12,6 +12,7 @@ cache) goes to transformers' own `sdpa_attention_forward` with transformers' own
 not built; the example boundaries then reach every layer as position_ids, also when gradient
 checkpointing re-runs a layer in backward.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -54,7 +55,11 @@ _last_spans: dict = {}
 def _example_spans(position_ids: torch.Tensor, rows: int) -> list[list[tuple[int, int]]]:
     """Per batch row, the (start, end) of each example: a new one starts wherever the position is 0."""
     cached = _last_spans.get("tensor")
-    if cached is not None and cached() is position_ids and _last_spans["key"] == (compat.tensor_version(position_ids), rows):
+    if (
+        cached is not None
+        and cached() is position_ids
+        and _last_spans["key"] == (compat.tensor_version(position_ids), rows)
+    ):
         return _last_spans["spans"]
     spans = []
     for row in position_ids.expand(rows, -1).tolist():
@@ -71,8 +76,9 @@ def _window_mask(length: int, window: int, device) -> torch.Tensor:
     return ((k <= q) & (k > q - window)).view(1, 1, length, length)
 
 
-def sdpa_varlen_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None,
-                          **kwargs):
+def sdpa_varlen_attention(
+    module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs
+):
     """transformers' attention-function signature; query/key/value are (B, heads, T, head_dim)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -85,8 +91,18 @@ def sdpa_varlen_attention(module, query, key, value, attention_mask, dropout=0.0
                 "tell the examples of a padding-free batch apart. Use model.attn_implementation=sdpa with "
                 "data.padding_free=false, or flash_attention_2."
             )
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      is_causal=is_causal, position_ids=position_ids, **kwargs)
+        return sdpa_attention_forward(
+            module,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=dropout,
+            scaling=scaling,
+            is_causal=is_causal,
+            position_ids=position_ids,
+            **kwargs,
+        )
     window = kwargs.get("sliding_window")
     rows = []
     for b, spans in enumerate(_example_spans(position_ids, query.shape[0])):
@@ -94,8 +110,15 @@ def sdpa_varlen_attention(module, query, key, value, attention_mask, dropout=0.0
         for start, end in spans:
             mask = _window_mask(end - start, window, query.device) if window and end - start > window else None
             part, _ = sdpa_attention_forward(
-                module, query[b:b + 1, :, start:end], key[b:b + 1, :, start:end], value[b:b + 1, :, start:end],
-                mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs,
+                module,
+                query[b : b + 1, :, start:end],
+                key[b : b + 1, :, start:end],
+                value[b : b + 1, :, start:end],
+                mask,
+                dropout=dropout,
+                scaling=scaling,
+                is_causal=is_causal,
+                **kwargs,
             )
             parts.append(part)  # (1, length, heads, head_dim)
         rows.append(torch.cat(parts, dim=1) if len(parts) > 1 else parts[0])
@@ -119,8 +142,10 @@ def use_varlen_sdpa(model) -> bool:
     if compat.attn_implementation(model) != "sdpa":
         return False
     if not getattr(model, "_supports_attention_backend", False):
-        log.info("%s does not take registered attention functions: padding-free batches keep sdpa's dense mask",
-                 type(model).__name__)
+        log.info(
+            "%s does not take registered attention functions: padding-free batches keep sdpa's dense mask",
+            type(model).__name__,
+        )
         return False
     register()
     try:

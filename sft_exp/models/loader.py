@@ -5,6 +5,7 @@ or a fresh model from config). Hydra builds it from conf/model/*.yaml; Python bu
     tokenizer = loader.load_tokenizer()
     model = loader.load_model(tokenizer)
 """
+
 from __future__ import annotations
 
 import logging
@@ -21,8 +22,14 @@ from sft_exp.plain import plain
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-          "float16": torch.float16, "fp16": torch.float16}
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 
 
 def resolve_dtype(name: str) -> torch.dtype:
@@ -143,8 +150,11 @@ class ModelLoader:
         model = AutoModelForCausalLM.from_config(
             config, dtype=resolve_dtype(self.dtype), attn_implementation=self.attn_implementation
         )
-        log.info("built a fresh %s model from config: %.2fM parameters", model_type,
-                 sum(p.numel() for p in model.parameters()) / 1e6)
+        log.info(
+            "built a fresh %s model from config: %.2fM parameters",
+            model_type,
+            sum(p.numel() for p in model.parameters()) / 1e6,
+        )
         return model
 
     def _load_kwargs(self) -> dict:
@@ -176,8 +186,13 @@ class ModelLoader:
                 "peft.modules_to_save=[embed_tokens,lm_head] so they are trained)."
             )
         model.resize_token_embeddings(needed)
-        log.warning("model.resize_embeddings=true: resized the embeddings from %d to %d rows for the tokenizer's "
-                    "%d added token(s); the new rows start untrained", rows, needed, needed - rows)
+        log.warning(
+            "model.resize_embeddings=true: resized the embeddings from %d to %d rows for the tokenizer's "
+            "%d added token(s); the new rows start untrained",
+            rows,
+            needed,
+            needed - rows,
+        )
 
 
 def set_eos_token(tokenizer, eos_token: str, source: str) -> None:
@@ -189,8 +204,12 @@ def set_eos_token(tokenizer, eos_token: str, source: str) -> None:
             f"(its EOS is {tokenizer.eos_token!r}), or null to keep the tokenizer's own"
         )
     if tokenizer.eos_token != eos_token:
-        log.info("model.eos_token: the tokenizer's EOS %r becomes %r (appended to text and completions, "
-                 "config.json's eos_token_id, the saved tokenizer, the first stop id)", tokenizer.eos_token, eos_token)
+        log.info(
+            "model.eos_token: the tokenizer's EOS %r becomes %r (appended to text and completions, "
+            "config.json's eos_token_id, the saved tokenizer, the first stop id)",
+            tokenizer.eos_token,
+            eos_token,
+        )
     tokenizer.eos_token = eos_token
 
 
@@ -212,6 +231,7 @@ def align_special_tokens(model, tokenizer, *, own_generation_config: bool = True
         value = getattr(tokenizer, name)
         if value is not None:
             setattr(model.config, name, value)
-    ids = set_generation_stops(model, tokenizer, getattr(tokenizer, "chat_template", None),
-                               own_config=own_generation_config)
+    ids = set_generation_stops(
+        model, tokenizer, getattr(tokenizer, "chat_template", None), own_config=own_generation_config
+    )
     log.info("generation stops at %s", ", ".join(f"{tokenizer.convert_ids_to_tokens(i)!r} ({i})" for i in ids))

@@ -6,6 +6,7 @@ stop. It must keep the checkpoint's own stop ids (Phi-3 stops at `<|end|>`, not 
 trained with `data.chat_template=chatml` learns to stop at `<|im_end|>`). Its other fields (sampling
 defaults, pad id, ...) stay the checkpoint's own.
 """
+
 from __future__ import annotations
 
 import logging
@@ -15,6 +16,7 @@ from sft_exp import compat
 from sft_exp.data.templates import end_of_turn_token
 
 log = logging.getLogger(__name__)
+
 
 def as_ids(value) -> List[int]:
     """An eos_token_id field (None, an id or a list) as a list of ids."""

@@ -1,6 +1,7 @@
 """An accelerate config (`accelerate launch --config_file FILE`) -> the distributed group, the precision, and the
 command that launches the same processes (torchrun); a world size that disagrees with the recipe's batch
 settings is refused, naming both."""
+
 from __future__ import annotations
 
 import json
@@ -14,10 +15,22 @@ from sft_exp.recipe_import.rows import GROUP, Recipe, Row, Setting
 STRATEGIES = {"NO": None, "MULTI_GPU": "ddp", "MULTI_CPU": "ddp", "FSDP": "fsdp", "DEEPSPEED": "deepspeed"}
 PRECISION = {"no": "fp32", "bf16": "bf16", "fp16": "fp16"}
 # Launcher fields that change nothing in training at these values (accelerate's defaults on one machine).
-LAUNCHER_DEFAULTS = {"compute_environment": "LOCAL_MACHINE", "debug": False, "downcast_bf16": "no", "gpu_ids": "all",
-                     "machine_rank": 0, "main_training_function": "main", "rdzv_backend": "static",
-                     "same_network": True, "tpu_env": [], "tpu_use_cluster": False, "tpu_use_sudo": False,
-                     "use_cpu": False, "enable_cpu_affinity": False, "deepspeed_multinode_launcher": "standard"}
+LAUNCHER_DEFAULTS = {
+    "compute_environment": "LOCAL_MACHINE",
+    "debug": False,
+    "downcast_bf16": "no",
+    "gpu_ids": "all",
+    "machine_rank": 0,
+    "main_training_function": "main",
+    "rdzv_backend": "static",
+    "same_network": True,
+    "tpu_env": [],
+    "tpu_use_cluster": False,
+    "tpu_use_sudo": False,
+    "use_cpu": False,
+    "enable_cpu_affinity": False,
+    "deepspeed_multinode_launcher": "standard",
+}
 AT_DEFAULT = "accelerate's default on one machine: nothing to set"
 DS = "distributed.training_args.deepspeed"
 FSDP = "distributed.training_args.fsdp_config"
@@ -27,8 +40,16 @@ SHARDING = {"FULL_SHARD": True, "SHARD_GRAD_OP": False, 1: True, 2: False}
 def _launcher(name: str, value) -> Row:
     if name in LAUNCHER_DEFAULTS and value == LAUNCHER_DEFAULTS[name]:
         return Row(name, info=AT_DEFAULT)
-    if name in ("num_processes", "num_machines", "machine_rank", "main_process_ip", "main_process_port",
-                "rdzv_backend", "same_network", "gpu_ids"):
+    if name in (
+        "num_processes",
+        "num_machines",
+        "machine_rank",
+        "main_process_ip",
+        "main_process_port",
+        "rdzv_backend",
+        "same_network",
+        "gpu_ids",
+    ):
         return Row(name, info=f"the launch command ({value})")
     raise Unmapped(f"{name}: {value!r} has no sft_exp form (accelerate launcher setting)")
 
@@ -56,10 +77,19 @@ def _fsdp(name: str, value) -> Row:
     if short == "version" and value != 2 or short == "sharding_strategy" and value not in SHARDING:
         raise Unmapped(f"fsdp_config.{name}: {value!r}: sft_exp shards with FSDP2 (full or grad-op sharding)")
     if short == "sharding_strategy":
-        return Row(name, [Setting(f"{FSDP}.reshard_after_forward", SHARDING[value])],
-                   "FSDP1's strategy as FSDP2's reshard_after_forward (sft_exp shards with FSDP2)")
-    if short in ("auto_wrap_policy", "cpu_ram_efficient_loading", "state_dict_type", "reshard_after_forward",
-                 "transformer_layer_cls_to_wrap", "version"):
+        return Row(
+            name,
+            [Setting(f"{FSDP}.reshard_after_forward", SHARDING[value])],
+            "FSDP1's strategy as FSDP2's reshard_after_forward (sft_exp shards with FSDP2)",
+        )
+    if short in (
+        "auto_wrap_policy",
+        "cpu_ram_efficient_loading",
+        "state_dict_type",
+        "reshard_after_forward",
+        "transformer_layer_cls_to_wrap",
+        "version",
+    ):
         return Row(name, [Setting(f"{FSDP}.{short}", value)])
     if short in ("backward_prefetch", "forward_prefetch", "sync_module_states", "use_orig_params"):
         return Row(name, note="an FSDP1 setting; FSDP2 prefetches and keeps original parameters itself")
@@ -77,27 +107,35 @@ def _parallelism(config: dict, processes: int) -> Row:
     kinds = ("dp_replicate_size", "dp_shard_size", "tp_size", "cp_size", "sp_size")
     product = math.prod(int(sizes.get(kind, 1)) for kind in kinds)
     if product != processes:
-        raise RecipeError(f"parallelism_config: dp_replicate x dp_shard x tp x cp x sp = {product}, but num_processes is "
-                          f"{processes}: the world size disagrees; make them equal")
+        raise RecipeError(
+            f"parallelism_config: dp_replicate x dp_shard x tp x cp x sp = {product}, but num_processes is "
+            f"{processes}: the world size disagrees; make them equal"
+        )
     for kind, what in (("tp_size", "tensor"), ("cp_size", "context"), ("sp_size", "sequence")):
         if int(sizes.get(kind, 1)) > 1:
-            raise Unmapped(f"parallelism_config.{kind}={sizes[kind]}: sft_exp has no {what} parallelism yet (data "
-                           "parallel, FSDP2 and ZeRO only)")
+            raise Unmapped(
+                f"parallelism_config.{kind}={sizes[kind]}: sft_exp has no {what} parallelism yet (data "
+                "parallel, FSDP2 and ZeRO only)"
+            )
     return Row("parallelism_config", info="data parallel only: what the distributed strategy does")
 
 
 def _check_batch(r: Recipe, ds: dict, processes: int, where: str) -> None:
     """DeepSpeed's own batch numbers, when fixed (not "auto"), must agree with the recipe and the world size."""
     micro, accumulation = r.get("per_device_train_batch_size"), r.get("gradient_accumulation_steps")
-    expected = {"train_micro_batch_size_per_gpu": micro, "gradient_accumulation_steps": accumulation,
-                "train_batch_size": micro * accumulation * processes}
+    expected = {
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": accumulation,
+        "train_batch_size": micro * accumulation * processes,
+    }
     for name, value in expected.items():
         given = ds.get(name)
         if given not in (None, "auto") and int(given) != value:
             raise RecipeError(
                 f"{where}: {name}={given}, but the recipe's per_device_train_batch_size {micro} x "
                 f"gradient_accumulation_steps {accumulation} x {processes} processes (num_processes) make "
-                f"{name}={value}: the world size disagrees with the batch settings; make them agree")
+                f"{name}={value}: the world size disagrees with the batch settings; make them agree"
+            )
 
 
 def convert_accelerate(config: dict, r: Recipe, path: Path) -> tuple[list[Row], list[tuple[str, str]], dict]:
@@ -106,8 +144,13 @@ def convert_accelerate(config: dict, r: Recipe, path: Path) -> tuple[list[Row], 
     if kind not in STRATEGIES:
         raise RecipeError(f"{path}: distributed_type {kind!r}: sft_exp runs {', '.join(STRATEGIES)}")
     processes = int(config.get("num_processes", 1) or 1)
-    rows = [Row("distributed_type", [Setting(f"{GROUP}distributed", STRATEGIES[kind])] if STRATEGIES[kind] else [],
-                info="" if STRATEGIES[kind] else "one process")]
+    rows = [
+        Row(
+            "distributed_type",
+            [Setting(f"{GROUP}distributed", STRATEGIES[kind])] if STRATEGIES[kind] else [],
+            info="" if STRATEGIES[kind] else "one process",
+        )
+    ]
     rows.append(_precision(config.get("mixed_precision", "no"), r, path))
     ds = dict(config.get("deepspeed_config") or {})
     if ds.get("deepspeed_config_file"):
@@ -145,9 +188,11 @@ def _precision(value: str, r: Recipe, path: Path) -> Row:
     chosen = PRECISION[value]
     said = "fp16" if r.get("fp16") else "bf16" if r.get("bf16") else "fp32" if r.has("bf16") else None
     if said is not None and said != chosen:
-        raise RecipeError(f"{path}: mixed_precision {value!r} disagrees with the recipe's "
-                          f"{'fp16' if r.has('fp16') else 'bf16'}={r.get('fp16') if r.has('fp16') else r.get('bf16')} "
-                          f"({said}); make them agree")
+        raise RecipeError(
+            f"{path}: mixed_precision {value!r} disagrees with the recipe's "
+            f"{'fp16' if r.has('fp16') else 'bf16'}={r.get('fp16') if r.has('fp16') else r.get('bf16')} "
+            f"({said}); make them agree"
+        )
     return Row("mixed_precision", [Setting("trainer.precision", chosen)])
 
 
@@ -160,5 +205,7 @@ def launch_prefix(launch: dict | None) -> str:
     if machines <= 1:
         return f"{devices}torchrun --nproc_per_node {launch['processes']}"
     address = f"{launch['address'] or '<first node>'}:{launch['port'] or 29500}"
-    return (f"{devices}torchrun --nnodes {machines} --nproc_per_node {launch['processes'] // machines} "
-            f"--rdzv-backend c10d --rdzv-endpoint {address}")
+    return (
+        f"{devices}torchrun --nnodes {machines} --nproc_per_node {launch['processes'] // machines} "
+        f"--rdzv-backend c10d --rdzv-endpoint {address}"
+    )

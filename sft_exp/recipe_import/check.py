@@ -1,5 +1,6 @@
 """The written experiment, checked the way `python -m sft_exp --config-dir DIR experiment=NAME` reads it: its
 config dir goes after sft_exp's own on Hydra's search path, so a name sft_exp ships would shadow it."""
+
 from __future__ import annotations
 
 import re
@@ -16,8 +17,10 @@ def refuse_shadowed(path: Path) -> None:
 
     shipped = config_dir() / "experiment" / path.name
     if shipped.is_file() and shipped.resolve() != path.resolve():
-        raise RecipeError(f"experiment={path.stem} is an experiment sft_exp ships, which Hydra would find first; choose "
-                          "another name with -o conf/experiment/<name>.yaml")
+        raise RecipeError(
+            f"experiment={path.stem} is an experiment sft_exp ships, which Hydra would find first; choose "
+            "another name with -o conf/experiment/<name>.yaml"
+        )
 
 
 def check_composes(path: Path, rows: list[Row], recipe: Path) -> None:
@@ -32,7 +35,9 @@ def check_composes(path: Path, rows: list[Row], recipe: Path) -> None:
     try:
         cfg = composed([f"hydra.searchpath=[file://{path.parent.parent}]", f"experiment={path.stem}"])
         trainer = OmegaConf.to_container(cfg.trainer)
-        refuse_owned_extra_args(trainer.pop("extra_args", {}), trainer, OmegaConf.to_container(cfg.distributed.training_args))
+        refuse_owned_extra_args(
+            trainer.pop("extra_args", {}), trainer, OmegaConf.to_container(cfg.distributed.training_args)
+        )
     except ConfigError as err:
         keys = set(re.findall(r"[\w.]+", str(err)))  # the dotted key the message names, e.g. trainer.logging_steps
         field = next((row.field for row in rows for s in row.settings if s.key.lstrip("/") in keys), None)

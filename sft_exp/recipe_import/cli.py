@@ -1,6 +1,7 @@
 """`python -m sft_exp.import_recipe RECIPE.yaml [--accelerate-config FILE] [-o conf/experiment/NAME.yaml]
 [--allow-unmapped]`: a TRL or open-r1 recipe -> a Hydra experiment that trains what TRL would, the command that
 runs it, and one table of where every field went. Torch and transformers never load (about a second)."""
+
 from __future__ import annotations
 
 import argparse
@@ -39,13 +40,16 @@ def experiment_name(path: Path) -> str:
 def output_path(recipe: Path, output: str | None) -> Path:
     path = Path(output) if output else Path("conf") / "experiment" / f"{experiment_name(recipe)}.yaml"
     if path.suffix != ".yaml" or path.parent.name != "experiment":
-        raise RecipeError(f"-o {output}: write the experiment as <config dir>/experiment/<name>.yaml, so that "
-                          "`--config-dir <config dir> experiment=<name>` finds it")
+        raise RecipeError(
+            f"-o {output}: write the experiment as <config dir>/experiment/<name>.yaml, so that "
+            "`--config-dir <config dir> experiment=<name>` finds it"
+        )
     return path.resolve()
 
 
-def import_recipe(recipe_path: Path, accelerate: Path | None = None, output: str | None = None,
-                  allow_unmapped: bool = False) -> Imported:
+def import_recipe(
+    recipe_path: Path, accelerate: Path | None = None, output: str | None = None, allow_unmapped: bool = False
+) -> Imported:
     """Read, convert and check a recipe (and an accelerate config); nothing is written."""
     data, lines = load_mapping(recipe_path, "recipe")
     kind = recipe_kind(data, recipe_path)
@@ -63,14 +67,17 @@ def import_recipe(recipe_path: Path, accelerate: Path | None = None, output: str
         key = name if name in lines else name.rsplit(".", 1)[0]  # a field inside deepspeed_config: that block's line
         line = f", line {lines[key]}" if key in lines else ""
         more = f" (and {len(skipped) - 1} more)" if len(skipped) > 1 else ""
-        raise RecipeError(f"{where}{line}: {why}{more}; nothing was written. --allow-unmapped lists and skips "
-                          "such fields")
+        raise RecipeError(
+            f"{where}{line}: {why}{more}; nothing was written. --allow-unmapped lists and skips such fields"
+        )
     path = output_path(recipe_path, output)
     command = f"{launch_prefix(launch)} -m sft_exp --config-dir {path.parent.parent} experiment={path.stem}"
-    header = [f"{MARKER} from {recipe_path.name}" + (f" and {accelerate.name}" if accelerate else "") + f" ({kind}).",
-              f"# Run: {command}",
-              "# Each value names the recipe field it came from; `(TRL default)` fields are TRL's defaults, written out",
-              "# where the recipe is silent, so this trains what `trl sft` would."]
+    header = [
+        f"{MARKER} from {recipe_path.name}" + (f" and {accelerate.name}" if accelerate else "") + f" ({kind}).",
+        f"# Run: {command}",
+        "# Each value names the recipe field it came from; `(TRL default)` fields are TRL's defaults, written out",
+        "# where the recipe is silent, so this trains what `trl sft` would.",
+    ]
     if skipped:
         header.append("# Skipped (--allow-unmapped): " + ", ".join(name for name, _ in skipped))
     try:
@@ -117,8 +124,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     where = imported.path.relative_to(Path.cwd()) if imported.path.is_relative_to(Path.cwd()) else imported.path
     differ = sum(bool(row.note) for row in imported.rows)
-    print(f"{args.recipe} ({imported.kind}) -> {where}: {len(imported.rows)} fields, {differ} marked * where "
-          f"sft_exp's meaning differs" + (f", {len(imported.skipped)} SKIPPED" if imported.skipped else ""))
+    print(
+        f"{args.recipe} ({imported.kind}) -> {where}: {len(imported.rows)} fields, {differ} marked * where "
+        f"sft_exp's meaning differs" + (f", {len(imported.skipped)} SKIPPED" if imported.skipped else "")
+    )
     print()
     print("\n".join(table_lines(imported.rows, imported.skipped)))
     print()

@@ -1,5 +1,6 @@
 """A recipe -> rows: every field through its handler (this table says which), then TRL's defaults for the
 fields sft_exp sets from its own groups, so the experiment trains what `trl sft` would."""
+
 from __future__ import annotations
 
 from typing import Callable

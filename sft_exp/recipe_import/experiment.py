@@ -1,6 +1,7 @@
 """Rows -> a Hydra experiment file (`# @package _global_`): group choices as defaults-list overrides, every
 value at its key, the recipe field it came from as a comment. TRL's defaults give way to what the recipe and
 the accelerate config say."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -28,8 +29,10 @@ def collect(rows: list[Row]) -> tuple[dict[str, Any], dict[str, Any], dict[str, 
             if row.default and setting.key in explicit:
                 continue
             if setting.key in explicit and target[key] != setting.value:
-                raise Conflict(f"{row.field} sets {setting.key}={setting.value!r}, but {origin[setting.key]} "
-                               f"set it to {target[key]!r}")
+                raise Conflict(
+                    f"{row.field} sets {setting.key}={setting.value!r}, but {origin[setting.key]} "
+                    f"set it to {target[key]!r}"
+                )
             target[key] = setting.value
             if row.default:
                 origin.setdefault(setting.key, f"{row.field} (TRL default)")
@@ -96,7 +99,10 @@ def _field_under(dotted: str, origin: dict[str, str]) -> str:
 
 def experiment_text(rows: list[Row], header_lines: list[str]) -> str:
     groups, values, origin = collect(rows)
-    overrides = [f"  - override /{group}: {_scalar(option)}  # {origin[GROUP + group]}" for group, option in groups.items()]
+    overrides = [
+        f"  - override /{group}: {_scalar(option)}  # {origin[GROUP + group]}" for group, option in groups.items()
+    ]
     body = _lines(nest(values), origin)
-    return "".join(f"{line}\n" for line in [HEADER.rstrip(), *header_lines, "defaults:", *overrides, "  - _self_", "",
-                                           *body])
+    return "".join(
+        f"{line}\n" for line in [HEADER.rstrip(), *header_lines, "defaults:", *overrides, "  - _self_", "", *body]
+    )

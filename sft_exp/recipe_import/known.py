@@ -1,6 +1,7 @@
 """What TRL and open-r1 read from a recipe: the field names of the installed TRL's and transformers'
 dataclasses (parsed from their source, not imported: the import prints its table in about a second, torch
 never loads), TRL's defaults for the fields sft_exp sets differently, and the names old recipes still use."""
+
 from __future__ import annotations
 
 import ast
@@ -21,8 +22,19 @@ TRL_CLASSES = {
 
 # open-r1's additions to TRL's classes (open_r1/configs.py, snapshot 1416fa0c): ScriptArguments.dataset_mixture
 # and SFTConfig's benchmarks, callbacks, chat_template, system_prompt, hub_model_revision, ... .
-OPEN_R1_FIELDS = ("dataset_mixture", "benchmarks", "callbacks", "chat_template", "system_prompt", "hub_model_revision",
-                  "overwrite_hub_revision", "push_to_hub_revision", "wandb_entity", "wandb_project", "wandb_run_group")
+OPEN_R1_FIELDS = (
+    "dataset_mixture",
+    "benchmarks",
+    "callbacks",
+    "chat_template",
+    "system_prompt",
+    "hub_model_revision",
+    "overwrite_hub_revision",
+    "push_to_hub_revision",
+    "wandb_entity",
+    "wandb_project",
+    "wandb_run_group",
+)
 
 # Names older TRL / transformers read and today's refuse ("Unknown arguments from config file"): the field
 # they became. open-r1's recipes still use them (open-r1 is pinned to TRL 0.18).
@@ -73,8 +85,9 @@ def class_fields(package: str, relative: str, name: str) -> frozenset[str]:
     node = next((n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == name), None)
     if node is None:
         return frozenset()
-    return frozenset(item.target.id for item in node.body
-                     if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name))
+    return frozenset(
+        item.target.id for item in node.body if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name)
+    )
 
 
 def training_argument_fields() -> frozenset[str]:

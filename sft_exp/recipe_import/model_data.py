@@ -1,4 +1,5 @@
 """Recipe fields about the model, the data and the chat template -> model.*, data.*, peft."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -31,15 +32,20 @@ def model_name_or_path(r: Recipe, value) -> Row:
 def dtype(r: Recipe, value) -> Row:
     if value not in DTYPES:
         raise Unmapped(f"dtype {value!r}: sft_exp's model.dtype takes {', '.join(DTYPES)}")
-    note = ("transformers' auto is the checkpoint's own dtype; sft_exp's model.dtype=auto is bf16 on CUDA, fp32 on "
-            "CPU") if value == "auto" else ""
+    note = (
+        ("transformers' auto is the checkpoint's own dtype; sft_exp's model.dtype=auto is bf16 on CUDA, fp32 on CPU")
+        if value == "auto"
+        else ""
+    )
     return one("model.dtype", value, note)
 
 
 def attn_implementation(r: Recipe, value) -> Row:
     if value is None:  # transformers picks sdpa where the model supports it
         return one("model.attn_implementation", "sdpa", info="TRL leaves it to transformers, which picks sdpa")
-    info = "sdpa loads as sdpa_varlen: the same attention, per example in padding-free batches" if value == "sdpa" else ""
+    info = (
+        "sdpa loads as sdpa_varlen: the same attention, per example in padding-free batches" if value == "sdpa" else ""
+    )
     return one("model.attn_implementation", value, info=info)
 
 
@@ -70,7 +76,9 @@ def dataset_train_split(r: Recipe, value) -> Row:
 def dataset_test_split(r: Recipe, value) -> Row:
     """TRL evaluates on the dataset's test split, and only when eval_strategy is not "no"."""
     if r.mixture or not r.evaluates:
-        return Row("", info="not read: the recipe does not evaluate" if not r.mixture else "not read with dataset_mixture")
+        return Row(
+            "", info="not read: the recipe does not evaluate" if not r.mixture else "not read with dataset_mixture"
+        )
     source = {"path": r.get("dataset_name"), "subset": _subset(r), "split": value}
     return one("data.eval_sources", [source])
 
@@ -83,7 +91,9 @@ def _subset(r: Recipe):
 def dataset_mixture(r: Recipe, value) -> Row:
     """open-r1's mixture: weights are fractions of each dataset's rows, the test split comes from the mixed rows."""
     if not isinstance(value, dict) or not isinstance(value.get("datasets"), list):
-        raise Unmapped("dataset_mixture: expected {datasets: [{id, config, split, columns, weight}], seed, test_split_size}")
+        raise Unmapped(
+            "dataset_mixture: expected {datasets: [{id, config, split, columns, weight}], seed, test_split_size}"
+        )
     sources = [_mixture_source(entry, i) for i, entry in enumerate(value["datasets"])]
     names = [source["name"] for source in sources]
     for source in sources:
@@ -92,10 +102,16 @@ def dataset_mixture(r: Recipe, value) -> Row:
     extra = set(value) - {"datasets", "seed", "test_split_size"}
     if extra:
         raise Unmapped(f"dataset_mixture.{sorted(extra)[0]}: open-r1 reads datasets, seed and test_split_size only")
-    return Row("", [Setting("data.sources", sources), Setting("data.eval_split_from", "mixture"),
-                    Setting("data.eval_split_size", value.get("test_split_size") or 0),
-                    Setting("data.seed", value.get("seed", 0))],
-               note="sft_exp drops rows it cannot train (counted and reported) before taking the fractions")
+    return Row(
+        "",
+        [
+            Setting("data.sources", sources),
+            Setting("data.eval_split_from", "mixture"),
+            Setting("data.eval_split_size", value.get("test_split_size") or 0),
+            Setting("data.seed", value.get("seed", 0)),
+        ],
+        note="sft_exp drops rows it cannot train (counted and reported) before taking the fractions",
+    )
 
 
 def _mixture_source(entry: dict, i: int) -> dict:
@@ -112,8 +128,9 @@ def _mixture_source(entry: dict, i: int) -> dict:
     if entry.get("columns") is not None:
         source["columns"] = list(entry["columns"])
     if not 0 < source["weight"] <= 1:
-        raise Unmapped(f"{where}.weight={source['weight']}: open-r1 takes that fraction of the rows, so it must be "
-                       "in (0, 1]")
+        raise Unmapped(
+            f"{where}.weight={source['weight']}: open-r1 takes that fraction of the rows, so it must be in (0, 1]"
+        )
     return source
 
 
@@ -157,14 +174,18 @@ def chat_template(r: Recipe, value, field: str = "chat_template") -> Row:
         raise Unmapped(f"{field}: expected the template as a string")
     error = syntax_error(value)
     if error is not None:
-        raise RecipeError(f"{r.path}: {field} is not valid Jinja, {describe_syntax_error(value, *error)}; fix the "
-                          "template in the recipe")
+        raise RecipeError(
+            f"{r.path}: {field} is not valid Jinja, {describe_syntax_error(value, *error)}; fix the "
+            "template in the recipe"
+        )
     return one("data.chat_template", value)
 
 
 def chat_template_path(r: Recipe, value) -> Row:
     if not str(value).endswith((".jinja", ".j2")):
-        raise Unmapped(f"chat_template_path {value!r}: sft_exp reads a template from a .jinja file (or a built-in name)")
+        raise Unmapped(
+            f"chat_template_path {value!r}: sft_exp reads a template from a .jinja file (or a built-in name)"
+        )
     from pathlib import Path
 
     path = Path(value).expanduser()
@@ -179,8 +200,11 @@ def system_prompt(r: Recipe, value) -> Row:
     benchmarks = r.get("benchmarks") or []
     if not benchmarks:
         return Row("", info="not read: open-r1 gives it to its benchmarks only, and the recipe names none")
-    return Row("", [Setting(f"evals.{name}.lm_eval_args.system_instruction", value) for name in benchmarks],
-               note="open-r1 sends it to its benchmark jobs; here lm-eval's system instruction of each benchmark")
+    return Row(
+        "",
+        [Setting(f"evals.{name}.lm_eval_args.system_instruction", value) for name in benchmarks],
+        note="open-r1 sends it to its benchmark jobs; here lm-eval's system instruction of each benchmark",
+    )
 
 
 def dataset_text_field(r: Recipe, value) -> Row:
@@ -215,9 +239,14 @@ def truncation_mode(r: Recipe, value) -> Row:
     return Row("", info="sft_exp keeps the start too")
 
 
-LORA_KEYS = {"lora_r": "peft.r", "lora_alpha": "peft.lora_alpha", "lora_dropout": "peft.lora_dropout",
-             "lora_target_modules": "peft.target_modules", "lora_modules_to_save": "peft.modules_to_save",
-             "use_rslora": "peft.use_rslora"}
+LORA_KEYS = {
+    "lora_r": "peft.r",
+    "lora_alpha": "peft.lora_alpha",
+    "lora_dropout": "peft.lora_dropout",
+    "lora_target_modules": "peft.target_modules",
+    "lora_modules_to_save": "peft.modules_to_save",
+    "use_rslora": "peft.use_rslora",
+}
 TRL_LORA = {"lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.05, "lora_target_modules": None}
 
 
@@ -227,12 +256,16 @@ def use_peft(r: Recipe, value) -> Row:
         return Row("")
     option = "qlora" if r.get("load_in_4bit") else "dora" if r.get("use_dora") else "lora"
     defaults = [Setting(LORA_KEYS[name], v) for name, v in TRL_LORA.items() if not r.has(name)]
-    return Row("", [Setting(f"{GROUP}peft", option), *defaults],
-               info="TRL's LoRA defaults (r 16, alpha 32; target modules null: peft's default for the architecture)")
+    return Row(
+        "",
+        [Setting(f"{GROUP}peft", option), *defaults],
+        info="TRL's LoRA defaults (r 16, alpha 32; target modules null: peft's default for the architecture)",
+    )
 
 
 def lora_field(name: str):
     """lora_r, lora_alpha, ...: peft.*; without use_peft TRL ignores them, and so does the experiment."""
+
     def handler(r: Recipe, value) -> Row:
         if not r.get("use_peft"):
             return Row("", info="not read: use_peft is false")
@@ -241,4 +274,5 @@ def lora_field(name: str):
         if name == "lora_task_type" and value != "CAUSAL_LM":
             raise Unmapped(f"lora_task_type {value!r}: sft_exp trains causal LMs (CAUSAL_LM)")
         return Row("", info="read by use_peft")
+
     return handler

@@ -1,5 +1,6 @@
 """Reading a recipe file: YAML as TRL's TrlParser reads it (yaml.safe_load), the line of every top-level
 key (for messages), and which kind of file it is, so that something else is refused in one line."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,8 +10,10 @@ import yaml
 
 from sft_exp.errors import UserError
 
-READS = ("this reads TRL CLI configs (`trl sft --config FILE`: ScriptArguments, SFTConfig and ModelConfig fields, "
-         "an `env:` block) and open-r1 SFT recipes, plus an accelerate config with --accelerate-config")
+READS = (
+    "this reads TRL CLI configs (`trl sft --config FILE`: ScriptArguments, SFTConfig and ModelConfig fields, "
+    "an `env:` block) and open-r1 SFT recipes, plus an accelerate config with --accelerate-config"
+)
 # Keys a recipe names its model or data with: one of them makes a file a recipe.
 RECIPE_KEYS = ("model_name_or_path", "dataset_name", "dataset_mixture", "datasets")
 # Keys that say which other kind of file it is (checked in this order).
@@ -20,8 +23,19 @@ OTHER_KINDS = (
     (("finetuning_type",), "a LLaMA-Factory config (it has `finetuning_type`)"),
     (("distributed_type",), "an accelerate config: pass it with --accelerate-config"),
 )
-OPEN_R1_KEYS = ("dataset_mixture", "benchmarks", "callbacks", "chat_template", "system_prompt", "hub_model_revision",
-                "wandb_entity", "wandb_project", "wandb_run_group", "push_to_hub_revision", "overwrite_hub_revision")
+OPEN_R1_KEYS = (
+    "dataset_mixture",
+    "benchmarks",
+    "callbacks",
+    "chat_template",
+    "system_prompt",
+    "hub_model_revision",
+    "wandb_entity",
+    "wandb_project",
+    "wandb_run_group",
+    "push_to_hub_revision",
+    "overwrite_hub_revision",
+)
 
 
 TRL, OPEN_R1 = "a TRL recipe", "an open-r1 recipe"

@@ -1,6 +1,7 @@
 """What an import is made of: each recipe field becomes a Row (the field, the sft_exp settings it lands in,
 and, where sft_exp's semantics differ, why); a Recipe answers "what does this field mean here", the
 recipe's value or TRL's default."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -1,4 +1,5 @@
 """The one table an import prints: recipe field -> sft_exp key -> value, and where sft_exp's meaning differs."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -14,7 +15,7 @@ def _value(value: Any) -> str:
 
     text = value if isinstance(value, str) and value else json.dumps(value)
     text = text.replace("\n", "\\n")
-    return text if len(text) <= MAX_VALUE else f"{text[:MAX_VALUE - 12]}... ({len(text)} chars)"
+    return text if len(text) <= MAX_VALUE else f"{text[: MAX_VALUE - 12]}... ({len(text)} chars)"
 
 
 def _field(row: Row) -> str:
@@ -40,5 +41,8 @@ def table_lines(rows: list[Row], skipped: list[tuple[str, str]]) -> list[str]:
     cells += [(name, "SKIPPED (no sft_exp form)", "", why) for name, why in skipped]
     widths = [max(len(COLUMNS[i]), *(len(c[i]) for c in cells)) for i in range(3)]
     line = lambda c: "  ".join(str(v).ljust(w) for v, w in zip(c[:3], widths)) + "  " + c[3]  # noqa: E731
-    return [line(COLUMNS).rstrip(), "  ".join("-" * w for w in widths) + "  " + "-" * len(COLUMNS[3]),
-            *(line(c).rstrip() for c in cells)]
+    return [
+        line(COLUMNS).rstrip(),
+        "  ".join("-" * w for w in widths) + "  " + "-" * len(COLUMNS[3]),
+        *(line(c).rstrip() for c in cells),
+    ]

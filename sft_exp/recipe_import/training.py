@@ -1,4 +1,5 @@
 """Recipe fields about training -> optimizer, memory, trainer.*, the run folder, evaluation and saving."""
+
 from __future__ import annotations
 
 import functools
@@ -23,8 +24,10 @@ def trainer_keys() -> frozenset[str]:
 
 def training_argument(name: str):
     """A TrainingArguments field sft_exp passes on as it is: trainer.<name>, or trainer.extra_args.<name>."""
+
     def handler(r: Recipe, value) -> Row:
         return one(f"trainer.{name}" if name in trainer_keys() else f"trainer.extra_args.{name}", value)
+
     return handler
 
 
@@ -52,8 +55,14 @@ def optim(r: Recipe, value) -> Row:
     if value in ADAMW:
         return Row("", [Setting(f"{GROUP}optimizer", "adamw"), Setting("optimizer.fused", ADAMW[value])])
     if value == "sgd":  # transformers builds torch.optim.SGD with no momentum
-        return Row("", [Setting(f"{GROUP}optimizer", "sgd"), Setting("optimizer.momentum", 0.0),
-                        Setting("optimizer.nesterov", False)])
+        return Row(
+            "",
+            [
+                Setting(f"{GROUP}optimizer", "sgd"),
+                Setting("optimizer.momentum", 0.0),
+                Setting("optimizer.nesterov", False),
+            ],
+        )
     raise Unmapped(f"optim {value!r}: sft_exp's optimizer group has adamw_torch(_fused) (optimizer=adamw) and sgd")
 
 
@@ -85,7 +94,9 @@ def activation_offloading(r: Recipe, value) -> Row:
 def gradient_checkpointing_kwargs(r: Recipe, value) -> Row:
     value = dict(value or {})
     if value and value != {"use_reentrant": False}:
-        raise Unmapped(f"gradient_checkpointing_kwargs {value}: sft_exp checkpoints non-reentrant, with no other kwargs")
+        raise Unmapped(
+            f"gradient_checkpointing_kwargs {value}: sft_exp checkpoints non-reentrant, with no other kwargs"
+        )
     return Row("", info="sft_exp checkpoints non-reentrant: the same")
 
 
@@ -100,27 +111,37 @@ def data_seed(r: Recipe, value) -> Row:
 
 
 def output_dir(r: Recipe, value) -> Row:
-    return one("hydra.run.dir", value, "the run folder: checkpoints in <dir>/checkpoints, the model in <dir>/model "
-                                       "(TRL: both in output_dir); a relaunch resumes it, never overwrites it")
+    return one(
+        "hydra.run.dir",
+        value,
+        "the run folder: checkpoints in <dir>/checkpoints, the model in <dir>/model "
+        "(TRL: both in output_dir); a relaunch resumes it, never overwrites it",
+    )
 
 
 def overwrite_output_dir(r: Recipe, value) -> Row:
-    return Row("", note="gone from transformers 5; sft_exp never overwrites a run folder: a relaunch resumes "
-                        "(open-r1's sft.py resumes as well)")
+    return Row(
+        "",
+        note="gone from transformers 5; sft_exp never overwrites a run folder: a relaunch resumes "
+        "(open-r1's sft.py resumes as well)",
+    )
 
 
 def not_read(why: str):
     def handler(r: Recipe, value) -> Row:
         return Row("", info=why)
+
     return handler
 
 
 def only_default(why: str, *same):
     """A field sft_exp has no setting for: fine at the values in `same` (what sft_exp does), refused otherwise."""
+
     def handler(r: Recipe, value) -> Row:
         if value not in same:
             raise Unmapped(why)
         return Row("", info="sft_exp does the same")
+
     return handler
 
 
@@ -148,12 +169,16 @@ def eval_strategy(r: Recipe, value) -> Row:
         if not r.mixture:
             settings.append(Setting("data.eval_split_size", 0))
         elif r.mixture.get("test_split_size"):
-            note = ("open-r1 holds out the mixture's test split without evaluating it; sft_exp evaluates those rows "
-                    "before and after training")
+            note = (
+                "open-r1 holds out the mixture's test split without evaluating it; sft_exp evaluates those rows "
+                "before and after training"
+            )
         return Row("", [*settings, Setting("trainer.eval_steps", None)], note)
     if r.mixture and not r.mixture.get("test_split_size"):
-        raise Unmapped(f"eval_strategy {value!r} with a dataset_mixture that has no test_split_size: open-r1 would "
-                       "find no test split; set dataset_mixture.test_split_size")
+        raise Unmapped(
+            f"eval_strategy {value!r} with a dataset_mixture that has no test_split_size: open-r1 would "
+            "find no test split; set dataset_mixture.test_split_size"
+        )
     note = "sft_exp also evaluates before training and after the last step"
     if value == "steps":
         return Row("", [*settings, Setting("trainer.eval_steps", r.get("eval_steps") or r.get("logging_steps"))], note)
@@ -179,11 +204,13 @@ def report_to(r: Recipe, value) -> Row:
 
 def wandb_field(key: str):
     """open-r1's wandb_entity / wandb_project / wandb_run_group, and run_name: the W&B logger's fields."""
+
     def handler(r: Recipe, value) -> Row:
         names = r.get("report_to")
         if "wandb" not in ([names] if isinstance(names, str) else list(names or [])):
             return Row("", info="not read: the recipe does not report to wandb")
         return one(f"logger.wandb.{key}", value)
+
     return handler
 
 
@@ -200,8 +227,11 @@ def use_liger_kernel(r: Recipe, value) -> Row:
 def env(r: Recipe, value) -> Row:
     if not isinstance(value, dict):
         raise Unmapped("env: expected a mapping of environment variables")
-    return Row("", [Setting(f"hydra.job.env_set.{name}", str(v)) for name, v in value.items()],
-               info="set by Hydra as the job starts (hydra.job.env_set)")
+    return Row(
+        "",
+        [Setting(f"hydra.job.env_set.{name}", str(v)) for name, v in value.items()],
+        info="set by Hydra as the job starts (hydra.job.env_set)",
+    )
 
 
 def repo_name(r: Recipe) -> str:

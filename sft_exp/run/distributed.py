@@ -6,6 +6,7 @@ every rank composes the same config and calls train.run. The Trainer (with accel
 data-parallel work itself: `distributed=fsdp` and `distributed=deepspeed` only hand transformers
 the TrainingArguments it already understands (`fsdp`/`fsdp_config`, `deepspeed`).
 """
+
 from __future__ import annotations
 
 import atexit
@@ -62,8 +63,11 @@ def _check_deepspeed(strategy: str) -> None:
     from importlib.util import find_spec
 
     if find_spec("deepspeed") is None:  # not imported here: importing deepspeed takes seconds
-        instead = "distributed=fsdp (no extra package)" if strategy == "deepspeed" else \
-            "distributed=ring on GPUs (torch's own ring attention)"
+        instead = (
+            "distributed=fsdp (no extra package)"
+            if strategy == "deepspeed"
+            else "distributed=ring on GPUs (torch's own ring attention)"
+        )
         raise ConfigError(
             f"distributed={strategy} needs the deepspeed package, which is not installed: "
             f"`pip install 'sft_exp[deepspeed]'` (or `pip install deepspeed`), or use {instead}."
@@ -96,9 +100,14 @@ def explain_single_process(strategy: str) -> None:
     if strategy == "ddp" or world_size() > 1:
         return
     what = "split each row across" if strategy in ENGINE_OF else "shard across"
-    log.warning("distributed=%s in one process: there is no other rank to %s, so this trains as one plain "
-                "process (same result). Start several with `torchrun --nproc_per_node N -m sft_exp "
-                "distributed=%s ...`.", strategy, what, strategy)
+    log.warning(
+        "distributed=%s in one process: there is no other rank to %s, so this trains as one plain "
+        "process (same result). Start several with `torchrun --nproc_per_node N -m sft_exp "
+        "distributed=%s ...`.",
+        strategy,
+        what,
+        strategy,
+    )
 
 
 def training_arguments(strategy_args: dict, strategy: str = "ddp", split: int = 1) -> dict:
@@ -275,7 +284,8 @@ def check_gradients_are_averaged(trainer) -> None:
     parallelism = getattr(accelerator, "parallelism_config", None)
     data_parallel = accelerator.multi_device or accelerator.distributed_type == DistributedType.MULTI_CPU
     plain_ddp = data_parallel and not (
-        trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled
+        trainer.is_deepspeed_enabled
+        or trainer.is_fsdp_enabled
         or getattr(trainer, "is_distributed_loading_by_transformers", False)
         or (parallelism is not None and parallelism.tp_enabled)
     )

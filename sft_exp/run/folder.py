@@ -1,4 +1,5 @@
 """The files that make a run folder self-describing: resolved_config.yaml, run_info.json, summary.json."""
+
 from __future__ import annotations
 
 import platform
@@ -15,8 +16,20 @@ from omegaconf import OmegaConf
 from sft_exp.atomic import read_json, write_json
 from sft_exp.plain import dotted
 
-PACKAGES = ("sft_exp", "torch", "transformers", "datasets", "accelerate", "tokenizers", "peft", "trl",
-            "hydra-core", "omegaconf", "wandb", "numpy")
+PACKAGES = (
+    "sft_exp",
+    "torch",
+    "transformers",
+    "datasets",
+    "accelerate",
+    "tokenizers",
+    "peft",
+    "trl",
+    "hydra-core",
+    "omegaconf",
+    "wandb",
+    "numpy",
+)
 
 
 def write_resolved_config(resolved: dict, run_dir: Path) -> None:
@@ -46,8 +59,11 @@ def config_changes(run_dir: Path, resolved: dict) -> dict:
     moved_from, moved_to = before.get("run_dir"), after.get("run_dir")
     if isinstance(moved_from, str) and isinstance(moved_to, str):  # a run folder moved before its resume
         before = {k: v.replace(moved_from, moved_to) if isinstance(v, str) else v for k, v in before.items()}
-    return {key: [before.get(key), after.get(key)] for key in sorted(set(before) | set(after))
-            if before.get(key) != after.get(key) and key not in _RESUME_KEYS}
+    return {
+        key: [before.get(key), after.get(key)]
+        for key in sorted(set(before) | set(after))
+        if before.get(key) != after.get(key) and key not in _RESUME_KEYS
+    }
 
 
 CONTAMINATION_FILE = "contamination.jsonl"
@@ -77,6 +93,7 @@ def package_versions() -> dict:
 
 def git_state(where: Path) -> dict:
     """Commit and dirty flag of the checkout sft_exp runs from (None outside a git checkout)."""
+
     def git(*args: str) -> Optional[str]:
         try:
             out = subprocess.run(["git", "-C", str(where), *args], capture_output=True, text=True, timeout=10)
@@ -99,8 +116,9 @@ def device_description() -> str:
     return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
-def write_run_info(run_dir: Path, *, seed: int, data_fingerprint: str, data_stats: dict,
-                   overrides: list, extra: Optional[dict] = None) -> dict:
+def write_run_info(
+    run_dir: Path, *, seed: int, data_fingerprint: str, data_stats: dict, overrides: list, extra: Optional[dict] = None
+) -> dict:
     info = {
         "versions": package_versions(),
         "git": git_state(Path(__file__).resolve().parent),

@@ -13,6 +13,7 @@ transformers does; all_checkpoints queues every one). A failed push does not sto
 still in the run folder, the failure is a warning naming the folder and the command that pushes it later,
 and summary.json lists what was pushed and what was not. Only rank 0 pushes.
 """
+
 from __future__ import annotations
 
 import logging
@@ -35,8 +36,9 @@ TRAINING_STATE = ["optimizer.pt", "scheduler.pt", "rng_state*.pth", "trainer_sta
 class PushToHub(TrainerCallback):
     """Upload checkpoints and the final model to the Hub repository `repo_id` (created if missing)."""
 
-    def __init__(self, repo_id: str, strategy: str = "every_save", private: bool = False,
-                 revision: Optional[str] = None):
+    def __init__(
+        self, repo_id: str, strategy: str = "every_save", private: bool = False, revision: Optional[str] = None
+    ):
         from huggingface_hub import get_token
         from huggingface_hub.utils import HFValidationError, validate_repo_id
 
@@ -45,15 +47,21 @@ class PushToHub(TrainerCallback):
         try:
             validate_repo_id(repo_id)
         except HFValidationError as err:
-            raise ConfigError(f"callbacks.push_to_hub.repo_id={repo_id!r}: not a Hub repository id ({err}); use "
-                              "owner/name, e.g. me/my-model") from None
+            raise ConfigError(
+                f"callbacks.push_to_hub.repo_id={repo_id!r}: not a Hub repository id ({err}); use "
+                "owner/name, e.g. me/my-model"
+            ) from None
         if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
-            raise ConfigError("callbacks.push_to_hub: HF_HUB_OFFLINE is set, so nothing could be pushed; unset it, "
-                              "or train without the push (callbacks=default) and push later with "
-                              "`python -m sft_exp.export <run folder> --push-to-hub REPO`.")
+            raise ConfigError(
+                "callbacks.push_to_hub: HF_HUB_OFFLINE is set, so nothing could be pushed; unset it, "
+                "or train without the push (callbacks=default) and push later with "
+                "`python -m sft_exp.export <run folder> --push-to-hub REPO`."
+            )
         if get_token() is None:
-            raise ConfigError("callbacks.push_to_hub: not logged in to the Hugging Face Hub; run `hf auth login` or "
-                              "set HF_TOKEN, then start again.")
+            raise ConfigError(
+                "callbacks.push_to_hub: not logged in to the Hugging Face Hub; run `hf auth login` or "
+                "set HF_TOKEN, then start again."
+            )
         self.repo_id, self.strategy, self.private, self.revision = repo_id, strategy, private, revision
         self.pushed: list[str] = []
         self.failed: dict[str, str] = {}
@@ -66,8 +74,9 @@ class PushToHub(TrainerCallback):
             return
         self._collect()
         if self.strategy != "all_checkpoints" and any(not job.done() for _, _, job in self._pending):
-            log.info("push to %s: the previous push still runs; checkpoint-%d is not pushed", self.repo_id,
-                     state.global_step)
+            log.info(
+                "push to %s: the previous push still runs; checkpoint-%d is not pushed", self.repo_id, state.global_step
+            )
             return
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         self._submit(folder, f"step {state.global_step}")
@@ -80,15 +89,22 @@ class PushToHub(TrainerCallback):
         self._pending.append((str(model_dir), by_hand, job))
         self._collect(wait=True)
         if self.failed:
-            log.error("push to %s: %d of %d pushes failed (each named above); the files are in the run folder",
-                      self.repo_id, len(self.failed), len(self.failed) + len(self.pushed))
+            log.error(
+                "push to %s: %d of %d pushes failed (each named above); the files are in the run folder",
+                self.repo_id,
+                len(self.failed),
+                len(self.failed) + len(self.pushed),
+            )
         return {"repo_id": self.repo_id, "strategy": self.strategy, "pushed": self.pushed, "failed": self.failed}
 
     # ------------------------------------------------------------------ uploads
     def _submit(self, checkpoint: Path, what: str) -> None:
         in_repo = {"checkpoint": "last-checkpoint", "all_checkpoints": checkpoint.name}.get(self.strategy)
-        by_hand = f"hf upload {self.repo_id} {checkpoint} " + (in_repo or ". " + " ".join(
-            f"--exclude '{pattern}'" for pattern in TRAINING_STATE)) + self._revision_flag()
+        by_hand = (
+            f"hf upload {self.repo_id} {checkpoint} "
+            + (in_repo or ". " + " ".join(f"--exclude '{pattern}'" for pattern in TRAINING_STATE))
+            + self._revision_flag()
+        )
         job = self._worker.submit(self._upload, checkpoint, in_repo, TRAINING_STATE, what)
         self._pending.append((str(checkpoint), by_hand, job))
 
@@ -104,11 +120,21 @@ class PushToHub(TrainerCallback):
         if self.revision:
             api.create_branch(self.repo_id, branch=self.revision, exist_ok=True)
         message = f"sft_exp: {what}"
-        api.upload_folder(repo_id=self.repo_id, folder_path=str(folder), revision=self.revision,
-                          ignore_patterns=ignored, commit_message=message)
+        api.upload_folder(
+            repo_id=self.repo_id,
+            folder_path=str(folder),
+            revision=self.revision,
+            ignore_patterns=ignored,
+            commit_message=message,
+        )
         if whole_to:
-            api.upload_folder(repo_id=self.repo_id, folder_path=str(folder), path_in_repo=whole_to,
-                              revision=self.revision, commit_message=f"{message}, checkpoint")
+            api.upload_folder(
+                repo_id=self.repo_id,
+                folder_path=str(folder),
+                path_in_repo=whole_to,
+                revision=self.revision,
+                commit_message=f"{message}, checkpoint",
+            )
 
     def _collect(self, wait: bool = False) -> None:
         """Record the finished pushes; a failure is a warning with the command that pushes that folder later."""
@@ -123,8 +149,14 @@ class PushToHub(TrainerCallback):
                 continue
             reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
             self.failed[folder] = reason
-            log.warning("push of %s to the Hub repository %s failed (%s); the run goes on and the files stay "
-                        "there: push them later with `%s`", folder, self.repo_id, reason, by_hand)
+            log.warning(
+                "push of %s to the Hub repository %s failed (%s); the run goes on and the files stay "
+                "there: push them later with `%s`",
+                folder,
+                self.repo_id,
+                reason,
+                by_hand,
+            )
         self._pending = still
 
 

@@ -1,4 +1,5 @@
 """What Hydra says about the job this process runs: its overrides, and whether it is one job of a sweep."""
+
 from __future__ import annotations
 
 from pathlib import Path

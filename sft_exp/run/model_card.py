@@ -5,6 +5,7 @@ so `export` writes the same card beside a merged model. It says what a reader ne
 model: the base model, the data (sources, row counts, fingerprint), the resolved config, the task
 scores before and after training, where generation stops, and the versions of the frameworks.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -33,8 +34,7 @@ def _scores(summary: dict) -> list:
     """(metric, before, after) of every eval_* value the run logged both before and after training."""
     rows = []
     for key, after in summary.items():
-        if (key.startswith("eval_") and not key.endswith(("_before", *_TIMINGS))
-                and isinstance(after, (int, float))):
+        if key.startswith("eval_") and not key.endswith(("_before", *_TIMINGS)) and isinstance(after, (int, float)):
             rows.append((key, summary.get(f"{key}_before"), after))
     return rows
 
@@ -50,7 +50,13 @@ def _evaluation_lines(summary: dict, evaluations: dict) -> list:
     scores = _scores(summary)
     if not scores:
         return []
-    lines = ["", "## Evaluation", "", "| metric | n | source | before training | after training |", "|---|---|---|---|---|"]
+    lines = [
+        "",
+        "## Evaluation",
+        "",
+        "| metric | n | source | before training | after training |",
+        "|---|---|---|---|---|",
+    ]
     for key, before, after in scores:
         n, source = basis_cells(key, evaluations)
         lines.append(f"| {key} | {n} | {f'`{source}`' if source else ''} | {_number(before)} | {_number(after)} |")
@@ -63,15 +69,23 @@ def contamination_lines(found: dict) -> list:
         return []
     if found.get("mode") == "off":
         return ["", "## Contamination", "", "Not checked (`data.decontamination.mode=off`)."]
-    lines = ["", "## Contamination", "",
-             f"Training rows checked against every evaluation text of the run ({found['ngram']}-word n-grams, "
-             f"lower-cased, as s1 and open-r1; held-out rows also whole): {found['rows']} of {found['rows_checked']} "
-             f"match (mode `{found['mode']}`); {found['duplicates']} exact duplicate training rows "
-             f"(`data.deduplicate={found['deduplicate']}`)."
-             + (" The matching rows are listed in `contamination.jsonl` in the run folder." if found["rows"] else ""),
-             "", "| evaluation | source | items | training rows matching | items matched |", "|---|---|---|---|---|"]
+    lines = [
+        "",
+        "## Contamination",
+        "",
+        f"Training rows checked against every evaluation text of the run ({found['ngram']}-word n-grams, "
+        f"lower-cased, as s1 and open-r1; held-out rows also whole): {found['rows']} of {found['rows_checked']} "
+        f"match (mode `{found['mode']}`); {found['duplicates']} exact duplicate training rows "
+        f"(`data.deduplicate={found['deduplicate']}`)."
+        + (" The matching rows are listed in `contamination.jsonl` in the run folder." if found["rows"] else ""),
+        "",
+        "| evaluation | source | items | training rows matching | items matched |",
+        "|---|---|---|---|---|",
+    ]
     for name, group in (found.get("per_eval") or {}).items():
-        lines.append(f"| {name} | `{group['source']}` | {group['items_checked']} | {group['rows']} | {group['items_matched']} |")
+        lines.append(
+            f"| {name} | `{group['source']}` | {group['items_checked']} | {group['rows']} | {group['items_matched']} |"
+        )
     lines += [f"| {item['name']} | not checked: {item['reason']} | | | |" for item in found.get("not_checked") or []]
     return lines
 
@@ -87,12 +101,16 @@ def card_text(run_dir: Path, stop_ids: Optional[list] = None, summary: Optional[
     stats = info.get("data_stats") or {}
     base_text, base_id = _base_model(config.get("model") or {})
     peft = config.get("peft")
-    metadata = {"library_name": "transformers", "pipeline_tag": "text-generation",
-                "tags": ["sft_exp", "sft", *(["peft", "lora"] if peft else [])]}
+    metadata = {
+        "library_name": "transformers",
+        "pipeline_tag": "text-generation",
+        "tags": ["sft_exp", "sft", *(["peft", "lora"] if peft else [])],
+    }
     if base_id:
         metadata["base_model"] = base_id
     lines = [
-        "# Fine-tuned with sft_exp", "",
+        "# Fine-tuned with sft_exp",
+        "",
         f"- Base model: {base_text}",
         f"- Training: {'LoRA adapter (' + str(peft.get('_target_', 'peft')).rsplit('.', 1)[-1] + ')' if peft else 'full fine-tune'}, "
         f"{summary.get('global_step', '?')} optimizer steps, {summary.get('num_tokens', '?')} tokens, status "
@@ -101,30 +119,47 @@ def card_text(run_dir: Path, stop_ids: Optional[list] = None, summary: Optional[
     ]
     end = stats.get("end_of_turn") or {}
     if end.get("token"):
-        lines.append(f"- End of turn: `{end['token']}` (id {end['id']}), {end['trained']} of {end['supervised']} "
-                     f"supervised tokens ({100 * (end['share'] or 0):.2f}%)")
+        lines.append(
+            f"- End of turn: `{end['token']}` (id {end['id']}), {end['trained']} of {end['supervised']} "
+            f"supervised tokens ({100 * (end['share'] or 0):.2f}%)"
+        )
     if stop_ids:
         lines.append(f"- Generation stops at token ids {stop_ids} (generation_config.json `eos_token_id`)")
-    lines += ["", "## Data", "", f"Fingerprint `{info.get('data_fingerprint', '?')}`; {stats.get('train_rows', '?')} "
-              f"training rows, {stats.get('eval_rows', '?')} eval rows, {stats.get('supervised_tokens', '?')} "
-              "supervised tokens.", "", "| source | role | path | format | rows read | rows kept | rows dropped |",
-              "|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Data",
+        "",
+        f"Fingerprint `{info.get('data_fingerprint', '?')}`; {stats.get('train_rows', '?')} "
+        f"training rows, {stats.get('eval_rows', '?')} eval rows, {stats.get('supervised_tokens', '?')} "
+        "supervised tokens.",
+        "",
+        "| source | role | path | format | rows read | rows kept | rows dropped |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for role, group in (("train", stats.get("sources") or {}), ("eval", stats.get("eval_sources") or {})):
         for name, source in group.items():
-            lines.append(f"| {name} | {role} | `{source.get('path')}` | {source.get('format')} | {source.get('rows_read')} "
-                         f"| {source.get('rows_kept')} | {source.get('rows_dropped') or 0} |")
+            lines.append(
+                f"| {name} | {role} | `{source.get('path')}` | {source.get('format')} | {source.get('rows_read')} "
+                f"| {source.get('rows_kept')} | {source.get('rows_dropped') or 0} |"
+            )
     lines += _evaluation_lines(summary, info.get("evaluations") or {})
     lines += contamination_lines(stats.get("contamination") or {})
     versions = info.get("versions") or {}
-    lines += ["", "## Framework versions", "", *[f"- {name}: {version}" for name, version in versions.items() if version]]
+    lines += [
+        "",
+        "## Framework versions",
+        "",
+        *[f"- {name}: {version}" for name, version in versions.items() if version],
+    ]
     if (info.get("git") or {}).get("commit"):
         lines.append(f"- sft_exp commit: {info['git']['commit']}{' (dirty)' if info['git'].get('dirty') else ''}")
     lines += ["", "## Resolved config", "", "```yaml", OmegaConf.to_yaml(OmegaConf.create(config)).rstrip(), "```", ""]
     return metadata, "\n".join(lines)
 
 
-def write_model_card(run_dir: Path, folder: Path, stop_ids: Optional[list] = None,
-                     summary: Optional[dict] = None) -> Path:
+def write_model_card(
+    run_dir: Path, folder: Path, stop_ids: Optional[list] = None, summary: Optional[dict] = None
+) -> Path:
     """Write <folder>/README.md (replacing peft's placeholder card in an adapter folder); return its path."""
     from huggingface_hub import ModelCard, ModelCardData
 

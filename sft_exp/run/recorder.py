@@ -4,6 +4,7 @@
 line in metrics.jsonl and one readable console line. Only rank 0 writes. It observes and never
 steers: the rows are the Trainer's log rows as they are.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,7 +42,9 @@ class RunRecorder(TrainerCallback):
         if state.global_step > 0 and state.is_world_process_zero:  # resumed: the state is the checkpoint's
             dropped = truncate_rows(self.path, after_step=state.global_step)
             if dropped:
-                log.info("resumed at step %d: dropped %d metrics.jsonl rows logged after it", state.global_step, dropped)
+                log.info(
+                    "resumed at step %d: dropped %d metrics.jsonl rows logged after it", state.global_step, dropped
+                )
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero or not logs:
@@ -56,13 +59,21 @@ class RunRecorder(TrainerCallback):
         if "train_runtime" in row:  # transformers' end-of-training row
             return f"training done: {row['step']} steps in {_duration(row['train_runtime'])}"
         parts = ["before training" if state.max_steps == 0 else f"step {row['step']}/{state.max_steps}"]
-        for key, label in (("loss", "loss"), ("mean_token_accuracy", "acc"), ("entropy", "entropy"),
-                           ("eval_loss", "eval_loss"), ("eval_mean_token_accuracy", "eval_acc")):
+        for key, label in (
+            ("loss", "loss"),
+            ("mean_token_accuracy", "acc"),
+            ("entropy", "entropy"),
+            ("eval_loss", "eval_loss"),
+            ("eval_mean_token_accuracy", "eval_acc"),
+        ):
             if isinstance(row.get(key), (int, float)):
                 parts.append(f"{label} {row[key]:.4f}")
         # Task scores (eval_<task>/<metric>): every one, they are what the fine-tune is for.
-        parts += [f"{key[len('eval_'):]} {format_score(key, value)}" for key, value in row.items()
-                  if key.startswith("eval_") and "/" in key and isinstance(value, (int, float))]
+        parts += [
+            f"{key[len('eval_') :]} {format_score(key, value)}"
+            for key, value in row.items()
+            if key.startswith("eval_") and "/" in key and isinstance(value, (int, float))
+        ]
         now = time.monotonic()
         if "num_tokens" in row:
             if self._last is not None and now > self._last[0]:

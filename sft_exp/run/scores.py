@@ -3,6 +3,7 @@
 eval_loss, eval_nll, eval_mean_token_accuracy, ... are measured on the eval set (the held-out rows);
 eval_<task>/<metric> on the task's prompts. The model card and the report print both beside every score.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -28,7 +29,7 @@ def basis(key: str, evaluations: dict) -> Optional[dict]:
     """The record an eval_* metric rests on: eval_<task>/... the task's, any other eval_* the eval set's."""
     if not key.startswith("eval_"):
         return None
-    name = key[len("eval_"):].split("/", 1)[0] if "/" in key else EVAL_SET
+    name = key[len("eval_") :].split("/", 1)[0] if "/" in key else EVAL_SET
     return evaluations.get(name)
 
 

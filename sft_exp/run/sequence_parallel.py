@@ -12,6 +12,7 @@ the next shard's first), the loss divides by the supervised tokens of the whole 
 to the engine's gradient averaging (`loss_scale`), evaluation and generation run unsplit
 (`unsplit_attention`), and a resume skips the split batches it already trained (`resumed_dataloader`).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -27,9 +28,11 @@ SIZE_KEYS = {"ulysses": "sp_size", "ring": "cp_size"}
 ULYSSES_ATTENTION = ("sdpa", "sdpa_varlen", "flash_attention_2", "flash_attention_3")
 RING_ATTENTION = ("sdpa",)
 # torch 2.13 on 2 gloo CPU processes (measured): its ring attention has no CPU kernel.
-RING_ON_CPU = ("torch's ring attention has no CPU kernel: context_parallel on CPU tensors fails with "
-               "\"Operator aten._scaled_dot_product_flash_attention_for_cpu.default does not have a sharding "
-               "strategy registered\" (it handles the CUDA flash, efficient and cuDNN SDPA kernels only)")
+RING_ON_CPU = (
+    "torch's ring attention has no CPU kernel: context_parallel on CPU tensors fails with "
+    '"Operator aten._scaled_dot_product_flash_attention_for_cpu.default does not have a sharding '
+    'strategy registered" (it handles the CUDA flash, efficient and cuDNN SDPA kernels only)'
+)
 
 
 def launched_world() -> tuple[int, int]:
@@ -57,8 +60,10 @@ def check_sequence_parallel(strategy: str, sizes: dict, model_cfg, data_cfg, tra
     """The sizes, the model's heads, its attention and the batch layout against the engine: one error each."""
     for other, key in SIZE_KEYS.items():
         if other != strategy and sizes.get(key) is not None:
-            raise ConfigError(f"distributed.{key}={sizes[key]} is for distributed={other}; this run is "
-                              f"distributed={strategy}. Remove it, or use distributed={other}.")
+            raise ConfigError(
+                f"distributed.{key}={sizes[key]} is for distributed={other}; this run is "
+                f"distributed={strategy}. Remove it, or use distributed={other}."
+            )
     if strategy not in SIZE_KEYS:
         return
     key, size = SIZE_KEYS[strategy], split_size(strategy, sizes)
@@ -67,8 +72,10 @@ def check_sequence_parallel(strategy: str, sizes: dict, model_cfg, data_cfg, tra
         raise ConfigError(f"distributed.{key}={size} must be at least 1 (the ranks that split one row).")
     if world > 1 and world % size:
         divisors = [d for d in range(1, world + 1) if world % d == 0]
-        raise ConfigError(f"distributed.{key}={size} does not divide the {world} processes ({key} x data-parallel "
-                          f"groups = world size): set distributed.{key} to one of {divisors}.")
+        raise ConfigError(
+            f"distributed.{key}={size} does not divide the {world} processes ({key} x data-parallel "
+            f"groups = world size): set distributed.{key} to one of {divisors}."
+        )
     if strategy == "ulysses":
         _check_ulysses(size, model_cfg, data_cfg, split=world > 1)
         _check_loader_workers(trainer_cfg, split=world > 1 and size > 1)
@@ -153,8 +160,10 @@ def _check_loader_workers(trainer_cfg, split: bool) -> None:
 def _check_ring(model_cfg, data_cfg, split: bool) -> None:
     attention = model_cfg.get("attn_implementation") or "sdpa"
     if attention not in RING_ATTENTION:
-        raise ConfigError(f"distributed=ring with model.attn_implementation={attention}: torch's ring attention "
-                          "replaces SDPA only. Set model.attn_implementation=sdpa.")
+        raise ConfigError(
+            f"distributed=ring with model.attn_implementation={attention}: torch's ring attention "
+            "replaces SDPA only. Set model.attn_implementation=sdpa."
+        )
     for key in ("packing", "padding_free"):
         if data_cfg.get(key):
             raise ConfigError(
@@ -165,13 +174,17 @@ def _check_ring(model_cfg, data_cfg, split: bool) -> None:
     import torch
 
     if split and not torch.cuda.is_available():
-        raise ConfigError(f"distributed=ring on CPU: {RING_ON_CPU}. Run it on GPUs, or split rows on CPU with "
-                          "distributed=ulysses (DeepSpeed's Ulysses runs on CPU processes over gloo).")
+        raise ConfigError(
+            f"distributed=ring on CPU: {RING_ON_CPU}. Run it on GPUs, or split rows on CPU with "
+            "distributed=ulysses (DeepSpeed's Ulysses runs on CPU processes over gloo)."
+        )
     try:
         from torch.distributed.tensor.experimental import context_parallel  # noqa: F401
     except ImportError:
-        raise ConfigError(f"distributed=ring needs torch's context parallelism, which torch {torch.__version__} "
-                          "lacks: `pip install -U 'torch>=2.7'`, or use distributed=ulysses.") from None
+        raise ConfigError(
+            f"distributed=ring needs torch's context parallelism, which torch {torch.__version__} "
+            "lacks: `pip install -U 'torch>=2.7'`, or use distributed=ulysses."
+        ) from None
 
 
 def text_config(model_cfg):
@@ -184,9 +197,11 @@ def text_config(model_cfg):
             init = dict(init)
             return AutoConfig.for_model(init.pop("model_type"), **init).get_text_config()
         if model_cfg.get("name_or_path") and not model_cfg.get("gguf_file"):
-            return AutoConfig.from_pretrained(model_cfg.name_or_path, revision=model_cfg.get("revision"),
-                                              trust_remote_code=model_cfg.get("trust_remote_code", False)
-                                              ).get_text_config()
+            return AutoConfig.from_pretrained(
+                model_cfg.name_or_path,
+                revision=model_cfg.get("revision"),
+                trust_remote_code=model_cfg.get("trust_remote_code", False),
+            ).get_text_config()
     except (OSError, ValueError):
         return None  # the model load reports it
     return None
@@ -200,21 +215,32 @@ def parallelism_arguments(strategy: str, size: int) -> dict:
 
     world = launched_world()[0]
     if size <= 1:
-        log.info("distributed.%s=1: no row is split; this trains as distributed=%s over %d processes",
-                 SIZE_KEYS[strategy], "deepspeed" if strategy == "ulysses" else "fsdp", world)
+        log.info(
+            "distributed.%s=1: no row is split; this trains as distributed=%s over %d processes",
+            SIZE_KEYS[strategy],
+            "deepspeed" if strategy == "ulysses" else "fsdp",
+            world,
+        )
         return {}
     if strategy == "ring":
         from accelerate.utils import TorchContextParallelConfig
 
-        return {"parallelism_config": ParallelismConfig(cp_size=size, dp_shard_size=world // size, cp_backend="torch",
-                                                        cp_handler=TorchContextParallelConfig())}
+        return {
+            "parallelism_config": ParallelismConfig(
+                cp_size=size, dp_shard_size=world // size, cp_backend="torch", cp_handler=TorchContextParallelConfig()
+            )
+        }
     from accelerate.utils import DeepSpeedSequenceParallelConfig
 
     # Evaluation runs unsplit (SFTTrainer.evaluate); the attention is the model's own, named by ready_engine.
-    handler = DeepSpeedSequenceParallelConfig(sp_seq_length_is_variable=True, sp_attn_implementation="sdpa",
-                                              sp_disable_in_eval=True)
-    return {"parallelism_config": ParallelismConfig(sp_size=size, sp_backend="deepspeed", dp_replicate_size=world // size,
-                                                    sp_handler=handler)}
+    handler = DeepSpeedSequenceParallelConfig(
+        sp_seq_length_is_variable=True, sp_attn_implementation="sdpa", sp_disable_in_eval=True
+    )
+    return {
+        "parallelism_config": ParallelismConfig(
+            sp_size=size, sp_backend="deepspeed", dp_replicate_size=world // size, sp_handler=handler
+        )
+    }
 
 
 def ready_engine(args, model) -> None:
@@ -265,8 +291,12 @@ def split_collator(strategy: str, size: int, pad_token_id: int):
         base = SFTCollator(pad_token_id, padding_free=True, separate_rows=True, pad_to_multiple_of=size)
     else:
         base = SFTCollator(pad_token_id, padding_free=False, pad_to_multiple_of=2 * size)
-    log.info("batches: %s, each row split across %d ranks (distributed=%s)",
-             "padding-free rows" if strategy == "ulysses" else "padded rows", size, strategy)
+    log.info(
+        "batches: %s, each row split across %d ranks (distributed=%s)",
+        "padding-free rows" if strategy == "ulysses" else "padded rows",
+        size,
+        strategy,
+    )
     # gloo's all_gather (Ulysses gathers each rank's batch) takes equal shapes only; NCCL's any.
     return SplitBatches(base, equal_widths=strategy == "ulysses" and not torch.cuda.is_available())
 
@@ -322,9 +352,14 @@ def loss_scale(trainer) -> int:
 
     from packaging.version import Version
 
-    averages_all = (accelerator.state.deepspeed_plugin.zero_stage == 3
-                    and Version(version("deepspeed")) < Version("0.20.2"))
-    return accelerator.num_processes if averages_all else accelerator.num_processes // accelerator.parallelism_config.sp_size
+    averages_all = accelerator.state.deepspeed_plugin.zero_stage == 3 and Version(version("deepspeed")) < Version(
+        "0.20.2"
+    )
+    return (
+        accelerator.num_processes
+        if averages_all
+        else accelerator.num_processes // accelerator.parallelism_config.sp_size
+    )
 
 
 def counted_once(count, accelerator):
@@ -339,10 +374,15 @@ def ring_context(accelerator, inputs: dict):
     import torch
 
     length = inputs["input_ids"].shape[1]
-    buffers = [value for value in inputs.values() if torch.is_tensor(value) and value.dim() == 2
-               and value.shape[1] == length]
-    return functools.partial(accelerator.maybe_context_parallel, buffers=buffers, buffer_seq_dims=[1] * len(buffers),
-                             no_restore_buffers=set(buffers))
+    buffers = [
+        value for value in inputs.values() if torch.is_tensor(value) and value.dim() == 2 and value.shape[1] == length
+    ]
+    return functools.partial(
+        accelerator.maybe_context_parallel,
+        buffers=buffers,
+        buffer_seq_dims=[1] * len(buffers),
+        no_restore_buffers=set(buffers),
+    )
 
 
 @contextlib.contextmanager
@@ -375,9 +415,13 @@ def resumed_dataloader(dataloader, num_batches: int, skip_first_batches):
     )
 
     whole, part = divmod(num_batches, dataloader.sp_world_size)
-    adapter = UlyssesSPDataLoaderAdapter(skip_first_batches(dataloader.dl, whole), sp_rank=dataloader.sp_rank,
-                                         sp_group=dataloader.sp_group, sp_world_size=dataloader.sp_world_size,
-                                         device=dataloader.device)
+    adapter = UlyssesSPDataLoaderAdapter(
+        skip_first_batches(dataloader.dl, whole),
+        sp_rank=dataloader.sp_rank,
+        sp_group=dataloader.sp_group,
+        sp_world_size=dataloader.sp_world_size,
+        device=dataloader.device,
+    )
     for _ in range(part):  # a collective refill: every rank skips alike
         next(adapter)
     return adapter

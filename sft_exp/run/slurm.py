@@ -5,6 +5,7 @@ Without a reachable controller submitit's sbatch fails late or its status pollin
 answers in seconds, so a sweep that cannot be submitted stops before any job is, with SLURM's own
 error and what to check.
 """
+
 from __future__ import annotations
 
 import logging
@@ -29,8 +30,10 @@ def check_controller(timeout: float = SINFO_TIMEOUT_S) -> None:
             "PATH: run the sweep on a SLURM login node (or install slurm-client), or drop hydra/launcher=slurm."
         ) from None
     except subprocess.TimeoutExpired:
-        raise ConfigError(f"hydra/launcher=slurm: `sinfo` did not answer in {timeout:.0f}s; is slurmctld "
-                          f"running and reachable ({where})?") from None
+        raise ConfigError(
+            f"hydra/launcher=slurm: `sinfo` did not answer in {timeout:.0f}s; is slurmctld "
+            f"running and reachable ({where})?"
+        ) from None
     if done.returncode != 0:
         raise ConfigError(
             f"hydra/launcher=slurm: `sinfo` failed, so no job was submitted:\n  {done.stderr.strip()}\n"
@@ -42,8 +45,10 @@ def check_controller(timeout: float = SINFO_TIMEOUT_S) -> None:
 def has_accounting() -> bool:
     """Whether `sacct` answers (SLURM accounting via slurmdbd); submitit reads job states from it."""
     try:
-        return subprocess.run(["sacct", "-n", "-X", "-j", "1"], capture_output=True, timeout=SINFO_TIMEOUT_S
-                              ).returncode == 0
+        return (
+            subprocess.run(["sacct", "-n", "-X", "-j", "1"], capture_output=True, timeout=SINFO_TIMEOUT_S).returncode
+            == 0
+        )
     except (FileNotFoundError, subprocess.TimeoutExpired):
         return False
 
@@ -104,8 +109,9 @@ def requeued_by_slurm() -> bool:
     if not job:
         return False
     try:
-        shown = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True,
-                               timeout=SINFO_TIMEOUT_S).stdout
+        shown = subprocess.run(
+            ["scontrol", "show", "job", "-o", job], capture_output=True, text=True, timeout=SINFO_TIMEOUT_S
+        ).stdout
     except (FileNotFoundError, subprocess.TimeoutExpired):
         return False
     restarts = next((int(f.split("=", 1)[1]) for f in shown.split() if f.startswith("Restarts=")), 0)

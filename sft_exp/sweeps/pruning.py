@@ -7,6 +7,7 @@ Outside such a sweep it does nothing. A pruned run stops cleanly at that evaluat
 metrics are complete up to it, train.run saves the model and writes status `pruned` in summary.json.
 Rank 0 talks to the storage; the decision is broadcast so every rank stops at the same step.
 """
+
 from __future__ import annotations
 
 import logging

@@ -8,6 +8,7 @@ This is the test Dror et al. recommend for comparing two systems over runs with 
 ("The Hitchhiker's Guide to Testing Statistical Significance in Natural Language Processing", ACL 2018);
 Student's paired t-test itself: Student (1908), "The probable error of a mean", Biometrika 6(1).
 """
+
 from __future__ import annotations
 
 import math
@@ -85,8 +86,13 @@ def verdict(grouped: Dict[str, List[dict]], objective: str, maximize: bool) -> O
         beyond = p < ALPHA
         p_text = f"p = {p:.3g}"
     word = "higher" if maximize else "lower"
-    return (f"Best config by mean {objective} ({word} is better): `{best or '(defaults)'}` "
-            f"({best_mean:.4g}), runner-up `{second or '(defaults)'}` ({second_mean:.4g}): lead {lead:.4g}, "
-            f"{test}, {p_text}: " + ("**beyond seed noise** at the 5% level." if beyond else
-                                    "**within seed noise** (not significant at the 5% level): run more seeds "
-                                    "before preferring one."))
+    return (
+        f"Best config by mean {objective} ({word} is better): `{best or '(defaults)'}` "
+        f"({best_mean:.4g}), runner-up `{second or '(defaults)'}` ({second_mean:.4g}): lead {lead:.4g}, "
+        f"{test}, {p_text}: "
+        + (
+            "**beyond seed noise** at the 5% level."
+            if beyond
+            else "**within seed noise** (not significant at the 5% level): run more seeds before preferring one."
+        )
+    )

@@ -1,5 +1,6 @@
 """Resume bookkeeping in the study itself (trial user attrs), so any sweeper process can act on it:
 which trials count toward n_trials, and which RUNNING trials lost their sweeper (to be taken over)."""
+
 from __future__ import annotations
 
 import os

@@ -1,6 +1,7 @@
 """Optuna's samplers and pruners by name, as `hydra.sweeper.sampler` / `hydra.sweeper.pruner` give them:
 {type: <name>, <keyword arguments of the Optuna class>...}. Built by the sweeper and, for the pruner, by
 each job (which asks its trial whether to stop)."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -8,12 +9,19 @@ from typing import Optional
 from sft_exp.errors import ConfigError
 
 SAMPLERS = {
-    "tpe": "TPESampler", "random": "RandomSampler", "grid": "GridSampler", "cmaes": "CmaEsSampler",
-    "nsga2": "NSGAIISampler", "qmc": "QMCSampler",
+    "tpe": "TPESampler",
+    "random": "RandomSampler",
+    "grid": "GridSampler",
+    "cmaes": "CmaEsSampler",
+    "nsga2": "NSGAIISampler",
+    "qmc": "QMCSampler",
 }
 PRUNERS = {
-    "median": "MedianPruner", "percentile": "PercentilePruner", "successive_halving": "SuccessiveHalvingPruner",
-    "hyperband": "HyperbandPruner", "threshold": "ThresholdPruner",
+    "median": "MedianPruner",
+    "percentile": "PercentilePruner",
+    "successive_halving": "SuccessiveHalvingPruner",
+    "hyperband": "HyperbandPruner",
+    "threshold": "ThresholdPruner",
 }
 
 
@@ -63,12 +71,15 @@ def _applicable(kind: str, kwargs: dict) -> dict:
     own, every = takes(SAMPLERS[kind]), set().union(*(takes(n) for n in SAMPLERS.values()))
     unknown = set(kwargs) - every
     if unknown:
-        raise ConfigError(f"hydra.sweeper.sampler: {sorted(unknown)} is no setting of any sampler; "
-                          f"the {kind} sampler takes {sorted(own)}")
+        raise ConfigError(
+            f"hydra.sweeper.sampler: {sorted(unknown)} is no setting of any sampler; "
+            f"the {kind} sampler takes {sorted(own)}"
+        )
     dropped = set(kwargs) - own
     if dropped:
-        logging.getLogger(__name__).warning("hydra.sweeper.sampler: %s do not apply to the %s sampler: ignored",
-                                            sorted(dropped), kind)
+        logging.getLogger(__name__).warning(
+            "hydra.sweeper.sampler: %s do not apply to the %s sampler: ignored", sorted(dropped), kind
+        )
     return {k: v for k, v in kwargs.items() if k in own}
 
 

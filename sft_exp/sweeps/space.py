@@ -10,6 +10,7 @@ Accepted forms for one parameter, in YAML or on the command line:
   loss: {type: categorical, choices: [nll, dft]}
   trainer.max_steps: 40                             a fixed value every trial gets
 """
+
 from __future__ import annotations
 
 import math
@@ -104,13 +105,20 @@ def _from_mapping(key: str, spec: dict):
 
     kind = spec.pop("type", None)
     if kind not in DICT_TYPES:
-        raise ConfigError(f"hydra.sweeper.params.{key}: type {kind!r} is not one of {', '.join(DICT_TYPES)}; {ACCEPTED}")
-    allowed = {"float": {"low", "high", "log", "step"}, "int": {"low", "high", "log", "step"},
-               "categorical": {"choices"}}[kind]
+        raise ConfigError(
+            f"hydra.sweeper.params.{key}: type {kind!r} is not one of {', '.join(DICT_TYPES)}; {ACCEPTED}"
+        )
+    allowed = {
+        "float": {"low", "high", "log", "step"},
+        "int": {"low", "high", "log", "step"},
+        "categorical": {"choices"},
+    }[kind]
     extra = set(spec) - allowed
     if extra:
-        raise ConfigError(f"hydra.sweeper.params.{key}: {sorted(extra)} do not apply to type {kind} "
-                          f"(it takes {sorted(allowed)}); {ACCEPTED}")
+        raise ConfigError(
+            f"hydra.sweeper.params.{key}: {sorted(extra)} do not apply to type {kind} "
+            f"(it takes {sorted(allowed)}); {ACCEPTED}"
+        )
     if kind == "categorical":
         choices = spec.get("choices")
         if not choices or isinstance(choices, str):
@@ -123,7 +131,9 @@ def _from_mapping(key: str, spec: dict):
         low, high = cast(float(spec["low"])), cast(float(spec["high"]))
         step = None if spec.get("step") is None else cast(float(spec["step"]))
     except (TypeError, ValueError):
-        raise ConfigError(f"hydra.sweeper.params.{key}: low/high/step must be numbers, got {spec}; {ACCEPTED}") from None
+        raise ConfigError(
+            f"hydra.sweeper.params.{key}: low/high/step must be numbers, got {spec}; {ACCEPTED}"
+        ) from None
     log = bool(spec.get("log", False))
     if kind == "int":
         return _checked(key, IntDistribution, low, high, log=log, step=step or 1)
@@ -156,8 +166,10 @@ def grid_of(distributions: dict) -> dict:
             count = int(round((dist.high - dist.low) / dist.step)) + 1
             grid[key] = [dist.low + i * dist.step for i in range(count)]
         else:
-            raise ConfigError(f"hydra.sweeper.params.{key}: the grid sampler needs choices or a range with a "
-                              "step (range(START, STOP, STEP)), not a continuous interval")
+            raise ConfigError(
+                f"hydra.sweeper.params.{key}: the grid sampler needs choices or a range with a "
+                "step (range(START, STOP, STEP)), not a continuous interval"
+            )
     return grid
 
 

@@ -6,6 +6,7 @@
   path/to/study.journal          a journal file elsewhere (also `journal:///abs/path`)
   sqlite:///x.db, postgresql://user@host/db, mysql+pymysql://...   any SQLAlchemy URL (Optuna's RDB storage)
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,7 +23,7 @@ def resolve(storage: Optional[str], sweep_dir: Path) -> str:
         return f"journal:{(Path(sweep_dir) / JOURNAL_FILE).resolve()}"
     storage = str(storage)
     if storage.startswith("journal:"):
-        path = storage[len("journal:"):]
+        path = storage[len("journal:") :]
         path = path[2:] if path.startswith("//") else path
         return f"journal:{Path(path).resolve()}"
     if "://" not in storage:
@@ -38,7 +39,7 @@ def open_storage(url: str):
         if url.startswith("journal:"):
             from optuna.storages.journal import JournalFileBackend
 
-            path = Path(url[len("journal:"):])
+            path = Path(url[len("journal:") :])
             path.parent.mkdir(parents=True, exist_ok=True)
             return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
         return _open_rdb(url)
@@ -78,4 +79,4 @@ def redacted(url: str) -> str:
 
 def dashboard_argument(url: str) -> str:
     """What `optuna-dashboard <argument>` takes for this storage."""
-    return url[len("journal:"):] if url.startswith("journal:") else redacted(url)
+    return url[len("journal:") :] if url.startswith("journal:") else redacted(url)

@@ -9,6 +9,7 @@ SLURM), read each job's summary.json, tell the study. The study lives in its sto
 - each job opens the study itself to report intermediate values and ask whether to stop (pruning), which
   works from a SLURM job as well as in this process.
 """
+
 from __future__ import annotations
 
 import logging
@@ -48,7 +49,8 @@ class StudySweep:
 
         self.hydra_context, self.config = hydra_context, config
         self.launcher = Plugins.instance().instantiate_launcher(
-            hydra_context=hydra_context, task_function=task_function, config=config)
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
 
     # ------------------------------------------------------------------ the sweep
     def sweep(self, arguments: List[str]) -> Any:
@@ -76,12 +78,16 @@ class StudySweep:
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, self.sweep_dir / "multirun.yaml")
         self._write_study_file()
-        log.info("study %s in %s (look at it: optuna-dashboard %s)", self.study.study_name,
-                 storage_lib.redacted(self.url), storage_lib.dashboard_argument(self.url))
+        log.info(
+            "study %s in %s (look at it: optuna-dashboard %s)",
+            self.study.study_name,
+            storage_lib.redacted(self.url),
+            storage_lib.dashboard_argument(self.url),
+        )
         returns = []
         taken_over = self._take_over_interrupted()
         for start in range(0, len(taken_over), int(s.get("n_jobs") or 1)):
-            returns.append(self._run(taken_over[start:start + int(s.get("n_jobs") or 1)]))
+            returns.append(self._run(taken_over[start : start + int(s.get("n_jobs") or 1)]))
         while True:
             remaining = self.n_trials - sum(counts(t) for t in self.study.get_trials(deepcopy=False))
             if remaining <= 0:
@@ -102,15 +108,22 @@ class StudySweep:
             raise ConfigError(
                 f"hydra.sweeper.direction has {len(self.directions)} directions but there are "
                 f"{len(self.objectives)} objectives ({', '.join(self.objectives)}): give one direction per "
-                "objective (hydra.sweeper.objectives lists them; default: the config's `objective`)")
+                "objective (hydra.sweeper.objectives lists them; default: the config's `objective`)"
+            )
         if prunes(s.get("pruner")) and len(self.objectives) > 1:
-            raise ConfigError("hydra.sweeper.pruner works with one objective only (Optuna cannot prune a "
-                              "multi-objective study): set hydra.sweeper.pruner=null or one objective")
+            raise ConfigError(
+                "hydra.sweeper.pruner works with one objective only (Optuna cannot prune a "
+                "multi-objective study): set hydra.sweeper.pruner=null or one objective"
+            )
         if prunes(s.get("pruner")) and self.seeds:
-            raise ConfigError("hydra.sweeper.pruner and hydra.sweeper.seeds together are not supported: a trial's "
-                              "seeds would report to one trial. Prune without replicates, or replicate without a pruner")
+            raise ConfigError(
+                "hydra.sweeper.pruner and hydra.sweeper.seeds together are not supported: a trial's "
+                "seeds would report to one trial. Prune without replicates, or replicate without a pruner"
+            )
         if s.get("seed_objective", "mean") not in AGGREGATES:
-            raise ConfigError(f"hydra.sweeper.seed_objective={s.get('seed_objective')!r}: one of {', '.join(AGGREGATES)}")
+            raise ConfigError(
+                f"hydra.sweeper.seed_objective={s.get('seed_objective')!r}: one of {', '.join(AGGREGATES)}"
+            )
         build_pruner(s.get("pruner"))  # a bad pruner fails now, not in the first job
         kind = (s.get("sampler") or {}).get("type")
         grid = space.grid_of(self.distributions) if kind == "grid" else None
@@ -118,7 +131,9 @@ class StudySweep:
         size = math.prod(len(v) for v in grid.values()) if grid else None
         n_trials = s.get("n_trials")
         if n_trials is None and size is None:
-            raise ConfigError("hydra.sweeper.n_trials is required (trials over the whole study), except with the grid sampler")
+            raise ConfigError(
+                "hydra.sweeper.n_trials is required (trials over the whole study), except with the grid sampler"
+            )
         self.n_trials = int(n_trials if n_trials is not None else size)
         if size is not None and self.n_trials > size:
             log.info("n_trials=%d is more than the grid's %d points: the sweep runs %d", self.n_trials, size, size)
@@ -134,16 +149,21 @@ class StudySweep:
 
     def validate_batch_is_legal(self, batch) -> None:
         for overrides in batch:
-            self.hydra_context.config_loader.load_sweep_config(master_config=self.config, sweep_overrides=list(overrides))
+            self.hydra_context.config_loader.load_sweep_config(
+                master_config=self.config, sweep_overrides=list(overrides)
+            )
 
     def _open_study(self, optuna):
         name = self.settings.get("study_name") or "sft_exp"
-        study = optuna.create_study(study_name=name, storage=self.storage, directions=self.directions,
-                                    load_if_exists=True)
+        study = optuna.create_study(
+            study_name=name, storage=self.storage, directions=self.directions, load_if_exists=True
+        )
         found = [d.name.lower() for d in study.directions]
         if found != self.directions:
-            raise ConfigError(f"study {name} in {storage_lib.redacted(self.url)} was created with direction {found}, "
-                              f"this sweep says {self.directions}: use another hydra.sweeper.study_name")
+            raise ConfigError(
+                f"study {name} in {storage_lib.redacted(self.url)} was created with direction {found}, "
+                f"this sweep says {self.directions}: use another hydra.sweeper.study_name"
+            )
         study.sampler = build_sampler(self.settings.get("sampler"), grid=self.grid, seed_offset=len(study.trials))
         return study
 
@@ -160,8 +180,11 @@ class StudySweep:
             trial_id = compat.trial_id(frozen)
             if not claim(self.storage, trial_id):
                 continue  # another sweeper claimed it at the same moment
-            log.warning("trial %d was interrupted (its sweeper is gone): this sweeper runs it again%s", frozen.number,
-                        "" if not self._checkpointed(frozen.number) else ", from its last checkpoint")
+            log.warning(
+                "trial %d was interrupted (its sweeper is gone): this sweeper runs it again%s",
+                frozen.number,
+                "" if not self._checkpointed(frozen.number) else ", from its last checkpoint",
+            )
             taken.append(optuna_trial(self.study, trial_id))
         self.taken_over = {trial.number for trial in taken}
         return taken
@@ -208,8 +231,13 @@ class StudySweep:
         hydra = ["hydra.sweeper.trial=" + str(number), space.override("hydra.sweeper.storage", self.url)]
         if not self.seeds:
             return [(str(number), [*self.fixed, *params, *hydra, f"hydra.sweep.subdir={number}"])]
-        return [(f"{number}/seed-{seed}", [*self.fixed, *params, f"seed={seed}", *hydra,
-                                           f"hydra.sweep.subdir={number}/seed-{seed}"]) for seed in self.seeds]
+        return [
+            (
+                f"{number}/seed-{seed}",
+                [*self.fixed, *params, f"seed={seed}", *hydra, f"hydra.sweep.subdir={number}/seed-{seed}"],
+            )
+            for seed in self.seeds
+        ]
 
     def _run(self, trials: list) -> list:
         jobs = [(trial, folder, overrides) for trial in trials for folder, overrides in self._jobs(trial)]
@@ -222,9 +250,12 @@ class StudySweep:
         except BaseException:  # Ctrl-C, SIGTERM (the job saved a checkpoint), a launcher crash: rerun them later
             for trial in trials:  # still RUNNING: the next sweeper on this study takes them over at once
                 self.storage.set_trial_user_attr(compat.trial_id(trial), INTERRUPTED, True)
-            log.warning("sweep interrupted: trial(s) %s will run again, from their last checkpoint, when the same "
-                        "command runs again (same hydra.sweep.dir or storage): %s",
-                        ", ".join(str(t.number) for t in trials), "python -m sft_exp " + shlex.join(sys.argv[1:]))
+            log.warning(
+                "sweep interrupted: trial(s) %s will run again, from their last checkpoint, when the same "
+                "command runs again (same hydra.sweep.dir or storage): %s",
+                ", ".join(str(t.number) for t in trials),
+                "python -m sft_exp " + shlex.join(sys.argv[1:]),
+            )
             raise
         finally:
             beat.stop()
@@ -273,18 +304,26 @@ class StudySweep:
         from optuna.trial import TrialState
 
         reported = sorted(k for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
-        message = (f"objective {objective!r} is not a metric the run reports (trial {trial.number}, "
-                   f"{self.sweep_dir / folder}/summary.json). It reports: {', '.join(reported)}. Set `objective=` "
-                   "(or hydra.sweeper.objectives) to one of them.")
+        message = (
+            f"objective {objective!r} is not a metric the run reports (trial {trial.number}, "
+            f"{self.sweep_dir / folder}/summary.json). It reports: {', '.join(reported)}. Set `objective=` "
+            "(or hydra.sweeper.objectives) to one of them."
+        )
         self.storage.set_trial_user_attr(compat.trial_id(trial), ERROR, message)
         self.study.tell(trial, state=TrialState.FAIL)
         raise ConfigError(message)
 
     # ------------------------------------------------------------------ files
     def _write_study_file(self) -> None:
-        info = {"study_name": self.study.study_name, "storage": storage_lib.redacted(self.url),
-                "objectives": self.objectives, "directions": self.directions, "n_trials": self.n_trials,
-                "seeds": self.seeds or None, "dashboard": f"optuna-dashboard {storage_lib.dashboard_argument(self.url)}"}
+        info = {
+            "study_name": self.study.study_name,
+            "storage": storage_lib.redacted(self.url),
+            "objectives": self.objectives,
+            "directions": self.directions,
+            "n_trials": self.n_trials,
+            "seeds": self.seeds or None,
+            "dashboard": f"optuna-dashboard {storage_lib.dashboard_argument(self.url)}",
+        }
         OmegaConf.save(OmegaConf.create(info), self.sweep_dir / STUDY_FILE)
 
     def _write_results(self) -> None:
@@ -292,17 +331,24 @@ class StudySweep:
 
         trials = self.study.get_trials(deepcopy=False)
         states = {state.name.lower(): sum(t.state == state for t in trials) for state in TrialState}
-        result: dict = {"study_name": self.study.study_name, "directions": self.directions,
-                        "objectives": self.objectives, "trials": {k: v for k, v in states.items() if v}}
+        result: dict = {
+            "study_name": self.study.study_name,
+            "directions": self.directions,
+            "objectives": self.objectives,
+            "trials": {k: v for k, v in states.items() if v},
+        }
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
         if complete and len(self.directions) == 1:
             best = self.study.best_trial
             result.update(best_trial=best.number, best_value=best.value, best_params=dict(best.params))
         elif complete:
-            result["best_trials"] = [{"trial": t.number, "values": list(t.values), "params": dict(t.params)}
-                                     for t in self.study.best_trials]
+            result["best_trials"] = [
+                {"trial": t.number, "values": list(t.values), "params": dict(t.params)} for t in self.study.best_trials
+            ]
         OmegaConf.save(OmegaConf.create(result), self.sweep_dir / RESULTS_FILE)
-        log.info("best: %s (in %s)", {k: v for k, v in result.items() if k.startswith("best")}, self.sweep_dir / RESULTS_FILE)
+        log.info(
+            "best: %s (in %s)", {k: v for k, v in result.items() if k.startswith("best")}, self.sweep_dir / RESULTS_FILE
+        )
 
 
 def optuna_trial(study, trial_id: int):

@@ -5,6 +5,7 @@ command under its module name. Every tool starts through `run_tool`, so each one
 training run does (a tool that loads a model on a shared CPU otherwise spins as many threads as there are cores)
 and imports only what it uses.
 """
+
 from __future__ import annotations
 
 import importlib

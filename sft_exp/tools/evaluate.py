@@ -14,6 +14,7 @@ template, its tasks and its held-out rows. `evals=<option>[,...]` picks tasks fr
 base_model_name_or_path, else the run's base_model/ folder. Only tasks run here: an entry of `evals` with a
 `_target_` (an evaluator of your own) is left out, named in the log.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,9 @@ def find_model(target: Path) -> tuple:
         return run, run.model_dir
     if (target / "config.json").is_file() or (target / "adapter_config.json").is_file():
         return (SavedRun(target.parent) if SavedRun.is_run(target.parent) else None), target
-    raise UserError(f"{target}: neither a run folder (resolved_config.yaml) nor a model folder (config.json or "
-                    "adapter_config.json)")
+    raise UserError(
+        f"{target}: neither a run folder (resolved_config.yaml) nor a model folder (config.json or adapter_config.json)"
+    )
 
 
 def task_config(run: Optional[SavedRun], overrides: list) -> dict:
@@ -65,8 +67,9 @@ def task_config(run: Optional[SavedRun], overrides: list) -> dict:
         # schema (a documented key such as format=messages works; a misspelled one gets "did you mean").
         cfg = composed(["+" + selection[-1]], config_name=None)
         dotlist = [o.lstrip("+").split(".", 1)[1] for o in settings]
-        evals = OmegaConf.merge(OmegaConf.create(OmegaConf.to_container(cfg.get("evals") or {})),
-                                OmegaConf.from_dotlist(dotlist))
+        evals = OmegaConf.merge(
+            OmegaConf.create(OmegaConf.to_container(cfg.get("evals") or {})), OmegaConf.from_dotlist(dotlist)
+        )
         return _tasks_alone(evals)
     if run is None:
         raise ConfigError("a model folder has no tasks of its own: choose some, e.g. evals=gsm8k evals.gsm8k.path=...")
@@ -88,8 +91,9 @@ def _tasks_alone(evals) -> dict:
     return tasks
 
 
-def evaluate_saved(target: Path, overrides: list, out: Optional[Path] = None, print_examples: int = 4,
-                   run: Optional[Path] = None) -> dict:
+def evaluate_saved(
+    target: Path, overrides: list, out: Optional[Path] = None, print_examples: int = 4, run: Optional[Path] = None
+) -> dict:
     """`run`: the run whose tasks and held-out rows score `target` (default: the run folder `target` is in)."""
     from sft_exp.evaluation import TaskEvaluation
     from sft_exp.evaluation.evaluator import HELDOUT_FILE
@@ -103,8 +107,10 @@ def evaluate_saved(target: Path, overrides: list, out: Optional[Path] = None, pr
     if any(isinstance(t, dict) and t.get("path") == HELDOUT for t in tasks.values()):
         heldout_file = run.path / "evals" / HELDOUT_FILE if run is not None else None
         if heldout_file is None or not heldout_file.is_file():
-            raise ConfigError("path: heldout needs a run folder whose run saved its held-out rows "
-                              f"(evals/{HELDOUT_FILE}); give a prompts file instead")
+            raise ConfigError(
+                "path: heldout needs a run folder whose run saved its held-out rows "
+                f"(evals/{HELDOUT_FILE}); give a prompts file instead"
+            )
         evaluation.use_heldout(read_jsonl(heldout_file))
     summary = run.read_json("summary.json") if run is not None else {}
     model, tokenizer = load_saved_model(model_path, run)
@@ -115,8 +121,12 @@ def evaluate_saved(target: Path, overrides: list, out: Optional[Path] = None, pr
 
 
 def main(argv: Optional[list] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sft_exp.evaluate", description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m sft_exp.evaluate",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
     parser.add_argument("target", type=Path, help="a run folder, a model folder (full or adapter) or a .gguf file")
     parser.add_argument("overrides", nargs="*", help="evals=<option>[,...] and evals.<task>.<key>=value")
     parser.add_argument("--out", type=Path, default=None, help="where the jsonl files go (default: <run>/evaluate)")

@@ -18,6 +18,7 @@ without peft. The base is found the way the run found it:
 A QLoRA base is loaded unquantized (in model.dtype) for the merge: merging into 4-bit weights
 would round the adapter away.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -76,7 +77,9 @@ def check_repo_id(repo: str) -> None:
     try:
         validate_repo_id(repo)
     except HFValidationError as e:
-        raise UserError(f"--push-to-hub {repo!r}: not a Hub repository id ({e}); use owner/name, e.g. me/my-model") from None
+        raise UserError(
+            f"--push-to-hub {repo!r}: not a Hub repository id ({e}); use owner/name, e.g. me/my-model"
+        ) from None
 
 
 def push_to_hub(folder: Path, repo: str, private: bool = False) -> str:
@@ -85,19 +88,29 @@ def push_to_hub(folder: Path, repo: str, private: bool = False) -> str:
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
     check_repo_id(repo)
-    missing = [name for name in ("config.json", "generation_config.json", "README.md", "tokenizer_config.json")
-               if not (Path(folder) / name).is_file()]
+    missing = [
+        name
+        for name in ("config.json", "generation_config.json", "README.md", "tokenizer_config.json")
+        if not (Path(folder) / name).is_file()
+    ]
     if missing:
         raise UserError(f"{folder}: {', '.join(missing)} missing; export the run again before pushing it")
     api = HfApi()
     try:
         api.create_repo(repo, private=private, exist_ok=True, repo_type="model")
-        commit = api.upload_folder(folder_path=str(folder), repo_id=repo, repo_type="model",
-                                   ignore_patterns=UPLOAD_IGNORED, commit_message="Upload model exported by sft_exp")
+        commit = api.upload_folder(
+            folder_path=str(folder),
+            repo_id=repo,
+            repo_type="model",
+            ignore_patterns=UPLOAD_IGNORED,
+            commit_message="Upload model exported by sft_exp",
+        )
     except (OfflineModeIsEnabled, HfHubHTTPError, OSError) as e:
-        raise HubUnreachable(f"uploading {folder} to the Hub repository {repo} failed: {type(e).__name__}: {e}. "
-                             "Check the network and `huggingface-cli login` (or HF_TOKEN), then run "
-                             f"`huggingface-cli upload {repo} {folder}`") from e
+        raise HubUnreachable(
+            f"uploading {folder} to the Hub repository {repo} failed: {type(e).__name__}: {e}. "
+            "Check the network and `huggingface-cli login` (or HF_TOKEN), then run "
+            f"`huggingface-cli upload {repo} {folder}`"
+        ) from e
     return getattr(commit, "commit_url", None) or f"https://huggingface.co/{repo}"
 
 
@@ -106,12 +119,18 @@ class HubUnreachable(RuntimeError):
 
 
 def main(argv: Optional[list] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sft_exp.export", description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m sft_exp.export",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
     parser.add_argument("run_dir", type=Path, help="a run folder (outputs/runs/<date>/<time>)")
     parser.add_argument("--merge", action="store_true", help="merge the adapter into the base model")
     parser.add_argument("--out", type=Path, default=None, help="where to write (default: <run>/merged)")
-    parser.add_argument("--push-to-hub", metavar="REPO", default=None, help="upload the exported folder to this Hub repo")
+    parser.add_argument(
+        "--push-to-hub", metavar="REPO", default=None, help="upload the exported folder to this Hub repo"
+    )
     parser.add_argument("--private", action="store_true", help="with --push-to-hub: create the repository private")
     parser.add_argument("--no-check", action="store_true", help="skip the serving check (no task re-run)")
     args = parser.parse_args(argv)

@@ -10,6 +10,7 @@ output is not a terminal; a weight other than 1 follows its tokens as `x2`, on y
 boundaries (`|`), and the statistics: rows read, rows
 dropped by reason, tokens, fraction supervised, packing fill rate.
 """
+
 from __future__ import annotations
 
 import argparse

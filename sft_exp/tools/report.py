@@ -15,6 +15,7 @@ Writes into the multirun folder (or --out; several folders: outputs/reports/<dat
 For a single run folder, report.md also lists the examples whose task score changed between the
 first evaluation (before training) and the last.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,9 +34,25 @@ from sft_exp.tools.report_rows import cell as _cell
 from sft_exp.tools.report_rows import is_task_metric as _is_task_metric
 from sft_exp.tools.report_rows import job_row, read_json
 
-COLUMNS = ("job", "overrides", "status", "steps", "train_loss", "eval_loss", "eval_nll", "eval_mean_token_accuracy",
-           "last_window", "last_window_loss", "last_window_mean_token_accuracy", "last_window_entropy",
-           "train_tokens_per_s", "peak_memory_mb", "wall_time_s", "contaminated_rows", "contamination")
+COLUMNS = (
+    "job",
+    "overrides",
+    "status",
+    "steps",
+    "train_loss",
+    "eval_loss",
+    "eval_nll",
+    "eval_mean_token_accuracy",
+    "last_window",
+    "last_window_loss",
+    "last_window_mean_token_accuracy",
+    "last_window_entropy",
+    "train_tokens_per_s",
+    "peak_memory_mb",
+    "wall_time_s",
+    "contaminated_rows",
+    "contamination",
+)
 RUN_MARKERS = ("metrics.jsonl", "summary.json", "resolved_config.yaml", ".hydra/config.yaml")
 LEGEND = """What the columns mean:
 - train_loss: the mean training loss per optimizer step over the whole run (every segment of a resumed run)
@@ -61,6 +78,7 @@ def find_runs(folder: Path) -> list:
             f"{folder} holds no run folders (subfolders with metrics.jsonl or summary.json). Give the folder a "
             "sweep wrote, e.g. outputs/multiruns/<date>/<time>, whose numbered subfolders are its jobs."
         )
+
     def order(p: Path):
         top = p if p.parent == folder else p.parent
         return (not top.name.isdigit(), int(top.name) if top.name.isdigit() else 0, top.name, p.name)
@@ -147,8 +165,10 @@ def report(folder: Path, out: Optional[Path] = None, storage: Optional[str] = No
     parts = [f"Every job: `{' '.join(common)}`\n"] if common else []
     mixed = mixed_losses(runs)
     if mixed:  # a DFT loss is not on the NLL scale: the eval_loss column does not compare across them
-        parts.append(f"Jobs train different losses ({', '.join(mixed)}): each eval_loss is its job's own loss; "
-                     "compare them by eval_nll.\n")
+        parts.append(
+            f"Jobs train different losses ({', '.join(mixed)}): each eval_loss is its job's own loss; "
+            "compare them by eval_nll.\n"
+        )
     parts += [write_table(rows, out), LEGEND + "\n", basis_section(runs, rows)]
     labels = plot_labels(rows)
     plot_curves(runs, labels, out)
@@ -181,8 +201,13 @@ def config_differences(runs: list) -> dict:
         path = run / "resolved_config.yaml"
         flat = dotted(OmegaConf.to_container(OmegaConf.load(path))) if path.is_file() else {}
         home = flat.get("run_dir")
-        configs.append({k: v.replace(home, "<run folder>") if isinstance(v, str) and home else v
-                        for k, v in flat.items() if is_configuration(k)})
+        configs.append(
+            {
+                k: v.replace(home, "<run folder>") if isinstance(v, str) and home else v
+                for k, v in flat.items()
+                if is_configuration(k)
+            }
+        )
     keys = sorted(set().union(*configs)) if configs else []
     same = lambda key: len({json.dumps(c.get(key, "(unset)"), sort_keys=True, default=str) for c in configs}) == 1  # noqa: E731
     return {key: [c.get(key, "(unset)") for c in configs] for key in keys if not same(key)}
@@ -212,8 +237,12 @@ def compare(folders: list, out: Path) -> str:
               for i, name in enumerate(names)]  # fmt: skip
     plot_curves(runs, labels, out)
     plot_task_metrics(runs, labels, task_columns(rows), out)
-    markdown = "\n".join(part for part in parts if part) + "\nPlots: loss.png, nll.png, accuracy.png" + "".join(
-        f", {re.sub(r'[^A-Za-z0-9_.@-]+', '_', key)}.png" for key in task_columns(rows)) + "\n"
+    markdown = (
+        "\n".join(part for part in parts if part)
+        + "\nPlots: loss.png, nll.png, accuracy.png"
+        + "".join(f", {re.sub(r'[^A-Za-z0-9_.@-]+', '_', key)}.png" for key in task_columns(rows))
+        + "\n"
+    )
     (out / "report.md").write_text(markdown)
     return markdown
 
@@ -245,8 +274,11 @@ def replicate_section(rows: list, folder: Path, out: Path, study: dict) -> str:
     if not grouped:
         return ""
     objective, maximize = _objective(rows, study, _runs_objective(folder, rows))
-    metrics = list(dict.fromkeys([objective, "eval_loss", "eval_nll", "eval_mean_token_accuracy", "train_loss",
-                                  *task_columns(rows)]))
+    metrics = list(
+        dict.fromkeys(
+            [objective, "eval_loss", "eval_nll", "eval_mean_token_accuracy", "train_loss", *task_columns(rows)]
+        )
+    )
     metrics = [m for m in metrics if any(r.get(m) is not None for rs in grouped.values() for r in rs)]
     table, records = [], []
     for config, members in grouped.items():
@@ -262,9 +294,14 @@ def replicate_section(rows: list, folder: Path, out: Path, study: dict) -> str:
         writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in records for k in r)), restval="")
         writer.writeheader()
         writer.writerows(records)
-    lines = ["## Replicates: configs run under several seeds", "",
-             "mean ± std [95% t interval of the mean] over the completed seeds of each config", "",
-             "| config | n | " + " | ".join(metrics) + " |", "|" + "---|" * (len(metrics) + 2)]
+    lines = [
+        "## Replicates: configs run under several seeds",
+        "",
+        "mean ± std [95% t interval of the mean] over the completed seeds of each config",
+        "",
+        "| config | n | " + " | ".join(metrics) + " |",
+        "|" + "---|" * (len(metrics) + 2),
+    ]
     lines += ["| " + " | ".join(_cell(c) for c in cells) + " |" for cells in table]
     text = replicates.verdict(grouped, objective, maximize)
     return "\n".join(lines) + "\n\n" + (text or "One config only: nothing to compare.") + "\n"
@@ -290,14 +327,28 @@ def _interval_cell(stats: dict) -> str:
 
 def main(argv: Optional[list] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sft_exp.report", description=__doc__.split("\n")[0])
-    parser.add_argument("folders", type=Path, nargs="+", metavar="folder",
-                        help="a multirun folder (outputs/multiruns/<date>/<time>) or a run folder; several: compared")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="where to write the report (default: the folder; several: outputs/reports/<date>/<time>)")
-    parser.add_argument("--storage", default=None,
-                        help="the study's storage URL for the Optuna plots when study.yaml's (password removed) cannot open it")
+    parser.add_argument(
+        "folders",
+        type=Path,
+        nargs="+",
+        metavar="folder",
+        help="a multirun folder (outputs/multiruns/<date>/<time>) or a run folder; several: compared",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="where to write the report (default: the folder; several: outputs/reports/<date>/<time>)",
+    )
+    parser.add_argument(
+        "--storage",
+        default=None,
+        help="the study's storage URL for the Optuna plots when study.yaml's (password removed) cannot open it",
+    )
     args = parser.parse_args(argv)
-    out = args.out or (args.folders[0] if len(args.folders) == 1 else Path("outputs/reports") / time.strftime("%Y-%m-%d/%H-%M-%S"))
+    out = args.out or (
+        args.folders[0] if len(args.folders) == 1 else Path("outputs/reports") / time.strftime("%Y-%m-%d/%H-%M-%S")
+    )
     try:
         if len(args.folders) == 1:
             markdown = report(args.folders[0], args.out, args.storage)

@@ -4,6 +4,7 @@ A training curve is a line (it is logged every few steps). An evaluation is a me
 drawn as points with markers, joined by a line only when there are more than two (two points joined by a
 line read as a trajectory that was never measured); so is a training curve of two logged windows or fewer.
 """
+
 from __future__ import annotations
 
 import math
@@ -54,11 +55,20 @@ def curve_figure(runs: list, labels: list, key: str):
         rows, color = read_jsonl(run / "metrics.jsonl"), f"C{i % 10}"  # one color per job: train and eval together
         train, evals = _points(rows, key), _points(rows, "eval_" + key)
         if train:  # logged every few steps: a line; two or fewer logged windows: points, as evaluations
-            ax.plot(*zip(*train), linestyle="-" if len(train) > 2 else "none", marker="s" if len(train) <= 2 else None,
-                    color=color, label=f"{label} (train)")
+            ax.plot(
+                *zip(*train),
+                linestyle="-" if len(train) > 2 else "none",
+                marker="s" if len(train) <= 2 else None,
+                color=color,
+                label=f"{label} (train)",
+            )
         if evals:
             draw_measured(ax, evals, color, f"{label} (eval)")
-    ax.set(xlabel="step", ylabel=key, title=f"{key} per job (train: line, or squares for two windows; evaluations: circles)")
+    ax.set(
+        xlabel="step",
+        ylabel=key,
+        title=f"{key} per job (train: line, or squares for two windows; evaluations: circles)",
+    )
     if ax.lines:
         ax.legend(fontsize=7)
     return fig
@@ -111,16 +121,20 @@ def optuna_plots(study: dict, out: Path, storage: Optional[str] = None) -> str:
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
         loaded = optuna.load_study(study_name=study["study_name"], storage=open_storage(storage or study["storage"]))
     except Exception as e:
-        return f"\nOptuna plots skipped: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} " \
-               "(give the storage with --storage)\n"
+        return (
+            f"\nOptuna plots skipped: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+            "(give the storage with --storage)\n"
+        )
     completed = len(loaded.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
     plots = [("optuna_history", optuna_plots_lib.plot_optimization_history)]
     lines = []
     if completed >= MIN_TRIALS_FOR_IMPORTANCES:
         plots.append(("optuna_importances", optuna_plots_lib.plot_param_importances))
     else:
-        lines.append(f"optuna_importances.png not drawn: {completed} completed trial(s); parameter importances from "
-                     f"fewer than {MIN_TRIALS_FOR_IMPORTANCES} rank noise, not parameters.")
+        lines.append(
+            f"optuna_importances.png not drawn: {completed} completed trial(s); parameter importances from "
+            f"fewer than {MIN_TRIALS_FOR_IMPORTANCES} rank noise, not parameters."
+        )
     for name, plot in plots:
         try:
             with warnings.catch_warnings():  # matplotlib's "no artists with labels" for a study without a legend
@@ -130,7 +144,10 @@ def optuna_plots(study: dict, out: Path, storage: Optional[str] = None) -> str:
                 ax.set_title(f"{ax.get_title()} (from {completed} completed trials)")
             ax.figure.savefig(out / f"{name}.png", dpi=100, bbox_inches="tight")
             plt.close(ax.figure)
-            lines.append(f"![{name}]({name}.png)" + (f" from {completed} completed trials" if name == "optuna_importances" else ""))
+            lines.append(
+                f"![{name}]({name}.png)"
+                + (f" from {completed} completed trials" if name == "optuna_importances" else "")
+            )
         except Exception as e:
             lines.append(f"{name}.png skipped: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
     return "\n" + "\n".join(lines) + "\n"

@@ -5,6 +5,7 @@ replicates.csv): `train_loss` is the mean training loss per optimizer step over 
 a resumed run); `last_window_*` are the last logging window's values (`last_window` says its steps), which
 metrics.jsonl logs as `loss`, `mean_token_accuracy`, `entropy` per window; `eval_*` are the last evaluation's.
 """
+
 from __future__ import annotations
 
 import math
@@ -60,13 +61,18 @@ def last_window(summary: dict, rows: list) -> dict:
     """last_window_* and last_window ("1491-1500"): from summary.json, else from metrics.jsonl's last train row."""
     if "last_window_steps" in summary:
         first, last = summary["last_window_steps"]
-        return {"last_window": f"{first}-{last}",
-                **{f"last_window_{k}": number(summary.get(f"last_window_{k}")) for k in LAST_WINDOW}}
+        return {
+            "last_window": f"{first}-{last}",
+            **{f"last_window_{k}": number(summary.get(f"last_window_{k}")) for k in LAST_WINDOW},
+        }
     train = [r for r in rows if number(r.get("loss")) is not None]
     if not train:
         return {}
     start = train[-2]["step"] + 1 if len(train) > 1 else 1
-    return {"last_window": f"{start}-{train[-1]['step']}", **{f"last_window_{k}": number(train[-1].get(k)) for k in LAST_WINDOW}}
+    return {
+        "last_window": f"{start}-{train[-1]['step']}",
+        **{f"last_window_{k}": number(train[-1].get(k)) for k in LAST_WINDOW},
+    }
 
 
 def contamination_cells(info: dict) -> dict:
@@ -78,8 +84,10 @@ def contamination_cells(info: dict) -> dict:
         return {}
     if found.get("mode") == "off":
         return {"contamination": "not checked"}
-    return {"contaminated_rows": found["rows"],
-            "contamination": f"{found['rows']} of {found['rows_checked']} ({summary_counts(found)})"}
+    return {
+        "contaminated_rows": found["rows"],
+        "contamination": f"{found['rows']} of {found['rows_checked']} ({summary_counts(found)})",
+    }
 
 
 def job_row(run: Path, root: Optional[Path] = None) -> dict:
@@ -102,8 +110,9 @@ def job_row(run: Path, root: Optional[Path] = None) -> dict:
         "eval_loss": number(summary.get("eval_loss", last_eval.get("eval_loss"))),
         # NLL is comparable across loss functions (a DFT loss is not on the NLL scale).
         "eval_nll": number(summary.get("eval_nll", last_eval.get("eval_nll"))),
-        "eval_mean_token_accuracy": number(summary.get("eval_mean_token_accuracy",
-                                                       last_eval.get("eval_mean_token_accuracy"))),
+        "eval_mean_token_accuracy": number(
+            summary.get("eval_mean_token_accuracy", last_eval.get("eval_mean_token_accuracy"))
+        ),
         **last_window(summary, rows),
         "train_tokens_per_s": number(summary.get("train_tokens_per_s")),
         "peak_memory_mb": number(peak),

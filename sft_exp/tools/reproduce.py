@@ -10,6 +10,7 @@ runtimes and samples/s excluded) and the final weights, and lists what differs i
 (package versions, git commit, dirty tree, data fingerprint, device). Exit status 1 when the
 metrics or weights differ.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,7 +54,9 @@ def _evaluators_into_evals(config: dict) -> None:
         return
     evaluators = {name: spec for name, spec in (config.pop("evaluators") or {}).items() if spec is not None}
     scored_tasks = any(spec.get("_target_") == "sft_exp.evaluation.TaskEvaluation" for spec in evaluators.values())
-    own = {name: spec for name, spec in evaluators.items() if spec.get("_target_") != "sft_exp.evaluation.TaskEvaluation"}
+    own = {
+        name: spec for name, spec in evaluators.items() if spec.get("_target_") != "sft_exp.evaluation.TaskEvaluation"
+    }
     config["evals"] = {**((config.get("evals") or {}) if scored_tasks else {}), **own}
 
 
@@ -64,7 +67,7 @@ def _relocate(value, old_run_dir: str):
     if isinstance(value, list):
         return [_relocate(v, old_run_dir) for v in value]
     if isinstance(value, str) and (value == old_run_dir or value.startswith(old_run_dir.rstrip("/") + "/")):
-        return "${run_dir}" + value[len(old_run_dir.rstrip("/")):]
+        return "${run_dir}" + value[len(old_run_dir.rstrip("/")) :]
     return value
 
 
@@ -86,14 +89,24 @@ def launch(config: dict, new_run: Path, overrides: list) -> int:
     with tempfile.TemporaryDirectory(prefix="sft_exp_reproduce_") as config_dir:
         primary = {"defaults": ["sft_config", {"hydra": "default"}, "_self_"], **config}
         OmegaConf.save(OmegaConf.create(primary), Path(config_dir) / "reproduce.yaml")
-        command = [sys.executable, "-m", "sft_exp", "--config-dir", config_dir, "--config-name", "reproduce",
-                   f"hydra.run.dir={new_run}", *overrides]
+        command = [
+            sys.executable,
+            "-m",
+            "sft_exp",
+            "--config-dir",
+            config_dir,
+            "--config-name",
+            "reproduce",
+            f"hydra.run.dir={new_run}",
+            *overrides,
+        ]
         print("running:", " ".join(command), flush=True)
         return subprocess.run(command).returncode
 
 
 def compare_metrics(old_rows: list, new_rows: list, limit: int = 10) -> list:
     """Differences between two metrics.jsonl files, wall-clock fields excluded."""
+
     def comparable(row: dict) -> dict:
         return {k: v for k, v in row.items() if not WALL_CLOCK.search(k)}
 
@@ -104,21 +117,30 @@ def compare_metrics(old_rows: list, new_rows: list, limit: int = 10) -> list:
         old, new = comparable(old), comparable(new)
         for key in sorted(set(old) | set(new)):
             if old.get(key) != new.get(key):
-                problems.append(f"row {i + 1} (step {old.get('step')}): {key} was {old.get(key)!r}, now {new.get(key)!r}")
+                problems.append(
+                    f"row {i + 1} (step {old.get('step')}): {key} was {old.get(key)!r}, now {new.get(key)!r}"
+                )
     return problems[:limit] + ([f"... and {len(problems) - limit} more"] if len(problems) > limit else [])
 
 
 def compare_weights(old_run: Path, new_run: Path) -> Optional[str]:
     """None when the final model/ weights are byte-identical, else what differs (a missing model/ is a difference)."""
+
     def digests(run: Path) -> dict:
-        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((run / "model").glob("*.safetensors"))}
+        return {
+            p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((run / "model").glob("*.safetensors"))
+        }
 
     old, new = digests(old_run), digests(new_run)
     missing = [f"{run}/model" for run, found in ((old_run, old), (new_run, new)) if not found]
     if missing:
         return f"final weights cannot be compared: no *.safetensors in {' or '.join(missing)}"
-    return None if old == new else "final weights in model/ differ: " + ", ".join(
-        name for name in sorted(set(old) | set(new)) if old.get(name) != new.get(name))
+    return (
+        None
+        if old == new
+        else "final weights in model/ differ: "
+        + ", ".join(name for name in sorted(set(old) | set(new)) if old.get(name) != new.get(name))
+    )
 
 
 def compare_run_info(old_run: Path, new_run: Path) -> list:
@@ -151,16 +173,23 @@ def verify(old_run: Path, new_run: Path) -> bool:
     rows = len(read_jsonl(new_run / "metrics.jsonl"))
     print(f"\nverify {new_run} against {old_run}:")
     metric_problems = [p for p in problems if p != weights]
-    print(f"  metrics.jsonl: identical ({rows} rows)" if not metric_problems
-          else "  metrics.jsonl differs:\n    " + "\n    ".join(metric_problems))
+    print(
+        f"  metrics.jsonl: identical ({rows} rows)"
+        if not metric_problems
+        else "  metrics.jsonl differs:\n    " + "\n    ".join(metric_problems)
+    )
     print("  final weights: byte-identical" if weights is None else f"  {weights}")
     for resume in _changed_resumes(old_run):
         changes = ", ".join(f"{k}: {a} -> {b}" for k, (a, b) in resume["changed"].items())
-        print(f"  {old_run} was resumed from {resume['from']} with changed settings ({changes}): "
-              "a straight run of its last config may differ from it")
+        print(
+            f"  {old_run} was resumed from {resume['from']} with changed settings ({changes}): "
+            "a straight run of its last config may differ from it"
+        )
     notes = compare_run_info(old_run, new_run)
-    print("  run_info.json: " + ("same versions, commit, data and machine" if not notes
-                                 else "differs:\n    " + "\n    ".join(notes)))
+    print(
+        "  run_info.json: "
+        + ("same versions, commit, data and machine" if not notes else "differs:\n    " + "\n    ".join(notes))
+    )
     return not problems
 
 

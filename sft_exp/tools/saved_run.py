@@ -2,6 +2,7 @@
 an adapter was trained on, and the tokenizer it was trained with. The tools (evaluate, export and its
 serving check, reproduce) all go through it, so a run folder is read, checked and explained one way.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,10 +30,14 @@ class SavedRun:
             raise UserError(f"{path}: no such folder. Give a run folder such as outputs/runs/<date>/<time>.")
         if not (path / "resolved_config.yaml").is_file():
             jobs = sorted(p.parent for p in path.glob("*/resolved_config.yaml"))
-            hint = (f" It looks like a multirun folder: give one of its jobs, e.g. {jobs[0]}." if jobs else
-                    " Give a run folder such as outputs/runs/<date>/<time> or outputs/multiruns/<date>/<time>/<job>.")
-            raise UserError(f"{path} is not a run folder: it has no resolved_config.yaml (every sft_exp run writes "
-                            f"one).{hint}")
+            hint = (
+                f" It looks like a multirun folder: give one of its jobs, e.g. {jobs[0]}."
+                if jobs
+                else " Give a run folder such as outputs/runs/<date>/<time> or outputs/multiruns/<date>/<time>/<job>."
+            )
+            raise UserError(
+                f"{path} is not a run folder: it has no resolved_config.yaml (every sft_exp run writes one).{hint}"
+            )
         return cls(path)
 
     @staticmethod
@@ -59,11 +64,15 @@ class SavedRun:
     def adapter_dir(self) -> Path:
         """model/ of a run that trained an adapter (what --merge folds into its base)."""
         if not self.model_dir.is_dir():
-            raise UserError(f"{self.path} has no model/ folder: the run did not finish; export one of its checkpoints "
-                            "by resuming it to the end first.")
+            raise UserError(
+                f"{self.path} has no model/ folder: the run did not finish; export one of its checkpoints "
+                "by resuming it to the end first."
+            )
         if not self.has_adapter:
-            raise UserError(f"{self.model_dir} is already a full model (the run trained without peft): load it with "
-                            "from_pretrained as it is; there is nothing to merge.")
+            raise UserError(
+                f"{self.model_dir} is already a full model (the run trained without peft): load it with "
+                "from_pretrained as it is; there is nothing to merge."
+            )
         return self.model_dir
 
     def full_model_dir(self) -> Path:
@@ -85,8 +94,10 @@ class SavedRun:
         if saved_base.is_dir():
             model_cfg.update(name_or_path=str(saved_base), init_config=None, gguf_file=None, tokenizer=None)
         elif not model_cfg.get("name_or_path"):
-            raise UserError(f"{self.path} has no base_model/ folder and its model was built from config: "
-                            "the base weights are gone, so the adapter cannot be merged.")
+            raise UserError(
+                f"{self.path} has no base_model/ folder and its model was built from config: "
+                "the base weights are gone, so the adapter cannot be merged."
+            )
         load_kwargs = dict(model_cfg.get("load_kwargs") or {})
         load_kwargs.pop("quantization_config", None)
         load_kwargs.pop("device_map", None)

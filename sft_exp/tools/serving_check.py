@@ -7,6 +7,7 @@
    scores the run logged at its last step (identical for a merged full-precision model: merging is
    exact up to float rounding, and greedy decoding is deterministic).
 """
+
 from __future__ import annotations
 
 import math
@@ -52,15 +53,23 @@ def check_folder(run_dir: Path, folder: Path, scratch: Path) -> List[Check]:
     end = _end_of_turn(run_dir, folder)
     token = end.get("token")
     if token is None:
-        checks.append(Check("end of turn found", "a token after the assistant's content", "none in the template", False))
+        checks.append(
+            Check("end of turn found", "a token after the assistant's content", "none in the template", False)
+        )
     else:
         share = end.get("share")
         got = "not recorded (older run)" if share is None else f"{end['trained']} tokens, {100 * share:.2f}%"
         checks.append(Check(f"{token} trained", "> 0 of the supervised tokens", got, share is None or share > 0))
         stops = (read_json(folder / "generation_config.json")).get("eos_token_id")
         stops = stops if isinstance(stops, list) else [] if stops is None else [stops]
-        checks.append(Check(f"{token} stops generation", f"id {end['id']} in generation_config eos_token_id",
-                            str(stops), end["id"] in stops))
+        checks.append(
+            Check(
+                f"{token} stops generation",
+                f"id {end['id']} in generation_config eos_token_id",
+                str(stops),
+                end["id"] in stops,
+            )
+        )
     checks.extend(_task_scores(run_dir, folder, scratch))
     return checks
 
@@ -82,8 +91,14 @@ def _task_scores(run_dir: Path, folder: Path, scratch: Path) -> List[Check]:
         if key not in logged:
             checks.append(Check(key, "a score the run logged", f"{value:.4g} (not in summary.json)", False))
             continue
-        checks.append(Check(key, f"{logged[key]:.6g} (logged at step {logged.get('global_step', '?')})",
-                            f"{value:.6g}", _same(logged[key], value)))
+        checks.append(
+            Check(
+                key,
+                f"{logged[key]:.6g} (logged at step {logged.get('global_step', '?')})",
+                f"{value:.6g}",
+                _same(logged[key], value),
+            )
+        )
     return checks + _same_outputs(run_dir, scratch, logged.get("global_step"))
 
 
@@ -96,14 +111,21 @@ def _same_outputs(run_dir: Path, scratch: Path, step) -> List[Check]:
             continue
         before, after = ([row["output"] for row in read_jsonl(path)] for path in (logged, rerun))
         same = sum(a == b for a, b in zip(before, after))
-        checks.append(Check(f"eval_{rerun.parent.name} outputs", f"{len(before)} identical to the run's",
-                            f"{same} of {len(after)} identical", same == len(before) == len(after)))
+        checks.append(
+            Check(
+                f"eval_{rerun.parent.name} outputs",
+                f"{len(before)} identical to the run's",
+                f"{same} of {len(after)} identical",
+                same == len(before) == len(after),
+            )
+        )
     return checks
 
 
 def table(checks: List[Check]) -> str:
-    rows = [("check", "expected", "exported model", "")] + [(c.name, c.expected, c.got, "ok" if c.ok else "FAIL")
-                                                             for c in checks]
+    rows = [("check", "expected", "exported model", "")] + [
+        (c.name, c.expected, c.got, "ok" if c.ok else "FAIL") for c in checks
+    ]
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * width for width in widths))

@@ -7,6 +7,7 @@ trained); `refuse_owned_extra_args` refuses them in `trainer.extra_args`, naming
 `moved_key_message` answers a TRL user who types a TrainingArguments / SFTConfig name under `trainer.`.
 Torch-free: preflight and the compose-time messages use it before torch loads.
 """
+
 from __future__ import annotations
 
 from typing import Any, Optional
@@ -21,10 +22,10 @@ OWNED_BY_GROUPS = {
     "adam_beta2": "optimizer.betas=[0.9,{value}]",
     "adam_epsilon": "optimizer.eps={value}",
     "optim": "optimizer=adamw (optimizer.fused=true for adamw_torch_fused), optimizer=sgd, or any torch optimizer "
-             "class: optimizer._target_=torch.optim.<Class>",
+    "class: optimizer._target_=torch.optim.<Class>",
     "optim_args": "optimizer.<argument>=<value> (the optimizer group's own keys)",
     "optim_target_modules": "optimizer._target_=<your optimizer class> (sft_exp builds the optimizer from the "
-                            "optimizer group, never from `optim`)",
+    "optimizer group, never from `optim`)",
     "gradient_checkpointing": "memory=checkpointing",
     "gradient_checkpointing_kwargs": "memory=checkpointing",
     "activation_checkpointing": "memory=checkpointing",
@@ -35,7 +36,7 @@ OWNED_BY_GROUPS = {
     "data_seed": "seed={value} (one seed for the model, the data order and the split)",
     "output_dir": "hydra.run.dir={value} (checkpoints go to its checkpoints/ folder)",
     "overwrite_output_dir": "nothing: sft_exp never overwrites a run folder (a relaunch into it resumes; a new "
-                            "hydra.run.dir starts afresh)",
+    "hydra.run.dir starts afresh)",
     "resume_from_checkpoint": "resume_from_checkpoint={value}",
     "report_to": "logger=wandb, logger=[wandb,tensorboard] or logger=none",
     "run_name": "logger.wandb.name={value}",
@@ -43,7 +44,7 @@ OWNED_BY_GROUPS = {
     "eval_strategy": "trainer.eval_steps=<steps> (0 or null: evaluate before and after training only)",
     "evaluation_strategy": "trainer.eval_steps=<steps> (0 or null: evaluate before and after training only)",
     "do_eval": "trainer.eval_steps, data.eval_split_size or evals (sft_exp evaluates whenever it has held-out "
-               "rows or tasks)",
+    "rows or tasks)",
     "prediction_loss_only": "evals=<task> (the trainer computes only the loss; tasks generate and score)",
     "remove_unused_columns": "nothing: sft_exp's collator needs every prepared column",
     "average_tokens_across_devices": "nothing: the loss is a mean over every rank's supervised tokens",
@@ -140,14 +141,16 @@ def moved_key_message(key: str, value: Any = "<value>", transformers_fields=()) 
     if where is not None:
         return _elsewhere(key, name, where)
     if name in transformers_fields:
-        return (f"{key}: a TrainingArguments field sft_exp passes through unchanged: "
-                f"+trainer.extra_args.{name}={shown(value)}")
+        return (
+            f"{key}: a TrainingArguments field sft_exp passes through unchanged: "
+            f"+trainer.extra_args.{name}={shown(value)}"
+        )
     return None
 
 
 def _elsewhere(key: str, name: str, where: str) -> str:
     if where.startswith("nothing: "):
-        return f"{key}: leave it out; {where[len('nothing: '):]}."
+        return f"{key}: leave it out; {where[len('nothing: ') :]}."
     return f"{key}: sft_exp sets {name} with another key: {where}"
 
 
@@ -185,10 +188,29 @@ def report_to(logger_names) -> list:
 
 
 # What run_info.json records of the arguments (besides every trainer.* key, which resolved_config.yaml has).
-RECORDED = ("learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "optim", "optim_args",
-            "gradient_checkpointing", "gradient_checkpointing_kwargs", "bf16", "fp16", "use_cpu", "seed", "data_seed",
-            "output_dir", "report_to", "lr_scheduler_type", "lr_scheduler_kwargs", "save_strategy", "save_steps",
-            "save_total_limit")
+RECORDED = (
+    "learning_rate",
+    "weight_decay",
+    "adam_beta1",
+    "adam_beta2",
+    "adam_epsilon",
+    "optim",
+    "optim_args",
+    "gradient_checkpointing",
+    "gradient_checkpointing_kwargs",
+    "bf16",
+    "fp16",
+    "use_cpu",
+    "seed",
+    "data_seed",
+    "output_dir",
+    "report_to",
+    "lr_scheduler_type",
+    "lr_scheduler_kwargs",
+    "save_strategy",
+    "save_steps",
+    "save_total_limit",
+)
 
 
 def recorded(args, optimizer_factory) -> dict:
@@ -226,17 +248,26 @@ def check_scheduler(scheduler: str, kwargs: dict) -> None:
     """trainer.lr_scheduler_type and its trainer.lr_scheduler_kwargs, before anything loads."""
 
     if scheduler not in SCHEDULERS:
-        raise ConfigError(f"trainer.lr_scheduler_type={scheduler}: {did_you_mean(scheduler, SCHEDULERS)}transformers' "
-                          f"schedulers are {', '.join(SCHEDULERS)}.")
+        raise ConfigError(
+            f"trainer.lr_scheduler_type={scheduler}: {did_you_mean(scheduler, SCHEDULERS)}transformers' "
+            f"schedulers are {', '.join(SCHEDULERS)}."
+        )
     accepted, needed = SCHEDULERS[scheduler]
     for name in kwargs or {}:
         if accepted is not ANY and name not in accepted:
             takes = f"it takes {', '.join(accepted)}" if accepted else "it takes none"
-            raise ConfigError(f"trainer.lr_scheduler_kwargs.{name}: {scheduler} has no such argument; "
-                              f"{did_you_mean(name, accepted)}{takes}.")
+            raise ConfigError(
+                f"trainer.lr_scheduler_kwargs.{name}: {scheduler} has no such argument; "
+                f"{did_you_mean(name, accepted)}{takes}."
+            )
     for group in needed:
         if not any(name in (kwargs or {}) for name in group):
-            example = f"+trainer.lr_scheduler_kwargs.{group[-1]}=0.1" if "rate" in group[-1] else \
-                f"+trainer.lr_scheduler_kwargs.{group[0]}=<value>"
-            raise ConfigError(f"trainer.lr_scheduler_type={scheduler} needs trainer.lr_scheduler_kwargs."
-                              f"{' or .'.join(group)} (e.g. {example}).")
+            example = (
+                f"+trainer.lr_scheduler_kwargs.{group[-1]}=0.1"
+                if "rate" in group[-1]
+                else f"+trainer.lr_scheduler_kwargs.{group[0]}=<value>"
+            )
+            raise ConfigError(
+                f"trainer.lr_scheduler_type={scheduler} needs trainer.lr_scheduler_kwargs."
+                f"{' or .'.join(group)} (e.g. {example})."
+            )

@@ -9,6 +9,7 @@
   boundary, stops training and raises `TrainingInterrupted` when training ends, which the CLI turns
   into exit status 128 + the signal (in a submitit job: a requeue, after the save).
 """
+
 from __future__ import annotations
 
 import json
@@ -68,8 +69,12 @@ class AtomicCheckpoints:
             publish(staging / name, root / name)
             staging.rmdir()
             # Rotation goes by mtime as Trainer's does (after resuming from an older checkpoint, newest wins).
-            rotate_checkpoints(output_dir=str(root), save_total_limit=self.args.save_total_limit,
-                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+            rotate_checkpoints(
+                output_dir=str(root),
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,
+            )
         self.accelerator.wait_for_everyone()
 
 
@@ -146,8 +151,11 @@ def resolve_resume(value: Any, run_dir: Path) -> Optional[str]:
     if value is None and requeued_job():
         found = latest_complete_checkpoint(run_dir / "checkpoints")
         if found is not None:
-            log.warning("this SLURM job was requeued (SLURM_RESTART_COUNT=%s): resuming from %s",
-                        os.environ["SLURM_RESTART_COUNT"], found)
+            log.warning(
+                "this SLURM job was requeued (SLURM_RESTART_COUNT=%s): resuming from %s",
+                os.environ["SLURM_RESTART_COUNT"],
+                found,
+            )
             return str(found)
         return None
     if value is None or value is False:
@@ -183,8 +191,10 @@ def finished_at(checkpoint: Optional[str], max_steps: Optional[int]) -> Optional
 def _resolve_path(path: Path) -> str:
     key = f"resume_from_checkpoint={path}"
     if not path.is_dir():
-        raise ConfigError(f"{key}: no such folder. Give a checkpoint folder (…/checkpoints/checkpoint-<step>), "
-                          "a run folder, or true for the latest checkpoint of this run folder.")
+        raise ConfigError(
+            f"{key}: no such folder. Give a checkpoint folder (…/checkpoints/checkpoint-<step>), "
+            "a run folder, or true for the latest checkpoint of this run folder."
+        )
     if CHECKPOINT.match(path.name) or path.name.startswith(STAGING_PREFIX):
         problem = checkpoint_problem(path)
         if problem:
@@ -232,8 +242,9 @@ class StopOnSignal(TrainerCallback):
         if self.received is not None:  # the checkpoint of the stop step is saved: end the run here
             handoff = then if self.received == self.preemption and callable(then) else None
             run_dir = Path(args.output_dir).parent
-            raise TrainingInterrupted(self.received, state.global_step, run_dir, then=handoff,
-                                      command=resume_command(run_dir))
+            raise TrainingInterrupted(
+                self.received, state.global_step, run_dir, then=handoff, command=resume_command(run_dir)
+            )
 
     def restore(self) -> None:
         for sig, handler in self._previous.items():
@@ -249,8 +260,10 @@ class StopOnSignal(TrainerCallback):
             signal.raise_signal(signum)
             return
         self.received = signum
-        log.warning("%s received: saving a checkpoint at the end of this step, then stopping "
-                    "(send it again to stop at once)", signal.Signals(signum).name)
+        log.warning(
+            "%s received: saving a checkpoint at the end of this step, then stopping (send it again to stop at once)",
+            signal.Signals(signum).name,
+        )
 
     def on_step_end(self, args, state, control, **kwargs):
         if self._any_rank_received(args.device):

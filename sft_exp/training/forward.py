@@ -4,6 +4,7 @@ The model is called through its own forward (so DDP, PEFT and checkpointing wrap
 with a pre-hook on the LM head that captures the final hidden states and hands the head an
 empty slice: the (B, L, V) logits are never built.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,8 +21,16 @@ from sft_exp.training.losses import SFTLoss
 from sft_exp.training.memory import no_offload
 
 # Batch keys that are ours, not the model's.
-_NOT_MODEL_INPUTS = ("labels", "source_ids", "loss_weights", "example_ids", "shift_labels", "shift_loss_weights",
-                     "shift_source_ids", "shift_example_ids")
+_NOT_MODEL_INPUTS = (
+    "labels",
+    "source_ids",
+    "loss_weights",
+    "example_ids",
+    "shift_labels",
+    "shift_loss_weights",
+    "shift_source_ids",
+    "shift_example_ids",
+)
 
 
 @dataclass

@@ -9,6 +9,7 @@ Sums are kept per micro-batch on the device's copy made by the forward (it alrea
 masks) and moved to the CPU at once; the file is written (rewritten whole) at each evaluation and at
 the end of training, by rank 0 with every rank's records.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

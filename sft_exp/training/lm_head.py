@@ -7,6 +7,7 @@ logits instead of keeping them. Entropy and top-1 are metrics: they carry no gra
 The matmuls run in the weight's dtype, or in autocast's (bf16/fp16) when the forward runs under
 autocast, as transformers' own lm_head would; softmax, log-sum-exp and sums are float32.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -279,5 +280,6 @@ def chunked_head(hidden: Tensor, labels: Tensor, spec: HeadSpec, chunk_size: int
     # Gathered around `apply`, not inside forward: autograd records the weight's shape at apply time,
     # and the backward's gradient must match the full shape.
     with gathered(spec.weight, spec.bias):
-        return ChunkedHead.apply(hidden, spec.weight, spec.bias, labels, int(chunk_size), spec.logit_scale,
-                                 spec.softcap)
+        return ChunkedHead.apply(
+            hidden, spec.weight, spec.bias, labels, int(chunk_size), spec.logit_scale, spec.softcap
+        )

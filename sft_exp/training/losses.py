@@ -4,6 +4,7 @@ The chunked LM head (sft_exp.training.lm_head) yields log p(label) for the super
 turns each into a per-token loss that `sft_forward` sums and divides by the number of supervised
 tokens in the whole accumulated batch.
 """
+
 from __future__ import annotations
 
 from torch import Tensor

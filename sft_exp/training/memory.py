@@ -6,6 +6,7 @@ torchtune's OffloadActivations, simplified: saved tensors of at least `min_offlo
 pinned CPU memory in forward and come back in backward; with streams, the copies run on a side
 stream and backward prefetches the next tensors it will need.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -91,8 +92,10 @@ class ActivationOffloading(NoMemoryStrategy):
         return (GradientCheckpointing() if self.with_checkpointing else NoMemoryStrategy()).training_arguments()
 
     def __repr__(self) -> str:
-        return (f"ActivationOffloading(min_offload_bytes={self.min_offload_bytes}, use_streams={self.use_streams}, "
-                f"with_checkpointing={self.with_checkpointing})")
+        return (
+            f"ActivationOffloading(min_offload_bytes={self.min_offload_bytes}, use_streams={self.use_streams}, "
+            f"with_checkpointing={self.with_checkpointing})"
+        )
 
 
 def _storage_ptrs(model) -> Set[int]:
@@ -179,5 +182,3 @@ class OffloadHooks(saved_tensors_hooks):
 def no_offload():
     """Saved tensors created inside stay where they are, even under OffloadHooks (innermost hooks win)."""
     return saved_tensors_hooks(lambda t: t, lambda t: t)
-
-

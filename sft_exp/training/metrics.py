@@ -4,6 +4,7 @@ Sums (not per-batch means) are kept on device and reduced across ranks only when
 logged values are exact over every supervised token of the logging window, and no step pays a
 device sync for metrics.
 """
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -85,11 +86,16 @@ class SFTMetrics:
         """Add one micro-batch's sums (an SFTForwardOutput from sft_exp.training.forward)."""
         device = out.num_supervised.device
         aux = out.aux_loss
-        row = torch.stack([
-            out.num_supervised.float(), out.nll_sum.float(), out.num_correct.float(), out.entropy_sum.float(),
-            aux.float() if aux is not None else torch.zeros((), device=device),
-            torch.ones((), device=device) if aux is not None else torch.zeros((), device=device),
-        ]).detach()
+        row = torch.stack(
+            [
+                out.num_supervised.float(),
+                out.nll_sum.float(),
+                out.num_correct.float(),
+                out.entropy_sum.float(),
+                aux.float() if aux is not None else torch.zeros((), device=device),
+                torch.ones((), device=device) if aux is not None else torch.zeros((), device=device),
+            ]
+        ).detach()
         per_source = torch.cat([out.source_loss_sum.float(), out.source_count.float()]).detach()
         both = torch.cat([row, per_source])
         self.sums = both if self.sums is None else self.sums.to(device) + both
@@ -105,7 +111,7 @@ class SFTMetrics:
         values = sums.tolist()
         n, nll, correct, entropy, aux_sum, aux_count = values[:6]
         k = self.num_sources
-        source_loss, source_count = values[6:6 + k], values[6 + k:6 + 2 * k]
+        source_loss, source_count = values[6 : 6 + k], values[6 + k : 6 + 2 * k]
         metrics = {
             "mean_token_accuracy": correct / n if n else 0.0,
             "entropy": entropy / n if n else 0.0,

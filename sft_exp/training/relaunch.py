@@ -8,6 +8,7 @@
 `resume_from_checkpoint=true` (or a path) continues with changed settings, recorded in run_info.json, as before;
 a SLURM job that was requeued continues by itself. The decision is rank 0's, on every rank.
 """
+
 from __future__ import annotations
 
 import logging
@@ -77,28 +78,39 @@ def _decide(cfg, run_dir: Path) -> Relaunch:
     folder_key = "hydra.sweep.dir" if multirun_hydra_config() is not None else "hydra.run.dir"
     afresh = f"To start afresh, launch into a new folder (leave out {folder_key}, or {folder_key}=<new folder>)"
     if asked is False:
-        return Relaunch(refusal=f"resume_from_checkpoint=false, but {run_dir} holds a run and sft_exp never "
-                                f"overwrites one; nothing there was changed. {afresh}.")
+        return Relaunch(
+            refusal=f"resume_from_checkpoint=false, but {run_dir} holds a run and sft_exp never "
+            f"overwrites one; nothing there was changed. {afresh}."
+        )
     if not (run_dir / CONFIG).is_file():
-        return Relaunch(refusal=f"{run_dir} holds checkpoints but no {CONFIG} to compare this launch with; nothing "
-                                f"there was changed. {afresh}; to continue it, add resume_from_checkpoint=true.")
+        return Relaunch(
+            refusal=f"{run_dir} holds checkpoints but no {CONFIG} to compare this launch with; nothing "
+            f"there was changed. {afresh}; to continue it, add resume_from_checkpoint=true."
+        )
     changes = config_changes(run_dir, plain(cfg))
     if changes:
         shown = "; ".join(f"{key}: {was} -> {now}" for key, (was, now) in list(changes.items())[:SHOWN_CHANGES])
         more = f" and {len(changes) - SHOWN_CHANGES} more" if len(changes) > SHOWN_CHANGES else ""
         go_on = "; to continue that run with these settings, add resume_from_checkpoint=true" if saved else ""
-        return Relaunch(refusal=f"{run_dir} holds a run with other settings ({shown}{more}); nothing there was "
-                                f"changed. {afresh}{go_on}.")
+        return Relaunch(
+            refusal=f"{run_dir} holds a run with other settings ({shown}{more}); nothing there was "
+            f"changed. {afresh}{go_on}."
+        )
     if finished:
-        log.info("%s holds this run (same settings), %s: nothing to train (%s)", run_dir, summary["status"],
-                 afresh.lower().rstrip("."))
+        log.info(
+            "%s holds this run (same settings), %s: nothing to train (%s)",
+            run_dir,
+            summary["status"],
+            afresh.lower().rstrip("."),
+        )
         return Relaunch(objective=float(summary.get(cfg.objective, math.nan)))
     from sft_exp.training.checkpoints import latest_complete_checkpoint  # loads torch: only here
 
     checkpoint = latest_complete_checkpoint(run_dir / "checkpoints")
     if checkpoint is None:  # each one named in a warning above
-        return Relaunch(refusal=f"{run_dir} holds checkpoints, none of them complete; nothing there was changed. "
-                                f"{afresh}.")
+        return Relaunch(
+            refusal=f"{run_dir} holds checkpoints, none of them complete; nothing there was changed. {afresh}."
+        )
     log.info("%s holds this run (same settings): resuming from %s (%s)", run_dir, checkpoint, afresh.lower())
     return Relaunch(resume_from=str(checkpoint))
 

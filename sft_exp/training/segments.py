@@ -11,6 +11,7 @@ Work a segment did after its last checkpoint is done again by the next and count
 without warning (SIGKILL) counts up to its last checkpoint. The whole-run mean training loss
 (`train_loss`) is read from the logged windows, which a resume restores (sft_exp.training.guards).
 """
+
 from __future__ import annotations
 
 import time
@@ -40,14 +41,20 @@ class RunSegments(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         if control.should_save:  # the token count was just summed over the ranks for the checkpoint (guards.py)
-            state.stateful_callbacks[SEGMENTS_STATE_KEY] = [*self.earlier, self.this_segment(state.global_step,
-                                                                                            state.num_input_tokens_seen)]
+            state.stateful_callbacks[SEGMENTS_STATE_KEY] = [
+                *self.earlier,
+                self.this_segment(state.global_step, state.num_input_tokens_seen),
+            ]
 
     def this_segment(self, step: int, tokens: int, train_seconds: Optional[float] = None) -> dict:
         now = time.monotonic()
         seconds = now - (self._began or now) if train_seconds is None else train_seconds
-        return {"steps": [self._from_step, int(step)], "tokens": int(tokens or 0) - self._tokens_from,
-                "train_runtime_s": round(seconds, 3), "wall_time_s": round(now - (self.run_started or now), 3)}
+        return {
+            "steps": [self._from_step, int(step)],
+            "tokens": int(tokens or 0) - self._tokens_from,
+            "train_runtime_s": round(seconds, 3),
+            "wall_time_s": round(now - (self.run_started or now), 3),
+        }
 
     def whole_wall_s(self) -> float:
         """The run's wall time so far: its earlier segments' and this process's since the run began."""

@@ -6,6 +6,7 @@
 - `TokenCount`: the input tokens of every rank, and, with `LoggingWindow`, what a checkpoint must carry
   so that a resumed run logs the rows the straight run logs.
 """
+
 from __future__ import annotations
 
 import logging
@@ -115,8 +116,9 @@ class LoggingWindow(TrainerCallback):
         if control.should_save:  # collectives: every rank decides should_save the same way
             state.num_input_tokens_seen = self.trainer.tokens.seen()
             window = self.trainer.metrics["train"]
-            state.stateful_callbacks[WINDOW_STATE_KEY] = {} if control.should_log else window.export_state(
-                self.trainer.accelerator)
+            state.stateful_callbacks[WINDOW_STATE_KEY] = (
+                {} if control.should_log else window.export_state(self.trainer.accelerator)
+            )
 
 
 class EvaluationBeforeTraining(TrainerCallback):

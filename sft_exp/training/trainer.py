@@ -5,6 +5,7 @@ Like TRL's SFTTrainer we subclass transformers.Trainer and override only `comput
 Gradient accumulation, checkpoints, resume, schedulers, mixed precision and DDP/FSDP/DeepSpeed
 are transformers' and accelerate's.
 """
+
 from __future__ import annotations
 
 import logging
@@ -87,21 +88,29 @@ def precision_flags(precision: str) -> dict:
     flags = {"bf16": precision == "bf16", "fp16": precision == "fp16"}
     if precision == "bf16" and not (is_torch_bf16_gpu_available() or is_torch_xla_available()):
         if torch.cuda.is_available():
-            raise ConfigError(f"trainer.precision=bf16: {torch.cuda.get_device_name(0)} has no bfloat16 (Ampere "
-                              "and newer GPUs have it); use trainer.precision=fp16 or fp32.")
+            raise ConfigError(
+                f"trainer.precision=bf16: {torch.cuda.get_device_name(0)} has no bfloat16 (Ampere "
+                "and newer GPUs have it); use trainer.precision=fp16 or fp32."
+            )
         flags["use_cpu"] = True
     if precision in ("bf16", "fp16") and not torch.cuda.is_available() and not cpu_has_fast(precision):
         log.warning(
             "trainer.precision=%s on CPU: this CPU has no %s matrix instructions (AVX512-BF16/AMX), so autocast "
             "to %s is likely slower than fp32; trainer.precision=fp32 is the CPU default.",
-            precision, precision, precision,
+            precision,
+            precision,
+            precision,
         )
     return flags
 
 
 def build_training_arguments(
-    output_dir: str, precision: str = "auto", extra_args: Optional[dict] = None, eval_steps: Optional[int] = None,
-    eval_strategy: Optional[str] = None, **kwargs: Any,
+    output_dir: str,
+    precision: str = "auto",
+    extra_args: Optional[dict] = None,
+    eval_steps: Optional[int] = None,
+    eval_strategy: Optional[str] = None,
+    **kwargs: Any,
 ) -> SFTTrainingArguments:
     """SFTTrainingArguments from the flat `trainer.*` config: sft_exp's defaults, then the user's."""
     defaults = dict(
@@ -181,8 +190,12 @@ class SFTTrainer(AtomicCheckpoints, Trainer):
         covered = {cb.name for cb in callbacks or [] if isinstance(cb, Logger)}
         args.report_to = [name for name in reporting or [] if name not in covered]
         super().__init__(
-            model=model, args=args, data_collator=data_collator, train_dataset=train_dataset,
-            eval_dataset=eval_dataset, processing_class=processing_class,
+            model=model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
             callbacks=[SavesAsAsked(), *(callbacks or [])],  # before StopOnSignal, which may ask for a save
         )
         args.eval_strategy, args.report_to = eval_strategy, reporting
@@ -198,8 +211,11 @@ class SFTTrainer(AtomicCheckpoints, Trainer):
         self.baseline = EvaluationBeforeTraining(self)
         self.metrics_before_training: dict = {}  # evaluate_before_training's result
         # trainer.example_ledger: each example's loss and accuracy, written at every evaluation and at the end.
-        self.ledger = ExampleLedger(ledger_path(args.output_dir), self.source_names, self.accelerator) \
-            if args.example_ledger else None
+        self.ledger = (
+            ExampleLedger(ledger_path(args.output_dir), self.source_names, self.accelerator)
+            if args.example_ledger
+            else None
+        )
         # A resumed run's speed, times and mean loss over all its segments (`run_started`: time.monotonic() when
         # the run began, for its wall time).
         self.segments = RunSegments(run_started)
@@ -249,7 +265,9 @@ class SFTTrainer(AtomicCheckpoints, Trainer):
         """A tied head is not saved (it is the embedding), so its key is missing from every checkpoint: tie it
         and say nothing (transformers warns "missing keys ... ['lm_head.weight']" on an exact resume)."""
         tied = tuple(getattr(self.accelerator.unwrap_model(self.model), "all_tied_weights_keys", None) or ())
-        missing = [key for key in load_result.missing_keys if not key.endswith(tied)] if tied else load_result.missing_keys
+        missing = (
+            [key for key in load_result.missing_keys if not key.endswith(tied)] if tied else load_result.missing_keys
+        )
         if len(missing) < len(load_result.missing_keys):
             self.accelerator.unwrap_model(self.model).tie_weights()
         super()._issue_warnings_after_load(load_result._replace(missing_keys=missing))
@@ -273,11 +291,17 @@ class SFTTrainer(AtomicCheckpoints, Trainer):
         # sequence_parallel.loss_scale; in evaluation the Trainer averages the ranks' losses). The MoE router loss
         # is a per-micro-batch mean: scale it so that it is averaged over the accumulation steps and not
         # multiplied by the process count (as TRL).
-        ranks = 1 if num_items_in_batch is None else self.loss_scale if mode == "train" else self.accelerator.num_processes
+        ranks = (
+            1 if num_items_in_batch is None else self.loss_scale if mode == "train" else self.accelerator.num_processes
+        )
         steps = self.current_gradient_accumulation_steps if (mode == "train" and num_items_in_batch is not None) else 1
         out = sft_forward(
-            model, inputs, self.loss_fn, num_items_in_batch=num_items_in_batch,
-            num_sources=len(self.source_names), router_aux_loss_coef=self._router_aux_loss_coef(model) / (ranks * steps),
+            model,
+            inputs,
+            self.loss_fn,
+            num_items_in_batch=num_items_in_batch,
+            num_sources=len(self.source_names),
+            router_aux_loss_coef=self._router_aux_loss_coef(model) / (ranks * steps),
             per_example=self.ledger is not None,
         )
         if out.examples is not None:
@@ -326,7 +350,9 @@ class SFTTrainer(AtomicCheckpoints, Trainer):
         if self.args.router_aux_loss_coef is not None:
             return self.args.router_aux_loss_coef
         config = self.accelerator.unwrap_model(model).config
-        return float(getattr(config.get_text_config(), "router_aux_loss_coef", 0.0) or 0.0)  # prediction_loss_only: no logits kept
+        return float(
+            getattr(config.get_text_config(), "router_aux_loss_coef", 0.0) or 0.0
+        )  # prediction_loss_only: no logits kept
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
@@ -379,8 +405,15 @@ class SFTTrainer(AtomicCheckpoints, Trainer):
         scores = {}
         final = 0 < self.state.max_steps <= self.state.global_step
         for evaluator in self.evaluators:
-            scores.update(evaluator.evaluate(self.model, self.processing_class, step=self.state.global_step,
-                                             final=final, accelerator=self.accelerator))
+            scores.update(
+                evaluator.evaluate(
+                    self.model,
+                    self.processing_class,
+                    step=self.state.global_step,
+                    final=final,
+                    accelerator=self.accelerator,
+                )
+            )
         return scores
 
     def num_tokens_seen(self) -> int:

@@ -1,4 +1,5 @@
 """Builders for the data tests: a word-level tokenizer made in code, JSONL files, conversations."""
+
 from __future__ import annotations
 
 import json
@@ -13,7 +14,16 @@ from sft_exp.data import DataSettings
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SHARED_DATA = (REPO_ROOT / "../shared/data").resolve()
 TEST_ASSETS = REPO_ROOT / "tests" / "assets"  # the real files shipped with the tests (licences in its README)
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<s>", "</s>", "<|user|>", "<|assistant|>", "<|system|>"]
+SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<s>",
+    "</s>",
+    "<|user|>",
+    "<|assistant|>",
+    "<|system|>",
+]
 WORDS = (
     "What is two plus three four five six Four Six And Paris France capital of the The Hello Hi Bye hi there "
     "system user assistant tool You are helpful Be brief Answer Question Reverse abc cba Translate cat chat "

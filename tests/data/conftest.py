@@ -1,4 +1,5 @@
 """Fixtures for the data tests; the builders themselves live in builders.py (`from tests.data.builders import`)."""
+
 from __future__ import annotations
 
 import pytest
@@ -9,4 +10,3 @@ from tests.data.builders import make_word_tokenizer
 @pytest.fixture
 def word_tokenizer():
     return make_word_tokenizer()
-

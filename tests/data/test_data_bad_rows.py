@@ -1,4 +1,5 @@
 """Bad input: one clear error naming file, row and problem; or, with on_bad_row=drop, counted drops."""
+
 from __future__ import annotations
 
 import re
@@ -56,7 +57,9 @@ def test_template_mismatch_is_a_row_error(word_tokenizer, tmp_path):
     rows = [conversation("Hi", "cba"), conversation("Hi", "abc")]
     with pytest.raises(DataError, match=re.escape("chat.jsonl, row 1:") + ".*template_mismatch"):
         _prepare(word_tokenizer, tmp_path, rows, chat_template=str(path), assistant_only_loss=True)
-    data = _prepare(word_tokenizer, tmp_path, rows, chat_template=str(path), assistant_only_loss=True, on_bad_row="drop")
+    data = _prepare(
+        word_tokenizer, tmp_path, rows, chat_template=str(path), assistant_only_loss=True, on_bad_row="drop"
+    )
     assert data.stats["rows_dropped"] == {"template_mismatch": 1}
 
 
@@ -121,5 +124,7 @@ def test_rows_stay_aligned_across_chunks_and_batches_when_rows_are_dropped(word_
     for i in (0, 4, 6, 299, 301, 1000, 1002, 1298):
         text = word_tokenizer.apply_chat_template(rows[i]["messages"], chat_template=CHATML, tokenize=False)
         ids = word_tokenizer(text, add_special_tokens=False)["input_ids"]
-        trained = [word_tokenizer.convert_ids_to_tokens(t) for t, label in zip(ids, by_ids[tuple(ids)]) if label != -100]
+        trained = [
+            word_tokenizer.convert_ids_to_tokens(t) for t, label in zip(ids, by_ids[tuple(ids)]) if label != -100
+        ]
         assert "".join(trained) == " ".join(str(i)) + "<|im_end|>"  # row i's own answer, nothing else

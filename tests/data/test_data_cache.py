@@ -1,5 +1,6 @@
 """Prepared data is cached under a fingerprint of the source, the settings, the tokenizer and the code:
 a second preparation tokenizes nothing, and a changed tokenizer or changed code tokenizes again."""
+
 from __future__ import annotations
 
 import shutil
@@ -28,13 +29,20 @@ def tokenize_calls(monkeypatch) -> list:
 
 @pytest.fixture
 def source(tmp_path):
-    rows = [conversation("Hi", "Bye"), conversation("What is two plus three", "five"), conversation("Hello", "Hi there")]
+    rows = [
+        conversation("Hi", "Bye"),
+        conversation("What is two plus three", "five"),
+        conversation("Hello", "Hi there"),
+    ]
     return write_jsonl(tmp_path / "chats.jsonl", rows)
 
 
 def _prepare(source, tokenizer, cache_dir):
-    data = prepare_datasets(settings(sources=[{"path": str(source)}], chat_template="chatml", assistant_only_loss=True),
-                            tokenizer, cache_dir=str(cache_dir))
+    data = prepare_datasets(
+        settings(sources=[{"path": str(source)}], chat_template="chatml", assistant_only_loss=True),
+        tokenizer,
+        cache_dir=str(cache_dir),
+    )
     return [(row["input_ids"], row["labels"]) for row in data.train]
 
 

@@ -1,4 +1,5 @@
 """Padding-free batches: the same loss, metrics and gradients as padded ones, and no attention across examples."""
+
 from __future__ import annotations
 
 import datasets
@@ -72,16 +73,19 @@ def test_packed_rows_pad_their_tail_as_an_untrained_example():
     assert (batch["labels"][1, 4:] == -100).all() and (batch["source_ids"][1, 4:] == -1).all()
 
 
-@pytest.mark.parametrize("attn, packing, padding_free, expected", [
-    ("sdpa", False, None, (False, False)),  # sdpa: one concatenated row would make attention quadratic in the batch
-    ("flash_attention_2", False, None, (True, False)),  # varlen kernel: padding-free by default, one row
-    ("sdpa", True, None, (True, True)),  # packed rows stay rows under sdpa
-    ("flash_attention_2", True, None, (True, False)),
-    ("sdpa", False, True, (True, False)),  # asked for explicitly
-    ("sdpa_varlen", False, None, (True, False)),  # what sft_exp loads for sdpa: attention per example, one row
-    ("sdpa_varlen", True, None, (True, False)),
-    ("sdpa_varlen", False, False, (False, False)),  # data.padding_free=false still pads
-])
+@pytest.mark.parametrize(
+    "attn, packing, padding_free, expected",
+    [
+        ("sdpa", False, None, (False, False)),  # sdpa: one concatenated row would make attention quadratic in the batch
+        ("flash_attention_2", False, None, (True, False)),  # varlen kernel: padding-free by default, one row
+        ("sdpa", True, None, (True, True)),  # packed rows stay rows under sdpa
+        ("flash_attention_2", True, None, (True, False)),
+        ("sdpa", False, True, (True, False)),  # asked for explicitly
+        ("sdpa_varlen", False, None, (True, False)),  # what sft_exp loads for sdpa: attention per example, one row
+        ("sdpa_varlen", True, None, (True, False)),
+        ("sdpa_varlen", False, False, (False, False)),  # data.padding_free=false still pads
+    ],
+)
 def test_collator_for_picks_the_layout(attn, packing, padding_free, expected):
     collate = collator_for(0, packing=packing, padding_free=padding_free, attn_implementation=attn)
     assert (collate.padding_free, collate.separate_rows) == expected

@@ -6,6 +6,7 @@ changed but an 8-word run left as it was. The eval side is the `gsm8k` task pres
 split (1,319 problems). The check must find all 20, each attributed to the test item it came from, flag no
 clean row, and agree with open-r1's method (`scripts/decontaminate.py`) written out here.
 """
+
 from __future__ import annotations
 
 import json
@@ -146,8 +147,14 @@ def test_hashed_ngrams_are_open_r1s_ngrams_whatever_the_whitespace():
 
     from sft_exp.data import ngrams
 
-    texts = ["  The quick\tbrown fox\n\njumps over the lazy dog  ", "", None, "THE QUICK BROWN FOX JUMPS OVER THE LAZY",
-             "one two three", "\u00a0non-breaking\u00a0space counts as whitespace too in both splits, it does"]
+    texts = [
+        "  The quick\tbrown fox\n\njumps over the lazy dog  ",
+        "",
+        None,
+        "THE QUICK BROWN FOX JUMPS OVER THE LAZY",
+        "one two three",
+        "\u00a0non-breaking\u00a0space counts as whitespace too in both splits, it does",
+    ]
     rows = np.array([0, 0, 1, 2, 2, 4])  # row 3 has no text at all
     words = ngrams.split_words(pa.array(texts, pa.large_string()), rows)
     hashes, segment = ngrams.ngram_hashes(words, 4)
@@ -158,4 +165,6 @@ def test_hashed_ngrams_are_open_r1s_ngrams_whatever_the_whitespace():
         assert by_gram.setdefault(gram, value) == value  # the same n-gram, the same hash
     assert len(set(by_gram.values())) == len(by_gram)  # different n-grams, different hashes
     whole, counts = ngrams.row_hashes(words, words.lower, 5)
-    assert counts.tolist() == [sum(len((texts[i] or "").split()) for i in np.flatnonzero(rows == row)) for row in range(5)]
+    assert counts.tolist() == [
+        sum(len((texts[i] or "").split()) for i in np.flatnonzero(rows == row)) for row in range(5)
+    ]

@@ -1,5 +1,6 @@
 """Truncation that cuts an answer (or its end of turn) is counted apart from truncation that cuts only
 a prompt, and warned with its share of the rows."""
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,15 @@ def test_cut_answers_are_counted_and_warned(word_tokenizer, tmp_path, caplog):
         {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]},
     ]
     path = _write(tmp_path / "chat.jsonl", rows)
-    settings = DataSettings(sources=[{"path": str(path)}], max_length=40, eval_split_size=0, seed=0,
-                            chat_template="chatml", assistant_only_loss=True, on_bad_row="drop")
+    settings = DataSettings(
+        sources=[{"path": str(path)}],
+        max_length=40,
+        eval_split_size=0,
+        seed=0,
+        chat_template="chatml",
+        assistant_only_loss=True,
+        on_bad_row="drop",
+    )
     with caplog.at_level(logging.WARNING, logger="sft_exp.data.prepare"):
         data = prepare_datasets(settings, word_tokenizer, cache_dir=str(tmp_path / "cache"))
     # The long prompt is cut with its answer: no trained token is left, so that row is dropped instead.
@@ -39,8 +47,9 @@ def test_a_conversation_with_no_user_turn_trains_but_is_counted_and_warned(word_
         {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}]},
     ]
     path = _write(tmp_path / "chat.jsonl", rows)
-    settings = DataSettings(sources=[{"path": str(path)}], eval_split_size=0, seed=0, chat_template="chatml",
-                            assistant_only_loss=True)
+    settings = DataSettings(
+        sources=[{"path": str(path)}], eval_split_size=0, seed=0, chat_template="chatml", assistant_only_loss=True
+    )
     with caplog.at_level(logging.WARNING, logger="sft_exp.data.prepare"):
         data = prepare_datasets(settings, word_tokenizer, cache_dir=str(tmp_path / "cache"))
     assert len(data.train) == 2 and data.stats["rows_flawed"] == {"no_user_turn": 1}

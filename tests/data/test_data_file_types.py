@@ -1,4 +1,5 @@
 """Sources in every local file type the README lists (.jsonl, .json, .parquet, .csv) prepare to the same rows."""
+
 from __future__ import annotations
 
 import json
@@ -9,8 +10,11 @@ import pytest
 from sft_exp.data import prepare_datasets
 from tests.data.builders import conversation, settings, write_jsonl
 
-PAIRS = [{"prompt": "Reverse abc:", "completion": " cba"}, {"prompt": "Translate cat", "completion": " chat"},
-         {"prompt": "What is two plus three", "completion": " five"}]
+PAIRS = [
+    {"prompt": "Reverse abc:", "completion": " cba"},
+    {"prompt": "Translate cat", "completion": " chat"},
+    {"prompt": "What is two plus three", "completion": " five"},
+]
 
 
 def _rows(tokenizer, path, **values) -> list:
@@ -38,8 +42,11 @@ def test_prompt_completion_rows_read_the_same_from_every_file_type(word_tokenize
 
 @pytest.mark.parametrize("suffix", [".json", ".parquet"])
 def test_conversations_read_the_same_from_nested_file_types(word_tokenizer, tmp_path, suffix):
-    rows = [conversation("Hi", "Bye"), conversation("What is two plus three", "five", system="Be brief"),
-            conversation("Hello", "Hi there", "Bye", "Bye")]
+    rows = [
+        conversation("Hi", "Bye"),
+        conversation("What is two plus three", "five", system="Be brief"),
+        conversation("Hello", "Hi there", "Bye", "Bye"),
+    ]
     values = dict(chat_template="chatml", assistant_only_loss=True)
     expected = _rows_of(word_tokenizer, write_jsonl(tmp_path / "chats.jsonl", rows), **values)
     assert _rows_of(word_tokenizer, _write(tmp_path / f"chats{suffix}", rows), **values) == expected

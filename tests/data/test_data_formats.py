@@ -1,4 +1,5 @@
 """Every format, masked token by token against hand-written expectations (word-level tokenizer)."""
+
 from __future__ import annotations
 
 import json
@@ -65,7 +66,11 @@ def test_messages_with_tools_and_tool_calls(word_tokenizer, tmp_path):
 
 
 def test_sharegpt_maps_speakers_to_roles(word_tokenizer, tmp_path):
-    turns = [{"from": "system", "value": "Be brief"}, {"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]
+    turns = [
+        {"from": "system", "value": "Be brief"},
+        {"from": "human", "value": "Hi"},
+        {"from": "gpt", "value": "Hello"},
+    ]
     row = _row(word_tokenizer, tmp_path, [{"conversations": turns}], chat_template="chatml", assistant_only_loss=True)
     assert supervised_tokens(word_tokenizer, row) == ["Hello", "<|im_end|>"]
     assert _tokens(word_tokenizer, row)[:3] == ["<|im_start|>", "system", "\n"]

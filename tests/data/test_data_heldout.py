@@ -2,6 +2,7 @@
 
 Replacing data.sources on the demo must never keep the demo's eval rows or prompts (issue 10 item 2).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -77,7 +78,8 @@ def test_eval_split_size_holds_out_rows_of_the_users_file_never_trained_on(word_
 
 
 @pytest.mark.parametrize(
-    "rows, fraction, held_out", [(19, 0.05, 0), (20, 0.05, 1), (39, 0.05, 1), (40, 0.05, 2), (100, 0.29, 29), (10, 0.1, 1)]
+    "rows, fraction, held_out",
+    [(19, 0.05, 0), (20, 0.05, 1), (39, 0.05, 1), (40, 0.05, 2), (100, 0.29, 29), (10, 0.1, 1)],
 )
 def test_held_out_fraction_rounds_down_but_keeps_one_row_from_20_rows(rows, fraction, held_out):
     assert held_out_count(rows, fraction) == held_out
@@ -102,12 +104,18 @@ def test_eval_path_is_read_like_path_capped_and_keeps_the_source_name(word_token
 
 
 def test_a_source_without_eval_path_is_split_beside_one_with_it(word_tokenizer, tmp_path):
-    first = {"path": str(write_jsonl(tmp_path / "a.jsonl", _user_rows(40))), "eval_path": str(
-        write_jsonl(tmp_path / "a_eval.jsonl", _user_rows(3, word="dog")))}
+    first = {
+        "path": str(write_jsonl(tmp_path / "a.jsonl", _user_rows(40))),
+        "eval_path": str(write_jsonl(tmp_path / "a_eval.jsonl", _user_rows(3, word="dog"))),
+    }
     second = {"path": str(write_jsonl(tmp_path / "b.jsonl", _user_rows(40, word="sunny")))}
-    data = prepare_datasets(settings(sources=[first, second], eval_split_size=0.05, chat_template="chatml"), word_tokenizer)
+    data = prepare_datasets(
+        settings(sources=[first, second], eval_split_size=0.05, chat_template="chatml"), word_tokenizer
+    )
     assert [(o["source"], o["from"], o["rows"]) for o in data.stats["eval_from"]] == [
-        ("a", "eval_path", 3), ("b", "eval_split_size", 2)]
+        ("a", "eval_path", 3),
+        ("b", "eval_split_size", 2),
+    ]
     assert len(data.eval) == 5 and len(data.train) == 78
     # interleaved across groups, so a task's `limit` still sees both sources
     assert [e["reference"].split()[-1] for e in data.heldout_examples[:4]] == ["dog", "sunny", "dog", "sunny"]

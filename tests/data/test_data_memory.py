@@ -1,4 +1,5 @@
 """Data preparation in flat memory: the streamed per-row pass, released mapped pages, refusals."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -170,7 +171,11 @@ def test_bench_data_refuses_a_speed_up_when_the_rows_differ():
     for supervised, rows, named in (
         ({"sft_exp": {10}, "trl": {10}}, {"sft_exp": {"ab"}, "trl": {"cd"}}, "rows (hash"),
         ({"sft_exp": {10}, "trl": {12}}, {"sft_exp": {"ab"}, "trl": {"ab"}}, "trained tokens: sft_exp [10], TRL [12]"),
-        ({"sft_exp": {10}, "trl": {10}}, {"sft_exp": {"ab", "cd"}, "trl": {"ab"}}, "sft_exp's runs produced different rows"),
+        (
+            {"sft_exp": {10}, "trl": {10}},
+            {"sft_exp": {"ab", "cd"}, "trl": {"ab"}},
+            "sft_exp's runs produced different rows",
+        ),
     ):
         with pytest.raises(SystemExit) as stop:
             bench.check_same_rows(supervised, rows)

@@ -1,4 +1,5 @@
 """The minimal path: messages JSONL + chat template -> assistant-only labels, truncation, eval, collator."""
+
 from __future__ import annotations
 
 import pytest
@@ -104,7 +105,10 @@ def test_padding_free_collator_concatenates_and_never_predicts_across_examples()
         ({"eval_split_size": -1}, "data.eval_split_size"),
         ({"sources": [{"path": "TRAIN", "eval_path": "/no/such/eval.jsonl"}]}, "data.sources[0].eval_path"),
         ({"sources": [{"path": "TRAIN", "eval_max_samples": 8}]}, "data.sources[0].eval_max_samples"),
-        ({"sources": [{"path": "TRAIN", "eval_path": "TRAIN", "eval_max_samples": 0}]}, "data.sources[0].eval_max_samples"),
+        (
+            {"sources": [{"path": "TRAIN", "eval_path": "TRAIN", "eval_max_samples": 0}]},
+            "data.sources[0].eval_max_samples",
+        ),
         ({"eval_sources": [{"path": "TRAIN", "eval_path": "TRAIN"}]}, "data.eval_sources[0].eval_path"),
         ({"seed": "42"}, "data.seed"),
         ({"sources": [{"path": "TRAIN", "name": "a"}, {"path": "TRAIN", "name": "a"}]}, "data.sources[1].name"),
@@ -115,9 +119,13 @@ def test_padding_free_collator_concatenates_and_never_predicts_across_examples()
 def test_validate_names_the_bad_key(tmp_path, override, key):
     train = str(write_jsonl(tmp_path / "train.jsonl", [conversation("Hi", "Hello")]))
     cfg = {"sources": [{"path": train}], **override}
-    cfg["sources"] = [{k: v.replace("TRAIN", train) if isinstance(v, str) else v for k, v in s.items()} for s in cfg["sources"]]
-    cfg["eval_sources"] = [{k: v.replace("TRAIN", train) if isinstance(v, str) else v for k, v in s.items()}
-                           for s in cfg.get("eval_sources", [])]
+    cfg["sources"] = [
+        {k: v.replace("TRAIN", train) if isinstance(v, str) else v for k, v in s.items()} for s in cfg["sources"]
+    ]
+    cfg["eval_sources"] = [
+        {k: v.replace("TRAIN", train) if isinstance(v, str) else v for k, v in s.items()}
+        for s in cfg.get("eval_sources", [])
+    ]
     with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
         DataSettings(**{"seed": 0, **cfg})
 

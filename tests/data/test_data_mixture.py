@@ -1,4 +1,5 @@
 """Mixtures by weight, eval split, determinism and the data fingerprint."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -20,7 +21,9 @@ def _sources(tmp_path, sizes: dict[str, int]) -> list[dict]:
 
 
 def _prepare(tokenizer, sources, **values):
-    return prepare_datasets(settings(sources=sources, chat_template="chatml", assistant_only_loss=True, **values), tokenizer)
+    return prepare_datasets(
+        settings(sources=sources, chat_template="chatml", assistant_only_loss=True, **values), tokenizer
+    )
 
 
 def _first_source_counts(data) -> Counter:
@@ -92,7 +95,9 @@ def test_parallel_tokenization_gives_the_same_rows(word_tokenizer, tmp_path, num
 
 def test_wrapped_packing_keeps_held_out_rows_within_max_length(word_tokenizer, tmp_path):
     sources = _sources(tmp_path, {"a": 40})
-    data = _prepare(word_tokenizer, sources, eval_split_size=0.25, packing=True, packing_strategy="wrapped", max_length=16)
+    data = _prepare(
+        word_tokenizer, sources, eval_split_size=0.25, packing=True, packing_strategy="wrapped", max_length=16
+    )
     assert len(data.eval) == 10 and max(len(ids) for ids in data.eval["input_ids"]) <= 16
     assert all(len(ids) == 16 for ids in data.train["input_ids"][:-1])
 
@@ -125,5 +130,7 @@ def test_the_examples_of_one_source_row_are_held_out_together():
         assert sorted([*train, *held]) == list(range(len(kept)))
         assert len(set(kept[held])) == 2 and not set(kept[held]) & set(kept[train])
     plain = np.arange(7)
-    for a, b in zip(split_by_source_row(plain, 3, np.random.default_rng(1)), split_rows(7, 3, np.random.default_rng(1))):
+    for a, b in zip(
+        split_by_source_row(plain, 3, np.random.default_rng(1)), split_rows(7, 3, np.random.default_rng(1))
+    ):
         assert a.tolist() == b.tolist()

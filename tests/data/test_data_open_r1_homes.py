@@ -1,5 +1,6 @@
 """The data-side homes of open-r1 recipe fields: dataset_mixture (weights as fractions, the test split taken
 from the mixed rows), `columns` as a keep-list, `system_prompt`, and a chat template string that does not parse."""
+
 from __future__ import annotations
 
 import datasets
@@ -64,7 +65,9 @@ def test_open_r1_mixture_takes_the_same_rows_as_open_r1(word_tokenizer, tmp_path
 def test_source_split_holds_out_before_weighting_and_mixture_after(word_tokenizer, tmp_path):
     sources = _files(tmp_path, {"a": 100, "b": 100})
     sources[0]["weight"] = 0.2
-    per_source = prepare_datasets(settings(sources=sources, chat_template="chatml", eval_split_size=0.1), word_tokenizer)
+    per_source = prepare_datasets(
+        settings(sources=sources, chat_template="chatml", eval_split_size=0.1), word_tokenizer
+    )
     mixed = prepare_datasets(settings(sources=sources, chat_template="chatml", eval_split_size=0.1,
                                       eval_split_from="mixture"), word_tokenizer)  # fmt: skip
     assert len(per_source.eval) == 20 and len(per_source.train) == 18 + 90  # 10 of each, then 0.2 x 90 of a
@@ -108,12 +111,16 @@ def test_system_prompt_goes_first_where_a_conversation_has_none(word_tokenizer, 
     assert systems <= {"You are helpful", "Be brief"}
 
 
-@pytest.mark.parametrize("template, line", [("{%- for m in messages %}\n{{ m.content }\n{%- endfor %}", 2),
-                                            ("{{ bos_token }}\n{%- if x %}\n{{ x }}", 3)])
+@pytest.mark.parametrize(
+    "template, line",
+    [("{%- for m in messages %}\n{{ m.content }\n{%- endfor %}", 2), ("{{ bos_token }}\n{%- if x %}\n{{ x }}", 3)],
+)
 def test_a_chat_template_string_that_does_not_parse_names_the_key_and_line(template, line, tmp_path):
     with pytest.raises(ConfigError, match=rf"data.chat_template: the chat template is not valid Jinja, line {line} "):
         settings(sources=_files(tmp_path, {"a": 1}), chat_template=template)
     path = tmp_path / "broken.jinja"
     path.write_text(template)
-    with pytest.raises(ConfigError, match=rf"data.chat_template={path}: the chat template is not valid Jinja, line {line}"):
+    with pytest.raises(
+        ConfigError, match=rf"data.chat_template={path}: the chat template is not valid Jinja, line {line}"
+    ):
         settings(sources=_files(tmp_path, {"a": 1}), chat_template=str(path))

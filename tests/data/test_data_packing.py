@@ -1,4 +1,5 @@
 """Packing: bins that fit, positions that restart, fill rate, and the loss of a packed batch equal to unpacked."""
+
 from __future__ import annotations
 
 import datasets
@@ -18,7 +19,9 @@ def _examples(lengths: list[int], seed: int = 0) -> datasets.Dataset:
     for i, length in enumerate(lengths):
         ids = rng.integers(5, 100, size=length).tolist()
         labels = [-100 if t < length // 2 else token for t, token in enumerate(ids)]
-        rows.append({"input_ids": ids, "labels": labels, "position_ids": list(range(length)), "source_ids": [i % 3] * length})
+        rows.append(
+            {"input_ids": ids, "labels": labels, "position_ids": list(range(length)), "source_ids": [i % 3] * length}
+        )
     return datasets.Dataset.from_list(rows)
 
 

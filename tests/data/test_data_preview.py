@@ -1,4 +1,5 @@
 """`python -m sft_exp.preview`: trained tokens marked, statistics printed, user errors without traceback."""
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,12 @@ def test_render_row_marks_runs(word_tokenizer):
 
 def test_render_row_marks_weighted_tokens(word_tokenizer):
     ids = word_tokenizer.convert_tokens_to_ids(["Hi", "there", "Bye", "Hello"])
-    row = {"input_ids": ids, "labels": [-100, ids[1], ids[2], ids[3]], "position_ids": [0, 1, 2, 3],
-           "loss_weights": [0.0, 1.0, 2.0, 0.5]}
+    row = {
+        "input_ids": ids,
+        "labels": [-100, ids[1], ids[2], ids[3]],
+        "position_ids": [0, 1, 2, 3],
+        "loss_weights": [0.0, 1.0, 2.0, 0.5],
+    }
     assert render_row(word_tokenizer, row, color=False) == "Hi[[there]][[Bye]]x2[[Hello]]x0.5"
 
 
@@ -39,8 +44,13 @@ def test_preview_shows_message_weights_and_takes_the_turn_settings(tmp_path, cap
     row = conversation("Hi there", "Hello", "Bye", "See you")
     row["messages"][3]["weight"] = 2
     path = write_jsonl(tmp_path / "chat.jsonl", [row])
-    overrides = [f"data.sources=[{{path:{path},name:chat}}]", "data.eval_sources=[]", "data.eval_split_size=0",
-                 "data.train_on_eot=none", "data.roles_to_train=[user,assistant]"]
+    overrides = [
+        f"data.sources=[{{path:{path},name:chat}}]",
+        "data.eval_sources=[]",
+        "data.eval_split_size=0",
+        "data.train_on_eot=none",
+        "data.roles_to_train=[user,assistant]",
+    ]
     assert main(["--plain", "--rows", "1", *overrides]) == 0
     out = capsys.readouterr().out
     assert "[[Hi there]]" in out and "[[Hello]]<|im_end|>" in out and "[[See you]]x2<|im_end|>" in out

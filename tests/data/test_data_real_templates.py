@@ -7,6 +7,7 @@ Each template is rendered with the phi-3-mini tokenizer (its control tokens adde
 tokens), and the trained tokens of each assistant turn must be exactly the reply followed by that
 template's end-of-turn token.
 """
+
 from __future__ import annotations
 
 import json
@@ -116,7 +117,9 @@ def test_prefix_masks_equal_generation_marker_masks(phi3_tokenizer):
     rows = [MESSAGES, conversation("Hi", "Hello there", system="You are helpful")["messages"]]
     for messages in rows:
         conv = Conversation(messages, None, None)
-        with_markers = conversation_spans(conv, CHATML, variables, assistant_only=True, completion_only=False, markers=True)
+        with_markers = conversation_spans(
+            conv, CHATML, variables, assistant_only=True, completion_only=False, markers=True
+        )
         from_prefixes = conversation_spans(
             conv, plain_chatml, variables, assistant_only=True, completion_only=False, markers=False
         )

@@ -1,4 +1,5 @@
 """Reasoning turns: trained as the template renders them at that turn, or masked by data.train_reasoning=false."""
+
 from __future__ import annotations
 
 import json
@@ -11,15 +12,23 @@ from sft_exp.data import prepare_datasets
 from sft_exp.errors import DataError
 from tests.data.builders import conversation, make_word_tokenizer, settings, write_jsonl
 
-QWEN3 = json.loads((Path(__file__).resolve().parents[1] / "assets/chat_templates/qwen3_tokenizer_config.json")
-                   .read_text())["chat_template"]
+QWEN3 = json.loads(
+    (Path(__file__).resolve().parents[1] / "assets/chat_templates/qwen3_tokenizer_config.json").read_text()
+)["chat_template"]
 
 
 def _trained(tmp_path, rows, template="chatml", **values) -> list[list[str]]:
     tokenizer = make_word_tokenizer(QWEN3 if template == "qwen3" else None)
     path = write_jsonl(tmp_path / "train.jsonl", rows)
-    data = prepare_datasets(settings(sources=[{"path": str(path)}], assistant_only_loss=True,
-                                     chat_template=None if template == "qwen3" else template, **values), tokenizer)
+    data = prepare_datasets(
+        settings(
+            sources=[{"path": str(path)}],
+            assistant_only_loss=True,
+            chat_template=None if template == "qwen3" else template,
+            **values,
+        ),
+        tokenizer,
+    )
     return [_runs(tokenizer, row) for row in data.train]
 
 
@@ -59,12 +68,16 @@ def test_train_reasoning_false_masks_the_think_block(tmp_path):
 
 def test_think_blocks_in_content_are_trained_or_masked_on_a_plain_template(tmp_path):
     row = _thinking(in_content=True)
-    assert _trained(tmp_path, [row]) == [["<think>two and two</think>Four .<|im_end|>",
-                                          "<think>three and three</think>Six .<|im_end|>"]]
+    assert _trained(tmp_path, [row]) == [
+        ["<think>two and two</think>Four .<|im_end|>", "<think>three and three</think>Six .<|im_end|>"]
+    ]
     assert _trained(tmp_path, [row], train_reasoning=False) == [["Four .<|im_end|>", "Six .<|im_end|>"]]
 
 
 def test_reasoning_content_on_a_template_that_cannot_render_it_is_an_error(tmp_path):
-    with pytest.raises(DataError, match=r"train.jsonl, row 0: messages\[1\] has a reasoning_content, but the chat template "
-                                        r"renders no message's reasoning"):
+    with pytest.raises(
+        DataError,
+        match=r"train.jsonl, row 0: messages\[1\] has a reasoning_content, but the chat template "
+        r"renders no message's reasoning",
+    ):
         _trained(tmp_path, [_thinking(in_content=False)], template="chatml")

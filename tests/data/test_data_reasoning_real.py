@@ -4,6 +4,7 @@ phi-3-mini tokenizer, and the real Qwen3 and SmolLM3 templates (all shipped in t
 Qwen3 drops the reasoning of every turn before the last user message, so each turn trains in an example of
 its own, rendered as the model sees it when it writes that turn. SmolLM3 renders `<think>` blocks in content
 as they are: one example per row, and `train_reasoning=false` masks the block."""
+
 from __future__ import annotations
 
 import json
@@ -66,7 +67,10 @@ def test_qwen3_trains_each_turn_of_real_rows_as_rendered_at_that_turn(tmp_path, 
         text = tokenizer.decode(example["input_ids"])
         (k,) = [k for k in (2, 4) if tokenizer.apply_chat_template(messages[:k], tokenize=False) == text]
         reply = messages[k - 1]  # the one turn this example trains: its reasoning, its answer, its end of turn
-        assert _supervised(tokenizer, example) == f"<think>\n{reply['reasoning_content']}\n</think>\n\n{reply['content']}<|im_end|>"
+        assert (
+            _supervised(tokenizer, example)
+            == f"<think>\n{reply['reasoning_content']}\n</think>\n\n{reply['content']}<|im_end|>"
+        )
 
 
 def test_smollm3_trains_think_blocks_in_content_or_masks_them(tmp_path, tokenizer):
@@ -80,7 +84,7 @@ def test_smollm3_trains_think_blocks_in_content_or_masks_them(tmp_path, tokenize
         replies = [m["content"] for m in rows[row]["messages"][1::2]]
         # SmolLM3's generation block holds the turn's header too (what TRL's assistant mask trains as well).
         assert _supervised(tokenizer, with_think) == "".join(f"<|im_start|>assistant\n{r}<|im_end|>" for r in replies)
-        answers = [r[r.index("</think>\n") + len("</think>\n"):] for r in replies]
+        answers = [r[r.index("</think>\n") + len("</think>\n") :] for r in replies]
         # Masked: the block and the blank either side of it (a span's trailing whitespace is never trained).
         assert _supervised(tokenizer, without) == "".join(f"<|im_start|>assistant{a}<|im_end|>" for a in answers)
         assert with_think["input_ids"] == without["input_ids"]  # the same text, only the labels differ

@@ -1,5 +1,6 @@
 """Templates that drop earlier turns' reasoning: each such turn trains in an example of its own, the
 conversation up to it as the template renders it there (what the model sees when it writes the turn)."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,9 @@ from sft_exp.data import prepare_datasets
 from sft_exp.data.statistics import describe
 from tests.data.builders import conversation, make_word_tokenizer, settings, write_jsonl
 
-QWEN3 = json.loads((Path(__file__).resolve().parents[1] / "assets/chat_templates/qwen3_tokenizer_config.json")
-                   .read_text())["chat_template"]
+QWEN3 = json.loads(
+    (Path(__file__).resolve().parents[1] / "assets/chat_templates/qwen3_tokenizer_config.json").read_text()
+)["chat_template"]
 # Qwen3-style, small: an assistant turn's reasoning is rendered only after the last user message.
 DROPS = (
     "{% set ns = namespace(last=0) %}{% for m in messages %}{% if m.role == 'user' %}{% set ns.last = loop.index0 %}"
@@ -40,8 +42,11 @@ def _prepare(tmp_path, template: str, rows=None, **values):
 
 
 def _supervised(tokenizer, example) -> str:
-    return "".join(tokenizer.convert_ids_to_tokens(t) for t, label in zip(example["input_ids"], example["labels"])
-                   if label != IGNORE_INDEX)
+    return "".join(
+        tokenizer.convert_ids_to_tokens(t)
+        for t, label in zip(example["input_ids"], example["labels"])
+        if label != IGNORE_INDEX
+    )
 
 
 def _text(tokenizer, example) -> str:
@@ -54,12 +59,14 @@ def test_each_turn_trains_as_rendered_at_that_turn(tmp_path, template):
     assert len(data.train) == 2
     messages = _row()["messages"]
     by_length = sorted(data.train, key=lambda example: len(example["input_ids"]))
-    for example, (k, reasoning, answer) in zip(by_length, [(2, "two and two", "Four ."), (4, "three and three", "Six .")]):
+    for example, (k, reasoning, answer) in zip(
+        by_length, [(2, "two and two", "Four ."), (4, "three and three", "Six .")]
+    ):
         rendered = tokenizer.apply_chat_template(messages[:k], tokenize=False)
         assert _text(tokenizer, example) == rendered  # the render at turn k, not the whole conversation's
         trained = _supervised(tokenizer, example)
         assert trained.startswith("<think>") and reasoning in trained and trained.endswith(answer + "<|im_end|>")
-        turn = rendered[rendered.rindex("<|im_start|>assistant\n") + len("<|im_start|>assistant\n"):]
+        turn = rendered[rendered.rindex("<|im_start|>assistant\n") + len("<|im_start|>assistant\n") :]
         assert trained == turn.rstrip()  # exactly that turn's reasoning + answer + end of turn
         assert set(example["example_ids"]) == {0}  # both examples name their source row
     assert (data.stats["rows_split"], data.stats["split_examples"]) == (1, 2)
@@ -71,7 +78,10 @@ def test_each_turn_trains_as_rendered_at_that_turn(tmp_path, template):
 def test_a_template_that_keeps_reasoning_gives_one_example(tmp_path):
     tokenizer, data = _prepare(tmp_path, KEEPS)
     (example,) = data.train
-    assert _supervised(tokenizer, example) == "<think>two and two</think>Four .<|im_end|><think>three and three</think>Six .<|im_end|>"
+    assert (
+        _supervised(tokenizer, example)
+        == "<think>two and two</think>Four .<|im_end|><think>three and three</think>Six .<|im_end|>"
+    )
     assert data.stats["rows_split"] == 0 and "expanded" not in describe(data)
 
 

@@ -1,4 +1,5 @@
 """Fast rendering of `{% generation %}` templates equals transformers' own rendering, spans included."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -24,10 +25,18 @@ MULTILINE = """{%- for message in messages %}
 {% endfor %}"""
 VARIANTS = {
     "plain": MULTILINE,
-    "strip both": MULTILINE.replace("{% generation %}", "{%- generation -%}").replace("{% endgeneration %}", "{%- endgeneration -%}"),
-    "strip left": MULTILINE.replace("{% generation %}", "{%- generation %}").replace("{% endgeneration %}", "{%- endgeneration %}"),
-    "strip right": MULTILINE.replace("{% generation %}", "{% generation -%}").replace("{% endgeneration %}", "{% endgeneration -%}"),
-    "keep indent": MULTILINE.replace("{% generation %}", "{%+ generation %}").replace("{% endgeneration %}", "{%+ endgeneration +%}"),
+    "strip both": MULTILINE.replace("{% generation %}", "{%- generation -%}").replace(
+        "{% endgeneration %}", "{%- endgeneration -%}"
+    ),
+    "strip left": MULTILINE.replace("{% generation %}", "{%- generation %}").replace(
+        "{% endgeneration %}", "{%- endgeneration %}"
+    ),
+    "strip right": MULTILINE.replace("{% generation %}", "{% generation -%}").replace(
+        "{% endgeneration %}", "{% endgeneration -%}"
+    ),
+    "keep indent": MULTILINE.replace("{% generation %}", "{%+ generation %}").replace(
+        "{% endgeneration %}", "{%+ endgeneration +%}"
+    ),
 }
 CONVERSATIONS = [
     [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
@@ -40,7 +49,11 @@ CONVERSATIONS = [
     ],
     [
         {"role": "user", "content": "weather?"},
-        {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "get", "arguments": {"city": "Oslo"}}}]},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"function": {"name": "get", "arguments": {"city": "Oslo"}}}],
+        },
         {"role": "tool", "content": "12C"},
         {"role": "assistant", "content": "It is 12C."},
     ],

@@ -4,6 +4,7 @@ OpenAI rows carry `arguments` as a JSON string; ShareGPT rows (LLaMA-Factory's c
 as the JSON text of `function_call` turns. Both must train exactly the text the template renders for
 structured calls (`arguments` a dict), which is what it renders at inference.
 """
+
 from __future__ import annotations
 
 import json
@@ -104,7 +105,10 @@ def test_an_empty_tools_list_is_no_tools():
 
 
 def test_a_turn_with_several_calls_keeps_each_one():
-    calls = [{"name": "get_weather", "arguments": {"city": "Paris"}}, {"name": "get_weather", "arguments": '{"city": "Oslo"}'}]
+    calls = [
+        {"name": "get_weather", "arguments": {"city": "Paris"}},
+        {"name": "get_weather", "arguments": '{"city": "Oslo"}'},
+    ]
     turns = [{"from": "human", "value": "weather"}, {"from": "function_call", "value": json.dumps(calls)}]
     message = normalize_row("sharegpt", {"conversations": turns}).messages[1]
     assert message == {"role": "assistant", "tool_calls": [_call("Paris"), _call("Oslo")]}
@@ -137,7 +141,10 @@ def test_own_speaker_names_and_turn_keys_through_columns(word_tokenizer, tmp_pat
              {"speaker": "RESULT", "text": "sunny"}, {"speaker": "BOT", "text": "It s sunny"}]  # fmt: skip
     columns = {"conversations": "turns", "role_tag": "speaker", "content_tag": "text", "user_tag": "USER",
                "function_tag": "CALL", "observation_tag": "RESULT", "assistant_tag": "BOT"}  # fmt: skip
-    assert normalize_row("sharegpt", field_values({"turns": turns}, column_map("sharegpt", columns))).messages == STRUCTURED
+    assert (
+        normalize_row("sharegpt", field_values({"turns": turns}, column_map("sharegpt", columns))).messages
+        == STRUCTURED
+    )
     data = _prepare(word_tokenizer, tmp_path, [{"turns": turns}], source={"format": "sharegpt", "columns": columns})
     assert "<tool_call>" in _trained(word_tokenizer, data.train[0])
     # A speaker the tags do not name is still an error that says which key names it.

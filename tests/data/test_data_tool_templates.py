@@ -5,6 +5,7 @@ transformers' apply_chat_template renders for the same conversation with structu
 inference format), and the assistant masks must cover each call and its end-of-turn token. Also
 the shared OpenAI rows with Qwen2.5's template: no double-encoded arguments, every call in tags.
 """
+
 from __future__ import annotations
 
 import copy
@@ -37,7 +38,9 @@ def _structured(n_calls: int) -> list[dict]:
     """The conversation as apply_chat_template takes it: calls with dict arguments (ids: Mistral's 9 characters)."""
     calls = [{"id": f"call{i:05d}", "type": "function",
               "function": {"name": "get_weather", "arguments": {"city": city}}} for i, city in enumerate(CITIES[:n_calls])]  # fmt: skip
-    results = [{"role": "tool", "tool_call_id": call["id"], "content": f"22 C in {city}"} for call, city in zip(calls, CITIES)]
+    results = [
+        {"role": "tool", "tool_call_id": call["id"], "content": f"22 C in {city}"} for call, city in zip(calls, CITIES)
+    ]
     return [{"role": "user", "content": "What is the weather like?"}, {"role": "assistant", "tool_calls": calls},
             *results, {"role": "assistant", "content": "It is warm."}]  # fmt: skip
 
@@ -113,7 +116,9 @@ def _prepare(tokenizer, tmp_path, rows, template_path, **values):
 
 
 def test_every_tool_template_is_covered(shared_data):
-    renders_calls = [path.name for path in (shared_data / "chat_templates").iterdir() if "tool_calls" in path.read_text()]
+    renders_calls = [
+        path.name for path in (shared_data / "chat_templates").iterdir() if "tool_calls" in path.read_text()
+    ]
     assert sorted(renders_calls) == sorted(END_OF_TURN)
 
 
@@ -150,7 +155,11 @@ def test_openai_tool_rows_with_qwen2_5_have_no_double_encoded_arguments(phi3_tok
     texts = [phi3_tokenizer.decode(row["input_ids"]) for row in data.train]
     trained = [run for row in data.train for run in trained_runs(phi3_tokenizer, row["input_ids"], row["labels"])]
     # (the system prompt shows the layout once: `{"name": <function-name>, ...}`, not JSON)
-    calls = [json.loads(call) for text in texts for call in re.findall(r"<tool_call>\n(\{\"name\": \".*?)\n</tool_call>", text)]
+    calls = [
+        json.loads(call)
+        for text in texts
+        for call in re.findall(r"<tool_call>\n(\{\"name\": \".*?)\n</tool_call>", text)
+    ]
     assert len(calls) == calls_in_file
     assert all(isinstance(call["arguments"], dict) and call["arguments"] for call in calls)  # not a JSON string
     assert not any('\\"' in text for text in texts)  # no escaped quotes anywhere: nothing encoded twice

@@ -1,4 +1,5 @@
 """Per-message `weight` / `train` and the per-run turn settings, through prepare_datasets on real templates."""
+
 from __future__ import annotations
 
 import pytest
@@ -11,12 +12,17 @@ from tests.data.builders import conversation, settings, supervised_tokens, write
 def _prepare(tokenizer, tmp_path, rows, source=None, **values):
     path = write_jsonl(tmp_path / "train.jsonl", rows)
     values = {"chat_template": "chatml", "assistant_only_loss": True, **values}
-    return prepare_datasets(settings(sources=[{"path": str(path), "name": "chat", **(source or {})}], **values), tokenizer)
+    return prepare_datasets(
+        settings(sources=[{"path": str(path), "name": "chat", **(source or {})}], **values), tokenizer
+    )
 
 
 def _weighted_tokens(tokenizer, row) -> list[tuple[str, float]]:
-    return [(tokenizer.convert_ids_to_tokens(t), w) for t, label, w in zip(row["input_ids"], row["labels"], row["loss_weights"])
-            if label != -100]
+    return [
+        (tokenizer.convert_ids_to_tokens(t), w)
+        for t, label, w in zip(row["input_ids"], row["labels"], row["loss_weights"])
+        if label != -100
+    ]
 
 
 def _two_turns(second: dict | None = None, first: dict | None = None) -> dict:
@@ -35,8 +41,14 @@ def test_without_weights_every_trained_token_weighs_one(word_tokenizer, tmp_path
 def test_a_message_weight_weighs_its_tokens_and_its_end_of_turn(word_tokenizer, tmp_path):
     row = _prepare(word_tokenizer, tmp_path, [_two_turns({"weight": 2})]).train[0]
     assert _weighted_tokens(word_tokenizer, row) == [
-        ("Four", 1.0), (" ", 1.0), (".", 1.0), ("<|im_end|>", 1.0),
-        ("Six", 2.0), (" ", 2.0), (".", 2.0), ("<|im_end|>", 2.0),
+        ("Four", 1.0),
+        (" ", 1.0),
+        (".", 1.0),
+        ("<|im_end|>", 1.0),
+        ("Six", 2.0),
+        (" ", 2.0),
+        (".", 2.0),
+        ("<|im_end|>", 2.0),
     ]
 
 
@@ -52,7 +64,9 @@ def test_sharegpt_turns_with_mapped_weight_and_train_names(word_tokenizer, tmp_p
         {"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello", "loss": False},
         {"from": "human", "value": "Bye"}, {"from": "gpt", "value": "Bye", "loss_scale": 0.5},
     ]}  # fmt: skip
-    data = _prepare(word_tokenizer, tmp_path, [row], source={"columns": {"weight_tag": "loss_scale", "train_tag": "loss"}})
+    data = _prepare(
+        word_tokenizer, tmp_path, [row], source={"columns": {"weight_tag": "loss_scale", "train_tag": "loss"}}
+    )
     assert _weighted_tokens(word_tokenizer, data.train[0]) == [("Bye", 0.5), ("<|im_end|>", 0.5)]
 
 
@@ -60,7 +74,22 @@ def test_train_true_on_a_user_message_trains_its_content_and_end_of_turn(word_to
     row = _two_turns()
     row["messages"][2]["train"] = True
     trained = supervised_tokens(word_tokenizer, _prepare(word_tokenizer, tmp_path, [row]).train[0])
-    assert trained == ["Four", " ", ".", "<|im_end|>", "And", " ", "three", " ", "?", "<|im_end|>", "Six", " ", ".", "<|im_end|>"]
+    assert trained == [
+        "Four",
+        " ",
+        ".",
+        "<|im_end|>",
+        "And",
+        " ",
+        "three",
+        " ",
+        "?",
+        "<|im_end|>",
+        "Six",
+        " ",
+        ".",
+        "<|im_end|>",
+    ]
 
 
 def test_roles_to_train_user_trains_every_user_turn(word_tokenizer, tmp_path):
@@ -104,24 +133,33 @@ def test_the_prefix_path_finds_the_same_turns_as_generation_markers(word_tokeniz
 @pytest.mark.parametrize("weight, shown", [(-1, "-1"), ("two", "'two'"), (True, "True")])
 def test_a_bad_weight_names_file_row_and_message(word_tokenizer, tmp_path, weight, shown):
     rows = [_two_turns(), _two_turns({"weight": weight})]
-    with pytest.raises(DataError, match=rf"train.jsonl, row 1: messages\[3\]: 'weight' is {shown}; a message's weight must be a number >= 0"):
+    with pytest.raises(
+        DataError,
+        match=rf"train.jsonl, row 1: messages\[3\]: 'weight' is {shown}; a message's weight must be a number >= 0",
+    ):
         _prepare(word_tokenizer, tmp_path, rows)
 
 
 def test_a_weight_on_a_role_that_is_not_trained_is_an_error(word_tokenizer, tmp_path):
     row = _two_turns()
     row["messages"][2]["weight"] = 2
-    with pytest.raises(DataError, match=r"row 0: messages\[2\] \(user\) has a weight, but data.roles_to_train=\['assistant'\]"):
+    with pytest.raises(
+        DataError, match=r"row 0: messages\[2\] \(user\) has a weight, but data.roles_to_train=\['assistant'\]"
+    ):
         _prepare(word_tokenizer, tmp_path, [row])
 
 
 def test_a_non_boolean_train_flag_is_an_error(word_tokenizer, tmp_path):
-    with pytest.raises(DataError, match=r"row 0: messages\[3\]: 'train' is 'no'; a message's train flag must be true or false"):
+    with pytest.raises(
+        DataError, match=r"row 0: messages\[3\]: 'train' is 'no'; a message's train flag must be true or false"
+    ):
         _prepare(word_tokenizer, tmp_path, [_two_turns({"train": "no"})])
 
 
 def test_weights_need_assistant_only_loss(word_tokenizer, tmp_path):
-    with pytest.raises(DataError, match=r"messages\[3\] sets a weight or train flag, which needs data.assistant_only_loss=true"):
+    with pytest.raises(
+        DataError, match=r"messages\[3\] sets a weight or train flag, which needs data.assistant_only_loss=true"
+    ):
         _prepare(word_tokenizer, tmp_path, [_two_turns({"weight": 2})], assistant_only_loss=False)
 
 

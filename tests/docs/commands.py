@@ -1,4 +1,5 @@
 """The shell commands the README and the docs show, read out of their ```bash blocks."""
+
 from __future__ import annotations
 
 import re
@@ -7,8 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-DOC_FILES = sorted([REPO / "README.md", REPO / "benchmarks" / "README.md", REPO / "tests" / "README.md",
-                    *(REPO / "docs").glob("*.md")])
+DOC_FILES = sorted(
+    [REPO / "README.md", REPO / "benchmarks" / "README.md", REPO / "tests" / "README.md", *(REPO / "docs").glob("*.md")]
+)
 FENCE = re.compile(r"^\s*```(\w*)\s*$")
 LAUNCHERS = ("python", "torchrun", "accelerate")
 
@@ -29,7 +31,7 @@ class DocCommand:
     @property
     def args(self) -> list[str]:
         """What follows the module: overrides and flags."""
-        return list(self.argv[self.argv.index(self.module) + 1:])
+        return list(self.argv[self.argv.index(self.module) + 1 :])
 
 
 def bash_blocks(path: Path):

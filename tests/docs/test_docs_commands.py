@@ -2,6 +2,7 @@
 tool answers --help, and the quickstart commands that finish in seconds run.
 
 A renamed key or group option breaks this test, not a user following the docs."""
+
 from __future__ import annotations
 
 import subprocess
@@ -63,8 +64,9 @@ def documented_imports():
     what they write."""
     for command in doc_commands():
         if command.module == "sft_exp.import_recipe" and "--help" not in command.args:
-            done = subprocess.run([sys.executable, *command.argv[1:]], capture_output=True, text=True, cwd=REPO,
-                                  timeout=120)
+            done = subprocess.run(
+                [sys.executable, *command.argv[1:]], capture_output=True, text=True, cwd=REPO, timeout=120
+            )
             assert done.returncode == 0, f"{command.where}: {done.stdout[-1500:]}{done.stderr[-1500:]}"
 
 
@@ -87,15 +89,15 @@ TOOLS = sorted({c.module for c in COMMANDS if c.module != "sft_exp"})
 
 @pytest.mark.parametrize("tool", TOOLS)
 def test_every_documented_tool_answers_help(tool):
-    done = subprocess.run([sys.executable, "-m", tool, "--help"], capture_output=True, text=True, cwd=REPO,
-                          timeout=120)
+    done = subprocess.run([sys.executable, "-m", tool, "--help"], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert done.returncode == 0, f"python -m {tool} --help: {done.stderr[-2000:]}"
     assert "usage" in done.stdout.lower(), done.stdout[:500]
 
 
 @pytest.mark.parametrize("args", [["--cfg", "job"], ["--help"]])
 def test_the_quickstart_commands_that_finish_in_seconds_run(args):
-    done = subprocess.run([sys.executable, "-m", "sft_exp", *args], capture_output=True, text=True, cwd=REPO,
-                          timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "sft_exp", *args], capture_output=True, text=True, cwd=REPO, timeout=120
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "trainer" in done.stdout

@@ -1,5 +1,6 @@
 """The docs build into a site with no warning (a broken link or anchor, a page left out of the nav), and its
 start page renders in a real browser."""
+
 from __future__ import annotations
 
 import os
@@ -18,8 +19,14 @@ QUIET = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
 def site(tmp_path_factory):
     pytest.importorskip("mkdocs", reason="the docs site needs mkdocs: pip install -e '.[docs]'")
     out = tmp_path_factory.mktemp("site")
-    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)], cwd=REPO,
-                          capture_output=True, text=True, timeout=300, env=QUIET)
+    done = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=QUIET,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return out
 
@@ -34,15 +41,22 @@ def test_the_start_page_renders_in_headless_chromium(site, tmp_path):
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
         pytest.skip("no chromium on this machine (apt-get install chromium)")
-    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={tmp_path / 'profile'}"]
+    flags = [
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ]
     page = (site / "index.html").as_uri()
     dom = subprocess.run([*flags, "--dump-dom", page], capture_output=True, text=True, timeout=120)
     assert "How it is built" in dom.stdout and "Models and configuration" in dom.stdout, dom.stderr[-2000:]
     shot = tmp_path / "start.png"
-    subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1280,900", page], capture_output=True,
-                   timeout=120)
+    subprocess.run([*flags, f"--screenshot={shot}", "--window-size=1280,900", page], capture_output=True, timeout=120)
     assert _distinct_colours(shot.read_bytes()) > 8, "the screenshot of the start page is blank"
 
 

@@ -1,4 +1,5 @@
 """Fixtures of the evaluation tests: the shipped tokenizer and a tiny model on it (helpers in helpers.py)."""
+
 from __future__ import annotations
 
 import pytest

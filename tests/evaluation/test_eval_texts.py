@@ -1,6 +1,7 @@
 """What each evaluation hands the contamination check: a task's items without the run's own wording, the
 held-out rows by name, an lm-eval task's documents when the harness reads them offline, and, for what
 cannot be read, a name and a reason."""
+
 from __future__ import annotations
 
 import json
@@ -39,14 +40,19 @@ def test_lm_eval_documents_are_read_offline_or_named_as_not_checked(tmp_path):
     tasks_dir.mkdir()
     local = TASK_YAML.format(data=DATA)
     (tasks_dir / "toy.yaml").write_text(local)
-    far = local.replace("task: toy_choice", "task: far").replace("dataset_path: json", "dataset_path: no-such-org/no-such")
+    far = local.replace("task: toy_choice", "task: far").replace(
+        "dataset_path: json", "dataset_path: no-such-org/no-such"
+    )
     (tasks_dir / "far.yaml").write_text(far)  # its documents are on the hub: not readable offline
     evaluation = TaskEvaluation({
         "local": {"type": "lm_eval", "lm_eval_tasks": ["toy_choice"], "include_path": str(tasks_dir), "limit": 2},
         "hub": {"type": "lm_eval", "lm_eval_tasks": ["far"], "include_path": str(tasks_dir)},
     }, output_dir=str(tmp_path / "evals"))  # fmt: skip
     local, hub = evaluation.eval_texts()
-    assert local == EvalTexts("local/toy_choice", "lm-eval task toy_choice",
-                              [["The color of the sky on a clear day is", "blue"], ["Two plus two equals", "four"]])
+    assert local == EvalTexts(
+        "local/toy_choice",
+        "lm-eval task toy_choice",
+        [["The color of the sky on a clear day is", "blue"], ["Two plus two equals", "four"]],
+    )
     assert isinstance(hub, NotChecked) and hub.name == "hub"
     assert hub.reason.startswith("lm-eval could not load its documents offline (")

@@ -1,4 +1,5 @@
 """`python -m sft_exp.evaluate`: a run folder's tasks on its saved model (full or LoRA adapter), no training."""
+
 from __future__ import annotations
 
 import json
@@ -50,7 +51,9 @@ def test_a_lora_adapter_loads_on_the_runs_base_model(tmp_path, tokenizer):
     base.save_pretrained(str(tmp_path / "run" / "base_model"))
     base.name_or_path = "/nowhere/moved"  # recorded in adapter_config; the base is found beside the adapter instead
     peft_model = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
-    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "abc", "completion": "x"}, {"prompt": "hello", "completion": "y"}])
+    prompts = write_jsonl(
+        tmp_path / "p.jsonl", [{"prompt": "abc", "completion": "x"}, {"prompt": "hello", "completion": "y"}]
+    )
     evals = {"t": {"path": prompts, "max_new_tokens": 6}}
     run = _run_folder(tmp_path, peft_model, tokenizer, evals)
     adapter = json.loads((run / "model" / "adapter_config.json").read_text())

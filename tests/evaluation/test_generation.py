@@ -1,5 +1,6 @@
 """Batched generation and the TaskEvaluation evaluator on a real tiny model: same outputs as one prompt
 at a time, stop strings, truncation counted, per-example jsonl, errors naming task and row."""
+
 from __future__ import annotations
 
 import json
@@ -38,7 +39,7 @@ def test_stop_strings_and_eos_end_a_generation_and_the_rest_are_counted_truncate
     assert all(g[0].truncated != g[0].stopped for g in free)
     assert sum(g[0].truncated for g in free) >= 4  # a random model seldom says EOS
     # A stop string: a printable word the model writes in the first generation.
-    first = model.generate(torch.tensor([ids[0]]), max_new_tokens=8, do_sample=False)[0, len(ids[0]):].tolist()
+    first = model.generate(torch.tensor([ids[0]]), max_new_tokens=8, do_sample=False)[0, len(ids[0]) :].tolist()
     word = next(tokenizer.decode([t]) for t in first[2:] if tokenizer.decode([t]).strip().isalnum())
     stopped = generate(model, tokenizer, ids, max_new_tokens=8, batch_size=8, stop=[word])
     for (plain,), (cut,) in zip(free, stopped):
@@ -60,8 +61,11 @@ def test_task_metrics_and_per_example_jsonl(tmp_path, model, tokenizer, caplog):
     for row, output in zip(rows[:2], outputs):  # two references are what the model says: exact match 0.5
         row["messages"][-1]["content"] = output
     path = write_jsonl(tmp_path / "p.jsonl", rows)
-    evaluation = TaskEvaluation({"t": {"path": path, "max_new_tokens": 6, "batch_size": 3}},
-                                output_dir=str(tmp_path / "evals"), print_examples=3)
+    evaluation = TaskEvaluation(
+        {"t": {"path": path, "max_new_tokens": 6, "batch_size": 3}},
+        output_dir=str(tmp_path / "evals"),
+        print_examples=3,
+    )
     model.train()
     with caplog.at_level(logging.INFO):
         metrics = evaluation.evaluate(model, tokenizer, step=7, final=True)
@@ -74,23 +78,39 @@ def test_task_metrics_and_per_example_jsonl(tmp_path, model, tokenizer, caplog):
     assert [r["index"] for r in saved] == [0, 1, 2, 3]
     assert [r["output"] for r in saved] == outputs
     assert [r["score"] for r in saved] == [1.0, 1.0, 0.0, 0.0]
-    assert saved[0]["prompt"] == rows[0]["messages"][:-1] and saved[3]["reference"] == rows[3]["messages"][-1]["content"]
+    assert (
+        saved[0]["prompt"] == rows[0]["messages"][:-1] and saved[3]["reference"] == rows[3]["messages"][-1]["content"]
+    )
     assert all(r["truncated"] and not r["stopped"] for r in saved)
     printed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("t ")]
     assert len(printed) == 3 and "[truncated]" in printed[0]
 
 
 def test_sampling_gives_pass_at_k_and_leaves_the_training_rng_alone(tmp_path, model, tokenizer):
-    path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "abc", "completion": "x"}, {"prompt": "de", "completion": "y"}])
-    spec = {"path": path, "do_sample": True, "num_samples": 4, "temperature": 1.0, "max_new_tokens": 3,
-            "scorer": {"_target_": "sft_exp.evaluation.scorers.RegexMatch", "pattern": "."}}
+    path = write_jsonl(
+        tmp_path / "p.jsonl", [{"prompt": "abc", "completion": "x"}, {"prompt": "de", "completion": "y"}]
+    )
+    spec = {
+        "path": path,
+        "do_sample": True,
+        "num_samples": 4,
+        "temperature": 1.0,
+        "max_new_tokens": 3,
+        "scorer": {"_target_": "sft_exp.evaluation.scorers.RegexMatch", "pattern": "."},
+    }
     evaluation = TaskEvaluation({"s": spec}, output_dir=str(tmp_path))
     torch.manual_seed(5)
     expected = torch.rand(3)
     torch.manual_seed(5)
     metrics = evaluation.evaluate(model, tokenizer, step=0)
     assert torch.equal(torch.rand(3), expected)
-    assert set(metrics) == {"eval_s/regex_match", "eval_s/truncated", "eval_s/output_tokens", "eval_s/pass@1", "eval_s/pass@4"}
+    assert set(metrics) == {
+        "eval_s/regex_match",
+        "eval_s/truncated",
+        "eval_s/output_tokens",
+        "eval_s/pass@1",
+        "eval_s/pass@4",
+    }
     rows = [json.loads(line) for line in (tmp_path / "s" / "step-0.jsonl").read_text().splitlines()]
     assert all(len(r["samples"]) == 4 for r in rows)
     per_row = [sum(s["score"] for s in r["samples"]) / 4 for r in rows]
@@ -107,17 +127,23 @@ def _raising_scorer(output, reference):
 def test_a_scorer_that_raises_names_task_row_and_scorer(tmp_path, model, tokenizer):
     path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "abc", "completion": "x"}])
     target = f"{__name__}._raising_scorer"
-    evaluation = TaskEvaluation({"t": {"path": path, "max_new_tokens": 2, "scorer": {"_target_": target}}},
-                                output_dir=str(tmp_path))
-    with pytest.raises(ConfigError, match=rf"evals.t \(.*p.jsonl\), row 0: the scorer .*{target}.* raised ValueError: cannot parse"):
+    evaluation = TaskEvaluation(
+        {"t": {"path": path, "max_new_tokens": 2, "scorer": {"_target_": target}}}, output_dir=str(tmp_path)
+    )
+    with pytest.raises(
+        ConfigError, match=rf"evals.t \(.*p.jsonl\), row 0: the scorer .*{target}.* raised ValueError: cannot parse"
+    ):
         evaluation.evaluate(model, tokenizer, step=0)
 
 
 def test_a_prompt_longer_than_the_context_names_task_and_row(tmp_path, tokenizer):
     model = tiny_model(tokenizer, max_positions=64)
-    path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "short", "completion": "x"},
-                                              {"prompt": "long " * 80, "completion": "y"}])
+    path = write_jsonl(
+        tmp_path / "p.jsonl", [{"prompt": "short", "completion": "x"}, {"prompt": "long " * 80, "completion": "y"}]
+    )
     evaluation = TaskEvaluation({"t": {"path": path, "max_new_tokens": 8}}, output_dir=str(tmp_path))
-    with pytest.raises(DataError, match=r"evals.t \(.*p.jsonl\), row 1: the prompt is \d+ tokens.*context of 64 tokens"):
+    with pytest.raises(
+        DataError, match=r"evals.t \(.*p.jsonl\), row 1: the prompt is \d+ tokens.*context of 64 tokens"
+    ):
         evaluation.evaluate(model, tokenizer, step=0)
     assert not (tmp_path / "t").exists()  # checked before anything generates

@@ -1,4 +1,5 @@
 """lm-evaluation-harness on the in-memory model, offline: a local task YAML over a file the tests ship."""
+
 from __future__ import annotations
 
 import json
@@ -52,9 +53,17 @@ def test_lm_eval_task_runs_on_the_model_in_memory(tmp_path, model, tokenizer):
     tasks_dir = tmp_path / "tasks"
     tasks_dir.mkdir()
     (tasks_dir / "toy_choice.yaml").write_text(TASK_YAML.format(data=DATA))
-    evaluation = TaskEvaluation({"harness": {"type": "lm_eval", "lm_eval_tasks": ["toy_choice"],
-                                             "include_path": str(tasks_dir), "batch_size": 4}},
-                                output_dir=str(tmp_path / "evals"))
+    evaluation = TaskEvaluation(
+        {
+            "harness": {
+                "type": "lm_eval",
+                "lm_eval_tasks": ["toy_choice"],
+                "include_path": str(tasks_dir),
+                "batch_size": 4,
+            }
+        },
+        output_dir=str(tmp_path / "evals"),
+    )
     model.train()
     metrics = evaluation.evaluate(model, tokenizer, step=0)
     assert model.training
@@ -68,16 +77,23 @@ def test_lm_eval_task_config_errors(tmp_path):
     with pytest.raises(ConfigError, match=r"evals.h.lm_eval_tasks is empty"):
         TaskEvaluation({"h": {"type": "lm_eval"}}, output_dir=str(tmp_path))
     with pytest.raises(ConfigError, match=r"evals.h.include_path=/nowhere: no such folder"):
-        TaskEvaluation({"h": {"type": "lm_eval", "lm_eval_tasks": ["x"], "include_path": "/nowhere"}},
-                       output_dir=str(tmp_path))
+        TaskEvaluation(
+            {"h": {"type": "lm_eval", "lm_eval_tasks": ["x"], "include_path": "/nowhere"}}, output_dir=str(tmp_path)
+        )
 
 
 def test_harness_metric_names():
     from sft_exp.evaluation.lmeval import harness_metrics
 
-    results = {"gsm8k": {"alias": "gsm8k", "exact_match,strict-match": 0.25, "exact_match_stderr,strict-match": 0.1,
-                         "exact_match,flexible-extract": 0.5},
-               "toy": {"sample_len": 6, "acc,none": 0.5, "acc_stderr,none": 0.2, "acc_norm,none": float("nan")}}
+    results = {
+        "gsm8k": {
+            "alias": "gsm8k",
+            "exact_match,strict-match": 0.25,
+            "exact_match_stderr,strict-match": 0.1,
+            "exact_match,flexible-extract": 0.5,
+        },
+        "toy": {"sample_len": 6, "acc,none": 0.5, "acc_stderr,none": 0.2, "acc_norm,none": float("nan")},
+    }
     metrics = harness_metrics("bench", results)
     assert metrics["eval_bench/gsm8k/exact_match_strict-match"] == 0.25
     assert metrics["eval_bench/gsm8k/exact_match_flexible-extract"] == 0.5

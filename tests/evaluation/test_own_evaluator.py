@@ -1,6 +1,7 @@
 """`evals` holds tasks and evaluators of your own: an entry with a top-level `_target_`
 (`+evals.mine._target_=my_package.MyEvaluator`) is built by Hydra and called whenever the trainer evaluates,
 beside the tasks. The old `evaluators` group is answered with the `evals` override to type instead."""
+
 from __future__ import annotations
 
 import json
@@ -22,14 +23,21 @@ class CountingEvaluator(Evaluator):
 
     def evaluate(self, model, tokenizer, *, step, final=False, accelerator=None):
         with open(self.log, "a") as f:
-            f.write(json.dumps({"step": step, "final": final, "accelerator": accelerator is not None,
-                                "vocab": len(tokenizer)}) + "\n")
+            f.write(
+                json.dumps(
+                    {"step": step, "final": final, "accelerator": accelerator is not None, "vocab": len(tokenizer)}
+                )
+                + "\n"
+            )
         return {"eval_mine/step": self.scale * step}
 
 
 def test_entries_with_a_target_are_evaluators_the_others_tasks(tmp_path):
-    evals = {"heldout": {"path": "heldout", "scorer": {"_target_": "sft_exp.evaluation.scorers.token_f1"}},
-             "off": None, "mine": {"_target_": THIS, "log": str(tmp_path / "calls.jsonl"), "scale": 2}}
+    evals = {
+        "heldout": {"path": "heldout", "scorer": {"_target_": "sft_exp.evaluation.scorers.token_f1"}},
+        "off": None,
+        "mine": {"_target_": THIS, "log": str(tmp_path / "calls.jsonl"), "scale": 2},
+    }
     tasks, own = build_evaluators(evals, tmp_path / "evals")
     assert isinstance(tasks, TaskEvaluation) and list(tasks.tasks) == ["heldout"]
     assert isinstance(own, CountingEvaluator) and own.scale == 2
@@ -42,8 +50,16 @@ def test_a_run_calls_your_evaluator_beside_the_tasks(tmp_path):
 
     calls, run_dir = tmp_path / "calls.jsonl", tmp_path / "run"
     overrides = [o for o in tiny_run(steps=2, train_rows=16, save_steps=2) if o != "evals=none"]
-    cfg = compose([*overrides, *SAMPLE_GENERATIONS, "trainer.eval_steps=1", f"+evals.mine._target_={THIS}",
-                   f"+evals.mine.log={calls}", f"run_dir={run_dir}"])
+    cfg = compose(
+        [
+            *overrides,
+            *SAMPLE_GENERATIONS,
+            "trainer.eval_steps=1",
+            f"+evals.mine._target_={THIS}",
+            f"+evals.mine.log={calls}",
+            f"run_dir={run_dir}",
+        ]
+    )
     run(cfg)
     rows = [json.loads(line) for line in calls.read_text().splitlines()]
     assert [(r["step"], r["final"]) for r in rows] == [(0, False), (1, False), (2, True)]  # before, each eval, last
@@ -54,10 +70,13 @@ def test_a_run_calls_your_evaluator_beside_the_tasks(tmp_path):
     assert (run_dir / "evals" / "heldout" / "step-2.jsonl").is_file()
 
 
-@pytest.mark.parametrize("override, instead", [
-    ("evaluators=none", "use evals=none instead of evaluators=none"),
-    (f"+evaluators.mine._target_={THIS}", f"use +evals.mine._target_={THIS} instead of +evaluators.mine._target_"),
-])
+@pytest.mark.parametrize(
+    "override, instead",
+    [
+        ("evaluators=none", "use evals=none instead of evaluators=none"),
+        (f"+evaluators.mine._target_={THIS}", f"use +evals.mine._target_={THIS} instead of +evaluators.mine._target_"),
+    ],
+)
 def test_the_old_evaluators_group_names_the_evals_override(override, instead):
     done = run_sft(override, "logger=none", timeout=120)
     output = done.stdout + done.stderr

@@ -1,5 +1,6 @@
 """A real run folder: sft_exp's trainer trains a tiny model with TaskEvaluation as an evaluator (scored
 before, during and after training), then the report shows the task columns, plots and changed examples."""
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,14 @@ def _rows(tokenizer):
         prompt = render_prompt(tokenizer, [{"role": "user", "content": question}])
         completion = tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         ids = prompt + completion
-        rows.append({"input_ids": ids, "labels": [-100] * len(prompt) + completion,
-                     "position_ids": list(range(len(ids))), "source_ids": [0] * len(ids)})
+        rows.append(
+            {
+                "input_ids": ids,
+                "labels": [-100] * len(prompt) + completion,
+                "position_ids": list(range(len(ids))),
+                "source_ids": [0] * len(ids),
+            }
+        )
     return rows * 8
 
 
@@ -37,27 +44,50 @@ def test_run_folder_scores_before_during_after_and_the_report(tmp_path, tokenize
     from sft_exp.training.trainer import SFTTrainer
 
     torch.manual_seed(0)
-    config = AutoConfig.for_model("qwen2", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                  num_attention_heads=4, num_key_value_heads=2, vocab_size=len(tokenizer),
-                                  max_position_embeddings=128, tie_word_embeddings=True)
+    config = AutoConfig.for_model(
+        "qwen2",
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=128,
+        tie_word_embeddings=True,
+    )
     model = AutoModelForCausalLM.from_config(config)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
-    prompts = write_jsonl(tmp_path / "tasks.jsonl", [
-        {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in PAIRS])
+    prompts = write_jsonl(
+        tmp_path / "tasks.jsonl",
+        [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]} for q, a in PAIRS],
+    )
     run = tmp_path / "run"
     evaluation = TaskEvaluation({"toy": {"path": prompts, "max_new_tokens": 6}}, output_dir=str(run / "evals"))
     trainer = SFTTrainer(
-        model=model, train_dataset=datasets.Dataset.from_list(_rows(tokenizer)),
+        model=model,
+        train_dataset=datasets.Dataset.from_list(_rows(tokenizer)),
         eval_dataset=datasets.Dataset.from_list(_rows(tokenizer)[:4]),
-        data_collator=SFTCollator(tokenizer.pad_token_id), processing_class=tokenizer,
-        optimizer_factory=partial(torch.optim.AdamW, lr=2e-2), callbacks=[RunRecorder(run)], evaluators=[evaluation],
-        output_dir=str(run / "checkpoints"), max_steps=30, per_device_train_batch_size=8, logging_steps=10,
-        eval_steps=15, save_steps=1000, warmup_steps=0,
+        data_collator=SFTCollator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        optimizer_factory=partial(torch.optim.AdamW, lr=2e-2),
+        callbacks=[RunRecorder(run)],
+        evaluators=[evaluation],
+        output_dir=str(run / "checkpoints"),
+        max_steps=30,
+        per_device_train_batch_size=8,
+        logging_steps=10,
+        eval_steps=15,
+        save_steps=1000,
+        warmup_steps=0,
     )
     summary = train_and_evaluate(trainer, None)
     write_json(run / "summary.json", {**summary, "status": "completed"})
 
-    assert sorted(p.name for p in (run / "evals" / "toy").iterdir()) == ["step-0.jsonl", "step-15.jsonl", "step-30.jsonl"]
+    assert sorted(p.name for p in (run / "evals" / "toy").iterdir()) == [
+        "step-0.jsonl",
+        "step-15.jsonl",
+        "step-30.jsonl",
+    ]
     assert summary["eval_toy/exact_match_before"] == 0.0
     assert summary["eval_toy/exact_match"] >= 0.5  # it learned the answers and to stop
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

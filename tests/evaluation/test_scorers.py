@@ -1,4 +1,5 @@
 """Each shipped scorer on real cases, pass@k against hand-computed values, and scorer config errors."""
+
 from __future__ import annotations
 
 import math

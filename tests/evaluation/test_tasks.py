@@ -1,4 +1,5 @@
 """Tasks from config: the `evals` group, prompts from files of every kind, and bad input named clearly."""
+
 from __future__ import annotations
 
 import json
@@ -41,8 +42,10 @@ def test_gsm8k_path_is_required(tmp_path):
 def test_gsm8k_file_prompts_and_answers(tmp_path):
     from tests.helpers import TEST_ASSETS
 
-    tasks = _compose(tmp_path, ["evals=gsm8k", f"evals.gsm8k.path={TEST_ASSETS}/eval/gsm8k_test_first50.jsonl",
-                                "evals.gsm8k.limit=3"])
+    tasks = _compose(
+        tmp_path,
+        ["evals=gsm8k", f"evals.gsm8k.path={TEST_ASSETS}/eval/gsm8k_test_first50.jsonl", "evals.gsm8k.limit=3"],
+    )
     examples = build_tasks(tasks)["gsm8k"].examples
     assert len(examples) == 3
     assert examples[0]["prompt"][0]["role"] == "user"
@@ -57,8 +60,15 @@ def test_prompts_from_any_data_format(tmp_path):
     assert messages[0] == {"prompt": first[:-1], "reference": first[-1]["content"]}
     assert len(messages) == 2
     alpaca = write_jsonl(tmp_path / "a.jsonl", [{"task": "Add 2 and 3", "extra": "", "out": "5"}])
-    examples = build_tasks({"t": {"path": alpaca, "format": "alpaca",
-                                  "columns": {"instruction": "task", "input": "extra", "output": "out"}}})["t"].examples
+    examples = build_tasks(
+        {
+            "t": {
+                "path": alpaca,
+                "format": "alpaca",
+                "columns": {"instruction": "task", "input": "extra", "output": "out"},
+            }
+        }
+    )["t"].examples
     assert examples == [{"prompt": [{"role": "user", "content": "Add 2 and 3"}], "reference": "5"}]
     text_pc = write_jsonl(tmp_path / "pc.jsonl", [{"prompt": "2+2=", "completion": "4"}])
     assert build_tasks({"t": {"path": text_pc}})["t"].examples == [{"prompt": "2+2=", "reference": "4"}]
@@ -66,10 +76,21 @@ def test_prompts_from_any_data_format(tmp_path):
 
 def test_explicit_columns_with_template_and_system_prompt(tmp_path):
     path = write_jsonl(tmp_path / "q.jsonl", [{"q": "1+1?", "a": 2}, {"q": "2+2?", "a": 4}])
-    task = build_tasks({"t": {"path": path, "prompt_column": "q", "answer_column": "a",
-                              "prompt_template": "Q: {prompt}", "system_prompt": "Be brief."}})["t"]
-    assert task.examples[1] == {"prompt": [{"role": "system", "content": "Be brief."},
-                                           {"role": "user", "content": "Q: 2+2?"}], "reference": "4"}
+    task = build_tasks(
+        {
+            "t": {
+                "path": path,
+                "prompt_column": "q",
+                "answer_column": "a",
+                "prompt_template": "Q: {prompt}",
+                "system_prompt": "Be brief.",
+            }
+        }
+    )["t"]
+    assert task.examples[1] == {
+        "prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Q: 2+2?"}],
+        "reference": "4",
+    }
 
 
 @pytest.mark.parametrize("spec, error, message", [
@@ -86,8 +107,10 @@ def test_explicit_columns_with_template_and_system_prompt(tmp_path):
     ({}, ConfigError, r"evals.t.path is required"),
 ])  # fmt: skip
 def test_bad_tasks_fail_when_built_naming_task_file_and_row(tmp_path, spec, error, message):
-    files = {"qa": write_jsonl(tmp_path / "qa.jsonl", [{"q": "x", "a": "1"}, {"q": "y", "a": None}]),
-             "text": write_jsonl(tmp_path / "text.jsonl", [{"text": "just text"}])}
+    files = {
+        "qa": write_jsonl(tmp_path / "qa.jsonl", [{"q": "x", "a": "1"}, {"q": "y", "a": None}]),
+        "text": write_jsonl(tmp_path / "text.jsonl", [{"text": "just text"}]),
+    }
     spec = {k: v.format(**files) if isinstance(v, str) and v.startswith("{") else v for k, v in spec.items()}
     with pytest.raises(error, match=message):
         TaskEvaluation({"t": spec}, output_dir=str(tmp_path / "evals"))

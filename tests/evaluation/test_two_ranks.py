@@ -1,5 +1,6 @@
 """Two ranks (gloo, CPU): prompts split across ranks and gathered give what one process gives, and
 only rank 0 writes the jsonl. 5 prompts: one rank gets fewer and pads its shard."""
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,9 @@ def _rank(rank: int, world: int, port: int, prompts: str, out: str, queue) -> No
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(asset_path("tokenizer")))
-        evaluation = TaskEvaluation({"t": {"path": prompts, "max_new_tokens": 5, "batch_size": 2}},
-                                    output_dir=os.path.join(out, f"rank{rank}"))
+        evaluation = TaskEvaluation(
+            {"t": {"path": prompts, "max_new_tokens": 5, "batch_size": 2}}, output_dir=os.path.join(out, f"rank{rank}")
+        )
         queue.put((rank, evaluation.evaluate(tiny_model(tokenizer), tokenizer, step=3)))
     finally:
         dist.destroy_process_group()
@@ -33,9 +35,12 @@ def _rank(rank: int, world: int, port: int, prompts: str, out: str, queue) -> No
 @pytest.mark.slow  # two spawned processes importing transformers: ~1 min on 2 busy cores
 @pytest.mark.multiprocess
 def test_two_ranks_score_like_one_process(tmp_path, tokenizer):
-    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"item {i} " * (i + 1), "completion": "x"} for i in range(5)])
-    single = TaskEvaluation({"t": {"path": prompts, "max_new_tokens": 5, "batch_size": 2}},
-                            output_dir=str(tmp_path / "single")).evaluate(tiny_model(tokenizer), tokenizer, step=3)
+    prompts = write_jsonl(
+        tmp_path / "p.jsonl", [{"prompt": f"item {i} " * (i + 1), "completion": "x"} for i in range(5)]
+    )
+    single = TaskEvaluation(
+        {"t": {"path": prompts, "max_new_tokens": 5, "batch_size": 2}}, output_dir=str(tmp_path / "single")
+    ).evaluate(tiny_model(tokenizer), tokenizer, step=3)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

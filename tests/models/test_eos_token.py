@@ -1,5 +1,6 @@
 """model.eos_token (TRL's and open-r1's `eos_token`): the tokenizer's EOS, what training appends, config.json's
 eos_token_id, the saved tokenizer and the generation stops all become that token."""
+
 from __future__ import annotations
 
 import json
@@ -42,6 +43,9 @@ def test_without_eos_token_the_tokenizer_keeps_its_own(base_model):
 
 
 def test_an_eos_token_the_tokenizer_lacks_is_refused_before_the_model_loads(base_model):
-    with pytest.raises(ConfigError, match=r"model.eos_token='<\|eot_id\|>' is not a token of the tokenizer of .*its "
-                                          r"EOS is '<\|endoftext\|>'"):
+    with pytest.raises(
+        ConfigError,
+        match=r"model.eos_token='<\|eot_id\|>' is not a token of the tokenizer of .*its "
+        r"EOS is '<\|endoftext\|>'",
+    ):
         ModelLoader(name_or_path=str(base_model), eos_token="<|eot_id|>").load_tokenizer()

@@ -1,5 +1,6 @@
 """ModelLoader and the model presets: one source for weights and tokenizer unless asked, no demo recipe on a
 pretrained model, and a tokenizer whose ids do not fit the embeddings stopped before training."""
+
 from __future__ import annotations
 
 import time

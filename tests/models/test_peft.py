@@ -1,4 +1,5 @@
 """PEFT adapters: presets, refusals before loading, an adapter-only run folder, and export --merge."""
+
 from __future__ import annotations
 
 import json
@@ -15,9 +16,18 @@ from tests.helpers import compose
 
 # A few LoRA steps on a slice of the demo data: the adapter must move, and checkpoints 2 and 4 exist.
 LORA_RUN = [
-    "peft=lora", "optimizer.lr=1e-2", "trainer.max_steps=4", "trainer.logging_steps=1", "trainer.save_steps=2",
-    "trainer.save_total_limit=3", "trainer.per_device_train_batch_size=4", "evals=none",
-    "data.sources.0.max_samples=48", "data.sources.0.eval_max_samples=8", "data.max_length=64", "logger=none",
+    "peft=lora",
+    "optimizer.lr=1e-2",
+    "trainer.max_steps=4",
+    "trainer.logging_steps=1",
+    "trainer.save_steps=2",
+    "trainer.save_total_limit=3",
+    "trainer.per_device_train_batch_size=4",
+    "evals=none",
+    "data.sources.0.max_samples=48",
+    "data.sources.0.eval_max_samples=8",
+    "data.max_length=64",
+    "logger=none",
 ]
 
 
@@ -51,8 +61,9 @@ def test_qlora_without_bitsandbytes_is_refused_before_loading(tmp_path, monkeypa
     import importlib.util
 
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes"
-                        else real_find_spec(name, *a))  # as on a machine without the package
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "bitsandbytes" else real_find_spec(name, *a)
+    )  # as on a machine without the package
     (tmp_path / "config.json").write_text('{"model_type": "qwen2"}')  # a local "model": never loaded
     cfg = compose(["peft=qlora", "model=qwen2_5_0_5b", f"model.name_or_path={tmp_path}"])
     with pytest.raises(ConfigError, match="pip install 'sft_exp\\[qlora\\]'") as err:
@@ -60,11 +71,14 @@ def test_qlora_without_bitsandbytes_is_refused_before_loading(tmp_path, monkeypa
     assert "peft=lora" in str(err.value)  # says what to do instead
 
 
-@pytest.mark.parametrize("key, value, named", [
-    ("target_modules", "[q_proj,qkv_proj]", "qkv_proj"),
-    ("target_modules", "'.*\\.attention\\.query'", "regex"),
-    ("modules_to_save", "[embed_token]", "embed_token"),
-])
+@pytest.mark.parametrize(
+    "key, value, named",
+    [
+        ("target_modules", "[q_proj,qkv_proj]", "qkv_proj"),
+        ("target_modules", "'.*\\.attention\\.query'", "regex"),
+        ("modules_to_save", "[embed_token]", "embed_token"),
+    ],
+)
 def test_targets_that_match_nothing_are_refused(key, value, named):
     cfg = compose(["peft=lora", f"peft.{key}={value}"])
     with pytest.raises(ConfigError, match=f"peft.{key}") as err:
@@ -74,8 +88,9 @@ def test_targets_that_match_nothing_are_refused(key, value, named):
 
 
 def test_valid_targets_pass():
-    validate_config(compose(["peft=lora", "peft.target_modules=[q_proj,v_proj]",
-                             "peft.modules_to_save=[embed_tokens]"]))
+    validate_config(
+        compose(["peft=lora", "peft.target_modules=[q_proj,v_proj]", "peft.modules_to_save=[embed_tokens]"])
+    )
 
 
 # ----------------------------------------------------------------------------- a LoRA run end to end
@@ -189,8 +204,9 @@ def test_qlora_base_is_nf4_and_export_merge_matches_base_plus_adapter(qlora_run,
 
     from sft_exp.tools.export import main
 
-    cfg = compose(["peft=qlora", "model=qwen2_5_0_5b", f"model.name_or_path={qlora_run.parent / 'base'}",
-                   "model.dtype=float32"])
+    cfg = compose(
+        ["peft=qlora", "model=qwen2_5_0_5b", f"model.name_or_path={qlora_run.parent / 'base'}", "model.dtype=float32"]
+    )
     quantized = instantiate(cfg.model, _convert_="all")._pretrained()  # what the run trained on
     layers = [m for m in quantized.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert layers and all(m.weight.quant_state.quant_type == "nf4" for m in layers)
@@ -234,8 +250,14 @@ def test_qlora_in_a_fresh_process_wraps_its_4bit_layers_in_bitsandbytes_lora_lay
 
     from tests.helpers import REPO, TEST_ENV
 
-    done = subprocess.run([sys.executable, "-c", QLORA_LAYERS, str(qlora_run.parent / "base")], cwd=REPO,
-                          env=TEST_ENV, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", QLORA_LAYERS, str(qlora_run.parent / "base")],
+        cwd=REPO,
+        env=TEST_ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert int(done.stdout.split("4-bit LoRA layers:")[1]) > 0, done.stdout
 

@@ -8,6 +8,7 @@ Two checkpoints a user brings, each trained through the CLI and reloaded with fr
 The rows are four short conversations, repeated: a tiny model learns them in a few dozen steps, so
 greedy generation shows where the saved model stops.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,8 +32,12 @@ def write_rows(path, copies: int = 10):
     with path.open("w") as f:
         for _ in range(copies):
             for question, answer in PAIRS:
-                f.write(json.dumps({"messages": [{"role": "user", "content": question},
-                                                 {"role": "assistant", "content": answer}]}) + "\n")
+                f.write(
+                    json.dumps(
+                        {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]}
+                    )
+                    + "\n"
+                )
     return path
 
 
@@ -51,11 +56,16 @@ def greedy(folder, question: str) -> list:
     """The new token ids of greedy generation with the folder's own generation config."""
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder).eval()
-    prompt = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True,
-                                           tokenize=True, return_dict=True, return_tensors="pt")
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": question}],
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+        return_tensors="pt",
+    )
     with torch.no_grad():
         out = model.generate(**prompt, do_sample=False, temperature=None, top_p=None, top_k=None, max_new_tokens=12)
-    return out[0, prompt["input_ids"].shape[1]:].tolist()
+    return out[0, prompt["input_ids"].shape[1] :].tolist()
 
 
 def last_heldout_row(run_dir) -> dict:
@@ -122,8 +132,13 @@ def base_checkpoint(tmp_path_factory):
 def chatml_run(base_checkpoint, tmp_path_factory):
     base = tmp_path_factory.mktemp("chatml_run")
     run_dir = base / "run"
-    train_cli(base_checkpoint, write_rows(base / "rows.jsonl"), run_dir, "data.chat_template=chatml",
-              "data.assistant_only_loss=true")
+    train_cli(
+        base_checkpoint,
+        write_rows(base / "rows.jsonl"),
+        run_dir,
+        "data.chat_template=chatml",
+        "data.assistant_only_loss=true",
+    )
     return run_dir
 
 
@@ -175,8 +190,16 @@ def test_a_template_with_no_end_of_turn_warns_at_data_preparation_naming_it(capl
 def chatml_lora_run(base_checkpoint, tmp_path_factory):
     base = tmp_path_factory.mktemp("chatml_lora")
     run_dir = base / "run"
-    train_cli(base_checkpoint, write_rows(base / "rows.jsonl"), run_dir, "data.chat_template=chatml",
-              "data.assistant_only_loss=true", "peft=lora", "peft.r=16", "optimizer.lr=2e-2")
+    train_cli(
+        base_checkpoint,
+        write_rows(base / "rows.jsonl"),
+        run_dir,
+        "data.chat_template=chatml",
+        "data.assistant_only_loss=true",
+        "peft=lora",
+        "peft.r=16",
+        "optimizer.lr=2e-2",
+    )
     return run_dir
 
 

@@ -1,4 +1,5 @@
 """sdpa_varlen: SDPA per example of a padding-free row, and plain sdpa for every other batch."""
+
 from __future__ import annotations
 
 import pytest
@@ -26,8 +27,9 @@ def _query_lengths_seen_by_sdpa(monkeypatch) -> list:
 
 
 @pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "gradient_checkpointing"])
-@pytest.mark.parametrize("model_type, extra", [("qwen2", {}), ("llama", {}),
-                                               ("mistral", {"sliding_window": 6})])  # windows shorter than examples
+@pytest.mark.parametrize(
+    "model_type, extra", [("qwen2", {}), ("llama", {}), ("mistral", {"sliding_window": 6})]
+)  # windows shorter than examples
 def test_padding_free_row_equals_the_padded_batch_under_plain_sdpa(monkeypatch, model_type, extra, checkpointing):
     """Same loss and gradients as transformers' own sdpa on the padded batch; SDPA never sees more than one example."""
     reference = tiny_causal_lm(model_type, vocab_size=VOCAB, **extra)
@@ -60,8 +62,17 @@ def test_generation_with_left_padding_is_plain_sdpa():
 
 
 def test_model_loader_gives_sdpa_varlen_for_sdpa_and_saves_a_plain_config(tmp_path):
-    loader = ModelLoader(init_config=dict(model_type="qwen2", hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                          num_attention_heads=2, num_key_value_heads=1), attn_implementation="sdpa")
+    loader = ModelLoader(
+        init_config=dict(
+            model_type="qwen2",
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+        ),
+        attn_implementation="sdpa",
+    )
     from transformers import AutoTokenizer
 
     from sft_exp.paths import asset_path

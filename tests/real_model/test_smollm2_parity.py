@@ -2,6 +2,7 @@
 accuracy and entropy equal TRL SFTTrainer's, from raw prompt-completion rows through each side's own data
 pipeline (TRL masks the prompt; so does sft_exp). Conversational prompt-completion rows are not compared:
 TRL also trains the "\n" after <|im_end|>, sft_exp stops at <|im_end|> (as its assistant masks do)."""
+
 from __future__ import annotations
 
 import copy
@@ -42,10 +43,17 @@ def test_first_step_loss_accuracy_entropy_equal_trl(smollm2_folder, smollm2_toke
 
     model = AutoModelForCausalLM.from_pretrained(str(smollm2_folder), dtype=torch.float32)
     ours_model = copy.deepcopy(model)  # TRL patches the forward of the model it is given
-    args = trl.SFTConfig(output_dir=str(tmp_path / "trl"), per_device_train_batch_size=len(rows), report_to=[],
-                         use_cpu=True, max_length=None, dataset_num_proc=None)
-    trainer = trl.SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
-                             processing_class=smollm2_tokenizer)
+    args = trl.SFTConfig(
+        output_dir=str(tmp_path / "trl"),
+        per_device_train_batch_size=len(rows),
+        report_to=[],
+        use_cpu=True,
+        max_length=None,
+        dataset_num_proc=None,
+    )
+    trainer = trl.SFTTrainer(
+        model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=smollm2_tokenizer
+    )
     trl_batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))  # all rows: order-free
     trainer.model.train()  # TRL files metrics under "train" only in training mode (no dropout in this model)
     with torch.no_grad():
@@ -56,8 +64,10 @@ def test_first_step_loss_accuracy_entropy_equal_trl(smollm2_folder, smollm2_toke
     data = prepare_datasets(settings, smollm2_tokenizer, cache_dir=str(tmp_path / "cache"))
     assert len(data.train) == len(rows)
     ours = {tuple(r["input_ids"]): r["labels"] for r in data.train}
-    theirs = {tuple(ids[m == 1].tolist()): lab[m == 1].tolist()
-              for ids, lab, m in zip(trl_batch["input_ids"], trl_batch["labels"], trl_batch["attention_mask"])}
+    theirs = {
+        tuple(ids[m == 1].tolist()): lab[m == 1].tolist()
+        for ids, lab, m in zip(trl_batch["input_ids"], trl_batch["labels"], trl_batch["attention_mask"])
+    }
     assert ours == theirs  # same tokens, same masks (prompt masked, completion and its <|im_end|> trained)
 
     batch = SFTCollator(smollm2_tokenizer.pad_token_id)([dict(r) for r in data.train])

@@ -2,6 +2,7 @@
 20 steps lower the eval loss, the saved tokenizer carries the chat template trained with, and
 `python -m sft_exp.export <run> --merge` writes a model that from_pretrained loads and that gives
 base+adapter's logits. One run serves all three: a 135M model costs ~2 s a step on 2 CPU cores."""
+
 from __future__ import annotations
 
 import json
@@ -54,9 +55,11 @@ def test_export_merge_loads_and_matches_base_plus_adapter(lora_run, smollm2_fold
     assert tokenizer.chat_template == CHATML  # the template the run trained with, not SmolLM2's own
 
     adapted = PeftModel.from_pretrained(
-        AutoModelForCausalLM.from_pretrained(str(smollm2_folder), dtype=torch.float32), str(lora_run / "model"))
-    text = tokenizer.apply_chat_template([{"role": "user", "content": "What is your name?"}], tokenize=False,
-                                         add_generation_prompt=True)
+        AutoModelForCausalLM.from_pretrained(str(smollm2_folder), dtype=torch.float32), str(lora_run / "model")
+    )
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "What is your name?"}], tokenize=False, add_generation_prompt=True
+    )
     ids = tokenizer(text, return_tensors="pt")["input_ids"]
     with torch.no_grad():
         want = adapted(input_ids=ids).logits
@@ -73,5 +76,5 @@ def test_export_merge_loads_and_matches_base_plus_adapter(lora_run, smollm2_fold
     assert im_end in as_ids(saved_stops)  # one id is saved as an int, several as a list
     with torch.no_grad():
         out = merged.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=96)
-    new = out[0, ids.shape[1]:].tolist()
+    new = out[0, ids.shape[1] :].tolist()
     assert new[-1] == im_end and len(new) < 96, tokenizer.decode(new)

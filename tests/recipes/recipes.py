@@ -1,5 +1,6 @@
 """The recipes the import tests use (tests/assets/recipes: real TRL and open-r1 files, Apache-2.0), the
 reference TRL parse of each, and sft_exp's side: the imported experiment, composed."""
+
 from __future__ import annotations
 
 import tempfile
@@ -101,8 +102,11 @@ def compose_experiment(conf_dir: Path, name: str, overrides=()):
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        cfg = compose("config", overrides=[f"hydra.searchpath=[file://{conf_dir}]", f"experiment={name}", *overrides],
-                      return_hydra_config=True)
+        cfg = compose(
+            "config",
+            overrides=[f"hydra.searchpath=[file://{conf_dir}]", f"experiment={name}", *overrides],
+            return_hydra_config=True,
+        )
     run_dir = cfg.hydra.run.dir
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = tempfile.mkdtemp(prefix="sft_exp_recipe_")

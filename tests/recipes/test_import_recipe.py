@@ -1,5 +1,6 @@
 """`python -m sft_exp.import_recipe` as a user runs it: one command per recipe from their own folder, the table,
 the experiment file, the printed command; and every bad input as one line with exit code 2."""
+
 from __future__ import annotations
 
 import subprocess
@@ -16,8 +17,14 @@ DISTILL = RECIPES_DIR / "open-r1" / "OpenR1-Distill-7B__sft__config_distill.yaml
 
 
 def run_import(*args, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sft_exp.import_recipe", *map(str, args)], cwd=cwd, env=TEST_ENV,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "sft_exp.import_recipe", *map(str, args)],
+        cwd=cwd,
+        env=TEST_ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def write_recipe(tmp_path, name: str = "mine.yaml", **fields) -> str:
@@ -40,18 +47,30 @@ def test_every_recipe_imports_with_no_unmapped_field_and_its_command_runs_from_a
     assert commands[0][:3] == ["python", "-m", "sft_exp"] and commands[0][3:5] == ["--config-dir", str(user / "conf")]
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    shown = subprocess.run([sys.executable, *commands[0][1:], "--cfg", "job"], cwd=elsewhere, env=TEST_ENV,
-                           capture_output=True, text=True, timeout=120)
+    shown = subprocess.run(
+        [sys.executable, *commands[0][1:], "--cfg", "job"],
+        cwd=elsewhere,
+        env=TEST_ENV,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert shown.returncode == 0, shown.stderr
-    assert yaml.safe_load(shown.stdout)["model"]["name_or_path"] == yaml.safe_load(RECIPES[0].read_text())["model_name_or_path"]
+    assert (
+        yaml.safe_load(shown.stdout)["model"]["name_or_path"]
+        == yaml.safe_load(RECIPES[0].read_text())["model_name_or_path"]
+    )
 
 
 def test_the_import_loads_neither_torch_nor_transformers(tmp_path):
-    probe = ("import sys; from pathlib import Path; from sft_exp.recipe_import.cli import import_recipe, write; "
-             f"write(import_recipe(Path({str(DISTILL)!r}), Path({str(ACCELERATE['zero3'])!r}))); "
-             "print(sorted(m for m in ('torch', 'transformers', 'trl', 'datasets') if m in sys.modules))")
-    done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, env=TEST_ENV, capture_output=True, text=True,
-                          timeout=120)
+    probe = (
+        "import sys; from pathlib import Path; from sft_exp.recipe_import.cli import import_recipe, write; "
+        f"write(import_recipe(Path({str(DISTILL)!r}), Path({str(ACCELERATE['zero3'])!r}))); "
+        "print(sorted(m for m in ('torch', 'transformers', 'trl', 'datasets') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=tmp_path, env=TEST_ENV, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
 
@@ -64,7 +83,9 @@ def test_the_experiment_says_where_each_value_came_from(tmp_path):
     assert "  - override /distributed: deepspeed  # accelerate: distributed_type\n" in text
     assert "  lr: 4.0e-05  # learning_rate\n" in text and "  eos_token: <|im_end|>  # eos_token\n" in text
     assert "  assistant_only_loss: false  # assistant_only_loss (TRL default)\n" in text
-    assert done.stdout.strip().splitlines()[-1].strip().startswith("torchrun --nproc_per_node 8 -m sft_exp --config-dir ")
+    assert (
+        done.stdout.strip().splitlines()[-1].strip().startswith("torchrun --nproc_per_node 8 -m sft_exp --config-dir ")
+    )
     table = done.stdout
     assert "assistant_only_loss (TRL default)" in table and "torch_dtype (now dtype)" in table
     assert "* the run folder: checkpoints in <dir>/checkpoints" in table  # a difference, marked
@@ -99,8 +120,12 @@ def test_a_file_that_is_not_a_recipe_says_which_formats_are_read(tmp_path, kind,
     path.write_text(text)
     line = _one_line_error(run_import(path, cwd=tmp_path))
     assert "this reads TRL CLI configs" in line and "open-r1 SFT recipes" in line and not (tmp_path / "conf").exists()
-    assert {"Hydra": "a Hydra config", "axolotl": "an axolotl config", "accelerate": "--accelerate-config",
-            "not a recipe": "names no model or data"}[kind] in line
+    assert {
+        "Hydra": "a Hydra config",
+        "axolotl": "an axolotl config",
+        "accelerate": "--accelerate-config",
+        "not a recipe": "names no model or data",
+    }[kind] in line
 
 
 def test_an_accelerate_config_whose_world_size_disagrees_with_the_batch_settings_is_named(tmp_path):
@@ -109,8 +134,10 @@ def test_an_accelerate_config_whose_world_size_disagrees_with_the_batch_settings
     path = tmp_path / "zero3.yaml"
     path.write_text(yaml.safe_dump(accelerate))
     line = _one_line_error(run_import(DISTILL, "--accelerate-config", path, cwd=tmp_path))
-    assert "deepspeed_config: gradient_accumulation_steps=4, but the recipe's per_device_train_batch_size 2 x " \
-           "gradient_accumulation_steps 8 x 8 processes" in line
+    assert (
+        "deepspeed_config: gradient_accumulation_steps=4, but the recipe's per_device_train_batch_size 2 x "
+        "gradient_accumulation_steps 8 x 8 processes" in line
+    )
     accelerate = yaml.safe_load((RECIPES_DIR / "trl" / "accelerate_alst_ulysses_4gpu.yaml").read_text())
     accelerate["num_processes"] = 8
     path.write_text(yaml.safe_dump(accelerate))
@@ -131,10 +158,13 @@ def test_two_fields_that_say_different_things_are_named(tmp_path):
     accelerate["fsdp_config"]["fsdp_activation_checkpointing"] = True
     path = tmp_path / "fsdp.yaml"
     path.write_text(yaml.safe_dump(accelerate))
-    line = _one_line_error(run_import(write_recipe(tmp_path, gradient_checkpointing=False), "--accelerate-config",
-                                      path, cwd=tmp_path))
-    assert ("accelerate: fsdp_activation_checkpointing sets /memory='checkpointing', but gradient_checkpointing set it "
-            "to 'none'") in line
+    line = _one_line_error(
+        run_import(write_recipe(tmp_path, gradient_checkpointing=False), "--accelerate-config", path, cwd=tmp_path)
+    )
+    assert (
+        "accelerate: fsdp_activation_checkpointing sets /memory='checkpointing', but gradient_checkpointing set it "
+        "to 'none'"
+    ) in line
 
 
 def test_a_chat_template_that_does_not_parse_names_the_field_and_line(tmp_path):
@@ -161,10 +191,12 @@ def test_the_import_never_overwrites_a_file_it_did_not_write_nor_shadows_a_shipp
     mine.write_text("# @package _global_\n# my own\n")
     assert "was not written by an import" in _one_line_error(run_import(write_recipe(tmp_path), cwd=tmp_path))
     assert mine.read_text() == "# @package _global_\n# my own\n"
-    assert "experiment sft_exp ships" in _one_line_error(run_import(write_recipe(tmp_path, "lora_tiny.yaml"),
-                                                                    cwd=tmp_path))
+    assert "experiment sft_exp ships" in _one_line_error(
+        run_import(write_recipe(tmp_path, "lora_tiny.yaml"), cwd=tmp_path)
+    )
     assert "<config dir>/experiment/<name>.yaml" in _one_line_error(
-        run_import(write_recipe(tmp_path), "-o", tmp_path / "x.yaml", cwd=tmp_path))
+        run_import(write_recipe(tmp_path), "-o", tmp_path / "x.yaml", cwd=tmp_path)
+    )
 
 
 # ----------------------------------------------------------------------------- what lands where
@@ -177,13 +209,18 @@ def test_an_open_r1_dataset_mixture_keeps_open_r1s_meaning(tmp_path):
                             {"id": "org/b", "split": "train", "columns": ["messages"], "weight": 0.3}],
                "seed": 0, "test_split_size": 0.1}  # fmt: skip
     recipe = tmp_path / "mix.yaml"
-    recipe.write_text(yaml.safe_dump({"model_name_or_path": "m/m", "dataset_mixture": mixture, "eval_strategy": "steps",
-                                      "eval_steps": 50}))
+    recipe.write_text(
+        yaml.safe_dump(
+            {"model_name_or_path": "m/m", "dataset_mixture": mixture, "eval_strategy": "steps", "eval_steps": 50}
+        )
+    )
     assert run_import(recipe, cwd=tmp_path).returncode == 0
     cfg, _ = compose_experiment(tmp_path / "conf", "mix")
     settings = instantiate(cfg.data)
     assert [(s.path, s.subset, s.split, s.weight, s.kept_columns) for s in settings.sources] == [
-        ("org/a", "all", "train", 0.5, ["messages"]), ("org/b", None, "train", 0.3, ["messages"])]
+        ("org/a", "all", "train", 0.5, ["messages"]),
+        ("org/b", None, "train", 0.3, ["messages"]),
+    ]
     assert (settings.eval_split_from, settings.eval_split_size, settings.seed) == ("mixture", 0.1, 0)
     assert cfg.seed == 42 and cfg.trainer.eval_steps == 50
 

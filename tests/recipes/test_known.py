@@ -1,5 +1,6 @@
 """What the importer knows of TRL without importing it (field names parsed from TRL's and transformers' source,
 TRL's defaults written as a table) against the installed TRL itself."""
+
 from __future__ import annotations
 
 import dataclasses

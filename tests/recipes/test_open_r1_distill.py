@@ -2,6 +2,7 @@
 makes of the recipe and its zero3 accelerate config (less the run folder and the Hub push, which depend on the
 user), and its CPU miniature trains through the CLI as docs/recipes.md shows: the model and data swapped for
 local ones, flash-attention and Liger (CUDA only) for sdpa and none."""
+
 from __future__ import annotations
 
 import json
@@ -38,8 +39,15 @@ def miniature(tmp_path_factory):
     model = write_base_model(tmp / "model")
     rows = tmp / "rows.jsonl"
     rows.write_text("".join(asset_path("demo/train.jsonl").read_text().splitlines(keepends=True)[:48]))
-    proc = run_sft("experiment=open_r1_distill", f"model.name_or_path={model}", f"data.sources=[{{path:{rows}}}]",
-                   *CPU, "trainer.max_steps=3", f"hydra.run.dir={tmp / 'run'}", timeout=600)
+    proc = run_sft(
+        "experiment=open_r1_distill",
+        f"model.name_or_path={model}",
+        f"data.sources=[{{path:{rows}}}]",
+        *CPU,
+        "trainer.max_steps=3",
+        f"hydra.run.dir={tmp / 'run'}",
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return tmp / "run"
 
@@ -49,7 +57,10 @@ def test_the_miniature_trains_the_recipe_settings(miniature):
     assert summary["status"] == "completed" and summary["global_step"] == 3
     args = torch.load(miniature / "model" / "training_args.bin", weights_only=False)
     assert (args.learning_rate, args.lr_scheduler_type.value, args.lr_scheduler_kwargs) == (
-        4e-5, "cosine_with_min_lr", {"min_lr_rate": 0.1})
+        4e-5,
+        "cosine_with_min_lr",
+        {"min_lr_rate": 0.1},
+    )
     assert (args.per_device_train_batch_size, args.gradient_accumulation_steps, args.max_grad_norm) == (2, 8, 0.2)
     assert args.bf16 and args.gradient_checkpointing and args.save_strategy.value == "epoch"
     # save_strategy epoch: the epoch cut short by max_steps ends with a save, as in TRL (transformers' loop)

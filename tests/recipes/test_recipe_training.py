@@ -12,6 +12,7 @@ and what a CPU machine without network cannot do, which the recipe asks of a GPU
 Everything else (batch sizes, accumulation, schedule, precision, checkpointing, packing, template, eos, saving,
 logging to W&B offline) is the recipe's.
 """
+
 from __future__ import annotations
 
 import json
@@ -66,6 +67,16 @@ def test_each_imported_recipe_trains_three_steps_on_cpu(recipe, local, tmp_path,
     assert summary["status"] == "completed" and summary["global_step"] == 3
     trained = torch.load(folder / "model" / "training_args.bin", weights_only=False)
     _, trl_args, _ = trl_parse(recipe, tmp_path)
-    for name in ("learning_rate", "per_device_train_batch_size", "gradient_accumulation_steps", "lr_scheduler_type",
-                 "max_grad_norm", "weight_decay", "bf16", "gradient_checkpointing", "save_strategy", "seed"):
+    for name in (
+        "learning_rate",
+        "per_device_train_batch_size",
+        "gradient_accumulation_steps",
+        "lr_scheduler_type",
+        "max_grad_norm",
+        "weight_decay",
+        "bf16",
+        "gradient_checkpointing",
+        "save_strategy",
+        "seed",
+    ):
         assert getattr(trained, name) == getattr(trl_args, name), name

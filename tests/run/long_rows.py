@@ -3,6 +3,7 @@ rows of a chosen token length, some assistant turns weighted (per-message loss w
 
 Built at test time from the shipped demo data and tokenizer (sft_exp/assets), so nothing is downloaded.
 """
+
 from __future__ import annotations
 
 import json
@@ -10,9 +11,11 @@ import random
 from pathlib import Path
 
 # A tiny Llama built from config (4 heads, 2 key/value heads) with room for 4k-token rows.
-LLAMA = ("model.init_config={model_type:llama,hidden_size:64,intermediate_size:128,num_hidden_layers:2,"
-         "num_attention_heads:4,num_key_value_heads:2,max_position_embeddings:4096,tie_word_embeddings:false,"
-         "rope_theta:10000.0}")
+LLAMA = (
+    "model.init_config={model_type:llama,hidden_size:64,intermediate_size:128,num_hidden_layers:2,"
+    "num_attention_heads:4,num_key_value_heads:2,max_position_embeddings:4096,tie_word_embeddings:false,"
+    "rope_theta:10000.0}"
+)
 
 
 def _turns():

@@ -1,5 +1,6 @@
 """Several processes, one run: DDP (with evaluation before training) equals one big batch, a NaN on one
 rank stops or skips on every rank, and FSDP/DeepSpeed presets are refused where they cannot run."""
+
 from __future__ import annotations
 
 import json
@@ -18,12 +19,24 @@ from tests.helpers import DEMO_EVAL_ROWS, NO_SAMPLE_GENERATIONS, REPO, TEST_ENV,
 
 # Four logged steps over a small slice of the demo data, evaluated before and after on 64 held-out rows:
 # what DDP changes is all here. Task evaluation (generation) is off: its DDP path is tested where it lives.
-SHORT = ["trainer.max_steps=4", "trainer.logging_steps=1", "trainer.save_steps=4", *NO_SAMPLE_GENERATIONS,
-         "logger=none", "data.sources.0.max_samples=64", DEMO_EVAL_ROWS.format(64)]
+SHORT = [
+    "trainer.max_steps=4",
+    "trainer.logging_steps=1",
+    "trainer.save_steps=4",
+    *NO_SAMPLE_GENERATIONS,
+    "logger=none",
+    "data.sources.0.max_samples=64",
+    DEMO_EVAL_ROWS.format(64),
+]
 # The same with 16 held-out rows, and rank 1's loss NaN at step 2 (a forward hook on its input embeddings,
 # added through the callbacks group; rank 0's loss stays finite).
-NAN_ON_RANK_1 = [*SHORT[:-1], DEMO_EVAL_ROWS.format(16), "+callbacks.nan.rank=1", "+callbacks.nan.step=2",
-                 "+callbacks.nan._target_=tests.distributed_probes.NaNLossOnOneRank"]
+NAN_ON_RANK_1 = [
+    *SHORT[:-1],
+    DEMO_EVAL_ROWS.format(16),
+    "+callbacks.nan.rank=1",
+    "+callbacks.nan.step=2",
+    "+callbacks.nan._target_=tests.distributed_probes.NaNLossOnOneRank",
+]
 # Task evaluation back on for the DDP parity test (SHORT switches it off; a later `evals=` wins).
 TASK_ON_7_PROMPTS = ["evals=heldout", "evals.heldout.limit=7", "evals.heldout.max_new_tokens=4"]
 # One process's batch is both ranks' batches: 8 = 2 x 4 rows to train on, 32 = 2 x 16 rows to evaluate.
@@ -53,8 +66,17 @@ def _free_port() -> int:
 
 def _torchrun(*args: str) -> subprocess.CompletedProcess:
     # --standalone: a rendezvous on a free port of this machine, never a fixed one another job may hold.
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "sft_exp",
-           *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "sft_exp",
+        *args,
+    ]
     return subprocess.run(cmd, cwd=REPO, env=PROCESS_ENV, capture_output=True, text=True, timeout=300)
 
 
@@ -67,12 +89,22 @@ def _two_ranks(tmp_path, *args: str, timeout: float = 240) -> list[tuple[int, st
     port = str(_free_port())
     procs, logs = [], []
     for rank in (0, 1):
-        env = {**PROCESS_ENV, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
-               "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+        env = {
+            **PROCESS_ENV,
+            "RANK": str(rank),
+            "LOCAL_RANK": str(rank),
+            "WORLD_SIZE": "2",
+            "LOCAL_WORLD_SIZE": "2",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": port,
+        }
         logs.append(tmp_path / f"rank{rank}.out")
         with logs[-1].open("w") as out:  # files, not pipes: a full pipe would block a rank mid-collective
-            procs.append(subprocess.Popen([sys.executable, "-m", "sft_exp", *args], cwd=REPO, env=env, stdout=out,
-                                          stderr=subprocess.STDOUT))
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "sft_exp", *args], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT
+                )
+            )
     deadline = time.monotonic() + timeout
     try:
         codes = [proc.wait(timeout=max(1.0, deadline - time.monotonic())) for proc in procs]
@@ -80,8 +112,10 @@ def _two_ranks(tmp_path, *args: str, timeout: float = 240) -> list[tuple[int, st
         for proc in procs:
             proc.kill()
             proc.wait()
-        pytest.fail(f"a rank was still running after {timeout}s (hung?):\n"
-                    + "\n".join(f"--- {log.name}\n{log.read_text()[-1500:]}" for log in logs))
+        pytest.fail(
+            f"a rank was still running after {timeout}s (hung?):\n"
+            + "\n".join(f"--- {log.name}\n{log.read_text()[-1500:]}" for log in logs)
+        )
     return [(code, log.read_text()) for code, log in zip(codes, logs)]
 
 
@@ -123,8 +157,13 @@ def test_two_processes_equal_one_process_with_the_whole_batch(tmp_path):
 
 @pytest.mark.multiprocess
 def test_a_nan_loss_on_one_rank_stops_every_rank_naming_the_step(tmp_path):
-    results = _two_ranks(tmp_path, *NAN_ON_RANK_1, *PER_RANK, "trainer.nonfinite_loss=stop",
-                         f"hydra.run.dir={tmp_path}/rank${{oc.env:RANK}}")
+    results = _two_ranks(
+        tmp_path,
+        *NAN_ON_RANK_1,
+        *PER_RANK,
+        "trainer.nonfinite_loss=stop",
+        f"hydra.run.dir={tmp_path}/rank${{oc.env:RANK}}",
+    )
     for rank, (code, output) in enumerate(results):
         assert code == 2, f"rank {rank} exited {code}:\n{output[-3000:]}"
         assert "the training loss became NaN or infinite at step 2 on rank 1 of 2" in output, output[-3000:]
@@ -135,9 +174,15 @@ def test_a_nan_loss_on_one_rank_stops_every_rank_naming_the_step(tmp_path):
 @pytest.mark.multiprocess
 def test_skip_on_a_nan_loss_of_one_rank_keeps_every_replica_identical(tmp_path):
     digests = tmp_path / "digests"
-    results = _two_ranks(tmp_path, *NAN_ON_RANK_1, *PER_RANK, "trainer.nonfinite_loss=skip",
-                         f"hydra.run.dir={tmp_path}/rank${{oc.env:RANK}}", f"+callbacks.digest.folder={digests}",
-                         "+callbacks.digest._target_=tests.distributed_probes.WeightDigest")
+    results = _two_ranks(
+        tmp_path,
+        *NAN_ON_RANK_1,
+        *PER_RANK,
+        "trainer.nonfinite_loss=skip",
+        f"hydra.run.dir={tmp_path}/rank${{oc.env:RANK}}",
+        f"+callbacks.digest.folder={digests}",
+        "+callbacks.digest._target_=tests.distributed_probes.WeightDigest",
+    )
     for rank, (code, output) in enumerate(results):
         assert code == 0, f"rank {rank} exited {code}:\n{output[-3000:]}"
         assert "step 2 skipped: the loss was NaN or infinite on rank 1 of 2" in output, output[-3000:]
@@ -153,6 +198,7 @@ def test_skip_on_a_nan_loss_of_one_rank_keeps_every_replica_identical(tmp_path):
 def test_a_relaunch_into_a_run_folder_is_decided_once_for_every_rank(tmp_path):
     """Both ranks relaunched into a folder holding a finished 2-rank run: with other settings both stop and the
     folder (its .hydra/ and log included) is as it was; with the same settings both train nothing."""
+
     def folder_bytes():
         return {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
 
@@ -171,10 +217,27 @@ def test_a_relaunch_into_a_run_folder_is_decided_once_for_every_rank(tmp_path):
 @pytest.mark.multiprocess
 def test_accelerate_launch_runs_the_same_job(tmp_path):
     # `--multi_gpu` is accelerate's torchrun launcher; on a CPU-only machine sft_exp picks gloo.
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--main_process_port", str(_free_port()), "--mixed_precision", "no",
-           "--dynamo_backend", "no", "-m", "sft_exp", *SHORT, *PER_RANK,
-           f"hydra.run.dir={tmp_path}/rank${{oc.env:RANK}}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--main_process_port",
+        str(_free_port()),
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "sft_exp",
+        *SHORT,
+        *PER_RANK,
+        f"hydra.run.dir={tmp_path}/rank${{oc.env:RANK}}",
+    ]
     proc = subprocess.run(cmd, cwd=REPO, env=PROCESS_ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     got, rows = _losses(tmp_path / "rank0")
@@ -186,8 +249,9 @@ def test_a_strategy_whose_package_is_missing_is_refused_naming_it(strategy, pack
     import importlib.util
 
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "deepspeed"
-                        else real_find_spec(name, *a))  # as on a machine without deepspeed
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "deepspeed" else real_find_spec(name, *a)
+    )  # as on a machine without deepspeed
     if strategy == "fsdp":  # as on a torch without FSDP2
         import torch.distributed.fsdp as fsdp
 
@@ -211,15 +275,30 @@ def test_a_sharding_strategy_in_one_process_says_what_it_does(strategy, caplog, 
         validate_config(compose([f"distributed={strategy}"]))
     assert f"distributed={strategy} in one process" in caplog.text and "torchrun --nproc_per_node" in caplog.text
     assert not set(training_arguments(plain(compose([f"distributed={strategy}"]).distributed.training_args))) & {
-        "fsdp", "fsdp_config", "deepspeed"}  # trains as one plain process
+        "fsdp",
+        "fsdp_config",
+        "deepspeed",
+    }  # trains as one plain process
 
 
 def test_a_sweep_under_torchrun_is_refused_with_the_way_to_do_it(tmp_path):
     # What torchrun sets for rank 0 of 2; the refusal comes before any process group is joined.
-    env = {**PROCESS_ENV, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
-           "MASTER_PORT": str(_free_port())}
-    proc = subprocess.run([sys.executable, "-m", "sft_exp", "-m", "loss=nll,dft", f"hydra.sweep.dir={tmp_path}"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    env = {
+        **PROCESS_ENV,
+        "RANK": "0",
+        "LOCAL_RANK": "0",
+        "WORLD_SIZE": "2",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(_free_port()),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "sft_exp", "-m", "loss=nll,dft", f"hydra.sweep.dir={tmp_path}"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert "hydra/launcher=slurm hydra.launcher.tasks_per_node=N" in proc.stderr + proc.stdout
     assert not list(tmp_path.glob("*/model"))  # no job trained
@@ -259,9 +338,17 @@ def test_submitit_tasks_become_ranks(monkeypatch):
         monkeypatch.setenv(key, "unset")  # recorded, so the teardown removes what export sets
         monkeypatch.delenv(key)
     # What SLURM and submitit set for task 1 of a 2-task job on one node.
-    for key, value in dict(SUBMITIT_EXECUTOR="slurm", SLURM_JOB_ID="1234", SLURM_NTASKS="2", SLURM_PROCID="1",
-                           SLURM_LOCALID="1", SLURM_JOB_NODELIST="node7", SLURM_JOB_NUM_NODES="1",
-                           SLURM_NNODES="1", SLURM_NODEID="0").items():
+    for key, value in dict(
+        SUBMITIT_EXECUTOR="slurm",
+        SLURM_JOB_ID="1234",
+        SLURM_NTASKS="2",
+        SLURM_PROCID="1",
+        SLURM_LOCALID="1",
+        SLURM_JOB_NODELIST="node7",
+        SLURM_JOB_NUM_NODES="1",
+        SLURM_NNODES="1",
+        SLURM_NODEID="0",
+    ).items():
         monkeypatch.setenv(key, value)
     export_slurm_environment()
     import os
@@ -278,9 +365,11 @@ def test_slurm_launcher_example_composes():
     from sft_exp.paths import config_dir
 
     with initialize_config_dir(str(config_dir()), version_base="1.3"):
-        cfg = hydra_compose("config", return_hydra_config=True,
-                            overrides=["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=4",
-                                       "hydra.launcher.tasks_per_node=4"])
+        cfg = hydra_compose(
+            "config",
+            return_hydra_config=True,
+            overrides=["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=4", "hydra.launcher.tasks_per_node=4"],
+        )
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.gpus_per_node, launcher.tasks_per_node, launcher.nodes) == (4, 4, 1)

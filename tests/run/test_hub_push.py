@@ -1,5 +1,6 @@
 """Hub pushes during training (callbacks.push_to_hub), up to the upload, which cannot reach a Hub here: the
 settings are checked before anything loads, and a failed push is named, recorded and never loses the run."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,13 @@ def test_every_push_that_fails_is_named_and_the_run_keeps_its_files(tmp_path, mo
     monkeypatch.setitem(TEST_ENV, "HF_ENDPOINT", "http://127.0.0.1:9")
     monkeypatch.setitem(TEST_ENV, "HF_TOKEN", "hf_not_a_real_token")
     monkeypatch.delitem(TEST_ENV, "HF_HUB_OFFLINE")
-    done = run_sft(*PUSH, "callbacks.push_to_hub.strategy=checkpoint", *tiny_run(4, 24, 2),
-                   f"hydra.run.dir={tmp_path}", timeout=300)
+    done = run_sft(
+        *PUSH,
+        "callbacks.push_to_hub.strategy=checkpoint",
+        *tiny_run(4, 24, 2),
+        f"hydra.run.dir={tmp_path}",
+        timeout=300,
+    )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-3000:]  # a failed push does not stop the run
     checkpoint = tmp_path / "checkpoints" / "checkpoint-2"
@@ -28,8 +34,11 @@ def test_every_push_that_fails_is_named_and_the_run_keeps_its_files(tmp_path, mo
     assert f"`hf upload me/tiny-sft {tmp_path / 'model'}`" in output
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["hub_push"]["pushed"] == []
-    assert set(summary["hub_push"]["failed"]) == {str(checkpoint), str(tmp_path / "checkpoints" / "checkpoint-4"),
-                                                  str(tmp_path / "model")}
+    assert set(summary["hub_push"]["failed"]) == {
+        str(checkpoint),
+        str(tmp_path / "checkpoints" / "checkpoint-4"),
+        str(tmp_path / "model"),
+    }
     assert (checkpoint / "optimizer.pt").is_file() and (tmp_path / "model" / "model.safetensors").is_file()
 
 

@@ -11,6 +11,7 @@ checkpoint is bitwise the straight split run.
     python -m pytest -m "multiprocess and not slow" tests/run/test_sequence_parallel.py  # ~1.5 min
     python -m pytest -m "multiprocess and slow" tests/run/test_sequence_parallel.py      # dft, LoRA, ZeRO-2, sp x dp
 """
+
 from __future__ import annotations
 
 import json
@@ -24,11 +25,23 @@ from tests.run.test_sharded import EXIT_ABORT, _completed
 
 pytestmark = pytest.mark.multiprocess
 
-STEPS = ["trainer.max_steps=4", "trainer.logging_steps=1", "trainer.eval_steps=2", "trainer.save_steps=3",
-         "logger=none", "optimizer.lr=1e-3", "trainer.per_device_train_batch_size=2",
-         "evals=heldout", "evals.heldout.limit=3", "evals.heldout.max_new_tokens=4"]
+STEPS = [
+    "trainer.max_steps=4",
+    "trainer.logging_steps=1",
+    "trainer.eval_steps=2",
+    "trainer.save_steps=3",
+    "logger=none",
+    "optimizer.lr=1e-3",
+    "trainer.per_device_train_batch_size=2",
+    "evals=heldout",
+    "evals.heldout.limit=3",
+    "evals.heldout.max_new_tokens=4",
+]
 # Each of the 2 ranks evaluates 2 whole rows at a time; one process 4.
-SINGLE, SPLIT = ["trainer.per_device_eval_batch_size=4"], ["trainer.per_device_eval_batch_size=2", "distributed=ulysses"]
+SINGLE, SPLIT = (
+    ["trainer.per_device_eval_batch_size=4"],
+    ["trainer.per_device_eval_batch_size=2", "distributed=ulysses"],
+)
 PROBE = "+callbacks.split._target_=tests.distributed_probes.SplitProbe"
 SKIPPED = ("runtime", "per_second", "flos", "preparation_time", "train_loss")  # timings; train_loss: the resumed part's
 
@@ -64,8 +77,9 @@ def _finished(proc, folder):
 def report_exit_aborts(*folders):
     """After a test's comparisons passed: the known abort at exit (test_sharded.py), reported, not hidden."""
     if ABORTED_AT_EXIT.intersection(folders):
-        pytest.xfail(f"compared equal, but a rank aborted at exit after the run completed ({EXIT_ABORT!r}); "
-                     "see test_sharded.py")
+        pytest.xfail(
+            f"compared equal, but a rank aborted at exit after the run completed ({EXIT_ABORT!r}); see test_sharded.py"
+        )
 
 
 @pytest.fixture(scope="module")
@@ -131,8 +145,10 @@ def test_ulysses_splits_each_row_and_trains_as_one_process(runs):
     import pandas as pd
 
     keys = ["split", "epoch", "step", "source", "row_id"]
-    ledgers = [pd.read_parquet(folder / "examples.parquet").sort_values(keys).reset_index(drop=True)
-               for folder in (split, single)]
+    ledgers = [
+        pd.read_parquet(folder / "examples.parquet").sort_values(keys).reset_index(drop=True)
+        for folder in (split, single)
+    ]
     assert ledgers[0][keys + ["tokens"]].equals(ledgers[1][keys + ["tokens"]]) and len(ledgers[0]) == 8 + 3 * 8
     assert (ledgers[0]["loss"] - ledgers[1]["loss"]).abs().max() <= 1e-5
     assert ledgers[0]["token_accuracy"].equals(ledgers[1]["token_accuracy"])
@@ -153,13 +169,17 @@ def test_ulysses_resumes_from_a_checkpoint_bitwise(runs, long_data, tmp_path):
     report_exit_aborts(straight, resumed)
 
 
-@pytest.mark.parametrize("variant", ["packing", *(pytest.param(v, marks=pytest.mark.slow) for v in ("dft", "lora", "zero2"))])
+@pytest.mark.parametrize(
+    "variant", ["packing", *(pytest.param(v, marks=pytest.mark.slow) for v in ("dft", "lora", "zero2"))]
+)
 def test_ulysses_variants_train_as_one_process(variant, long_data, tmp_path):
-    extra = {"packing": ["data.packing=true"],  # several examples in a split row, apart by position_ids
-             "dft": ["loss=dft", "loss.chunk_size=64", "memory=checkpointing"],  # several head chunks per shard;
-             # each layer's forward, all-to-alls included, run again in the backward
-             "lora": ["peft=lora", "peft.lora_dropout=0.0"],  # dropout draws differ with the batch layout
-             "zero2": []}[variant]
+    extra = {
+        "packing": ["data.packing=true"],  # several examples in a split row, apart by position_ids
+        "dft": ["loss=dft", "loss.chunk_size=64", "memory=checkpointing"],  # several head chunks per shard;
+        # each layer's forward, all-to-alls included, run again in the backward
+        "lora": ["peft=lora", "peft.lora_dropout=0.0"],  # dropout draws differ with the batch layout
+        "zero2": [],
+    }[variant]
     engine = ["distributed.training_args.deepspeed.zero_optimization.stage=2"] if variant == "zero2" else []
     args = [LLAMA, *long_data, *STEPS, *extra]
     single = _single([*args, *SINGLE], tmp_path / "single")
@@ -178,13 +198,35 @@ def test_ulysses_groups_with_data_parallelism_train_as_one_process(long_data, tm
 
     from tests.run.test_distributed import PROCESS_ENV, REPO
 
-    args = [LLAMA, *long_data, "trainer.max_steps=3", "trainer.logging_steps=1", "evals=none", "logger=none",
-            "trainer.per_device_train_batch_size=1", "optimizer.lr=1e-3"]
-    single = _single([*args, "trainer.gradient_accumulation_steps=4", "trainer.per_device_eval_batch_size=4"],
-                     tmp_path / "single")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "4", "-m", "sft_exp",
-           *args, "trainer.gradient_accumulation_steps=2", "trainer.per_device_eval_batch_size=1",
-           "distributed=ulysses", "distributed.sp_size=2", f"hydra.run.dir={tmp_path / 'split'}"]
+    args = [
+        LLAMA,
+        *long_data,
+        "trainer.max_steps=3",
+        "trainer.logging_steps=1",
+        "evals=none",
+        "logger=none",
+        "trainer.per_device_train_batch_size=1",
+        "optimizer.lr=1e-3",
+    ]
+    single = _single(
+        [*args, "trainer.gradient_accumulation_steps=4", "trainer.per_device_eval_batch_size=4"], tmp_path / "single"
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "4",
+        "-m",
+        "sft_exp",
+        *args,
+        "trainer.gradient_accumulation_steps=2",
+        "trainer.per_device_eval_batch_size=1",
+        "distributed=ulysses",
+        "distributed.sp_size=2",
+        f"hydra.run.dir={tmp_path / 'split'}",
+    ]
     proc = subprocess.run(cmd, cwd=REPO, env=PROCESS_ENV, capture_output=True, text=True, timeout=600, check=False)
     split = _finished(proc, tmp_path / "split")
     assert_same_metrics(split, single, tolerance=1e-5)
@@ -193,12 +235,21 @@ def test_ulysses_groups_with_data_parallelism_train_as_one_process(long_data, tm
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not __import__("torch").cuda.device_count() >= 2, reason="needs 2 CUDA GPUs (ring attention has "
-                    "no CPU kernel; on CPU distributed=ring is refused, tests/run/test_sequence_parallel_config.py)")
+@pytest.mark.skipif(
+    not __import__("torch").cuda.device_count() >= 2,
+    reason="needs 2 CUDA GPUs (ring attention has "
+    "no CPU kernel; on CPU distributed=ring is refused, tests/run/test_sequence_parallel_config.py)",
+)
 def test_ring_splits_rows_on_two_gpus_and_trains_as_one_process(long_data, tmp_path):
     # Both ranks of the ring hold the same batch (accelerate gives a context-parallel group one), each half of it.
-    args = [LLAMA, *long_data, *STEPS, "trainer.precision=fp32", "data.padding_free=false",
-            "trainer.per_device_eval_batch_size=2"]
+    args = [
+        LLAMA,
+        *long_data,
+        *STEPS,
+        "trainer.precision=fp32",
+        "data.padding_free=false",
+        "trainer.per_device_eval_batch_size=2",
+    ]
     single = _single([*args, "model.attn_implementation=sdpa"], tmp_path / "single")
     split = _split([*args, "distributed=ring"], tmp_path / "split")
     assert "each row split across 2 ranks (distributed=ring)" in (split / "__main__.log").read_text()

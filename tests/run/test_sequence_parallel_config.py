@@ -1,6 +1,7 @@
 """distributed=ulysses / ring, in one process: every bad combination refused before anything loads (one error
 each, naming the key and what to set), one process trains plainly, and the pieces that make a split batch
 train as one process does (targets shifted before the split, padding never supervised, widths)."""
+
 from __future__ import annotations
 
 import pytest
@@ -42,16 +43,21 @@ def test_sp_size_defaults_to_the_processes_of_a_node_and_must_fit_the_heads(monk
 
 def test_key_value_heads_must_divide_or_be_a_multiple_of_sp_size(monkeypatch):
     _launched(monkeypatch, 3)  # 6 heads split in 3 is fine, 4 key/value heads are not
-    overrides = ["distributed=ulysses", "model.init_config.num_attention_heads=6", "model.init_config.hidden_size=96",
-                 "model.init_config.num_key_value_heads=4"]
+    overrides = [
+        "distributed=ulysses",
+        "model.init_config.num_attention_heads=6",
+        "model.init_config.hidden_size=96",
+        "model.init_config.num_key_value_heads=4",
+    ]
     assert "one of [1, 2]" in _refused(overrides, "6 attention heads and 4 key/value heads")
 
 
 @pytest.mark.parametrize("attention", ["eager", "flex_attention"])
 def test_ulysses_refuses_attention_it_cannot_split(attention, monkeypatch):
     _launched(monkeypatch, 2)
-    message = _refused(["distributed=ulysses", f"model.attn_implementation={attention}"],
-                       f"model.attn_implementation={attention}")
+    message = _refused(
+        ["distributed=ulysses", f"model.attn_implementation={attention}"], f"model.attn_implementation={attention}"
+    )
     assert "Set model.attn_implementation=sdpa" in message
 
 
@@ -82,7 +88,9 @@ def test_ulysses_refuses_a_router_balancing_loss(monkeypatch):
 
 
 def test_a_split_size_of_another_strategy_is_refused():
-    _refused(["distributed.sp_size=2"], r"distributed.sp_size=2 is for distributed=ulysses; this run is distributed=ddp")
+    _refused(
+        ["distributed.sp_size=2"], r"distributed.sp_size=2 is for distributed=ulysses; this run is distributed=ddp"
+    )
     _refused(["distributed=ulysses", "distributed.cp_size=2"], r"distributed.cp_size=2 is for distributed=ring")
 
 
@@ -94,11 +102,14 @@ def test_ring_is_refused_on_cpu_with_the_engines_reason(monkeypatch):
     assert "distributed=ulysses" in message
 
 
-@pytest.mark.parametrize("overrides, match", [
-    (["data.packing=true"], "data.packing=true: torch's ring attention is causal over the whole row"),
-    (["data.padding_free=true"], "data.padding_free=true"),
-    (["model.attn_implementation=eager"], "replaces SDPA only"),
-])
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (["data.packing=true"], "data.packing=true: torch's ring attention is causal over the whole row"),
+        (["data.padding_free=true"], "data.padding_free=true"),
+        (["model.attn_implementation=eager"], "replaces SDPA only"),
+    ],
+)
 def test_ring_refuses_what_it_cannot_split(overrides, match, monkeypatch):
     _launched(monkeypatch, 2)
     _refused(["distributed=ring", *overrides], match)
@@ -109,8 +120,9 @@ def test_an_engine_that_is_missing_is_refused_naming_the_strategy(strategy, monk
     import importlib.util
 
     real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "deepspeed"
-                        else real_find_spec(name, *a))  # as on a machine without deepspeed
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "deepspeed" else real_find_spec(name, *a)
+    )  # as on a machine without deepspeed
     if strategy == "ring":  # as on a torch without FSDP2
         from torch.distributed import fsdp
 
@@ -123,10 +135,24 @@ def test_a_refusal_on_the_command_line_exits_2_before_anything_loads(tmp_path):
     import subprocess
     import sys
 
-    env = {**TEST_ENV, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
-           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}  # no process group is ever joined
-    proc = subprocess.run([sys.executable, "-m", "sft_exp", "distributed=ulysses", "distributed.sp_size=3",
-                           f"hydra.run.dir={tmp_path}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False)
+    env = {
+        **TEST_ENV,
+        "RANK": "0",
+        "LOCAL_RANK": "0",
+        "WORLD_SIZE": "2",
+        "LOCAL_WORLD_SIZE": "2",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": "1",
+    }  # no process group is ever joined
+    proc = subprocess.run(
+        [sys.executable, "-m", "sft_exp", "distributed=ulysses", "distributed.sp_size=3", f"hydra.run.dir={tmp_path}"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "distributed.sp_size=3 does not divide the 2 processes" in proc.stderr + proc.stdout
     assert not (tmp_path / "model").exists()

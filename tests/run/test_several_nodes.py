@@ -1,4 +1,5 @@
 """Several nodes: two torchrun launchers (2 nodes x 1 process, c10d rendezvous) form one job equal to one process."""
+
 from __future__ import annotations
 
 import subprocess
@@ -19,12 +20,26 @@ def test_two_nodes_of_one_process_equal_one_process(tmp_path):
     run(compose([*SHORT, *ONE_PROCESS, f"run_dir={single}"]))
     endpoint = f"127.0.0.1:{_free_port()}"
     # What each node of a 2-node job runs (here both on this machine); rendezvous decides the node ranks.
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1",
-                "--rdzv-backend=c10d", f"--rdzv-endpoint={endpoint}", "--rdzv-id=two-nodes", "-m", "sft_exp",
-                *SHORT, *PER_RANK, f"hydra.run.dir={tmp_path}/rank${{oc.env:RANK}}"]
+    launcher = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nnodes=2",
+        "--nproc-per-node=1",
+        "--rdzv-backend=c10d",
+        f"--rdzv-endpoint={endpoint}",
+        "--rdzv-id=two-nodes",
+        "-m",
+        "sft_exp",
+        *SHORT,
+        *PER_RANK,
+        f"hydra.run.dir={tmp_path}/rank${{oc.env:RANK}}",
+    ]
     logs = [tmp_path / f"node{n}.out" for n in (0, 1)]
-    nodes = [subprocess.Popen(launcher, cwd=REPO, env=PROCESS_ENV, stdout=log.open("w"), stderr=subprocess.STDOUT)
-             for log in logs]
+    nodes = [
+        subprocess.Popen(launcher, cwd=REPO, env=PROCESS_ENV, stdout=log.open("w"), stderr=subprocess.STDOUT)
+        for log in logs
+    ]
     try:
         codes = [node.wait(timeout=300) for node in nodes]
     finally:

@@ -5,6 +5,7 @@ against one process on the whole batch (computed once for the module). Losses wi
 sharded (DTensor parameters under FSDP2, ZeRO partitions under DeepSpeed), model/ saved as full weights
 that from_pretrained loads and that equal the single process's.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,10 @@ EVALUATED = [*SHORT, "trainer.eval_steps=2", *TASK_ON_7_PROMPTS]
 # ZeRO-3 with nothing kept gathered between uses: lm_head.weight is an empty partition at every step
 # outside the engine's forward, so the chunked head must gather it itself (the default config keeps it
 # cached from step 2 on, and a test would pass by luck).
-ZERO3_NOTHING_CACHED = ["+distributed.training_args.deepspeed.zero_optimization.stage3_max_reuse_distance=0",
-                        "distributed.training_args.deepspeed.zero_optimization.stage3_prefetch_bucket_size=0"]
+ZERO3_NOTHING_CACHED = [
+    "+distributed.training_args.deepspeed.zero_optimization.stage3_max_reuse_distance=0",
+    "distributed.training_args.deepspeed.zero_optimization.stage3_prefetch_bucket_size=0",
+]
 ENGINES = {
     "fsdp": ["distributed=fsdp"],
     "zero2": ["distributed=deepspeed", "distributed.training_args.deepspeed.zero_optimization.stage=2"],
@@ -68,15 +71,24 @@ def _weights(folder):
     return {name: tensor.detach().clone() for name, tensor in model.state_dict().items()}
 
 
-@pytest.mark.parametrize("engine", [
-    "fsdp",
-    pytest.param("zero2", marks=pytest.mark.slow),
-    ZERO3,
-])
+@pytest.mark.parametrize(
+    "engine",
+    [
+        "fsdp",
+        pytest.param("zero2", marks=pytest.mark.slow),
+        ZERO3,
+    ],
+)
 def test_two_sharded_processes_equal_one_process(engine, single_process, tmp_path):
     probes = tmp_path / "probes"
-    proc = _torchrun(*EVALUATED, *PER_RANK, *ENGINES[engine], f"hydra.run.dir={tmp_path}/run",
-                     f"+callbacks.probe.folder={probes}", "+callbacks.probe._target_=tests.distributed_probes.ShardingProbe")
+    proc = _torchrun(
+        *EVALUATED,
+        *PER_RANK,
+        *ENGINES[engine],
+        f"hydra.run.dir={tmp_path}/run",
+        f"+callbacks.probe.folder={probes}",
+        "+callbacks.probe._target_=tests.distributed_probes.ShardingProbe",
+    )
     if proc.returncode != 0 and EXIT_ABORT in proc.stderr and _completed(tmp_path / "run"):
         pytest.xfail(f"known: a rank aborted at exit after the run completed ({EXIT_ABORT!r}); see the README")
     assert proc.returncode == 0, proc.stderr[-4000:]

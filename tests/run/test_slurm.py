@@ -3,6 +3,7 @@
 Marked `slurm`: skipped where the cluster cannot be started (no slurm-wlm/munge and no apt-get to
 install them, or not root). Jobs run the tiny default model on the node's CPUs.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,10 +22,22 @@ pytestmark = pytest.mark.slurm
 
 CLUSTER = REPO / "tests" / "services" / "slurm_cluster.sh"
 # One CPU per task, no GPU (the preset asks for one per node: a CPU-only cluster would never start the job).
-LAUNCHER = ["hydra/launcher=slurm", "hydra.launcher.gpus_per_node=0", "hydra.launcher.cpus_per_task=1",
-            "hydra.launcher.mem_gb=2", "hydra.launcher.timeout_min=20"]
-TINY = ["trainer.max_steps=2", "trainer.logging_steps=1", "trainer.save_steps=2", "evals=none", "logger=none",
-        "data.sources.0.max_samples=16", "data.sources.0.eval_max_samples=8"]
+LAUNCHER = [
+    "hydra/launcher=slurm",
+    "hydra.launcher.gpus_per_node=0",
+    "hydra.launcher.cpus_per_task=1",
+    "hydra.launcher.mem_gb=2",
+    "hydra.launcher.timeout_min=20",
+]
+TINY = [
+    "trainer.max_steps=2",
+    "trainer.logging_steps=1",
+    "trainer.save_steps=2",
+    "evals=none",
+    "logger=none",
+    "data.sources.0.max_samples=16",
+    "data.sources.0.eval_max_samples=8",
+]
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +56,9 @@ def _sweep_command(sweep_dir: Path, *overrides: str) -> list:
 
 
 def _sweep(env, sweep_dir: Path, *overrides: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run(_sweep_command(sweep_dir, *overrides), cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        _sweep_command(sweep_dir, *overrides), cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def _summaries(sweep_dir: Path) -> dict:
@@ -65,8 +79,14 @@ def test_a_two_job_sweep_leaves_two_complete_run_folders(slurm_env, tmp_path):
 
 def test_a_failing_job_is_reported_failed_and_the_other_completes(slurm_env, tmp_path):
     # Job 0's loss is NaN at step 1 (trainer.nonfinite_loss=stop); job 1's hook waits for a step that never comes.
-    job = _sweep(slurm_env, tmp_path, *TINY, "+callbacks.nan._target_=tests.distributed_probes.NaNLossOnOneRank",
-                 "+callbacks.nan.rank=0", "+callbacks.nan.step=1,1000")
+    job = _sweep(
+        slurm_env,
+        tmp_path,
+        *TINY,
+        "+callbacks.nan._target_=tests.distributed_probes.NaNLossOnOneRank",
+        "+callbacks.nan.rank=0",
+        "+callbacks.nan.step=1,1000",
+    )
     assert job.returncode == 0, job.stderr[-3000:]
     status = {n: s["status"] for n, s in _summaries(tmp_path).items()}
     assert status == {"0": "failed", "1": "completed"}, status
@@ -90,8 +110,14 @@ def test_one_job_with_two_tasks_trains_as_two_ranks_equal_to_one_process(slurm_e
 def test_a_job_that_dies_without_a_result_ends_the_wait(slurm_env, tmp_path):
     # Job 0 SIGKILLs itself at step 1 (as the OOM killer would): no result file, and no sacct on this cluster.
     started = time.monotonic()
-    job = _sweep(slurm_env, tmp_path, *TINY, "+callbacks.die._target_=tests.distributed_probes.KillSelfAtStep",
-                 "+callbacks.die.step=1,1000", timeout=420)
+    job = _sweep(
+        slurm_env,
+        tmp_path,
+        *TINY,
+        "+callbacks.die._target_=tests.distributed_probes.KillSelfAtStep",
+        "+callbacks.die.step=1,1000",
+        timeout=420,
+    )
     assert job.returncode != 0
     assert "has not produced any output (state: FAILED)" in job.stdout + job.stderr, job.stderr[-3000:]
     assert time.monotonic() - started < 400
@@ -102,8 +128,10 @@ def test_a_sweep_without_a_reachable_controller_fails_at_submission(tmp_path):
         pytest.skip("no sinfo (SLURM client) on this machine")
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     conf = tmp_path / "slurm.conf"  # a controller on a port where nothing listens
-    conf.write_text("ClusterName=nowhere\nSlurmctldHost=nohost(127.0.0.1)\nSlurmctldPort=9\nMessageTimeout=3\n"
-                    "AuthType=auth/munge\nNodeName=nohost CPUs=1\nPartitionName=p Nodes=nohost\n")
+    conf.write_text(
+        "ClusterName=nowhere\nSlurmctldHost=nohost(127.0.0.1)\nSlurmctldPort=9\nMessageTimeout=3\n"
+        "AuthType=auth/munge\nNodeName=nohost CPUs=1\nPartitionName=p Nodes=nohost\n"
+    )
     started = time.monotonic()
     job = _sweep({**PROCESS_ENV, "SLURM_CONF": str(conf)}, tmp_path / "sweep", *TINY, "loss=nll,dft", timeout=120)
     output = job.stdout + job.stderr
@@ -118,14 +146,28 @@ def test_a_sweep_without_a_reachable_controller_fails_at_submission(tmp_path):
 # Long enough to be stopped part-way; no scheduled checkpoint (save_steps past the run), so the only one the
 # job can resume from is the one its signal made. One thread in both runs: the same float sums, bitwise.
 def _long(steps: int) -> list:
-    return [f"trainer.max_steps={steps}", "trainer.logging_steps=10", "trainer.save_steps=100000", "trainer.threads=1",
-            "evals=none", "logger=none", "data.sources.0.max_samples=256", "data.sources.0.eval_max_samples=8",
-            "trainer.eval_steps=100000"]
+    return [
+        f"trainer.max_steps={steps}",
+        "trainer.logging_steps=10",
+        "trainer.save_steps=100000",
+        "trainer.threads=1",
+        "evals=none",
+        "logger=none",
+        "data.sources.0.max_samples=256",
+        "data.sources.0.eval_max_samples=8",
+        "trainer.eval_steps=100000",
+    ]
 
 
 def _straight_run(run_dir: Path, overrides: list) -> None:
-    done = subprocess.run([sys.executable, "-m", "sft_exp", *overrides, f"hydra.run.dir={run_dir}"], cwd=REPO,
-                          env=PROCESS_ENV, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [sys.executable, "-m", "sft_exp", *overrides, f"hydra.run.dir={run_dir}"],
+        cwd=REPO,
+        env=PROCESS_ENV,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
 
 
@@ -182,10 +224,16 @@ def test_a_preempted_job_saves_at_the_signal_and_resumes_to_the_same_weights(slu
             assert sweep.poll() is None and time.monotonic() < deadline, "the job never reached step 100"
             time.sleep(1)
         # The node's CPUs as SLURM counts them (nproc would follow an OMP_NUM_THREADS set by an earlier test).
-        cpus = subprocess.run(["sinfo", "-h", "-o", "%c"], env=slurm_env, capture_output=True, text=True).stdout.split()[0]
+        cpus = subprocess.run(
+            ["sinfo", "-h", "-o", "%c"], env=slurm_env, capture_output=True, text=True
+        ).stdout.split()[0]
         # A job on the high-priority partition that needs every CPU of the node: the running job is preempted.
-        subprocess.run(["sbatch", "-p", "high", "-c", cpus, "-o", str(tmp_path / "high.out"), "--wrap", "sleep 2"],
-                       env=slurm_env, check=True, capture_output=True)
+        subprocess.run(
+            ["sbatch", "-p", "high", "-c", cpus, "-o", str(tmp_path / "high.out"), "--wrap", "sleep 2"],
+            env=slurm_env,
+            check=True,
+            capture_output=True,
+        )
         output, _ = sweep.communicate(timeout=600)
     finally:
         sweep.kill()

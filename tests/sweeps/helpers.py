@@ -1,4 +1,5 @@
 """A tiny sft_optuna sweep in a subprocess, and the study it leaves, read back with Optuna itself."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,17 @@ TINY = tiny_run(steps=2, train_rows=16, save_steps=2)
 
 
 def sweep(sweep_dir: Path, *overrides: str, name: str = "optuna_lr", timeout: float = 300):
-    return run_sft("-m", "--config-dir", str(REPO / "sweeps"), "--config-name", name, *TINY, *overrides,
-                   f"hydra.sweep.dir={sweep_dir}", timeout=timeout)
+    return run_sft(
+        "-m",
+        "--config-dir",
+        str(REPO / "sweeps"),
+        "--config-name",
+        name,
+        *TINY,
+        *overrides,
+        f"hydra.sweep.dir={sweep_dir}",
+        timeout=timeout,
+    )
 
 
 def trials(sweep_dir: Path, study_name: str = "sft_lr", storage=None) -> list:

@@ -3,6 +3,7 @@ dies (no heartbeat for hydra.sweeper.stale_after_s), a sweeper here takes the tr
 
 The other host is real as far as the sweeper can tell: a process in its own UTS namespace (`unshare -u`),
 with its own hostname, so its pid means nothing here and only the heartbeat can tell it is alive."""
+
 from __future__ import annotations
 
 import os
@@ -26,7 +27,9 @@ OTHER_HOST = "sft-exp-node-a"
 
 def _can_fake_a_host() -> bool:
     try:
-        return subprocess.run(["unshare", "-u", "hostname", OTHER_HOST], capture_output=True, timeout=10).returncode == 0
+        return (
+            subprocess.run(["unshare", "-u", "hostname", OTHER_HOST], capture_output=True, timeout=10).returncode == 0
+        )
     except (OSError, subprocess.TimeoutExpired):
         return False
 
@@ -34,11 +37,29 @@ def _can_fake_a_host() -> bool:
 def _sweeper_on_another_host(sweep_dir):
     """A sweeper whose one trial trains far longer than the test lasts, on host OTHER_HOST."""
     long_trial = tiny_run(steps=1_000_000, train_rows=16, save_steps=1_000_000)
-    command = [sys.executable, "-m", "sft_exp", "-m", "--config-dir", str(REPO / "sweeps"), "--config-name",
-               "optuna_lr", *long_trial, "hydra.sweeper.n_trials=1", *STALE, f"hydra.sweep.dir={sweep_dir}"]
+    command = [
+        sys.executable,
+        "-m",
+        "sft_exp",
+        "-m",
+        "--config-dir",
+        str(REPO / "sweeps"),
+        "--config-name",
+        "optuna_lr",
+        *long_trial,
+        "hydra.sweeper.n_trials=1",
+        *STALE,
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
     shell = f"hostname {OTHER_HOST} && exec {shlex.join(command)}"
-    return subprocess.Popen(["unshare", "-u", "sh", "-c", shell], cwd=REPO, env=TEST_ENV,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    return subprocess.Popen(
+        ["unshare", "-u", "sh", "-c", shell],
+        cwd=REPO,
+        env=TEST_ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
 
 @pytest.mark.skipif(not _can_fake_a_host(), reason="needs `unshare -u` (root) to run a sweeper under another hostname")

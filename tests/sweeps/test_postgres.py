@@ -1,6 +1,7 @@
 """Two sweep processes share one study in a real PostgreSQL server (tests/services/postgres.sh starts it;
 the test skips where PostgreSQL is absent and cannot be installed): together they run exactly n_trials,
 no trial number twice."""
+
 from __future__ import annotations
 
 import shutil
@@ -34,12 +35,35 @@ def postgres_url():
 
 @pytest.mark.multiprocess
 def test_two_sweep_processes_sharing_one_study_run_exactly_n_trials(postgres_url, tmp_path):
-    common = [*TINY, "hydra.sweeper.n_trials=6", "hydra.sweeper.sampler.type=random",
-              f"hydra.sweeper.storage={postgres_url}", "hydra.sweeper.study_name=shared"]
-    procs = [subprocess.Popen([sys.executable, "-m", "sft_exp", "-m", "--config-dir", str(REPO / "sweeps"),
-                               "--config-name", "optuna_lr", *common, f"hydra.sweep.dir={tmp_path / name}"],
-                              cwd=REPO, env=TEST_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-             for name in ("a", "b")]
+    common = [
+        *TINY,
+        "hydra.sweeper.n_trials=6",
+        "hydra.sweeper.sampler.type=random",
+        f"hydra.sweeper.storage={postgres_url}",
+        "hydra.sweeper.study_name=shared",
+    ]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "sft_exp",
+                "-m",
+                "--config-dir",
+                str(REPO / "sweeps"),
+                "--config-name",
+                "optuna_lr",
+                *common,
+                f"hydra.sweep.dir={tmp_path / name}",
+            ],
+            cwd=REPO,
+            env=TEST_ENV,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in ("a", "b")
+    ]
     for proc in procs:
         _, err = proc.communicate(timeout=600)
         assert proc.returncode == 0, err[-3000:]

@@ -1,5 +1,6 @@
 """A pruner stops a trial from inside its job: each evaluation's objective reaches the trial through the
 study's storage, a pruned run stops cleanly at that step with status `pruned`, and the study says PRUNED."""
+
 from __future__ import annotations
 
 import csv
@@ -11,8 +12,13 @@ from tests.sweeps.helpers import summary, sweep, trials
 
 # 6 steps, eval every 2; a threshold pruner that stops any trial whose eval loss is above 0: every trial,
 # at its first evaluation after step 0.
-PRUNED = ["hydra.sweeper.n_trials=2", "trainer.max_steps=6", "trainer.eval_steps=2", "trainer.save_steps=6",
-          "hydra.sweeper.pruner={type: threshold, upper: 0.0}"]
+PRUNED = [
+    "hydra.sweeper.n_trials=2",
+    "trainer.max_steps=6",
+    "trainer.eval_steps=2",
+    "trainer.save_steps=6",
+    "hydra.sweeper.pruner={type: threshold, upper: 0.0}",
+]
 
 
 def test_a_pruned_trial_stops_at_an_evaluation_step_with_its_folder_complete_to_there(tmp_path):

@@ -1,5 +1,6 @@
 """Seeds as replicates: the interval and the verdict on known numbers, then end to end, both ways a sweep
 replicates (the sweeper's `seeds`, a `seed=` grid axis) grouped by the report."""
+
 from __future__ import annotations
 
 import csv
@@ -22,15 +23,19 @@ def test_the_interval_is_students_t_on_the_mean():
 
 
 def rows(config: str, values: dict) -> list:
-    return [{"job": f"{config}-{s}", "status": "completed", "overrides": f"{config} seed={s}", "score": v}
-            for s, v in values.items()]
+    return [
+        {"job": f"{config}-{s}", "status": "completed", "overrides": f"{config} seed={s}", "score": v}
+        for s, v in values.items()
+    ]
 
 
 def test_a_lead_smaller_than_the_seed_spread_is_within_noise_and_a_consistent_one_is_beyond():
     noisy = groups(rows("lr=1", {0: 0.91, 1: 0.95, 2: 0.97}) + rows("lr=2", {0: 0.95, 1: 0.92, 2: 0.95}))
     assert set(noisy) == {"lr=1", "lr=2"}
     said = verdict(noisy, "score", maximize=True)
-    assert "`lr=1`" in said.split("runner-up")[0] and "paired t-test over 3 seeds" in said and "within seed noise" in said
+    assert (
+        "`lr=1`" in said.split("runner-up")[0] and "paired t-test over 3 seeds" in said and "within seed noise" in said
+    )
     consistent = groups(rows("lr=1", {0: 0.91, 1: 0.95, 2: 0.97}) + rows("lr=2", {0: 0.81, 1: 0.86, 2: 0.86}))
     assert "beyond seed noise" in verdict(consistent, "score", maximize=True)
     assert "`lr=2`" in verdict(consistent, "score", maximize=False).split("runner-up")[0]  # lower is better
@@ -41,8 +46,14 @@ def test_a_lead_smaller_than_the_seed_spread_is_within_noise_and_a_consistent_on
 def test_the_sweepers_seeds_run_each_trial_per_seed_and_the_sampler_sees_the_mean(tmp_path):
     from sft_exp.tools.report import main
 
-    job = sweep(tmp_path, "hydra.sweeper.seeds=[0,1]", "objective=eval_loss", "hydra.sweeper.direction=minimize",
-                "evals=none", name="seeds_x_lr")
+    job = sweep(
+        tmp_path,
+        "hydra.sweeper.seeds=[0,1]",
+        "objective=eval_loss",
+        "hydra.sweeper.direction=minimize",
+        "evals=none",
+        name="seeds_x_lr",
+    )
     assert job.returncode == 0, job.stderr[-3000:]
     study = trials(tmp_path, study_name="seeds_x_lr")
     assert [t.state.name for t in study] == ["COMPLETE", "COMPLETE"]
@@ -54,16 +65,23 @@ def test_the_sweepers_seeds_run_each_trial_per_seed_and_the_sampler_sees_the_mea
     assert "## Replicates" in markdown and "paired t-test over 2 seeds" in markdown
     table = list(csv.DictReader((tmp_path / "replicates.csv").open()))
     assert sorted(r["config"] for r in table) == ["optimizer.lr=0.001", "optimizer.lr=0.002"]
-    assert all(r["n"] == "2" and float(r["eval_loss ci_low"]) < float(r["eval_loss mean"]) < float(r["eval_loss ci_high"])
-               for r in table)
+    assert all(
+        r["n"] == "2" and float(r["eval_loss ci_low"]) < float(r["eval_loss mean"]) < float(r["eval_loss ci_high"])
+        for r in table
+    )
 
 
 @pytest.mark.slow  # the same grouping as the sweeper's seeds (above), through the basic sweeper
 def test_a_seed_axis_of_the_basic_sweeper_is_grouped_the_same_way(tmp_path):
     from sft_exp.tools.report import main
 
-    job = run_sft("-m", "optimizer.lr=1e-3,2e-3", "seed=0,1", *tiny_run(steps=2, train_rows=16, save_steps=2),
-                  f"hydra.sweep.dir={tmp_path}")
+    job = run_sft(
+        "-m",
+        "optimizer.lr=1e-3,2e-3",
+        "seed=0,1",
+        *tiny_run(steps=2, train_rows=16, save_steps=2),
+        f"hydra.sweep.dir={tmp_path}",
+    )
     assert job.returncode == 0, job.stderr[-3000:]
     assert main([str(tmp_path)]) == 0
     table = list(csv.DictReader((tmp_path / "replicates.csv").open()))

@@ -1,6 +1,7 @@
 """Rerunning the same command continues the study: a sweep killed during trial 3 of 6 and rerun ends with
 exactly 6 completed trials, numbers and folders 0-5; the interrupted trial is taken over and run again under
 its own number and folder; the other folders are written once."""
+
 from __future__ import annotations
 
 import os
@@ -18,10 +19,22 @@ SIX = ["hydra.sweeper.n_trials=6", "hydra.sweeper.sampler.type=random", "hydra.s
 
 
 def start_sweep(sweep_dir):
-    command = [sys.executable, "-m", "sft_exp", "-m", "--config-dir", str(REPO / "sweeps"), "--config-name",
-               "optuna_lr", *TINY, *SIX, f"hydra.sweep.dir={sweep_dir}"]
-    return subprocess.Popen(command, cwd=REPO, env=TEST_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    command = [
+        sys.executable,
+        "-m",
+        "sft_exp",
+        "-m",
+        "--config-dir",
+        str(REPO / "sweeps"),
+        "--config-name",
+        "optuna_lr",
+        *TINY,
+        *SIX,
+        f"hydra.sweep.dir={sweep_dir}",
+    ]
+    return subprocess.Popen(
+        command, cwd=REPO, env=TEST_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
 
 
 def test_a_sweep_killed_during_trial_3_resumes_to_exactly_6_completed_trials(tmp_path):
@@ -61,11 +74,23 @@ def test_a_stopped_sweep_continues_its_trial_from_the_checkpoint_the_signal_save
     import json
 
     one = ["hydra.sweeper.n_trials=1", "trainer.max_steps=400", "trainer.save_steps=1000"]
-    command = [sys.executable, "-m", "sft_exp", "-m", "--config-dir", str(REPO / "sweeps"), "--config-name",
-               "optuna_lr", *TINY, *one, f"hydra.sweep.dir={tmp_path}"]
+    command = [
+        sys.executable,
+        "-m",
+        "sft_exp",
+        "-m",
+        "--config-dir",
+        str(REPO / "sweeps"),
+        "--config-name",
+        "optuna_lr",
+        *TINY,
+        *one,
+        f"hydra.sweep.dir={tmp_path}",
+    ]
     log_file = open(tmp_path.parent / f"{tmp_path.name}.log", "w")
-    proc = subprocess.Popen(command, cwd=REPO, env=TEST_ENV, stdout=log_file, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        command, cwd=REPO, env=TEST_ENV, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+    )
     metrics = tmp_path / "0" / "metrics.jsonl"
     try:
         deadline = time.monotonic() + 240
@@ -91,7 +116,9 @@ def test_a_stopped_sweep_continues_its_trial_from_the_checkpoint_the_signal_save
     job = sweep(tmp_path, *one)
     output = job.stdout + job.stderr
     assert job.returncode == 0, output[-3000:]
-    assert "trial 0 was interrupted (its sweeper is gone): this sweeper runs it again, from its last checkpoint" in output
+    assert (
+        "trial 0 was interrupted (its sweeper is gone): this sweeper runs it again, from its last checkpoint" in output
+    )
     assert [t.state.name for t in trials(tmp_path)] == ["COMPLETE"] and job_folders(tmp_path) == [0]
     resolved = (tmp_path / "0" / "resolved_config.yaml").read_text()
     assert f"resume_from_checkpoint: {tmp_path / '0'}" in resolved  # the sweeper resumed the job from its folder

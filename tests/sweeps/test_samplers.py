@@ -1,4 +1,5 @@
 """Samplers and pruners by name: each builds the Optuna class it names; a wrong name or setting is one clear error."""
+
 from __future__ import annotations
 
 import optuna
@@ -21,7 +22,9 @@ def draw(sampler) -> float:
 
 def test_a_resumed_study_moves_the_seed_on_and_a_stray_setting_is_dropped_or_refused():
     assert draw(build_sampler({"type": "random", "seed": 5})) == draw(build_sampler({"type": "random", "seed": 5}))
-    assert draw(build_sampler({"type": "random", "seed": 5}, seed_offset=3)) != draw(build_sampler({"type": "random", "seed": 5}))
+    assert draw(build_sampler({"type": "random", "seed": 5}, seed_offset=3)) != draw(
+        build_sampler({"type": "random", "seed": 5})
+    )
     grid = build_sampler({"type": "grid", "seed": 0, "n_startup_trials": 5}, grid={"x": [1]})  # a TPE setting: dropped
     assert isinstance(grid, optuna.samplers.GridSampler)
     with pytest.raises(ConfigError, match=r"\['n_startup_trails'\] is no setting of any sampler"):

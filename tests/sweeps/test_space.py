@@ -1,5 +1,6 @@
 """The search space: every accepted form becomes the Optuna distribution it says; a bad one names the
 parameter and the accepted forms."""
+
 from __future__ import annotations
 
 import pytest
@@ -10,17 +11,20 @@ from sft_exp.sweeps.space import grid_of, override, parse_space
 
 
 def test_every_accepted_form_becomes_its_distribution():
-    distributions, fixed = parse_space({
-        "optimizer.lr": "tag(log, interval(1e-5, 1e-3))",
-        "optimizer.weight_decay": "interval(0.0, 0.1)",
-        "peft.r": "range(4, 17, 4)",
-        "loss": "nll,dft",
-        "memory": "choice(none, checkpointing)",
-        "trainer.warmup_steps": {"type": "float", "low": 0, "high": 0.1},
-        "peft.alpha": {"type": "int", "low": 8, "high": 64, "log": True},
-        "data.packing": {"type": "categorical", "choices": [True, False]},
-        "trainer.max_steps": 40,
-    }, ["trainer.logging_steps=5", "optimizer.lr=interval(1e-4, 2e-4)"])
+    distributions, fixed = parse_space(
+        {
+            "optimizer.lr": "tag(log, interval(1e-5, 1e-3))",
+            "optimizer.weight_decay": "interval(0.0, 0.1)",
+            "peft.r": "range(4, 17, 4)",
+            "loss": "nll,dft",
+            "memory": "choice(none, checkpointing)",
+            "trainer.warmup_steps": {"type": "float", "low": 0, "high": 0.1},
+            "peft.alpha": {"type": "int", "low": 8, "high": 64, "log": True},
+            "data.packing": {"type": "categorical", "choices": [True, False]},
+            "trainer.max_steps": 40,
+        },
+        ["trainer.logging_steps=5", "optimizer.lr=interval(1e-4, 2e-4)"],
+    )
     assert distributions["optimizer.lr"] == FloatDistribution(1e-4, 2e-4)  # the command line wins
     assert distributions["optimizer.weight_decay"] == FloatDistribution(0.0, 0.1)
     assert distributions["peft.r"] == IntDistribution(4, 16, step=4)  # range's stop is excluded, as in Hydra
@@ -34,17 +38,20 @@ def test_every_accepted_form_becomes_its_distribution():
     assert log_lr == FloatDistribution(1e-5, 1e-3, log=True)
 
 
-@pytest.mark.parametrize("spec, says", [
-    ("tag(log, interval(0.0, 1.0))", "low"),                          # log scale from 0
-    ("interval(1.0, 0.1)", "low"),                                    # reversed
-    ("tag(sqrt, interval(1e-5, 1e-3))", "unknown tag"),
-    ("range(5, 1)", "empty"),
-    ("interval(1e-5", "cannot parse"),
-    ({"type": "normal", "low": 0, "high": 1}, "is not one of float, int, categorical"),
-    ({"type": "float", "low": 0}, "needs `low` and `high`"),
-    ({"type": "int", "low": 0, "high": 4, "choices": [1]}, "do not apply"),
-    ({"type": "categorical", "choices": "a,b"}, "needs a list"),
-])
+@pytest.mark.parametrize(
+    "spec, says",
+    [
+        ("tag(log, interval(0.0, 1.0))", "low"),  # log scale from 0
+        ("interval(1.0, 0.1)", "low"),  # reversed
+        ("tag(sqrt, interval(1e-5, 1e-3))", "unknown tag"),
+        ("range(5, 1)", "empty"),
+        ("interval(1e-5", "cannot parse"),
+        ({"type": "normal", "low": 0, "high": 1}, "is not one of float, int, categorical"),
+        ({"type": "float", "low": 0}, "needs `low` and `high`"),
+        ({"type": "int", "low": 0, "high": 4, "choices": [1]}, "do not apply"),
+        ({"type": "categorical", "choices": "a,b"}, "needs a list"),
+    ],
+)
 def test_a_bad_spec_names_the_parameter_and_the_accepted_forms(spec, says):
     with pytest.raises(ConfigError) as error:
         parse_space({"optimizer.lr": spec}, [])

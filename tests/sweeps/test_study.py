@@ -1,5 +1,6 @@
 """The sft_optuna sweeper end to end: trials named by number, a failed job recorded while the sweep goes on,
 a misspelled objective stopped at the first trial, bad input refused before any job."""
+
 from __future__ import annotations
 
 import csv
@@ -13,9 +14,14 @@ from tests.sweeps.helpers import job_folders, states, summary, sweep
 def grid_with_a_failure(tmp_path_factory):
     """A grid of 2 learning rates x 2 precisions, one of which no run accepts: 4 trials, 2 fail."""
     sweep_dir = tmp_path_factory.mktemp("grid")
-    job = sweep(sweep_dir, "hydra.sweeper.sampler.type=grid", "hydra.sweeper.n_trials=null",
-                "optimizer.weight_decay=0.0", "optimizer.lr=1e-3,3e-3",
-                "trainer.precision=fp32,no_such_precision")
+    job = sweep(
+        sweep_dir,
+        "hydra.sweeper.sampler.type=grid",
+        "hydra.sweeper.n_trials=null",
+        "optimizer.weight_decay=0.0",
+        "optimizer.lr=1e-3,3e-3",
+        "trainer.precision=fp32,no_such_precision",
+    )
     assert job.returncode == 0, job.stderr[-3000:]
     return sweep_dir
 
@@ -50,12 +56,15 @@ def test_a_misspelled_objective_stops_at_the_first_trial_listing_what_the_run_re
     assert job_folders(tmp_path) == [0] and states(tmp_path) == {0: "FAIL"}
 
 
-@pytest.mark.parametrize("overrides, says", [
-    (["hydra.sweeper.storage=postgresql://nobody@127.0.0.1:9/none"], "hydra.sweeper.storage="),
-    (["optimizer.lr=tag(sqrt, interval(1e-5, 1e-3))"], "hydra.sweeper.params.optimizer.lr: unknown tag"),
-    (["optimizer.lrr=interval(1e-5, 1e-3)"], "optimizer.lrr"),
-    (["hydra.sweeper.sampler.type=annealing"], "hydra.sweeper.sampler.type='annealing' is not one of"),
-])
+@pytest.mark.parametrize(
+    "overrides, says",
+    [
+        (["hydra.sweeper.storage=postgresql://nobody@127.0.0.1:9/none"], "hydra.sweeper.storage="),
+        (["optimizer.lr=tag(sqrt, interval(1e-5, 1e-3))"], "hydra.sweeper.params.optimizer.lr: unknown tag"),
+        (["optimizer.lrr=interval(1e-5, 1e-3)"], "optimizer.lrr"),
+        (["hydra.sweeper.sampler.type=annealing"], "hydra.sweeper.sampler.type='annealing' is not one of"),
+    ],
+)
 def test_bad_input_fails_before_any_job_naming_what_is_wrong(tmp_path, overrides, says):
     job = sweep(tmp_path, *overrides)
     assert job.returncode == 2, job.stderr[-2000:]
@@ -69,8 +78,12 @@ def test_several_objectives_with_a_direction_each_give_a_pareto_front(tmp_path):
 
     from tests.sweeps.helpers import trials
 
-    job = sweep(tmp_path, "hydra.sweeper.n_trials=2", "hydra.sweeper.objectives=[eval_loss,eval_mean_token_accuracy]",
-                "hydra.sweeper.direction=[minimize,maximize]")
+    job = sweep(
+        tmp_path,
+        "hydra.sweeper.n_trials=2",
+        "hydra.sweeper.objectives=[eval_loss,eval_mean_token_accuracy]",
+        "hydra.sweeper.direction=[minimize,maximize]",
+    )
     assert job.returncode == 0, job.stderr[-3000:]
     for trial in trials(tmp_path):
         done = summary(tmp_path / str(trial.number))

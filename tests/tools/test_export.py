@@ -1,4 +1,5 @@
 """`python -m sft_exp.export`: the serving check, the model card, and --push-to-hub up to the upload."""
+
 from __future__ import annotations
 
 import json
@@ -12,9 +13,17 @@ from tests.helpers import compose, run_sft
 
 # A few steps of the default run (tiny model, demo data) with its held-out task on 8 prompts.
 RUN = [
-    "optimizer.lr=1e-3", "trainer.max_steps=4", "trainer.logging_steps=2", "trainer.save_steps=4",
-    "trainer.per_device_train_batch_size=4", "data.sources.0.max_samples=48", "data.sources.0.eval_max_samples=8",
-    "data.max_length=64", "evals.heldout.limit=8", "evals.heldout.max_new_tokens=6", "logger=none",
+    "optimizer.lr=1e-3",
+    "trainer.max_steps=4",
+    "trainer.logging_steps=2",
+    "trainer.save_steps=4",
+    "trainer.per_device_train_batch_size=4",
+    "data.sources.0.max_samples=48",
+    "data.sources.0.eval_max_samples=8",
+    "data.max_length=64",
+    "evals.heldout.limit=8",
+    "evals.heldout.max_new_tokens=6",
+    "logger=none",
 ]
 
 
@@ -46,8 +55,14 @@ def test_merge_passes_the_serving_check_and_writes_a_model_card(lora_run, capsys
 
     assert main([str(lora_run), "--merge"]) == 0
     table = capsys.readouterr().out
-    for row in ("<|im_end|> trained", "<|im_end|> stops generation", "eval_heldout/exact_match",
-                "eval_heldout/truncated", "eval_heldout/output_tokens", "eval_heldout outputs"):
+    for row in (
+        "<|im_end|> trained",
+        "<|im_end|> stops generation",
+        "eval_heldout/exact_match",
+        "eval_heldout/truncated",
+        "eval_heldout/output_tokens",
+        "eval_heldout outputs",
+    ):
         assert row in table
     assert "FAIL" not in table and "8 of 8 identical" in table
     info = json.loads((lora_run / "run_info.json").read_text())
@@ -133,4 +148,5 @@ def test_push_to_hub_exports_and_checks_then_names_the_failed_upload(lora_run, t
     assert "uploading" in proc.stderr and "me/tiny-sft" in proc.stderr and "huggingface-cli upload" in proc.stderr
     assert "stops generation" in proc.stdout and "FAIL" not in proc.stdout  # checked before the upload
     assert {"README.md", "generation_config.json", "config.json", "model.safetensors"} <= {
-        p.name for p in (run / "merged").iterdir()}
+        p.name for p in (run / "merged").iterdir()
+    }

@@ -1,4 +1,5 @@
 """The sweep report's bad input (its output is checked on a real sweep in test_sweeps.py)."""
+
 from __future__ import annotations
 
 from sft_exp.tools.report import main
@@ -27,7 +28,9 @@ def test_jobs_of_different_losses_are_compared_by_eval_nll(tmp_path):
         run.mkdir()
         (run / "summary.json").write_text(json.dumps({"status": "completed", "eval_loss": eval_loss, "eval_nll": 2.0}))
         (run / "resolved_config.yaml").write_text(f"loss:\n  _target_: sft_exp.training.losses.{loss}\n")
-    assert "Jobs train different losses (DFTLoss, NLLLoss): each eval_loss is its job's own loss; compare them by " \
-           "eval_nll." in report(tmp_path)
+    assert (
+        "Jobs train different losses (DFTLoss, NLLLoss): each eval_loss is its job's own loss; compare them by "
+        "eval_nll." in report(tmp_path)
+    )
     (tmp_path / "1" / "resolved_config.yaml").write_text("loss:\n  _target_: sft_exp.training.losses.NLLLoss\n")
     assert "different losses" not in report(tmp_path)

@@ -1,6 +1,7 @@
 """Every figure the report shows is right and says what it rests on: one meaning per metric name, evaluations as
 points, every score with its n and source, a resume never shown as a configuration, importances only from
 enough trials, the contamination count per job; and `python -m sft_exp.report RUN_A RUN_B` side by side."""
+
 from __future__ import annotations
 
 import csv
@@ -51,7 +52,9 @@ def test_two_runs_side_by_side_show_what_differs_and_never_the_resume(runs, tmp_
     assert "resume_from_checkpoint" not in markdown and "run_dir" not in markdown  # how a run was launched
     rows = list(csv.DictReader((tmp_path / "report.csv").open()))
     assert [r["job"] for r in rows] == ["a", "b"] and [r["overrides"] for r in rows] == [
-        "optimizer.lr=1e-3", "optimizer.lr=2e-3 trainer.max_steps=6"]
+        "optimizer.lr=1e-3",
+        "optimizer.lr=2e-3 trainer.max_steps=6",
+    ]
     for plot in ("loss.png", "nll.png", "accuracy.png", "eval_heldout_exact_match.png"):
         assert (tmp_path / plot).read_bytes()[:4] == b"\x89PNG"
     assert "error" not in capsys.readouterr().err
@@ -119,8 +122,10 @@ def test_importances_only_from_enough_trials(tmp_path, completed):
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(journal))
     study = optuna.create_study(study_name="s", storage=storage, sampler=optuna.samplers.RandomSampler(seed=0))
     study.optimize(lambda t: t.suggest_float("lr", 0, 1) + 0.1 * t.suggest_float("wd", 0, 1), n_trials=completed)
-    said = optuna_plots({"study_name": "s", "storage": f"journal:{journal}", "objectives": ["eval_loss"], "directions": ["minimize"]},
-                        tmp_path)
+    said = optuna_plots(
+        {"study_name": "s", "storage": f"journal:{journal}", "objectives": ["eval_loss"], "directions": ["minimize"]},
+        tmp_path,
+    )
     assert (tmp_path / "optuna_history.png").is_file()
     if completed < 10:
         assert not (tmp_path / "optuna_importances.png").exists()

@@ -1,4 +1,5 @@
 """`python -m sft_exp.reproduce <run> --verify`: the saved config re-run gives identical metrics and weights."""
+
 from __future__ import annotations
 
 import json
@@ -111,18 +112,32 @@ def test_verify_reports_a_missing_model_folder_as_a_difference(original, tmp_pat
     assert f"no *.safetensors in {copy}/model" in out and "byte-identical" not in out
 
 
-@pytest.mark.parametrize("evaluators, evals", [
-    ({"task_evaluation": {"_target_": "sft_exp.evaluation.TaskEvaluation", "tasks": {"heldout": {"path": "heldout"}}},
-      "mine": {"_target_": "my_package.Mine", "k": 1}},
-     {"heldout": {"path": "heldout"}, "mine": {"_target_": "my_package.Mine", "k": 1}}),
-    ({}, {}),  # evaluators=none: the tasks of `evals` were not scored
-])
+@pytest.mark.parametrize(
+    "evaluators, evals",
+    [
+        (
+            {
+                "task_evaluation": {
+                    "_target_": "sft_exp.evaluation.TaskEvaluation",
+                    "tasks": {"heldout": {"path": "heldout"}},
+                },
+                "mine": {"_target_": "my_package.Mine", "k": 1},
+            },
+            {"heldout": {"path": "heldout"}, "mine": {"_target_": "my_package.Mine", "k": 1}},
+        ),
+        ({}, {}),  # evaluators=none: the tasks of `evals` were not scored
+    ],
+)
 def test_a_run_saved_with_the_evaluators_group_reproduces_with_the_same_evals(tmp_path, evaluators, evals):
     from omegaconf import OmegaConf
 
     from sft_exp.tools.reproduce import load_run_config
 
-    OmegaConf.save(OmegaConf.create({"seed": 1, "evaluators": evaluators, "evals": {"heldout": {"path": "heldout"}},
-                                     "run_dir": str(tmp_path)}), tmp_path / "resolved_config.yaml")
+    OmegaConf.save(
+        OmegaConf.create(
+            {"seed": 1, "evaluators": evaluators, "evals": {"heldout": {"path": "heldout"}}, "run_dir": str(tmp_path)}
+        ),
+        tmp_path / "resolved_config.yaml",
+    )
     config = load_run_config(tmp_path)
     assert "evaluators" not in config and config["evals"] == evals

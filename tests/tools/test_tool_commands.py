@@ -1,5 +1,6 @@
 """Every tool is a subcommand (`python -m sft_exp report ...`, `sft-exp report ...`) and keeps its module name
 (`python -m sft_exp.report`); each starts as training does: thread count chosen, user errors exit 2."""
+
 from __future__ import annotations
 
 import os
@@ -22,10 +23,18 @@ def test_a_tool_runs_as_a_subcommand_and_by_its_module_name(tool):
 
 def test_a_tool_sizes_its_cpu_threads_before_torch_loads(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
-    code = ("import os, sys; from sft_exp.tools import run_tool; code = run_tool('report', [sys.argv[1]]); "
-            "print(code, os.environ.get('OMP_NUM_THREADS'), 'torch' in sys.modules)")
-    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "no_such_run")], capture_output=True,
-                          text=True, cwd=REPO, env=env, timeout=120)
+    code = (
+        "import os, sys; from sft_exp.tools import run_tool; code = run_tool('report', [sys.argv[1]]); "
+        "print(code, os.environ.get('OMP_NUM_THREADS'), 'torch' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "no_such_run")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=120,
+    )
     exit_code, threads, torch_loaded = done.stdout.split()
     assert exit_code == "2" and int(threads) >= 1, done.stderr[-1500:]  # a user error, after the thread policy
     assert torch_loaded == "False"  # a report reads files: no torch

@@ -1,4 +1,5 @@
 """examples.parquet: each example's loss and token accuracy per epoch, named by its source and row."""
+
 from __future__ import annotations
 
 import functools
@@ -19,8 +20,16 @@ def _prepare(tmp_path, packing):
     tokenizer = make_word_tokenizer()
     first = write_jsonl(tmp_path / "first.jsonl", [conversation("What is two plus two ?", r) for r in REPLIES[:4]])
     second = write_jsonl(tmp_path / "second.jsonl", [conversation("Hi", r) for r in REPLIES[4:]])
-    data = prepare_datasets(settings(sources=[{"path": str(first)}, {"path": str(second)}], chat_template="chatml",
-                                     assistant_only_loss=True, packing=packing, max_length=64), tokenizer)
+    data = prepare_datasets(
+        settings(
+            sources=[{"path": str(first)}, {"path": str(second)}],
+            chat_template="chatml",
+            assistant_only_loss=True,
+            packing=packing,
+            max_length=64,
+        ),
+        tokenizer,
+    )
     return tokenizer, data
 
 
@@ -38,20 +47,29 @@ def test_the_ledger_records_each_examples_loss_per_epoch(tmp_path, packing):
     ledger = pd.read_parquet(tmp_path / "run" / "examples.parquet")
     assert list(ledger.columns) == ["split", "epoch", "step", "source", "row_id", "loss", "token_accuracy", "tokens"]
     assert sorted(zip(ledger["epoch"], ledger["source"], ledger["row_id"])) == sorted(
-        (epoch, source, row) for epoch in (0.0, 1.0) for source, rows in (("first", 4), ("second", 2)) for row in range(rows)
+        (epoch, source, row)
+        for epoch in (0.0, 1.0)
+        for source, rows in (("first", 4), ("second", 2))
+        for row in range(rows)
     )
     # lr=0: the model does not change, so each example's loss is that of the example scored alone.
-    source_rows = {"first": _rows(tmp_path / "first.jsonl", tokenizer), "second": _rows(tmp_path / "second.jsonl", tokenizer)}
+    source_rows = {
+        "first": _rows(tmp_path / "first.jsonl", tokenizer),
+        "second": _rows(tmp_path / "second.jsonl", tokenizer),
+    }
     for record in ledger.itertuples():
-        out, _ = sft_loss_and_grads(model, SFTCollator(tokenizer.pad_token_id)([source_rows[record.source][record.row_id]]))
+        out, _ = sft_loss_and_grads(
+            model, SFTCollator(tokenizer.pad_token_id)([source_rows[record.source][record.row_id]])
+        )
         assert record.tokens == int(out.num_supervised)
         assert record.loss == pytest.approx(float(out.nll_sum) / record.tokens, rel=1e-4)
         assert record.token_accuracy == pytest.approx(float(out.num_correct) / record.tokens)
 
 
 def _rows(path, tokenizer) -> list[dict]:
-    data = prepare_datasets(settings(sources=[{"path": str(path)}], chat_template="chatml", assistant_only_loss=True),
-                            tokenizer)
+    data = prepare_datasets(
+        settings(sources=[{"path": str(path)}], chat_template="chatml", assistant_only_loss=True), tokenizer
+    )
     rows = sorted((data.train[i] for i in range(len(data.train))), key=lambda row: row["example_ids"][0])
     return rows
 
@@ -87,8 +105,12 @@ def test_a_run_with_the_ledger_writes_examples_parquet(tmp_path):
     from tests.helpers import run_sft, tiny_run
 
     run_dir = tmp_path / "run"
-    result = run_sft(*tiny_run(steps=2, train_rows=8, save_steps=100), "evals=none", f"run_dir={run_dir}",
-                     "trainer.example_ledger=true")
+    result = run_sft(
+        *tiny_run(steps=2, train_rows=8, save_steps=100),
+        "evals=none",
+        f"run_dir={run_dir}",
+        "trainer.example_ledger=true",
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     ledger = pd.read_parquet(run_dir / "examples.parquet")
     train = ledger[ledger["split"] == "train"]

@@ -1,4 +1,5 @@
 """The chunked LM head against full logits: values, metrics and gradients."""
+
 import pytest
 import torch
 

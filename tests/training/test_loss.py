@@ -1,4 +1,5 @@
 """sft_forward + NLL/DFT against a naive full-logits reference on real tiny models."""
+
 import pytest
 import torch
 
@@ -12,8 +13,9 @@ VOCAB = 96
 
 
 def tiny_qwen2(tied: bool, seed: int = 0, attn_implementation: str = "sdpa"):
-    return tiny_causal_lm(vocab_size=VOCAB, hidden_size=32, tie_word_embeddings=tied, seed=seed,
-                          attn_implementation=attn_implementation)
+    return tiny_causal_lm(
+        vocab_size=VOCAB, hidden_size=32, tie_word_embeddings=tied, seed=seed, attn_implementation=attn_implementation
+    )
 
 
 def make_batch(b=4, length=12, seed=0, vocab=VOCAB, sources=1):
@@ -29,14 +31,22 @@ def make_batch(b=4, length=12, seed=0, vocab=VOCAB, sources=1):
         labels[row, n_real:] = -100
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
     source_ids = torch.where(attention_mask.bool(), torch.arange(b)[:, None] % sources, -1)
-    return dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                labels=labels, source_ids=source_ids)
+    return dict(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        labels=labels,
+        source_ids=source_ids,
+    )
 
 
 def reference(model, batch, dft=False, num_items=None):
     """Full logits, shifted: loss (to backprop), accuracy, entropy, per-token NLL."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                   position_ids=batch["position_ids"]).logits[:, :-1].float()
+    logits = (
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], position_ids=batch["position_ids"])
+        .logits[:, :-1]
+        .float()
+    )
     targets = batch["labels"][:, 1:]
     mask = targets != -100
     logp_all = torch.log_softmax(logits, -1)[mask]
@@ -117,7 +127,7 @@ def test_gradient_accumulation_4x2_equals_1x8():
     full = grads(model)
     model.zero_grad(set_to_none=True)
     for i in range(0, 8, 2):
-        micro = {k: v[i: i + 2] for k, v in batch.items()}
+        micro = {k: v[i : i + 2] for k, v in batch.items()}
         sft_forward(model, micro, NLLLoss(chunk_size=5), num_items_in_batch=torch.tensor(total)).loss.backward()
     assert_grads_close(full, grads(model), rtol=1e-5, atol=1e-7)
 
@@ -129,7 +139,9 @@ def _documents(lengths, seed=0):
     for length in lengths:
         ids = torch.randint(1, VOCAB, (length,), generator=g).tolist()
         labels = [-100 if t < length // 3 else token for t, token in enumerate(ids)]  # a prompt, then a reply
-        rows.append({"input_ids": ids, "labels": labels, "position_ids": list(range(length)), "source_ids": [0] * length})
+        rows.append(
+            {"input_ids": ids, "labels": labels, "position_ids": list(range(length)), "source_ids": [0] * length}
+        )
     return rows
 
 
@@ -155,8 +167,9 @@ def test_packed_batch_equals_unpacked_through_sft_forward(attn_implementation, l
     assert int(p.num_supervised) == int(u.num_supervised) and int(p.num_correct) == int(u.num_correct)
     torch.testing.assert_close(p.loss, u.loss, rtol=0, atol=1e-5)  # the README's promise: within 1e-5
     for name in ("nll_sum", "entropy_sum"):  # per supervised token, as they are logged
-        torch.testing.assert_close(getattr(p, name) / p.num_supervised, getattr(u, name) / u.num_supervised,
-                                   rtol=0, atol=1e-5, msg=name)
+        torch.testing.assert_close(
+            getattr(p, name) / p.num_supervised, getattr(u, name) / u.num_supervised, rtol=0, atol=1e-5, msg=name
+        )
     assert_grads_close(p_grads, u_grads, rtol=1e-4, atol=1e-5)
 
 
@@ -187,15 +200,25 @@ def test_packed_rows_never_predict_across_documents():
     # Change document A's tokens: the per-token log-probs of B and C stay the same, A's move.
     changed_ids = ids.clone()
     changed_ids[0, :6] = (ids[0, :6] + 7) % (VOCAB - 1) + 1
-    changed_nll, changed_count = _per_position_nll(model, dict(packed, input_ids=changed_ids, labels=changed_ids.clone()))
+    changed_nll, changed_count = _per_position_nll(
+        model, dict(packed, input_ids=changed_ids, labels=changed_ids.clone())
+    )
     assert torch.equal(changed_count, count)
     torch.testing.assert_close(changed_nll[6:], nll[6:], rtol=0, atol=1e-6)
     assert (changed_nll[1:6] - nll[1:6]).abs().min() > 1e-4  # the control: A's own predictions did change
 
 
 def test_gemma2_softcapping_matches_model_logits():
-    model = tiny_causal_lm("gemma2", vocab_size=VOCAB, hidden_size=32, num_attention_heads=2, num_key_value_heads=1,
-                           head_dim=16, final_logit_softcapping=2.0, attn_implementation="eager")
+    model = tiny_causal_lm(
+        "gemma2",
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=16,
+        final_logit_softcapping=2.0,
+        attn_implementation="eager",
+    )
     batch = make_batch(seed=4)
     out = sft_forward(model, batch, NLLLoss(chunk_size=4))
     out.loss.backward()
@@ -209,8 +232,16 @@ def test_gemma2_softcapping_matches_model_logits():
 
 
 def test_mixtral_router_aux_loss_is_added_with_its_coefficient():
-    model = tiny_causal_lm("mixtral", vocab_size=VOCAB, hidden_size=32, intermediate_size=48, num_local_experts=4,
-                           num_experts_per_tok=2, output_router_logits=True, router_aux_loss_coef=0.02)
+    model = tiny_causal_lm(
+        "mixtral",
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=48,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        output_router_logits=True,
+        router_aux_loss_coef=0.02,
+    )
     batch = make_batch(seed=6)
     out = sft_forward(model, batch, NLLLoss())
     assert out.aux_loss is not None and out.aux_loss.item() > 0
@@ -255,8 +286,9 @@ def test_under_bf16_autocast_the_head_computes_what_transformers_lm_head_does():
         loss.backward()
         return loss.detach(), model.lm_head.weight.grad.clone()
 
-    hf_loss, hf_grad = loss_and_head_grad(lambda: model(input_ids=batch["input_ids"], labels=batch["labels"],
-                                                        attention_mask=batch["attention_mask"]).loss)
+    hf_loss, hf_grad = loss_and_head_grad(
+        lambda: model(input_ids=batch["input_ids"], labels=batch["labels"], attention_mask=batch["attention_mask"]).loss
+    )
     loss, grad = loss_and_head_grad(lambda: sft_forward(model, batch, NLLLoss()).loss)
     fp32_loss, _ = loss_and_head_grad(lambda: sft_forward(model, batch, NLLLoss()).loss, autocast=False)
     torch.testing.assert_close(loss, hf_loss, rtol=0, atol=1e-6)

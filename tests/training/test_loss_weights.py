@@ -3,6 +3,7 @@
 Rows go through the real pipeline (prepare_datasets with a chat template, the collator) into sft_forward
 on a tiny real model; the references are plain unweighted data, so a wrong weighting cannot pass.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -16,8 +17,9 @@ from tests.helpers import sft_loss_and_grads, tiny_causal_lm
 def _rows(tmp_path, rows, name):
     tokenizer = make_word_tokenizer()
     path = write_jsonl(tmp_path / f"{name}.jsonl", rows)
-    data = prepare_datasets(settings(sources=[{"path": str(path)}], chat_template="chatml", assistant_only_loss=True),
-                            tokenizer)
+    data = prepare_datasets(
+        settings(sources=[{"path": str(path)}], chat_template="chatml", assistant_only_loss=True), tokenizer
+    )
     return tokenizer, [data.train[i] for i in range(len(data.train))]
 
 

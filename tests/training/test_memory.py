@@ -1,4 +1,5 @@
 """Memory strategies change where activations live, never the gradients."""
+
 import logging
 
 import pytest
@@ -19,8 +20,12 @@ def batch():
     input_ids = torch.randint(0, 128, (2, 24), generator=g)
     labels = input_ids.clone()
     labels[:, :8] = -100
-    return dict(input_ids=input_ids, labels=labels, attention_mask=torch.ones_like(input_ids),
-                position_ids=torch.arange(24).expand(2, 24))
+    return dict(
+        input_ids=input_ids,
+        labels=labels,
+        attention_mask=torch.ones_like(input_ids),
+        position_ids=torch.arange(24).expand(2, 24),
+    )
 
 
 def step_grads(model, context):
@@ -133,7 +138,10 @@ def _bytes_held_after_forward(strategy) -> int:
 
 
 def test_checkpointing_lowers_the_memory_held_between_forward_and_backward():
-    none, checkpointing = _bytes_held_after_forward(NoMemoryStrategy()), _bytes_held_after_forward(GradientCheckpointing())
+    none, checkpointing = (
+        _bytes_held_after_forward(NoMemoryStrategy()),
+        _bytes_held_after_forward(GradientCheckpointing()),
+    )
     print(f"bytes held after forward: none {none}, checkpointing {checkpointing} ({checkpointing / none:.2f}x)")
     assert none > 0 and checkpointing < 0.5 * none
 

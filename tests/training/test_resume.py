@@ -4,6 +4,7 @@ Runs on CPU with the tiny default. Stops are real: a SIGKILL in the middle of wr
 (the partial checkpoint must be ignored), and SIGTERM/SIGINT raised inside a known optimizer step of a
 job whose scheduled checkpoints never come (save_steps past the run), so any checkpoint is the signal's.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,9 +22,17 @@ from tests.helpers import DEMO_EVAL_ROWS, NO_SAMPLE_GENERATIONS, REPO, RESUME, R
 
 STEPS = 4
 TINY = [
-    f"trainer.max_steps={STEPS}", "trainer.logging_steps=3", "trainer.save_steps=2", "trainer.save_total_limit=3",
-    *NO_SAMPLE_GENERATIONS, "trainer.per_device_train_batch_size=4", "trainer.per_device_eval_batch_size=8",
-    "data.sources.0.max_samples=48", DEMO_EVAL_ROWS.format(8), "data.max_length=64", "logger=none",
+    f"trainer.max_steps={STEPS}",
+    "trainer.logging_steps=3",
+    "trainer.save_steps=2",
+    "trainer.save_total_limit=3",
+    *NO_SAMPLE_GENERATIONS,
+    "trainer.per_device_train_batch_size=4",
+    "trainer.per_device_eval_batch_size=8",
+    "data.sources.0.max_samples=48",
+    DEMO_EVAL_ROWS.format(8),
+    "data.max_length=64",
+    "logger=none",
 ]
 NO_SCHEDULED_SAVES = "trainer.save_steps=1000"  # larger than the run: only a signal can make a checkpoint
 WALL_CLOCK = ("runtime", "per_second", "preparation_time")
@@ -58,7 +67,10 @@ def comparable_rows(run_dir: Path) -> list:
 
 def assert_same_run(run_dir: Path, reference: Path) -> None:
     assert comparable_rows(run_dir) == comparable_rows(reference)
-    weights, expected = load_file(run_dir / "model" / "model.safetensors"), load_file(reference / "model" / "model.safetensors")
+    weights, expected = (
+        load_file(run_dir / "model" / "model.safetensors"),
+        load_file(reference / "model" / "model.safetensors"),
+    )
     assert weights.keys() == expected.keys()
     for name in expected:
         assert weights[name].equal(expected[name]), name  # bitwise, not approximately
@@ -82,8 +94,11 @@ def test_resuming_a_complete_run_trains_nothing_and_writes_nothing(tmp_path, str
     assert objective == json.loads((run_dir / "summary.json").read_text())["eval_loss"]
     assert {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()} == before
     (run_dir / "summary.json").unlink()  # the final checkpoint saved, the run killed before its summary
-    with pytest.raises(ConfigError, match=rf"checkpoint-{STEPS} is at step {STEPS}, trainer.max_steps={STEPS}: "
-                                          rf"nothing is left to train .* trainer.max_steps={2 * STEPS}"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"checkpoint-{STEPS} is at step {STEPS}, trainer.max_steps={STEPS}: "
+        rf"nothing is left to train .* trainer.max_steps={2 * STEPS}",
+    ):
         train(run_dir, RESUME)
 
 
@@ -96,15 +111,23 @@ def test_a_resume_with_changed_settings_is_recorded_and_reproduce_says_so(tmp_pa
     shutil.copytree(straight, run_dir)
     train(run_dir, RESUME, f"trainer.max_steps={STEPS + 2}")
     (resume,) = json.loads((run_dir / "run_info.json").read_text())["resumes"]
-    assert resume == {"from": str(run_dir / "checkpoints" / f"checkpoint-{STEPS}"),
-                      "changed": {"trainer.max_steps": [STEPS, STEPS + 2]}}
+    assert resume == {
+        "from": str(run_dir / "checkpoints" / f"checkpoint-{STEPS}"),
+        "changed": {"trainer.max_steps": [STEPS, STEPS + 2]},
+    }
     assert _changed_resumes(run_dir) == [resume] and _changed_resumes(straight) == []
 
 
 def test_resume_after_a_kill_mid_save_skips_the_partial_checkpoint(tmp_path, straight, caplog):
     run_dir = tmp_path / "run"
-    job = subprocess.run([sys.executable, "-c", KILL_MID_SAVE, *TINY, f"hydra.run.dir={run_dir}"],
-                         cwd=REPO, env=TEST_ENV, capture_output=True, text=True, timeout=300)
+    job = subprocess.run(
+        [sys.executable, "-c", KILL_MID_SAVE, *TINY, f"hydra.run.dir={run_dir}"],
+        cwd=REPO,
+        env=TEST_ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert job.returncode == -signal.SIGKILL, job.stderr[-3000:]
     checkpoints = run_dir / "checkpoints"
     assert (checkpoints / "tmp-checkpoint-4").is_dir() and not (checkpoints / "checkpoint-4").exists()
@@ -149,9 +172,21 @@ signal.signal(signal.SIGUSR2, checkpoint_and_requeue)
 
 def signalled_job(run_dir: Path, at_step: int, *signals: str, prelude: str = "") -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-c", prelude + SIGNAL_DURING_STEP, str(at_step), ",".join(signals), *TINY,
-         NO_SCHEDULED_SAVES, f"hydra.run.dir={run_dir}"],
-        cwd=REPO, env=TEST_ENV, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-c",
+            prelude + SIGNAL_DURING_STEP,
+            str(at_step),
+            ",".join(signals),
+            *TINY,
+            NO_SCHEDULED_SAVES,
+            f"hydra.run.dir={run_dir}",
+        ],
+        cwd=REPO,
+        env=TEST_ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -174,8 +209,9 @@ def test_a_signal_saves_at_the_end_of_that_step_and_resume_is_exact(tmp_path, st
     assert_same_run(run_dir, straight)
     # What the resume changed is recorded (scheduled saves, which leave the run as it is).
     resumes = json.loads((run_dir / "run_info.json").read_text())["resumes"]
-    assert resumes == [{"from": str(run_dir / "checkpoints" / f"checkpoint-{at_step}"),
-                        "changed": {"trainer.save_steps": [1000, 2]}}]
+    assert resumes == [
+        {"from": str(run_dir / "checkpoints" / f"checkpoint-{at_step}"), "changed": {"trainer.save_steps": [1000, 2]}}
+    ]
 
 
 def test_slurms_preemption_signal_saves_that_step_before_submitit_requeues(tmp_path, straight, monkeypatch):
@@ -239,9 +275,14 @@ def _rows_so_far(run_dir: Path) -> list:
 # ----------------------------------------------------------------------------- a relaunch into a run's folder
 def relaunch(run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
     """The interrupted job's command again (as a user repeats it), into the same folder."""
-    return subprocess.run([sys.executable, "-m", "sft_exp", *TINY, NO_SCHEDULED_SAVES, *overrides,
-                           f"hydra.run.dir={run_dir}"], cwd=REPO, env=TEST_ENV, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "sft_exp", *TINY, NO_SCHEDULED_SAVES, *overrides, f"hydra.run.dir={run_dir}"],
+        cwd=REPO,
+        env=TEST_ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def folder_bytes(run_dir: Path) -> dict:
@@ -267,8 +308,10 @@ def test_a_relaunch_with_other_settings_stops_and_leaves_the_folder_as_it_was(tm
     job = relaunch(run_dir, "trainer.max_steps=6", "optimizer.lr=1e-3")
     output = job.stdout + job.stderr
     assert job.returncode == 2, output[-3000:]
-    assert (f"{run_dir} holds a run with other settings (optimizer.lr: 0.002 -> 0.001; trainer.max_steps: 4 -> 6); "
-            "nothing there was changed. To start afresh, launch into a new folder") in output
+    assert (
+        f"{run_dir} holds a run with other settings (optimizer.lr: 0.002 -> 0.001; trainer.max_steps: 4 -> 6); "
+        "nothing there was changed. To start afresh, launch into a new folder"
+    ) in output
     assert "resume_from_checkpoint=true" in output and "Traceback" not in output
     refused = relaunch(run_dir, f"{RESUME_KEY}=false")
     assert refused.returncode == 2 and "sft_exp never overwrites one" in refused.stdout + refused.stderr

@@ -5,6 +5,7 @@ training loss (not the last segment's), equal to a run that never stopped.
 The runs are in this process, one after the other (a warm-up first), so the speeds compare: a straight run
 before and after the stopped one bracket the machine's speed (the machine is shared: it drifts).
 """
+
 from __future__ import annotations
 
 import json
@@ -78,7 +79,9 @@ def test_a_resumed_run_reports_the_whole_runs_speed_time_and_loss(tmp_path):
     assert sum(s["tokens"] for s in segments) == resumed["num_tokens"] == straight["num_tokens"]
     assert resumed["train_runtime_s"] == pytest.approx(sum(s["train_runtime_s"] for s in segments), abs=0.01)
     assert resumed["train_loss"] == straight["train_loss"]  # the whole run's mean, bitwise
-    rows = [json.loads(line) for line in (tmp_path / str(attempt) / "stopped" / "metrics.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(line) for line in (tmp_path / str(attempt) / "stopped" / "metrics.jsonl").read_text().splitlines()
+    ]
     final = next(row for row in reversed(rows) if "train_runtime" in row)  # metrics.jsonl says the same
     assert final["train_loss"] == resumed["train_loss"]
     assert final["train_runtime"] == pytest.approx(resumed["train_runtime_s"], rel=1e-3)

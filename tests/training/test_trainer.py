@@ -1,5 +1,6 @@
 """SFTTrainer behaviour a user relies on beyond the loss itself: non-finite losses, the config's optimizer,
 gradient accumulation through the Trainer's own scaling, and metrics that are token-weighted over the logging window."""
+
 from __future__ import annotations
 
 import functools
@@ -15,19 +16,27 @@ from tests.helpers import tiny_causal_lm
 
 
 def tiny_model():
-    return tiny_causal_lm(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                          num_key_value_heads=1, max_position_embeddings=64)
+    return tiny_causal_lm(
+        vocab_size=64,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=64,
+    )
 
 
 def rows(n=16, length=12):
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(3, 64, (n, length), generator=g).tolist()
-    return Dataset.from_dict({
-        "input_ids": ids,
-        "labels": [[-100] * 4 + r[4:] for r in ids],
-        "position_ids": [list(range(length))] * n,
-        "source_ids": [[0] * length] * n,
-    })
+    return Dataset.from_dict(
+        {
+            "input_ids": ids,
+            "labels": [[-100] * 4 + r[4:] for r in ids],
+            "position_ids": [list(range(length))] * n,
+            "source_ids": [[0] * length] * n,
+        }
+    )
 
 
 def poison_step(model, bad_step: int):
@@ -47,8 +56,12 @@ def poison_step(model, bad_step: int):
 def make_trainer(model, tmp_path, **kwargs):
     settings = dict(max_steps=4, per_device_train_batch_size=4, logging_steps=1, save_strategy="no")
     return SFTTrainer(
-        model=model, train_dataset=rows(), data_collator=SFTCollator(pad_token_id=0), output_dir=str(tmp_path),
-        optimizer_factory=functools.partial(torch.optim.AdamW, lr=1e-3), **{**settings, **kwargs},
+        model=model,
+        train_dataset=rows(),
+        data_collator=SFTCollator(pad_token_id=0),
+        output_dir=str(tmp_path),
+        optimizer_factory=functools.partial(torch.optim.AdamW, lr=1e-3),
+        **{**settings, **kwargs},
     )
 
 
@@ -83,9 +96,15 @@ def test_nonfinite_loss_skip_leaves_the_weights_of_that_step_unchanged(tmp_path)
 
 def test_the_optimizer_comes_from_the_factory_without_decay_on_norms_and_biases(tmp_path):
     model = tiny_model()
-    trainer = SFTTrainer(model=model, train_dataset=rows(), data_collator=SFTCollator(pad_token_id=0),
-                         output_dir=str(tmp_path), max_steps=1, save_strategy="no",
-                         optimizer_factory=functools.partial(torch.optim.SGD, lr=0.5, weight_decay=0.1))
+    trainer = SFTTrainer(
+        model=model,
+        train_dataset=rows(),
+        data_collator=SFTCollator(pad_token_id=0),
+        output_dir=str(tmp_path),
+        max_steps=1,
+        save_strategy="no",
+        optimizer_factory=functools.partial(torch.optim.SGD, lr=0.5, weight_decay=0.1),
+    )
     optimizer = trainer.create_optimizer()
     assert isinstance(optimizer, torch.optim.SGD)
     decayed, not_decayed = optimizer.param_groups
@@ -99,25 +118,37 @@ def uneven_rows(n: int, length: int = 12) -> Dataset:
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(3, 64, (n, length), generator=g).tolist()
     supervised = [1 + (7 * i) % (length - 1) for i in range(n)]
-    return Dataset.from_dict({
-        "input_ids": ids,
-        "labels": [[-100] * (length - k) + r[length - k:] for r, k in zip(ids, supervised)],
-        "position_ids": [list(range(length))] * n,
-        "source_ids": [[0] * length] * n,
-    })
+    return Dataset.from_dict(
+        {
+            "input_ids": ids,
+            "labels": [[-100] * (length - k) + r[length - k :] for r, k in zip(ids, supervised)],
+            "position_ids": [list(range(length))] * n,
+            "source_ids": [[0] * length] * n,
+        }
+    )
 
 
 def reference_sums(model, batch) -> dict:
     """Full-logits sums of one micro-batch, by hand: supervised tokens, NLL, correct top-1, entropy."""
     with torch.no_grad():
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch.get("attention_mask"),
-                       position_ids=batch["position_ids"]).logits[:, :-1].float()
+        logits = (
+            model(
+                input_ids=batch["input_ids"],
+                attention_mask=batch.get("attention_mask"),
+                position_ids=batch["position_ids"],
+            )
+            .logits[:, :-1]
+            .float()
+        )
     targets = batch["labels"][:, 1:]
     mask = targets != -100
     logp = torch.log_softmax(logits, -1)[mask]
-    return dict(n=int(mask.sum()), nll=-logp.gather(1, targets[mask][:, None]).sum().item(),
-                correct=int((logp.argmax(-1) == targets[mask]).sum()),
-                entropy=-(logp.exp() * logp).sum().item())
+    return dict(
+        n=int(mask.sum()),
+        nll=-logp.gather(1, targets[mask][:, None]).sum().item(),
+        correct=int((logp.argmax(-1) == targets[mask]).sum()),
+        entropy=-(logp.exp() * logp).sum().item(),
+    )
 
 
 class RecordingTrainer(SFTTrainer):
@@ -132,10 +163,17 @@ class RecordingTrainer(SFTTrainer):
 def test_logged_metrics_are_token_weighted_over_the_logging_window(tmp_path):
     steps = 3
     trainer = RecordingTrainer(
-        model=tiny_model(), train_dataset=uneven_rows(24), data_collator=SFTCollator(pad_token_id=0),
-        output_dir=str(tmp_path), optimizer_factory=functools.partial(torch.optim.AdamW, lr=3e-2),
-        max_steps=steps, per_device_train_batch_size=4, gradient_accumulation_steps=2, logging_steps=steps,
-        logging_first_step=False, save_strategy="no",
+        model=tiny_model(),
+        train_dataset=uneven_rows(24),
+        data_collator=SFTCollator(pad_token_id=0),
+        output_dir=str(tmp_path),
+        optimizer_factory=functools.partial(torch.optim.AdamW, lr=3e-2),
+        max_steps=steps,
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=2,
+        logging_steps=steps,
+        logging_first_step=False,
+        save_strategy="no",
     )
     trainer.recorded = []
     trainer.train()
@@ -143,8 +181,10 @@ def test_logged_metrics_are_token_weighted_over_the_logging_window(tmp_path):
     assert len(logged) == 1 and logged[0]["step"] == steps  # one window of 3 steps x 2 micro-batches
     row = logged[0]
 
-    per_step = [{k: sum(sums[k] for s, sums in trainer.recorded if s == step) for k in ("n", "nll", "correct", "entropy")}
-                for step in range(steps)]
+    per_step = [
+        {k: sum(sums[k] for s, sums in trainer.recorded if s == step) for k in ("n", "nll", "correct", "entropy")}
+        for step in range(steps)
+    ]
     total = {k: sum(step[k] for step in per_step) for k in per_step[0]}
     assert len({step["n"] for step in per_step}) > 1  # the steps supervise different numbers of tokens
     assert row["num_supervised_tokens"] == total["n"]
@@ -160,12 +200,19 @@ def test_logged_metrics_are_token_weighted_over_the_logging_window(tmp_path):
 
 def test_gradient_accumulation_4x2_gives_the_weights_of_1x8(tmp_path):
     """Through the Trainer's own accumulation and scaling (num_items_in_batch), not a hand-made token count."""
+
     def one_step(accumulation: int, batch: int) -> dict:
         model = tiny_model()
         trainer = SFTTrainer(
-            model=model, train_dataset=uneven_rows(8), data_collator=SFTCollator(pad_token_id=0),
-            output_dir=str(tmp_path / f"{accumulation}x{batch}"), save_strategy="no", max_steps=1,
-            per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation, max_grad_norm=0.0,
+            model=model,
+            train_dataset=uneven_rows(8),
+            data_collator=SFTCollator(pad_token_id=0),
+            output_dir=str(tmp_path / f"{accumulation}x{batch}"),
+            save_strategy="no",
+            max_steps=1,
+            per_device_train_batch_size=batch,
+            gradient_accumulation_steps=accumulation,
+            max_grad_norm=0.0,
             optimizer_factory=functools.partial(torch.optim.SGD, lr=1.0),  # plain SGD: a wrong scale shows
         )
         trainer.train()
@@ -195,11 +242,27 @@ def two_source_moe_runs(tmp_path_factory):
     runs = {}
     for name, coef in (("config", []), ("one", ["trainer.router_aux_loss_coef=1.0"])):
         run_dir = folder / name
-        run(compose(["model=tiny_moe", sources, "data.eval_split_size=0", "data.max_length=64", "trainer.max_steps=2",
-                     "trainer.logging_steps=1", "trainer.save_steps=100", "trainer.per_device_train_batch_size=4",
-                     "logger=none", *NO_SAMPLE_GENERATIONS, *coef, f"run_dir={run_dir}"]))
-        runs[name] = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()
-                      if '"loss"' in line]
+        run(
+            compose(
+                [
+                    "model=tiny_moe",
+                    sources,
+                    "data.eval_split_size=0",
+                    "data.max_length=64",
+                    "trainer.max_steps=2",
+                    "trainer.logging_steps=1",
+                    "trainer.save_steps=100",
+                    "trainer.per_device_train_batch_size=4",
+                    "logger=none",
+                    *NO_SAMPLE_GENERATIONS,
+                    *coef,
+                    f"run_dir={run_dir}",
+                ]
+            )
+        )
+        runs[name] = [
+            json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if '"loss"' in line
+        ]
     return runs
 
 
@@ -227,19 +290,25 @@ def test_precision_bf16_computes_the_loss_transformers_autocast_computes(tmp_pat
     model = tiny_causal_lm(vocab_size=1000)
     with torch.no_grad():
         model.lm_head.weight.mul_(30)  # logits large enough for bf16 rounding to show in the loss
-    data = rows(n=8, length=40).map(lambda r: {"input_ids": [t * 15 for t in r["input_ids"]],
-                                               "labels": [t * 15 if t >= 0 else t for t in r["labels"]]})
+    data = rows(n=8, length=40).map(
+        lambda r: {
+            "input_ids": [t * 15 for t in r["input_ids"]],
+            "labels": [t * 15 if t >= 0 else t for t in r["labels"]],
+        }
+    )
     batch = SFTCollator(pad_token_id=0)(list(data))
 
     def reference(autocast: bool) -> float:
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                         labels=batch["labels"]).loss.item()
+            return model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
+            ).loss.item()
 
     bf16, fp32 = reference(autocast=True), reference(autocast=False)  # before accelerate wraps model.forward
     assert abs(fp32 - bf16) > 1e-4  # an fp32 head would be told apart (by 6x the tolerance below at least)
-    trainer = make_trainer(model, tmp_path, eval_dataset=data, per_device_eval_batch_size=8, precision="bf16",
-                           use_cpu=True)
+    trainer = make_trainer(
+        model, tmp_path, eval_dataset=data, per_device_eval_batch_size=8, precision="bf16", use_cpu=True
+    )
     # rel 1e-6: fp32 sums of one bf16 computation in another order (the trainer's thread count may differ)
     assert trainer.evaluate()["eval_loss"] == pytest.approx(bf16, rel=1e-6)
 

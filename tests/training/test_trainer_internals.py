@@ -4,6 +4,7 @@ Each has no public equivalent (see sft_exp/compat.py and sft_exp/checkpoints.py)
 changes one, this file fails by name instead of a checkpoint silently losing atomicity or the loss
 silently changing scale.
 """
+
 from __future__ import annotations
 
 import inspect

@@ -1,4 +1,5 @@
 """sft_exp's loss, mean_token_accuracy, entropy and gradients equal TRL SFTTrainer's on the same model and batch."""
+
 import copy
 
 import pytest
@@ -37,10 +38,18 @@ def prompt_completion_rows(n=6, seed=0):
 def test_loss_accuracy_entropy_match_trl(tmp_path, loss_type, loss_cls):
     model = tiny_causal_lm(vocab_size=VOCAB, hidden_size=32)
     ours = copy.deepcopy(model)  # TRL patches the forward of the model it is given
-    args = trl.SFTConfig(output_dir=str(tmp_path), loss_type=loss_type, per_device_train_batch_size=6,
-                         report_to=[], use_cpu=True, completion_only_loss=True, max_length=None)
-    trainer = trl.SFTTrainer(model=model, args=args, train_dataset=prompt_completion_rows(),
-                             processing_class=word_tokenizer())
+    args = trl.SFTConfig(
+        output_dir=str(tmp_path),
+        loss_type=loss_type,
+        per_device_train_batch_size=6,
+        report_to=[],
+        use_cpu=True,
+        completion_only_loss=True,
+        max_length=None,
+    )
+    trainer = trl.SFTTrainer(
+        model=model, args=args, train_dataset=prompt_completion_rows(), processing_class=word_tokenizer()
+    )
     batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
     assert (batch["labels"] == -100).any() and (batch["attention_mask"] == 0).any()  # masks and pads exercised
 
