@@ -253,19 +253,22 @@ def _already_trained(resume: str | None, cfg: DictConfig, run_dir: Path) -> floa
 def default_evals_off_demo(cfg: DictConfig, data_settings) -> None:
     """The default `evals` (the heldout task, exact match on short answers) is the demo's: on a user's own
     data.sources it measures nothing and costs minutes, so there the run evaluates what TRL does (eval
-    loss and token accuracy) and a task only when asked (`evals=heldout`, `evals=[heldout,gsm8k]`)."""
+    loss and token accuracy) and a task only when asked (`evals=heldout`, `evals=[heldout,gsm8k]`). Only the
+    heldout task goes: what an experiment file adds to `evals` (another task, an evaluator of your own) stays."""
     from omegaconf import open_dict
 
     overrides = hydra_job.overrides()
     asked = any(o.lstrip("+~").startswith("evals") for o in overrides) or not _hydra_chose("evals", "heldout")
-    if asked or on_demo_data(data_settings) or not cfg.get("evals"):
+    if asked or on_demo_data(data_settings) or "heldout" not in (cfg.get("evals") or {}):
         return
+    kept = {name: spec for name, spec in cfg.evals.items() if name != "heldout"}
     log.info(
-        "evals: eval loss and token accuracy (the heldout task is the demo's default; on your data ask "
-        "for it with evals=heldout)"
+        "evals: eval loss and token accuracy%s (the heldout task is the demo's default; on your data ask "
+        "for it with evals=heldout)",
+        f", and {', '.join(kept)}" if kept else "",
     )
     with open_dict(cfg):
-        cfg.evals = {}
+        cfg.evals = kept
 
 
 def on_demo_data(data_settings) -> bool:

@@ -103,6 +103,7 @@ def test_max_length_unset_is_the_default_or_the_model_context_and_says_which(tmp
 
 def test_off_the_demo_the_default_evaluation_is_eval_loss_and_accuracy(tmp_path):
     from hydra.utils import instantiate
+    from omegaconf import open_dict
 
     from sft_exp.train import default_evals_off_demo
 
@@ -116,6 +117,11 @@ def test_off_the_demo_the_default_evaluation_is_eval_loss_and_accuracy(tmp_path)
         cfg = compose(overrides)
         default_evals_off_demo(cfg, instantiate(cfg.data))
         assert list(cfg.evals or {}) == tasks, overrides
+    cfg = compose([f"data.sources=[{{path:{path}}}]"])  # an experiment file's own evaluator, beside the default
+    with open_dict(cfg):
+        cfg.evals.mine = {"_target_": "my_package.MyEvaluator"}
+    default_evals_off_demo(cfg, instantiate(cfg.data))
+    assert list(cfg.evals) == ["mine"]  # the demo's heldout task goes; the evaluator stays
 
 
 def test_threads_follow_the_request_the_environment_or_the_free_cpus(monkeypatch):
