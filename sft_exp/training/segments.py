@@ -40,9 +40,8 @@ class RunSegments(TrainerCallback):
         self.earlier = list(carried or [])
 
     def on_step_end(self, args, state, control, **kwargs):
-        if (
-            control.should_save
-        ):  # the token count was just summed over the ranks for the checkpoint (state_callbacks.py)
+        # The token count was just summed over the ranks for the checkpoint (state_callbacks.py).
+        if control.should_save:
             state.stateful_callbacks[SEGMENTS_STATE_KEY] = [
                 *self.earlier,
                 self.this_segment(state.global_step, state.num_input_tokens_seen),
