@@ -34,9 +34,9 @@ def test_run_folder_has_everything_a_run_leaves(default_run):
         "metrics.jsonl",
         "summary.json",
         "model/config.json",
-        "evals/heldout/step-0.jsonl",
+        "evals/heldout/step-0.jsonl",  # task evaluation before and after
         "evals/heldout/step-4.jsonl",
-    ):  # task evaluation before and after
+    ):
         assert (run_dir / name).exists(), name
     resolved = (run_dir / "resolved_config.yaml").read_text()
     assert "${" not in resolved  # every interpolation resolved

@@ -112,8 +112,8 @@ def test_off_the_demo_the_default_evaluation_is_eval_loss_and_accuracy(tmp_path)
     for overrides, tasks in (
         ([], ["heldout"]),  # the demo keeps its task
         ([f"data.sources=[{{path:{path}}}]"], []),  # the user's data: no default task
-        ([f"data.sources=[{{path:{path}}}]", "evals=heldout"], ["heldout"]),
-    ):  # asked for
+        ([f"data.sources=[{{path:{path}}}]", "evals=heldout"], ["heldout"]),  # asked for
+    ):
         cfg = compose(overrides)
         default_evals_off_demo(cfg, instantiate(cfg.data))
         assert list(cfg.evals or {}) == tasks, overrides
