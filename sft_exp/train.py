@@ -100,20 +100,11 @@ def _load_model(cfg: DictConfig, built: Components, tokenizer, packing: bool, ru
 def _trainer(cfg: DictConfig, run_dir: Path, built: Components, model, tokenizer, data, collator, started: float):
     """The SFTTrainer of the run (the trainer group's keys are in `args`: training_arguments)."""
     return built.trainer_factory.func(
-        model=model,
-        args=training_arguments(cfg, run_dir),
-        loss=built.loss,
-        memory=built.memory,
-        optimizer_factory=built.optimizer,
-        source_names=data.source_names,
-        train_dataset=data.train,
-        eval_dataset=data.eval,
-        processing_class=tokenizer,
-        callbacks=[*built.callbacks, *built.loggers],
-        evaluators=built.evaluators,
-        run_started=started,
-        data_collator=collator,
-    )
+        model=model, args=training_arguments(cfg, run_dir), loss=built.loss, memory=built.memory,
+        optimizer_factory=built.optimizer, source_names=data.source_names, train_dataset=data.train,
+        eval_dataset=data.eval, processing_class=tokenizer, callbacks=[*built.callbacks, *built.loggers],
+        evaluators=built.evaluators, run_started=started, data_collator=collator,
+    )  # fmt: skip
 
 
 @dataclass

@@ -103,17 +103,10 @@ def generate(
         chunk = order[start : start + batch_size]
         input_ids, attention_mask = _left_pad([prompts[i] for i in chunk], pad_id, device)
         out = model.generate(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            max_new_tokens=max_new_tokens,
-            num_return_sequences=num_samples,
-            pad_token_id=pad_id,
-            eos_token_id=eos_ids,
-            use_cache=True,
-            synced_gpus=synced_gpus,
-            **sampling,
-            **stops,
-        )
+            input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=max_new_tokens, use_cache=True,
+            num_return_sequences=num_samples, pad_token_id=pad_id, eos_token_id=eos_ids, synced_gpus=synced_gpus,
+            **sampling, **stops,
+        )  # fmt: skip
         new_tokens = out[:, input_ids.shape[1] :].tolist()
         for row, index in enumerate(chunk):
             rows = new_tokens[row * num_samples : (row + 1) * num_samples]

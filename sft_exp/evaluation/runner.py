@@ -23,6 +23,8 @@ from sft_exp.evaluation.tasks import GenerationTask
 from sft_exp.run import distributed
 
 log = logging.getLogger(__name__)
+# A task's settings handed to generate() as they are.
+GENERATION_OPTIONS = ("max_new_tokens", "batch_size", "do_sample", "num_samples", "temperature", "top_p", "stop")
 
 
 def rank_and_world(accelerator=None) -> tuple:
@@ -98,23 +100,8 @@ def run_generation_task(task: GenerationTask, model, tokenizer, prompt_ids, *, a
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=devices):  # sampling never moves the training RNG
         torch.manual_seed(settings.seed + rank)
-        generations = (
-            generate(
-                model,
-                tokenizer,
-                mine,
-                max_new_tokens=settings.max_new_tokens,
-                batch_size=settings.batch_size,
-                do_sample=settings.do_sample,
-                num_samples=settings.num_samples,
-                temperature=settings.temperature,
-                top_p=settings.top_p,
-                stop=settings.stop,
-                synced_gpus=world > 1,
-            )
-            if mine
-            else []
-        )
+        options = {name: getattr(settings, name) for name in GENERATION_OPTIONS}
+        generations = generate(model, tokenizer, mine, synced_gpus=world > 1, **options) if mine else []
     done = gather([(i, g) for i, g in zip(indices, generations) if i >= 0], world)
     by_index = dict(done)
     rows = []

@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 
 from sft_exp.errors import UserError
+from sft_exp.recipe_import.known import OPEN_R1_FIELDS
 
 READS = (
     "this reads TRL CLI configs (`trl sft --config FILE`: ScriptArguments, SFTConfig and ModelConfig fields, "
@@ -22,19 +23,6 @@ OTHER_KINDS = (
     (("base_model",), "an axolotl config (it has `base_model`)"),
     (("finetuning_type",), "a LLaMA-Factory config (it has `finetuning_type`)"),
     (("distributed_type",), "an accelerate config: pass it with --accelerate-config"),
-)
-OPEN_R1_KEYS = (
-    "dataset_mixture",
-    "benchmarks",
-    "callbacks",
-    "chat_template",
-    "system_prompt",
-    "hub_model_revision",
-    "wandb_entity",
-    "wandb_project",
-    "wandb_run_group",
-    "push_to_hub_revision",
-    "overwrite_hub_revision",
 )
 
 
@@ -68,4 +56,4 @@ def recipe_kind(data: dict[str, Any], path: Path) -> str:
             raise RecipeError(f"{path} is {kind}, not a recipe; {READS}")
     if not any(key in data for key in RECIPE_KEYS):
         raise RecipeError(f"{path} is not a recipe: it names no model or data ({', '.join(RECIPE_KEYS)}); {READS}")
-    return OPEN_R1 if any(key in data for key in OPEN_R1_KEYS) else TRL
+    return OPEN_R1 if any(key in data for key in OPEN_R1_FIELDS) else TRL

@@ -190,14 +190,10 @@ class SFTTrainer(AtomicCheckpoints, Trainer):
         covered = {cb.name for cb in callbacks or [] if isinstance(cb, Logger)}
         args.report_to = [name for name in reporting or [] if name not in covered]
         super().__init__(
-            model=model,
-            args=args,
-            data_collator=data_collator,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=processing_class,
+            model=model, args=args, data_collator=data_collator, train_dataset=train_dataset,
+            eval_dataset=eval_dataset, processing_class=processing_class,
             callbacks=[SavesAsAsked(), *(callbacks or [])],  # before StopOnSignal, which may ask for a save
-        )
+        )  # fmt: skip
         args.eval_strategy, args.report_to = eval_strategy, reporting
         # Our loss is normalized by the supervised tokens of the whole accumulated batch (num_items_in_batch),
         # so the Trainer must count them and must not divide by the accumulation steps again.
