@@ -31,19 +31,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench_train import SHAPES  # noqa: E402 (a sibling script, found beside this one)
+
 CHECKS = ("speed", "memory", "qlora", "fsdp", "deepspeed")
-QWEN_0_5B = dict(
-    model_type="qwen2",
-    hidden_size=896,
-    intermediate_size=4864,
-    num_hidden_layers=24,
-    num_attention_heads=14,
-    num_key_value_heads=2,
-    tie_word_embeddings=True,
-    rope_theta=1e6,
-    rms_norm_eps=1e-6,
-    max_position_embeddings=32768,
-)
+# Qwen2.5-0.5B's shape (bench_train.py, beside this file), random weights; the vocabulary is the tokenizer's.
+QWEN_0_5B = {k: v for k, v in SHAPES["qwen2.5-0.5b"].items() if k != "vocab_size"}
 LIMIT_S = {"speed": 150, "memory": 120, "qlora": 90, "fsdp": 90, "deepspeed": 120}
 BF16_LOSS_TOLERANCE = 0.02  # relative, per step: bf16 autocast runs that differ in reduction order
 CHATML = (

@@ -11,13 +11,12 @@ import shlex
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import pytest
 
 from tests.helpers import REPO, tiny_run
-from tests.sweeps.helpers import TEST_ENV, sweep, trials
+from tests.sweeps.helpers import TEST_ENV, sweep, sweep_command, trials
 
 pytestmark = pytest.mark.multiprocess
 
@@ -37,20 +36,7 @@ def _can_fake_a_host() -> bool:
 def _sweeper_on_another_host(sweep_dir):
     """A sweeper whose one trial trains far longer than the test lasts, on host OTHER_HOST."""
     long_trial = tiny_run(steps=1_000_000, train_rows=16, save_steps=1_000_000)
-    command = [
-        sys.executable,
-        "-m",
-        "sft_exp",
-        "-m",
-        "--config-dir",
-        str(REPO / "sweeps"),
-        "--config-name",
-        "optuna_lr",
-        *long_trial,
-        "hydra.sweeper.n_trials=1",
-        *STALE,
-        f"hydra.sweep.dir={sweep_dir}",
-    ]
+    command = sweep_command(*long_trial, "hydra.sweeper.n_trials=1", *STALE, f"hydra.sweep.dir={sweep_dir}")
     shell = f"hostname {OTHER_HOST} && exec {shlex.join(command)}"
     return subprocess.Popen(
         ["unshare", "-u", "sh", "-c", shell],

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 import tempfile
 
 import pytest
 
 from tests.helpers import REPO
-from tests.sweeps.helpers import TEST_ENV, TINY, summary, trials
+from tests.sweeps.helpers import TEST_ENV, TINY, summary, sweep_command, trials
 
 SCRIPT = REPO / "tests" / "services" / "postgres.sh"
 
@@ -44,18 +43,7 @@ def test_two_sweep_processes_sharing_one_study_run_exactly_n_trials(postgres_url
     ]
     procs = [
         subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "sft_exp",
-                "-m",
-                "--config-dir",
-                str(REPO / "sweeps"),
-                "--config-name",
-                "optuna_lr",
-                *common,
-                f"hydra.sweep.dir={tmp_path / name}",
-            ],
+            sweep_command(*common, f"hydra.sweep.dir={tmp_path / name}"),
             cwd=REPO,
             env=TEST_ENV,
             stdout=subprocess.DEVNULL,

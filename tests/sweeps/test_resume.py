@@ -7,31 +7,18 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 
 from tests.helpers import REPO
-from tests.sweeps.helpers import TEST_ENV, TINY, job_folders, sweep, trials
+from tests.sweeps.helpers import TEST_ENV, TINY, job_folders, sweep, sweep_command, trials
 
 SIX = ["hydra.sweeper.n_trials=6", "hydra.sweeper.sampler.type=random", "hydra.sweeper.sampler.seed=7"]
 
 
 def start_sweep(sweep_dir):
-    command = [
-        sys.executable,
-        "-m",
-        "sft_exp",
-        "-m",
-        "--config-dir",
-        str(REPO / "sweeps"),
-        "--config-name",
-        "optuna_lr",
-        *TINY,
-        *SIX,
-        f"hydra.sweep.dir={sweep_dir}",
-    ]
+    command = sweep_command(*TINY, *SIX, f"hydra.sweep.dir={sweep_dir}")
     return subprocess.Popen(
         command, cwd=REPO, env=TEST_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
@@ -74,19 +61,7 @@ def test_a_stopped_sweep_continues_its_trial_from_the_checkpoint_the_signal_save
     import json
 
     one = ["hydra.sweeper.n_trials=1", "trainer.max_steps=400", "trainer.save_steps=1000"]
-    command = [
-        sys.executable,
-        "-m",
-        "sft_exp",
-        "-m",
-        "--config-dir",
-        str(REPO / "sweeps"),
-        "--config-name",
-        "optuna_lr",
-        *TINY,
-        *one,
-        f"hydra.sweep.dir={tmp_path}",
-    ]
+    command = sweep_command(*TINY, *one, f"hydra.sweep.dir={tmp_path}")
     log_file = open(tmp_path.parent / f"{tmp_path.name}.log", "w")
     proc = subprocess.Popen(
         command, cwd=REPO, env=TEST_ENV, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
